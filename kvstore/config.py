@@ -1,0 +1,224 @@
+"""ClusterConfig: the cluster's members, mode, storage, limits and timeouts, loaded from TOML.
+
+```toml
+[cluster]
+name = "demo"
+secret = "change-me"          # shared secret that authenticates peer traffic (HMAC-SHA256)
+mode = "single"               # replication mode; "single" = one copy per key (the foundation)
+partitions = 64
+
+[nodes]                       # node id = "host:port"; one cluster can span machines
+n1 = "127.0.0.1:7001"
+n2 = "127.0.0.1:7002"
+
+[storage]
+engine = "sqlite"             # "sqlite" (durable) or "memory"
+fsync = "always"              # "always" | "batch" | "never"
+batch_interval_ms = 10
+data_dir = ".kvstore/data"    # each node keeps <data_dir>/<node id>/
+compact_after_writes = 10000
+
+[limits]
+max_key_bytes = 1024
+max_value_bytes = 1048576
+
+[timeouts]
+request_timeout_ms = 2000
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import tomli_w
+
+FsyncPolicy = Literal["always", "batch", "never"]
+StorageEngine = Literal["sqlite", "memory"]
+Mode = Literal["single"]
+
+FSYNC_POLICIES: tuple[str, ...] = ("always", "batch", "never")
+STORAGE_ENGINES: tuple[str, ...] = ("sqlite", "memory")
+MODES: tuple[str, ...] = ("single",)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    node_id: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @staticmethod
+    def parse(node_id: str, address: str) -> NodeAddress:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(f"nodes.{node_id}: expected 'host:port', got {address!r}")
+        return NodeAddress(node_id, host, int(port_text))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    engine: StorageEngine = "sqlite"
+    fsync: FsyncPolicy = "always"
+    batch_interval_ms: int = 10
+    data_dir: str = ".kvstore/data"
+    # Fold the event log into the snapshot table after this many logged writes.
+    compact_after_writes: int = 10_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1 << 20
+    # Requests a node holds open at once (its own clients' and forwarded ones); beyond it: overloaded.
+    max_inflight: int = 10_000
+    max_batch_keys: int = 1000
+    max_scan_limit: int = 10_000
+    # Peer messages queued for one peer before the transport refuses more.
+    max_peer_queue: int = 10_000
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    request_timeout_ms: int = 2000
+    peer_connect_timeout_ms: int = 500
+    # How often expired TTL keys are purged from storage (reads hide them at once regardless).
+    ttl_sweep_interval_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    nodes: tuple[NodeAddress, ...]
+    name: str = "kvstore"
+    secret: str = "kvstore-dev-secret"
+    mode: Mode = "single"
+    partitions: int = 64
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            raise ConfigError("nodes: at least one node is required")
+        ids = [n.node_id for n in self.nodes]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"nodes: duplicate node ids in {ids}")
+        if self.mode not in MODES:
+            raise ConfigError(f"cluster.mode: {self.mode!r} is not one of {MODES}")
+        if self.partitions < 1:
+            raise ConfigError("cluster.partitions must be at least 1")
+        if self.storage.fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"storage.fsync: {self.storage.fsync!r} is not one of {FSYNC_POLICIES}")
+        if self.storage.engine not in STORAGE_ENGINES:
+            raise ConfigError(f"storage.engine: {self.storage.engine!r} is not one of {STORAGE_ENGINES}")
+        for section in (self.storage, self.limits, self.timeouts):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, int) and value <= 0:
+                    raise ConfigError(f"{_SECTION_NAMES[type(section)]}.{f.name} must be positive, got {value}")
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return tuple(n.node_id for n in self.nodes)
+
+    def node(self, node_id: str) -> NodeAddress:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise ConfigError(f"no node {node_id!r} in the cluster (nodes: {', '.join(self.node_ids)})")
+
+    # ------------------------------------------------------------ TOML
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ClusterConfig:
+        unknown = set(data) - {"cluster", "nodes", "storage", "limits", "timeouts"}
+        if unknown:
+            raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+        cluster = _table(data, "cluster")
+        nodes_table = _table(data, "nodes")
+        nodes = []
+        for node_id, address in nodes_table.items():
+            if not isinstance(address, str):
+                raise ConfigError(f"nodes.{node_id}: expected a 'host:port' string")
+            nodes.append(NodeAddress.parse(node_id, address))
+        kwargs = _fields_of(ClusterConfig, cluster, "cluster", skip={"nodes", "storage", "limits", "timeouts"})
+        return ClusterConfig(
+            nodes=tuple(nodes),
+            storage=StorageConfig(**_fields_of(StorageConfig, _table(data, "storage"), "storage")),
+            limits=Limits(**_fields_of(Limits, _table(data, "limits"), "limits")),
+            timeouts=Timeouts(**_fields_of(Timeouts, _table(data, "timeouts"), "timeouts")),
+            **kwargs,
+        )
+
+    @staticmethod
+    def load(path: str | Path) -> ClusterConfig:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return ClusterConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": {"name": self.name, "secret": self.secret, "mode": self.mode, "partitions": self.partitions},
+            "nodes": {n.node_id: f"{n.host}:{n.port}" for n in self.nodes},
+            "storage": dataclasses.asdict(self.storage),
+            "limits": dataclasses.asdict(self.limits),
+            "timeouts": dataclasses.asdict(self.timeouts),
+        }
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+    def replace(self, **changes: Any) -> ClusterConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_SECTION_NAMES: dict[type, str] = {StorageConfig: "storage", Limits: "limits", Timeouts: "timeouts"}
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return cast(dict[str, Any], value)
+
+
+def _fields_of(cls: type, table: dict[str, Any], section: str, skip: frozenset[str] | set[str] = frozenset()) -> (
+    dict[str, Any]
+):
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(f"{section}.{key}: unknown setting (known: {', '.join(sorted(known))})")
+        default = f.default
+        if type(default) in (int, bool, str) and type(value) is not type(default):
+            raise ConfigError(f"{section}.{key}: expected {type(default).__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def local_cluster(node_count: int, base_port: int = 7001, **overrides: Any) -> ClusterConfig:
+    """A cluster of ``node_count`` nodes on 127.0.0.1, ids n1..nK, consecutive ports."""
+    nodes = tuple(NodeAddress(f"n{i + 1}", "127.0.0.1", base_port + i) for i in range(node_count))
+    return ClusterConfig(nodes=nodes, **overrides)

@@ -1,0 +1,72 @@
+"""What ``Node.step`` asks its driver to do, and the fault policy both drivers accept.
+
+Durability contract (as etcd-io/raft's ``Ready``): a driver executes the ``Send`` and ``Reply``
+effects of a step only after the writes that step made are as durable as the fsync policy promises.
+Under ``fsync = "always"`` the driver syncs storage first (one sync may cover many steps: group
+commit); under ``batch`` and ``never`` it releases them at once, which is exactly why acknowledged
+writes can be lost on a crash under those policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvstore.messages import Message, Result
+
+
+@dataclass(frozen=True)
+class Send:
+    msg: Message
+
+    @property
+    def to(self) -> str:
+        return self.msg.dst
+
+
+@dataclass(frozen=True)
+class Reply:
+    request_id: int
+    result: Result
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """Fire ``TimerFired(key)`` at ``at_ms`` (node clock). Setting an existing key moves it."""
+
+    key: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    key: str
+
+
+Effect = Send | Reply | SetTimer | CancelTimer
+
+
+class FaultPolicy(Protocol):
+    """Decides the fate of every peer message and the skew of every node's clock.
+
+    ``chaos/faults.py`` implements it; kvstore only defines the shape, so kvstore never imports chaos.
+    """
+
+    def on_send(self, now_ms: int, msg: Message) -> Sequence[int]:
+        """Delays in ms, one per copy to deliver: ``[]`` drops the message, two entries duplicate it."""
+        ...
+
+    def clock_offset_ms(self, node_id: str, now_ms: int) -> int:
+        """How far ``node_id``'s clock is ahead of true time (negative: behind) at true time ``now_ms``."""
+        ...
+
+
+class NoFaults:
+    """The default policy: deliver every message once, with no added delay; clocks are true."""
+
+    def on_send(self, now_ms: int, msg: Message) -> Sequence[int]:
+        return (0,)
+
+    def clock_offset_ms(self, node_id: str, now_ms: int) -> int:
+        return 0

@@ -1,0 +1,82 @@
+"""Error codes shared by the node, the HTTP API, the client and the checkers.
+
+Every code is either *definite* (the operation certainly did not take effect) or *indefinite* (it may
+have). Checkers depend on this split: a definite error becomes a Jepsen ``fail``, an indefinite one an
+``info`` that stays open to the end of the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    http_status: int
+    definite: bool
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    BAD_KEY = "bad_key"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PRECONDITION_FAILED = "precondition_failed"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNAUTHORIZED = "unauthorized"
+    UNSUPPORTED = "unsupported"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return ERROR_SPECS[self]
+
+    @property
+    def http_status(self) -> int:
+        return ERROR_SPECS[self].http_status
+
+    @property
+    def definite(self) -> bool:
+        return ERROR_SPECS[self].definite
+
+
+ERROR_SPECS: dict[ErrorCode, ErrorSpec] = {
+    ErrorCode.BAD_REQUEST: ErrorSpec(400, True),
+    ErrorCode.BAD_KEY: ErrorSpec(400, True),
+    ErrorCode.NOT_FOUND: ErrorSpec(404, True),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorSpec(405, True),
+    ErrorCode.PRECONDITION_FAILED: ErrorSpec(409, True),
+    ErrorCode.TOO_LARGE: ErrorSpec(413, True),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorSpec(415, True),
+    ErrorCode.UNAUTHORIZED: ErrorSpec(401, True),
+    # A mode that does not offer a requested guarantee refuses the request outright.
+    ErrorCode.UNSUPPORTED: ErrorSpec(501, True),
+    # The node refused the request before doing anything (its queue or in-flight table is full).
+    ErrorCode.OVERLOADED: ErrorSpec(503, True),
+    # The owner could not be reached: the request was never delivered to it.
+    ErrorCode.UNAVAILABLE: ErrorSpec(503, True),
+    # The request was sent but no answer came in time: it may or may not have been applied.
+    ErrorCode.TIMEOUT: ErrorSpec(504, False),
+    ErrorCode.INTERNAL: ErrorSpec(500, False),
+}
+
+
+class KvError(Exception):
+    """An error with a code; raised by validation and by the client library."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def definite(self) -> bool:
+        return self.code.definite
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": {"code": self.code.value, "message": self.message, "definite": self.definite}}

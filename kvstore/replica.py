@@ -66,7 +66,10 @@ def apply_op(storage: Storage, partition: int, now_ms: int, op: KeyOp) -> Result
         written = storage.put(partition, op.key, op.value, expires)
         return Written(op.key, written.version)
     if isinstance(op, DeleteOp):
-        return Deleted(op.key, storage.delete(partition, op.key))
+        # An expired record not yet purged is already gone as far as clients can tell.
+        existed = storage.get(partition, op.key, now_ms) is not None
+        storage.delete(partition, op.key)
+        return Deleted(op.key, existed)
     if isinstance(op, CasOp):
         current = storage.get(partition, op.key, now_ms)
         current_value = None if current is None else current.value

@@ -1,0 +1,98 @@
+"""The set checker (as Jepsen's set-full and Maelstrom's set workload).
+
+Ops: ``add`` of a unique element (``value``) and ``read`` of the whole set (``value`` = list). For each
+element the checker finds when it became *known* (its add was acknowledged, or a read saw it), then
+looks at every read invoked after that:
+
+- **lost**: known, but absent from the last read that began after it was known;
+- **stale**: absent from some such read but present again in a later one (a read that went back in time);
+- **never read**: no read began after its add completed, so nothing can be said;
+- **unexpected**: a read holds an element that was never added, or whose add definitely failed.
+
+The history is valid when nothing is lost or unexpected; stale reads are reported and make it invalid
+only with ``allow_stale=False`` (a linearizable set must never serve one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.history import History, Op
+
+_INFINITY = 1 << 62
+
+
+@dataclass
+class SetResult:
+    valid: bool
+    ok_count: int = 0
+    lost: list[Any] = field(default_factory=list)
+    stale: list[Any] = field(default_factory=list)
+    never_read: list[Any] = field(default_factory=list)
+    unexpected: list[Any] = field(default_factory=list)
+    reads: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "ok_count": self.ok_count,
+            "lost_count": len(self.lost),
+            "lost": self.lost,
+            "stale_count": len(self.stale),
+            "stale": self.stale,
+            "never_read_count": len(self.never_read),
+            "never_read": self.never_read,
+            "unexpected_count": len(self.unexpected),
+            "unexpected": self.unexpected,
+            "reads": self.reads,
+        }
+
+
+def check(history: History, allow_stale: bool = True) -> SetResult:
+    ops = history.ops()
+    adds: dict[Any, Op] = {}
+    for op in ops:
+        if op.f == "add":
+            adds[op.invoke.value] = op
+    reads = [op for op in ops if op.f == "read" and op.type == "ok"]
+    read_sets = [(op, frozenset(op.value or ())) for op in reads]
+
+    known_at: dict[Any, int] = {}
+    for element, add in adds.items():
+        if add.type == "ok" and add.complete_index is not None:
+            known_at[element] = add.complete_index
+    for op, present in read_sets:
+        assert op.complete_index is not None
+        for element in present:
+            if element in adds and op.complete_index < known_at.get(element, _INFINITY):
+                known_at[element] = op.complete_index
+
+    result = SetResult(valid=True, reads=len(reads))
+    failed = {e for e, add in adds.items() if add.type == "fail"}
+    unexpected: set[Any] = set()
+    for _, present in read_sets:
+        unexpected |= {e for e in present if e not in adds or e in failed}
+    result.unexpected = sorted(unexpected, key=repr)
+
+    for element in sorted(adds, key=repr):
+        if element in failed:
+            continue
+        known = known_at.get(element)
+        add = adds[element]
+        after = known if known is not None else add.complete_index
+        later = [present for op, present in read_sets if after is not None and op.invoke_index > after]
+        if not later:
+            result.never_read.append(element)
+            continue
+        if known is None:
+            # An add of unknown outcome that no read has seen: it may simply never have happened.
+            continue
+        if element not in later[-1]:
+            result.lost.append(element)
+        elif any(element not in present for present in later):
+            result.stale.append(element)
+        else:
+            result.ok_count += 1
+    result.valid = not result.lost and not result.unexpected and (allow_stale or not result.stale)
+    return result

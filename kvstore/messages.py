@@ -151,22 +151,44 @@ Result = Found | Written | Deleted | ScanPage | BatchResults | Failure
 @register
 @dataclass(frozen=True)
 class Forward:
-    """Ask the owner of ``op``'s partition(s) to execute it; answered by ``ForwardReply``.
+    """Ask the owner of ``op``'s partition(s) to execute it; answered by ``ForwardReply`` or ``ForwardRefused``.
 
-    ``forward_id`` is unique within the sender's ``incarnation`` (drawn at each start), which lets the
-    owner recognise a duplicated forward even across the sender's restarts.
+    ``forward_id`` is unique within the sender's ``incarnation`` (drawn at each start), so the owner can
+    recognise a duplicated forward. ``target_incarnation`` is the owner's incarnation as the sender knows
+    it (0: not known yet): an owner executes only forwards addressed to its current life, so a duplicate
+    sent before the owner restarted can never be executed a second time by the new life.
     """
 
     incarnation: int
     forward_id: int
+    target_incarnation: int
     op: ClientOp | ScanPartitionsOp
 
 
 @register
 @dataclass(frozen=True)
 class ForwardReply:
+    """The result of a forward; ``incarnation`` echoes the sender's, ``owner_incarnation`` is the replier's."""
+
+    incarnation: int
     forward_id: int
+    owner_incarnation: int
     result: Result
+
+
+@register
+@dataclass(frozen=True)
+class ForwardRefused:
+    """The forward was addressed to another life of the owner and was not executed by this one.
+
+    ``target_incarnation`` echoes the refused copy's, so the sender can tell a refusal of the copy it is
+    waiting on from a late refusal of an earlier copy (a duplicate of the first-contact forward).
+    """
+
+    incarnation: int
+    forward_id: int
+    target_incarnation: int
+    owner_incarnation: int
 
 
 @register

@@ -12,7 +12,12 @@ a client request, a forwarded request to answer, a part of a gather. Its size is
 A peer may deliver the same ``Forward`` twice (a duplicating network). Executing it twice could undo
 a later write, so the owner remembers the results of recent forwards per sender incarnation and
 answers a duplicate from that memory; a forward too old to be remembered is not executed at all
-(the sender sees a timeout, which is indefinite, so nothing false is reported).
+(the sender sees a timeout, which is indefinite, so nothing false is reported). That memory dies with
+the owner, so every forward also names the owner incarnation it is meant for and an owner executes
+only forwards meant for its current life. A sender learns an owner's incarnation from its answers; a
+first forward (incarnation unknown) is refused with the owner's incarnation and sent again, which is
+safe because the refused copy ran nowhere. A forward refused because the owner restarted since is sent
+again only if it is read-only; otherwise the old life may have run it, so its outcome is indefinite.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from kvstore.messages import (
     DeleteOp,
     Failure,
     Forward,
+    ForwardRefused,
     ForwardReply,
     Found,
     GetOp,
@@ -108,6 +114,8 @@ class _Outgoing:
 
     dst: str
     partition: int
+    op: ClientOp | ScanPartitionsOp
+    target_incarnation: int
 
 
 class _DuplicateFilter:
@@ -163,6 +171,8 @@ class Node:
         self._next_token = 1
         self._waiting: dict[int, _Waiter] = {}
         self._outgoing: dict[int, _Outgoing] = {}
+        # Each peer's incarnation as last heard from it; absent: not known yet.
+        self._peer_incarnations: dict[str, int] = {}
         self._duplicates = _DuplicateFilter(capacity=4 * config.limits.max_inflight)
         self._effects: list[Effect] = []
         self._now_ms = 0
@@ -210,16 +220,28 @@ class Node:
         body = msg.body
         if isinstance(body, Forward):
             self._on_forward(msg.src, msg.partition, body)
-        elif isinstance(body, ForwardReply):
-            if body.forward_id in self._outgoing:
-                del self._outgoing[body.forward_id]
-                self._effects.append(CancelTimer(_FORWARD_TIMER_PREFIX + str(body.forward_id)))
-                self._complete(body.forward_id, body.result)
-            # else: a late or duplicate reply for a forward that already timed out: ignore it.
+        elif isinstance(body, (ForwardReply, ForwardRefused)):
+            out = self._outgoing.get(body.forward_id)
+            if body.incarnation != self.incarnation or out is None or out.dst != msg.src:
+                return  # late, duplicated, or meant for an earlier life of this node: ignore it
+            if isinstance(body, ForwardRefused) and body.target_incarnation != out.target_incarnation:
+                return  # a late refusal of a copy already sent again: the current copy decides
+            self._peer_incarnations[msg.src] = body.owner_incarnation
+            if isinstance(body, ForwardReply):
+                self._end_forward(body.forward_id, body.result)
+            elif out.target_incarnation == 0 or _read_only(out.op):
+                self._send_forward(body.forward_id, out)
+            else:
+                self._end_forward(body.forward_id, Failure.of(
+                    ErrorCode.TIMEOUT, f"{msg.src} restarted; the op may have happened before it did"))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, msg)
 
     def _on_forward(self, src: str, partition: int, fwd: Forward) -> None:
+        if fwd.target_incarnation != self.incarnation:
+            refused = ForwardRefused(fwd.incarnation, fwd.forward_id, fwd.target_incarnation, self.incarnation)
+            self._effects.append(Send(Message(self.node_id, src, partition, refused)))
+            return
         seen, result = self._duplicates.seen(src, fwd.incarnation, fwd.forward_id)
         target = _ToPeer(src, fwd.incarnation, fwd.forward_id, partition)
         if seen:
@@ -251,11 +273,8 @@ class Node:
 
     def _on_send_failed(self, msg: Message) -> None:
         body = msg.body
-        if isinstance(body, Forward) and body.forward_id in self._outgoing:
-            token = body.forward_id
-            del self._outgoing[token]
-            self._effects.append(CancelTimer(_FORWARD_TIMER_PREFIX + str(token)))
-            self._complete(token, Failure.of(ErrorCode.UNAVAILABLE, f"owner {msg.dst} is unreachable"))
+        if isinstance(body, Forward) and body.incarnation == self.incarnation and body.forward_id in self._outgoing:
+            self._end_forward(body.forward_id, Failure.of(ErrorCode.UNAVAILABLE, f"owner {msg.dst} is unreachable"))
         # Replies and replica traffic that cannot be delivered are covered by the sender's timeouts.
 
     # ------------------------------------------------------------ starting operations
@@ -331,10 +350,20 @@ class Node:
         return token
 
     def _forward(self, token: int, dst: str, partition: int, op: ClientOp | ScanPartitionsOp) -> None:
-        self._outgoing[token] = _Outgoing(dst, partition)
-        self._effects.append(Send(Message(self.node_id, dst, partition, Forward(self.incarnation, token, op))))
+        self._send_forward(token, _Outgoing(dst, partition, op, 0))
         deadline_ms = self._now_ms + self.config.timeouts.request_timeout_ms
         self._effects.append(SetTimer(_FORWARD_TIMER_PREFIX + str(token), deadline_ms))
+
+    def _send_forward(self, token: int, out: _Outgoing) -> None:
+        out.target_incarnation = self._peer_incarnations.get(out.dst, 0)
+        self._outgoing[token] = out
+        forward = Forward(self.incarnation, token, out.target_incarnation, out.op)
+        self._effects.append(Send(Message(self.node_id, out.dst, out.partition, forward)))
+
+    def _end_forward(self, token: int, result: Result) -> None:
+        del self._outgoing[token]
+        self._effects.append(CancelTimer(_FORWARD_TIMER_PREFIX + str(token)))
+        self._complete(token, result)
 
     def _group_by_owner(self, partitions: range) -> dict[str, list[int]]:
         by_owner: dict[str, list[int]] = {}
@@ -400,8 +429,12 @@ class Node:
             self._effects.append(Reply(target.request_id, result))
         else:
             self._duplicates.finish(target.src, target.incarnation, target.forward_id, result)
-            reply = ForwardReply(target.forward_id, result)
+            reply = ForwardReply(target.incarnation, target.forward_id, self.incarnation, result)
             self._effects.append(Send(Message(self.node_id, target.src, target.partition, reply)))
+
+
+def _read_only(op: ClientOp | ScanPartitionsOp) -> bool:
+    return isinstance(op, (GetOp, ScanOp, ScanPartitionsOp, BatchGetOp))
 
 
 def _merge_pages(pages: list[ScanPage], limit: int) -> ScanPage:

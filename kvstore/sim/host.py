@@ -1,0 +1,90 @@
+"""NodeHost: one node's slot in the simulated cluster, across its crashes and restarts.
+
+The disk outlives every crash. While the node is up, the host also holds its ``Node``, its storage,
+its live timers and the outbound effects waiting for a sync (the durability contract of
+kvstore/effects.py: under ``fsync = "always"`` a step's ``Send`` and ``Reply`` effects wait until
+storage is synced up to the ``written_lsn`` the step left behind).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from kvstore.effects import Reply, Send
+from kvstore.node import Node
+from kvstore.sim.events import SimulationError
+from kvstore.storage.base import SyncJob
+from kvstore.storage.simulated import SimDisk, SimStorage
+
+Outbound = Send | Reply
+
+
+class NodeHost:
+    def __init__(self, node_id: str, max_held_effects: int) -> None:
+        self.node_id = node_id
+        self.disk = SimDisk()
+        self.node: Node | None = None
+        self.storage: SimStorage | None = None
+        # Bumped at every crash: events scheduled in an earlier life (syncs, ticks) are then stale.
+        self.life = 0
+        # Timer key -> generation of its live entry on the event heap; a fired entry with another
+        # generation was moved or cancelled, so heap entries never need to be removed.
+        self.timers: dict[str, int] = {}
+        self.sync_job: SyncJob | None = None
+        self._held: deque[tuple[int, list[Outbound]]] = deque()
+        self._held_count = 0
+        self._max_held_effects = max_held_effects
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None
+
+    @property
+    def held_count(self) -> int:
+        return self._held_count
+
+    def boot(self, node: Node, storage: SimStorage) -> None:
+        if self.up:
+            raise SimulationError(f"{self.node_id} is already up")
+        self.node, self.storage = node, storage
+
+    def crash(self) -> None:
+        """Forget everything but the disk; a sync in flight never completes (its life is over)."""
+        if not self.up:
+            raise SimulationError(f"{self.node_id} is already down")
+        self.life += 1
+        self.node = self.storage = None
+        self.timers.clear()
+        self.sync_job = None
+        self._held.clear()
+        self._held_count = 0
+
+    def needs_sync(self) -> bool:
+        storage = self.live_storage()
+        return storage.written_lsn > storage.synced_lsn
+
+    def hold(self, effects: list[Outbound]) -> None:
+        """Keep ``effects`` until storage is synced up to the current written LSN."""
+        self._held_count += len(effects)
+        if self._held_count > self._max_held_effects:
+            raise SimulationError(f"{self.node_id} holds {self._held_count} effects waiting for a sync")
+        self._held.append((self.live_storage().written_lsn, effects))
+
+    def releasable(self) -> list[Outbound]:
+        """Held effects whose writes are now synced, in the order their steps produced them."""
+        synced_lsn = self.live_storage().synced_lsn
+        out: list[Outbound] = []
+        while self._held and self._held[0][0] <= synced_lsn:
+            out.extend(self._held.popleft()[1])
+        self._held_count -= len(out)
+        return out
+
+    def live_node(self) -> Node:
+        if self.node is None:
+            raise SimulationError(f"{self.node_id} is down")
+        return self.node
+
+    def live_storage(self) -> SimStorage:
+        if self.storage is None:
+            raise SimulationError(f"{self.node_id} is down")
+        return self.storage

@@ -1,0 +1,87 @@
+"""Every registered message of kvstore.messages survives the codec round trip the simulator applies."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+import kvstore.messages as messages
+from kvstore.codec import decode, encode, registered
+from kvstore.errors import ErrorCode
+from kvstore.messages import (
+    NODE_PARTITION,
+    BatchGetOp,
+    BatchPutOp,
+    BatchResults,
+    CasOp,
+    Deleted,
+    DeleteOp,
+    Failure,
+    Forward,
+    ForwardRefused,
+    ForwardReply,
+    Found,
+    GetOp,
+    Message,
+    PutOp,
+    ScanItem,
+    ScanOp,
+    ScanPage,
+    ScanPartitionsOp,
+    Written,
+)
+
+EXAMPLES: list[object] = [
+    GetOp("k"),
+    GetOp("ключ/🙂"),
+    PutOp("k", b"\x00\xff" * 10),
+    PutOp("k", b"", ttl_ms=5),
+    DeleteOp("k"),
+    CasOp("k", None, b"new"),
+    CasOp("k", b"old", None, ttl_ms=1),
+    ScanOp("a", None, 10),
+    ScanOp("a", "z", 1),
+    BatchGetOp(("a", "b")),
+    BatchPutOp((PutOp("a", b"1"), PutOp("b", b"2", 9))),
+    Found("k", b"v", 3),
+    Found("k", b"v", 3, expires_at_ms=1000),
+    Written("k", 2**62),
+    Deleted("k", True),
+    ScanItem("k", b"v", 1),
+    ScanPage((ScanItem("a", b"1", 1), ScanItem("b", b"2", 2)), truncated=True),
+    ScanPage((), truncated=False),
+    Failure.of(ErrorCode.TIMEOUT, "no answer"),
+    BatchResults((Found("a", b"1", 1), Written("b", 2), Deleted("c", False), Failure.of(ErrorCode.NOT_FOUND, "x"))),
+    Forward(2**63 - 1, 1, 0, PutOp("k", b"v")),
+    Forward(1, 2, 2**63 - 1, ScanPartitionsOp((1, 3, 5), "a", None, 7)),
+    Forward(1, 3, 5, BatchPutOp((PutOp("a", b"1"),))),
+    ForwardReply(1, 9, 2, ScanPage((ScanItem("a", b"1", 1),), truncated=False)),
+    ForwardReply(1, 9, 2, BatchResults((Written("a", 1),))),
+    ForwardRefused(1, 9, 0, 2),
+    ScanPartitionsOp((0,), "", "zz", 1),
+    Message("n1", "n2", 5, Forward(1, 1, 0, GetOp("k"))),
+    Message("n2", "n1", NODE_PARTITION, ForwardReply(1, 1, 2, Failure.of(ErrorCode.OVERLOADED, "busy"))),
+]
+
+
+def registered_message_classes() -> set[type]:
+    return {
+        cls
+        for _, cls in inspect.getmembers(messages, inspect.isclass)
+        if cls.__module__ == messages.__name__ and dataclasses.is_dataclass(cls) and registered(cls.__name__) is cls
+    }
+
+
+def test_examples_cover_every_registered_message_class() -> None:
+    covered = {type(example) for example in EXAMPLES}
+    missing = sorted(cls.__name__ for cls in registered_message_classes() - covered)
+    assert missing == []
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_round_trip(example: object) -> None:
+    decoded = decode(encode(example))
+    assert decoded == example
+    assert type(decoded) is type(example)

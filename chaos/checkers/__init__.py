@@ -1,1 +1,50 @@
-"""chaos/checkers."""
+"""Consistency checkers, and one entry point that runs the ones a scenario names."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from chaos.history import History
+
+CHECKER_NAMES: tuple[str, ...] = ("linearizable", "lost-writes", "set", "counter", "convergence")
+
+
+def combine(verdicts: Sequence[object]) -> bool | str:
+    """All valid -> True; any invalid -> False; otherwise (any unknown) -> "unknown"."""
+    if any(v is False for v in verdicts):
+        return False
+    if all(v is True for v in verdicts):
+        return True
+    return "unknown"
+
+
+def run_checkers(
+    names: Sequence[str],
+    history: History,
+    *,
+    time_limit_s: float = 30.0,
+    final_values: Mapping[Any, Any] | None = None,
+    replica_states: Mapping[str, Mapping[Any, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each named checker's JSON result. Checkers that need data the run did not collect say so."""
+    from chaos.checkers import convergence, counter, linearizable, lost_writes, sets
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name == "linearizable":
+            results[name] = linearizable.check(history, time_limit_s).to_json()
+        elif name == "lost-writes":
+            results[name] = lost_writes.check(history, final_values).to_json()
+        elif name == "set":
+            results[name] = sets.check(history).to_json()
+        elif name == "counter":
+            results[name] = counter.check(history).to_json()
+        elif name == "convergence":
+            if replica_states is None:
+                results[name] = {"valid": "unknown", "reason": "this run could not read each replica's state"}
+            else:
+                results[name] = convergence.check(replica_states).to_json()
+        else:
+            raise ValueError(f"unknown checker {name!r} (known: {', '.join(CHECKER_NAMES)})")
+    return results

@@ -1,0 +1,224 @@
+"""The nemesis: a seeded schedule of faults over time, and the code that applies it to a cluster.
+
+The schedule alternates, as Jepsen's does: quiet for ``interval_ms``, then one fault (drawn from the
+scenario's list) for ``interval_ms``, then its end, and so on until the run's duration. Every choice
+(which fault, which node, which partition) is drawn from the nemesis rng when the schedule is made, so a
+seed names the whole schedule; only "isolate the leader" looks at the cluster when it strikes.
+
+Targets are the simulator and real clusters alike (``ChaosTarget``): crashes go to the target, message
+and clock faults to its ``ChaosPolicy``, after which the target is told the policy changed (a real
+cluster pushes it to its nodes' admin routes).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from chaos.faults import PARTITION_KINDS, ChaosPolicy, Delay, partition_grudge
+from chaos.report import FaultPeriod
+
+FAULT_KINDS: tuple[str, ...] = (
+    "crash",
+    *(f"partition-{k}" for k in PARTITION_KINDS),
+    "delay",
+    "drop",
+    "duplicate",
+    "reorder",
+    "clock-skew",
+    "clock-drift",
+)
+
+
+@dataclass(frozen=True)
+class NemesisConfig:
+    faults: tuple[str, ...] = ()
+    interval_ms: int = 1000
+    start_after_ms: int = 500
+    delay: Delay = field(default_factory=lambda: Delay("uniform", 50, 5))
+    drop_probability: float = 0.2
+    duplicate_probability: float = 0.3
+    reorder_probability: float = 0.3
+    reorder_ms: int = 50
+    clock_offset_ms: int = 2000
+    clock_drift_ppm: int = 100_000
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.faults if f not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
+        if self.interval_ms <= 0 or self.start_after_ms < 0:
+            raise ValueError("nemesis interval_ms must be positive and start_after_ms not negative")
+        for name in ("drop_probability", "duplicate_probability", "reorder_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"nemesis {name} must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class FaultAction:
+    at_ms: int
+    start: bool  # True: the fault begins; False: it ends
+    fault: str
+    node: str | None = None
+    # For partitions: for each node, the nodes whose traffic it drops (sorted, for a stable schedule).
+    grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def describe(self) -> str:
+        if self.node is not None:
+            return f"{self.fault} {self.node}"
+        if self.grudge:
+            cut = ", ".join(f"{n}x{'/'.join(srcs)}" for n, srcs in self.grudge if srcs)
+            return f"{self.fault} ({cut})"
+        return self.fault
+
+
+class ChaosTarget(Protocol):
+    policy: ChaosPolicy
+
+    def node_ids(self) -> Sequence[str]:
+        ...
+
+    def now_ms(self) -> int:
+        """Time since the run started, as the history records it."""
+        ...
+
+    def crash(self, node_id: str) -> None:
+        ...
+
+    def restart(self, node_id: str) -> None:
+        ...
+
+    def is_up(self, node_id: str) -> bool:
+        ...
+
+    def leader(self) -> str | None:
+        """The node a leader-based mode considers leader; None in modes without one."""
+        ...
+
+    def policy_changed(self) -> None:
+        ...
+
+
+def plan(config: NemesisConfig, nodes: Sequence[str], duration_ms: int, rng: random.Random) -> list[FaultAction]:
+    actions: list[FaultAction] = []
+    if not config.faults:
+        return actions
+    at = config.start_after_ms
+    while at + config.interval_ms <= duration_ms:
+        fault = rng.choice(config.faults)
+        node = None
+        grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        if fault in ("crash", "clock-skew", "clock-drift"):
+            node = rng.choice(list(nodes))
+        elif fault.startswith("partition-") and fault != "partition-isolate-leader":
+            drawn = partition_grudge(fault.removeprefix("partition-"), nodes, rng)
+            grudge = tuple((n, tuple(sorted(drawn[n]))) for n in sorted(drawn))
+        actions.append(FaultAction(at, True, fault, node, grudge))
+        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge))
+        at += 2 * config.interval_ms
+    return actions
+
+
+@dataclass
+class Nemesis:
+    config: NemesisConfig
+    target: ChaosTarget
+    rng: random.Random
+    # Faults that have ended, and those still active (keyed by fault and node).
+    ended: list[FaultPeriod] = field(default_factory=list)
+    _open: dict[tuple[str, str | None], FaultPeriod] = field(default_factory=dict)
+
+    @property
+    def periods(self) -> list[FaultPeriod]:
+        return sorted([*self.ended, *self._open.values()], key=lambda p: (p.start_ms, p.kind))
+
+    def apply(self, action: FaultAction) -> None:
+        if action.start:
+            detail = self._start(action)
+            self._open[(action.fault, action.node)] = FaultPeriod(action.fault, self.target.now_ms(), None, detail)
+        else:
+            self._stop(action)
+            self._close((action.fault, action.node))
+
+    def _close(self, key: tuple[str, str | None]) -> None:
+        period = self._open.pop(key, None)
+        if period is not None:
+            self.ended.append(replace(period, end_ms=self.target.now_ms()))
+
+    def heal_all(self) -> None:
+        """End every fault: restart crashed nodes, heal partitions, calm the network, true clocks."""
+        for node in self.target.node_ids():
+            if not self.target.is_up(node):
+                self.target.restart(node)
+        policy = self.target.policy
+        policy.heal()
+        policy.calm()
+        policy.reset_clocks()
+        self.target.policy_changed()
+        for key in list(self._open):
+            self._close(key)
+
+    def _start(self, action: FaultAction) -> str:
+        policy = self.target.policy
+        fault = action.fault
+        if fault == "crash":
+            assert action.node is not None
+            if not self.target.is_up(action.node):
+                return f"{action.node} already down"
+            self.target.crash(action.node)
+            return action.describe()
+        if fault.startswith("partition-"):
+            if fault == "partition-isolate-leader":
+                drawn = partition_grudge("isolate-leader", self.target.node_ids(), self.rng, self.target.leader())
+                grudge = {n: set(srcs) for n, srcs in drawn.items()}
+            else:
+                grudge = {n: set(srcs) for n, srcs in action.grudge}
+            policy.cut(grudge)
+            detail = ", ".join(f"{n} drops {'/'.join(sorted(s))}" for n, s in sorted(grudge.items()) if s)
+        elif fault == "delay":
+            policy.delay = self.config.delay
+            detail = f"delay {self.config.delay.to_json()}"
+        elif fault == "drop":
+            policy.drop_probability = self.config.drop_probability
+            detail = f"drop p={self.config.drop_probability}"
+        elif fault == "duplicate":
+            policy.duplicate_probability = self.config.duplicate_probability
+            detail = f"duplicate p={self.config.duplicate_probability}"
+        elif fault == "reorder":
+            policy.reorder_probability = self.config.reorder_probability
+            policy.reorder_ms = self.config.reorder_ms
+            detail = f"reorder p={self.config.reorder_probability} up to {self.config.reorder_ms} ms"
+        elif fault == "clock-skew":
+            assert action.node is not None
+            policy.set_clock(action.node, self.target.now_ms(), offset_ms=self.config.clock_offset_ms)
+            detail = f"{action.node} clock {self.config.clock_offset_ms:+d} ms"
+        elif fault == "clock-drift":
+            assert action.node is not None
+            policy.set_clock(action.node, self.target.now_ms(), drift_ppm=self.config.clock_drift_ppm)
+            detail = f"{action.node} clock drifts {self.config.clock_drift_ppm} ppm"
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+        self.target.policy_changed()
+        return detail
+
+    def _stop(self, action: FaultAction) -> None:
+        policy = self.target.policy
+        fault = action.fault
+        if fault == "crash":
+            assert action.node is not None
+            if not self.target.is_up(action.node):
+                self.target.restart(action.node)
+            return
+        if fault.startswith("partition-"):
+            policy.heal()
+        elif fault in ("clock-skew", "clock-drift"):
+            policy.reset_clocks()
+        else:
+            policy.calm()
+        self.target.policy_changed()
+
+
+def describe_schedule(actions: Sequence[FaultAction]) -> list[dict[str, Any]]:
+    return [{"at_ms": a.at_ms, "start": a.start, "fault": a.describe()} for a in actions]

@@ -1,0 +1,262 @@
+"""Run a scenario in the deterministic simulator: one seed decides the workload, the faults, everything.
+
+Each client process is pinned to one node (process ``p`` talks to node ``p mod n``), runs one op at a
+time and records it; an op without an answer after ``client_timeout_ms`` is recorded as ``info`` and its
+process moves on under a new id, as Jepsen's do. After ``duration_ms`` no new ops start, every fault is
+healed, the cluster gets ``quiet_ms`` of calm, and the workload's final reads run one by one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from chaos.checkers import combine, run_checkers
+from chaos.faults import ChaosPolicy
+from chaos.history import Event, History
+from chaos.nemesis import FaultAction, Nemesis, describe_schedule, plan
+from chaos.report import FaultPeriod
+from chaos.scenario import Scenario
+from chaos.workloads import Execution, Outcome, PlannedOp, Workload, make_workload
+from kvstore.config import ClusterConfig, FsyncPolicy, StorageConfig, Timeouts, local_cluster
+from kvstore.messages import ClientOp, Result
+from kvstore.sim.cluster import SimCluster
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    seed: int | None
+    driver: str
+    history: History
+    periods: list[FaultPeriod]
+    checkers: dict[str, dict[str, Any]]
+    stats: dict[str, Any]
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool | str:
+        return combine([r.get("valid") for r in self.checkers.values()])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "seed": self.seed,
+            "driver": self.driver,
+            "valid": self.valid,
+            "checkers": self.checkers,
+            "stats": self.stats,
+            "schedule": self.schedule,
+        }
+
+
+class Recorder:
+    """Builds the history as ops start and finish."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def invoke(self, process: int, op: PlannedOp, time_ms: int) -> None:
+        value = None if op.f == "read" else op.value
+        self.events.append(Event(len(self.events), process, "invoke", op.f, op.key, value, time_ms))
+
+    def complete(self, process: int, op: PlannedOp, outcome: Outcome, time_ms: int) -> None:
+        kind, value, error = outcome
+        shown = value if op.f == "read" and kind == "ok" else (None if op.f == "read" else op.value)
+        self.events.append(Event(len(self.events), process, kind, op.f, op.key, shown, time_ms, error))  # type: ignore[arg-type]
+
+    def history(self, source: str) -> History:
+        return History(list(self.events), source)
+
+
+def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
+    spec = scenario.cluster
+    return local_cluster(
+        spec.nodes,
+        mode=spec.mode,
+        partitions=spec.partitions,
+        storage=StorageConfig(engine="memory", fsync=cast(FsyncPolicy, spec.fsync),
+                              batch_interval_ms=spec.batch_interval_ms),
+        timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
+    )
+
+
+class _SimTarget:
+    """The simulator as the nemesis sees it."""
+
+    def __init__(self, cluster: SimCluster, policy: ChaosPolicy) -> None:
+        self.cluster = cluster
+        self.policy = policy
+
+    def node_ids(self) -> tuple[str, ...]:
+        return self.cluster.node_ids()
+
+    def now_ms(self) -> int:
+        return self.cluster.now_ms
+
+    def crash(self, node_id: str) -> None:
+        self.cluster.crash(node_id)
+
+    def restart(self, node_id: str) -> None:
+        self.cluster.restart(node_id)
+
+    def is_up(self, node_id: str) -> bool:
+        return self.cluster.is_up(node_id)
+
+    def leader(self) -> str | None:
+        return None  # single-copy mode has no leader
+
+    def policy_changed(self) -> None:
+        pass  # the simulator consults the same policy object for every message
+
+
+@dataclass
+class _Client:
+    index: int
+    process: int
+    node: str
+    # Identifies the op in progress; a late result for an op that already timed out is ignored.
+    token: int = 0
+
+
+class _SimRunner:
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.policy = ChaosPolicy(random.Random(0))
+        self.cluster = SimCluster(seed, sim_cluster_config(scenario), self.policy)
+        self.policy.rng = self.cluster.child_rng()
+        self.workload: Workload = make_workload(scenario.workload.kind, dict(scenario.workload.options))
+        self.workload_rng = self.cluster.child_rng()
+        self.client_rng = self.cluster.child_rng()
+        nemesis_rng = self.cluster.child_rng()
+        self.schedule: list[FaultAction] = plan(scenario.nemesis, self.cluster.node_ids(), scenario.duration_ms,
+                                                nemesis_rng)
+        self.nemesis = Nemesis(scenario.nemesis, _SimTarget(self.cluster, self.policy), nemesis_rng)
+        self.recorder = Recorder()
+        self.next_token = 1
+        self.accepting = True
+        nodes = self.cluster.node_ids()
+        concurrency = scenario.workload.concurrency
+        self.clients = [_Client(i, i, nodes[i % len(nodes)]) for i in range(concurrency)]
+        self.next_process = concurrency
+        self.final_pending = 0
+
+    def run(self) -> RunResult:
+        s = self.scenario
+        for action in self.schedule:
+            self.cluster.schedule(action.at_ms, lambda a=action: self.nemesis.apply(a))  # type: ignore[misc]
+        for client in self.clients:
+            self.cluster.schedule(self.client_rng.randint(0, max(s.workload.think_ms, 1)),
+                                  lambda c=client: self._start(c))  # type: ignore[misc]
+        self.cluster.run_until(s.duration_ms)
+        self.accepting = False
+        # Let ops in progress finish or time out, then heal everything and let the cluster settle.
+        self.cluster.run_until(s.duration_ms + s.workload.client_timeout_ms)
+        self.nemesis.heal_all()
+        self.cluster.run_for(s.quiet_ms)
+        self._final_reads()
+        history = self.recorder.history(f"{s.name} seed={self.seed}")
+        checkers = run_checkers(
+            s.checkers.names or self.workload.default_checkers,
+            history,
+            time_limit_s=s.checkers.time_limit_s,
+            replica_states=self._replica_states(),
+        )
+        return RunResult(s, self.seed, "sim", history, self.nemesis.periods, checkers, self._stats(history),
+                         describe_schedule(self.schedule))
+
+    # ------------------------------------------------------------ client processes
+
+    def _start(self, client: _Client) -> None:
+        if not self.accepting:
+            return
+        op = self.workload.next_op(self.workload_rng)
+        self._run_op(client, op)
+
+    def _run_op(self, client: _Client, op: PlannedOp) -> None:
+        token = self.next_token
+        self.next_token += 1
+        client.token = token
+        self.recorder.invoke(client.process, op, self.cluster.now_ms)
+        gen = self.workload.execute(op)
+        deadline = self.cluster.now_ms + self.scenario.workload.client_timeout_ms
+        self.cluster.schedule(deadline, lambda: self._timeout(client, token, op))
+        self._advance(client, token, op, gen, None)
+
+    def _advance(self, client: _Client, token: int, op: PlannedOp, gen: Execution, result: Result | None) -> None:
+        try:
+            request: ClientOp = gen.send(result)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            self._finish(client, token, op, stop.value)
+            return
+
+        def on_result(_request_id: int, reply: Result) -> None:
+            if client.token == token:
+                self._advance(client, token, op, gen, reply)
+
+        self.cluster.submit(client.node, request, on_result)
+
+    def _timeout(self, client: _Client, token: int, op: PlannedOp) -> None:
+        if client.token == token:
+            self._finish(client, token, op, ("info", None, "client_timeout"))
+
+    def _finish(self, client: _Client, token: int, op: PlannedOp, outcome: Outcome) -> None:
+        client.token = 0
+        self.recorder.complete(client.process, op, outcome, self.cluster.now_ms)
+        if outcome[0] == "info":
+            client.process = self.next_process
+            self.next_process += 1
+        if client.index < 0:
+            self.final_pending -= 1
+            return
+        think = self.client_rng.randint(0, self.scenario.workload.think_ms)
+        self.cluster.schedule(self.cluster.now_ms + think, lambda: self._start(client))
+
+    def _final_reads(self) -> None:
+        nodes = self.cluster.node_ids()
+        for i, op in enumerate(self.workload.final_ops()):
+            client = _Client(-1, self.next_process, nodes[i % len(nodes)])
+            self.next_process += 1
+            self.final_pending = 1
+            self.cluster.schedule(self.cluster.now_ms, lambda c=client, o=op: self._run_op(c, o))  # type: ignore[misc]
+            self.cluster.run_until_true(lambda: self.final_pending == 0,
+                                        self.scenario.workload.client_timeout_ms + 1000, "final read")
+
+    # ------------------------------------------------------------ results
+
+    def _replica_states(self) -> dict[str, dict[Any, Any]]:
+        states: dict[str, dict[Any, Any]] = {}
+        for node in self.cluster.node_ids():
+            storage = self.cluster.storage(node)
+            states[node] = {
+                key: record.value
+                for partition in storage.partitions()
+                for key, record in storage.scan(partition, "", None, 1_000_000, self.cluster.node_clock_ms(node))
+            }
+        return states
+
+    def _stats(self, history: History) -> dict[str, Any]:
+        outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")
+        st = self.cluster.stats
+        return {
+            "ops": sum(1 for e in history.events if e.type == "invoke"),
+            "outcomes": dict(sorted(outcomes.items())),
+            "virtual_ms": self.cluster.now_ms,
+            "messages_delivered": st.delivered,
+            "crashes": st.crashes,
+            "syncs": st.syncs,
+            "events": st.events,
+            "trace_hash": self.cluster.trace_hash(),
+        }
+
+
+def run_in_sim(scenario: Scenario, seed: int | None = None) -> RunResult:
+    return _SimRunner(scenario, scenario.seed if seed is None else seed).run()
+
+
+def replay_command(scenario_path: str, seed: int) -> str:
+    return f"kvstore chaos run {scenario_path} --seed {seed}"
+

@@ -1,0 +1,156 @@
+"""Scenario files: a cluster, a workload, a nemesis schedule, a duration and the checkers, in TOML.
+
+```toml
+name = "register-crash"
+description = "single-copy register under crashes, fsync=always"
+duration_ms = 10000         # how long the workload runs
+quiet_ms = 1000             # after healing every fault, before the final reads
+
+[cluster]
+nodes = 3
+mode = "single"
+fsync = "always"
+partitions = 16
+request_timeout_ms = 1000
+
+[workload]
+kind = "register"           # register | append | set | counter
+concurrency = 5             # client processes
+think_ms = 20               # a process waits 0..think_ms between ops
+client_timeout_ms = 3000    # an op without an answer by then is recorded as info
+options = { keys = 5 }      # passed to the workload
+
+[nemesis]
+faults = ["crash"]          # see chaos.nemesis.FAULT_KINDS
+interval_ms = 1000
+
+[checkers]
+names = ["linearizable", "lost-writes"]   # default: the workload's own
+time_limit_s = 30
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from chaos.checkers import CHECKER_NAMES
+from chaos.faults import Delay
+from chaos.nemesis import NemesisConfig
+from chaos.workloads import WORKLOAD_KINDS
+from kvstore.config import FSYNC_POLICIES, MODES
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    nodes: int = 3
+    mode: str = "single"
+    fsync: str = "always"
+    partitions: int = 16
+    request_timeout_ms: int = 1000
+    batch_interval_ms: int = 10
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    kind: str = "register"
+    concurrency: int = 5
+    think_ms: int = 20
+    client_timeout_ms: int = 3000
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckerSpec:
+    names: tuple[str, ...] = ()
+    time_limit_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str = ""
+    duration_ms: int = 10_000
+    quiet_ms: int = 1000
+    seed: int = 1
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    nemesis: NemesisConfig = field(default_factory=NemesisConfig)
+    checkers: CheckerSpec = field(default_factory=CheckerSpec)
+
+
+def _build(cls: type, table: Any, where: str, convert: dict[str, Any] | None = None) -> Any:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where} must be a table")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ScenarioError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    values = dict(table)
+    for name, fn in (convert or {}).items():
+        if name in values:
+            values[name] = fn(values[name])
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from exc
+
+
+def from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    tables = {"cluster", "workload", "nemesis", "checkers"}
+    top = {k: v for k, v in data.items() if k not in tables}
+    if "name" not in top:
+        top["name"] = Path(source).stem
+    try:
+        cluster = _build(ClusterSpec, data.get("cluster", {}), f"{source} [cluster]")
+        workload = _build(WorkloadSpec, data.get("workload", {}), f"{source} [workload]")
+        nemesis = _build(NemesisConfig, data.get("nemesis", {}), f"{source} [nemesis]",
+                         {"faults": tuple, "delay": Delay.from_json})
+        checkers = _build(CheckerSpec, data.get("checkers", {}), f"{source} [checkers]", {"names": tuple})
+        scenario: Scenario = _build(
+            Scenario, {**top, "cluster": cluster, "workload": workload, "nemesis": nemesis, "checkers": checkers},
+            source,
+        )
+    except ScenarioError:
+        raise
+    _validate(scenario, source)
+    return scenario
+
+
+def _validate(s: Scenario, source: str) -> None:
+    problems = []
+    if s.cluster.nodes < 1:
+        problems.append("[cluster] nodes must be at least 1")
+    if s.cluster.mode not in MODES:
+        problems.append(f"[cluster] mode must be one of {', '.join(MODES)}")
+    if s.cluster.fsync not in FSYNC_POLICIES:
+        problems.append(f"[cluster] fsync must be one of {', '.join(FSYNC_POLICIES)}")
+    if s.workload.kind not in WORKLOAD_KINDS:
+        problems.append(f"[workload] kind must be one of {', '.join(WORKLOAD_KINDS)}")
+    if s.workload.concurrency < 1 or s.workload.think_ms < 0 or s.workload.client_timeout_ms < 1:
+        problems.append("[workload] concurrency and client_timeout_ms must be positive, think_ms not negative")
+    if s.duration_ms < 1 or s.quiet_ms < 0:
+        problems.append("duration_ms must be positive and quiet_ms not negative")
+    bad = [n for n in s.checkers.names if n not in CHECKER_NAMES]
+    if bad:
+        problems.append(f"[checkers] unknown checker(s) {', '.join(bad)} (known: {', '.join(CHECKER_NAMES)})")
+    if problems:
+        raise ScenarioError(f"{source}: " + "; ".join(problems))
+
+
+def load(path: str | Path) -> Scenario:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from exc
+    return from_dict(data, str(path))

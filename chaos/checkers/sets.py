@@ -15,6 +15,7 @@ only with ``allow_stale=False`` (a linearizable set must never serve one).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,22 +76,30 @@ def check(history: History, allow_stale: bool = True) -> SetResult:
         unexpected |= {e for e in present if e not in adds or e in failed}
     result.unexpected = sorted(unexpected, key=repr)
 
+    # Reads in invocation order; for each element, the positions of the reads that hold it. An element is
+    # stale when fewer of the reads after it became known hold it than there are such reads.
+    read_starts = [op.invoke_index for op, _ in read_sets]
+    holding: dict[Any, list[int]] = {}
+    for position, (_, present) in enumerate(read_sets):
+        for element in present:
+            holding.setdefault(element, []).append(position)
+    last = len(read_sets) - 1
     for element in sorted(adds, key=repr):
         if element in failed:
             continue
         known = known_at.get(element)
-        add = adds[element]
-        after = known if known is not None else add.complete_index
-        later = [present for op, present in read_sets if after is not None and op.invoke_index > after]
-        if not later:
+        after = known if known is not None else adds[element].complete_index
+        first_later = len(read_sets) if after is None else bisect_right(read_starts, after)
+        if first_later > last:
             result.never_read.append(element)
             continue
         if known is None:
             # An add of unknown outcome that no read has seen: it may simply never have happened.
             continue
-        if element not in later[-1]:
+        positions = holding.get(element, [])
+        if not positions or positions[-1] != last:
             result.lost.append(element)
-        elif any(element not in present for present in later):
+        elif len(positions) - bisect_left(positions, first_later) < last + 1 - first_later:
             result.stale.append(element)
         else:
             result.ok_count += 1

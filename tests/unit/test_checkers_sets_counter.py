@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chaos.checkers import convergence, counter, lost_writes, sets
 from chaos.history import from_dicts
 
@@ -121,3 +124,50 @@ def test_convergence() -> None:
     bad = convergence.check({"n1": {"a": 1}, "n2": {"a": 2}, "n3": {}}, replicas_of=lambda k: ["n1", "n2", "n3"])
     assert bad.valid is False
     assert bad.diverged[0].values == {"n1": 1, "n2": 2, "n3": "<absent>"}
+
+
+def naive_set_verdicts(rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """(lost, stale, never read), straight from the definitions, quadratic and obviously right."""
+    ops = from_dicts(rows).ops()
+    adds = {op.invoke.value: op for op in ops if op.f == "add"}
+    reads = [op for op in ops if op.f == "read" and op.type == "ok"]
+    lost, stale, never = [], [], []
+    for element in sorted(adds, key=repr):
+        add = adds[element]
+        if add.type == "fail":
+            continue
+        seen = [r.complete_index for r in reads if element in (r.value or ())]
+        acked = [add.complete_index] if add.type == "ok" and add.complete_index is not None else []
+        known = min(seen + acked) if seen + acked else None
+        after = known if known is not None else add.complete_index
+        later = [r for r in reads if after is not None and r.invoke_index > after]
+        if not later:
+            never.append(element)
+        elif known is None:
+            continue
+        elif element not in (later[-1].value or ()):
+            lost.append(element)
+        elif any(element not in (r.value or ()) for r in later):
+            stale.append(element)
+    return lost, stale, never
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "read"]), st.integers(0, 5),
+                          st.sampled_from(["ok", "ok", "fail", "info"]),
+                          st.lists(st.integers(0, 5), max_size=4)), min_size=1, max_size=12),
+       st.randoms(use_true_random=False))
+def test_set_checker_matches_its_definition(specs: list[tuple[str, int, str, list[int]]], rnd: Any) -> None:
+    rows: list[dict[str, Any]] = []
+    open_ops: dict[int, tuple[str, int, str, list[int]]] = {}
+    for p, spec in enumerate(specs):
+        f, element, _, _ = spec
+        rows.append({"process": p, "type": "invoke", "f": f, "value": None if f == "read" else element})
+        open_ops[p] = spec
+        while open_ops and rnd.random() < 0.6:
+            q = rnd.choice(sorted(open_ops))
+            f, element, outcome, seen = open_ops.pop(q)
+            value = sorted(set(seen)) if f == "read" else element
+            rows.append({"process": q, "type": outcome, "f": f, "value": value})
+    result = sets.check(from_dicts(rows))
+    assert (result.lost, result.stale, result.never_read) == naive_set_verdicts(rows)

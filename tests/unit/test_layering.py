@@ -16,6 +16,7 @@ CORE_MODULES = (
     "kvstore/codec.py",
     "kvstore/errors.py",
     "kvstore/validation.py",
+    "kvstore/faults.py",
     "kvstore/storage/base.py",
     "kvstore/storage/memory.py",
     "kvstore/storage/simulated.py",

@@ -203,7 +203,6 @@ class Node:
         assert len(self._waiting) <= self._limits.max_inflight + self._limits.max_batch_keys + len(
             self.partition_map.replicas
         ), "in-flight table exceeded its bound"
-        assert set(self._outgoing) <= set(self._waiting), "a forward is tracked with nobody waiting on it"
         effects, self._effects = self._effects, []
         return effects
 
@@ -355,6 +354,7 @@ class Node:
         self._effects.append(SetTimer(_FORWARD_TIMER_PREFIX + str(token), deadline_ms))
 
     def _send_forward(self, token: int, out: _Outgoing) -> None:
+        assert token in self._waiting, "a forward is tracked with nobody waiting on it"
         out.target_incarnation = self._peer_incarnations.get(out.dst, 0)
         self._outgoing[token] = out
         forward = Forward(self.incarnation, token, out.target_incarnation, out.op)

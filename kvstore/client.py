@@ -1,0 +1,318 @@
+"""HTTP client for a kvstore cluster: ``AsyncClient`` (aiohttp) and ``Client``, its synchronous face.
+
+Results are the message dataclasses the node produces:
+
+- ``get(key)`` returns ``Found`` (value, version, expiry) or ``None`` when the key does not exist;
+- ``put`` returns ``Written``; ``delete`` returns ``Deleted`` (``existed`` says whether it was there);
+- ``cas`` returns ``Written`` or ``Deleted`` (when ``new`` is None) and raises ``KvError`` with code
+  ``precondition_failed`` when the current value is not ``expected``;
+- ``scan`` returns ``ScanPage``; ``batch_get`` / ``batch_put`` return one ``Found`` / ``Written`` or
+  ``Failure`` per entry, in order (a missing key is a ``Failure`` with code ``not_found``).
+
+Any other error is raised as ``KvError`` with the server's code, so ``error.definite`` tells whether
+the operation certainly did not happen.
+
+Failover: the client sends to one node (the last that answered) and moves on to the next URL only when
+the failure is definite: the connection could not be made, so the request was never sent. A read may
+also move on after any transport failure (it has no effect). A write whose connection failed after it
+was sent is never retried: it raises ``KvError`` ``timeout`` (indefinite). When no node can be reached
+at all, the error is ``unavailable`` (definite).
+
+``Client`` runs one ``AsyncClient`` on a private event loop thread, so there is one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import msgpack
+from yarl import URL
+
+from kvstore.errors import ErrorCode, KvError
+from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
+
+MSGPACK_TYPE = "application/msgpack"
+_MSGPACK_HEADERS = {"Content-Type": MSGPACK_TYPE, "Accept": MSGPACK_TYPE}
+DEFAULT_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
+Value = bytes | str
+# (key, value) or (key, value, ttl_ms)
+PutItem = tuple[str, Value] | tuple[str, Value, int | None]
+
+
+def key_path(route: str, key: str) -> str:
+    """``/route/<key>`` with the key percent-encoded whole ('/' and '.' too, so no proxy or URL library
+    can read it as path segments)."""
+    return f"/{route}/" + quote(key, safe="").replace(".", "%2E")
+
+
+def _as_bytes(value: Value) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+class _Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def error(self) -> KvError:
+        """The server's error, or one inferred from the status when the body is not the error shape."""
+        try:
+            detail = json.loads(self.body)["error"]
+            return KvError(ErrorCode(detail["code"]), str(detail["message"]))
+        except (ValueError, KeyError, TypeError):
+            code = ErrorCode.INTERNAL if self.status >= 500 else ErrorCode.BAD_REQUEST
+            return KvError(code, f"HTTP {self.status}: {self.body[:200]!r}")
+
+    def document(self) -> dict[str, Any]:
+        if self.status >= 400:
+            raise self.error()
+        doc = msgpack.unpackb(self.body, raw=False)
+        if not isinstance(doc, dict):
+            raise KvError(ErrorCode.INTERNAL, "the server answered with something other than an object")
+        return doc
+
+
+class AsyncClient:
+    def __init__(self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
+        if not self._urls:
+            raise ValueError("at least one node URL is needed")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        # The node that answered last; requests start there.
+        self._preferred = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------ keys
+
+    async def get(self, key: str) -> Found | None:
+        response = await self._send("GET", key_path("kv", key), idempotent=True)
+        if response.status == 200:
+            expires = response.headers.get("X-Kv-Expires-At-Ms")
+            version = int(response.headers["X-Kv-Version"])
+            return Found(key, response.body, version, None if expires is None else int(expires))
+        error = response.error()
+        if error.code is ErrorCode.NOT_FOUND:
+            return None
+        raise error
+
+    async def put(self, key: str, value: Value, *, ttl_ms: int | None = None) -> Written:
+        query = None if ttl_ms is None else {"ttl_ms": str(ttl_ms)}
+        response = await self._send(
+            "PUT", key_path("kv", key), query=query, body=_as_bytes(value), headers={"Accept": MSGPACK_TYPE}
+        )
+        doc = response.document()
+        return Written(doc["key"], doc["version"])
+
+    async def delete(self, key: str) -> Deleted:
+        response = await self._send("DELETE", key_path("kv", key), headers={"Accept": MSGPACK_TYPE})
+        doc = response.document()
+        return Deleted(doc["key"], doc["deleted"])
+
+    async def cas(
+        self, key: str, expected: Value | None, new: Value | None, *, ttl_ms: int | None = None
+    ) -> Written | Deleted:
+        body: dict[str, object] = {
+            "expected": None if expected is None else _as_bytes(expected),
+            "new": None if new is None else _as_bytes(new),
+        }
+        if ttl_ms is not None:
+            body["ttl_ms"] = ttl_ms
+        response = await self._send(
+            "POST", key_path("cas", key), body=msgpack.packb(body, use_bin_type=True), headers=_MSGPACK_HEADERS
+        )
+        doc = response.document()
+        if "deleted" in doc:
+            return Deleted(doc["key"], doc["deleted"])
+        return Written(doc["key"], doc["version"])
+
+    # ------------------------------------------------------------ ranges and batches
+
+    async def scan(
+        self, prefix: str | None = None, *, start: str | None = None, end: str | None = None, limit: int = 1000
+    ) -> ScanPage:
+        """Keys with ``prefix``, or in ``[start, end)``, in key order; at most ``limit``."""
+        query = {"limit": str(limit)}
+        if prefix is not None:
+            query["prefix"] = prefix
+        if start is not None:
+            query["start"] = start
+        if end is not None:
+            query["end"] = end
+        response = await self._send("GET", "/scan", query=query, headers={"Accept": MSGPACK_TYPE}, idempotent=True)
+        doc = response.document()
+        items = tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"])
+        return ScanPage(items, doc["truncated"])
+
+    async def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
+        body = msgpack.packb({"get": list(keys)}, use_bin_type=True)
+        response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS, idempotent=True)
+        results: list[Found | Failure] = []
+        for entry in response.document()["results"]:
+            if entry["ok"]:
+                results.append(Found(entry["key"], entry["value"], entry["version"], entry.get("expires_at_ms")))
+            else:
+                results.append(_failure(entry))
+        return results
+
+    async def batch_put(self, items: Sequence[PutItem]) -> list[Written | Failure]:
+        entries = []
+        for item in items:
+            entry: dict[str, object] = {"key": item[0], "value": _as_bytes(item[1])}
+            if len(item) > 2 and item[2] is not None:
+                entry["ttl_ms"] = item[2]
+            entries.append(entry)
+        body = msgpack.packb({"put": entries}, use_bin_type=True)
+        response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS)
+        return [
+            Written(e["key"], e["version"]) if e["ok"] else _failure(e) for e in response.document()["results"]
+        ]
+
+    # ------------------------------------------------------------ cluster
+
+    async def cluster(self) -> dict[str, Any]:
+        response = await self._send("GET", "/cluster", headers={"Accept": MSGPACK_TYPE}, idempotent=True)
+        return response.document()
+
+    async def health(self) -> dict[str, Any]:
+        response = await self._send("GET", "/health", idempotent=True)
+        if response.status >= 400:
+            raise response.error()
+        doc: dict[str, Any] = json.loads(response.body)
+        return doc
+
+    async def metrics(self) -> str:
+        response = await self._send("GET", "/metrics", idempotent=True)
+        if response.status >= 400:
+            raise response.error()
+        return response.body.decode("utf-8")
+
+    # ------------------------------------------------------------ transport
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> _Response:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        target = path if not query else f"{path}?{urlencode(query, quote_via=quote)}"
+        failures: list[str] = []
+        definite = True
+        for attempt in range(len(self._urls)):
+            index = (self._preferred + attempt) % len(self._urls)
+            url = URL(self._urls[index] + target, encoded=True)
+            try:
+                async with self._session.request(method, url, data=body, headers=headers) as response:
+                    payload = await response.read()
+                    self._preferred = index
+                    return _Response(response.status, response.headers, payload)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Never connected, so never sent: safe to try the next node for any operation.
+                failures.append(f"{self._urls[index]}: {exc}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if not idempotent:
+                    raise KvError(
+                        ErrorCode.TIMEOUT, f"{self._urls[index]} did not answer ({exc!r}); the op may have happened"
+                    ) from exc
+                failures.append(f"{self._urls[index]}: {exc!r}")
+                definite = False
+        code = ErrorCode.UNAVAILABLE if definite else ErrorCode.TIMEOUT
+        raise KvError(code, "no node answered: " + "; ".join(failures))
+
+
+def _failure(entry: Mapping[str, Any]) -> Failure:
+    error = entry["error"]
+    return Failure(error["code"], error["message"])
+
+
+class Client:
+    """The synchronous client: every call runs the ``AsyncClient`` method on a private loop thread."""
+
+    def __init__(self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._async = AsyncClient(urls, timeout_s=timeout_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kvstore-client", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+
+    def get(self, key: str) -> Found | None:
+        return self._run(self._async.get(key))
+
+    def put(self, key: str, value: Value, *, ttl_ms: int | None = None) -> Written:
+        return self._run(self._async.put(key, value, ttl_ms=ttl_ms))
+
+    def delete(self, key: str) -> Deleted:
+        return self._run(self._async.delete(key))
+
+    def cas(
+        self, key: str, expected: Value | None, new: Value | None, *, ttl_ms: int | None = None
+    ) -> Written | Deleted:
+        return self._run(self._async.cas(key, expected, new, ttl_ms=ttl_ms))
+
+    def scan(
+        self, prefix: str | None = None, *, start: str | None = None, end: str | None = None, limit: int = 1000
+    ) -> ScanPage:
+        return self._run(self._async.scan(prefix, start=start, end=end, limit=limit))
+
+    def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
+        return self._run(self._async.batch_get(keys))
+
+    def batch_put(self, items: Sequence[PutItem]) -> list[Written | Failure]:
+        return self._run(self._async.batch_put(items))
+
+    def cluster(self) -> dict[str, Any]:
+        return self._run(self._async.cluster())
+
+    def health(self) -> dict[str, Any]:
+        return self._run(self._async.health())
+
+    def metrics(self) -> str:
+        return self._run(self._async.metrics())

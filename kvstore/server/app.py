@@ -1,0 +1,109 @@
+"""NodeServer: one node's storage, Node, pump, peer transport and HTTP API, wired together.
+
+Create it inside a running event loop, then ``await start()``; ``await stop()`` answers or refuses
+everything still open, syncs and closes storage. Used by ``kvstore.server.main`` for node processes and
+by tests to run nodes inside the test's own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+
+from aiohttp import web
+
+from kvstore.config import ClusterConfig
+from kvstore.messages import Message
+from kvstore.node import Node
+from kvstore.server.clock import NodeClock
+from kvstore.server.faults import FaultSwitch
+from kvstore.server.metrics import NodeGauges, NodeMetrics
+from kvstore.server.peer import PEER_PATH, PeerInbox, PeerTransport
+from kvstore.server.pump import Pump
+from kvstore.server.router import Router
+from kvstore.server.routes_cluster import ClusterRoutes
+from kvstore.server.routes_kv import KvRoutes
+from kvstore.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+# How long stopping waits for open HTTP requests to finish before closing their connections.
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class NodeServer:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        storage: Storage,
+        *,
+        host: str | None = None,
+        faults: FaultSwitch | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        address = config.node(node_id)
+        self.node_id = node_id
+        self.config = config
+        self.host = host or address.host
+        self.port = address.port
+        self.storage = storage
+        self.faults = faults or FaultSwitch()
+        self.node = Node(node_id, config, storage, random.Random(int.from_bytes(os.urandom(8), "big")))
+        self.transport = PeerTransport(node_id, config, self.faults, on_send_failed=self._send_failed)
+        self.pump = Pump(
+            self.node,
+            storage,
+            NodeClock(node_id, self.faults),
+            self.transport.send,
+            fsync=config.storage.fsync,
+            batch_interval_ms=config.storage.batch_interval_ms,
+            max_inflight=config.limits.max_inflight,
+            request_timeout_ms=config.timeouts.request_timeout_ms,
+            on_fatal=on_fatal,
+        )
+        self.metrics = NodeMetrics(
+            node_id,
+            NodeGauges(
+                inflight=lambda: self.pump.outstanding,
+                held_effects=lambda: self.pump.held_effects,
+                peer_queues=self.transport.queue_depths,
+                peer_up=lambda: {p: h.state == "up" for p, h in self.transport.health().items()},
+                written_lsn=lambda: storage.written_lsn,
+                synced_lsn=lambda: storage.synced_lsn,
+                key_count=storage.key_count,
+            ),
+        )
+        self.router = Router(self.metrics)
+        KvRoutes(self.pump, config.limits).register(self.router)
+        ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
+        inbox = PeerInbox(node_id, config, self.pump.deliver)
+        self.router.add("POST", PEER_PATH, inbox.handle, internal=True)
+        self._runner = web.ServerRunner(
+            web.Server(self.router.handle, access_log=None), shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _send_failed(self, msg: Message) -> None:
+        self.pump.send_failed(msg)
+
+    async def start(self) -> None:
+        await self.transport.start()
+        self.pump.start()
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        """Refuse new work, answer what is open, make every write durable, then close."""
+        await self.pump.close()
+        await self._runner.cleanup()
+        await self.transport.close()
+        try:
+            self.storage.close()
+        except Exception:
+            log.exception("node %s could not sync and close its storage", self.node_id)

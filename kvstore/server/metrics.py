@@ -1,0 +1,115 @@
+"""Per-node Prometheus metrics.
+
+Request counts and latency histograms are plain integers bumped on the hot path (a dict update and a
+bisect, well under a microsecond) and turned into Prometheus families only when ``/metrics`` is
+scraped, through a collector registered on a per-node ``CollectorRegistry``. Gauges (in-flight
+requests, held effects, peer queues, storage LSNs, key count) are read from their owners at scrape
+time, so they cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+# Upper bounds of the latency buckets, in seconds.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+
+class _Latency:
+    __slots__ = ("counts", "sum_s")
+
+    def __init__(self) -> None:
+        # One slot per bucket plus the +Inf overflow; cumulated at scrape time.
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+
+
+@dataclass(frozen=True)
+class NodeGauges:
+    """Where the scrape-time gauges are read from."""
+
+    inflight: Callable[[], int]
+    held_effects: Callable[[], int]
+    peer_queues: Callable[[], Mapping[str, int]]
+    peer_up: Callable[[], Mapping[str, bool]]
+    written_lsn: Callable[[], int]
+    synced_lsn: Callable[[], int]
+    key_count: Callable[[], int]
+
+
+class NodeMetrics(Collector):
+    def __init__(self, node_id: str, gauges: NodeGauges) -> None:
+        self.node_id = node_id
+        self._gauges = gauges
+        self._requests: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, _Latency] = {}
+        self._errors: dict[str, int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = _Latency()
+        latency.counts[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        latency.sum_s += seconds
+
+    def error(self, code: str) -> None:
+        self._errors[code] = self._errors.get(code, 0) + 1
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "kvstore_http_requests", "HTTP requests served, by route and status", labels=["route", "status"]
+        )
+        for (route, status), count in sorted(self._requests.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+
+        latency = HistogramMetricFamily(
+            "kvstore_http_request_duration_seconds", "Time to serve an HTTP request, by route", labels=["route"]
+        )
+        for route, stats in sorted(self._latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), stats.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([route], buckets, stats.sum_s)
+        yield latency
+
+        errors = CounterMetricFamily("kvstore_errors", "Error responses, by error code", labels=["code"])
+        for code, count in sorted(self._errors.items()):
+            errors.add_metric([code], count)
+        yield errors
+
+        g = self._gauges
+        yield GaugeMetricFamily("kvstore_inflight_requests", "Client requests waiting for an answer", g.inflight())
+        yield GaugeMetricFamily("kvstore_held_effects", "Replies and sends waiting for an fsync", g.held_effects())
+        queues = GaugeMetricFamily("kvstore_peer_queue_depth", "Messages queued for a peer", labels=["peer"])
+        for peer, depth in sorted(g.peer_queues().items()):
+            queues.add_metric([peer], depth)
+        yield queues
+        up = GaugeMetricFamily("kvstore_peer_up", "1 if the last send to the peer succeeded", labels=["peer"])
+        for peer, is_up in sorted(g.peer_up().items()):
+            up.add_metric([peer], 1 if is_up else 0)
+        yield up
+        yield GaugeMetricFamily("kvstore_storage_written_lsn", "Highest LSN written", g.written_lsn())
+        yield GaugeMetricFamily("kvstore_storage_synced_lsn", "Highest LSN made durable", g.synced_lsn())
+        yield GaugeMetricFamily("kvstore_keys", "Live keys stored on this node", g.key_count())

@@ -1,0 +1,245 @@
+"""Peer transport: node messages as msgpack batches over keep-alive HTTP, authenticated with HMAC.
+
+Sending: ``send`` asks the fault policy the message's fate (deliver after some delay, drop, or several
+copies), then appends it to the destination's bounded queue. One sender task per peer drains its queue,
+packing everything queued (up to ``PEER_BATCH_BYTES``) into one ``POST /peer`` on a shared
+``ClientSession``, so connections are reused and a burst costs one round trip.
+
+A batch that could not even be connected (refused, connect timeout) was certainly not delivered: each
+of its messages is reported back as ``SendFailed``. Any other failure may or may not have delivered
+it, so it is dropped and the node's own timeouts cover it.
+
+Receiving: ``PeerInbox.handle`` checks ``X-Kv-From`` names another member and ``X-Kv-Signature`` is
+the HMAC-SHA256 of the body under the cluster secret, then hands each message to the pump. A bad or
+missing signature is a 401 and nothing is delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import aiohttp
+import msgpack
+from aiohttp import web
+
+from kvstore import codec
+from kvstore.config import ClusterConfig, NodeAddress
+from kvstore.errors import ErrorCode, KvError
+from kvstore.messages import Message
+from kvstore.server.clock import NodeClock
+from kvstore.server.faults import FaultSwitch
+from kvstore.server.http_codec import MSGPACK_TYPE, is_msgpack_body, read_body, structured_body_limit_bytes
+
+log = logging.getLogger(__name__)
+
+FROM_HEADER = "X-Kv-From"
+SIGNATURE_HEADER = "X-Kv-Signature"
+PEER_PATH = "/peer"
+# A sender stops adding messages to a batch once it is this large (one message always goes).
+PEER_BATCH_BYTES = 1 << 20
+
+
+def sign(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def peer_body_limit_bytes(max_value_bytes: int) -> int:
+    """Largest peer batch accepted: a full batch plus one message as large as a client body."""
+    return PEER_BATCH_BYTES + 2 * structured_body_limit_bytes(max_value_bytes)
+
+
+class PeerHealth:
+    """What this node knows of a peer from its own sends: unknown until the first one."""
+
+    def __init__(self) -> None:
+        self.state = "unknown"
+        self.last_error: str | None = None
+
+    def ok(self) -> None:
+        self.state, self.last_error = "up", None
+
+    def failed(self, error: str) -> None:
+        self.state, self.last_error = "down", error
+
+
+class _Peer:
+    def __init__(self, address: NodeAddress) -> None:
+        self.address = address
+        self.url = address.url + PEER_PATH
+        self.queue: deque[Message] = deque()
+        self.ready = asyncio.Event()
+        self.health = PeerHealth()
+        # Copies waiting out a fault delay, bounded like the queue.
+        self.delayed = 0
+
+
+class PeerTransport:
+    def __init__(
+        self,
+        node_id: str,
+        config: ClusterConfig,
+        faults: FaultSwitch,
+        on_send_failed: Callable[[Message], None],
+    ) -> None:
+        self._node_id = node_id
+        self._secret = config.secret
+        self._faults = faults
+        self._on_send_failed = on_send_failed
+        self._max_queue = config.limits.max_peer_queue
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.timeouts.request_timeout_ms / 1000,
+            sock_connect=config.timeouts.peer_connect_timeout_ms / 1000,
+        )
+        self._peers = {a.node_id: _Peer(a) for a in config.nodes if a.node_id != node_id}
+        self._loop = asyncio.get_running_loop()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), timeout=self._timeout
+        )
+        self._tasks = [
+            self._loop.create_task(self._drain(peer), name=f"peer-{self._node_id}-{peer.address.node_id}")
+            for peer in self._peers.values()
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    def health(self) -> dict[str, PeerHealth]:
+        return {node_id: peer.health for node_id, peer in self._peers.items()}
+
+    def queue_depths(self) -> dict[str, int]:
+        return {node_id: len(peer.queue) for node_id, peer in self._peers.items()}
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, msg: Message) -> None:
+        """Queue ``msg`` for its destination; called from the pump, so it never steps the node itself."""
+        peer = self._peers.get(msg.dst)
+        if peer is None:
+            log.error("node %s tried to send to unknown node %r; dropped", self._node_id, msg.dst)
+            return
+        for delay_ms in self._faults.policy.on_send(NodeClock.true_now_ms(), msg):
+            if delay_ms <= 0:
+                self._enqueue(peer, msg)
+            elif peer.delayed < self._max_queue:
+                peer.delayed += 1
+                self._loop.call_later(delay_ms / 1000, self._enqueue_delayed, peer, msg)
+            # else: too many copies in the air; the network loses this one.
+
+    def _enqueue_delayed(self, peer: _Peer, msg: Message) -> None:
+        peer.delayed -= 1
+        self._enqueue(peer, msg)
+
+    def _enqueue(self, peer: _Peer, msg: Message) -> None:
+        if len(peer.queue) >= self._max_queue:
+            # Certainly not delivered; reported on a later loop turn, not inside the current step.
+            self._loop.call_soon(self._on_send_failed, msg)
+            return
+        peer.queue.append(msg)
+        peer.ready.set()
+
+    async def _drain(self, peer: _Peer) -> None:
+        while True:
+            await peer.ready.wait()
+            peer.ready.clear()
+            while peer.queue:
+                batch, body = self._take_batch(peer)
+                if not batch:
+                    continue
+                try:
+                    await self._post(peer, batch, body)
+                except Exception:
+                    # A bug must not silently end this peer's only sender; its messages are lost.
+                    log.exception("sending to %s failed unexpectedly", peer.address.node_id)
+
+    def _take_batch(self, peer: _Peer) -> tuple[list[Message], bytes]:
+        batch: list[Message] = []
+        parts: list[bytes] = []
+        size = 0
+        while peer.queue and size < PEER_BATCH_BYTES:
+            msg = peer.queue.popleft()
+            try:
+                part = codec.encode(msg)
+            except (TypeError, ValueError):
+                log.exception("cannot encode a message for %s; dropped", msg.dst)
+                continue
+            batch.append(msg)
+            parts.append(part)
+            size += len(part)
+        header = msgpack.Packer().pack_array_header(len(parts))
+        return batch, header + b"".join(parts)
+
+    async def _post(self, peer: _Peer, batch: list[Message], body: bytes) -> None:
+        assert self._session is not None, "transport used before start()"
+        headers = {
+            "Content-Type": MSGPACK_TYPE,
+            FROM_HEADER: self._node_id,
+            SIGNATURE_HEADER: sign(self._secret, body),
+        }
+        try:
+            async with self._session.post(peer.url, data=body, headers=headers) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            peer.health.failed(f"cannot connect: {exc}")
+            for msg in batch:
+                self._on_send_failed(msg)
+            return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            peer.health.failed(f"send failed: {exc!r}")
+            return
+        if 200 <= status < 300:
+            peer.health.ok()
+        else:
+            peer.health.failed(f"peer answered HTTP {status}")
+            log.warning("node %s refused a batch from %s with HTTP %d", peer.address.node_id, self._node_id, status)
+
+
+class PeerInbox:
+    """The receiving side: ``POST /peer``."""
+
+    def __init__(self, node_id: str, config: ClusterConfig, deliver: Callable[[Message], None]) -> None:
+        self._node_id = node_id
+        self._secret = config.secret
+        self._members = frozenset(config.node_ids) - {node_id}
+        self._deliver = deliver
+        self._limit_bytes = peer_body_limit_bytes(config.limits.max_value_bytes)
+
+    async def handle(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+        sender = request.headers.get(FROM_HEADER)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if sender not in self._members:
+            raise KvError(ErrorCode.UNAUTHORIZED, f"{FROM_HEADER} must name another member of the cluster")
+        if signature is None:
+            raise KvError(ErrorCode.UNAUTHORIZED, f"missing {SIGNATURE_HEADER}")
+        if not is_msgpack_body(request):
+            raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"peer batches are {MSGPACK_TYPE}")
+        body = await read_body(request, self._limit_bytes)
+        if not hmac.compare_digest(sign(self._secret, body).encode(), signature.encode("utf-8", "replace")):
+            raise KvError(ErrorCode.UNAUTHORIZED, "bad signature")
+        try:
+            batch = codec.decode(body)
+        except codec.CodecError as exc:
+            raise KvError(ErrorCode.BAD_REQUEST, f"undecodable peer batch: {exc}") from exc
+        if not isinstance(batch, tuple) or not all(
+            isinstance(m, Message) and m.src == sender and m.dst == self._node_id for m in batch
+        ):
+            raise KvError(ErrorCode.BAD_REQUEST, f"a peer batch is a list of messages from {sender} to {self._node_id}")
+        for msg in batch:
+            self._deliver(msg)
+        return web.Response(status=204)

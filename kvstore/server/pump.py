@@ -1,0 +1,261 @@
+"""The pump: the one place that drives ``Node.step`` in a node process.
+
+Every input (client requests, peer messages, timers, failed sends) goes through ``_step`` on the event
+loop thread, so the node sees them one at a time. A client request is stepped inline by the HTTP
+handler that received it: when the node answers at once (a local read, or any local op when nothing
+waits for an fsync), ``submit`` returns the result directly and no future is created.
+
+Durability (see ``kvstore.effects``): under ``fsync = "always"`` the ``Send`` and ``Reply`` effects of
+a step are held until storage is synced up to the ``written_lsn`` of that step. A flusher task syncs
+with ``prepare_sync`` (loop thread) / ``job.run`` (one worker thread) / ``complete_sync`` (loop
+thread); writes that arrive while a sync runs share the next one (group commit). Under ``batch`` the
+flusher syncs every ``batch_interval_ms``; under ``never`` every second (the engine skips the fsync),
+and both release effects at once. Either flushes early when many events are pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from kvstore.config import FsyncPolicy
+from kvstore.effects import CancelTimer, Reply, Send, SetTimer
+from kvstore.errors import ErrorCode
+from kvstore.messages import ClientOp, ClientRequest, Failure, Input, Message, Result, SendFailed, Started, TimerFired
+from kvstore.node import Node
+from kvstore.server.clock import NodeClock
+from kvstore.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+# Under "never" the log is written out (without fsync) this often, to bound what a crash loses.
+NEVER_FLUSH_INTERVAL_MS = 1000
+# Under "batch" and "never", flush before the interval is up once this many events are pending.
+EARLY_FLUSH_EVENTS = 10_000
+# A driver-level deadline for answers, beyond the node's own request timeout: it only fires when the
+# node never answers (for example a sync that hangs), and reports an indefinite timeout.
+GUARD_TIMEOUT_FACTOR = 2
+
+
+class Pump:
+    def __init__(
+        self,
+        node: Node,
+        storage: Storage,
+        clock: NodeClock,
+        send: Callable[[Message], None],
+        *,
+        fsync: FsyncPolicy,
+        batch_interval_ms: int,
+        max_inflight: int,
+        request_timeout_ms: int,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._node = node
+        self._storage = storage
+        self._clock = clock
+        self._send = send
+        self._hold_until_synced = fsync == "always"
+        self._flush_interval_s: float | None = {
+            "always": None,
+            "batch": batch_interval_ms / 1000,
+            "never": NEVER_FLUSH_INTERVAL_MS / 1000,
+        }[fsync]
+        self._max_inflight = max_inflight
+        self._guard_timeout_s = GUARD_TIMEOUT_FACTOR * request_timeout_ms / 1000
+        self._on_fatal = on_fatal
+        self._loop = asyncio.get_running_loop()
+        self._next_request_id = 1
+        # The request being stepped inline by ``submit`` and its answer, when the node answers at once.
+        self._inline_request_id = 0
+        self._inline_result: Result | None = None
+        self._waiters: dict[int, tuple[asyncio.Future[Result], asyncio.TimerHandle]] = {}
+        # (written_lsn of the step, effect): Sends and Replies waiting for a sync, in step order.
+        self._held: deque[tuple[int, Send | Reply]] = deque()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+        # One worker thread: syncs run one at a time, in LSN order.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sync-{node.node_id}")
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: Failure | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._step(Started())
+        self._flusher = self._loop.create_task(self._flush_loop(), name=f"flusher-{self._node.node_id}")
+
+    async def close(self) -> None:
+        """Stop taking inputs, make everything written durable, and answer whatever still waits."""
+        if self._failure is None:
+            self._failure = Failure.of(ErrorCode.UNAVAILABLE, f"node {self._node.node_id} is shutting down")
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        # The flusher finishes the sync it may be running, syncs the rest once more, and returns.
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        self._fail_waiters(Failure.of(ErrorCode.TIMEOUT, "the node stopped before answering; the op may have happened"))
+        self._io.shutdown(wait=True)
+
+    # ------------------------------------------------------------ inputs
+
+    @property
+    def outstanding(self) -> int:
+        """Client requests submitted and not yet answered."""
+        return len(self._waiters)
+
+    @property
+    def held_effects(self) -> int:
+        """Sends and Replies waiting for a sync before they may leave."""
+        return len(self._held)
+
+    def submit(self, op: ClientOp) -> Result | asyncio.Future[Result]:
+        """Step a client request now; its result, or a future for it when the answer must wait."""
+        if self._failure is not None:
+            return self._failure
+        if len(self._waiters) >= self._max_inflight:
+            return Failure.of(ErrorCode.OVERLOADED, "too many requests waiting for an answer; retry later")
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        self._inline_request_id = request_id
+        try:
+            self._step(ClientRequest(request_id, op))
+        finally:
+            self._inline_request_id = 0
+            result, self._inline_result = self._inline_result, None
+        if result is not None:
+            return result
+        future: asyncio.Future[Result] = self._loop.create_future()
+        guard = self._loop.call_later(self._guard_timeout_s, self._expire, request_id)
+        self._waiters[request_id] = (future, guard)
+        return future
+
+    async def execute(self, op: ClientOp) -> Result:
+        result = self.submit(op)
+        if isinstance(result, asyncio.Future):
+            return await result
+        return result
+
+    def deliver(self, msg: Message) -> None:
+        """A peer message, already authenticated by the transport."""
+        if self._failure is None:
+            self._step(msg)
+
+    def send_failed(self, msg: Message) -> None:
+        if self._failure is None:
+            self._step(SendFailed(msg))
+
+    # ------------------------------------------------------------ stepping
+
+    def _step(self, inp: Input) -> None:
+        effects = self._node.step(self._clock.now_ms(), inp)
+        storage = self._storage
+        written_lsn = storage.written_lsn
+        pending_events = written_lsn - storage.synced_lsn
+        hold = self._hold_until_synced and pending_events > 0
+        for effect in effects:
+            if isinstance(effect, (Reply, Send)):
+                if hold:
+                    self._held.append((written_lsn, effect))
+                else:
+                    self._release(effect)
+            elif isinstance(effect, SetTimer):
+                self._set_timer(effect)
+            elif isinstance(effect, CancelTimer):
+                handle = self._timers.pop(effect.key, None)
+                if handle is not None:
+                    handle.cancel()
+        if pending_events > 0 and (self._hold_until_synced or pending_events >= EARLY_FLUSH_EVENTS):
+            self._wake.set()
+
+    def _release(self, effect: Reply | Send) -> None:
+        if isinstance(effect, Send):
+            self._send(effect.msg)
+            return
+        if effect.request_id == self._inline_request_id:
+            self._inline_result = effect.result
+            return
+        waiter = self._waiters.pop(effect.request_id, None)
+        if waiter is not None:
+            future, guard = waiter
+            guard.cancel()
+            if not future.done():
+                future.set_result(effect.result)
+
+    def _expire(self, request_id: int) -> None:
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is not None and not waiter[0].done():
+            waiter[0].set_result(Failure.of(ErrorCode.TIMEOUT, "no answer in time; the op may have happened"))
+
+    def _fail_waiters(self, failure: Failure) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for future, guard in waiters.values():
+            guard.cancel()
+            if not future.done():
+                future.set_result(failure)
+
+    def _set_timer(self, timer: SetTimer) -> None:
+        old = self._timers.pop(timer.key, None)
+        if old is not None:
+            old.cancel()
+        delay_s = max(0, timer.at_ms - self._clock.now_ms()) / 1000
+        self._timers[timer.key] = self._loop.call_later(delay_s, self._fire, timer.key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        if self._failure is None:
+            self._step(TimerFired(key))
+
+    # ------------------------------------------------------------ syncing
+
+    async def _flush_loop(self) -> None:
+        while True:
+            # Once closing (no more inputs), one last sync covers everything written, then the loop ends.
+            closing = self._failure is not None
+            if not closing:
+                await self._wait_for_work()
+            self._wake.clear()
+            try:
+                await self._sync_once()
+            except Exception as exc:
+                self._die(exc)
+                return
+            self._release_synced()
+            if closing:
+                return
+
+    async def _wait_for_work(self) -> None:
+        """Under "always", until something is written; otherwise the flush interval or an early wake."""
+        if self._flush_interval_s is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
+
+    async def _sync_once(self) -> None:
+        job = self._storage.prepare_sync()
+        if job is None:
+            return
+        await self._loop.run_in_executor(self._io, job.run)
+        self._storage.complete_sync(job)
+
+    def _release_synced(self) -> None:
+        synced_lsn = self._storage.synced_lsn
+        held = self._held
+        while held and held[0][0] <= synced_lsn:
+            self._release(held.popleft()[1])
+
+    def _die(self, exc: BaseException) -> None:
+        """A failed sync: nothing held may be reported as done, and the node must not go on."""
+        log.exception("storage sync failed on node %s; the node stops", self._node.node_id, exc_info=exc)
+        self._failure = Failure.of(ErrorCode.INTERNAL, "storage failed; the op may have happened")
+        self._held.clear()
+        self._fail_waiters(self._failure)
+        if self._on_fatal is not None:
+            self._on_fatal(exc)

@@ -1,0 +1,98 @@
+"""Operational routes: ``/cluster``, ``/health``, ``/metrics`` and ``/openapi.json``."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from kvstore.config import ClusterConfig
+from kvstore.node import Node
+from kvstore.server.http_codec import JSON_TYPE, encoded_response, json_response, wants_msgpack
+from kvstore.server.metrics import NodeMetrics
+from kvstore.server.openapi import build_openapi
+from kvstore.server.peer import PeerTransport
+from kvstore.server.pump import Pump
+from kvstore.server.router import Router
+from kvstore.storage.base import Storage
+
+
+class ClusterRoutes:
+    def __init__(
+        self,
+        node: Node,
+        config: ClusterConfig,
+        pump: Pump,
+        storage: Storage,
+        transport: PeerTransport,
+        metrics: NodeMetrics,
+    ) -> None:
+        self._node = node
+        self._config = config
+        self._pump = pump
+        self._storage = storage
+        self._transport = transport
+        self._metrics = metrics
+        self._router: Router | None = None
+        self._openapi_body: bytes | None = None
+
+    def register(self, router: Router) -> None:
+        self._router = router
+        router.add("GET", "/cluster", self.cluster)
+        router.add("GET", "/health", self.health)
+        router.add("GET", "/metrics", self.metrics)
+        router.add("GET", "/openapi.json", self.openapi)
+
+    async def cluster(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+        node, config = self._node, self._config
+        partition_map = node.partition_map
+        health = self._transport.health()
+        members = []
+        for address in config.nodes:
+            member: dict[str, object] = {
+                "node_id": address.node_id,
+                "address": f"{address.host}:{address.port}",
+                "url": address.url,
+                "partitions": list(partition_map.owned_by(address.node_id)),
+            }
+            peer = health.get(address.node_id)
+            if peer is None:
+                member["health"] = "self"
+            else:
+                member["health"] = peer.state
+                if peer.last_error is not None:
+                    member["last_error"] = peer.last_error
+            members.append(member)
+        doc = {
+            "node_id": node.node_id,
+            "cluster": config.name,
+            "mode": config.mode,
+            "fsync": config.storage.fsync,
+            "engine": config.storage.engine,
+            "epoch": partition_map.epoch,
+            "partitions": partition_map.partition_count,
+            "members": members,
+            "partition_map": {"epoch": partition_map.epoch, "replicas": [list(r) for r in partition_map.replicas]},
+        }
+        return encoded_response(doc, wants_msgpack(request))
+
+    async def health(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+        return json_response(
+            {
+                "status": "ok",
+                "node_id": self._node.node_id,
+                "inflight": self._pump.outstanding,
+                "written_lsn": self._storage.written_lsn,
+                "synced_lsn": self._storage.synced_lsn,
+            }
+        )
+
+    async def metrics(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+        if self._openapi_body is None:
+            assert self._router is not None, "routes used before register()"
+            self._openapi_body = json.dumps(build_openapi(self._router.routes), indent=1).encode()
+        return web.Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})

@@ -1,0 +1,156 @@
+"""AsyncClient and Client against live in-process nodes: results, errors, and when it fails over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kvstore.client import AsyncClient, Client
+from kvstore.errors import ErrorCode, KvError
+from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
+from kvstore.server.inprocess import InProcessCluster, free_ports, loopback_config
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[InProcessCluster]:
+    async with InProcessCluster(loopback_config(2, partitions=8)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(cluster: InProcessCluster) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient([cluster.url("n1")]) as c:
+        yield c
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_ports(1)[0]}"
+
+
+async def test_put_get_delete(client: AsyncClient) -> None:
+    assert await client.get("k") is None
+    assert await client.put("k", b"\x00bytes") == Written("k", 1)
+    assert await client.get("k") == Found("k", b"\x00bytes", 1, None)
+    assert await client.put("k", "text") == Written("k", 2)
+    assert await client.get("k") == Found("k", b"text", 2, None)
+    assert await client.delete("k") == Deleted("k", True)
+    assert await client.delete("k") == Deleted("k", False)
+    assert await client.get("k") is None
+
+
+async def test_a_ttl_comes_back_as_an_expiry(client: AsyncClient) -> None:
+    await client.put("t", b"v", ttl_ms=60_000)
+    found = await client.get("t")
+    assert found is not None
+    assert found.expires_at_ms is not None
+
+
+async def test_awkward_keys_round_trip(client: AsyncClient) -> None:
+    for key in ("a/b/../c", "..", ".", "100%", "q?x=1#f", "ключ ☃", " spaced "):
+        await client.put(key, key)
+        found = await client.get(key)
+        assert found is not None
+        assert (found.key, found.value) == (key, key.encode())
+
+
+async def test_cas(client: AsyncClient) -> None:
+    assert await client.cas("c", None, b"\xffone") == Written("c", 1)
+    assert await client.cas("c", b"\xffone", "two") == Written("c", 2)
+    with pytest.raises(KvError) as caught:
+        await client.cas("c", "stale", "three")
+    assert caught.value.code is ErrorCode.PRECONDITION_FAILED
+    assert caught.value.definite
+    assert await client.cas("c", "two", None) == Deleted("c", True)
+
+
+async def test_scan_and_batches(client: AsyncClient) -> None:
+    results = await client.batch_put([("p/a", b"\xff"), ("p/b", "B", 60_000), ("q", "Q")])
+    assert [r.key for r in results if isinstance(r, Written)] == ["p/a", "p/b", "q"]
+    page = await client.scan("p/")
+    versions = [item.version for item in page.items]
+    assert page == ScanPage((ScanItem("p/a", b"\xff", versions[0]), ScanItem("p/b", b"B", versions[1])), False)
+    assert await client.scan(start="p/b", end="q", limit=5) == ScanPage((ScanItem("p/b", b"B", versions[1]),), False)
+    assert await client.scan(start="a", end="q", limit=1) == ScanPage((ScanItem("p/a", b"\xff", versions[0]),), True)
+    got = await client.batch_get(["p/a", "nope"])
+    assert isinstance(got[0], Found)
+    assert got[0].value == b"\xff"
+    assert got[1] == Failure("not_found", "key 'nope' not found")
+
+
+async def test_cluster_health_and_metrics(client: AsyncClient) -> None:
+    assert (await client.cluster())["node_id"] == "n1"
+    assert (await client.health())["status"] == "ok"
+    assert "kvstore_http_requests_total" in await client.metrics()
+
+
+async def test_server_errors_are_raised_with_their_code(client: AsyncClient) -> None:
+    with pytest.raises(KvError) as caught:
+        await client.put("", b"v")
+    assert caught.value.code is ErrorCode.BAD_KEY
+    with pytest.raises(KvError) as caught:
+        await client.scan(limit=0)
+    assert caught.value.code is ErrorCode.BAD_REQUEST
+
+
+async def test_a_node_that_refuses_connections_is_skipped(cluster: InProcessCluster) -> None:
+    async with AsyncClient([dead_url(), cluster.url("n2")]) as failover:
+        assert await failover.put("f", b"v") == Written("f", 1)
+        assert await failover.get("f") == Found("f", b"v", 1, None)
+
+
+async def test_no_reachable_node_is_a_definite_unavailable() -> None:
+    async with AsyncClient([dead_url(), dead_url()]) as nowhere:
+        with pytest.raises(KvError) as caught:
+            await nowhere.put("k", b"v")
+    assert caught.value.code is ErrorCode.UNAVAILABLE
+    assert caught.value.definite
+
+
+@pytest.fixture
+async def hangs_up() -> AsyncIterator[str]:
+    """A server that reads a request and closes the connection without answering."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_write_that_may_have_happened_is_not_retried(cluster: InProcessCluster, hangs_up: str) -> None:
+    async with AsyncClient([hangs_up, cluster.url("n1")]) as c:
+        with pytest.raises(KvError) as caught:
+            await c.put("once", b"v")
+        assert caught.value.code is ErrorCode.TIMEOUT
+        assert not caught.value.definite
+        # A read has no effect, so it moves on to the next node.
+        assert await c.get("once") is None
+
+
+def test_the_sync_client_wraps_the_async_one() -> None:
+    async def scenario() -> None:
+        async with InProcessCluster(loopback_config(1)) as running:
+            await asyncio.to_thread(use_sync_client, running.url("n1"))
+
+    asyncio.run(scenario())
+
+
+def use_sync_client(url: str) -> None:
+    with Client(url) as c:
+        assert c.put("s", "v") == Written("s", 1)
+        assert c.get("s") == Found("s", b"v", 1, None)
+        assert c.cas("s", "v", "w") == Written("s", 2)
+        assert c.batch_get(["s"]) == [Found("s", b"w", 2, None)]
+        assert c.scan("s").items == (ScanItem("s", b"w", 2),)
+        with pytest.raises(KvError):
+            c.cas("s", "v", "x")
+        assert c.delete("s") == Deleted("s", True)
+    c.close()  # closing twice is harmless

@@ -23,6 +23,7 @@ from kvstore.server.metrics import NodeGauges, NodeMetrics
 from kvstore.server.peer import PEER_PATH, PeerInbox, PeerTransport
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
+from kvstore.server.routes_admin import AdminRoutes
 from kvstore.server.routes_cluster import ClusterRoutes
 from kvstore.server.routes_kv import KvRoutes
 from kvstore.storage.base import Storage
@@ -79,6 +80,7 @@ class NodeServer:
         self.router = Router(self.metrics)
         KvRoutes(self.pump, config.limits).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
+        AdminRoutes(config, self.faults).register(self.router)
         inbox = PeerInbox(node_id, config, self.pump.deliver)
         self.router.add("POST", PEER_PATH, inbox.handle, internal=True)
         self._runner = web.ServerRunner(

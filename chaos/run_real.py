@@ -1,0 +1,248 @@
+"""Run a scenario against a real local cluster: node processes on 127.0.0.1, real SIGKILLs, real sockets.
+
+The same workloads and nemesis schedule as the simulator, with real time instead of virtual time:
+client processes are asyncio tasks, each pinned to one node's HTTP API; crashes are SIGKILLs through
+the cluster supervisor; message and clock faults are pushed to every node's admin route (and again to
+a node after it restarts, since a fresh process starts fault-free). The cluster lives in a temporary
+directory and is always torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chaos.checkers import run_checkers
+from chaos.faults import ChaosPolicy
+from chaos.nemesis import Nemesis, describe_schedule, plan
+from chaos.run_sim import Recorder, RunResult
+from chaos.scenario import Scenario
+from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
+from kvstore.client import AsyncClient
+from kvstore.cluster import CONFIG_NAME, LocalCluster, pick_free_ports
+from kvstore.config import ClusterConfig, NodeAddress, StorageConfig, Timeouts, local_cluster
+from kvstore.errors import ErrorCode, KvError
+from kvstore.messages import (
+    CasOp,
+    ClientOp,
+    DeleteOp,
+    Failure,
+    GetOp,
+    PutOp,
+    Result,
+    ScanOp,
+)
+from kvstore.server.routes_admin import ADMIN_FAULTS_PATH
+
+Progress = Callable[[str], None]
+ADMIN_TIMEOUT_S = 5.0
+
+
+def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> ClusterConfig:
+    spec = scenario.cluster
+    ports = pick_free_ports(spec.nodes)
+    base = local_cluster(
+        spec.nodes,
+        partitions=spec.partitions,
+        secret=secret,
+        storage=StorageConfig(engine="sqlite", fsync=spec.fsync, batch_interval_ms=spec.batch_interval_ms,  # type: ignore[arg-type]
+                              data_dir=str(directory / "data")),
+        timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
+    )
+    nodes = tuple(NodeAddress(n.node_id, "127.0.0.1", port) for n, port in zip(base.nodes, ports, strict=True))
+    return base.replace(nodes=nodes)
+
+
+async def execute(client: AsyncClient, op: ClientOp) -> Result:
+    """One client operation over HTTP, with errors as ``Failure`` results, as the simulator gives them."""
+    try:
+        if isinstance(op, GetOp):
+            found = await client.get(op.key)
+            return found if found is not None else Failure.of(ErrorCode.NOT_FOUND, f"key {op.key!r} not found")
+        if isinstance(op, PutOp):
+            return await client.put(op.key, op.value, ttl_ms=op.ttl_ms)
+        if isinstance(op, CasOp):
+            return await client.cas(op.key, op.expected, op.new, ttl_ms=op.ttl_ms)
+        if isinstance(op, DeleteOp):
+            return await client.delete(op.key)
+        if isinstance(op, ScanOp):
+            return await client.scan(start=op.start, end=op.end, limit=op.limit)
+    except KvError as exc:
+        return Failure.of(exc.code, exc.message)
+    raise TypeError(f"the workloads do not use {type(op).__name__}")
+
+
+class _RealTarget:
+    """A local cluster as the nemesis sees it. Called from a worker thread: everything here may block."""
+
+    def __init__(self, cluster: LocalCluster, policy: ChaosPolicy, started_wall_ms: int, started: float) -> None:
+        self.cluster = cluster
+        self.policy = policy
+        self._started_wall_ms = started_wall_ms
+        self._started = started
+        self._down: set[str] = set()
+
+    def node_ids(self) -> tuple[str, ...]:
+        return self.cluster.config.node_ids
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._started) * 1000)
+
+    def crash(self, node_id: str) -> None:
+        self.cluster.kill(node_id)
+        self._down.add(node_id)
+
+    def restart(self, node_id: str) -> None:
+        self.cluster.restart(node_id)
+        self._down.discard(node_id)
+        self._push(node_id)
+
+    def is_up(self, node_id: str) -> bool:
+        return node_id not in self._down
+
+    def leader(self) -> str | None:
+        return None  # single-copy mode has no leader
+
+    def policy_changed(self) -> None:
+        for node_id in self.node_ids():
+            if self.is_up(node_id):
+                self._push(node_id)
+
+    def _push(self, node_id: str) -> None:
+        doc = self.policy.to_json()
+        # Clock faults start at run-relative times; nodes measure them on the wall clock.
+        for clock in doc["clocks"].values():
+            clock["since_ms"] += self._started_wall_ms
+        request = urllib.request.Request(
+            self.cluster.url(node_id) + ADMIN_FAULTS_PATH,
+            data=json.dumps(doc).encode(),
+            method="PUT",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.cluster.config.secret}"},
+        )
+        with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
+            response.read()
+
+
+class _RealRunner:
+    def __init__(self, scenario: Scenario, cluster: LocalCluster, seed: int, progress: Progress) -> None:
+        self.scenario = scenario
+        self.cluster = cluster
+        self.progress = progress
+        root = random.Random(seed)
+        self.seed = seed
+        self.workload = make_workload(scenario.workload.kind, dict(scenario.workload.options))
+        self.workload_rng = random.Random(root.getrandbits(64))
+        self.client_rng = random.Random(root.getrandbits(64))
+        nemesis_rng = random.Random(root.getrandbits(64))
+        self.policy = ChaosPolicy(random.Random(root.getrandbits(64)))
+        self.schedule = plan(scenario.nemesis, cluster.config.node_ids, scenario.duration_ms, nemesis_rng)
+        self.started = time.monotonic()
+        self.target = _RealTarget(cluster, self.policy, int(time.time() * 1000), self.started)
+        self.nemesis = Nemesis(scenario.nemesis, self.target, nemesis_rng)
+        self.recorder = Recorder()
+        self.next_process = scenario.workload.concurrency
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    async def run(self) -> RunResult:
+        s = self.scenario
+        nodes = self.cluster.config.node_ids
+        clients = {n: AsyncClient([self.cluster.url(n)], timeout_s=s.workload.client_timeout_ms / 1000) for n in nodes}
+        try:
+            self.progress(f"workload {s.workload.kind} x{s.workload.concurrency} for {s.duration_ms} ms; "
+                          f"{len(self.schedule) // 2} fault(s) scheduled")
+            deadline = s.duration_ms
+            tasks = [asyncio.create_task(self._process(i, clients[nodes[i % len(nodes)]], deadline))
+                     for i in range(s.workload.concurrency)]
+            await self._nemesis()
+            await asyncio.gather(*tasks)
+            self.progress("healing every fault")
+            await asyncio.to_thread(self.nemesis.heal_all)
+            await asyncio.sleep(s.quiet_ms / 1000)
+            self.progress("final reads")
+            for i, op in enumerate(self.workload.final_ops()):
+                process = self.next_process
+                self.next_process += 1
+                await self._run_op(process, op, clients[nodes[i % len(nodes)]])
+        finally:
+            for client in clients.values():
+                await client.close()
+        history = self.recorder.history(f"{s.name} real seed={self.seed}")
+        self.progress(f"checking {len(history)} events")
+        checkers = run_checkers(s.checkers.names or self.workload.default_checkers, history,
+                                time_limit_s=s.checkers.time_limit_s)
+        outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")
+        stats: dict[str, Any] = {
+            "ops": sum(1 for e in history.events if e.type == "invoke"),
+            "outcomes": dict(sorted(outcomes.items())),
+            "wall_ms": self.now_ms(),
+        }
+        return RunResult(s, self.seed, "real", history, self.nemesis.periods, checkers, stats,
+                         describe_schedule(self.schedule))
+
+    async def _nemesis(self) -> None:
+        for action in self.schedule:
+            delay_s = (action.at_ms - self.now_ms()) / 1000
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            self.progress(f"{self.now_ms():>6} ms  {'start' if action.start else 'end  '} {action.describe()}")
+            await asyncio.to_thread(self.nemesis.apply, action)
+        remaining_s = (self.scenario.duration_ms - self.now_ms()) / 1000
+        if remaining_s > 0:
+            await asyncio.sleep(remaining_s)
+
+    async def _process(self, index: int, client: AsyncClient, deadline_ms: int) -> None:
+        process = index
+        think_ms = self.scenario.workload.think_ms
+        while self.now_ms() < deadline_ms:
+            op = self.workload.next_op(self.workload_rng)
+            outcome = await self._run_op(process, op, client)
+            if outcome[0] == "info":
+                process = self.next_process
+                self.next_process += 1
+            await asyncio.sleep(self.client_rng.randint(0, think_ms) / 1000)
+
+    async def _run_op(self, process: int, op: PlannedOp, client: AsyncClient) -> Outcome:
+        self.recorder.invoke(process, op, self.now_ms())
+        gen: Execution = self.workload.execute(op)
+        timeout_s = self.scenario.workload.client_timeout_ms / 1000
+        try:
+            outcome = await asyncio.wait_for(self._drive(gen, client), timeout_s)
+        except TimeoutError:
+            outcome = ("info", None, "client_timeout")
+        self.recorder.complete(process, op, outcome, self.now_ms())
+        return outcome
+
+    @staticmethod
+    async def _drive(gen: Execution, client: AsyncClient) -> Outcome:
+        result: Result | None = None
+        while True:
+            try:
+                request = gen.send(result)  # type: ignore[arg-type]
+            except StopIteration as stop:
+                outcome: Outcome = stop.value
+                return outcome
+            result = await execute(client, request)
+
+
+def run_on_real_cluster(scenario: Scenario, seed: int | None = None, progress: Progress = lambda _: None) -> RunResult:
+    chosen_seed = scenario.seed if seed is None else seed
+    with tempfile.TemporaryDirectory(prefix=f"kvstore-chaos-{scenario.name}-") as tmp:
+        directory = Path(tmp)
+        secret = f"chaos-{random.Random(chosen_seed).getrandbits(64):x}"
+        config = real_cluster_config(scenario, directory, secret)
+        config.save(directory / CONFIG_NAME)
+        cluster = LocalCluster.create(directory)
+        with cluster:
+            cluster.up()
+            progress(f"cluster up: {', '.join(cluster.urls())}")
+            return asyncio.run(_RealRunner(scenario, cluster, chosen_seed, progress).run())

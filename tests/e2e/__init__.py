@@ -1,0 +1,1 @@
+"""End-to-end tests: the `kvstore` command against real node processes."""

@@ -94,10 +94,10 @@ def _build(cls: type, table: Any, where: str, convert: dict[str, Any] | None = N
     if unknown:
         raise ScenarioError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     values = dict(table)
-    for name, fn in (convert or {}).items():
-        if name in values:
-            values[name] = fn(values[name])
     try:
+        for name, fn in (convert or {}).items():
+            if name in values:
+                values[name] = fn(values[name])
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ScenarioError(f"{where}: {exc}") from exc

@@ -419,14 +419,21 @@ def _sim(args: argparse.Namespace) -> int:
 
 def _add_demo(subparsers: Any) -> None:
     _command(subparsers, "demo", "Start a local 3-node cluster, run a concurrent workload, kill a node in the "
-             "middle, restart it, and verify that every acknowledged write is readable. Exit 0 if it is.",
+             "middle, restart it, and verify that every acknowledged write is readable. Then run a chaos "
+             "scenario (crashes, partitions, duplicated messages) in the simulator with fsync=always (must be "
+             "linearizable), with fsync=never (the checkers must catch the lost writes), and on a real cluster. "
+             "Reports go to reports/demo/. Exit 0 if every check comes out as expected.",
              ["kvstore demo"], _demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from chaos.demo import run_chaos_demo
     from kvstore.demo import run_demo
 
-    return EXIT_OK if run_demo() else EXIT_NO
+    cluster_ok = run_demo()
+    print()
+    chaos_ok = run_chaos_demo()
+    return EXIT_OK if cluster_ok and chaos_ok else EXIT_NO
 
 
 # ---------------------------------------------------------------- chaos and check (the chaos package)
@@ -436,7 +443,9 @@ def _add_chaos(subparsers: Any) -> None:
     from chaos.commands import add_chaos_run_arguments
 
     chaos = subparsers.add_parser("chaos", help="Run chaos scenarios: a workload under faults, judged by checkers.",
-                                  description="Run chaos scenarios: a workload under faults, judged by checkers.")
+                                  description="Run chaos scenarios: a workload under faults, judged by checkers.",
+                                  epilog=_examples("kvstore chaos run scenarios/register-crash.toml --seeds 1..20"),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = chaos.add_subparsers(metavar="ACTION")
     run = _command(actions, "run", "Run a scenario (TOML) in the deterministic simulator (default) or against a "
                    "real local cluster (--real), write a report folder (history.jsonl, result.json, report.html) "

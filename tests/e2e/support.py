@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 # Generous: a bound on a hung command, never a measure of speed.
 COMMAND_TIMEOUT_S = 120
 
 
-def kvstore(*args: str, stdin: bytes | None = None, timeout_s: float = COMMAND_TIMEOUT_S) -> (
-    subprocess.CompletedProcess[bytes]
-):
+def kvstore(*args: str, stdin: bytes | None = None, timeout_s: float = COMMAND_TIMEOUT_S,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "kvstore", *args], input=stdin, capture_output=True, timeout=timeout_s, check=False
+        [sys.executable, "-m", "kvstore", *args], input=stdin, capture_output=True, timeout=timeout_s, check=False,
+        cwd=cwd,
     )
 
 

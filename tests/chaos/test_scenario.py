@@ -1,0 +1,57 @@
+"""Scenario files: every shipped one loads; bad ones get an error naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.scenario import ScenarioError, from_dict, load
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def test_every_shipped_scenario_loads() -> None:
+    files = sorted(SCENARIOS.glob("*.toml"))
+    assert len(files) >= 5
+    for path in files:
+        scenario = load(path)
+        assert scenario.name == path.stem
+        assert scenario.description
+
+
+def test_defaults_fill_what_is_left_out() -> None:
+    scenario = from_dict({"workload": {"kind": "set"}}, "x.toml")
+    assert scenario.name == "x"
+    assert scenario.workload.kind == "set" and scenario.workload.concurrency == 5
+    assert scenario.cluster.fsync == "always" and scenario.nemesis.faults == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"cluster": {"nodez": 3}}, "unknown setting(s) nodez"),
+        ({"cluster": {"fsync": "sometimes"}}, "fsync must be one of"),
+        ({"workload": {"kind": "queue"}}, "kind must be one of"),
+        ({"nemesis": {"faults": ["meteor"]}}, "unknown fault(s) meteor"),
+        ({"nemesis": {"drop_probability": 1.5}}, "between 0 and 1"),
+        ({"nemesis": {"delay": {"kind": "warp"}}}, "delay kind"),
+        ({"checkers": {"names": ["vibes"]}}, "unknown checker(s) vibes"),
+        ({"duration_ms": 0}, "duration_ms must be positive"),
+        ({"surprise": 1}, "unknown setting(s) surprise"),
+        ({"workload": {"concurrency": 0}}, "concurrency"),
+    ],
+)
+def test_bad_scenarios_are_refused_with_the_field_named(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ScenarioError, match="bad.toml") as info:
+        from_dict(data, "bad.toml")
+    assert message in str(info.value)
+
+
+def test_unreadable_or_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        load(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = [\n")
+    with pytest.raises(ScenarioError, match="not valid TOML"):
+        load(broken)

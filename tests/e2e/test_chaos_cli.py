@@ -1,0 +1,81 @@
+"""`kvstore check` and `kvstore chaos run` as a user runs them: output, reports and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .support import kvstore, text
+
+ROOT = Path(__file__).resolve().parents[2]
+KNOSSOS = ROOT.parent / "shared" / "histories" / "knossos"
+
+
+def test_check_prints_one_object_per_file_and_exits_by_verdict() -> None:
+    good = str(KNOSSOS / "good" / "memstress3-0.jsonl")
+    bad = str(KNOSSOS / "bad" / "rethink-fail-minimal.jsonl")
+    result = kvstore("check", "--checker", "linearizable", good)
+    assert result.returncode == 0, text(result)
+    assert json.loads(result.stdout)["valid"] is True
+    result = kvstore("check", good, bad)
+    assert result.returncode == 1, text(result)
+    first, second = (json.loads(line) for line in result.stdout.decode().splitlines())
+    assert (first["file"], first["valid"]) == (good, True)
+    assert (second["file"], second["valid"], second["key"]) == (bad, False, "r")
+    assert second["failing_ops"] and "time_s" in second
+
+
+def test_check_names_file_and_line_of_a_malformed_history(tmp_path: Path) -> None:
+    history = tmp_path / "h.jsonl"
+    history.write_text('{"process": 1, "type": "invoke", "f": "read", "value": null}\n{"process": 1, "type": "ok"\n')
+    result = kvstore("check", str(history))
+    assert result.returncode == 2
+    assert f"{history}:2: not valid JSON" in result.stderr.decode()
+    history.write_text('{"process": 1, "type": "ok", "f": "read", "value": 1}\n')
+    result = kvstore("check", str(history))
+    assert result.returncode == 2
+    assert f"{history}:1: ok for process 1 with no open invoke" in result.stderr.decode()
+    assert kvstore("check", str(tmp_path / "missing.jsonl")).returncode == 2
+
+
+def test_check_unknown_when_out_of_time(tmp_path: Path) -> None:
+    rows = [{"process": p, "type": "invoke", "f": "write", "key": "x", "value": p} for p in range(40)]
+    rows += [{"process": 100 + p, "type": "invoke", "f": "read", "key": "x", "value": None} for p in range(20)]
+    rows += [{"process": 100 + p, "type": "ok", "f": "read", "key": "x", "value": 1000 + p} for p in range(20)]
+    rows += [{"process": p, "type": "ok", "f": "write", "key": "x", "value": p} for p in range(40)]
+    history = tmp_path / "hard.jsonl"
+    history.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = kvstore("check", "--time-limit", "0.2", str(history))
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["valid"] == "unknown"
+
+
+def test_chaos_run_writes_a_report_and_prints_the_replay_command(tmp_path: Path) -> None:
+    scenario = str(ROOT / "scenarios" / "register-crash-fsync-never.toml")
+    result = kvstore("chaos", "run", scenario, "--seed", "3", "--out", str(tmp_path))
+    out = result.stdout.decode()
+    assert result.returncode == 1, text(result)
+    assert "seed 3: INVALID" in out
+    assert f"replay: kvstore chaos run {scenario} --seed 3" in out
+    folder = tmp_path / "register-crash-fsync-never" / "sim-seed-3"
+    assert {p.name for p in folder.iterdir()} == {"history.jsonl", "result.json", "report.html"}
+    saved = json.loads((folder / "result.json").read_text())
+    assert saved["valid"] is False and saved["checkers"]["lost-writes"]["lost_count"] > 0
+
+
+def test_chaos_sweep_of_seeds(tmp_path: Path) -> None:
+    scenario = str(ROOT / "scenarios" / "register-crash.toml")
+    result = kvstore("chaos", "run", scenario, "--seeds", "1..4", "--no-report", "--out", str(tmp_path))
+    assert result.returncode == 0, text(result)
+    assert "register-crash: 4 seed(s)" in result.stdout.decode() and "4 valid, 0 invalid" in result.stdout.decode()
+    assert not tmp_path.joinpath("register-crash").exists()
+
+
+def test_chaos_run_rejects_a_bad_scenario(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[workload]\nkind = "queue"\n')
+    result = kvstore("chaos", "run", str(bad))
+    assert result.returncode == 2
+    assert "kind must be one of" in result.stderr.decode()
+    result = kvstore("chaos", "run", str(bad), "--seeds", "9..1")
+    assert result.returncode == 2 and "empty seed range" in result.stderr.decode()

@@ -43,7 +43,7 @@ def test_defaults_fill_what_is_left_out() -> None:
     ],
 )
 def test_bad_scenarios_are_refused_with_the_field_named(data: dict[str, object], message: str) -> None:
-    with pytest.raises(ScenarioError, match="bad.toml") as info:
+    with pytest.raises(ScenarioError, match=r"bad\.toml") as info:
         from_dict(data, "bad.toml")
     assert message in str(info.value)
 

@@ -1,0 +1,112 @@
+"""Workload ops as generators: which client requests they make and how results become outcomes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from chaos.workloads import (
+    MAX_CAS_ATTEMPTS,
+    AppendWorkload,
+    CounterWorkload,
+    Execution,
+    PlannedOp,
+    RegisterWorkload,
+    SetWorkload,
+    make_workload,
+)
+from kvstore.errors import ErrorCode
+from kvstore.messages import CasOp, ClientOp, Failure, Found, GetOp, PutOp, Result, ScanItem, ScanOp, ScanPage, Written
+
+
+def drive(gen: Execution, replies: list[Result]) -> tuple[list[ClientOp], Any]:
+    """Feed ``replies`` in order; return the requests made and the outcome."""
+    requests = [next(gen)]
+    for reply in replies:
+        try:
+            requests.append(gen.send(reply))
+        except StopIteration as stop:
+            return requests, stop.value
+    raise AssertionError(f"the op wanted more replies than {replies}")
+
+
+NOT_FOUND = Failure.of(ErrorCode.NOT_FOUND, "absent")
+TIMEOUT = Failure.of(ErrorCode.TIMEOUT, "slow")
+UNAVAILABLE = Failure.of(ErrorCode.UNAVAILABLE, "down")
+REFUSED = Failure.of(ErrorCode.PRECONDITION_FAILED, "no")
+
+
+def test_register_read_write_cas_outcomes() -> None:
+    w = RegisterWorkload(keys=1)
+    requests, outcome = drive(w.execute(PlannedOp("read", "r0", None)), [Found("register/r0", b"17", 3)])
+    assert requests == [GetOp("register/r0")] and outcome == ("ok", 17, None)
+    assert drive(w.execute(PlannedOp("read", "r0", None)), [NOT_FOUND])[1] == ("ok", None, None)
+    assert drive(w.execute(PlannedOp("read", "r0", None)), [TIMEOUT])[1] == ("info", None, "timeout")
+    requests, outcome = drive(w.execute(PlannedOp("write", "r0", 5)), [Written("register/r0", 9)])
+    assert requests == [PutOp("register/r0", b"5")] and outcome == ("ok", 5, None)
+    assert drive(w.execute(PlannedOp("write", "r0", 5)), [UNAVAILABLE])[1] == ("fail", None, "unavailable")
+    assert drive(w.execute(PlannedOp("write", "r0", 5)), [TIMEOUT])[1] == ("info", None, "timeout")
+    requests, outcome = drive(w.execute(PlannedOp("cas", "r0", (None, 6))), [REFUSED])
+    assert requests == [CasOp("register/r0", None, b"6")]
+    assert outcome == ("fail", None, "precondition_failed")
+
+
+def test_register_plans_unique_values_and_plausible_cas() -> None:
+    w = RegisterWorkload(keys=2, read_fraction=0.0, cas_fraction=0.5)
+    rng = random.Random(4)
+    ops = [w.next_op(rng) for _ in range(200)]
+    written = [op.value if op.f == "write" else op.value[1] for op in ops]
+    assert len(set(written)) == len(written)
+    last: dict[str | None, int] = {}
+    for op in ops:
+        if op.f == "cas":
+            assert op.value[0] == last.get(op.key)
+        last[op.key] = op.value if op.f == "write" else op.value[1]
+
+
+def test_append_retries_refused_cas_and_stops_at_an_indefinite_one() -> None:
+    w = AppendWorkload(keys=1)
+    op = PlannedOp("append", "a0", "3,")
+    requests, outcome = drive(w.execute(op), [Found("append/a0", b"1,", 1), REFUSED, Found("append/a0", b"1,2,", 2),
+                                              Written("append/a0", 3)])
+    assert requests[1] == CasOp("append/a0", b"1,", b"1,3,")
+    assert requests[3] == CasOp("append/a0", b"1,2,", b"1,2,3,")
+    assert outcome == ("ok", "3,", None)
+    _, outcome = drive(w.execute(op), [NOT_FOUND, TIMEOUT])
+    assert outcome == ("info", "3,", "timeout")  # the cas may have landed: never retried
+    _, outcome = drive(w.execute(op), [TIMEOUT])
+    assert outcome == ("fail", "3,", "timeout")  # only a read failed: nothing was written
+    replies: list[Result] = [NOT_FOUND, REFUSED] * MAX_CAS_ATTEMPTS
+    _, outcome = drive(w.execute(op), replies)
+    assert outcome == ("fail", "3,", "too_much_contention")
+
+
+def test_set_add_is_a_put_and_read_pages_through_a_scan() -> None:
+    w = SetWorkload()
+    requests, outcome = drive(w.execute(PlannedOp("add", "s", 12)), [Written("set/s/0000000012", 1)])
+    assert requests == [PutOp("set/s/0000000012", b"1")] and outcome == ("ok", 12, None)
+    page1 = ScanPage((ScanItem("set/s/0000000001", b"1", 1), ScanItem("set/s/0000000007", b"1", 2)), truncated=True)
+    page2 = ScanPage((ScanItem("set/s/0000000009", b"1", 3),), truncated=False)
+    requests, outcome = drive(w.execute(PlannedOp("read", "s", None)), [page1, page2])
+    assert isinstance(requests[0], ScanOp) and requests[0].start == "set/s/" and requests[0].end == "set/s0"
+    assert isinstance(requests[1], ScanOp) and requests[1].start == "set/s/0000000007\0"
+    assert outcome == ("ok", [1, 7, 9], None)
+    assert drive(w.execute(PlannedOp("read", "s", None)), [TIMEOUT])[1] == ("fail", None, "timeout")
+
+
+def test_counter_add_and_read() -> None:
+    w = CounterWorkload()
+    requests, outcome = drive(w.execute(PlannedOp("add", "c", 4)), [Found("counter/c", b"10", 1),
+                                                                     Written("counter/c", 2)])
+    assert requests[1] == CasOp("counter/c", b"10", b"14") and outcome == ("ok", 4, None)
+    assert drive(w.execute(PlannedOp("read", "c", None)), [NOT_FOUND])[1] == ("ok", 0, None)
+
+
+def test_make_workload_checks_kind_and_options() -> None:
+    assert make_workload("set", {}).kind == "set"
+    with pytest.raises(ValueError, match="workload kind"):
+        make_workload("queue", {})
+    with pytest.raises(ValueError, match="workload register"):
+        make_workload("register", {"colour": "red"})

@@ -212,7 +212,8 @@ class _SimRunner:
         if client.index < 0:
             self.final_pending -= 1
             return
-        think = self.client_rng.randint(0, self.scenario.workload.think_ms)
+        # At least 1 ms: an op that fails at once (its node is down) must not spin at one instant.
+        think = max(1, self.client_rng.randint(0, self.scenario.workload.think_ms))
         self.cluster.schedule(self.cluster.now_ms + think, lambda: self._start(client))
 
     def _final_reads(self) -> None:

@@ -326,7 +326,20 @@ def model_ops_by_key(history: History) -> dict[Any, list[_ModelOp]]:
             raise HistoryError(history.source, exc.line, str(exc).split(": ", 1)[1]) from None
         if model_op is not None:
             by_key[op.key].append(model_op)
-    return by_key
+    return {key: _drop_unseen_appends(ops) for key, ops in by_key.items()}
+
+
+def _drop_unseen_appends(ops: list[_ModelOp]) -> list[_ModelOp]:
+    """Drop appends of unknown outcome that no read ever shows: exact, and it keeps the search small.
+
+    Once an append lands, its string is a contiguous part of every later state, so an append whose
+    string is in no read cannot have landed before any read; leaving it out changes no verdict.
+    Without this, each such append can be tried at every point of the history.
+    """
+    if not any(o.kind == _APPEND and not o.required for o in ops):
+        return ops
+    seen = [o.a for o in ops if o.kind == _READ and isinstance(o.a, str)]
+    return [o for o in ops if o.required or o.kind != _APPEND or any(o.a in text for text in seen)]
 
 
 def check_key(key: Any, ops: Sequence[_ModelOp], deadline: float) -> KeyResult:

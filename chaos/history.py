@@ -54,8 +54,8 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"process": self.process, "type": self.type, "f": self.f}
         if self.key is not None:
-            out["key"] = self.key
-        out["value"] = self.value
+            out["key"] = _plain(self.key)
+        out["value"] = _plain(self.value)
         if self.time is not None:
             out["time"] = self.time
         if self.error is not None:
@@ -137,11 +137,27 @@ class History:
             self.write(fh)
 
 
+@dataclass(frozen=True)
+class JsonObject:
+    """A JSON object as a hashable value, never equal to a list of pairs."""
+
+    items: tuple[tuple[str, Any], ...]
+
+
 def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+        return JsonObject(tuple(sorted((k, _hashable(v)) for k, v in value.items())))
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """The JSON value back from its hashable form."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, JsonObject):
+        return {k: _plain(v) for k, v in value.items}
     return value
 
 

@@ -85,6 +85,8 @@ class _ToPeer:
     incarnation: int
     forward_id: int
     partition: int
+    # Whether the duplicate filter keeps this forward's result (writes only).
+    remember: bool = True
 
 
 @dataclass
@@ -167,7 +169,8 @@ class Node:
             p: SingleCopyReplica(p, storage) for p in self.partition_map.partitions_of(node_id)
         }
         # Scopes this run's forward ids, so a restarted node's ids never collide with its old ones.
-        self.incarnation = rng.getrandbits(63)
+        # Never 0, which in a Forward means "the owner's incarnation is not known yet".
+        self.incarnation = rng.randrange(1, 1 << 63)
         self._next_token = 1
         self._waiting: dict[int, _Waiter] = {}
         self._outgoing: dict[int, _Outgoing] = {}
@@ -176,6 +179,9 @@ class Node:
         self._duplicates = _DuplicateFilter(capacity=4 * config.limits.max_inflight)
         self._effects: list[Effect] = []
         self._now_ms = 0
+        # The latest time this node has seen. TTL expiry is judged on it, so a clock that steps back
+        # (a skew fault ending, NTP) cannot bring an expired key back.
+        self._expiry_clock_ms = 0
         self.started = False
 
     # ------------------------------------------------------------ public
@@ -186,6 +192,7 @@ class Node:
 
     def step(self, now_ms: int, inp: Input) -> list[Effect]:
         self._now_ms = now_ms
+        self._expiry_clock_ms = max(self._expiry_clock_ms, now_ms)
         self._effects = []
         if isinstance(inp, ClientRequest):
             self._on_client_request(inp)
@@ -225,7 +232,10 @@ class Node:
                 return  # late, duplicated, or meant for an earlier life of this node: ignore it
             if isinstance(body, ForwardRefused) and body.target_incarnation != out.target_incarnation:
                 return  # a late refusal of a copy already sent again: the current copy decides
-            self._peer_incarnations[msg.src] = body.owner_incarnation
+            # Learn the owner's incarnation from a refusal (it says who the owner is now), or from a reply
+            # when none is known: a late reply from the owner's previous life must not roll it back.
+            if isinstance(body, ForwardRefused) or msg.src not in self._peer_incarnations:
+                self._peer_incarnations[msg.src] = body.owner_incarnation
             if isinstance(body, ForwardReply):
                 self._end_forward(body.forward_id, body.result)
             elif out.target_incarnation == 0 or _read_only(out.op):
@@ -241,13 +251,16 @@ class Node:
             refused = ForwardRefused(fwd.incarnation, fwd.forward_id, fwd.target_incarnation, self.incarnation)
             self._effects.append(Send(Message(self.node_id, src, partition, refused)))
             return
-        seen, result = self._duplicates.seen(src, fwd.incarnation, fwd.forward_id)
-        target = _ToPeer(src, fwd.incarnation, fwd.forward_id, partition)
-        if seen:
-            if result is not None:
-                self._deliver(target, result)
-            return
-        self._duplicates.start(src, fwd.incarnation, fwd.forward_id)
+        target = _ToPeer(src, fwd.incarnation, fwd.forward_id, partition, remember=not _read_only(fwd.op))
+        if target.remember:
+            seen, result = self._duplicates.seen(src, fwd.incarnation, fwd.forward_id)
+            if seen:
+                if result is not None:
+                    self._deliver(target, result)
+                return
+            self._duplicates.start(src, fwd.incarnation, fwd.forward_id)
+        # A read is not remembered: running a duplicate again changes nothing, and its answer lands
+        # inside the still-open op or is ignored. Remembering would pin whole values and scan pages.
         if len(self._waiting) >= self._limits.max_inflight:
             self._deliver(target, Failure.of(ErrorCode.OVERLOADED, f"{self.node_id} has too many requests in flight"))
             return
@@ -255,7 +268,7 @@ class Node:
 
     def _on_timer(self, key: str) -> None:
         if key == TTL_SWEEP_TIMER:
-            self.storage.purge_expired(self._now_ms, TTL_SWEEP_MAX_KEYS)
+            self.storage.purge_expired(self._expiry_clock_ms, TTL_SWEEP_MAX_KEYS)
             self._effects.append(SetTimer(TTL_SWEEP_TIMER, self._now_ms + self.config.timeouts.ttl_sweep_interval_ms))
         elif key.startswith(_FORWARD_TIMER_PREFIX):
             token = int(key[len(_FORWARD_TIMER_PREFIX) :])
@@ -378,11 +391,11 @@ class Node:
             replica = self.replicas.get(p)
             if replica is None:
                 return Failure.of(ErrorCode.UNAVAILABLE, f"{self.node_id} does not hold partition {p}")
-            pages.append(replica.scan(self._now_ms, start, end, limit))
+            pages.append(replica.scan(self._expiry_clock_ms, start, end, limit))
         return _merge_pages(pages, limit)
 
     def _run_replica(self, partition: int, inp: ReplicaOp | Message | TimerFired) -> None:
-        for effect in self.replicas[partition].step(self._now_ms, inp):
+        for effect in self.replicas[partition].step(self._expiry_clock_ms, inp):
             if isinstance(effect, Reply):
                 self._complete(effect.request_id, effect.result)
             elif isinstance(effect, (SetTimer, CancelTimer)):
@@ -428,7 +441,8 @@ class Node:
         if isinstance(target, _ToClient):
             self._effects.append(Reply(target.request_id, result))
         else:
-            self._duplicates.finish(target.src, target.incarnation, target.forward_id, result)
+            if target.remember:
+                self._duplicates.finish(target.src, target.incarnation, target.forward_id, result)
             reply = ForwardReply(target.incarnation, target.forward_id, self.incarnation, result)
             self._effects.append(Send(Message(self.node_id, target.src, target.partition, reply)))
 

@@ -27,11 +27,18 @@ def check_value(value: object, limits: Limits) -> bytes:
     return value
 
 
+# A hundred years: far beyond any real TTL, and small enough that now + ttl stays a 64-bit integer
+# (storage and the wire keep deadlines as signed 64-bit milliseconds).
+MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
+
+
 def check_ttl_ms(ttl_ms: object) -> int | None:
     if ttl_ms is None:
         return None
     if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= 0:
         raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive whole number, got {ttl_ms!r}")
+    if ttl_ms > MAX_TTL_MS:
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS} ms (100 years), got {ttl_ms}")
     return ttl_ms
 
 

@@ -1,7 +1,8 @@
-"""The counter checker (as Jepsen's counter and Maelstrom's g-counter / pn-counter).
+"""The counter checker, as Jepsen's counter checker: every read within the range real time allows.
 
 Ops: ``add`` of a delta (``value``, may be negative) and ``read`` of the total. Every ok read must lie
-within the range its concurrency allows:
+within the range its concurrency allows (a linearizable counter's promise; an eventually consistent
+counter, like Maelstrom's g-counter, is only held to this for its final reads):
 
 - adds acknowledged before the read was invoked *must* be counted;
 - adds invoked before the read completed whose outcome is ok, info or unknown *may* be counted;

@@ -45,6 +45,25 @@ _READ, _WRITE, _CAS, _CAS_REFUSED, _APPEND, _DELETE = range(6)
 _NEVER = 1 << 62  # return position of an op that may complete at any time, or never
 
 
+@dataclass(frozen=True)
+class _Typed:
+    """A JSON value whose type must match as well: JSON's true, 1 and 1.0 are three different values."""
+
+    kind: str
+    value: Any
+
+
+def typed(value: Any) -> Any:
+    """``value`` made comparable by type and value (ints, strings and null stay as they are)."""
+    if isinstance(value, bool):
+        return _Typed("bool", value)
+    if isinstance(value, float):
+        return _Typed("float", "nan" if value != value else value)
+    if isinstance(value, tuple):
+        return tuple(typed(v) for v in value)
+    return value
+
+
 class _Unknown:
     """The initial state of a window: any value at all, fixed by the first op that observes it."""
 
@@ -108,14 +127,14 @@ def _model_op(op: Op) -> _ModelOp | None:
     if f in READ_FS:
         if not required:
             return None
-        return _ModelOp(op, _READ, op.value, None, op.invoke_index, ret, True)
+        return _ModelOp(op, _READ, typed(op.value), None, op.invoke_index, ret, True)
     if f in WRITE_FS:
-        return _ModelOp(op, _WRITE, op.invoke.value, None, op.invoke_index, ret, required)
+        return _ModelOp(op, _WRITE, typed(op.invoke.value), None, op.invoke_index, ret, required)
     if f == "cas":
         expected, new = _cas_args(op)
-        return _ModelOp(op, _CAS, expected, new, op.invoke_index, ret, required)
+        return _ModelOp(op, _CAS, typed(expected), typed(new), op.invoke_index, ret, required)
     if f == "append":
-        return _ModelOp(op, _APPEND, op.invoke.value, None, op.invoke_index, ret, required)
+        return _ModelOp(op, _APPEND, typed(op.invoke.value), None, op.invoke_index, ret, required)
     if f == "delete":
         return _ModelOp(op, _DELETE, None, None, op.invoke_index, ret, required)
     raise HistoryError("<history>", op.invoke.line, f"the register model has no op {f!r}")
@@ -128,15 +147,25 @@ def _cas_args(op: Op) -> tuple[Any, Any]:
     return value[0], value[1]
 
 
+# The memo may use about this much memory per key before the verdict becomes "unknown".
+DEFAULT_MAX_MEMO_BYTES = 1 << 30
+# Per memo entry: the tuple, the set slot and the state reference, besides the bitset itself.
+_MEMO_ENTRY_OVERHEAD_BYTES = 120
+
+
 class _OutOfTime(Exception):
-    pass
+    """The search ran past its deadline or its memory budget; the message says which."""
 
 
-def _search(ops: Sequence[_ModelOp], init: Any, deadline: float) -> bool:
-    """Wing-Gong-Lowe: can ``ops`` be linearized from state ``init``? Raises _OutOfTime past the deadline."""
+def _search(ops: Sequence[_ModelOp], init: Any, deadline: float, max_memo_bytes: int = DEFAULT_MAX_MEMO_BYTES) -> (
+    bool
+):
+    """Wing-Gong-Lowe: can ``ops`` be linearized from state ``init``? Raises _OutOfTime past the deadline
+    or when the memo would outgrow ``max_memo_bytes``."""
     n = len(ops)
     if n == 0:
         return True
+    max_memo_entries = max(1, max_memo_bytes // (n // 8 + _MEMO_ENTRY_OVERHEAD_BYTES))
     # Entries 1..2n sorted by position; 0 is the head sentinel, 2n+1 the tail sentinel.
     order = sorted(
         [(o.call, 0, i) for i, o in enumerate(ops)] + [(o.ret, 1, i) for i, o in enumerate(ops)],
@@ -188,8 +217,11 @@ def _search(ops: Sequence[_ModelOp], init: Any, deadline: float) -> bool:
     steps = 0
     while nxt[head] != tail:
         steps += 1
-        if steps & 0x3FF == 0 and time.monotonic() > deadline:
-            raise _OutOfTime
+        if steps & 0x3FF == 0:
+            if time.monotonic() > deadline:
+                raise _OutOfTime("time limit reached")
+            if len(cache) > max_memo_entries:
+                raise _OutOfTime(f"search memo over {max_memo_bytes >> 20} MiB")
         if is_call[entry]:
             i = op_of[entry]
             possible, new_state = _step(state, kinds[i], args_a[i], args_b[i])
@@ -281,6 +313,8 @@ class KeyResult:
     stretch_optional: frozenset[int] = frozenset()
     # True: the stretch fails from the register's initial state (absent); False: from any state at all.
     from_initial_state: bool = False
+    # Why the verdict is "unknown" (time or memory ran out).
+    reason: str | None = None
 
 
 @dataclass
@@ -291,6 +325,7 @@ class LinearizabilityResult:
     elapsed_s: float
     failure: KeyResult | None = None
     unknown_keys: list[Any] = field(default_factory=list)
+    unknown_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -312,10 +347,12 @@ class LinearizabilityResult:
             ]
         if self.unknown_keys:
             out["unknown_keys"] = self.unknown_keys
+            out["unknown_reason"] = self.unknown_reason
         return out
 
 
 def model_ops_by_key(history: History) -> dict[Any, list[_ModelOp]]:
+    """Each key's model ops; keys are told apart by JSON type too (a key 1 is not the key true)."""
     by_key: dict[Any, list[_ModelOp]] = defaultdict(list)
     for op in history.ops():
         if op.f not in SUPPORTED_FS:
@@ -325,29 +362,35 @@ def model_ops_by_key(history: History) -> dict[Any, list[_ModelOp]]:
         except HistoryError as exc:
             raise HistoryError(history.source, exc.line, str(exc).split(": ", 1)[1]) from None
         if model_op is not None:
-            by_key[op.key].append(model_op)
-    return {key: _drop_unseen_appends(ops) for key, ops in by_key.items()}
+            by_key[typed(op.key)].append(model_op)
+    pruned = {key: _drop_unseen_appends(ops) for key, ops in by_key.items()}
+    return {key: ops for key, ops in pruned.items() if ops}
 
 
 def _drop_unseen_appends(ops: list[_ModelOp]) -> list[_ModelOp]:
     """Drop appends of unknown outcome that no read ever shows: exact, and it keeps the search small.
 
-    Once an append lands, its string is a contiguous part of every later state, so an append whose
-    string is in no read cannot have landed before any read; leaving it out changes no verdict.
-    Without this, each such append can be tried at every point of the history.
+    On a key with only appends and reads, once an append lands its string is a contiguous part of every
+    later state, so an append whose string is in no read cannot have landed before any read; leaving it
+    out changes no verdict. (A write, delete or cas on the key breaks that: a write replaces the string,
+    and a refused cas observes the state too, so then nothing is dropped.) Without this, each such
+    append can be tried at every point of the history.
     """
     if not any(o.kind == _APPEND and not o.required for o in ops):
+        return ops
+    if any(o.kind not in (_APPEND, _READ) for o in ops):
         return ops
     seen = [o.a for o in ops if o.kind == _READ and isinstance(o.a, str)]
     return [o for o in ops if o.required or o.kind != _APPEND or any(o.a in text for text in seen)]
 
 
-def check_key(key: Any, ops: Sequence[_ModelOp], deadline: float) -> KeyResult:
+def check_key(key: Any, ops: Sequence[_ModelOp], deadline: float,
+              max_memo_bytes: int = DEFAULT_MAX_MEMO_BYTES) -> KeyResult:
     try:
-        if _search(ops, None, deadline):
+        if _search(ops, None, deadline, max_memo_bytes):
             return KeyResult(key, True, len(ops))
-    except _OutOfTime:
-        return KeyResult(key, "unknown", len(ops))
+    except _OutOfTime as exc:
+        return KeyResult(key, "unknown", len(ops), reason=str(exc))
     try:
         from_initial, window = _shortest_failing_stretch(ops, deadline)
     except _OutOfTime:
@@ -356,21 +399,29 @@ def check_key(key: Any, ops: Sequence[_ModelOp], deadline: float) -> KeyResult:
     return KeyResult(key, False, len(ops), [o.op for o in window], optional, from_initial)
 
 
-def check(history: History, time_limit_s: float = 60.0) -> LinearizabilityResult:
-    """Check every key's register for linearizability; stop at the first key that fails."""
+def check(history: History, time_limit_s: float = 60.0,
+          max_memo_bytes: int = DEFAULT_MAX_MEMO_BYTES) -> LinearizabilityResult:
+    """Check every key's register for linearizability; stop at the first key that fails.
+
+    A key whose search runs past ``time_limit_s`` (for the whole history) or whose memo would outgrow
+    ``max_memo_bytes`` gets "unknown", never a guess."""
     started = time.monotonic()
     deadline = started + time_limit_s
     by_key = model_ops_by_key(history)
     unknown: list[Any] = []
+    reasons: set[str] = set()
     total = sum(len(v) for v in by_key.values())
     checked = 0
     # Small keys first: a failure is found sooner, and a hard key cannot starve the easy ones.
     for key in sorted(by_key, key=lambda k: (len(by_key[k]), repr(k))):
-        result = check_key(key, by_key[key], deadline)
+        ops = by_key[key]
+        result = check_key(ops[0].op.key, ops, deadline, max_memo_bytes)  # reported as the history names it
         checked += 1
         if result.valid is False:
             return LinearizabilityResult(False, checked, total, time.monotonic() - started, result, unknown)
         if result.valid == "unknown":
-            unknown.append(key)
+            unknown.append(result.key)
+            reasons.add(result.reason or "")
     verdict: Verdict = "unknown" if unknown else True
-    return LinearizabilityResult(verdict, checked, total, time.monotonic() - started, None, unknown)
+    return LinearizabilityResult(verdict, checked, total, time.monotonic() - started, None, unknown,
+                                 "; ".join(sorted(reasons)) or None)

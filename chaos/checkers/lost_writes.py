@@ -8,6 +8,12 @@ Nothing overwrote ``w`` in between that the read could be showing instead, so ``
 (The linearizability checker rejects such a history too; this names every write that disappeared,
 which is what modes that are allowed to lose writes, like async replication, are measured by.)
 
+A read that shows an older value is only *stale* if ``w`` itself shows up again in a read that began
+after it ended (or in the final state): then ``w`` was not lost, that read lagged. A write that is
+overwritten after vanishing still counts as lost, since its effect disappeared. Modes that serve stale
+reads by design (follower reads, sloppy quorums) should be judged with ``final_only=True``: then only
+the final observation of each key (the final state, or the last read) can prove a write lost.
+
 The final state after the run, if given, acts as one more read that began after every op.
 """
 
@@ -64,7 +70,9 @@ def _written_value(op: Op) -> Any:
     return op.invoke.value[1] if op.f == "cas" else op.invoke.value
 
 
-def check(history: History, final_values: Mapping[Any, Any] | None = None) -> LostWritesResult:
+def check(history: History, final_values: Mapping[Any, Any] | None = None, final_only: bool = False) -> (
+    LostWritesResult
+):
     writes: dict[Any, list[Op]] = defaultdict(list)
     reads: dict[Any, list[Op]] = defaultdict(list)
     deleted_keys: set[Any] = set()
@@ -87,8 +95,15 @@ def check(history: History, final_values: Mapping[Any, Any] | None = None) -> Lo
         observations: list[tuple[int, Any, Op | None]] = [(r.invoke_index, r.value, r) for r in reads[key]]
         if final_values is not None:
             observations.append((_FINAL, final_values.get(key), None))
+        # For each value, when the latest observation of it began: a write seen again is not lost.
+        last_seen: dict[Any, int] = {}
+        for began, value, _ in observations:
+            last_seen[value] = max(last_seen.get(value, -1), began)
+        if final_only:
+            observations = sorted(observations, key=lambda o: o[0])[-1:]
         lost_here: dict[int, LostWrite] = {}
         for began, value, read in observations:
+            ended = _FINAL if read is None else _complete_or_never(read)
             if value is None and key in deleted_keys:
                 continue  # absent because of a delete: says nothing about the writes
             source = producer.get(value)
@@ -97,8 +112,11 @@ def check(history: History, final_values: Mapping[Any, Any] | None = None) -> Lo
             # The observed value is older than every acked write invoked after its producer completed.
             older_than = -1 if source is None else _complete_or_never(source)
             for w in acked[: bisect_left(acked_done, began)]:
-                if w.invoke_index > older_than and w.invoke_index not in lost_here:
-                    lost_here[w.invoke_index] = LostWrite(key, w, read, value)
+                if w.invoke_index <= older_than or w.invoke_index in lost_here:
+                    continue
+                if last_seen.get(_written_value(w), -1) > ended:
+                    continue  # seen again later: this read was stale, the write was not lost
+                lost_here[w.invoke_index] = LostWrite(key, w, read, value)
         result.lost.extend(lost_here[i] for i in sorted(lost_here))
     result.valid = not result.lost
     return result

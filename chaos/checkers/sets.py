@@ -4,8 +4,10 @@ Ops: ``add`` of a unique element (``value``) and ``read`` of the whole set (``va
 element the checker finds when it became *known* (its add was acknowledged, or a read saw it), then
 looks at every read invoked after that:
 
-- **lost**: known, but absent from the last read that began after it was known;
-- **stale**: absent from some such read but present again in a later one (a read that went back in time);
+- **lost**: known, and absent from a read that began after the last read holding it had ended (or, if
+  no read ever held it, absent from a read that began after it was known): it is gone for good;
+- **stale**: absent from some read that began after it was known, but not lost (a read that went back
+  in time, or one concurrent with the last read that saw it);
 - **never read**: no read began after its add completed, so nothing can be said;
 - **unexpected**: a read holds an element that was never added, or whose add definitely failed.
 
@@ -76,30 +78,35 @@ def check(history: History, allow_stale: bool = True) -> SetResult:
         unexpected |= {e for e in present if e not in adds or e in failed}
     result.unexpected = sorted(unexpected, key=repr)
 
-    # Reads in invocation order; for each element, the positions of the reads that hold it. An element is
-    # stale when fewer of the reads after it became known hold it than there are such reads.
+    # Reads in invocation order; for each element, the positions of the reads that hold it and the latest
+    # end of such a read.
     read_starts = [op.invoke_index for op, _ in read_sets]
     holding: dict[Any, list[int]] = {}
-    for position, (_, present) in enumerate(read_sets):
+    last_held_end: dict[Any, int] = {}
+    for position, (op, present) in enumerate(read_sets):
+        assert op.complete_index is not None
         for element in present:
             holding.setdefault(element, []).append(position)
-    last = len(read_sets) - 1
+            last_held_end[element] = max(last_held_end.get(element, -1), op.complete_index)
+    last_start = read_starts[-1] if read_starts else -1
     for element in sorted(adds, key=repr):
         if element in failed:
             continue
         known = known_at.get(element)
         after = known if known is not None else adds[element].complete_index
         first_later = len(read_sets) if after is None else bisect_right(read_starts, after)
-        if first_later > last:
+        if first_later >= len(read_sets):
             result.never_read.append(element)
             continue
         if known is None:
             # An add of unknown outcome that no read has seen: it may simply never have happened.
             continue
-        positions = holding.get(element, [])
-        if not positions or positions[-1] != last:
+        # No read holding it can begin after the last one holding it ended, so any read that does lacks it.
+        if last_start > last_held_end.get(element, known):
             result.lost.append(element)
-        elif len(positions) - bisect_left(positions, first_later) < last + 1 - first_later:
+        elif len(holding.get(element, [])) - bisect_left(holding.get(element, []), first_later) < (
+            len(read_sets) - first_later
+        ):
             result.stale.append(element)
         else:
             result.ok_count += 1

@@ -23,6 +23,7 @@ import hmac
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import msgpack
@@ -68,11 +69,27 @@ class PeerHealth:
         self.state, self.last_error = "down", error
 
 
+@dataclass
+class _Delivery:
+    """The copies the fault policy made of one message. ``SendFailed`` means no copy can have arrived,
+    so it is reported only when every copy certainly failed (a duplicate may have been delivered)."""
+
+    msg: Message
+    copies: int
+    maybe_delivered: bool = False
+
+    def settle(self, delivered: bool, report: Callable[[Message], None]) -> None:
+        self.copies -= 1
+        self.maybe_delivered = self.maybe_delivered or delivered
+        if self.copies == 0 and not self.maybe_delivered:
+            report(self.msg)
+
+
 class _Peer:
     def __init__(self, address: NodeAddress) -> None:
         self.address = address
         self.url = address.url + PEER_PATH
-        self.queue: deque[Message] = deque()
+        self.queue: deque[_Delivery] = deque()
         self.ready = asyncio.Event()
         self.health = PeerHealth()
         # Copies waiting out a fault delay, bounded like the queue.
@@ -133,24 +150,28 @@ class PeerTransport:
         if peer is None:
             log.error("node %s tried to send to unknown node %r; dropped", self._node_id, msg.dst)
             return
-        for delay_ms in self._faults.policy.on_send(NodeClock.true_now_ms(), msg):
+        delays = self._faults.policy.on_send(NodeClock.true_now_ms(), msg)
+        delivery = _Delivery(msg, len(delays))
+        for delay_ms in delays:
             if delay_ms <= 0:
-                self._enqueue(peer, msg)
+                self._enqueue(peer, delivery)
             elif peer.delayed < self._max_queue:
                 peer.delayed += 1
-                self._loop.call_later(delay_ms / 1000, self._enqueue_delayed, peer, msg)
-            # else: too many copies in the air; the network loses this one.
+                self._loop.call_later(delay_ms / 1000, self._enqueue_delayed, peer, delivery)
+            else:
+                # Too many copies in the air: the network loses this one, silently, as a network would.
+                delivery.settle(True, self._on_send_failed)
 
-    def _enqueue_delayed(self, peer: _Peer, msg: Message) -> None:
+    def _enqueue_delayed(self, peer: _Peer, delivery: _Delivery) -> None:
         peer.delayed -= 1
-        self._enqueue(peer, msg)
+        self._enqueue(peer, delivery)
 
-    def _enqueue(self, peer: _Peer, msg: Message) -> None:
+    def _enqueue(self, peer: _Peer, delivery: _Delivery) -> None:
         if len(peer.queue) >= self._max_queue:
             # Certainly not delivered; reported on a later loop turn, not inside the current step.
-            self._loop.call_soon(self._on_send_failed, msg)
+            self._loop.call_soon(delivery.settle, False, self._on_send_failed)
             return
-        peer.queue.append(msg)
+        peer.queue.append(delivery)
         peer.ready.set()
 
     async def _drain(self, peer: _Peer) -> None:
@@ -167,24 +188,24 @@ class PeerTransport:
                     # A bug must not silently end this peer's only sender; its messages are lost.
                     log.exception("sending to %s failed unexpectedly", peer.address.node_id)
 
-    def _take_batch(self, peer: _Peer) -> tuple[list[Message], bytes]:
-        batch: list[Message] = []
+    def _take_batch(self, peer: _Peer) -> tuple[list[_Delivery], bytes]:
+        batch: list[_Delivery] = []
         parts: list[bytes] = []
         size = 0
         while peer.queue and size < PEER_BATCH_BYTES:
-            msg = peer.queue.popleft()
+            delivery = peer.queue.popleft()
             try:
-                part = codec.encode(msg)
+                part = codec.encode(delivery.msg)
             except (TypeError, ValueError):
-                log.exception("cannot encode a message for %s; dropped", msg.dst)
+                log.exception("cannot encode a message for %s; dropped", delivery.msg.dst)
                 continue
-            batch.append(msg)
+            batch.append(delivery)
             parts.append(part)
             size += len(part)
         header = msgpack.Packer().pack_array_header(len(parts))
         return batch, header + b"".join(parts)
 
-    async def _post(self, peer: _Peer, batch: list[Message], body: bytes) -> None:
+    async def _post(self, peer: _Peer, batch: list[_Delivery], body: bytes) -> None:
         assert self._session is not None, "transport used before start()"
         headers = {
             "Content-Type": MSGPACK_TYPE,
@@ -197,12 +218,17 @@ class PeerTransport:
                 status = response.status
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             peer.health.failed(f"cannot connect: {exc}")
-            for msg in batch:
-                self._on_send_failed(msg)
+            for delivery in batch:
+                delivery.settle(False, self._on_send_failed)
             return
         except (aiohttp.ClientError, TimeoutError) as exc:
+            # The request may have reached the peer: its messages may have been delivered.
             peer.health.failed(f"send failed: {exc!r}")
+            for delivery in batch:
+                delivery.settle(True, self._on_send_failed)
             return
+        for delivery in batch:
+            delivery.settle(True, self._on_send_failed)
         if 200 <= status < 300:
             peer.health.ok()
         else:

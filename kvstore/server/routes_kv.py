@@ -51,7 +51,7 @@ from kvstore.server.http_codec import (
 )
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.validation import prefix_range
+from kvstore.validation import check_ttl_ms, prefix_range
 
 DEFAULT_SCAN_LIMIT = 1000
 _ENCODINGS = ("utf-8", "base64")
@@ -215,9 +215,7 @@ def _ttl_ms(params: dict[str, str]) -> int | None:
         ttl_ms = math.ceil(seconds * 1000)
     else:
         return None
-    if ttl_ms <= 0:
-        raise KvError(ErrorCode.BAD_REQUEST, "ttl must be positive")
-    return ttl_ms
+    return check_ttl_ms(ttl_ms)
 
 
 def _put_entry(entry: Any, index: int) -> PutOp:

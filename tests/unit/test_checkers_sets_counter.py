@@ -30,7 +30,7 @@ def test_set_lost_stale_never_read_unexpected() -> None:
         + op(3, "add", 3, outcome="fail")
         + op(1, "read", None, result=[1])  # 2 missing here...
         + op(2, "read", None, result=[1, 2, 3, 9])  # ...back here: stale; 3 failed and 9 never added
-        + op(1, "read", None, result=[2])  # 1 gone for good: lost
+        + op(1, "read", None, result=[2])  # 1 gone for good: lost (this read began after all that held it)
         + op(4, "add", 4)  # no read after it
     )
     result = sets.check(from_dicts(rows))
@@ -112,6 +112,17 @@ def test_final_state_acts_as_a_last_read() -> None:
     assert [w.write.invoke.value for w in result.lost] == ["a", "b"]
 
 
+def test_final_only_judges_by_the_last_observation() -> None:
+    # A read shows an older value, and the write never shows up again: lost, unless only the final
+    # observation counts (modes with stale reads by design) and that shows a newer write.
+    rows = (op(1, "write", "a", key="k") + op(1, "write", "b", key="k") + op(2, "read", None, key="k", result="a")
+            + op(1, "write", "c", key="k"))
+    assert [w.write.invoke.value for w in lost_writes.check(from_dicts(rows), {"k": "c"}).lost] == ["b"]
+    assert lost_writes.check(from_dicts(rows), {"k": "c"}, final_only=True).valid is True
+    assert [w.write.invoke.value for w in lost_writes.check(from_dicts(rows), {"k": "a"}, final_only=True).lost] == [
+        "b", "c"]
+
+
 def test_non_unique_values_are_ambiguous_not_guessed() -> None:
     rows = op(1, "write", "a", key="k") + op(1, "write", "a", key="k") + op(2, "read", None, key="k", result=None)
     result = lost_writes.check(from_dicts(rows))
@@ -127,7 +138,11 @@ def test_convergence() -> None:
 
 
 def naive_set_verdicts(rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any], list[Any]]:
-    """(lost, stale, never read), straight from the definitions, quadratic and obviously right."""
+    """(lost, stale, never read), straight from the definitions, quadratic and obviously right.
+
+    Lost: a read that began after the last read holding the element had ended (or after it was known,
+    if no read held it) misses it. Stale: a read that began after it was known misses it, but not lost.
+    """
     ops = from_dicts(rows).ops()
     adds = {op.invoke.value: op for op in ops if op.f == "add"}
     reads = [op for op in ops if op.f == "read" and op.type == "ok"]
@@ -141,11 +156,13 @@ def naive_set_verdicts(rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]
         known = min(seen + acked) if seen + acked else None
         after = known if known is not None else add.complete_index
         later = [r for r in reads if after is not None and r.invoke_index > after]
+        holding_ends = [r.complete_index for r in reads if element in (r.value or ())]
+        gone_after = max(holding_ends) if holding_ends else known
         if not later:
             never.append(element)
         elif known is None:
             continue
-        elif element not in (later[-1].value or ()):
+        elif any(r.invoke_index > gone_after and element not in (r.value or ()) for r in reads):
             lost.append(element)
         elif any(element not in (r.value or ()) for r in later):
             stale.append(element)

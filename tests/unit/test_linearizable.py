@@ -122,7 +122,13 @@ def test_time_budget_gives_unknown_not_a_guess() -> None:
     result = lin.check(from_dicts(rows), time_limit_s=0.05)
     assert result.valid == "unknown"
     assert result.unknown_keys == ["x"]
+    assert result.unknown_reason == "time limit reached"
     assert result.failure is None
+    # The same search under a memory budget instead: "unknown" too, saying why.
+    result = lin.check(from_dicts(rows), time_limit_s=60, max_memo_bytes=200_000)
+    assert result.valid == "unknown"
+    assert result.unknown_reason is not None and "memo over" in result.unknown_reason
+    assert result.to_json()["unknown_reason"] == result.unknown_reason
 
 
 def test_unsupported_op_is_an_input_error() -> None:

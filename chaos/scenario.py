@@ -32,7 +32,6 @@ time_limit_s = 30
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
 from chaos.workloads import WORKLOAD_KINDS
 from kvstore.config import FSYNC_POLICIES, MODES
+from kvstore.toml_file import read_toml
 
 
 class ScenarioError(ValueError):
@@ -146,11 +146,4 @@ def _validate(s: Scenario, source: str) -> None:
 
 
 def load(path: str | Path) -> Scenario:
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from exc
-    return from_dict(data, str(path))
+    return from_dict(read_toml(path, "scenario", ScenarioError), str(path))

@@ -30,12 +30,13 @@ request_timeout_ms = 2000
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import tomli_w
+
+from kvstore.toml_file import read_toml
 
 FsyncPolicy = Literal["always", "batch", "never"]
 StorageEngine = Literal["sqlite", "memory"]
@@ -164,14 +165,7 @@ class ClusterConfig:
 
     @staticmethod
     def load(path: str | Path) -> ClusterConfig:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return ClusterConfig.from_dict(data)
+        return ClusterConfig.from_dict(read_toml(path, "config", ConfigError))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,8 +11,6 @@ import pytest
 from chaos.checkers import linearizable as lin
 from chaos.history import HistoryError, from_dicts, load
 
-KNOSSOS = Path(__file__).resolve().parents[3] / "shared" / "histories" / "knossos"
-
 
 def op(p: Any, f: str, value: Any, outcome: str = "ok", key: str = "x", error: str | None = None,
        result: Any = "same") -> list[dict[str, Any]]:
@@ -136,12 +134,13 @@ def test_unsupported_op_is_an_input_error() -> None:
         lin.check(from_dicts(op(1, "frobnicate", 1)))
 
 
-def test_knossos_histories_get_their_known_verdicts() -> None:
-    rows = list(csv.DictReader((KNOSSOS / "expected.tsv").open(), delimiter="\t"))
+def test_knossos_histories_get_their_known_verdicts(shared_histories: Path) -> None:
+    knossos = shared_histories / "knossos"
+    rows = list(csv.DictReader((knossos / "expected.tsv").open(), delimiter="\t"))
     assert len(rows) == 120
     wrong = []
     for row in rows:
-        result = lin.check(load(KNOSSOS / row["file"]), time_limit_s=30)
+        result = lin.check(load(knossos / row["file"]), time_limit_s=30)
         if result.valid is not (row["linearizable"] == "true"):
             wrong.append((row["file"], result.valid))
     assert wrong == []

@@ -9,13 +9,17 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from chaos import scenario as scenario_file
 from chaos.checkers import counter, linearizable, lost_writes, sets
 from chaos.history import HistoryError, load
 from chaos.report import write_report
+
+if TYPE_CHECKING:
+    from chaos.run_sim import RunResult
 
 CHECK_CHECKERS: tuple[str, ...] = ("linearizable", "lost-writes", "set", "counter")
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN = 0, 1, 2
@@ -116,48 +120,42 @@ def run_chaos(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = 
     except scenario_file.ScenarioError as exc:
         print(f"kvstore chaos run: {exc}", file=err)
         return EXIT_UNKNOWN
-    if args.real:
-        from chaos.run_real import run_on_real_cluster
-
-        print(f"{scenario.name}: starting a real {scenario.cluster.nodes}-node cluster on 127.0.0.1", file=out)
-        result = run_on_real_cluster(scenario, progress=lambda line: print(f"  {line}", file=out, flush=True))
-        return _finish_one(result, args, out)
-
     from chaos.run_sim import replay_command, run_in_sim
 
     seeds = args.seeds or [args.seed if args.seed is not None else scenario.seed]
+    run: Callable[[int], RunResult]
+    if args.real:
+        from chaos.run_real import run_on_real_cluster
+
+        print(f"{scenario.name}: a real {scenario.cluster.nodes}-node cluster on 127.0.0.1 per seed; the seed fixes "
+              "the fault schedule and the workload, not the timing", file=out)
+
+        def run(seed: int) -> RunResult:
+            return run_on_real_cluster(scenario, seed, progress=lambda line: print(f"  {line}", file=out, flush=True))
+    else:
+        def run(seed: int) -> RunResult:
+            return run_in_sim(scenario, seed)
     verdicts: list[Any] = []
-    failed: list[int] = []
     started = time.monotonic()
     for seed in seeds:
         t0 = time.monotonic()
-        result = run_in_sim(scenario, seed)
+        result = run(seed)
         verdict = result.valid
         verdicts.append(verdict)
         label = verdict_label(verdict).lower() if verdict is True else verdict_label(verdict)
         report = ""
         if not args.no_report or verdict is not True:
-            html = write_report(_report_dir(args.out, scenario.name, "sim", seed), result.history, result.periods,
-                                result.to_json())
+            html = write_report(_report_dir(args.out, scenario.name, result.driver, seed), result.history,
+                                result.periods, result.to_json())
             report = f"  report: {html}"
         print(f"seed {seed}: {label}  {result.stats['ops']} ops, {time.monotonic() - t0:.2f} s{report}", file=out,
               flush=True)
         if verdict is not True:
-            failed.append(seed)
             bad = ", ".join(f"{name}={r.get('valid')}" for name, r in result.checkers.items())
-            print(f"  seed={seed} {bad}; replay: {replay_command(args.scenario, seed)}", file=out, flush=True)
+            replay = replay_command(args.scenario, seed) + (" --real" if args.real else "")
+            print(f"  seed={seed} {bad}; replay: {replay}", file=out, flush=True)
     valid = sum(1 for v in verdicts if v is True)
     invalid = sum(1 for v in verdicts if v is False)
     print(f"{scenario.name}: {len(seeds)} seed(s) in {time.monotonic() - started:.1f} s: {valid} valid, "
           f"{invalid} invalid, {len(seeds) - valid - invalid} unknown", file=out)
     return exit_code(verdicts)
-
-
-def _finish_one(result: Any, args: argparse.Namespace, out: TextIO) -> int:
-    html = write_report(_report_dir(args.out, result.scenario.name, result.driver, result.seed), result.history,
-                        result.periods, result.to_json())
-    label = verdict_label(result.valid)
-    for name, r in result.checkers.items():
-        print(f"  {name}: {r.get('valid')}", file=out)
-    print(f"{result.scenario.name}: {label} ({result.stats['ops']} ops)  report: {html}", file=out)
-    return exit_code([result.valid])

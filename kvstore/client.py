@@ -36,6 +36,7 @@ import msgpack
 from yarl import URL
 
 from kvstore.errors import ErrorCode, KvError
+from kvstore.http_session import send_once_session
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
 
 MSGPACK_TYPE = "application/msgpack"
@@ -224,7 +225,7 @@ class AsyncClient:
         idempotent: bool = False,
     ) -> _Response:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = send_once_session(timeout=self._timeout)
         target = path if not query else f"{path}?{urlencode(query, quote_via=quote)}"
         failures: list[str] = []
         definite = True

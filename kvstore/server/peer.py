@@ -32,6 +32,7 @@ from aiohttp import web
 from kvstore import codec
 from kvstore.config import ClusterConfig, NodeAddress
 from kvstore.errors import ErrorCode, KvError
+from kvstore.http_session import send_once_session
 from kvstore.messages import Message
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
@@ -119,7 +120,7 @@ class PeerTransport:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
+        self._session = send_once_session(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), timeout=self._timeout
         )
         self._tasks = [

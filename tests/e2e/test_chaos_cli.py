@@ -78,3 +78,19 @@ def test_chaos_run_rejects_a_bad_scenario(tmp_path: Path) -> None:
     assert "kind must be one of" in result.stderr.decode()
     result = kvstore("chaos", "run", str(bad), "--seeds", "9..1")
     assert result.returncode == 2 and "empty seed range" in result.stderr.decode()
+
+
+def test_chaos_run_real_uses_the_seed_it_is_given(tmp_path: Path) -> None:
+    scenario = tmp_path / "short.toml"
+    scenario.write_text(
+        'name = "short"\nduration_ms = 1500\nquiet_ms = 200\nseed = 1\n'
+        '[cluster]\nnodes = 3\nfsync = "always"\npartitions = 8\n'
+        '[workload]\nkind = "register"\nconcurrency = 3\nthink_ms = 10\n'
+        '[nemesis]\nfaults = ["crash"]\ninterval_ms = 500\n'
+    )
+    result = kvstore("chaos", "run", str(scenario), "--real", "--seed", "4", "--out", str(tmp_path / "reports"))
+    out = result.stdout.decode()
+    assert result.returncode == 0, text(result)
+    assert "seed 4: valid" in out and "1 seed(s)" in out and "1 valid, 0 invalid" in out
+    saved = json.loads((tmp_path / "reports" / "short" / "real-seed-4" / "result.json").read_text())
+    assert (saved["seed"], saved["driver"], saved["valid"]) == (4, "real", True)

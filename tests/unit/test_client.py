@@ -135,6 +135,52 @@ async def test_a_write_that_may_have_happened_is_not_retried(cluster: InProcessC
         assert await c.get("once") is None
 
 
+class HangsUpOnSecond:
+    """An HTTP/1.1 server that answers on a keep-alive connection, then reads the second request and
+    closes that connection without answering; it answers every later request (a resend) again."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                lengths = [int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length:")]
+                await reader.readexactly(lengths[0] if lengths else 0)
+                self.requests.append(lines[0].split(" ")[0])
+                if len(self.requests) == 2:
+                    writer.close()
+                    return
+                body = b'{"status": "ok"}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.mark.parametrize("method", ["put", "delete"])
+async def test_a_write_on_a_reused_connection_is_sent_once(method: str) -> None:
+    # aiohttp by itself resends a PUT or DELETE whose reused connection was closed: the resend may
+    # apply the write twice, or fail to connect and make the write look definitely not applied.
+    server = HangsUpOnSecond()
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with AsyncClient([f"http://127.0.0.1:{port}"]) as c:
+            assert await c.health() == {"status": "ok"}
+            with pytest.raises(KvError) as caught:
+                await (c.put("k", b"v") if method == "put" else c.delete("k"))
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert server.requests == ["GET", method.upper()]
+    assert caught.value.code is ErrorCode.TIMEOUT
+    assert not caught.value.definite
+
+
 def test_the_sync_client_wraps_the_async_one() -> None:
     async def scenario() -> None:
         async with InProcessCluster(loopback_config(1)) as running:

@@ -18,6 +18,7 @@ def send_once_session(**kwargs: Any) -> aiohttp.ClientSession:
     """``aiohttp.ClientSession(**kwargs)`` without the automatic resend."""
     session = aiohttp.ClientSession(**kwargs)
     # No public switch exists; aiohttp's own test client turns the resend off through this attribute,
-    # and tests/unit/test_client.py fails if a future aiohttp resends again.
+    # which exists from aiohttp 3.11 (hence the lower bound: 3.10 resends with no way to stop it), and
+    # tests/unit/test_client.py fails if a future aiohttp resends again.
     session._retry_connection = False
     return session

@@ -41,7 +41,7 @@ from chaos.scenario import CheckerSpec, ClusterSpec, Scenario, WorkloadSpec
 from kvstore.codec import decode, encode
 from kvstore.messages import Forward, Message, PutOp
 
-KNOSSOS_DIR = Path(__file__).resolve().parents[2] / "shared" / "histories" / "knossos"
+KNOSSOS_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "histories" / "knossos"
 CHECK_TIME_LIMIT_S = 60.0
 # Ops one client process completes per virtual ms under these faults, on the low side (measured: 0.035 to
 # 0.055), so that a run makes at least the target number of ops; the history is then cut to the target.

@@ -472,7 +472,7 @@ def _add_check(subparsers: Any) -> None:
                    "shortest failing stretch of ops when invalid, and the time taken. Exit 0 all valid, 1 any "
                    "invalid, 2 unknown or bad input.",
                    ["kvstore check --checker linearizable history.jsonl",
-                    "kvstore check ../shared/histories/knossos/bad/*.jsonl"], _check)
+                    "kvstore check tests/data/histories/knossos/bad/*.jsonl"], _check)
     add_check_arguments(sub)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def find_shared_histories() -> Path | None:
-    """``shared/histories`` beside the repository (or above it), or where $KVSTORE_SHARED_HISTORIES says."""
-    override = os.environ.get("KVSTORE_SHARED_HISTORIES")
-    if override:
-        return Path(override)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "histories"
-        if candidate.is_dir():
-            return candidate
-    return None
+HISTORIES_DIR = Path(__file__).resolve().parent / "data" / "histories"
 
 
 @pytest.fixture
-def shared_histories() -> Path:
-    """The public histories with known verdicts. Missing is a failure, never a silent skip."""
-    found = find_shared_histories()
-    if found is None or not (found / "knossos" / "expected.tsv").is_file():
-        pytest.fail("shared/histories not found beside the repository; set KVSTORE_SHARED_HISTORIES to its path")
-    return found
+def public_histories() -> Path:
+    """The public Knossos and Elle histories with known verdicts, kept in the repository (tests/data)."""
+    if not (HISTORIES_DIR / "knossos" / "expected.tsv").is_file():
+        pytest.fail(f"{HISTORIES_DIR} is incomplete: the repository checkout is missing its test data")
+    return HISTORIES_DIR

@@ -2,7 +2,7 @@
 
 Time is an integer number of milliseconds that jumps from one event to the next. Heap entries are
 ``(at_ms, seq, target, event)``; ``seq`` grows by one per push, so events due at the same millisecond
-run in the order they were scheduled and the comparison never reaches the payload (DESIGN.md section 3).
+run in the order they were scheduled and the comparison never reaches the payload (docs/design.md, determinism).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sans-IO rule and the dependency direction of DESIGN.md, checked from the imports themselves."""
+"""The sans-IO rule and the dependency direction of docs/design.md, checked from the imports themselves."""
 
 from __future__ import annotations
 

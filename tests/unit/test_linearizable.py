@@ -134,8 +134,8 @@ def test_unsupported_op_is_an_input_error() -> None:
         lin.check(from_dicts(op(1, "frobnicate", 1)))
 
 
-def test_knossos_histories_get_their_known_verdicts(shared_histories: Path) -> None:
-    knossos = shared_histories / "knossos"
+def test_knossos_histories_get_their_known_verdicts(public_histories: Path) -> None:
+    knossos = public_histories / "knossos"
     rows = list(csv.DictReader((knossos / "expected.tsv").open(), delimiter="\t"))
     assert len(rows) == 120
     wrong = []

@@ -112,3 +112,14 @@ async def test_openapi_describes_every_client_route(cluster: InProcessCluster, h
         for op in ops.values():
             assert op["summary"]
             assert op["responses"]
+
+
+async def test_operational_routes_refuse_query_parameters(
+    cluster: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    for path in ("/cluster", "/health", "/metrics", "/openapi.json"):
+        async with http.get(f"{cluster.url('n1')}{path}?verbose=1") as response:
+            assert response.status == 400
+            body = await response.json()
+        message = f"{path} takes no query parameters"
+        assert body == {"error": {"code": "bad_request", "message": message, "definite": True}}

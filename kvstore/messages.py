@@ -150,6 +150,17 @@ Result = Found | Written | Deleted | ScanPage | BatchResults | Failure
 
 @register
 @dataclass(frozen=True)
+class ScanPartitionsOp:
+    """A scan restricted to partitions the receiving node owns (the fan-out half of ``ScanOp``)."""
+
+    partitions: tuple[int, ...]
+    start: str
+    end: str | None
+    limit: int
+
+
+@register
+@dataclass(frozen=True)
 class Forward:
     """Ask the owner of ``op``'s partition(s) to execute it; answered by ``ForwardReply`` or ``ForwardRefused``.
 
@@ -189,17 +200,6 @@ class ForwardRefused:
     forward_id: int
     target_incarnation: int
     owner_incarnation: int
-
-
-@register
-@dataclass(frozen=True)
-class ScanPartitionsOp:
-    """A scan restricted to partitions the receiving node owns (the fan-out half of ``ScanOp``)."""
-
-    partitions: tuple[int, ...]
-    start: str
-    end: str | None
-    limit: int
 
 
 # ---------------------------------------------------------------- inputs to Node.step

@@ -18,6 +18,11 @@ only forwards meant for its current life. A sender learns an owner's incarnation
 first forward (incarnation unknown) is refused with the owner's incarnation and sent again, which is
 safe because the refused copy ran nowhere. A forward refused because the owner restarted since is sent
 again only if it is read-only; otherwise the old life may have run it, so its outcome is indefinite.
+
+Peer messages arrive type-checked by the codec but are otherwise untrusted: one not addressed to this
+node by another member is ignored, a forwarded op is checked like a client's, and an answer that does
+not fit the op it answers fails that op. Nothing a peer sends may raise out of ``step``: for a node
+process that is fatal.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from kvstore.codec import INT64_MAX
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
@@ -165,6 +171,7 @@ class Node:
         self._rng = rng
         self._limits = config.limits
         self.partition_map = PartitionMap.round_robin(config.node_ids, config.partitions)
+        self._peers = frozenset(config.node_ids) - {node_id}
         self.replicas: dict[int, PartitionReplica] = {
             p: SingleCopyReplica(p, storage) for p in self.partition_map.partitions_of(node_id)
         }
@@ -223,6 +230,8 @@ class Node:
         self._start(req.op, target)
 
     def _on_message(self, msg: Message) -> None:
+        if msg.dst != self.node_id or msg.src not in self._peers:
+            return  # misrouted, or from outside the cluster: there is nobody to answer
         body = msg.body
         if isinstance(body, Forward):
             self._on_forward(msg.src, msg.partition, body)
@@ -237,7 +246,7 @@ class Node:
             if isinstance(body, ForwardRefused) or msg.src not in self._peer_incarnations:
                 self._peer_incarnations[msg.src] = body.owner_incarnation
             if isinstance(body, ForwardReply):
-                self._end_forward(body.forward_id, body.result)
+                self._end_forward(body.forward_id, _checked_answer(msg.src, out.op, body.result))
             elif out.target_incarnation == 0 or _read_only(out.op):
                 self._send_forward(body.forward_id, out)
             else:
@@ -292,12 +301,11 @@ class Node:
     # ------------------------------------------------------------ starting operations
 
     def _start(self, op: ClientOp | ScanPartitionsOp, target: _ToClient | _ToPeer) -> None:
-        if not isinstance(op, ScanPartitionsOp):
-            try:
-                check_op(op, self._limits)
-            except KvError as exc:
-                self._deliver(target, Failure.of(exc.code, exc.message))
-                return
+        try:
+            check_op(op, self._limits)
+        except KvError as exc:
+            self._deliver(target, Failure.of(exc.code, exc.message))
+            return
         if isinstance(op, (GetOp, PutOp, DeleteOp, CasOp)):
             self._start_key_op(op, target)
         elif isinstance(op, ScanOp):
@@ -313,6 +321,12 @@ class Node:
         partition = self.partition_map.partition_for_key(op.key)
         token = self._wait(waiter)
         if partition in self.replicas:
+            ttl_ms = op.ttl_ms if isinstance(op, (PutOp, CasOp)) else None
+            if ttl_ms is not None and self._expiry_clock_ms + ttl_ms > INT64_MAX:
+                # Storage and the wire hold deadlines as signed 64-bit ms; only an absurd clock gets here.
+                message = f"{self.node_id}'s clock is too far ahead to hold a deadline {ttl_ms} ms from now"
+                self._complete(token, Failure.of(ErrorCode.UNAVAILABLE, message + "; the op did not happen"))
+                return
             self._run_replica(partition, ReplicaOp(token, op))
         else:
             self._forward(token, self.partition_map.owner(partition), partition, op)
@@ -445,6 +459,34 @@ class Node:
                 self._duplicates.finish(target.src, target.incarnation, target.forward_id, result)
             reply = ForwardReply(target.incarnation, target.forward_id, self.incarnation, result)
             self._effects.append(Send(Message(self.node_id, target.src, target.partition, reply)))
+
+
+# What each op may be answered with besides a Failure; a batch is answered entry by entry.
+_ANSWERS: dict[type, tuple[type, ...]] = {
+    GetOp: (Found,),
+    PutOp: (Written,),
+    DeleteOp: (Deleted,),
+    CasOp: (Written, Deleted),
+    ScanOp: (ScanPage,),
+    ScanPartitionsOp: (ScanPage,),
+    BatchGetOp: (BatchResults,),
+    BatchPutOp: (BatchResults,),
+}
+_BATCH_ENTRIES: dict[type, tuple[type, ...]] = {BatchGetOp: (Found, Failure), BatchPutOp: (Written, Failure)}
+
+
+def _checked_answer(src: str, op: ClientOp | ScanPartitionsOp, result: Result) -> Result:
+    """``result`` if it can answer ``op``, else a failure: a wrong answer from a peer (a bug, another
+    version) would otherwise break a gather (a batch of the wrong length) or pass as a result."""
+    fits = isinstance(result, (Failure, *_ANSWERS[type(op)]))
+    if fits and isinstance(result, BatchResults) and isinstance(op, (BatchGetOp, BatchPutOp)):
+        size = len(op.keys) if isinstance(op, BatchGetOp) else len(op.items)
+        entries = _BATCH_ENTRIES[type(op)]
+        fits = len(result.results) == size and all(isinstance(entry, entries) for entry in result.results)
+    if fits:
+        return result
+    message = f"{src} answered a {type(op).__name__} with a {type(result).__name__}; the op may have happened"
+    return Failure.of(ErrorCode.INTERNAL, message)
 
 
 def _read_only(op: ClientOp | ScanPartitionsOp) -> bool:

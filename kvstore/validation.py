@@ -1,10 +1,33 @@
-"""Limits on keys, values and requests, checked by the node (and early by the HTTP layer)."""
+"""Limits on keys, values and requests, checked by the node (and early by the HTTP layer).
+
+Also the decoding of encoded request inputs (base64 values, whole numbers in text) that must refuse
+bad input as a definite ``bad_request`` rather than fail with an unexpected exception.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
+from decimal import Context, Decimal
+
 from kvstore.config import Limits
 from kvstore.errors import ErrorCode, KvError
-from kvstore.messages import BatchGetOp, BatchPutOp, CasOp, ClientOp, DeleteOp, GetOp, PutOp, ScanOp
+from kvstore.messages import (
+    BatchGetOp,
+    BatchPutOp,
+    CasOp,
+    ClientOp,
+    DeleteOp,
+    GetOp,
+    PutOp,
+    ScanOp,
+    ScanPartitionsOp,
+)
+
+# Numbers longer than this are not echoed back in error messages, only their size.
+_SHOWN_DIGITS = 24
 
 
 def check_key(key: object, limits: Limits) -> str:
@@ -13,9 +36,12 @@ def check_key(key: object, limits: Limits) -> str:
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise KvError(ErrorCode.BAD_KEY, "key is not valid UTF-8") from exc
+        raise KvError(ErrorCode.BAD_KEY, "key is not valid UTF-8 (it holds a lone surrogate)") from exc
     if size > limits.max_key_bytes:
         raise KvError(ErrorCode.BAD_KEY, f"key is {size} bytes; the limit is {limits.max_key_bytes}")
+    if "\x00" in key:
+        # NUL ends a string for C-based clients and tools, which would name a different key.
+        raise KvError(ErrorCode.BAD_KEY, "key must not contain NUL (U+0000)")
     return key
 
 
@@ -35,15 +61,48 @@ MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
 def check_ttl_ms(ttl_ms: object) -> int | None:
     if ttl_ms is None:
         return None
-    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool) or ttl_ms <= 0:
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive whole number, got {ttl_ms!r}")
+    if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool):
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a whole number of ms, got {type(ttl_ms).__name__}")
+    if ttl_ms <= 0:
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be positive, got {show_int(ttl_ms)}")
     if ttl_ms > MAX_TTL_MS:
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS} ms (100 years), got {ttl_ms}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS} ms (100 years), got {show_int(ttl_ms)}")
     return ttl_ms
 
 
-def check_op(op: ClientOp, limits: Limits) -> None:
-    """Raise ``KvError`` if ``op`` breaks a limit; the node refuses such an op before doing anything."""
+def show_int(value: int) -> str:
+    """``value`` for an error message: a huge one would flood it (or fail: str() refuses 4300+ digits)."""
+    if -(10**_SHOWN_DIGITS) < value < 10**_SHOWN_DIGITS:
+        return str(value)
+    return f"a {'negative ' if value < 0 else ''}number of more than {_SHOWN_DIGITS} digits"
+
+
+def check_scan_bounds(start: object, end: object) -> None:
+    if not isinstance(start, str) or (end is not None and not isinstance(end, str)):
+        raise KvError(ErrorCode.BAD_REQUEST, "scan bounds must be strings")
+    for name, bound in (("start", start), ("end", end)):
+        if bound is not None and not bound.isascii():
+            try:
+                bound.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise KvError(
+                    ErrorCode.BAD_REQUEST, f"scan {name} is not valid UTF-8 (it holds a lone surrogate)"
+                ) from exc
+    if end is not None and end < start:
+        raise KvError(ErrorCode.BAD_REQUEST, "scan end must not be before start")
+
+
+def check_scan_limit(limit: object, limits: Limits) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= limits.max_scan_limit:
+        raise KvError(ErrorCode.BAD_REQUEST, f"scan limit must be 1..{limits.max_scan_limit}")
+
+
+def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits) -> None:
+    """Raise ``KvError`` if ``op`` breaks a limit; the node refuses such an op before doing anything.
+
+    Types are not checked here beyond what a limit needs: client ops are built by the HTTP layer and
+    peer ops are type-checked by the codec.
+    """
     if isinstance(op, (GetOp, DeleteOp)):
         check_key(op.key, limits)
     elif isinstance(op, PutOp):
@@ -58,12 +117,14 @@ def check_op(op: ClientOp, limits: Limits) -> None:
             check_value(op.new, limits)
         check_ttl_ms(op.ttl_ms)
     elif isinstance(op, ScanOp):
-        if not isinstance(op.start, str) or (op.end is not None and not isinstance(op.end, str)):
-            raise KvError(ErrorCode.BAD_REQUEST, "scan bounds must be strings")
-        if op.end is not None and op.end < op.start:
-            raise KvError(ErrorCode.BAD_REQUEST, "scan end must not be before start")
-        if not isinstance(op.limit, int) or not 1 <= op.limit <= limits.max_scan_limit:
-            raise KvError(ErrorCode.BAD_REQUEST, f"scan limit must be 1..{limits.max_scan_limit}")
+        check_scan_bounds(op.start, op.end)
+        check_scan_limit(op.limit, limits)
+    elif isinstance(op, ScanPartitionsOp):
+        check_scan_bounds(op.start, op.end)
+        check_scan_limit(op.limit, limits)
+        # A partition named twice would be scanned twice and its keys returned twice.
+        if not op.partitions or len(set(op.partitions)) != len(op.partitions):
+            raise KvError(ErrorCode.BAD_REQUEST, "a partition scan needs distinct partitions")
     elif isinstance(op, (BatchGetOp, BatchPutOp)):
         entries = op.keys if isinstance(op, BatchGetOp) else op.items
         if not entries:
@@ -89,3 +150,62 @@ def prefix_range(prefix: str) -> tuple[str, str | None]:
     if not trimmed:
         return prefix, None
     return prefix, trimmed[:-1] + chr(ord(trimmed[-1]) + 1)
+
+
+# ---------------------------------------------------------------- encoded inputs
+
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# A decimal number as JSON and Python's repr write it: not "inf", "nan", "1_0", " 1" or non-ASCII digits.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Far longer than any meaningful number, short enough that parsing one costs nothing.
+_MAX_NUMBER_CHARS = 64
+_EXACT = Context(prec=2 * _MAX_NUMBER_CHARS)
+_ONE_MS_IN_S = Decimal("0.001")
+
+
+def parse_whole_number(text: str, name: str) -> int:
+    """A base-10 integer in ASCII digits; ``int()`` would also take "1_000", " 1" and non-ASCII digits."""
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise KvError(ErrorCode.BAD_REQUEST, f"{name} must be a whole number in ASCII digits, got {_show_text(text)}")
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{name} is out of range ({len(text)} digits)")
+    return int(text)
+
+
+def ttl_ms_from_seconds(text: str) -> int:
+    """A TTL given in seconds (``1.5``, ``2``, ``1e-3``) as whole ms, rounded up; checked like ``ttl_ms``.
+
+    Exact decimal arithmetic: as a float, 1.1 s is 1100.0000000000002 ms and would round up to 1101,
+    and 1e308 s overflows to infinity.
+    """
+    if len(text) > _MAX_NUMBER_CHARS or not _DECIMAL.fullmatch(text):
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a decimal number of seconds, got {_show_text(text)}")
+    seconds = Decimal(text)
+    if seconds <= 0:
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be positive, got {_show_text(text)}")
+    # Bounded before scaling, so the scaling is exact: an input has at most _MAX_NUMBER_CHARS digits.
+    if seconds <= _ONE_MS_IN_S:
+        return 1
+    if seconds > MAX_TTL_MS // 1000:
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS // 1000} s (100 years), got {_show_text(text)}")
+    ttl_ms: int = math.ceil(seconds.scaleb(3, _EXACT))
+    return ttl_ms
+
+
+def decode_base64(text: object, field: str) -> bytes:
+    """Standard base64 (with padding) as bytes; ``bad_request`` for anything else.
+
+    ``base64.b64decode`` raises ValueError, not ``binascii.Error``, for a str holding non-ASCII text.
+    """
+    if not isinstance(text, str):
+        raise KvError(ErrorCode.BAD_REQUEST, f"{field} must be a string")
+    if not text.isascii():
+        raise KvError(ErrorCode.BAD_REQUEST, f"{field} is not valid base64 (it holds non-ASCII characters)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{field} is not valid base64") from exc
+
+
+def _show_text(text: str) -> str:
+    return repr(text) if len(text) <= _MAX_NUMBER_CHARS else f"{len(text)} characters"

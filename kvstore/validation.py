@@ -62,9 +62,9 @@ def check_ttl_ms(ttl_ms: object) -> int | None:
     if ttl_ms is None:
         return None
     if not isinstance(ttl_ms, int) or isinstance(ttl_ms, bool):
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a whole number of ms, got {type(ttl_ms).__name__}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive whole number, got {type(ttl_ms).__name__}")
     if ttl_ms <= 0:
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be positive, got {show_int(ttl_ms)}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive whole number, got {show_int(ttl_ms)}")
     if ttl_ms > MAX_TTL_MS:
         raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS} ms (100 years), got {show_int(ttl_ms)}")
     return ttl_ms
@@ -182,12 +182,14 @@ def ttl_ms_from_seconds(text: str) -> int:
         raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a decimal number of seconds, got {_show_text(text)}")
     seconds = Decimal(text)
     if seconds <= 0:
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be positive, got {_show_text(text)}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive number of seconds, got {_show_text(text)}")
     # Bounded before scaling, so the scaling is exact: an input has at most _MAX_NUMBER_CHARS digits.
     if seconds <= _ONE_MS_IN_S:
         return 1
     if seconds > MAX_TTL_MS // 1000:
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS // 1000} s (100 years), got {_show_text(text)}")
+        raise KvError(
+            ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS // 1000} s (100 years), got {_show_text(text)}"
+        )
     ttl_ms: int = math.ceil(seconds.scaleb(3, _EXACT))
     return ttl_ms
 

@@ -12,8 +12,8 @@ rounded up to a whole millisecond); CAS and batch puts take ``"ttl_ms"`` in the 
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 
@@ -51,7 +51,7 @@ from kvstore.server.http_codec import (
 )
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.validation import check_ttl_ms, prefix_range
+from kvstore.validation import check_ttl_ms, decode_base64, parse_whole_number, prefix_range, ttl_ms_from_seconds
 
 DEFAULT_SCAN_LIMIT = 1000
 _ENCODINGS = ("utf-8", "base64")
@@ -114,8 +114,8 @@ class KvRoutes:
         encoding = doc.get("encoding", "utf-8")
         if encoding not in _ENCODINGS:
             raise KvError(ErrorCode.BAD_REQUEST, f"encoding must be one of {', '.join(_ENCODINGS)}")
-        expected = None if doc["expected"] is None else value_from(doc["expected"], encoding, "expected")
-        new = None if doc["new"] is None else value_from(doc["new"], encoding, "new")
+        expected = None if doc["expected"] is None else _value_from(doc["expected"], encoding, "expected")
+        new = None if doc["new"] is None else _value_from(doc["new"], encoding, "new")
         result = await self._run(CasOp(key, expected, new, optional_int(doc, "ttl_ms")))
         as_msgpack = wants_msgpack(request)
         if isinstance(result, Written):
@@ -178,44 +178,46 @@ def _unexpected(result: Result) -> KvError:
 
 
 def _query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
-    query = request.query
     params: dict[str, str] = {}
-    for name, value in query.items():
+    # Decoded here, strictly: request.query turns bytes that are not UTF-8 into U+FFFD, so a scan bound
+    # holding a lone surrogate (%ED%A0%80) would silently become another string.
+    for part in request.rel_url.raw_query_string.split("&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition("=")
+        name = unquote_plus(raw_name, errors="replace")
         if name not in allowed:
             known = ", ".join(allowed) if allowed else "none"
             raise KvError(ErrorCode.BAD_REQUEST, f"unknown query parameter {name!r} (known: {known})")
         if name in params:
             raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is given twice")
-        params[name] = value
+        try:
+            params[name] = unquote_plus(raw_value, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is not percent-encoded UTF-8") from exc
     return params
 
 
 def _int_param(params: dict[str, str], name: str, default: int) -> int:
     text = params.get(name)
-    if text is None:
-        return default
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise KvError(ErrorCode.BAD_REQUEST, f"{name} must be a whole number, got {text!r}") from exc
+    return default if text is None else parse_whole_number(text, name)
 
 
 def _ttl_ms(params: dict[str, str]) -> int | None:
     if "ttl" in params and "ttl_ms" in params:
         raise KvError(ErrorCode.BAD_REQUEST, "give either ttl (seconds) or ttl_ms, not both")
     if "ttl_ms" in params:
-        ttl_ms = _int_param(params, "ttl_ms", 0)
-    elif "ttl" in params:
-        try:
-            seconds = float(params["ttl"])
-        except ValueError as exc:
-            raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a number of seconds, got {params['ttl']!r}") from exc
-        if not math.isfinite(seconds):
-            raise KvError(ErrorCode.BAD_REQUEST, "ttl must be finite")
-        ttl_ms = math.ceil(seconds * 1000)
-    else:
-        return None
-    return check_ttl_ms(ttl_ms)
+        return check_ttl_ms(parse_whole_number(params["ttl_ms"], "ttl_ms"))
+    if "ttl" in params:
+        return ttl_ms_from_seconds(params["ttl"])
+    return None
+
+
+def _value_from(raw: object, encoding: str, field: str) -> bytes:
+    # http_codec.value_from lets base64.b64decode raise ValueError (a 500) for non-ASCII text.
+    if encoding == "base64" and isinstance(raw, str):
+        return decode_base64(raw, field)
+    return value_from(raw, encoding, field)
 
 
 def _put_entry(entry: Any, index: int) -> PutOp:
@@ -225,9 +227,9 @@ def _put_entry(entry: Any, index: int) -> PutOp:
     has_b64 = "value_b64" in entry
     check_fields(entry, ("key", "value_b64" if has_b64 else "value"), ("ttl_ms",), where)
     if has_b64:
-        value = value_from(entry["value_b64"], "base64", f"{where}.value_b64")
+        value = _value_from(entry["value_b64"], "base64", f"{where}.value_b64")
     else:
-        value = value_from(entry["value"], "utf-8", f"{where}.value")
+        value = _value_from(entry["value"], "utf-8", f"{where}.value")
     return PutOp(entry["key"], value, optional_int(entry, "ttl_ms"))
 
 

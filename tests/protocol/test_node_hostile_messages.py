@@ -181,8 +181,12 @@ def limit_cases() -> list[tuple[ClientOp | ScanPartitionsOp, ErrorCode, str]]:
         (GetOp("a\x00b"), ErrorCode.BAD_KEY, "key must not contain NUL (U+0000)"),
         (GetOp("\ud800"), ErrorCode.BAD_KEY, "key is not valid UTF-8 (it holds a lone surrogate)"),
         (GetOp("k" * 1025), ErrorCode.BAD_KEY, "key is 1025 bytes; the limit is 1024"),
-        (PutOp(key, b"v", 0), ErrorCode.BAD_REQUEST, "ttl must be positive, got 0"),
-        (PutOp(key, b"v", -(2**63)), ErrorCode.BAD_REQUEST, "ttl must be positive, got -9223372036854775808"),
+        (PutOp(key, b"v", 0), ErrorCode.BAD_REQUEST, "ttl must be a positive whole number, got 0"),
+        (
+            PutOp(key, b"v", -(2**63)),
+            ErrorCode.BAD_REQUEST,
+            "ttl must be a positive whole number, got -9223372036854775808",
+        ),
         (
             PutOp(key, b"v", MAX_TTL_MS + 1),
             ErrorCode.BAD_REQUEST,
@@ -194,7 +198,7 @@ def limit_cases() -> list[tuple[ClientOp | ScanPartitionsOp, ErrorCode, str]]:
             f"ttl must be at most {MAX_TTL_MS} ms (100 years), got {INT64_MAX}",
         ),
         (PutOp(key, b"123456789"), ErrorCode.TOO_LARGE, "value is 9 bytes; the limit is 8"),
-        (CasOp(key, None, b"v", -1), ErrorCode.BAD_REQUEST, "ttl must be positive, got -1"),
+        (CasOp(key, None, b"v", -1), ErrorCode.BAD_REQUEST, "ttl must be a positive whole number, got -1"),
         (CasOp(key, b"123456789", None), ErrorCode.TOO_LARGE, "value is 9 bytes; the limit is 8"),
         (ScanOp("", None, 0), ErrorCode.BAD_REQUEST, "scan limit must be 1..10000"),
         (ScanOp("b", "a", 1), ErrorCode.BAD_REQUEST, "scan end must not be before start"),
@@ -216,7 +220,11 @@ def limit_cases() -> list[tuple[ClientOp | ScanPartitionsOp, ErrorCode, str]]:
         (BatchGetOp(()), ErrorCode.BAD_REQUEST, "a batch needs at least one entry"),
         (BatchGetOp(("a", "b", "c", "d")), ErrorCode.TOO_LARGE, "a batch holds at most 3 entries"),
         (BatchGetOp((other, "")), ErrorCode.BAD_KEY, "key must be a non-empty string"),
-        (BatchPutOp((PutOp(other, b"v"), PutOp(key, b"v", 0))), ErrorCode.BAD_REQUEST, "ttl must be positive, got 0"),
+        (
+            BatchPutOp((PutOp(other, b"v"), PutOp(key, b"v", 0))),
+            ErrorCode.BAD_REQUEST,
+            "ttl must be a positive whole number, got 0",
+        ),
     ]
 
 

@@ -12,16 +12,28 @@ was given, so in the simulator the same seed makes the same choices.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from kvstore.messages import Message
+from kvstore.validation import show_int
 
 DelayKind = Literal["none", "fixed", "uniform", "exponential"]
-# An exponential delay is capped so that one unlucky draw cannot hold a message for ever.
+DELAY_KINDS: tuple[str, ...] = ("none", "fixed", "uniform", "exponential")
+# The longest delay a policy may ask for; an exponential delay is capped at it too, so that one
+# unlucky draw cannot hold a message for ever.
 MAX_DELAY_MS = 60_000
+# Bounds on clock faults a policy from JSON may set. Ten years of skew is far beyond any real fault
+# and keeps the node clock, and every TTL deadline on it, well inside signed 64 bits.
+MAX_CLOCK_OFFSET_MS = 10 * 365 * 24 * 3600 * 1000
+# A clock from standing still (-1_000_000) to running twice as fast (+1_000_000).
+MAX_DRIFT_PPM = 1_000_000
+# ``since_ms`` is a wall-clock instant (or virtual ms in the simulator): any one a JSON number holds
+# exactly.
+MAX_SINCE_MS = 2**53
 
 
 @dataclass(frozen=True)
@@ -45,14 +57,17 @@ class Delay:
         return {"kind": self.kind, "ms": self.ms, "min_ms": self.min_ms}
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> Delay:
-        kind = data.get("kind", "none")
-        if kind not in ("none", "fixed", "uniform", "exponential"):
-            raise ValueError(f"delay kind must be none, fixed, uniform or exponential, got {kind!r}")
-        ms, min_ms = int(data.get("ms", 0)), int(data.get("min_ms", 0))
-        if ms < 0 or min_ms < 0 or (kind == "uniform" and min_ms > ms):
-            raise ValueError("delay bounds must be non-negative with min_ms <= ms")
-        return Delay(kind, ms, min_ms)
+    def from_json(data: object, where: str = "delay") -> Delay:
+        """A delay from ``to_json`` output; ValueError naming the field (``where``) if it is not one."""
+        fields = _object(data, where, ("kind", "ms", "min_ms"))
+        kind = fields.get("kind", "none")
+        if not isinstance(kind, str) or kind not in DELAY_KINDS:
+            raise ValueError(f"{where} kind must be one of {', '.join(DELAY_KINDS)}, got {_show(kind)}")
+        ms = _whole(fields, "ms", where, 0, MAX_DELAY_MS)
+        min_ms = _whole(fields, "min_ms", where, 0, MAX_DELAY_MS)
+        if kind == "uniform" and min_ms > ms:
+            raise ValueError(f"{where}.min_ms must not exceed {where}.ms, got {min_ms} > {ms}")
+        return Delay(cast(DelayKind, kind), ms, min_ms)
 
 
 @dataclass
@@ -139,31 +154,97 @@ class ChaosPolicy:
         }
 
     @staticmethod
-    def from_json(data: Any, rng: random.Random) -> ChaosPolicy:
-        """Build a policy from ``to_json`` output; raises ValueError naming the bad field."""
-        if not isinstance(data, dict):
-            raise ValueError("a fault policy must be a JSON object")
-        unknown = set(data) - set(ChaosPolicy(rng).to_json())
-        if unknown:
-            raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
+    def from_json(data: object, rng: random.Random, members: Collection[str] | None = None) -> ChaosPolicy:
+        """Build a policy from ``to_json`` output; raises ValueError naming the bad field.
+
+        Every number must be of its type (no strings, no floats for integers, no booleans) and within
+        its bound; node ids must be strings, and members of the cluster when ``members`` is given.
+        """
         policy = ChaosPolicy(rng)
-        try:
-            policy.cut_links = {(str(src), str(dst)) for src, dst in data.get("cut_links", [])}
-            policy.delay = Delay.from_json(data.get("delay", {}))
-            policy.link_delays = {(str(s), str(d)): Delay.from_json(j) for s, d, j in data.get("link_delays", [])}
-            for name in ("drop_probability", "duplicate_probability", "reorder_probability"):
-                value = float(data.get(name, 0.0))
-                if not 0.0 <= value <= 1.0:
-                    raise ValueError(f"{name} must be between 0 and 1")
-                setattr(policy, name, value)
-            policy.reorder_ms = int(data.get("reorder_ms", 0))
-            if policy.reorder_ms < 0:
-                raise ValueError("reorder_ms must not be negative")
-            policy.clocks = {
-                str(n): ClockFault(int(c.get("offset_ms", 0)), int(c.get("drift_ppm", 0)), int(c.get("since_ms", 0)))
-                for n, c in dict(data.get("clocks", {})).items()
-            }
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed fault policy: {exc}") from exc
+        data = _object(data, "fault policy", tuple(policy.to_json()))
+        policy.cut_links = {
+            _link(pair, f"cut_links[{i}]", 2, members) for i, pair in enumerate(_list(data, "cut_links"))
+        }
+        policy.delay = Delay.from_json(data.get("delay", {}))
+        for i, entry in enumerate(_list(data, "link_delays")):
+            where = f"link_delays[{i}]"
+            link = _link(entry, where, 3, members)
+            policy.link_delays[link] = Delay.from_json(entry[2], f"{where}[2]")
+        policy.drop_probability = _probability(data, "drop_probability")
+        policy.duplicate_probability = _probability(data, "duplicate_probability")
+        policy.reorder_probability = _probability(data, "reorder_probability")
+        policy.reorder_ms = _whole(data, "reorder_ms", "", 0, MAX_DELAY_MS)
+        for node_id, value in _object(data.get("clocks", {}), "clocks", None).items():
+            where = f"clocks.{_node_id(node_id, 'clocks', members)}"
+            clock = _object(value, where, ("offset_ms", "drift_ppm", "since_ms"))
+            policy.clocks[node_id] = ClockFault(
+                _whole(clock, "offset_ms", where, -MAX_CLOCK_OFFSET_MS, MAX_CLOCK_OFFSET_MS),
+                _whole(clock, "drift_ppm", where, -MAX_DRIFT_PPM, MAX_DRIFT_PPM),
+                _whole(clock, "since_ms", where, 0, MAX_SINCE_MS),
+            )
         return policy
 
+
+# ---------------------------------------------------------------- checking policy JSON
+
+
+def _object(data: object, where: str, known: tuple[str, ...] | None) -> dict[Any, Any]:
+    """``data`` if it is a JSON object holding only ``known`` keys (any keys when None)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, got {_show(data)}")
+    if known is not None:
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"unknown {where} setting(s): {', '.join(unknown)} (known: {', '.join(known)})")
+    return data
+
+
+def _list(data: dict[str, Any], name: str) -> list[Any]:
+    value = data.get(name, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a JSON array, got {_show(value)}")
+    return value
+
+
+def _whole(data: dict[str, Any], name: str, where: str, low: int, high: int) -> int:
+    value = data.get(name, 0)
+    # bool is an int subclass, and a float such as 1e30 would pass int() and overflow a clock.
+    if type(value) is not int or not low <= value <= high:
+        field_name = f"{where}.{name}" if where else name
+        raise ValueError(f"{field_name} must be a whole number in [{low}, {high}], got {_show(value)}")
+    return value
+
+
+def _probability(data: dict[str, Any], name: str) -> float:
+    value = data.get(name, 0.0)
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {_show(value)}")
+    return float(value)
+
+
+def _node_id(value: object, where: str, members: Collection[str] | None) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: a node id must be a non-empty string, got {_show(value)}")
+    if members is not None and value not in members:
+        raise ValueError(f"{where}: {value!r} is not a member of the cluster ({', '.join(members)})")
+    return value
+
+
+def _link(entry: object, where: str, size: int, members: Collection[str] | None) -> tuple[str, str]:
+    shape = "[src, dst]" if size == 2 else "[src, dst, delay]"
+    if not isinstance(entry, list) or len(entry) != size:
+        raise ValueError(f"{where} must be {shape}, got {_show(entry)}")
+    src, dst = _node_id(entry[0], where, members), _node_id(entry[1], where, members)
+    if src == dst:
+        raise ValueError(f"{where} links {src!r} to itself")
+    return src, dst
+
+
+def _show(value: object) -> str:
+    """A bad value for an error message, short whatever it is."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if type(value) is int:
+        return show_int(value)
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."

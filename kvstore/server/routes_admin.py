@@ -3,7 +3,9 @@
 ``GET|PUT|DELETE /admin/faults`` with ``Authorization: Bearer <cluster secret>``. The body of a PUT is a
 ``ChaosPolicy`` in JSON (``kvstore.faults.ChaosPolicy.to_json``): cut links, delays, drop / duplicate /
 reorder probabilities, and clock faults keyed by node (a node applies its own entry to its clock; clock
-``since_ms`` is in wall-clock ms). DELETE restores the fault-free policy. Not part of the client API.
+``since_ms`` is in wall-clock ms). Every field is checked for type and bound, and node ids must be
+members of the cluster; a bad policy is a 400 and changes nothing. DELETE restores the fault-free
+policy. Not part of the client API.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ MAX_POLICY_BYTES = 256 * 1024
 class AdminRoutes:
     def __init__(self, config: ClusterConfig, faults: FaultSwitch) -> None:
         self._token = config.secret.encode()
+        self._members = config.node_ids
         self._faults = faults
 
     def register(self, router: Router) -> None:
@@ -53,7 +56,7 @@ class AdminRoutes:
         self._authorize(request)
         doc, _as_msgpack = await read_document(request, MAX_POLICY_BYTES)
         try:
-            policy = ChaosPolicy.from_json(doc, random.Random(int.from_bytes(os.urandom(8), "big")))
+            policy = ChaosPolicy.from_json(doc, random.Random(int.from_bytes(os.urandom(8), "big")), self._members)
         except ValueError as exc:
             raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         self._faults.install(policy)

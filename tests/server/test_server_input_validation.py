@@ -17,6 +17,7 @@ from yarl import URL
 
 from kvstore.messages import Message
 from kvstore.server.inprocess import InProcessCluster
+from kvstore.server.peer import FROM_HEADER, PEER_PATH, SIGNATURE_HEADER, sign
 from kvstore.validation import MAX_TTL_MS
 
 FROZEN_MS = 4_000_000_000_000
@@ -303,3 +304,48 @@ async def test_scan_bounds_may_hold_any_valid_text(cluster: InProcessCluster, ht
         async with http.get(raw_url(cluster, f"/scan?{query}")) as response:
             assert response.status == 200, query
             assert [item["key"] for item in (await response.json())["items"]] == keys, query
+
+
+def peer_ext(name: str, *fields: object) -> msgpack.ExtType:
+    """A registered-message ext value holding exactly ``fields``: what a buggy or hostile peer could sign."""
+    return msgpack.ExtType(1, msgpack.packb([name, *fields], use_bin_type=True))
+
+
+def nested_forwards(depth: int) -> msgpack.ExtType:
+    inner = peer_ext("GetOp", "k")
+    for _ in range(depth):
+        inner = peer_ext("Message", "n2", "n1", 0, inner)
+    return peer_ext("Message", "n2", "n1", 0, inner)
+
+
+PEER_BATCHES = {
+    "op is an int": [peer_ext("Message", "n2", "n1", 0, peer_ext("Forward", 1, 1, 0, 5))],
+    "partition is a string": [
+        peer_ext("Message", "n2", "n1", "0", peer_ext("Forward", 1, 1, 0, peer_ext("GetOp", "k")))
+    ],
+    "id past 64 bits": [
+        peer_ext("Message", "n2", "n1", 0, peer_ext("Forward", 2**64 - 1, 1, 0, peer_ext("GetOp", "k")))
+    ],
+    "value is text": [peer_ext("Message", "n2", "n1", 0, peer_ext("Forward", 1, 1, 0, peer_ext("PutOp", "k", "v")))],
+    "200 messages deep": [nested_forwards(200)],
+}
+
+
+@pytest.mark.parametrize("batch", list(PEER_BATCHES.values()), ids=list(PEER_BATCHES))
+async def test_a_signed_peer_batch_with_mistyped_messages_is_a_400_and_nothing_runs(
+    cluster: InProcessCluster, http: aiohttp.ClientSession, batch: list[msgpack.ExtType]
+) -> None:
+    body = msgpack.packb(batch, use_bin_type=True)
+    headers = {
+        "Content-Type": "application/msgpack",
+        FROM_HEADER: "n2",
+        SIGNATURE_HEADER: sign(cluster.config.secret, body),
+    }
+    async with http.post(raw_url(cluster, PEER_PATH), data=body, headers=headers) as response:
+        assert response.status == 400
+        error = await error_of(response)
+    assert (error["code"], error["definite"]) == ("bad_request", True)
+    assert cluster.servers["n1"].node.inflight == 0
+    assert stored_keys(cluster) == 0
+    async with http.put(raw_url(cluster, "/kv/after?ttl_ms=1000"), data=b"v") as response:
+        assert response.status == 200

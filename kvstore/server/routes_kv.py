@@ -6,7 +6,9 @@ node can answer at once) and turns the ``Result`` into a response; a ``Failure``
 that avoids reading a body that would be refused (value and body sizes).
 
 TTLs: ``PUT /kv/{key}?ttl_ms=N`` (whole milliseconds) or ``?ttl=S`` (seconds, may be fractional,
-rounded up to a whole millisecond); CAS and batch puts take ``"ttl_ms"`` in the body.
+rounded up to a whole millisecond); CAS and batch puts take ``"ttl_ms"`` in the body. Numbers in a
+query are ASCII decimals ("1.5", "1e-3"; not "1_000", " 1", "inf" or other scripts' digits) and query
+values must percent-decode to UTF-8: anything else is a definite ``bad_request``, never a guess.
 """
 
 from __future__ import annotations

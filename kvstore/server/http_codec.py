@@ -4,13 +4,21 @@ Structured bodies are JSON by default and msgpack with ``Content-Type: applicati
 structured responses are msgpack when the client sends ``Accept: application/msgpack``. In JSON a
 value is ``"value"`` (UTF-8 text) when it is valid UTF-8, else ``"value_b64"``; msgpack carries raw
 bytes under ``"value"``. Errors are always JSON: ``{"error": {"code", "message", "definite"}}``.
+
+A body may arrive compressed (``Content-Encoding: gzip``, ``x-gzip`` or ``deflate``). The server runs
+with aiohttp's ``auto_decompress=False``: ``read_body`` inflates the body itself and stops one byte past
+the route's limit, so a small compressed body cannot make the node hold hundreds of MiB, and the peer
+route checks the signature before inflating anything. Any other coding is ``unsupported_media_type``.
+Structured documents nest at most ``MAX_DOCUMENT_DEPTH_LEVELS`` deep, checked before JSON is parsed (the
+parser recurses once per level).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import codecs
 import json
+import zlib
 from typing import Any
 
 import msgpack
@@ -18,6 +26,7 @@ from aiohttp import web
 
 from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import Failure
+from kvstore.validation import decode_base64
 
 JSON_TYPE = "application/json"
 MSGPACK_TYPE = "application/msgpack"
@@ -26,6 +35,10 @@ _MSGPACK_TYPES = frozenset({MSGPACK_TYPE, "application/x-msgpack"})
 _JSON_HEADERS = {"Content-Type": JSON_TYPE}
 _MSGPACK_HEADERS = {"Content-Type": MSGPACK_TYPE}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Deepest structured document accepted; the documents of the API nest four levels at most.
+MAX_DOCUMENT_DEPTH_LEVELS = 32
+_TOO_DEEP_MESSAGE = f"body nests deeper than {MAX_DOCUMENT_DEPTH_LEVELS} levels"
 
 # Structured bodies (CAS, batch) hold up to two values at the limit, base64-encoded, plus this much.
 _STRUCTURED_OVERHEAD_BYTES = 1 << 20
@@ -36,23 +49,86 @@ def structured_body_limit_bytes(max_value_bytes: int) -> int:
     return 2 * (4 * -(-max_value_bytes // 3)) + _STRUCTURED_OVERHEAD_BYTES
 
 
-async def read_body(request: web.BaseRequest, limit_bytes: int) -> bytes:
-    """The whole body, refused with ``too_large`` before reading when it is declared too long."""
+# Content codings ``read_body`` inflates, as zlib window bits.
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _compressed_limit_bytes(limit_bytes: int) -> int:
+    """The most compressed bytes read for a body of at most ``limit_bytes``: content that does not
+    compress grows a little (stored blocks, gzip header and trailer), and 1/1024 plus 1 KiB covers it."""
+    return limit_bytes + limit_bytes // 1024 + 1024
+
+
+def _content_coding(request: web.BaseRequest) -> str | None:
+    """The body's content coding, None for identity; ``unsupported_media_type`` for one not inflated here."""
+    if "Content-Encoding" not in request.headers:
+        # The common case, kept to one lookup: PUT /kv is a hot path.
+        return None
+    header = ",".join(request.headers.getall("Content-Encoding", ()))
+    codings = [c for c in (part.strip().lower() for part in header.split(",")) if c not in ("", "identity")]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _ZLIB_WBITS:
+        return codings[0]
+    raise KvError(
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {header!r} is not supported; use gzip, deflate or identity"
+    )
+
+
+async def read_wire_body(request: web.BaseRequest, limit_bytes: int) -> tuple[bytes, str | None]:
+    """The body as sent and its content coding (None: not compressed), for a body of at most
+    ``limit_bytes`` once inflated; ``too_large`` without reading when it is declared longer."""
+    # With auto_decompress on, aiohttp has inflated the body already (and counts the bytes it was
+    # sent in total_compressed_bytes): the limit then bounds what it inflated, read chunk by chunk.
+    inflated_by_aiohttp = getattr(request.content, "total_compressed_bytes", None) is not None
+    coding = None if inflated_by_aiohttp else _content_coding(request)
+    wire_limit_bytes = limit_bytes if coding is None else _compressed_limit_bytes(limit_bytes)
+    what = "body" if coding is None else f"{coding} body"
     length = request.content_length
-    if length is not None and length > limit_bytes:
-        raise KvError(ErrorCode.TOO_LARGE, f"body is {length} bytes; the limit is {limit_bytes}")
+    if length is not None and length > wire_limit_bytes:
+        raise KvError(ErrorCode.TOO_LARGE, f"{what} is {length} bytes; the limit is {wire_limit_bytes}")
     if request.headers.get("Expect", "").lower() == "100-continue":
         # The low-level server does not answer Expect itself; curl waits a second for it on big uploads.
         await request.writer.write(_CONTINUE)
-    if length is not None:
+    if length is not None and not inflated_by_aiohttp:
         # Common case: a declared length within the limit; aiohttp stops the stream at that length.
-        return await request.content.read()
+        return await request.content.read(), coding
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk
-        if len(body) > limit_bytes:
-            raise KvError(ErrorCode.TOO_LARGE, f"body is over the limit of {limit_bytes} bytes")
-    return bytes(body)
+        if len(body) > wire_limit_bytes:
+            raise KvError(ErrorCode.TOO_LARGE, f"{what} is over the limit of {wire_limit_bytes} bytes")
+    return bytes(body), coding
+
+
+def inflate(wire: bytes, coding: str | None, limit_bytes: int) -> bytes:
+    """``wire`` decoded from ``coding``; ``too_large`` as soon as it inflates past ``limit_bytes``."""
+    if coding is None or not wire:
+        # An empty body compresses nothing, whatever its header says (aiohttp reads it the same way).
+        return wire
+    wbits = _ZLIB_WBITS[coding]
+    if coding == "deflate" and wire[0] & 0x0F != 8:
+        # Raw deflate without the zlib header (the low nibble of a zlib header is 8): some clients send it.
+        wbits = -zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        # One byte past the limit is enough to refuse the body; nothing beyond it is ever inflated.
+        body = inflater.decompress(wire, limit_bytes + 1)
+    except zlib.error as exc:
+        raise KvError(ErrorCode.BAD_REQUEST, f"body is not valid {coding}: {exc}") from exc
+    if len(body) > limit_bytes:
+        raise KvError(ErrorCode.TOO_LARGE, f"body inflates to over the limit of {limit_bytes} bytes")
+    if not inflater.eof:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{coding} body is truncated")
+    if inflater.unused_data:
+        raise KvError(ErrorCode.BAD_REQUEST, f"body has data after the end of its {coding} stream")
+    return body
+
+
+async def read_body(request: web.BaseRequest, limit_bytes: int) -> bytes:
+    """The whole body, inflated if compressed; ``too_large`` once it passes ``limit_bytes``."""
+    wire, coding = await read_wire_body(request, limit_bytes)
+    return inflate(wire, coding, limit_bytes)
 
 
 def is_msgpack_body(request: web.BaseRequest) -> bool:
@@ -78,13 +154,72 @@ async def read_document(request: web.BaseRequest, limit_bytes: int) -> tuple[dic
     as_msgpack = is_msgpack_body(request)
     body = await read_body(request, limit_bytes)
     try:
-        doc = msgpack.unpackb(body, raw=False) if as_msgpack else json.loads(body)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        if as_msgpack:
+            doc = msgpack.unpackb(body, raw=False)
+        else:
+            _check_json_nesting(body)
+            # JSON must be UTF-8 (RFC 8259), as the nesting check read it; given bytes, json.loads would
+            # also take UTF-16 or UTF-32, whose bytes the check cannot read. A leading BOM is ignored.
+            doc = json.loads(body.removeprefix(codecs.BOM_UTF8).decode())
+    except msgpack.StackError as exc:
+        raise KvError(ErrorCode.BAD_REQUEST, _TOO_DEEP_MESSAGE) from exc
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
         kind = "msgpack" if as_msgpack else "JSON"
         raise KvError(ErrorCode.BAD_REQUEST, f"body is not valid {kind}: {exc}") from exc
     if not isinstance(doc, dict):
         raise KvError(ErrorCode.BAD_REQUEST, "body must be an object")
+    if as_msgpack and not _msgpack_nests_within(doc, MAX_DOCUMENT_DEPTH_LEVELS):
+        raise KvError(ErrorCode.BAD_REQUEST, _TOO_DEEP_MESSAGE)
     return doc, as_msgpack
+
+
+# Delete sets for bytes.translate: all but what the JSON nesting check reads. With escapes in the body
+# it keeps backslashes and every byte JSON allows after one, so each escape stays a pair in the skeleton.
+_NOT_QUOTES_OR_BRACKETS = bytes(b for b in range(256) if b not in b'"[]{}')
+_NOT_QUOTES_BRACKETS_OR_ESCAPES = bytes(b for b in range(256) if b not in b'"[]{}\\/bfnrtu')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_ONE_BRACKET_KIND = bytes.maketrans(b"{}", b"[]")
+
+
+def _check_json_nesting(body: bytes) -> None:
+    """Refuse (``bad_request``) a JSON body that nests deeper than ``MAX_DOCUMENT_DEPTH_LEVELS``, before
+    json.loads could recurse that deep, or whose brackets do not balance. Only C string operations, a
+    bounded number of linear passes, so the check itself cannot recurse."""
+    levels = MAX_DOCUMENT_DEPTH_LEVELS
+    if b"\\" in body:
+        skeleton = body.translate(None, _NOT_QUOTES_BRACKETS_OR_ESCAPES)
+        # An escaped quote does not end a string; JSON pairs backslashes from the left, as replace does.
+        skeleton = skeleton.replace(b"\\\\", b"").replace(b'\\"', b"")
+    else:
+        skeleton = body.translate(None, _NOT_QUOTES_OR_BRACKETS)
+    if skeleton.count(b"[") + skeleton.count(b"{") <= levels:
+        return
+    # Every other quote opens a string, and brackets inside strings are text.
+    structure = b"".join(skeleton.split(b'"')[::2]).translate(_ONE_BRACKET_KIND, _NOT_BRACKETS)
+    # Each pass removes the innermost pairs: one level, no more, as there is one bracket kind.
+    for _ in range(levels):
+        inner_removed = structure.replace(b"[]", b"")
+        if len(inner_removed) == len(structure):
+            break
+        structure = inner_removed
+    if b"[]" in structure:
+        raise KvError(ErrorCode.BAD_REQUEST, _TOO_DEEP_MESSAGE)
+    if structure:
+        raise KvError(ErrorCode.BAD_REQUEST, "body is not valid JSON: its brackets do not balance")
+
+
+def _msgpack_nests_within(doc: object, levels: int) -> bool:
+    """True when ``doc`` nests at most ``levels`` deep; walked level by level, so it cannot recurse.
+    (msgpack's own decoder is iterative and stops at 1024 levels with StackError.)"""
+    containers: list[Any] = [doc]
+    for _ in range(levels):
+        containers = [
+            child
+            for parent in containers
+            for child in (parent.values() if isinstance(parent, dict) else parent)
+            if isinstance(child, (dict, list))
+        ]
+    return not containers
 
 
 def check_fields(doc: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...], where: str) -> None:
@@ -138,10 +273,7 @@ def value_from(raw: object, encoding: str, field: str) -> bytes:
     if not isinstance(raw, str):
         raise KvError(ErrorCode.BAD_REQUEST, f"{field} must be a string")
     if encoding == "base64":
-        try:
-            return base64.b64decode(raw, validate=True)
-        except binascii.Error as exc:
-            raise KvError(ErrorCode.BAD_REQUEST, f"{field} is not valid base64") from exc
+        return decode_base64(raw, field)
     try:
         return raw.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -11,7 +11,8 @@ it, so it is dropped and the node's own timeouts cover it.
 
 Receiving: ``PeerInbox.handle`` checks ``X-Kv-From`` names another member and ``X-Kv-Signature`` is
 the HMAC-SHA256 of the body under the cluster secret, then hands each message to the pump. A bad or
-missing signature is a 401 and nothing is delivered.
+missing signature is a 401 and nothing is delivered. A compressed batch is signed as sent and inflated
+(bounded) only once its signature holds; a batch that does not decode is a 400.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ from kvstore.http_session import send_once_session
 from kvstore.messages import Message
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
-from kvstore.server.http_codec import MSGPACK_TYPE, is_msgpack_body, read_body, structured_body_limit_bytes
+from kvstore.server.http_codec import (
+    MSGPACK_TYPE,
+    inflate,
+    is_msgpack_body,
+    read_wire_body,
+    structured_body_limit_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +263,11 @@ class PeerInbox:
             raise KvError(ErrorCode.UNAUTHORIZED, f"missing {SIGNATURE_HEADER}")
         if not is_msgpack_body(request):
             raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"peer batches are {MSGPACK_TYPE}")
-        body = await read_body(request, self._limit_bytes)
-        if not hmac.compare_digest(sign(self._secret, body).encode(), signature.encode("utf-8", "replace")):
+        wire, coding = await read_wire_body(request, self._limit_bytes)
+        if not hmac.compare_digest(sign(self._secret, wire).encode(), signature.encode("utf-8", "replace")):
             raise KvError(ErrorCode.UNAUTHORIZED, "bad signature")
+        # Inflated only once signed, so no one outside the cluster can make this node do that work.
+        body = inflate(wire, coding, self._limit_bytes)
         try:
             batch = codec.decode(body)
         except codec.CodecError as exc:

@@ -21,9 +21,15 @@ compact_after_writes = 10000
 [limits]
 max_key_bytes = 1024
 max_value_bytes = 1048576
+max_client_connections = 1024 # past it only /peer, /health and /metrics are served (see README, Limits)
+max_request_line_bytes = 8192 # longer: 414; must differ from max_header_bytes
+max_header_bytes = 8190       # longest header line (name and value); longer: 431
+max_headers = 100             # more: 431
 
 [timeouts]
 request_timeout_ms = 2000
+header_timeout_ms = 10000     # a request head not complete this long after it began: 408, closed
+keepalive_idle_timeout_ms = 75000  # an idle keep-alive connection is closed after this
 ```
 """
 
@@ -89,6 +95,15 @@ class Limits:
     max_scan_limit: int = 10_000
     # Peer messages queued for one peer before the transport refuses more.
     max_peer_queue: int = 10_000
+    # Open HTTP connections served in full; past it (or near RLIMIT_NOFILE) a few more are admitted for
+    # peer traffic and health checks only.
+    max_client_connections: int = 1024
+    # aiohttp reports an overlong request line and an overlong header with one exception type, told apart
+    # by the limit it names, so the two limits must differ (checked below).
+    max_request_line_bytes: int = 8192
+    # The longest header line, name and value (Apache's LimitRequestFieldSize and aiohttp's default).
+    max_header_bytes: int = 8190
+    max_headers: int = 100
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,13 @@ class Timeouts:
     peer_connect_timeout_ms: int = 500
     # How often expired TTL keys are purged from storage (reads hide them at once regardless).
     ttl_sweep_interval_ms: int = 1000
+    # A request head (request line and headers) must be complete this long after its first byte, or
+    # after the connection opened; a slow one is answered 408 and closed (slowloris).
+    header_timeout_ms: int = 10_000
+    # A keep-alive connection with no request for this long is closed. Longer than aiohttp's client
+    # keep-alive (15 s), so clients, peers included, close first and never reuse a connection the
+    # server is closing.
+    keepalive_idle_timeout_ms: int = 75_000
 
 
 @dataclass(frozen=True)
@@ -129,6 +151,11 @@ class ClusterConfig:
                 value = getattr(section, f.name)
                 if isinstance(value, int) and value <= 0:
                     raise ConfigError(f"{_SECTION_NAMES[type(section)]}.{f.name} must be positive, got {value}")
+        if self.limits.max_request_line_bytes == self.limits.max_header_bytes:
+            raise ConfigError(
+                "limits.max_request_line_bytes and limits.max_header_bytes must differ: the HTTP parser reports "
+                "both overruns alike and the limit tells a too-long request line (414) from a too-large header (431)"
+            )
 
     @property
     def node_ids(self) -> tuple[str, ...]:

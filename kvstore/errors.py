@@ -26,6 +26,9 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNAUTHORIZED = "unauthorized"
+    REQUEST_TIMEOUT = "request_timeout"
+    URI_TOO_LONG = "uri_too_long"
+    HEADERS_TOO_LARGE = "headers_too_large"
     UNSUPPORTED = "unsupported"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
@@ -54,6 +57,10 @@ ERROR_SPECS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.TOO_LARGE: ErrorSpec(413, True),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorSpec(415, True),
     ErrorCode.UNAUTHORIZED: ErrorSpec(401, True),
+    # The HTTP edge refused a request head: too slow, request line too long, headers too large or too many.
+    ErrorCode.REQUEST_TIMEOUT: ErrorSpec(408, True),
+    ErrorCode.URI_TOO_LONG: ErrorSpec(414, True),
+    ErrorCode.HEADERS_TOO_LARGE: ErrorSpec(431, True),
     # A mode that does not offer a requested guarantee refuses the request outright.
     ErrorCode.UNSUPPORTED: ErrorSpec(501, True),
     # The node refused the request before doing anything (its queue or in-flight table is full).

@@ -19,6 +19,7 @@ from kvstore.messages import Message
 from kvstore.node import Node
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
+from kvstore.server.http_server import EdgeServer
 from kvstore.server.metrics import NodeGauges, NodeMetrics
 from kvstore.server.peer import PEER_PATH, PeerInbox, PeerTransport
 from kvstore.server.pump import Pump
@@ -75,6 +76,7 @@ class NodeServer:
                 written_lsn=lambda: storage.written_lsn,
                 synced_lsn=lambda: storage.synced_lsn,
                 key_count=storage.key_count,
+                open_connections=lambda: self._edge.open_connections(),
             ),
         )
         self.router = Router(self.metrics)
@@ -83,9 +85,8 @@ class NodeServer:
         AdminRoutes(config, self.faults).register(self.router)
         inbox = PeerInbox(node_id, config, self.pump.deliver)
         self.router.add("POST", PEER_PATH, inbox.handle, internal=True)
-        self._runner = web.ServerRunner(
-            web.Server(self.router.handle, access_log=None), shutdown_timeout=SHUTDOWN_TIMEOUT_S
-        )
+        self._edge = EdgeServer(self.router.handle, config, self.metrics, node_id)
+        self._runner = web.ServerRunner(self._edge, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
 
     @property
     def url(self) -> str:

@@ -3,8 +3,9 @@
 Request counts and latency histograms are plain integers bumped on the hot path (a dict update and a
 bisect, well under a microsecond) and turned into Prometheus families only when ``/metrics`` is
 scraped, through a collector registered on a per-node ``CollectorRegistry``. Gauges (in-flight
-requests, held effects, peer queues, storage LSNs, key count) are read from their owners at scrape
-time, so they cost nothing between scrapes.
+requests, held effects, peer queues, storage LSNs, key count, open connections) are read from their
+owners at scrape time, so they cost nothing between scrapes. The HTTP edge (``http_server.py``) counts
+what never reaches the router: malformed requests, refused connections and request heads that timed out.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class NodeGauges:
     written_lsn: Callable[[], int]
     synced_lsn: Callable[[], int]
     key_count: Callable[[], int]
+    # Open HTTP connections by admission ("client", "reserved"); none without an HTTP edge.
+    open_connections: Callable[[], Mapping[str, int]] = dict
 
 
 class NodeMetrics(Collector):
@@ -57,6 +60,9 @@ class NodeMetrics(Collector):
         self._requests: dict[tuple[str, int], int] = {}
         self._latency: dict[str, _Latency] = {}
         self._errors: dict[str, int] = {}
+        self._malformed: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
+        self._header_timeouts = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -71,6 +77,15 @@ class NodeMetrics(Collector):
 
     def error(self, code: str) -> None:
         self._errors[code] = self._errors.get(code, 0) + 1
+
+    def malformed(self, kind: str) -> None:
+        self._malformed[kind] = self._malformed.get(kind, 0) + 1
+
+    def refused(self, reason: str) -> None:
+        self._refused[reason] = self._refused.get(reason, 0) + 1
+
+    def header_timeout(self) -> None:
+        self._header_timeouts += 1
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -99,6 +114,26 @@ class NodeMetrics(Collector):
             errors.add_metric([code], count)
         yield errors
 
+        malformed = CounterMetricFamily(
+            "kvstore_http_malformed_requests", "Requests the HTTP parser rejected, by kind", labels=["kind"]
+        )
+        for kind, count in sorted(self._malformed.items()):
+            malformed.add_metric([kind], count)
+        yield malformed
+        refused = CounterMetricFamily(
+            "kvstore_http_connections_refused",
+            "Connections closed at accept (connection_limit, fd_limit) and requests answered 503 on a reserved "
+            "connection (client_limit)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            "kvstore_http_header_timeouts", "Connections closed because a request head was too slow",
+            self._header_timeouts,
+        )
+
         g = self._gauges
         yield GaugeMetricFamily("kvstore_inflight_requests", "Client requests waiting for an answer", g.inflight())
         yield GaugeMetricFamily("kvstore_held_effects", "Replies and sends waiting for an fsync", g.held_effects())
@@ -113,3 +148,9 @@ class NodeMetrics(Collector):
         yield GaugeMetricFamily("kvstore_storage_written_lsn", "Highest LSN written", g.written_lsn())
         yield GaugeMetricFamily("kvstore_storage_synced_lsn", "Highest LSN made durable", g.synced_lsn())
         yield GaugeMetricFamily("kvstore_keys", "Live keys stored on this node", g.key_count())
+        connections = GaugeMetricFamily(
+            "kvstore_http_connections", "Open HTTP connections, by admission", labels=["kind"]
+        )
+        for kind, count in sorted(g.open_connections().items()):
+            connections.add_metric([kind], count)
+        yield connections

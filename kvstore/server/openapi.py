@@ -2,184 +2,436 @@
 
 Each client route must have an operation here: ``build_openapi`` refuses a route it cannot describe,
 so a route cannot be added without documenting it.
+
+The description is exact, because tests hold the server to it (schemathesis, and a probe of every
+documented parameter): the parameters and body fields listed are the ones a route accepts and nothing
+else is (request objects are ``additionalProperties: false``); every status a route can answer is
+listed, each with the error codes it can carry; and where a response has alternative shapes
+(``oneOf``), each shape has required fields the others forbid, so a response matches exactly one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from kvstore.config import FSYNC_POLICIES, MODES, STORAGE_ENGINES, Limits
+from kvstore.errors import ErrorCode
+from kvstore.server.http_codec import JSON_TYPE, MSGPACK_TYPE, OCTET_TYPE
 from kvstore.server.router import Route
+from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT
+from kvstore.validation import MAX_TTL_MS
 
-_ERROR = {"$ref": "#/components/responses/Error"}
-_KEY_PARAM = {
-    "name": "key",
-    "in": "path",
-    "required": True,
-    "description": "Percent-encoded UTF-8; may contain '/'.",
-    "schema": {"type": "string"},
-}
-_JSON_OR_MSGPACK_ANY = {"application/json": {"schema": {"type": "object"}}, "application/msgpack": {}}
+# The server reads msgpack bodies under either name; it answers with MSGPACK_TYPE.
+_MSGPACK_ALIAS = "application/x-msgpack"
+# What base64.b64decode(validate=True) accepts: whole 4-character groups, padding only at the end.
+_BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+# Every route: the HTTP edge refuses malformed, slow or oversized request heads and connections past
+# its limit (http_server.py), a route refuses a bad request, and anything can fail unexpectedly.
+_ALWAYS = (
+    ErrorCode.BAD_REQUEST,
+    ErrorCode.REQUEST_TIMEOUT,
+    ErrorCode.URI_TOO_LONG,
+    ErrorCode.HEADERS_TOO_LARGE,
+    ErrorCode.OVERLOADED,
+    ErrorCode.INTERNAL,
+)
+# Routes that hand an op to the node: it may be full, or not reach or not hear from the key's owner.
+_NODE = (ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT)
+# Routes that read a body: too large, or under a Content-Type or Content-Encoding they do not read.
+_BODY = (ErrorCode.TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+_CODINGS = "The body may be compressed, with `Content-Encoding: gzip` or `deflate`."
 
 
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}, "application/msgpack": {}}}
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An object with exactly these fields: the ``required`` ones always, the ``optional`` ones maybe."""
+    return {
+        "type": "object",
+        "required": list(required),
+        "properties": {**required, **(optional or {})},
+        "additionalProperties": False,
+    }
 
 
-def _obj(**props: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": props}
+def _one_of(*branches: dict[str, Any]) -> dict[str, Any]:
+    return branches[0] if len(branches) == 1 else {"oneOf": list(branches)}
 
 
-_WRITTEN = _obj(key={"type": "string"}, version={"type": "integer"})
-_DELETED = _obj(key={"type": "string"}, deleted={"type": "boolean"})
-_VALUE_PROPS = {
-    "value": {"type": "string", "description": "UTF-8 text (raw bytes in msgpack)"},
-    "value_b64": {"type": "string", "description": "base64, when the value is not valid UTF-8"},
-}
-_ENTRY_RESULT = _obj(
-    ok={"type": "boolean"},
-    key={"type": "string"},
-    version={"type": "integer"},
-    expires_at_ms={"type": "integer"},
-    error={"$ref": "#/components/schemas/ErrorBody"},
-    **_VALUE_PROPS,
+_STRING = {"type": "string"}
+_VERSION = {"type": "integer", "minimum": 1, "description": "The LSN of the write that made this value"}
+_EXPIRES_AT_MS = {"type": "integer", "description": "When the key expires, in the owner's wall-clock ms"}
+_TEXT_VALUE = {"type": "string", "description": "The value, when it is valid UTF-8"}
+_BASE64 = {"type": "string", "contentEncoding": "base64", "pattern": _BASE64_PATTERN}
+_B64_VALUE = {**_BASE64, "description": "The value in base64, when it is not valid UTF-8"}
+_BIN_VALUE = {"description": "The value as raw bytes (msgpack bin)"}
+_WRITTEN = _object({"key": _STRING, "version": _VERSION})
+_DELETED = _object({"key": _STRING, "deleted": {"type": "boolean", "description": "Whether the key existed"}})
+
+
+def _valued(fields: dict[str, Any], as_msgpack: bool, optional: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The shapes of ``fields`` plus a value: raw bytes in msgpack; in JSON ``value`` (text) or ``value_b64``."""
+    if as_msgpack:
+        return [_object({**fields, "value": _BIN_VALUE}, optional)]
+    return [_object({**fields, "value": _TEXT_VALUE}, optional), _object({**fields, "value_b64": _B64_VALUE}, optional)]
+
+
+def _key(limits: Limits) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "minLength": 1,
+        # In characters; the limit is in UTF-8 bytes, so a shorter non-ASCII key can still be refused.
+        "maxLength": limits.max_key_bytes,
+        "description": f"Non-empty UTF-8, at most {limits.max_key_bytes} bytes",
+    }
+
+
+_TTL_MS = {"type": "integer", "minimum": 1, "maximum": MAX_TTL_MS, "description": "Time to live in ms"}
+# In a body, a null TTL is no TTL, as an absent one.
+_BODY_TTL_MS = {"ttl_ms": {"oneOf": [_TTL_MS, {"type": "null"}]}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """All of a route's query parameters as one object, each property one parameter (form style,
+    exploded): so the schema can say which combinations are allowed and that no other is."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "style": "form",
+        "explode": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _error_body(codes: list[ErrorCode]) -> dict[str, Any]:
+    definites = {code.definite for code in codes}
+    return _object(
+        {
+            "code": {"enum": [code.value for code in codes]},
+            "message": _STRING,
+            "definite": {"const": definites.pop()} if len(definites) == 1 else {"type": "boolean"},
+        }
+    )
+
+
+def _errors(codes: Iterable[ErrorCode]) -> dict[str, Any]:
+    """One response per HTTP status among ``codes``, each naming exactly the codes it can carry."""
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in dict.fromkeys(codes):
+        by_status.setdefault(code.http_status, []).append(code)
+    return {
+        str(status): {
+            "description": ", ".join(code.value for code in group),
+            "content": {JSON_TYPE: {"schema": _object({"error": _error_body(group)})}},
+        }
+        for status, group in sorted(by_status.items())
+    }
+
+
+def _ok(description: str, schema: dict[str, Any], msgpack_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON, or msgpack when the request says ``Accept: application/msgpack``."""
+    return {
+        "description": description,
+        "content": {JSON_TYPE: {"schema": schema}, MSGPACK_TYPE: {"schema": msgpack_schema or schema}},
+    }
+
+
+def _structured_body(schema: dict[str, Any]) -> dict[str, Any]:
+    content = {"schema": schema}
+    return {
+        "required": True,
+        "description": _CODINGS,
+        "content": {JSON_TYPE: content, MSGPACK_TYPE: content, _MSGPACK_ALIAS: content},
+    }
+
+
+def _cas_body() -> dict[str, Any]:
+    def branch(encoding: dict[str, Any], value: dict[str, Any], required: bool) -> dict[str, Any]:
+        # expected null: the key must be absent; new null: delete it.
+        fields = {"expected": {"oneOf": [{"type": "null"}, value]}, "new": {"oneOf": [value, {"type": "null"}]}}
+        optional: dict[str, Any] = _BODY_TTL_MS
+        if required:
+            return _object({**fields, "encoding": encoding}, optional)
+        return _object(fields, {**optional, "encoding": encoding})
+
+    return {
+        "description": (
+            "`expected: null` means the key must not exist; `new: null` deletes it. In msgpack the values "
+            "may also be raw bytes (bin), taken as they are whatever the encoding."
+        ),
+        # Told apart by "encoding": the base64 branch requires it, the UTF-8 branch allows only "utf-8".
+        **_one_of(
+            branch({"const": "utf-8"}, {"type": "string"}, required=False),
+            branch({"const": "base64"}, _BASE64, required=True),
+        ),
+    }
+
+
+def _batch_body(limits: Limits) -> dict[str, Any]:
+    def entries(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "items": item, "minItems": 1, "maxItems": limits.max_batch_keys}
+
+    key, ttl = _key(limits), _BODY_TTL_MS
+    put_entry = _one_of(
+        _object({"key": key, "value": {"type": "string", "description": "UTF-8 text (or bin in msgpack)"}}, ttl),
+        _object({"key": key, "value_b64": _BASE64}, ttl),
+    )
+    return _one_of(_object({"get": entries(key)}), _object({"put": entries(put_entry)}))
+
+
+def _batch_results(as_msgpack: bool) -> dict[str, Any]:
+    ok, failed = {"const": True}, {"const": False}
+    # Entries are checked before the batch runs, so an entry fails only as a whole single-key op can.
+    error = _error_body([ErrorCode.NOT_FOUND, ErrorCode.INTERNAL, *_NODE])
+    found = _valued({"ok": ok, "key": _STRING, "version": _VERSION}, as_msgpack, {"expires_at_ms": _EXPIRES_AT_MS})
+    # A found entry has a value, a written one must not, a failed one has ok false: each matches one branch.
+    entry = _one_of(
+        *found,
+        _object({"ok": ok, "key": _STRING, "version": _VERSION}),
+        _object({"ok": failed, "key": _STRING, "error": error}),
+    )
+    return _object({"results": {"type": "array", "items": entry, "description": "One per entry, in order"}})
+
+
+def _scan_page(as_msgpack: bool) -> dict[str, Any]:
+    item = _one_of(*_valued({"key": _STRING, "version": _VERSION}, as_msgpack))
+    return _object(
+        {
+            "items": {"type": "array", "items": item},
+            "truncated": {"type": "boolean", "description": "More keys in the range follow the last one"},
+        }
+    )
+
+
+def _scan_query(limits: Limits) -> dict[str, Any]:
+    limit = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": limits.max_scan_limit,
+        "default": DEFAULT_SCAN_LIMIT,
+        "description": "At most this many items",
+    }
+    prefix = {**_STRING, "description": "Keys that start with this", "examples": ["user/"]}
+    start = {**_STRING, "description": "Keys from this one (inclusive)", "examples": ["a"]}
+    end = {**_STRING, "description": "Keys before this one (exclusive)", "examples": ["m"]}
+    # A prefix excludes start and end: the prefix branch requires it, the range branch forbids it.
+    by_prefix = _object({"prefix": prefix}, {"limit": limit})
+    return _one_of(by_prefix, _object({}, {"start": start, "end": end, "limit": limit}))
+
+
+def _cluster_view() -> dict[str, Any]:
+    member = {
+        "node_id": _STRING,
+        "address": {**_STRING, "description": "host:port"},
+        "url": _STRING,
+        "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    }
+    return _object(
+        {
+            "node_id": _STRING,
+            "cluster": _STRING,
+            "mode": {"enum": list(MODES)},
+            "fsync": {"enum": list(FSYNC_POLICIES)},
+            "engine": {"enum": list(STORAGE_ENGINES)},
+            "epoch": {"type": "integer", "minimum": 1},
+            "partitions": {"type": "integer", "minimum": 1},
+            "members": {
+                "type": "array",
+                # A peer this node last failed to reach is "down" and says why; no other member has an error.
+                "items": _one_of(
+                    _object({**member, "health": {"enum": ["self", "unknown", "up"]}}),
+                    _object({**member, "health": {"const": "down"}, "last_error": _STRING}),
+                ),
+            },
+            "partition_map": _object(
+                {
+                    "epoch": {"type": "integer", "minimum": 1},
+                    "replicas": {"type": "array", "items": {"type": "array", "items": _STRING}},
+                }
+            ),
+        }
+    )
+
+
+def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
+    key_param = {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "description": "Percent-encoded UTF-8; may contain '/'",
+        "schema": _key(limits),
+    }
+    key_errors = (*_ALWAYS, ErrorCode.BAD_KEY, *_NODE)
+    no_query = "Takes no query parameters"
+    return {
+        ("GET", "/kv/{key}"): {
+            "summary": "Read a key",
+            "description": no_query,
+            "parameters": [key_param],
+            "responses": {
+                "200": {
+                    "description": "The raw value",
+                    "headers": {
+                        "X-Kv-Version": {"required": True, "schema": _VERSION},
+                        "X-Kv-Expires-At-Ms": {"schema": _EXPIRES_AT_MS, "description": "Only with a TTL"},
+                    },
+                    "content": {OCTET_TYPE: {"schema": {"type": "string", "contentMediaType": OCTET_TYPE}}},
+                },
+                **_errors((*key_errors, ErrorCode.NOT_FOUND)),
+            },
+        },
+        ("PUT", "/kv/{key}"): {
+            "summary": "Write a key; the body is the raw value, under any Content-Type",
+            "description": "Give at most one of `ttl_ms` and `ttl`.",
+            "parameters": [
+                key_param,
+                _query(
+                    "ttl",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "ttl_ms": {**_TTL_MS, "examples": [60000]},
+                            "ttl": {
+                                "type": "number",
+                                "exclusiveMinimum": 0,
+                                "maximum": MAX_TTL_MS // 1000,
+                                "description": "Time to live in seconds, rounded up to a whole millisecond",
+                                "examples": [1.5],
+                            },
+                        },
+                        "additionalProperties": False,
+                        "maxProperties": 1,
+                    },
+                    "A time to live, in whole milliseconds (`ttl_ms`) or in seconds (`ttl`); at most one",
+                ),
+            ],
+            "requestBody": {
+                "required": False,
+                "description": (
+                    f"Any bytes, at most {limits.max_value_bytes}; no body writes the empty value. {_CODINGS}"
+                ),
+                # No schema: any bytes under any media type are a value.
+                "content": {"*/*": {}},
+            },
+            "responses": {"200": _ok("Written", _WRITTEN), **_errors((*key_errors, *_BODY))},
+        },
+        ("DELETE", "/kv/{key}"): {
+            "summary": "Delete a key",
+            "description": no_query,
+            "parameters": [key_param],
+            "responses": {"200": _ok("`deleted` says whether the key existed", _DELETED), **_errors(key_errors)},
+        },
+        ("POST", "/cas/{key}"): {
+            "summary": "Compare and set: write `new` only if the current value is `expected` (null: absent)",
+            "description": no_query,
+            "parameters": [key_param],
+            "requestBody": _structured_body(_cas_body()),
+            "responses": {
+                "200": _ok("Written (`new` was a value) or deleted (`new` was null)", _one_of(_WRITTEN, _DELETED)),
+                **_errors((*key_errors, *_BODY, ErrorCode.PRECONDITION_FAILED)),
+            },
+        },
+        ("GET", "/scan"): {
+            "summary": "Keys in a range or with a prefix, in key order",
+            "description": "`end` must not sort before `start`.",
+            "parameters": [
+                _query("range", _scan_query(limits), "A prefix, or a range from `start` to `end`; and a limit"),
+            ],
+            "responses": {
+                "200": _ok("A page of items", _scan_page(False), _scan_page(True)),
+                **_errors((*_ALWAYS, *_NODE)),
+            },
+        },
+        ("POST", "/batch"): {
+            "summary": 'Many gets ({"get": [keys]}) or puts ({"put": [{"key", "value" | "value_b64", "ttl_ms"?}]})',
+            "description": f"{no_query}. Each entry succeeds or fails on its own.",
+            "requestBody": _structured_body(_batch_body(limits)),
+            "responses": {
+                "200": _ok("One result per entry, in order", _batch_results(False), _batch_results(True)),
+                **_errors((*_ALWAYS, ErrorCode.BAD_KEY, *_BODY, *_NODE)),
+            },
+        },
+        ("GET", "/cluster"): {
+            "summary": "This node's view of the cluster: members, their health, the partition map",
+            "description": no_query,
+            "responses": {"200": _ok("Cluster view", _cluster_view()), **_errors(_ALWAYS)},
+        },
+        ("GET", "/health"): {
+            "summary": "Liveness and storage progress of this node",
+            "description": no_query,
+            "responses": {
+                "200": {
+                    "description": "Healthy",
+                    "content": {
+                        JSON_TYPE: {
+                            "schema": _object(
+                                {
+                                    "status": {"const": "ok"},
+                                    "node_id": _STRING,
+                                    "inflight": {"type": "integer", "minimum": 0},
+                                    "written_lsn": {"type": "integer", "minimum": 0},
+                                    "synced_lsn": {"type": "integer", "minimum": 0},
+                                }
+                            )
+                        }
+                    },
+                },
+                **_errors(_ALWAYS),
+            },
+        },
+        ("GET", "/metrics"): {
+            "summary": "Prometheus metrics of this node",
+            "description": no_query,
+            "responses": {
+                "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": _STRING}}},
+                **_errors(_ALWAYS),
+            },
+        },
+        ("GET", "/openapi.json"): {
+            "summary": "This document",
+            "description": no_query,
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {
+                        JSON_TYPE: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["openapi", "info", "paths"],
+                                "properties": {"openapi": {"const": "3.1.0"}},
+                            }
+                        }
+                    },
+                },
+                **_errors(_ALWAYS),
+            },
+        },
+    }
+
+
+_INFO_DESCRIPTION = (
+    "A replicated key-value store. Structured answers are JSON, or msgpack with "
+    "`Accept: application/msgpack`; errors are always JSON, `{\"error\": {\"code\", \"message\", \"definite\"}}`, "
+    "where `definite: true` means the operation certainly did not happen. A method a path does not list is "
+    "answered 405 `method_not_allowed` with an `Allow` header."
 )
 
-_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
-    ("GET", "/kv/{key}"): {
-        "summary": "Read a key",
-        "parameters": [_KEY_PARAM],
-        "responses": {
-            "200": {
-                "description": "The raw value",
-                "headers": {
-                    "X-Kv-Version": {"schema": {"type": "integer"}},
-                    "X-Kv-Expires-At-Ms": {"schema": {"type": "integer"}, "description": "Only with a TTL"},
-                },
-                "content": {"application/octet-stream": {}},
-            },
-            "404": _ERROR,
-            "default": _ERROR,
-        },
-    },
-    ("PUT", "/kv/{key}"): {
-        "summary": "Write a key; the body is the raw value (any Content-Type)",
-        "parameters": [
-            _KEY_PARAM,
-            {"name": "ttl_ms", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-            {"name": "ttl", "in": "query", "description": "Seconds, may be fractional", "schema": {"type": "number"}},
-        ],
-        "requestBody": {"required": True, "content": {"*/*": {}}},
-        "responses": {"200": _ok("Written", _WRITTEN), "413": _ERROR, "default": _ERROR},
-    },
-    ("DELETE", "/kv/{key}"): {
-        "summary": "Delete a key",
-        "parameters": [_KEY_PARAM],
-        "responses": {"200": _ok("Whether the key existed", _DELETED), "default": _ERROR},
-    },
-    ("POST", "/cas/{key}"): {
-        "summary": "Compare and set: write `new` only if the current value is `expected` (null: absent)",
-        "parameters": [_KEY_PARAM],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["expected", "new"],
-                        "properties": {
-                            "expected": {"type": ["string", "null"]},
-                            "new": {"type": ["string", "null"], "description": "null deletes the key"},
-                            "ttl_ms": {"type": "integer", "minimum": 1},
-                            "encoding": {"enum": ["utf-8", "base64"]},
-                        },
-                    }
-                },
-                "application/msgpack": {},
-            },
-        },
-        "responses": {
-            "200": _ok("Written or deleted", {"oneOf": [_WRITTEN, _DELETED]}),
-            "409": _ERROR,
-            "default": _ERROR,
-        },
-    },
-    ("GET", "/scan"): {
-        "summary": "Keys in a range or with a prefix, in key order",
-        "parameters": [
-            {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-            {"name": "start", "in": "query", "schema": {"type": "string"}},
-            {"name": "end", "in": "query", "description": "Exclusive", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-        ],
-        "responses": {
-            "200": _ok(
-                "A page of items",
-                _obj(
-                    items={
-                        "type": "array",
-                        "items": _obj(key={"type": "string"}, version={"type": "integer"}, **_VALUE_PROPS),
-                    },
-                    truncated={"type": "boolean"},
-                ),
-            ),
-            "default": _ERROR,
-        },
-    },
-    ("POST", "/batch"): {
-        "summary": 'Many gets ({"get": [keys]}) or many puts ({"put": [{"key", "value"|"value_b64", "ttl_ms"?}]})',
-        "requestBody": {"required": True, "content": _JSON_OR_MSGPACK_ANY},
-        "responses": {
-            "200": _ok("One result per entry, in order", _obj(results={"type": "array", "items": _ENTRY_RESULT})),
-            "default": _ERROR,
-        },
-    },
-    ("GET", "/cluster"): {
-        "summary": "This node's view of the cluster: members, their health, the partition map",
-        "responses": {"200": _ok("Cluster view", {"type": "object"})},
-    },
-    ("GET", "/health"): {
-        "summary": "Liveness and storage progress of this node",
-        "responses": {"200": _ok("Healthy", {"type": "object"})},
-    },
-    ("GET", "/metrics"): {
-        "summary": "Prometheus metrics of this node",
-        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
-    },
-    ("GET", "/openapi.json"): {
-        "summary": "This document",
-        "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
-    },
-}
 
-_COMPONENTS = {
-    "schemas": {
-        "ErrorBody": _obj(
-            code={"type": "string"}, message={"type": "string"}, definite={"type": "boolean"}
-        ),
-    },
-    "responses": {
-        "Error": {
-            "description": "An error; `definite` tells whether the operation certainly did not happen",
-            "content": {
-                "application/json": {"schema": _obj(error={"$ref": "#/components/schemas/ErrorBody"})}
-            },
-        }
-    },
-}
-
-
-def build_openapi(routes: list[Route]) -> dict[str, Any]:
+def build_openapi(routes: list[Route], limits: Limits | None = None) -> dict[str, Any]:
+    """The description of ``routes`` (internal ones left out), with the bounds of ``limits``."""
+    operations = _operations(limits or Limits())
     paths: dict[str, dict[str, Any]] = {}
     for route in sorted(routes, key=lambda r: (r.template, r.method)):
         if route.internal:
             continue
-        operation = _OPERATIONS.get((route.method, route.template))
+        operation = operations.get((route.method, route.template))
         if operation is None:
             raise ValueError(f"route {route.label} has no OpenAPI description")
         paths.setdefault(route.template, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kvstore", "version": "1", "description": "A replicated key-value store."},
+        "info": {"title": "kvstore", "version": "1", "description": _INFO_DESCRIPTION},
         "paths": paths,
-        "components": _COMPONENTS,
     }

@@ -78,10 +78,8 @@ def _content_coding(request: web.BaseRequest) -> str | None:
 async def read_wire_body(request: web.BaseRequest, limit_bytes: int) -> tuple[bytes, str | None]:
     """The body as sent and its content coding (None: not compressed), for a body of at most
     ``limit_bytes`` once inflated; ``too_large`` without reading when it is declared longer."""
-    # With auto_decompress on, aiohttp has inflated the body already (and counts the bytes it was
-    # sent in total_compressed_bytes): the limit then bounds what it inflated, read chunk by chunk.
-    inflated_by_aiohttp = getattr(request.content, "total_compressed_bytes", None) is not None
-    coding = None if inflated_by_aiohttp else _content_coding(request)
+    # The server runs with auto_decompress=False (kvstore.server.http_server), so these are the bytes sent.
+    coding = _content_coding(request)
     wire_limit_bytes = limit_bytes if coding is None else _compressed_limit_bytes(limit_bytes)
     what = "body" if coding is None else f"{coding} body"
     length = request.content_length
@@ -90,7 +88,7 @@ async def read_wire_body(request: web.BaseRequest, limit_bytes: int) -> tuple[by
     if request.headers.get("Expect", "").lower() == "100-continue":
         # The low-level server does not answer Expect itself; curl waits a second for it on big uploads.
         await request.writer.write(_CONTINUE)
-    if length is not None and not inflated_by_aiohttp:
+    if length is not None:
         # Common case: a declared length within the limit; aiohttp stops the stream at that length.
         return await request.content.read(), coding
     body = bytearray()

@@ -53,7 +53,7 @@ from kvstore.server.http_codec import (
 )
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.validation import check_ttl_ms, decode_base64, parse_whole_number, prefix_range, ttl_ms_from_seconds
+from kvstore.validation import check_ttl_ms, parse_whole_number, prefix_range, ttl_ms_from_seconds
 
 DEFAULT_SCAN_LIMIT = 1000
 _ENCODINGS = ("utf-8", "base64")
@@ -116,8 +116,8 @@ class KvRoutes:
         encoding = doc.get("encoding", "utf-8")
         if encoding not in _ENCODINGS:
             raise KvError(ErrorCode.BAD_REQUEST, f"encoding must be one of {', '.join(_ENCODINGS)}")
-        expected = None if doc["expected"] is None else _value_from(doc["expected"], encoding, "expected")
-        new = None if doc["new"] is None else _value_from(doc["new"], encoding, "new")
+        expected = None if doc["expected"] is None else value_from(doc["expected"], encoding, "expected")
+        new = None if doc["new"] is None else value_from(doc["new"], encoding, "new")
         result = await self._run(CasOp(key, expected, new, optional_int(doc, "ttl_ms")))
         as_msgpack = wants_msgpack(request)
         if isinstance(result, Written):
@@ -215,13 +215,6 @@ def _ttl_ms(params: dict[str, str]) -> int | None:
     return None
 
 
-def _value_from(raw: object, encoding: str, field: str) -> bytes:
-    # http_codec.value_from lets base64.b64decode raise ValueError (a 500) for non-ASCII text.
-    if encoding == "base64" and isinstance(raw, str):
-        return decode_base64(raw, field)
-    return value_from(raw, encoding, field)
-
-
 def _put_entry(entry: Any, index: int) -> PutOp:
     where = f"put[{index}]"
     if not isinstance(entry, dict):
@@ -229,9 +222,9 @@ def _put_entry(entry: Any, index: int) -> PutOp:
     has_b64 = "value_b64" in entry
     check_fields(entry, ("key", "value_b64" if has_b64 else "value"), ("ttl_ms",), where)
     if has_b64:
-        value = _value_from(entry["value_b64"], "base64", f"{where}.value_b64")
+        value = value_from(entry["value_b64"], "base64", f"{where}.value_b64")
     else:
-        value = _value_from(entry["value"], "utf-8", f"{where}.value")
+        value = value_from(entry["value"], "utf-8", f"{where}.value")
     return PutOp(entry["key"], value, optional_int(entry, "ttl_ms"))
 
 

@@ -30,6 +30,7 @@ max_headers = 100             # more: 431
 request_timeout_ms = 2000
 header_timeout_ms = 10000     # a request head not complete this long after it began: 408, closed
 keepalive_idle_timeout_ms = 75000  # an idle keep-alive connection is closed after this
+body_timeout_ms = 30000       # a request body not all received this long after its head: 408, closed
 ```
 """
 
@@ -119,6 +120,9 @@ class Timeouts:
     # keep-alive (15 s), so clients, peers included, close first and never reuse a connection the
     # server is closing.
     keepalive_idle_timeout_ms: int = 75_000
+    # A request body must be all received this long after its head was, or the request is answered
+    # 408: a client that sends a few bytes of a body and stops must not hold a handler for ever.
+    body_timeout_ms: int = 30_000
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class NodeServer:
             ),
         )
         self.router = Router(self.metrics)
-        KvRoutes(self.pump, config.limits).register(self.router)
+        KvRoutes(self.pump, config.limits, config.timeouts.body_timeout_ms).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.faults).register(self.router)
         inbox = PeerInbox(node_id, config, self.pump.deliver)

@@ -15,6 +15,7 @@ parser recurses once per level).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import codecs
 import json
@@ -75,9 +76,10 @@ def _content_coding(request: web.BaseRequest) -> str | None:
     )
 
 
-async def read_wire_body(request: web.BaseRequest, limit_bytes: int) -> tuple[bytes, str | None]:
+async def read_wire_body(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> tuple[bytes, str | None]:
     """The body as sent and its content coding (None: not compressed), for a body of at most
-    ``limit_bytes`` once inflated; ``too_large`` without reading when it is declared longer."""
+    ``limit_bytes`` once inflated; ``too_large`` without reading when it is declared longer, and
+    ``request_timeout`` when it has not all arrived ``timeout_s`` after the call."""
     # The server runs with auto_decompress=False (kvstore.server.http_server), so these are the bytes sent.
     coding = _content_coding(request)
     wire_limit_bytes = limit_bytes if coding is None else _compressed_limit_bytes(limit_bytes)
@@ -88,15 +90,28 @@ async def read_wire_body(request: web.BaseRequest, limit_bytes: int) -> tuple[by
     if request.headers.get("Expect", "").lower() == "100-continue":
         # The low-level server does not answer Expect itself; curl waits a second for it on big uploads.
         await request.writer.write(_CONTINUE)
+    if request.content.is_eof():
+        # Common case: the whole body came with the head, so there is nothing to wait for or time.
+        return await _read_within(request, length, wire_limit_bytes, what), coding
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_within(request, length, wire_limit_bytes, what), coding
+    except TimeoutError:
+        raise KvError(
+            ErrorCode.REQUEST_TIMEOUT, f"the request body did not all arrive within {round(timeout_s * 1000)} ms"
+        ) from None
+
+
+async def _read_within(request: web.BaseRequest, length: int | None, wire_limit_bytes: int, what: str) -> bytes:
     if length is not None:
-        # Common case: a declared length within the limit; aiohttp stops the stream at that length.
-        return await request.content.read(), coding
+        # A declared length within the limit: aiohttp stops the stream at that length.
+        return await request.content.read()
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk
         if len(body) > wire_limit_bytes:
             raise KvError(ErrorCode.TOO_LARGE, f"{what} is over the limit of {wire_limit_bytes} bytes")
-    return bytes(body), coding
+    return bytes(body)
 
 
 def inflate(wire: bytes, coding: str | None, limit_bytes: int) -> bytes:
@@ -123,9 +138,9 @@ def inflate(wire: bytes, coding: str | None, limit_bytes: int) -> bytes:
     return body
 
 
-async def read_body(request: web.BaseRequest, limit_bytes: int) -> bytes:
+async def read_body(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> bytes:
     """The whole body, inflated if compressed; ``too_large`` once it passes ``limit_bytes``."""
-    wire, coding = await read_wire_body(request, limit_bytes)
+    wire, coding = await read_wire_body(request, limit_bytes, timeout_s)
     return inflate(wire, coding, limit_bytes)
 
 
@@ -147,10 +162,10 @@ def wants_msgpack(request: web.BaseRequest) -> bool:
     return accept is not None and any(t in accept for t in _MSGPACK_TYPES)
 
 
-async def read_document(request: web.BaseRequest, limit_bytes: int) -> tuple[dict[str, Any], bool]:
+async def read_document(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> tuple[dict[str, Any], bool]:
     """A JSON or msgpack object body, and whether it was msgpack."""
     as_msgpack = is_msgpack_body(request)
-    body = await read_body(request, limit_bytes)
+    body = await read_body(request, limit_bytes, timeout_s)
     try:
         if as_msgpack:
             doc = msgpack.unpackb(body, raw=False)

@@ -447,6 +447,16 @@ class EdgeConnection(RequestHandler):
         response.force_close()
         return response
 
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if resp.status == HTTPStatus.REQUEST_TIMEOUT:
+            # A body too slow to finish (kvstore.server.http_codec): close once answered (the transport
+            # flushes the answer first), rather than linger reading the rest from the same slow client.
+            self.force_close()
+        return answered
+
     async def _serve_reserved(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         if path not in RESERVED_PATHS:

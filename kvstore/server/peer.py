@@ -235,8 +235,11 @@ class PeerTransport:
             for delivery in batch:
                 delivery.settle(True, self._on_send_failed)
             return
+        # The inbox refuses a batch (4xx) before delivering any of it, and the HTTP edge answers 503
+        # only to a request it did not pass on; any other answer may follow a delivery.
+        delivered = not (400 <= status < 500 or status == 503)
         for delivery in batch:
-            delivery.settle(True, self._on_send_failed)
+            delivery.settle(delivered, self._on_send_failed)
         if 200 <= status < 300:
             peer.health.ok()
         else:
@@ -251,6 +254,7 @@ class PeerInbox:
         self._node_id = node_id
         self._secret = config.secret
         self._members = frozenset(config.node_ids) - {node_id}
+        self._body_timeout_s = config.timeouts.body_timeout_ms / 1000
         self._deliver = deliver
         self._limit_bytes = peer_body_limit_bytes(config.limits.max_value_bytes)
 
@@ -263,7 +267,7 @@ class PeerInbox:
             raise KvError(ErrorCode.UNAUTHORIZED, f"missing {SIGNATURE_HEADER}")
         if not is_msgpack_body(request):
             raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"peer batches are {MSGPACK_TYPE}")
-        wire, coding = await read_wire_body(request, self._limit_bytes)
+        wire, coding = await read_wire_body(request, self._limit_bytes, self._body_timeout_s)
         if not hmac.compare_digest(sign(self._secret, wire).encode(), signature.encode("utf-8", "replace")):
             raise KvError(ErrorCode.UNAUTHORIZED, "bad signature")
         # Inflated only once signed, so no one outside the cluster can make this node do that work.

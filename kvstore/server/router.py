@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 UNMATCHED_ROUTE = "unmatched"
+# An unknown path is named in the 404, cut to this many characters: a request is never echoed at length.
+_MAX_PATH_SHOWN = 100
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,13 @@ class Router:
             response = self._error(exc)
             if allowed:
                 response.headers["Allow"] = allowed
+            if exc.code is ErrorCode.REQUEST_TIMEOUT:
+                # The rest of a body that came too slowly is not worth waiting for: close the connection.
+                response.force_close()
+        except ConnectionResetError:
+            # The client went away in the middle of its request body: nobody to answer, nothing to log loudly.
+            log.debug("client closed the connection during %s %s", request.method, request.path)
+            response = self._error(KvError(ErrorCode.BAD_REQUEST, "the connection closed before the body was complete"))
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.path)
             response = self._error(KvError(ErrorCode.INTERNAL, "internal error; the op may have happened"))
@@ -107,7 +116,8 @@ class Router:
         for prefix, table in self._prefixed:
             if raw_path.startswith(prefix):
                 return table, raw_path[len(prefix) :]
-        raise KvError(ErrorCode.NOT_FOUND, f"no route for {raw_path}")
+        shown = raw_path if len(raw_path) <= _MAX_PATH_SHOWN else raw_path[:_MAX_PATH_SHOWN] + "..."
+        raise KvError(ErrorCode.NOT_FOUND, f"no route for {shown}")
 
 
 def _decode_param(raw: str) -> str:

@@ -33,6 +33,7 @@ class AdminRoutes:
         self._token = config.secret.encode()
         self._members = config.node_ids
         self._faults = faults
+        self._body_timeout_s = config.timeouts.body_timeout_ms / 1000
 
     def register(self, router: Router) -> None:
         for method, handler in (("GET", self.show), ("PUT", self.install), ("DELETE", self.clear)):
@@ -54,7 +55,7 @@ class AdminRoutes:
 
     async def install(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
         self._authorize(request)
-        doc, _as_msgpack = await read_document(request, MAX_POLICY_BYTES)
+        doc, _as_msgpack = await read_document(request, MAX_POLICY_BYTES, self._body_timeout_s)
         try:
             policy = ChaosPolicy.from_json(doc, random.Random(int.from_bytes(os.urandom(8), "big")), self._members)
         except ValueError as exc:

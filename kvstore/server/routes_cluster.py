@@ -99,7 +99,7 @@ class ClusterRoutes:
         _no_query(request)
         if self._openapi_body is None:
             assert self._router is not None, "routes used before register()"
-            self._openapi_body = json.dumps(build_openapi(self._router.routes), indent=1).encode()
+            self._openapi_body = json.dumps(build_openapi(self._router.routes, self._config.limits), indent=1).encode()
         return web.Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})
 
 

@@ -60,9 +60,10 @@ _ENCODINGS = ("utf-8", "base64")
 
 
 class KvRoutes:
-    def __init__(self, pump: Pump, limits: Limits) -> None:
+    def __init__(self, pump: Pump, limits: Limits, body_timeout_ms: int) -> None:
         self._pump = pump
         self._limits = limits
+        self._body_timeout_s = body_timeout_ms / 1000
         self._structured_limit_bytes = structured_body_limit_bytes(limits.max_value_bytes)
 
     def register(self, router: Router) -> None:
@@ -94,7 +95,7 @@ class KvRoutes:
 
     async def put(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
         ttl_ms = _ttl_ms(_query(request, ("ttl", "ttl_ms"))) if request.query_string else None
-        value = await read_body(request, self._limits.max_value_bytes)
+        value = await read_body(request, self._limits.max_value_bytes, self._body_timeout_s)
         result = await self._run(PutOp(key, value, ttl_ms))
         if isinstance(result, Written):
             return encoded_response({"key": result.key, "version": result.version}, wants_msgpack(request))
@@ -111,7 +112,9 @@ class KvRoutes:
     # ------------------------------------------------------------ /cas/{key}
 
     async def cas(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
-        doc, _ = await read_document(request, self._structured_limit_bytes)
+        if request.query_string:
+            _query(request, ())
+        doc, _ = await read_document(request, self._structured_limit_bytes, self._body_timeout_s)
         check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding"), "cas")
         encoding = doc.get("encoding", "utf-8")
         if encoding not in _ENCODINGS:
@@ -147,7 +150,9 @@ class KvRoutes:
     # ------------------------------------------------------------ /batch
 
     async def batch(self, request: web.BaseRequest, _param: str) -> web.StreamResponse:
-        doc, _as_msgpack = await read_document(request, self._structured_limit_bytes)
+        if request.query_string:
+            _query(request, ())
+        doc, _as_msgpack = await read_document(request, self._structured_limit_bytes, self._body_timeout_s)
         if len(doc) != 1 or not ({"get", "put"} & doc.keys()):
             raise KvError(ErrorCode.BAD_REQUEST, 'batch body must be {"get": [keys]} or {"put": [entries]}')
         entries = doc.get("get", doc.get("put"))

@@ -29,7 +29,7 @@ from kvstore.server.inprocess import InProcessCluster, loopback_config
 HANG_GUARD_S = 10.0
 NODE_START_GUARD_S = 30.0
 EDGE_LOGGER = "kvstore.server.http_server"
-SMALL_TIMEOUTS = Timeouts(header_timeout_ms=200, keepalive_idle_timeout_ms=300)
+SMALL_TIMEOUTS = Timeouts(header_timeout_ms=200, keepalive_idle_timeout_ms=300, body_timeout_ms=200)
 
 
 @dataclass
@@ -116,7 +116,7 @@ async def wait_for_connections(cluster: InProcessCluster, kind: str, count: int)
 
 @pytest.fixture
 async def node() -> AsyncIterator[InProcessCluster]:
-    """One node with 200 ms head and 300 ms idle timeouts."""
+    """One node with 200 ms head and body timeouts and a 300 ms idle timeout."""
     async with InProcessCluster(loopback_config(1, partitions=4, timeouts=SMALL_TIMEOUTS)) as running:
         yield running
 
@@ -328,6 +328,54 @@ async def test_an_idle_keep_alive_connection_is_closed_without_an_answer(node: I
     assert ("kvstore_errors_total", (("code", "request_timeout"),)) not in got
 
 
+async def test_a_body_that_stops_arriving_gets_408_the_write_is_not_applied_and_the_connection_closes(
+    node: InProcessCluster,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(node))
+    try:
+        # Three of the ten bytes promised, then silence past body_timeout_ms.
+        writer.write(b"PUT /kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Length: 10\r\n\r\nabc")
+        reply = await read_reply(reader)
+        assert reply.status == 408
+        assert reply.error() == {
+            "code": "request_timeout",
+            "message": "the request body did not all arrive within 200 ms",
+            "definite": True,
+        }
+        assert await closed_by_server(reader)
+    finally:
+        writer.close()
+    assert node.servers["n1"].storage.key_count() == 0
+
+
+async def test_a_client_that_leaves_in_the_middle_of_a_body_is_not_an_internal_error(
+    node: InProcessCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, writer = await asyncio.open_connection("127.0.0.1", port_of(node))
+    writer.write(b"PUT /kv/gone HTTP/1.1\r\nHost: kv\r\nContent-Length: 10\r\n\r\nabc")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    # The node notices on its next loop turns; /health answering afterwards orders the checks after it.
+    for _ in range(int(HANG_GUARD_S / 0.01)):
+        if node.servers["n1"].metrics.exposition().count(b'code="bad_request"'):
+            break
+        await asyncio.sleep(0.01)
+    reply, _ = await exchange(port_of(node), get("/health", keep_alive=False))
+    assert reply.status == 200
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info is not None] == []
+    got = local_samples(node)
+    assert ("kvstore_errors_total", (("code", "internal"),)) not in got
+    assert node.servers["n1"].storage.key_count() == 0
+
+
+async def test_an_unknown_path_is_named_in_the_404_only_in_short(node: InProcessCluster) -> None:
+    reply, _ = await exchange(port_of(node), get("/" + "p" * 5000, keep_alive=False))
+    assert reply.status == 404
+    assert reply.error()["message"] == "no route for /" + "p" * 99 + "..."
+
+
 # ---------------------------------------------------------------- connection bounds
 
 
@@ -418,7 +466,6 @@ async def test_a_node_near_its_fd_limit_refuses_clients_but_serves_health_and_fo
     config = loopback_config(2, partitions=4)
     config_path = tmp_path / "cluster.toml"
     config.save(config_path)
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     log_path = tmp_path / "n2.log"
     with log_path.open("wb") as log_file:
         n2 = subprocess.Popen(
@@ -426,7 +473,8 @@ async def test_a_node_near_its_fd_limit_refuses_clients_but_serves_health_and_fo
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (NODE_FD_LIMIT, hard)),
+            # Hard and soft: a node lifts its soft limit to the hard one at startup.
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (NODE_FD_LIMIT, NODE_FD_LIMIT)),
         )
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:

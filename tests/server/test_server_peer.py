@@ -138,8 +138,10 @@ async def test_nodes_with_different_secrets_cannot_talk(http: aiohttp.ClientSess
         other = InProcessCluster(config.replace(secret="another"), start=("n2",))
         async with other:
             async with http.put(f"{cluster.url('n1')}/kv/{cluster.key_on('n2', 's')}", data=b"v") as response:
-                # n2 refuses the forward with 401; nothing answers, so n1 times out (indefinite).
-                assert response.status == 504
+                # n2 refuses the batch with 401 before delivering any of it: certainly not applied (definite).
+                assert response.status == 503
+                error = (await response.json())["error"]
+                assert (error["code"], error["definite"]) == ("unavailable", True)
             assert other.servers["n2"].storage.key_count() == 0
 
 

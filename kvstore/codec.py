@@ -165,12 +165,17 @@ def _hook_at(depth: int) -> Callable[[int, bytes], object]:
     return hook
 
 
+# Longer than any registered message name.
+_MAX_NAME_SHOWN = 100
+
+
 def _build(payload: object) -> object:
     if type(payload) is not tuple or not payload or type(payload[0]) is not str:
         raise CodecError("malformed message payload")
     spec = _specs.get(payload[0])
     if spec is None:
-        raise CodecError(f"unknown message type {payload[0]!r}")
+        # Cut short: the name is the sender's bytes, and a frame can be megabytes long.
+        raise CodecError(f"unknown message type {payload[0][:_MAX_NAME_SHOWN]!r}")
     values = payload[1:]
     try:
         message = spec.fast_build(values)

@@ -87,3 +87,14 @@ class KvError(Exception):
 
     def to_json(self) -> dict[str, object]:
         return {"error": {"code": self.code.value, "message": self.message, "definite": self.definite}}
+
+
+# The most characters of a client's input an error message quotes: a request is never echoed at length.
+MAX_SHOWN_CHARS = 100
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message, cut to ``MAX_SHOWN_CHARS`` characters and its length named."""
+    if len(text) <= MAX_SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:MAX_SHOWN_CHARS]!r}... ({len(text)} characters)"

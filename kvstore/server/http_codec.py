@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from kvstore.errors import ErrorCode, KvError
+from kvstore.errors import MAX_SHOWN_CHARS, ErrorCode, KvError, shown
 from kvstore.messages import Failure
 from kvstore.validation import decode_base64
 
@@ -40,6 +40,9 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Deepest structured document accepted; the documents of the API nest four levels at most.
 MAX_DOCUMENT_DEPTH_LEVELS = 32
 _TOO_DEEP_MESSAGE = f"body nests deeper than {MAX_DOCUMENT_DEPTH_LEVELS} levels"
+
+# An error names at most this many unknown fields of a body.
+_FIELDS_NAMED = 5
 
 # Structured bodies (CAS, batch) hold up to two values at the limit, base64-encoded, plus this much.
 _STRUCTURED_OVERHEAD_BYTES = 1 << 20
@@ -72,7 +75,8 @@ def _content_coding(request: web.BaseRequest) -> str | None:
     if len(codings) == 1 and codings[0] in _ZLIB_WBITS:
         return codings[0]
     raise KvError(
-        ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {header!r} is not supported; use gzip, deflate or identity"
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Encoding {shown(header)} is not supported; use gzip, deflate or identity",
     )
 
 
@@ -154,12 +158,37 @@ def is_msgpack_body(request: web.BaseRequest) -> bool:
         return False
     if media_type in _MSGPACK_TYPES:
         return True
-    raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"expected {JSON_TYPE} or {MSGPACK_TYPE}, got {media_type!r}")
+    raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"expected {JSON_TYPE} or {MSGPACK_TYPE}, got {shown(media_type)}")
 
 
 def wants_msgpack(request: web.BaseRequest) -> bool:
+    """True when Accept lists a msgpack type (any case) with a nonzero q no lower than application/json's."""
     accept = request.headers.get("Accept")
-    return accept is not None and any(t in accept for t in _MSGPACK_TYPES)
+    if accept is None or "msgpack" not in accept.lower():
+        return False
+    msgpack_q = json_q = 0.0
+    for media_range in accept.split(","):
+        media_type, _, params = media_range.partition(";")
+        media_type = media_type.strip().lower()
+        if media_type in _MSGPACK_TYPES:
+            msgpack_q = max(msgpack_q, _quality(params))
+        elif media_type == JSON_TYPE:
+            json_q = max(json_q, _quality(params))
+    return msgpack_q > 0 and msgpack_q >= json_q
+
+
+def _quality(params: str) -> float:
+    """The q parameter of a media range (RFC 9110 12.4.2): 1 when absent, 0 when it is not a weight."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                return 0.0
+            # NaN fails both comparisons and so counts as 0, like any weight outside [0, 1].
+            return q if 0.0 <= q <= 1.0 else 0.0
+    return 1.0
 
 
 async def read_document(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> tuple[dict[str, Any], bool]:
@@ -168,12 +197,12 @@ async def read_document(request: web.BaseRequest, limit_bytes: int, timeout_s: f
     body = await read_body(request, limit_bytes, timeout_s)
     try:
         if as_msgpack:
-            doc = msgpack.unpackb(body, raw=False)
+            doc = msgpack.unpackb(body, raw=False, object_pairs_hook=_unique_fields)
         else:
             _check_json_nesting(body)
             # JSON must be UTF-8 (RFC 8259), as the nesting check read it; given bytes, json.loads would
             # also take UTF-16 or UTF-32, whose bytes the check cannot read. A leading BOM is ignored.
-            doc = json.loads(body.removeprefix(codecs.BOM_UTF8).decode())
+            doc = json.loads(body.removeprefix(codecs.BOM_UTF8).decode(), object_pairs_hook=_unique_fields)
     except msgpack.StackError as exc:
         raise KvError(ErrorCode.BAD_REQUEST, _TOO_DEEP_MESSAGE) from exc
     except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
@@ -184,6 +213,19 @@ async def read_document(request: web.BaseRequest, limit_bytes: int, timeout_s: f
     if as_msgpack and not _msgpack_nests_within(doc, MAX_DOCUMENT_DEPTH_LEVELS):
         raise KvError(ErrorCode.BAD_REQUEST, _TOO_DEEP_MESSAGE)
     return doc, as_msgpack
+
+
+def _unique_fields(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """An object whose field names are distinct: with a name given twice, the parsers would silently keep
+    the last value, which another reader of the same body (a proxy, an audit log) may not."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[Any] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"field {shown(str(name))} is given twice")
+            seen.add(name)
+    return doc
 
 
 # Delete sets for bytes.translate: all but what the JSON nesting check reads. With escapes in the body
@@ -241,7 +283,10 @@ def check_fields(doc: dict[str, Any], required: tuple[str, ...], optional: tuple
         raise KvError(ErrorCode.BAD_REQUEST, f"{where}: missing field(s) {', '.join(missing)}")
     unknown = sorted(str(f) for f in doc if f not in required and f not in optional)
     if unknown:
-        raise KvError(ErrorCode.BAD_REQUEST, f"{where}: unknown field(s) {', '.join(unknown)}")
+        # Named in short: the names are the client's bytes, and a body can hold megabytes of them.
+        names = ", ".join(name if len(name) <= MAX_SHOWN_CHARS else shown(name) for name in unknown[:_FIELDS_NAMED])
+        more = f" and {len(unknown) - _FIELDS_NAMED} more" if len(unknown) > _FIELDS_NAMED else ""
+        raise KvError(ErrorCode.BAD_REQUEST, f"{where}: unknown field(s) {names}{more}")
 
 
 def encoded_response(doc: object, as_msgpack: bool, status: int = 200) -> web.Response:

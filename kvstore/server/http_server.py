@@ -57,6 +57,7 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.server.http_codec import error_response
 from kvstore.server.metrics import NodeMetrics
 from kvstore.server.peer import PEER_PATH
+from kvstore.server.router import target_path
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +459,7 @@ class EdgeConnection(RequestHandler):
         return answered
 
     async def _serve_reserved(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.raw_path.partition("?")[0]
+        path = target_path(request)
         if path not in RESERVED_PATHS:
             return self._edge.refuse_request(self.peername, self._fd)
         response = await self._edge.request_handler(request)

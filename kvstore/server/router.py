@@ -81,7 +81,7 @@ class Router:
         label = UNMATCHED_ROUTE
         allowed = ""
         try:
-            table, raw_param = self._match(request.raw_path.partition("?")[0])
+            table, raw_param = self._match(target_path(request))
             route = table.get(request.method)
             if route is None:
                 allowed = ", ".join(sorted(table))
@@ -118,6 +118,23 @@ class Router:
                 return table, raw_path[len(prefix) :]
         shown = raw_path if len(raw_path) <= _MAX_PATH_SHOWN else raw_path[:_MAX_PATH_SHOWN] + "..."
         raise KvError(ErrorCode.NOT_FOUND, f"no route for {shown}")
+
+
+def target_path(request: web.BaseRequest) -> str:
+    """The path of the request target as sent (percent-encoded), without its query.
+
+    An absolute-form target (``GET http://host:port/kv/a``) names the same path after its authority, and a
+    server must accept one (RFC 9112 3.2.2); aiohttp hands it over whole.
+    """
+    target = request.raw_path
+    if not target.startswith("/"):
+        _, scheme_end, rest = target.partition("://")
+        if scheme_end:
+            ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+            target = rest[min(ends) :] if ends else ""
+            if not target.startswith("/"):
+                target = "/" + target
+    return target.partition("?")[0]
 
 
 def _decode_param(raw: str) -> str:

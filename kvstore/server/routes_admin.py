@@ -41,8 +41,11 @@ class AdminRoutes:
 
     def _authorize(self, request: web.BaseRequest) -> None:
         header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme != "Bearer" or not hmac.compare_digest(token.encode("utf-8", "replace"), self._token):
+        scheme, _, token = header.strip(" ").partition(" ")
+        # The scheme is case-insensitive and may be followed by more than one space (RFC 9110 11.4).
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.lstrip(" ").encode("utf-8", "replace"), self._token
+        ):
             raise KvError(ErrorCode.UNAUTHORIZED, "admin routes need 'Authorization: Bearer <cluster secret>'")
 
     def _current(self) -> dict[str, object]:

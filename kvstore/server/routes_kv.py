@@ -20,7 +20,7 @@ from urllib.parse import unquote_plus
 from aiohttp import web
 
 from kvstore.config import Limits
-from kvstore.errors import ErrorCode, KvError
+from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.messages import (
     BatchGetOp,
     BatchPutOp,
@@ -195,13 +195,13 @@ def _query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]
         name = unquote_plus(raw_name, errors="replace")
         if name not in allowed:
             known = ", ".join(allowed) if allowed else "none"
-            raise KvError(ErrorCode.BAD_REQUEST, f"unknown query parameter {name!r} (known: {known})")
+            raise KvError(ErrorCode.BAD_REQUEST, f"unknown query parameter {shown(name)} (known: {known})")
         if name in params:
-            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is given twice")
+            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {shown(name)} is given twice")
         try:
             params[name] = unquote_plus(raw_value, errors="strict")
         except UnicodeDecodeError as exc:
-            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is not percent-encoded UTF-8") from exc
+            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {shown(name)} is not percent-encoded UTF-8") from exc
     return params
 
 

@@ -3,7 +3,8 @@
 Binds the host and port the config gives the node (``--host`` overrides the host, for example
 0.0.0.0), prints ``kvstore node <id> listening on http://host:port`` once it serves, and on SIGTERM or
 SIGINT stops gracefully: open requests are answered, storage is synced and closed. A failed storage
-sync stops the node with exit status 1.
+sync stops the node with exit status 1, and so does storage that refuses to open (damaged or locked),
+after printing why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uvloop
 from kvstore.config import ClusterConfig, ConfigError
 from kvstore.server.app import NodeServer
 from kvstore.storage.factory import open_storage
+from kvstore.storage.sqlite import StorageError
 
 log = logging.getLogger("kvstore.server")
 
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         run_node(args.config, args.node, args.host)
     except ConfigError as exc:
         sys.exit(f"kvstore node: {exc}")
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
+        # A storage that refuses to open (damaged, locked) names its file and the problem: print that, exit 1.
         sys.exit(f"kvstore node {args.node}: {exc}")
 
 

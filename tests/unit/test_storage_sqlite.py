@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvstore.config import StorageConfig, local_cluster
+from kvstore.storage import sqlite as sqlite_engine
 from kvstore.storage.base import Record, Storage
 from kvstore.storage.factory import open_storage
 from kvstore.storage.memory import MemoryStorage
@@ -168,7 +170,9 @@ def test_jobs_must_run_in_order(db: Path) -> None:
     assert [k for _, k, _ in SqliteStorage(db).items()] == ["a", "b"]
 
 
-def test_torn_last_transaction_is_discarded(tmp_path: Path, db: Path) -> None:
+def test_torn_last_transaction_is_discarded_with_a_warning(
+    tmp_path: Path, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     s = SqliteStorage(db)
     states = []
     for batch in range(4):
@@ -183,7 +187,95 @@ def test_torn_last_transaction_is_discarded(tmp_path: Path, db: Path) -> None:
     torn = wal.read_bytes()
     Path(f"{copy}-wal").write_bytes(torn[:-100])  # the last commit frame is cut short
     s.close()
-    assert contents(SqliteStorage(copy)) == states[-2]
+    with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
+        assert contents(SqliteStorage(copy)) == states[-2]
+    [warning] = caplog.records
+    assert warning.getMessage().startswith(f"{copy}-wal: recovered up to the last intact commit")
+    assert warning.getMessage().endswith("it ends in a torn or cut write")
+
+
+def test_the_wal_is_checkpointed_just_before_a_commit(
+    tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_engine, "CHECKPOINT_WAL_BYTES", 32 << 10)
+    s = SqliteStorage(db)
+    wal = Path(f"{db}-wal")
+    states, generations = [contents(s)], set()
+    for i in range(120):
+        s.put(i % 4, f"k{i:03}", bytes([i % 256]) * 1000)
+        s.sync()
+        states.append(contents(s))
+        generations.add(wal.read_bytes()[16:24])  # the salts: new ones each time the WAL restarts
+        # The database file alone never holds the last commit: a checkpoint is always followed by a commit
+        # that restarts the WAL, so the WAL never holds only frames the database file has already.
+        alone = tmp_path / f"alone{i}" / "kv.sqlite3"
+        alone.parent.mkdir()
+        shutil.copy(db, alone)
+        opened = SqliteStorage(alone)
+        assert contents(opened) in states[:-1]
+        opened.close()
+    assert len(generations) >= 5
+    assert wal.stat().st_size < 4 * (32 << 10)
+
+
+# The first schema, as version 1 of this module created it.
+_V1_SCHEMA = (
+    "CREATE TABLE log (lsn INTEGER PRIMARY KEY, kind INTEGER NOT NULL, partition INTEGER, key TEXT NOT NULL,"
+    " value BLOB, expires_at_ms INTEGER)",
+    "CREATE TABLE snapshot (partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
+    " version INTEGER NOT NULL, expires_at_ms INTEGER, PRIMARY KEY (partition, key)) WITHOUT ROWID",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL, lsn INTEGER NOT NULL)",
+    "CREATE TABLE state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+
+
+def test_a_version_1_file_is_migrated_and_then_checksummed(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in _V1_SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO state VALUES ('schema_version', 1), ('snapshot_lsn', 4)")
+        conn.executemany(
+            "INSERT INTO snapshot VALUES (?, ?, ?, ?, ?)",
+            [(0, "a", b"old-a", 1, None), (2, "b", b"bee", 3, 900)],
+        )
+        conn.execute("INSERT INTO meta VALUES ('term', X'37', 4)")  # b"7"
+        conn.executemany(
+            "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (5, 0, 0, "a", b"new-a", None),  # put
+                (6, 1, 2, "b", None, None),  # delete
+                (7, 2, None, "vote", b"n2", None),  # meta
+                (8, 0, 1, "c", b"", 1234),
+            ],
+        )
+    conn.close()
+
+    with caplog.at_level(logging.INFO, logger="kvstore.storage.sqlite"):
+        s = SqliteStorage(db)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{db}: migrated from schema version 1 to 2 (row checksums added)"
+    ]
+    expected: Contents = (
+        [(0, "a", Record(b"new-a", 5)), (1, "c", Record(b"", 8, 1234))],
+        [("term", b"7"), ("vote", b"n2")],
+        8,
+    )
+    assert contents(s) == expected
+    s.put(0, "d", b"after")
+    s.close()
+
+    conn = sqlite3.connect(db)
+    with conn:
+        assert conn.execute("SELECT value FROM state WHERE name = 'schema_version'").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM log WHERE crc = 0").fetchone() == (0,)
+        # The migrated rows have checksums: a value changed behind the storage's back is caught.
+        conn.execute("UPDATE snapshot SET value = X'00' WHERE key = 'a'")
+    conn.close()
+    with pytest.raises(StorageError, match=r"table snapshot: key 'a' in partition 0: checksum mismatch"):
+        SqliteStorage(db)
 
 
 def test_corrupt_file_gets_a_clear_error(db: Path) -> None:

@@ -131,12 +131,16 @@ def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits) -> None:
             raise KvError(ErrorCode.BAD_REQUEST, "a batch needs at least one entry")
         if len(entries) > limits.max_batch_keys:
             raise KvError(ErrorCode.TOO_LARGE, f"a batch holds at most {limits.max_batch_keys} entries")
-        if isinstance(op, BatchGetOp):
-            for key in op.keys:
-                check_key(key, limits)
-        else:
-            for item in op.items:
-                check_op(item, limits)
+        where = "get" if isinstance(op, BatchGetOp) else "put"
+        for index, entry in enumerate(entries):
+            try:
+                if isinstance(entry, PutOp):
+                    check_op(entry, limits)
+                else:
+                    check_key(entry, limits)
+            except KvError as exc:
+                # Name the entry: one bad entry refuses the whole batch, and the user must find it.
+                raise KvError(exc.code, f"{where}[{index}]: {exc.message}") from None
     else:
         raise KvError(ErrorCode.BAD_REQUEST, f"unknown operation {type(op).__name__}")
 

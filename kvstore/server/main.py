@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -23,6 +24,22 @@ from kvstore.storage.factory import open_storage
 from kvstore.storage.sqlite import StorageError
 
 log = logging.getLogger("kvstore.server")
+
+
+# Open-file soft limit asked for when the hard limit is unlimited (Linux refuses RLIM_INFINITY here).
+_OPEN_FILES_WANTED = 1 << 20
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit, as etcd and Go programs do: the common soft
+    default of 1024 would leave a node fewer client connections than its configured bound."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, wanted, exc)
 
 
 def run_node(config_path: str, node_id: str, host_override: str | None = None) -> None:
@@ -62,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="bind this host instead of the config's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_open_files_limit()
     try:
         run_node(args.config, args.node, args.host)
     except ConfigError as exc:

@@ -219,11 +219,11 @@ def limit_cases() -> list[tuple[ClientOp | ScanPartitionsOp, ErrorCode, str]]:
         (ScanPartitionsOp((INT64_MAX,), "", None, 1), ErrorCode.UNAVAILABLE, f"n1 does not hold partition {INT64_MAX}"),
         (BatchGetOp(()), ErrorCode.BAD_REQUEST, "a batch needs at least one entry"),
         (BatchGetOp(("a", "b", "c", "d")), ErrorCode.TOO_LARGE, "a batch holds at most 3 entries"),
-        (BatchGetOp((other, "")), ErrorCode.BAD_KEY, "key must be a non-empty string"),
+        (BatchGetOp((other, "")), ErrorCode.BAD_KEY, "get[1]: key must be a non-empty string"),
         (
             BatchPutOp((PutOp(other, b"v"), PutOp(key, b"v", 0))),
             ErrorCode.BAD_REQUEST,
-            "ttl must be a positive whole number, got 0",
+            "put[1]: ttl must be a positive whole number, got 0",
         ),
     ]
 

@@ -10,9 +10,9 @@ from .support import kvstore, text
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_check_prints_one_object_per_file_and_exits_by_verdict(shared_histories: Path) -> None:
-    good = str(shared_histories / "knossos" / "good" / "memstress3-0.jsonl")
-    bad = str(shared_histories / "knossos" / "bad" / "rethink-fail-minimal.jsonl")
+def test_check_prints_one_object_per_file_and_exits_by_verdict(public_histories: Path) -> None:
+    good = str(public_histories / "knossos" / "good" / "memstress3-0.jsonl")
+    bad = str(public_histories / "knossos" / "bad" / "rethink-fail-minimal.jsonl")
     result = kvstore("check", "--checker", "linearizable", good)
     assert result.returncode == 0, text(result)
     assert json.loads(result.stdout)["valid"] is True

@@ -8,7 +8,6 @@ case-insensitively.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,12 +15,11 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from server_support import one_reply
 
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 from kvstore.server.peer import FROM_HEADER, SIGNATURE_HEADER, sign
 
-# Bounds a wait on a socket so that a broken server fails the test instead of hanging it; never a measure.
-HANG_GUARD_S = 10.0
 JSON = {"Content-Type": "application/json"}
 MSGPACK = {"Content-Type": "application/msgpack"}
 
@@ -40,24 +38,6 @@ def port_of(cluster: InProcessCluster) -> int:
     return int(cluster.url("n1").rpartition(":")[2])
 
 
-async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One request on a new connection: status, headers (lower-case names) and body of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG_GUARD_S)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), HANG_GUARD_S)
-        return int(status_line.split()[1]), headers, body
-    finally:
-        writer.close()
-
-
 async def send(
     http: aiohttp.ClientSession, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
@@ -72,20 +52,24 @@ async def test_an_absolute_form_target_is_served_like_its_path(node: InProcessCl
     # RFC 9112 3.2.2: a server must accept "GET http://host/path"; it answered 404 "no route for http://...".
     port = port_of(node)
     put = f"PUT http://127.0.0.1:{port}/kv/a%2Fb?ttl_ms=60000 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
-    status, _, body = await raw_exchange(port, put.encode())
+    reply = await one_reply(port, put.encode())
+    status, body = reply.status, reply.body
     assert (status, json.loads(body)) == (200, {"key": "a/b", "version": 1})
     get = f"GET http://127.0.0.1:{port}/kv/a/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    status, headers, body = await raw_exchange(port, get.encode())
+    reply = await one_reply(port, get.encode())
+    status, headers, body = reply.status, reply.headers, reply.body
     assert (status, headers["x-kv-version"], body) == (200, "1", b"hi")
     # The authority names nothing the node checks: only the path and query are routed.
     health = b"GET HTTP://elsewhere.example/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    status, _, body = await raw_exchange(port, health)
+    reply = await one_reply(port, health)
+    status, body = reply.status, reply.body
     assert (status, json.loads(body)["status"]) == (200, "ok")
 
 
 async def test_an_absolute_form_target_without_a_path_is_the_root(node: InProcessCluster) -> None:
     request = b"GET http://127.0.0.1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    status, _, body = await raw_exchange(port_of(node), request)
+    reply = await one_reply(port_of(node), request)
+    status, body = reply.status, reply.body
     assert (status, json.loads(body)) == (404, error("not_found", "no route for /"))
 
 

@@ -8,75 +8,25 @@ closed; past the connection bound clients get a definite 503 while peers and hea
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from server_support import HANG_GUARD_S, closed_by_server, exchange, read_reply
 
 from kvstore.config import ClusterConfig, ConfigError, Limits, Timeouts, local_cluster
 from kvstore.server import http_server
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 
-# Bounds a wait on a socket so that a broken server fails the test instead of hanging it; never a measure.
-HANG_GUARD_S = 10.0
 NODE_START_GUARD_S = 30.0
 EDGE_LOGGER = "kvstore.server.http_server"
 SMALL_TIMEOUTS = Timeouts(header_timeout_ms=200, keepalive_idle_timeout_ms=300, body_timeout_ms=200)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    raw: bytes
-
-    def error(self) -> dict[str, object]:
-        doc = json.loads(self.body)
-        assert isinstance(doc, dict)
-        error = doc["error"]
-        assert isinstance(error, dict)
-        return error
-
-
-async def read_reply(reader: asyncio.StreamReader) -> Reply:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG_GUARD_S)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), HANG_GUARD_S)
-    return Reply(int(status_line.split()[1]), headers, body, head + body)
-
-
-async def closed_by_server(reader: asyncio.StreamReader) -> bool:
-    """True once the server closed the connection without sending anything more."""
-    try:
-        rest = await asyncio.wait_for(reader.read(), HANG_GUARD_S)
-    except ConnectionResetError:
-        return True
-    return rest == b""
-
-
-async def exchange(port: int, request: bytes) -> tuple[Reply, bool]:
-    """Send ``request`` on a new connection: the reply, and whether the server closed the connection after it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        reply = await read_reply(reader)
-        return reply, await closed_by_server(reader)
-    finally:
-        writer.close()
 
 
 def get(path: str, *, keep_alive: bool = True) -> bytes:

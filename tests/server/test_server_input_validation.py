@@ -8,46 +8,16 @@ write may have happened. Each case here was probed against a live node; those ma
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 import aiohttp
 import msgpack
 import pytest
+from server_support import FROZEN_MS, FrozenClock, error_of, raw_url
 from yarl import URL
 
-from kvstore.messages import Message
 from kvstore.server.inprocess import InProcessCluster
 from kvstore.server.peer import FROM_HEADER, PEER_PATH, SIGNATURE_HEADER, sign
 from kvstore.validation import MAX_TTL_MS
-
-FROZEN_MS = 4_000_000_000_000
-
-
-class FrozenClock:
-    """Every node's clock reads ``at_ms``, so TTL deadlines are exact numbers."""
-
-    def __init__(self, at_ms: int) -> None:
-        self.at_ms = at_ms
-
-    def on_send(self, now_ms: int, msg: Message) -> Sequence[int]:
-        return (0,)
-
-    def clock_offset_ms(self, node_id: str, now_ms: int) -> int:
-        return self.at_ms - now_ms
-
-
-def raw_url(cluster: InProcessCluster, path: str) -> URL:
-    # encoded=True: the percent-escapes reach the node exactly as written here.
-    return URL(cluster.url("n1") + path, encoded=True)
-
-
-async def error_of(response: aiohttp.ClientResponse) -> dict[str, object]:
-    assert response.headers["Content-Type"] == "application/json"
-    body = await response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "definite"}
-    error: dict[str, object] = body["error"]
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 def stored_keys(cluster: InProcessCluster) -> int:
@@ -115,7 +85,7 @@ QUERY_CASES = [
 async def test_malformed_numbers_and_text_in_the_url_are_a_definite_400(
     cluster: InProcessCluster, http: aiohttp.ClientSession, method: str, path: str, code: str
 ) -> None:
-    async with http.request(method, raw_url(cluster, path), data=b"v") as response:
+    async with http.request(method, raw_url(cluster.url("n1"), path), data=b"v") as response:
         assert response.status == 400
         error = await error_of(response)
     assert (error["code"], error["definite"]) == (code, True)
@@ -199,7 +169,7 @@ async def test_malformed_numbers_and_text_in_a_json_body_are_a_definite_400(
     cluster: InProcessCluster, http: aiohttp.ClientSession, path: str, body: bytes, code: str
 ) -> None:
     headers = {"Content-Type": "application/json"}
-    async with http.post(raw_url(cluster, path), data=body, headers=headers) as response:
+    async with http.post(raw_url(cluster.url("n1"), path), data=body, headers=headers) as response:
         assert response.status == 400
         error = await error_of(response)
     assert (error["code"], error["definite"]) == (code, True)
@@ -226,7 +196,7 @@ async def test_malformed_numbers_and_text_in_a_msgpack_body_are_a_definite_400(
 ) -> None:
     headers = {"Content-Type": "application/msgpack"}
     body = msgpack.packb(doc, use_bin_type=True)
-    async with http.post(raw_url(cluster, path), data=body, headers=headers) as response:
+    async with http.post(raw_url(cluster.url("n1"), path), data=body, headers=headers) as response:
         assert response.status == 400
         error = await error_of(response)
     assert (error["code"], error["definite"]) == (code, True)
@@ -246,7 +216,7 @@ async def test_malformed_numbers_and_text_in_a_msgpack_body_are_a_definite_400(
 async def test_refusals_say_what_is_wrong_without_echoing_a_flood(
     cluster: InProcessCluster, http: aiohttp.ClientSession, path: str, message: str
 ) -> None:
-    async with http.put(raw_url(cluster, path), data=b"v") as response:
+    async with http.put(raw_url(cluster.url("n1"), path), data=b"v") as response:
         assert response.status == 400
         assert (await error_of(response))["message"] == message
 
@@ -255,7 +225,8 @@ async def test_a_huge_ttl_in_a_body_is_not_echoed_digit_for_digit(
     cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
     body = json_body({"expected": None, "new": "v", "ttl_ms": 10**400})
-    async with http.post(raw_url(cluster, CAS), data=body, headers={"Content-Type": "application/json"}) as response:
+    headers = {"Content-Type": "application/json"}
+    async with http.post(raw_url(cluster.url("n1"), CAS), data=body, headers=headers) as response:
         assert response.status == 400
         assert (await error_of(response))["message"] == (
             f"ttl must be at most {MAX_TTL_MS} ms (100 years), got a number of more than 24 digits"
@@ -284,15 +255,15 @@ async def test_well_formed_ttls_at_the_edges_are_accepted_exactly(
     clock = FrozenClock(FROZEN_MS)
     for node_id in cluster.config.node_ids:
         cluster.faults(node_id).install(clock)
-    async with http.put(raw_url(cluster, f"/kv/k?{query}"), data=b"v") as response:
+    async with http.put(raw_url(cluster.url("n1"), f"/kv/k?{query}"), data=b"v") as response:
         assert response.status == 200
-    async with http.get(raw_url(cluster, "/kv/k")) as response:
+    async with http.get(raw_url(cluster.url("n1"), "/kv/k")) as response:
         assert response.headers["X-Kv-Expires-At-Ms"] == str(FROZEN_MS + ttl_ms)
 
 
 async def test_scan_bounds_may_hold_any_valid_text(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:
     for key in ("a\u00e9", "b\U0010ffff", "c"):
-        async with http.put(raw_url(cluster, "/kv/" + URL.build(path=key).raw_path), data=b"v") as response:
+        async with http.put(raw_url(cluster.url("n1"), "/kv/" + URL.build(path=key).raw_path), data=b"v") as response:
             assert response.status == 200
     for query, keys in (
         ("start=%00", ["a\u00e9", "b\U0010ffff", "c"]),
@@ -301,7 +272,7 @@ async def test_scan_bounds_may_hold_any_valid_text(cluster: InProcessCluster, ht
         ("start=a%C3%A9&end=c", ["a\u00e9", "b\U0010ffff"]),
         ("start=a+&limit=2", ["a\u00e9", "b\U0010ffff"]),
     ):
-        async with http.get(raw_url(cluster, f"/scan?{query}")) as response:
+        async with http.get(raw_url(cluster.url("n1"), f"/scan?{query}")) as response:
             assert response.status == 200, query
             assert [item["key"] for item in (await response.json())["items"]] == keys, query
 
@@ -341,11 +312,11 @@ async def test_a_signed_peer_batch_with_mistyped_messages_is_a_400_and_nothing_r
         FROM_HEADER: "n2",
         SIGNATURE_HEADER: sign(cluster.config.secret, body),
     }
-    async with http.post(raw_url(cluster, PEER_PATH), data=body, headers=headers) as response:
+    async with http.post(raw_url(cluster.url("n1"), PEER_PATH), data=body, headers=headers) as response:
         assert response.status == 400
         error = await error_of(response)
     assert (error["code"], error["definite"]) == ("bad_request", True)
     assert cluster.servers["n1"].node.inflight == 0
     assert stored_keys(cluster) == 0
-    async with http.put(raw_url(cluster, "/kv/after?ttl_ms=1000"), data=b"v") as response:
+    async with http.put(raw_url(cluster.url("n1"), "/kv/after?ttl_ms=1000"), data=b"v") as response:
         assert response.status == 200

@@ -3,46 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
 import msgpack
 import pytest
-from yarl import URL
+from server_support import FROZEN_MS, FrozenClock, error_of, raw_url
 
 from kvstore.config import Limits
-from kvstore.messages import Message
 from kvstore.server.inprocess import InProcessCluster, loopback_config
-
-# Ahead of the wall clock: a node judges expiry on the latest time it has seen, so a frozen clock
-# behind the wall clock would not be the time it goes by.
-FROZEN_MS = 4_000_000_000_000
-
-
-class FrozenClock:
-    """Every node's clock reads ``at_ms``: TTL deadlines become exact numbers."""
-
-    def __init__(self, at_ms: int) -> None:
-        self.at_ms = at_ms
-
-    def on_send(self, now_ms: int, msg: Message) -> Sequence[int]:
-        return (0,)
-
-    def clock_offset_ms(self, node_id: str, now_ms: int) -> int:
-        return self.at_ms - now_ms
-
-
-def raw_url(base: str, path: str) -> URL:
-    return URL(base + path, encoded=True)
-
-
-async def error_of(response: aiohttp.ClientResponse) -> dict[str, object]:
-    assert response.headers["Content-Type"] == "application/json"
-    body = await response.json()
-    assert set(body) == {"error"}
-    error: dict[str, object] = body["error"]
-    return error
 
 
 async def test_put_then_get_returns_the_raw_value_and_its_version(
@@ -171,8 +141,17 @@ async def test_ttl_sets_an_expiry_and_the_key_vanishes_after_it(
 
 @pytest.mark.parametrize(
     "query",
-    ["ttl_ms=0", "ttl_ms=-5", "ttl_ms=1.5", "ttl=abc", "ttl=-1", "ttl=inf", "ttl=1&ttl_ms=1000", "color=red",
-     "ttl_ms=1&ttl_ms=2"],
+    [
+        "ttl_ms=0",
+        "ttl_ms=-5",
+        "ttl_ms=1.5",
+        "ttl=abc",
+        "ttl=-1",
+        "ttl=inf",
+        "ttl=1&ttl_ms=1000",
+        "color=red",
+        "ttl_ms=1&ttl_ms=2",
+    ],
 )
 async def test_bad_query_parameters_are_refused(
     cluster: InProcessCluster, http: aiohttp.ClientSession, query: str

@@ -204,6 +204,11 @@ class SqliteJournal:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_LOCK_WAIT_S)
             try:
                 self._open_schema("OFF" if fsync == "never" else "FULL")
+                if scan.dropped_bytes:
+                    # The loss is accepted and reported once: fold the intact log into the database file and
+                    # empty the WAL, so the dropped tail is not found and reported again at every start.
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    self._wal_bytes = 0
             except BaseException:
                 self._conn.close()
                 raise

@@ -21,7 +21,9 @@ hides later transactions that were committed whole, and ``scan_wal`` tells those
   So neither a flipped salt byte nor a zeroed frame header passes for a stale frame.
 
 A commit frame of the current generation after the stop that continues the chain is a committed
-transaction SQLite would drop. A damaged or torn commit frame is not counted: a crash between writing
+transaction SQLite would drop; so is one whose predecessor's header is gone (wrong salts, page number
+0), since nothing is left to check its chain against and a crash never leaves an intact frame behind a
+damaged one. A damaged or torn commit frame is not counted: a crash between writing
 a frame's header and its page leaves exactly that, so damage confined to the last transaction cannot be
 told from a crash during it.
 """
@@ -119,6 +121,11 @@ def scan_wal_bytes(data: bytes) -> WalScan:
             n > 1 and checksum(n, checksum(n - 1, stored_before(n - 1))) == stored
         )
 
+    def unreadable_header(n: int) -> bool:
+        """Whether frame ``n``'s header lost what chains the next frame to it: its salts or page number."""
+        page, _, f_salts, _ = frame(n)
+        return f_salts != salts or page == 0
+
     def looks_stale(page: int, f_salts: tuple[int, int]) -> bool:
         """Whether a frame can be a leftover of an older generation: salt-1 counts restarts, so it differs
         from the header's, and salt-2 is random, so it differs too, and neither is zero but once in 2**32.
@@ -155,7 +162,7 @@ def scan_wal_bytes(data: bytes) -> WalScan:
             page, commit, f_salts, _ = frame(n)
             if f_salts == salts:
                 current = True
-                lost_commits += bool(commit and page and continues(n))
+                lost_commits += bool(commit and page and (continues(n) or (n > stop and unreadable_header(n - 1))))
             else:
                 chained = previous_current and page != 0 and continues(n)
                 current = chained or not looks_stale(page, f_salts)

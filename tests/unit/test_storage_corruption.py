@@ -335,6 +335,49 @@ def test_a_wal_cut_inside_a_frame_recovers_the_commits_before_it_and_warns(
     )
 
 
+@pytest.mark.parametrize("length", [FRAME_HEADER_BYTES, 512])
+def test_a_lost_frame_header_before_the_last_commit_is_refused(
+    tmp_path: Path, golden: Golden, caplog: pytest.LogCaptureFixture, length: int
+) -> None:
+    # The frame before the last commit frame loses its header (a zeroed sector): nothing is left to check
+    # the last commit's chain against, yet that commit is intact, and SQLite would drop it in silence.
+    last = golden.commit_frames[-1]
+    outcome = reopen(tmp_path, golden, golden.db, zero(golden.wal, frame_start(last - 1), length), caplog)
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"{WAL}: frame {last - 1} is damaged (salt mismatch)"), outcome.error
+
+
+def test_a_recovered_tail_is_reported_once_not_at_every_start(
+    tmp_path: Path, golden: Golden, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A torn tail is dropped, with a warning. The node then writes once and
+    # is killed (its files copied while open). The next start must find nothing more to report: the frames
+    # the recovery dropped must not still be lying behind the new commit.
+    *_, before_last, _ = golden.commit_frames
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / DB).write_bytes(golden.db)
+    # A long torn tail: five copies of a frame, carrying the current salts, that do not continue the chain.
+    intact = golden.wal[: frame_start(before_last + 1)]
+    (first / WAL).write_bytes(intact + 5 * golden.wal[frame_start(before_last) : frame_start(before_last + 1)])
+    with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
+        storage = SqliteStorage(first / DB, fsync="never", compact_after_writes=COMPACT_AFTER)
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    storage.put(0, "after", b"v")
+    storage.sync()
+    (second / DB).write_bytes((first / DB).read_bytes())
+    (second / WAL).write_bytes((first / WAL).read_bytes())
+    expected = contents(storage)
+    storage.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
+        restarted = SqliteStorage(second / DB, fsync="never", compact_after_writes=COMPACT_AFTER)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert contents(restarted) == expected
+    restarted.close()
+
+
 def test_a_wal_cut_right_after_a_commit_frame_cannot_be_told_from_a_crash(
     tmp_path: Path, golden: Golden, caplog: pytest.LogCaptureFixture
 ) -> None:

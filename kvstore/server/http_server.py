@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 LOG_WINDOW_S = 10.0
 LOG_LINES_PER_WINDOW = 10
+# aiohttp's default is 10 s: a client trickling a body it was already refused for would hold the connection.
+LINGER_S = 2.0
 # Fds never given to inbound connections: storage files, logs, the event loop; plus one per peer for
 # outbound peer sockets.
 FD_RESERVE = 64
@@ -201,6 +203,9 @@ class EdgeServer(web.Server):
             max_headers=limits.max_headers,
             # Bodies reach the routes as sent: gzip and deflate are inflated by kvstore's own bounded code.
             auto_decompress=False,
+            # After an answer given before the whole body came (413, or 408 for a body too slow), aiohttp
+            # reads and discards the rest for this long so the client sees the answer, then closes.
+            lingering_time=LINGER_S,
         )
         self.metrics = metrics
         self.header_timeout_ms = timeouts.header_timeout_ms
@@ -447,16 +452,6 @@ class EdgeConnection(RequestHandler):
         response = error_response(error)
         response.force_close()
         return response
-
-    async def finish_response(
-        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        answered = await super().finish_response(request, resp, start_time)
-        if resp.status == HTTPStatus.REQUEST_TIMEOUT:
-            # A body too slow to finish (kvstore.server.http_codec): close once answered (the transport
-            # flushes the answer first), rather than linger reading the rest from the same slow client.
-            self.force_close()
-        return answered
 
     async def _serve_reserved(self, request: web.BaseRequest) -> web.StreamResponse:
         path = target_path(request)

@@ -81,7 +81,10 @@ class Router:
         label = UNMATCHED_ROUTE
         allowed = ""
         try:
-            table, raw_param = self._match(target_path(request))
+            raw_path = request.raw_path
+            # Origin-form ("/kv/a?x") inline, as nearly every request is; absolute-form through target_path.
+            path = raw_path.partition("?")[0] if raw_path[:1] == "/" else target_path(request)
+            table, raw_param = self._match(path)
             route = table.get(request.method)
             if route is None:
                 allowed = ", ".join(sorted(table))

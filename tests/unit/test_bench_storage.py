@@ -1,0 +1,63 @@
+"""bench/storage.py's measurements on tiny sizes: every figure is there and positive (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "storage.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_storage", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive_numbers(value: Any, where: str = "report") -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _positive_numbers(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _positive_numbers(item, f"{where}[{i}]")
+    else:
+        assert isinstance(value, int | float) and value > 0, f"{where} = {value!r}"
+
+
+def test_quick_core_functions_report_every_figure(bench: ModuleType, tmp_path: Path) -> None:
+    sizes = bench.Sizes(
+        raw_fsyncs=5,
+        durable_writes={1: 5, 100: 200},
+        cpu_writes={1: 20, 100: 200},
+        checksum_rows=50,
+        recovery_keys=300,
+        recovery_log_rows=30,
+    )
+    values = bench.make_values(16)
+    recovery_file = bench.build_recovery_file(tmp_path, sizes.recovery_keys, sizes.recovery_log_rows, values)
+    runs = [bench.run_once(tmp_path, sizes, run, values, recovery_file) for run in range(2)]
+    summary = bench.summarize(runs)
+
+    assert set(summary) == {"durable", "cpu", "recovery"}
+    durable, cpu, recovery = summary["durable"], summary["cpu"], summary["recovery"]
+    assert set(durable) == {"raw_fsyncs_per_s", "runs_raw_fsyncs_per_s", "group_1", "group_100"}
+    assert set(cpu) == {"checksum_us_per_row", "group_1", "group_100"}
+    for group in ("group_1", "group_100"):
+        for section in (durable, cpu):
+            assert {"storage_writes_per_s", "raw_sqlite_rows_per_s", "storage_over_raw_sqlite"} <= set(section[group])
+            assert len(section[group]["storage_over_raw_sqlite"]["runs_ratio"]) == 2
+        assert "syncs_over_raw_fsync" in durable[group]
+    assert {"open_s", "plain_read_s", "quick_check_s", "open_over_plain_read"} <= set(recovery)
+    _positive_numbers(summary)
+    # Only the recovery file is left behind: every measurement removes its own database.
+    assert [p.name for p in tmp_path.iterdir()] == ["recovery"]

@@ -1,6 +1,7 @@
-"""`kvstore check` and `kvstore chaos run`: the chaos layer's command-line entry points.
+"""`kvstore check`, `kvstore chaos run` and `kvstore sim`: the chaos layer's command-line entry points.
 
-Exit codes, for both: 0 all valid; 1 any invalid; 2 bad input, or (with nothing invalid) any unknown.
+Exit codes, for the first two: 0 all valid; 1 any invalid; 2 bad input, or (with nothing invalid) any
+unknown. `kvstore sim` exits 1 only for a history found invalid under ``fsync = "always"``, or a broken run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 from chaos import scenario as scenario_file
 from chaos.checkers import counter, linearizable, lost_writes, sets
 from chaos.history import HistoryError, load
+from chaos.nemesis import NemesisConfig
 from chaos.report import write_report
+from chaos.scenario import ClusterSpec, Scenario, WorkloadSpec
+from kvstore.config import FSYNC_POLICIES
+from kvstore.sim.events import SimulationError
 
 if TYPE_CHECKING:
     from chaos.run_sim import RunResult
@@ -159,3 +164,93 @@ def run_chaos(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = 
     print(f"{scenario.name}: {len(seeds)} seed(s) in {time.monotonic() - started:.1f} s: {valid} valid, "
           f"{invalid} invalid, {len(seeds) - valid - invalid} unknown", file=out)
     return exit_code(verdicts)
+
+
+# ---------------------------------------------------------------- kvstore sim
+
+# Virtual time the workload's ops must finish in: time is virtual, so getting stuck is a bug, not a slow machine.
+SIM_RUN_LIMIT_MS = 3_600_000
+SIM_KEYS = 16
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, required=True, help="the seed that decides the whole run")
+    parser.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
+    parser.add_argument("--ops", type=int, default=1000, help="client operations to run (default 1000)")
+    parser.add_argument("--crashes", action="store_true", help="crash and restart random nodes during the run")
+    parser.add_argument("--fsync", choices=FSYNC_POLICIES, default="always", help="storage fsync policy")
+
+
+def sim_scenario(nodes: int, ops: int, crashes: bool = False, fsync: str = "always") -> Scenario:
+    """What `kvstore sim` runs: a register workload of ``ops`` ops, with a crash every 600 ms if ``crashes``."""
+    return Scenario(
+        name="kvstore-sim",
+        duration_ms=SIM_RUN_LIMIT_MS,
+        quiet_ms=500,
+        cluster=ClusterSpec(nodes=nodes, fsync=fsync),
+        workload=WorkloadSpec(concurrency=5, think_ms=10, options={"keys": SIM_KEYS}, ops=ops),
+        nemesis=NemesisConfig(faults=("crash",) if crashes else (), interval_ms=300, start_after_ms=100),
+    )
+
+
+def sim_replay_command(seed: int, nodes: int, ops: int, crashes: bool = False, fsync: str = "always") -> str:
+    command = f"kvstore sim --seed {seed} --nodes {nodes} --ops {ops}"
+    if crashes:
+        command += " --crashes"
+    if fsync != "always":
+        command += f" --fsync {fsync}"
+    return command
+
+
+def format_sim_summary(result: RunResult) -> str:
+    """The run in a few lines, the same for the same seed and options, ending with ``trace-hash: <hex>``."""
+    s, stats = result.scenario, result.stats
+    counts: dict[str, dict[str, int]] = {}
+    for key, n in stats["outcomes"].items():
+        f, kind = key.split(":")
+        counts.setdefault(f, {})[kind] = n
+    lines = [
+        f"kvstore sim: seed={result.seed} nodes={s.cluster.nodes} ops={s.workload.ops} fsync={s.cluster.fsync} "
+        f"crashes={'yes' if s.nemesis.faults else 'no'}",
+        f"virtual time: {stats['virtual_ms']} ms; events: {stats['events']}",
+        f"messages delivered: {stats['messages_delivered']}; syncs: {stats['syncs']}; "
+        f"node crashes: {stats['crashes']}",
+        f"ops: {stats['ops']}, the last {stats['ops'] - s.workload.ops} of them the final reads of every key",
+        f"{'op':<6} {'ok':>6} {'fail':>6} {'info':>6}",
+    ]
+    lines.extend(f"{f:<6} {c.get('ok', 0):>6} {c.get('fail', 0):>6} {c.get('info', 0):>6}"
+                 for f, c in sorted(counts.items()))
+    for name, verdict in result.checkers.items():
+        line = f"{name}: {verdict_label(verdict.get('valid')).lower()}"
+        if name == "lost-writes":
+            line += f", {verdict['lost_count']} of {verdict['acknowledged_writes']} acknowledged writes lost"
+        lines.append(line)
+        lines.extend(f"  {lost['key']}: acknowledged {lost['write']['f']} {lost['write']['value']} lost; "
+                     f"{_seen_by(lost['by'])} saw {lost['seen_instead']}" for lost in verdict.get("lost", [])[:10])
+    lines.append(f"trace-hash: {stats['trace_hash']}")
+    return "\n".join(lines)
+
+
+def _seen_by(by: str | dict[str, Any]) -> str:
+    return f"the {by}" if isinstance(by, str) else f"a read at {by['time']} ms"
+
+
+def run_sim_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`kvstore sim`: one seeded run through the chaos simulator runner, judged by the register checkers.
+
+    ``out`` and ``err`` default to the streams of the moment (a test may have swapped them).
+    """
+    from chaos.run_sim import run_in_sim
+
+    out, err = out or sys.stdout, err or sys.stderr
+    replay = sim_replay_command(args.seed, args.nodes, args.ops, args.crashes, args.fsync)
+    try:
+        result = run_in_sim(sim_scenario(args.nodes, args.ops, args.crashes, args.fsync), args.seed)
+    except SimulationError as exc:
+        print(f"kvstore sim: {exc}\nseed={args.seed}; replay with: {replay}", file=err)
+        return EXIT_INVALID
+    print(format_sim_summary(result), file=out)
+    if result.valid is False and args.fsync == "always":
+        print(f"seed={args.seed}: the history is not valid under fsync=always; replay with: {replay}", file=err)
+        return EXIT_INVALID
+    return EXIT_VALID

@@ -2,8 +2,9 @@
 
 Each client process is pinned to one node (process ``p`` talks to node ``p mod n``), runs one op at a
 time and records it; an op without an answer after ``client_timeout_ms`` is recorded as ``info`` and its
-process moves on under a new id, as Jepsen's do. After ``duration_ms`` no new ops start, every fault is
-healed, the cluster gets ``quiet_ms`` of calm, and the workload's final reads run one by one.
+process moves on under a new id, as Jepsen's do. After ``duration_ms`` no new ops start (or, when the
+workload sets ``ops``, once that many have finished: the run must get there within ``duration_ms``), every
+fault is healed, the cluster gets ``quiet_ms`` of calm, and the workload's final reads run one by one.
 """
 
 from __future__ import annotations
@@ -143,18 +144,27 @@ class _SimRunner:
         self.clients = [_Client(i, i, nodes[i % len(nodes)]) for i in range(concurrency)]
         self.next_process = concurrency
         self.final_pending = 0
+        # Workload ops started and finished (final reads not included).
+        self.started = 0
+        self.finished = 0
 
     def run(self) -> RunResult:
         s = self.scenario
         for action in self.schedule:
-            self.cluster.schedule(action.at_ms, lambda a=action: self.nemesis.apply(a))  # type: ignore[misc]
+            self.cluster.schedule(action.at_ms, lambda a=action: self._apply(a))  # type: ignore[misc]
         for client in self.clients:
             self.cluster.schedule(self.client_rng.randint(0, max(s.workload.think_ms, 1)),
                                   lambda c=client: self._start(c))  # type: ignore[misc]
-        self.cluster.run_until(s.duration_ms)
+        if s.workload.ops:
+            self.cluster.run_until_true(lambda: self.finished == s.workload.ops, s.duration_ms,
+                                        f"done with the workload's {s.workload.ops} ops")
+            ended_ms = self.cluster.now_ms
+        else:
+            self.cluster.run_until(s.duration_ms)
+            ended_ms = s.duration_ms
         self.accepting = False
         # Let ops in progress finish or time out, then heal everything and let the cluster settle.
-        self.cluster.run_until(s.duration_ms + s.workload.client_timeout_ms)
+        self.cluster.run_until(ended_ms + s.workload.client_timeout_ms)
         self.nemesis.heal_all()
         self.cluster.run_for(s.quiet_ms)
         self._final_reads()
@@ -168,11 +178,17 @@ class _SimRunner:
         return RunResult(s, self.seed, "sim", history, self.nemesis.periods, checkers, self._stats(history),
                          describe_schedule(self.schedule))
 
+    def _apply(self, action: FaultAction) -> None:
+        # A workload that ran its ops before the schedule ended leaves the rest of the schedule undone.
+        if self.accepting:
+            self.nemesis.apply(action)
+
     # ------------------------------------------------------------ client processes
 
     def _start(self, client: _Client) -> None:
-        if not self.accepting:
+        if not self.accepting or (self.scenario.workload.ops and self.started == self.scenario.workload.ops):
             return
+        self.started += 1
         op = self.workload.next_op(self.workload_rng)
         self._run_op(client, op)
 
@@ -212,6 +228,7 @@ class _SimRunner:
         if client.index < 0:
             self.final_pending -= 1
             return
+        self.finished += 1
         # At least 1 ms: an op that fails at once (its node is down) must not spin at one instant.
         think = max(1, self.client_rng.randint(0, self.scenario.workload.think_ms))
         self.cluster.schedule(self.cluster.now_ms + think, lambda: self._start(client))

@@ -19,6 +19,7 @@ concurrency = 5             # client processes
 think_ms = 20               # a process waits 0..think_ms between ops
 client_timeout_ms = 3000    # an op without an answer by then is recorded as info
 options = { keys = 5 }      # passed to the workload
+ops = 0                     # stop after this many ops (they must finish within duration_ms); 0: no limit
 
 [nemesis]
 faults = ["crash"]          # see chaos.nemesis.FAULT_KINDS
@@ -65,6 +66,7 @@ class WorkloadSpec:
     think_ms: int = 20
     client_timeout_ms: int = 3000
     options: dict[str, Any] = field(default_factory=dict)
+    ops: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ def _validate(s: Scenario, source: str) -> None:
         problems.append(f"[workload] kind must be one of {', '.join(WORKLOAD_KINDS)}")
     if s.workload.concurrency < 1 or s.workload.think_ms < 0 or s.workload.client_timeout_ms < 1:
         problems.append("[workload] concurrency and client_timeout_ms must be positive, think_ms not negative")
+    if s.workload.ops < 0:
+        problems.append("[workload] ops must not be negative")
     if s.duration_ms < 1 or s.quiet_ms < 0:
         problems.append("duration_ms must be positive and quiet_ms not negative")
     bad = [n for n in s.checkers.names if n not in CHECKER_NAMES]

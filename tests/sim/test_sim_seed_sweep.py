@@ -1,14 +1,13 @@
-"""Seed sweeps: many seeded runs with crashes (and message faults), checking that no acknowledged write is lost."""
+"""Seed sweeps of `kvstore sim` runs: many seeded runs with crashes (and message faults), judged by the checkers."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
-from kvstore.messages import Message
-from kvstore.sim.runner import replay_command, simulate
+from chaos.commands import sim_replay_command, sim_scenario
+from chaos.run_sim import run_in_sim
 
 OPS = 300
 
@@ -21,48 +20,32 @@ def nodes_for(seed: int) -> int:
 @pytest.mark.parametrize("seed", range(1, 31))
 def test_fsync_always_loses_no_acknowledged_write_under_crashes(seed: int) -> None:
     nodes = nodes_for(seed)
-    summary = simulate(seed, nodes, OPS, crashes=True).summary
-    assert summary.lost_writes == (), (
-        f"seed={seed}: acknowledged writes lost: {list(summary.lost_writes)}; "
-        f"replay with: {replay_command(seed, nodes, OPS, crashes=True)}"
+    result = run_in_sim(sim_scenario(nodes, OPS, crashes=True), seed)
+    assert result.valid is True, (
+        f"seed={seed}: {result.checkers}; replay with: {sim_replay_command(seed, nodes, OPS, crashes=True)}"
     )
-    assert sum(sum(counts.values()) for counts in summary.outcomes.values()) == OPS
-
-
-class RandomFaults:
-    """Seeded drops, duplicates and delays of peer messages."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    def on_send(self, now_ms: int, msg: Message) -> Sequence[int]:
-        roll = self.rng.random()
-        if roll < 0.05:
-            return ()
-        if roll < 0.20:
-            return (0, self.rng.randint(0, 50))
-        return (self.rng.randint(0, 10),)
-
-    def clock_offset_ms(self, node_id: str, now_ms: int) -> int:
-        return 0
+    assert result.checkers["lost-writes"]["acknowledged_writes"] > 0
 
 
 @pytest.mark.parametrize("seed", range(1, 11))
 def test_message_faults_and_crashes_lose_no_acknowledged_write(seed: int) -> None:
-    run = simulate(seed, 3, OPS, crashes=True, fault_policy=RandomFaults(seed))
-    assert run.summary.lost_writes == (), f"seed={seed}: {list(run.summary.lost_writes)} (with RandomFaults({seed}))"
-    outcomes = {code for counts in run.summary.outcomes.values() for code in counts}
-    assert "timeout" in outcomes  # the faults did bite
+    scenario = sim_scenario(3, OPS, crashes=True)
+    faults = ("crash", "drop", "duplicate", "delay", "partition-halves")
+    scenario = replace(scenario, nemesis=replace(scenario.nemesis, faults=faults))
+    result = run_in_sim(scenario, seed)
+    assert result.valid is True, f"seed={seed}: {result.checkers} (faults {faults})"
+    assert any(period.kind != "crash" for period in result.periods)  # the message faults did strike
 
 
 def test_fsync_never_loses_acknowledged_writes_in_a_crash() -> None:
-    # Found by running seeds 1.. with fsync=never: seed 1 crashes a node holding acknowledged, unsynced writes.
-    summary = simulate(1, 3, 200, crashes=True, fsync="never").summary
-    assert summary.stats.crashes > 0 and summary.stats.syncs == 0
-    assert len(summary.lost_writes) > 0, replay_command(1, 3, 200, crashes=True, fsync="never")
+    result = run_in_sim(sim_scenario(3, 400, crashes=True, fsync="never"), 1)
+    assert result.stats["crashes"] > 0 and result.stats["syncs"] == 0
+    assert result.checkers["lost-writes"]["lost_count"] > 0, sim_replay_command(1, 3, 400, True, "never")
+    assert result.valid is False
 
 
 def test_fsync_batch_can_lose_the_last_interval() -> None:
-    summary = simulate(1, 3, 200, crashes=True, fsync="batch").summary
-    assert summary.stats.syncs > 0
-    assert 0 < len(summary.lost_writes) < summary.acknowledged_writes
+    result = run_in_sim(sim_scenario(3, 400, crashes=True, fsync="batch"), 1)
+    lost = result.checkers["lost-writes"]
+    assert result.stats["syncs"] > 0
+    assert 0 < lost["lost_count"] < lost["acknowledged_writes"]

@@ -10,6 +10,8 @@ PROTOCOL_PACKAGES = ("replication", "partitioning", "transactions")
 # kvstore modules that make up the node core: driven by both drivers, so they may do no IO of their own.
 CORE_MODULES = (
     "kvstore/node.py",
+    "kvstore/forwarding.py",
+    "kvstore/gather.py",
     "kvstore/replica.py",
     "kvstore/messages.py",
     "kvstore/effects.py",

@@ -1,0 +1,116 @@
+"""Gather: a scan or a batch split into one part per owner, and the parts' answers joined into one result.
+
+A scan asks every owner for its partitions' pages and merges them in key order; a batch sends each owner
+the entries of its keys and puts each answer back in its entry's place. The node runs the parts (locally
+or forwarded) and hands each part's answer to ``GatherPart.add``; the last one yields the joined result
+for ``Gather.target``. A gather does not care whom it answers: the target is whatever the node gives it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kvstore.messages import (
+    BatchGetOp,
+    BatchPutOp,
+    BatchResults,
+    Deleted,
+    Failure,
+    Found,
+    GetOp,
+    KeyOp,
+    Result,
+    ScanItem,
+    ScanOp,
+    ScanPage,
+    ScanPartitionsOp,
+    Written,
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Gather(Generic[T]):
+    target: T
+    remaining: int
+    # A batch gathers one result per entry; a scan gathers pages and merges them.
+    slots: list[Found | Written | Deleted | Failure | None]
+    pages: list[ScanPage]
+    scan_limit: int | None
+    failure: Failure | None = None
+
+
+@dataclass
+class GatherPart(Generic[T]):
+    gather: Gather[T]
+    # Positions in the gathered result this part fills (batch) or () for a scan part.
+    indices: tuple[int, ...]
+
+    def add(self, result: Result) -> Result | None:
+        """Take this part's answer; the gathered result once it was the last part, else None."""
+        gather = self.gather
+        if gather.scan_limit is not None:
+            if isinstance(result, ScanPage):
+                gather.pages.append(result)
+            elif isinstance(result, Failure) and gather.failure is None:
+                gather.failure = result
+        elif isinstance(result, BatchResults):
+            for index, entry in zip(self.indices, result.results, strict=True):
+                gather.slots[index] = entry
+        elif isinstance(result, (Found, Written, Deleted, Failure)):
+            for index in self.indices:
+                gather.slots[index] = result
+        gather.remaining -= 1
+        if gather.remaining > 0:
+            return None
+        if gather.scan_limit is not None:
+            return gather.failure or merge_pages(gather.pages, gather.scan_limit)
+        assert all(slot is not None for slot in gather.slots), "batch gathered with an empty slot"
+        return BatchResults(tuple(s for s in gather.slots if s is not None))
+
+
+def scan_parts(
+    op: ScanOp, by_owner: dict[str, list[int]], target: T
+) -> list[tuple[str, ScanPartitionsOp, GatherPart[T]]]:
+    """One part per owner of ``by_owner`` (its partitions), in its order, gathered for ``target``."""
+    gather = Gather(target, remaining=len(by_owner), slots=[], pages=[], scan_limit=op.limit)
+    return [
+        (owner, ScanPartitionsOp(tuple(partitions), op.start, op.end, op.limit), GatherPart(gather, ()))
+        for owner, partitions in by_owner.items()
+    ]
+
+
+def batch_parts(
+    op: BatchGetOp | BatchPutOp, owner_of: Callable[[str], str], here: str, target: T
+) -> tuple[list[tuple[str, BatchGetOp | BatchPutOp, GatherPart[T]]], list[tuple[KeyOp, GatherPart[T]]]]:
+    """The parts of a batch gathered for ``target``: one sub-batch per remote owner (in owner order),
+    then one key op per entry owned ``here``."""
+    key_ops: list[KeyOp] = [GetOp(k) for k in op.keys] if isinstance(op, BatchGetOp) else list(op.items)
+    remote: dict[str, list[int]] = {}
+    local: list[int] = []
+    for index, key_op in enumerate(key_ops):
+        owner = owner_of(key_op.key)
+        if owner == here:
+            local.append(index)
+        else:
+            remote.setdefault(owner, []).append(index)
+    gather = Gather(target, remaining=len(local) + len(remote), slots=[None] * len(key_ops), pages=[], scan_limit=None)
+    remote_parts: list[tuple[str, BatchGetOp | BatchPutOp, GatherPart[T]]] = []
+    for owner, indices in sorted(remote.items()):
+        part: BatchGetOp | BatchPutOp
+        if isinstance(op, BatchGetOp):
+            part = BatchGetOp(tuple(op.keys[i] for i in indices))
+        else:
+            part = BatchPutOp(tuple(op.items[i] for i in indices))
+        remote_parts.append((owner, part, GatherPart(gather, tuple(indices))))
+    return remote_parts, [(key_ops[index], GatherPart(gather, (index,))) for index in local]
+
+
+def merge_pages(pages: list[ScanPage], limit: int) -> ScanPage:
+    merged: list[ScanItem] = list(heapq.merge(*(p.items for p in pages), key=lambda item: item.key))
+    truncated = len(merged) > limit or any(p.truncated for p in pages)
+    return ScanPage(tuple(merged[:limit]), truncated)

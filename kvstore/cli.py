@@ -430,8 +430,8 @@ def _add_demo(subparsers: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from chaos.crash_demo import run_demo
     from chaos.demo import run_chaos_demo
-    from kvstore.demo import run_demo
 
     cluster_ok = run_demo()
     print()

@@ -19,6 +19,8 @@ def test_demo_passes_and_prints_its_summary(tmp_path: Path) -> None:
     assert "unavailable" in down_line
     assert "PASS  workload with a crash" in out
     assert "PASS  every acknowledged write readable from every node" in out
+    assert "lost-write checker: 0 of " in out
+    assert "PASS  the whole history is linearizable" in out
     assert "FAIL" not in out
     assert any(line.startswith("demo passed in ") for line in out.splitlines())
     # The chaos half: the checkers pass the durable run and catch the one that loses writes.

@@ -1,14 +1,15 @@
-"""`kvstore demo`: a real local cluster, a concurrent workload, a crash in the middle, and a verdict.
+"""The crash half of `kvstore demo`: a real local cluster, a concurrent workload, a crash in the middle, a verdict.
 
 The demo is a list of steps (``STEPS``) run in order against one ``DemoContext`` (the cluster, a client
-and the ledger of acknowledged writes); each step prints what it does and returns a ``StepResult``, and
-the demo passes when every step passes. A new check (a chaos scenario with a checker's verdict) is one
-more step.
+and the history being recorded); each step prints what it does and returns a ``StepResult``, and the
+demo passes when every step passes.
 
-The ledger is what makes the verification exact: each key is written by exactly one worker, one write
-at a time, so "the last acknowledged value" of a key is well defined. A write that fails with a definite
-error did not happen; one that fails with an indefinite error (a timeout) may have, at any time after it
-was sent, so its value stays acceptable for that key.
+Every op goes into a Jepsen-style history, as the chaos runners record it: a write that fails with a
+definite error is ``fail`` (it did not happen), one that fails with an indefinite error (a timeout) is
+``info`` (it may have, at any time after it was sent) and its worker goes on as a new process. After the
+workload, every written key is read through each node, and the chaos checkers judge the whole history:
+the lost-write checker (no acknowledged write may be missing from a later read) and the linearizability
+checker (no read may return a value no write could have left there).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from chaos.checkers import linearizable, lost_writes
+from chaos.run_sim import Recorder
+from chaos.workloads import PlannedOp
 from kvstore.client import AsyncClient
 from kvstore.cluster import LocalCluster
 from kvstore.errors import ErrorCode, KvError
@@ -46,45 +50,6 @@ class DemoSettings:
     verify_concurrency: int = 32
 
 
-# ---------------------------------------------------------------- the ledger of acknowledged writes
-
-
-@dataclass
-class KeyLedger:
-    # None: never acknowledged (the key may be absent).
-    acked: bytes | None = None
-    # Values of writes whose outcome is unknown (indefinite errors). Such a write may take effect at any
-    # time after it was sent, even after a later acknowledged write, so its value stays possible.
-    maybe: list[bytes] = field(default_factory=list)
-
-    def allowed(self) -> list[bytes | None]:
-        return [self.acked, *self.maybe]
-
-
-class Ledger:
-    def __init__(self) -> None:
-        self._keys: dict[str, KeyLedger] = {}
-        self.acked_writes = 0
-        self.uncertain_writes = 0
-
-    def acknowledged(self, key: str, value: bytes) -> None:
-        self._keys.setdefault(key, KeyLedger()).acked = value
-        self.acked_writes += 1
-
-    def uncertain(self, key: str, value: bytes) -> None:
-        self._keys.setdefault(key, KeyLedger()).maybe.append(value)
-        self.uncertain_writes += 1
-
-    def allows(self, key: str, value: bytes | None) -> bool:
-        return value in self.entry(key).allowed()
-
-    def entry(self, key: str) -> KeyLedger:
-        return self._keys.get(key, KeyLedger())
-
-    def written_keys(self) -> list[str]:
-        return sorted(k for k, e in self._keys.items() if e.acked is not None)
-
-
 # ---------------------------------------------------------------- statistics
 
 
@@ -94,8 +59,6 @@ class PhaseStats:
     ops: int = 0
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    # Reads that returned a value the ledger does not allow: a consistency violation.
-    wrong_reads: int = 0
     started_s: float = 0.0
     ended_s: float = 0.0
 
@@ -117,12 +80,38 @@ class DemoContext:
     settings: DemoSettings
     cluster: LocalCluster
     client: AsyncClient
-    ledger: Ledger
     out: TextIO
     started_s: float = field(default_factory=time.monotonic)
+    recorder: Recorder = field(default_factory=Recorder)
+    # The next unused process id of the history (workers take 0 .. workers - 1 first).
+    next_process: int = 0
 
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self.started_s:5.1f}s] {message}", file=self.out, flush=True)
+
+    def new_process(self) -> int:
+        self.next_process += 1
+        return self.next_process - 1
+
+    async def record(self, process: int, op: PlannedOp, client: AsyncClient) -> KvError | None:
+        """Run one read or write through ``client`` into the history; the error it failed with, if any."""
+        assert op.key is not None
+        self.recorder.invoke(process, op, self._ms())
+        try:
+            if op.f == "read":
+                found = await client.get(op.key)
+                value = None if found is None else found.value.decode()
+            else:
+                await client.put(op.key, op.value.encode())
+                value = op.value
+        except KvError as exc:
+            self.recorder.complete(process, op, ("fail" if exc.definite else "info", None, exc.code.value), self._ms())
+            return exc
+        self.recorder.complete(process, op, ("ok", value, None), self._ms())
+        return None
+
+    def _ms(self) -> int:
+        return round((time.monotonic() - self.started_s) * 1000)
 
     @property
     def key_names(self) -> list[str]:
@@ -174,44 +163,24 @@ class _Workload:
         settings = self.ctx.settings
         keys = self.ctx.key_names[index :: settings.workers]
         rng = random.Random(settings.seed * 1000 + index)
+        process = index
         written = 0
         while self.take():
             key = rng.choice(keys)
             if rng.random() < settings.read_share:
-                await self._read(key)
+                op = PlannedOp("read", key, None)
             else:
                 written += 1
-                await self._write(key, f"{key}=w{index}.{written}".encode())
+                op = PlannedOp("write", key, f"{key}=w{index}.{written}")
+            error = await self.ctx.record(process, op, self.ctx.client)
+            self.phase.ops += 1
+            if error is None:
+                self.phase.ok += 1
+                continue
+            self.phase.errors[error.code.value] += 1
+            if not error.definite:
+                process = self.ctx.new_process()  # the op may still be running: this worker goes on as another
         self.phase.ended_s = time.monotonic()
-
-    async def _read(self, key: str) -> None:
-        try:
-            value = await read_value(self.ctx.client, key)
-        except KvError as exc:
-            self._failed(exc)
-            return
-        self._succeeded()
-        if not self.ctx.ledger.allows(key, value):
-            self.phase.wrong_reads += 1
-
-    async def _write(self, key: str, value: bytes) -> None:
-        try:
-            await self.ctx.client.put(key, value)
-        except KvError as exc:
-            self._failed(exc)
-            if not exc.definite:
-                self.ctx.ledger.uncertain(key, value)
-            return
-        self._succeeded()
-        self.ctx.ledger.acknowledged(key, value)
-
-    def _succeeded(self) -> None:
-        self.phase.ops += 1
-        self.phase.ok += 1
-
-    def _failed(self, error: KvError) -> None:
-        self.phase.ops += 1
-        self.phase.errors[error.code.value] += 1
 
     async def crash_and_recover(self) -> None:
         """Kill the victim once its share of ops has started, restart it later; both run off the loop."""
@@ -233,6 +202,7 @@ async def workload_with_crash(ctx: DemoContext) -> StepResult:
     s = ctx.settings
     ctx.say(f"workload: {s.workers} async workers, {s.keys} keys, {s.read_share:.0%} reads; "
             f"{s.victim} is killed after {s.phase_ops} ops")
+    ctx.next_process = s.workers
     load = _Workload(ctx)
     # The kill and the restart fall due well before the op cap, so the controller always finishes.
     await asyncio.gather(load.crash_and_recover(), *(load.worker(i) for i in range(s.workers)))
@@ -241,10 +211,9 @@ async def workload_with_crash(ctx: DemoContext) -> StepResult:
     codes = sorted({code for phase in load.phases for code in phase.errors})
     for code in map(ErrorCode, codes):
         ctx.say(f"  {code.value}: HTTP {code.http_status}, {_MEANING[code.definite]}")
-    wrong = sum(p.wrong_reads for p in load.phases)
-    summary = (f"{ctx.ledger.acked_writes} writes acknowledged, {ctx.ledger.uncertain_writes} uncertain; "
-               f"{wrong} reads returned a value never written")
-    return StepResult("workload with a crash", wrong == 0, summary)
+    writes = Counter(op.type for op in ctx.recorder.history("demo").ops() if op.f == "write")
+    summary = f"{writes['ok']} writes acknowledged, {writes['info']} uncertain, {writes['fail']} failed"
+    return StepResult("workload with a crash", writes["ok"] > 0, summary)
 
 
 _MEANING = {True: "definite: the op did not happen", False: "indefinite: the op may have happened"}
@@ -258,66 +227,56 @@ def _counts(counter: Counter[str]) -> str:
     return ", ".join(f"{code} {n}" for code, n in sorted(counter.items())) or "none"
 
 
-# ---------------------------------------------------------------- step 2: verify every acknowledged write
+# ---------------------------------------------------------------- step 2: read every written key through each node
 
 
 async def verify_acknowledged_writes(ctx: DemoContext) -> StepResult:
-    keys = ctx.ledger.written_keys()
+    keys = sorted({op.key for op in ctx.recorder.history("demo").ops() if op.f == "write" and op.type == "ok"})
     node_ids = ctx.cluster.config.node_ids
     ctx.say(f"verifying: reading all {len(keys)} written keys through each of the {len(node_ids)} nodes "
             "(a node forwards keys it does not own to their owner)")
-    exact = from_uncertain = 0
-    mismatches: list[str] = []
     failures: Counter[str] = Counter()
+    gate = asyncio.Semaphore(ctx.settings.verify_concurrency)
+
+    async def read(node_client: AsyncClient, key: str) -> None:
+        async with gate:
+            error = await ctx.record(ctx.new_process(), PlannedOp("read", key, None), node_client)
+        if error is not None:
+            failures[error.code.value] += 1
+
     for node_id in node_ids:
         async with AsyncClient([ctx.cluster.url(node_id)], timeout_s=ctx.settings.client_timeout_s) as node_client:
-            results = await _read_all(node_client, keys, ctx.settings.verify_concurrency)
-        for key, result in zip(keys, results, strict=True):
-            entry = ctx.ledger.entry(key)
-            if isinstance(result, KvError):
-                failures[result.code.value] += 1
-            elif result == entry.acked:
-                exact += 1
-            elif result in entry.maybe:
-                from_uncertain += 1
-            else:
-                mismatches.append(f"{node_id}: {key} = {result!r}, last acknowledged {entry.acked!r}")
+            await asyncio.gather(*(read(node_client, key) for key in keys))
     reads = len(keys) * len(node_ids)
-    ctx.say(f"  {reads} reads: {exact} returned the last acknowledged value")
-    if from_uncertain:
-        ctx.say(f"  {from_uncertain} returned the value of a write that timed out (it may have been applied)")
     if failures:
         ctx.say(f"  {sum(failures.values())} reads failed: {_counts(failures)}")
-    for line in mismatches[:10]:
-        ctx.say(f"  WRONG VALUE {line}")
-    passed = reads > 0 and not mismatches and not failures
-    summary = f"{exact + from_uncertain}/{reads} reads match the ledger"
+    result = lost_writes.check(ctx.recorder.history("demo"))
+    ctx.say(f"  lost-write checker: {len(result.lost)} of {result.acknowledged} acknowledged writes lost")
+    for lost in result.lost[:10]:
+        when = "" if lost.read is None else f" at {lost.read.invoke.time} ms"
+        ctx.say(f"  LOST {lost.key} = {lost.write.invoke.value!r}: a read{when} returned {lost.read_value!r}")
+    passed = reads > 0 and not failures and result.valid
+    summary = f"{reads - sum(failures.values())}/{reads} reads answered, {len(result.lost)} acknowledged writes lost"
     return StepResult("every acknowledged write readable from every node", passed, summary)
 
 
-async def _read_all(client: AsyncClient, keys: Sequence[str], concurrency: int) -> list[bytes | KvError | None]:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(key: str) -> bytes | KvError | None:
-        async with gate:
-            try:
-                return await read_value(client, key)
-            except KvError as exc:
-                return exc
-
-    return await asyncio.gather(*(one(k) for k in keys))
+# ---------------------------------------------------------------- step 3: the whole history, linearizable
 
 
-async def read_value(client: AsyncClient, key: str) -> bytes | None:
-    """The key's value, or None if it does not exist; other failures raise ``KvError``."""
-    found = await client.get(key)
-    return None if found is None else found.value
+async def linearizable_history(ctx: DemoContext) -> StepResult:
+    history = ctx.recorder.history("demo")
+    result = linearizable.check(history, time_limit_s=60.0)
+    verdict = "valid" if result.valid is True else result.valid
+    summary = f"{len(history.ops())} ops over {result.keys_checked} keys: {verdict}"
+    if result.valid is not True:
+        ctx.say(f"  linearizability checker: {result.to_json()}")
+    return StepResult("the whole history is linearizable", result.valid is True, summary)
 
 
 # ---------------------------------------------------------------- running it
 
 
-STEPS: tuple[Step, ...] = (workload_with_crash, verify_acknowledged_writes)
+STEPS: tuple[Step, ...] = (workload_with_crash, verify_acknowledged_writes, linearizable_history)
 
 
 async def _run_steps(ctx: DemoContext, steps: Sequence[Step]) -> list[StepResult]:
@@ -359,6 +318,6 @@ async def _run_with_client(
     settings: DemoSettings, cluster: LocalCluster, out: TextIO, started_s: float
 ) -> list[StepResult]:
     async with AsyncClient(cluster.urls(), timeout_s=settings.client_timeout_s) as client:
-        ctx = DemoContext(settings, cluster, client, Ledger(), out, started_s)
+        ctx = DemoContext(settings, cluster, client, out, started_s)
         ctx.say("cluster up: " + ", ".join(f"{n.node_id} {n.url}" for n in cluster.config.nodes))
         return await _run_steps(ctx, STEPS)

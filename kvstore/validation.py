@@ -13,7 +13,7 @@ import re
 from decimal import Context, Decimal
 
 from kvstore.config import Limits
-from kvstore.errors import ErrorCode, KvError
+from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.messages import (
     BatchGetOp,
     BatchPutOp,
@@ -170,7 +170,7 @@ _ONE_MS_IN_S = Decimal("0.001")
 def parse_whole_number(text: str, name: str) -> int:
     """A base-10 integer in ASCII digits; ``int()`` would also take "1_000", " 1" and non-ASCII digits."""
     if not _WHOLE_NUMBER.fullmatch(text):
-        raise KvError(ErrorCode.BAD_REQUEST, f"{name} must be a whole number in ASCII digits, got {_show_text(text)}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"{name} must be a whole number in ASCII digits, got {shown(text)}")
     if len(text) > _MAX_NUMBER_CHARS:
         raise KvError(ErrorCode.BAD_REQUEST, f"{name} is out of range ({len(text)} digits)")
     return int(text)
@@ -183,16 +183,16 @@ def ttl_ms_from_seconds(text: str) -> int:
     and 1e308 s overflows to infinity.
     """
     if len(text) > _MAX_NUMBER_CHARS or not _DECIMAL.fullmatch(text):
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a decimal number of seconds, got {_show_text(text)}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a decimal number of seconds, got {shown(text)}")
     seconds = Decimal(text)
     if seconds <= 0:
-        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive number of seconds, got {_show_text(text)}")
+        raise KvError(ErrorCode.BAD_REQUEST, f"ttl must be a positive number of seconds, got {shown(text)}")
     # Bounded before scaling, so the scaling is exact: an input has at most _MAX_NUMBER_CHARS digits.
     if seconds <= _ONE_MS_IN_S:
         return 1
     if seconds > MAX_TTL_MS // 1000:
         raise KvError(
-            ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS // 1000} s (100 years), got {_show_text(text)}"
+            ErrorCode.BAD_REQUEST, f"ttl must be at most {MAX_TTL_MS // 1000} s (100 years), got {shown(text)}"
         )
     ttl_ms: int = math.ceil(seconds.scaleb(3, _EXACT))
     return ttl_ms
@@ -212,6 +212,3 @@ def decode_base64(text: object, field: str) -> bytes:
     except binascii.Error as exc:
         raise KvError(ErrorCode.BAD_REQUEST, f"{field} is not valid base64") from exc
 
-
-def _show_text(text: str) -> str:
-    return repr(text) if len(text) <= _MAX_NUMBER_CHARS else f"{len(text)} characters"

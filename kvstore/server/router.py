@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from kvstore.errors import ErrorCode, KvError
+from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.server.http_codec import error_response
 from kvstore.server.metrics import NodeMetrics
 
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 UNMATCHED_ROUTE = "unmatched"
-# An unknown path is named in the 404, cut to this many characters: a request is never echoed at length.
-_MAX_PATH_SHOWN = 100
 
 
 @dataclass(frozen=True)
@@ -119,8 +117,8 @@ class Router:
         for prefix, table in self._prefixed:
             if raw_path.startswith(prefix):
                 return table, raw_path[len(prefix) :]
-        shown = raw_path if len(raw_path) <= _MAX_PATH_SHOWN else raw_path[:_MAX_PATH_SHOWN] + "..."
-        raise KvError(ErrorCode.NOT_FOUND, f"no route for {shown}")
+        # Named in short, as all client input in an error: a request is never echoed at length.
+        raise KvError(ErrorCode.NOT_FOUND, f"no route for {shown(raw_path)}")
 
 
 def target_path(request: web.BaseRequest) -> str:

@@ -70,7 +70,7 @@ async def test_an_absolute_form_target_without_a_path_is_the_root(node: InProces
     request = b"GET http://127.0.0.1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     reply = await one_reply(port_of(node), request)
     status, body = reply.status, reply.body
-    assert (status, json.loads(body)) == (404, error("not_found", "no route for /"))
+    assert (status, json.loads(body)) == (404, error("not_found", "no route for '/'"))
 
 
 # ---------------------------------------------------------------- client input quoted only in short

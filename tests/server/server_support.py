@@ -34,6 +34,21 @@ class FrozenClock:
         return self.at_ms - now_ms
 
 
+# Every client route a node serves, as (method, template): what its OpenAPI description must cover.
+CLIENT_ROUTE_TEMPLATES = (
+    ("GET", "/kv/{key}"),
+    ("PUT", "/kv/{key}"),
+    ("DELETE", "/kv/{key}"),
+    ("POST", "/cas/{key}"),
+    ("GET", "/scan"),
+    ("POST", "/batch"),
+    ("GET", "/cluster"),
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+)
+
+
 def raw_url(base: str, path: str) -> URL:
     # encoded=True: the percent-escapes reach the node exactly as written here.
     return URL(base + path, encoded=True)

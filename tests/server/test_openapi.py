@@ -15,6 +15,7 @@ import msgpack
 import pytest
 import schemathesis
 from schemathesis.core.errors import LoaderError
+from server_support import CLIENT_ROUTE_TEMPLATES
 
 from kvstore.config import Limits
 from kvstore.errors import ErrorCode
@@ -76,21 +77,7 @@ async def _unused(request: Any, param: str) -> Any:
     raise AssertionError("a description never calls a handler")
 
 
-CLIENT_ROUTES = [
-    Route(method, template, _unused)
-    for method, template in (
-        ("GET", "/kv/{key}"),
-        ("PUT", "/kv/{key}"),
-        ("DELETE", "/kv/{key}"),
-        ("POST", "/cas/{key}"),
-        ("GET", "/scan"),
-        ("POST", "/batch"),
-        ("GET", "/cluster"),
-        ("GET", "/health"),
-        ("GET", "/metrics"),
-        ("GET", "/openapi.json"),
-    )
-]
+CLIENT_ROUTES = [Route(method, template, _unused) for method, template in CLIENT_ROUTE_TEMPLATES]
 
 
 def test_a_route_without_a_description_is_refused() -> None:

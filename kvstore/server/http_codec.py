@@ -21,6 +21,7 @@ import codecs
 import json
 import zlib
 from typing import Any
+from urllib.parse import unquote_plus
 
 import msgpack
 from aiohttp import web
@@ -285,6 +286,34 @@ def _msgpack_nests_within(doc: object, levels: int) -> bool:
             if isinstance(child, (dict, list))
         ]
     return not containers
+
+
+def query_params(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query's parameters, each a name in ``allowed``, given once, percent-encoded UTF-8; else ``bad_request``."""
+    params: dict[str, str] = {}
+    # Decoded here, strictly: request.query turns bytes that are not UTF-8 into U+FFFD, so a scan bound
+    # holding a lone surrogate (%ED%A0%80) would silently become another string.
+    for part in request.rel_url.raw_query_string.split("&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition("=")
+        name = unquote_plus(raw_name, errors="replace")
+        if name not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise KvError(ErrorCode.BAD_REQUEST, f"unknown query parameter {shown(name)} (known: {known})")
+        if name in params:
+            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {shown(name)} is given twice")
+        try:
+            params[name] = unquote_plus(raw_value, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {shown(name)} is not percent-encoded UTF-8") from exc
+    return params
+
+
+def refuse_query(request: web.BaseRequest) -> None:
+    """``bad_request`` for any query parameter: a route that takes none never ignores one silently."""
+    if request.query_string:
+        query_params(request, ())
 
 
 def check_fields(doc: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...], where: str) -> None:

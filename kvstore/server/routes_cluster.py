@@ -8,9 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvstore.config import ClusterConfig
-from kvstore.errors import ErrorCode, KvError
 from kvstore.node import Node
-from kvstore.server.http_codec import JSON_TYPE, encoded_response, json_response, wants_msgpack
+from kvstore.server.http_codec import JSON_TYPE, encoded_response, json_response, refuse_query, wants_msgpack
 from kvstore.server.metrics import NodeMetrics
 from kvstore.server.openapi import build_openapi
 from kvstore.server.peer import PeerTransport
@@ -46,7 +45,7 @@ class ClusterRoutes:
         router.add("GET", "/openapi.json", self.openapi)
 
     async def cluster(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        _no_query(request)
+        refuse_query(request)
         node, config = self._node, self._config
         partition_map = node.partition_map
         health = self._transport.health()
@@ -80,7 +79,7 @@ class ClusterRoutes:
         return encoded_response(doc, wants_msgpack(request))
 
     async def health(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        _no_query(request)
+        refuse_query(request)
         return json_response(
             {
                 "status": "ok",
@@ -92,18 +91,13 @@ class ClusterRoutes:
         )
 
     async def metrics(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        _no_query(request)
+        refuse_query(request)
         return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        _no_query(request)
+        refuse_query(request)
         if self._openapi_body is None:
             assert self._router is not None, "routes used before register()"
             self._openapi_body = json.dumps(build_openapi(self._router.routes, self._config.limits), indent=1).encode()
         return web.Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})
 
-
-def _no_query(request: web.BaseRequest) -> None:
-    # As on the data routes, a parameter the route does not know is refused, never silently ignored.
-    if request.query_string:
-        raise KvError(ErrorCode.BAD_REQUEST, f"{request.path} takes no query parameters")

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 
 from kvstore.config import Limits
-from kvstore.errors import ErrorCode, KvError, shown
+from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import (
     BatchGetOp,
     BatchPutOp,
@@ -44,8 +43,10 @@ from kvstore.server.http_codec import (
     encoded_response,
     failure_error,
     optional_int,
+    query_params,
     read_body,
     read_document,
+    refuse_query,
     structured_body_limit_bytes,
     value_fields,
     value_from,
@@ -83,8 +84,7 @@ class KvRoutes:
     # ------------------------------------------------------------ /kv/{key}
 
     async def get(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
-        if request.query_string:
-            _query(request, ())
+        refuse_query(request)
         result = await self._run(GetOp(key))
         if isinstance(result, Found):
             headers = {"Content-Type": OCTET_TYPE, "X-Kv-Version": str(result.version)}
@@ -94,7 +94,7 @@ class KvRoutes:
         raise _unexpected(result)
 
     async def put(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
-        ttl_ms = _ttl_ms(_query(request, ("ttl", "ttl_ms"))) if request.query_string else None
+        ttl_ms = _ttl_ms(query_params(request, ("ttl", "ttl_ms"))) if request.query_string else None
         value = await read_body(request, self._limits.max_value_bytes, self._body_timeout_s)
         result = await self._run(PutOp(key, value, ttl_ms))
         if isinstance(result, Written):
@@ -102,8 +102,7 @@ class KvRoutes:
         raise _unexpected(result)
 
     async def delete(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
-        if request.query_string:
-            _query(request, ())
+        refuse_query(request)
         result = await self._run(DeleteOp(key))
         if isinstance(result, Deleted):
             return encoded_response({"key": result.key, "deleted": result.existed}, wants_msgpack(request))
@@ -112,8 +111,7 @@ class KvRoutes:
     # ------------------------------------------------------------ /cas/{key}
 
     async def cas(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
-        if request.query_string:
-            _query(request, ())
+        refuse_query(request)
         doc, _ = await read_document(request, self._structured_limit_bytes, self._body_timeout_s)
         check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding"), "cas")
         encoding = doc.get("encoding", "utf-8")
@@ -132,7 +130,7 @@ class KvRoutes:
     # ------------------------------------------------------------ /scan
 
     async def scan(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        params = _query(request, ("prefix", "start", "end", "limit"))
+        params = query_params(request, ("prefix", "start", "end", "limit"))
         limit = _int_param(params, "limit", DEFAULT_SCAN_LIMIT)
         if "prefix" in params:
             if "start" in params or "end" in params:
@@ -150,8 +148,7 @@ class KvRoutes:
     # ------------------------------------------------------------ /batch
 
     async def batch(self, request: web.BaseRequest, _param: str) -> web.StreamResponse:
-        if request.query_string:
-            _query(request, ())
+        refuse_query(request)
         doc, _as_msgpack = await read_document(request, self._structured_limit_bytes, self._body_timeout_s)
         if len(doc) != 1 or not ({"get", "put"} & doc.keys()):
             raise KvError(ErrorCode.BAD_REQUEST, 'batch body must be {"get": [keys]} or {"put": [entries]}')
@@ -182,27 +179,6 @@ def _unexpected(result: Result) -> KvError:
     if isinstance(result, Failure):
         return failure_error(result)
     return KvError(ErrorCode.INTERNAL, f"unexpected result {type(result).__name__}")
-
-
-def _query(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    # Decoded here, strictly: request.query turns bytes that are not UTF-8 into U+FFFD, so a scan bound
-    # holding a lone surrogate (%ED%A0%80) would silently become another string.
-    for part in request.rel_url.raw_query_string.split("&"):
-        if not part:
-            continue
-        raw_name, _, raw_value = part.partition("=")
-        name = unquote_plus(raw_name, errors="replace")
-        if name not in allowed:
-            known = ", ".join(allowed) if allowed else "none"
-            raise KvError(ErrorCode.BAD_REQUEST, f"unknown query parameter {shown(name)} (known: {known})")
-        if name in params:
-            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {shown(name)} is given twice")
-        try:
-            params[name] = unquote_plus(raw_value, errors="strict")
-        except UnicodeDecodeError as exc:
-            raise KvError(ErrorCode.BAD_REQUEST, f"query parameter {shown(name)} is not percent-encoded UTF-8") from exc
-    return params
 
 
 def _int_param(params: dict[str, str], name: str, default: int) -> int:

@@ -1,10 +1,12 @@
 """What ``Node.step`` asks its driver to do, and the fault policy both drivers accept.
 
-Durability contract (as etcd-io/raft's ``Ready``): a driver executes the ``Send`` and ``Reply``
-effects of a step only after the writes that step made are as durable as the fsync policy promises.
-Under ``fsync = "always"`` the driver syncs storage first (one sync may cover many steps: group
-commit); under ``batch`` and ``never`` it releases them at once, which is exactly why acknowledged
-writes can be lost on a crash under those policies.
+Durability contract (as etcd-io/raft's ``Ready`` separates what to persist from what to send): a
+``Send`` or ``Reply`` marked ``durable`` leaves only once storage is synced up to the ``written_lsn``
+the step that made it left behind, whatever the fsync policy; one sync covers every step before it
+(group commit), and the driver starts one at once when a durable effect waits. Unmarked effects leave at
+once. The node marks every ``Send`` and ``Reply`` under ``fsync = "always"`` (so a client is told only
+what survives a crash) and whatever its protocols mark under every policy (a vote, an append
+acknowledgement). After each sync the driver steps ``Synced(lsn)``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kvstore.messages import Message, Result
 @dataclass(frozen=True)
 class Send:
     msg: Message
+    durable: bool = False
 
     @property
     def to(self) -> str:
@@ -29,6 +32,7 @@ class Send:
 class Reply:
     request_id: int
     result: Result
+    durable: bool = False
 
 
 @dataclass(frozen=True)

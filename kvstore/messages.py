@@ -1,7 +1,7 @@
 """Client operations, results and node-level messages: frozen dataclasses registered with the codec.
 
-Inputs to ``Node.step`` are ``ClientRequest``, ``Message`` (from a peer), ``TimerFired``, ``Started``
-and ``SendFailed``. Every peer ``Message`` carries a partition id so the node can hand it to the
+Inputs to ``Node.step`` are ``ClientRequest``, ``Message`` (from a peer), ``TimerFired``, ``Started``,
+``SendFailed`` and ``Synced``. Every peer ``Message`` carries a partition id so the node can hand it to the
 per-partition protocol instance; node-level traffic that spans partitions uses ``NODE_PARTITION``.
 """
 
@@ -233,10 +233,17 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Synced:
+    """Storage is synced up to ``lsn`` now (delivered by the driver after every sync it completes)."""
+
+    lsn: int
+
+
+@dataclass(frozen=True)
 class SendFailed:
     """The transport could not deliver ``msg`` at all (for example, connection refused)."""
 
     msg: Message
 
 
-Input = ClientRequest | Message | TimerFired | Started | SendFailed
+Input = ClientRequest | Message | TimerFired | Started | SendFailed | Synced

@@ -1,0 +1,234 @@
+"""The interface between a node and one partition's replication protocol: sans-IO, knowing nothing of kvstore.
+
+A node keeps one ``PartitionReplica`` per partition it holds a copy of and hands it every input for that
+partition: ``step(now_ms, input) -> list[effect]``. The replica never does IO. What it stores goes through
+two injected objects:
+
+- a ``PartitionLog``: the partition's own durable log (append, read a range within a byte budget, term at
+  an index, truncate a suffix, compact a prefix), its hard state (opaque bytes: a term and a vote, a
+  ballot, whatever the protocol keeps) and its applied index. Every change is *written* at once and
+  *synced* later by the driver's group commit, which one fsync serves for every partition on the node;
+- a ``StateMachine``: the data itself. The protocol turns a client op into a *command* once, where it is
+  ordered (``command`` fixes everything apply needs: an absolute expiry, the time the command judges
+  expiry at), and applies commands in order (``apply``), so that every replica applying the same
+  commands ends with the same records, whatever its own clock says. Versions are the protocol's: the
+  index it applies a command at becomes the version of what the command writes.
+
+Inputs: ``ReplicaStarted`` (first, after every boot, with what storage recovered), ``ClientCall`` (an op
+to execute, answered with ``Answer`` carrying the same token), ``PeerMessage``, ``PeerUnreachable``
+(the transport could deliver no copy of a message this replica sent), ``TimerFired`` and ``Synced``
+(storage became more durable: ask the log what ``synced_through`` is now).
+
+Effects: ``SendTo`` (a peer message for the same partition on another node), ``Answer``, ``StartTimer`` /
+``StopTimer`` (keys are local to the replica). ``SendTo`` and ``Answer`` may be marked ``durable``: the
+driver then releases them only once everything the node wrote up to the end of this step is synced,
+whatever the client fsync policy (a vote or an append acknowledgement must never leave before the state
+it promises is on disk). An ``Answer`` whose result is a ``Redirect`` says that this replica cannot serve
+the op (not the leader, or the op names another epoch of the partition map); the node passes the op on
+to the hinted node or fails it definitely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+# ---------------------------------------------------------------- storage a replica is given
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogBounds:
+    """The log holds entries ``first_index .. last_index``; everything up to ``snapshot_index`` was compacted
+    into the state machine's records (``snapshot_term`` is the term of the entry at ``snapshot_index``)."""
+
+    snapshot_index: int
+    snapshot_term: int
+    last_index: int
+
+    @property
+    def first_index(self) -> int:
+        return self.snapshot_index + 1
+
+
+class PartitionLog(Protocol):
+    """One partition's durable log, hard state and applied index, on the node's storage."""
+
+    def bounds(self) -> LogBounds: ...
+
+    def append(self, entries: Sequence[LogEntry]) -> None:
+        """Append entries numbered ``last_index + 1`` onwards (ValueError otherwise)."""
+        ...
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[LogEntry]:
+        """Entries with ``lo <= index < hi``, stopping before the one that would take the data past
+        ``max_bytes`` (but always the first, if ``lo`` is in the log). ValueError if ``lo`` was compacted."""
+        ...
+
+    def term_at(self, index: int) -> int | None:
+        """The term of entry ``index`` (``snapshot_term`` at ``snapshot_index``; 0 at index 0); None when the
+        log does not hold it (compacted below the snapshot, or beyond ``last_index``)."""
+        ...
+
+    def truncate_suffix(self, from_index: int) -> None:
+        """Drop every entry with ``index >= from_index`` (ValueError at or below ``snapshot_index``)."""
+        ...
+
+    def compact_prefix(self, through_index: int) -> None:
+        """Drop entries up to ``through_index``, which becomes the snapshot point; it must be applied already
+        (the state machine's records are the snapshot) and held by the log (ValueError otherwise)."""
+        ...
+
+    def synced_through(self) -> int:
+        """The highest index such that the durable log equals this log on ``first_index .. index``."""
+        ...
+
+    def hard_state(self) -> bytes | None: ...
+
+    def set_hard_state(self, value: bytes) -> None: ...
+
+    def applied_index(self) -> int:
+        """The index of the last command applied; persisted atomically with what that command wrote."""
+        ...
+
+
+class StateMachine(Protocol):
+    """The records one partition replicates. Ops, commands and results are opaque to the protocol."""
+
+    def is_read(self, op: object) -> bool: ...
+
+    def read(self, op: object, now_ms: int) -> object:
+        """Answer a read-only op from this copy's records, as of ``now_ms``."""
+        ...
+
+    def command(self, op: object, now_ms: int) -> object:
+        """Turn a write op into the command every replica applies: fixes absolute expiry and judging time."""
+        ...
+
+    def apply(self, index: int, command: object) -> object:
+        """Apply ``command`` as the one at ``index`` (its writes take ``index`` as their version) and return
+        the op's result. Deterministic: depends only on the records and the command. Records the applied
+        index atomically with what it writes; a command that writes nothing need not record it."""
+        ...
+
+    def purge_command(self, now_ms: int, max_keys: int) -> object | None:
+        """A command purging up to ``max_keys`` records expired (or tombstones purgeable) at ``now_ms``."""
+        ...
+
+    def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:
+        """Up to ``limit`` live records in ``[start, end)`` of this copy."""
+        ...
+
+    def encode_command(self, command: object) -> bytes: ...
+
+    def decode_command(self, data: bytes) -> object: ...
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What the partition's storage holds after a boot."""
+
+    applied_index: int
+    hard_state: bytes | None
+    log: LogBounds
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStarted:
+    recovered: Recovered
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCall:
+    token: int
+    op: object
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    src: str
+    body: object
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """No copy of ``body``, sent to ``dst``, can have arrived (the transport failed definitely)."""
+
+    dst: str
+    body: object
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """Storage is more durable than before: ``PartitionLog.synced_through`` may have moved."""
+
+
+ReplicaInput = ReplicaStarted | ClientCall | PeerMessage | PeerUnreachable | TimerFired | Synced
+
+
+# ---------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """This replica cannot serve the op: ``not_leader`` (``leader`` hints who can, if known) or
+    ``wrong_epoch`` (the op was routed with another epoch of the partition map than ``epoch``)."""
+
+    reason: Literal["not_leader", "wrong_epoch"]
+    leader: str | None = None
+    epoch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    dst: str
+    body: object
+    durable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    token: int
+    result: object
+    durable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Fire ``TimerFired(key)`` at ``at_ms`` (node clock); starting a running key moves it."""
+
+    key: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopTimer:
+    key: str
+
+
+ReplicaEffect = SendTo | Answer | StartTimer | StopTimer
+
+
+class PartitionReplica(Protocol):
+    partition: int
+
+    def step(self, now_ms: int, inp: ReplicaInput) -> list[ReplicaEffect]: ...
+
+    def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:
+        """Up to ``limit`` live records in ``[start, end)`` as this replica may serve them, or a ``Redirect``."""
+        ...

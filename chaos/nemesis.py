@@ -7,7 +7,9 @@ seed names the whole schedule; only "isolate the leader" looks at the cluster wh
 
 Targets are the simulator and real clusters alike (``ChaosTarget``): crashes go to the target, message
 and clock faults to its ``ChaosPolicy``, after which the target is told the policy changed (a real
-cluster pushes it to its nodes' admin routes).
+cluster pushes it to its nodes' admin routes). A crash is of the scenario's ``crash_kind``: "process"
+(kill -9: the OS keeps what the node wrote out) or "power" (only what reached the device survives; the
+simulator alone can do that).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any, Protocol
 
 from chaos.faults import PARTITION_KINDS, ChaosPolicy, Delay, partition_grudge
 from chaos.report import FaultPeriod
+from kvstore.sim.cluster import CRASH_KINDS
+from kvstore.storage.simulated import CrashKind
 
 FAULT_KINDS: tuple[str, ...] = (
     "crash",
@@ -44,11 +48,14 @@ class NemesisConfig:
     reorder_ms: int = 50
     clock_offset_ms: int = 2000
     clock_drift_ppm: int = 100_000
+    crash_kind: CrashKind = "process"
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.faults if f not in FAULT_KINDS]
         if unknown:
             raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
+        if self.crash_kind not in CRASH_KINDS:
+            raise ValueError(f"nemesis crash_kind must be one of {', '.join(CRASH_KINDS)}, got {self.crash_kind!r}")
         if self.interval_ms <= 0 or self.start_after_ms < 0:
             raise ValueError("nemesis interval_ms must be positive and start_after_ms not negative")
         for name in ("drop_probability", "duplicate_probability", "reorder_probability"):
@@ -84,7 +91,7 @@ class ChaosTarget(Protocol):
         """Time since the run started, as the history records it."""
         ...
 
-    def crash(self, node_id: str) -> None:
+    def crash(self, node_id: str, kind: CrashKind) -> None:
         ...
 
     def restart(self, node_id: str) -> None:
@@ -167,7 +174,7 @@ class Nemesis:
             assert action.node is not None
             if not self.target.is_up(action.node):
                 return f"{action.node} already down"
-            self.target.crash(action.node)
+            self.target.crash(action.node, self.config.crash_kind)
             return action.describe()
         if fault.startswith("partition-"):
             if fault == "partition-isolate-leader":

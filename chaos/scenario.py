@@ -24,6 +24,7 @@ ops = 0                     # stop after this many ops (they must finish within 
 [nemesis]
 faults = ["crash"]          # see chaos.nemesis.FAULT_KINDS
 interval_ms = 1000
+crash_kind = "process"      # "process" (kill -9; the default) or "power" (unsynced writes lost; simulator only)
 
 [checkers]
 names = ["linearizable", "lost-writes"]   # default: the workload's own
@@ -147,6 +148,16 @@ def _validate(s: Scenario, source: str) -> None:
         problems.append(f"[checkers] unknown checker(s) {', '.join(bad)} (known: {', '.join(CHECKER_NAMES)})")
     if problems:
         raise ScenarioError(f"{source}: " + "; ".join(problems))
+
+
+def check_real_cluster(scenario: Scenario, source: str = "<scenario>") -> None:
+    """Refuse, before anything starts, a scenario that only the simulator can run: a real cluster's crash is
+    kill -9, a process crash, so a power loss cannot be played there."""
+    if scenario.nemesis.crash_kind != "process":
+        raise ScenarioError(
+            f"{source}: [nemesis] crash_kind = {scenario.nemesis.crash_kind!r} needs the simulator; a real "
+            'cluster can only crash a process (kill -9): use crash_kind = "process" or run it without --real'
+        )
 
 
 def load(path: str | Path) -> Scenario:

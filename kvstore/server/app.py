@@ -54,7 +54,9 @@ class NodeServer:
         self.storage = storage
         self.faults = faults or FaultSwitch()
         self.node = Node(node_id, config, storage, random.Random(int.from_bytes(os.urandom(8), "big")))
-        self.transport = PeerTransport(node_id, config, self.faults, on_send_failed=self._send_failed)
+        self.transport = PeerTransport(
+            node_id, config, self.faults, on_send_failed=self._send_failed, deliver_local=self._deliver_local
+        )
         self.pump = Pump(
             self.node,
             storage,
@@ -94,6 +96,9 @@ class NodeServer:
 
     def _send_failed(self, msg: Message) -> None:
         self.pump.send_failed(msg)
+
+    def _deliver_local(self, msg: Message) -> None:
+        self.pump.deliver(msg)
 
     async def start(self) -> None:
         await self.transport.start()

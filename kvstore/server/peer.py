@@ -9,6 +9,10 @@ A batch that could not even be connected (refused, connect timeout) was certainl
 of its messages is reported back as ``SendFailed``. Any other failure may or may not have delivered
 it, so it is dropped and the node's own timeouts cover it.
 
+A message to this node itself never touches the network, but is treated as the simulator treats it: the
+fault policy decides its copies and delays, and each copy crosses the codec (encoded when sent, decoded
+when delivered) before it reaches the pump, never inside the step that sent it.
+
 Receiving: ``PeerInbox.handle`` checks ``X-Kv-From`` names another member and ``X-Kv-Signature`` is
 the HMAC-SHA256 of the body under the cluster secret, then hands each message to the pump. A bad or
 missing signature is a 401 and nothing is delivered. A compressed batch is signed as sent and inflated
@@ -111,11 +115,16 @@ class PeerTransport:
         config: ClusterConfig,
         faults: FaultSwitch,
         on_send_failed: Callable[[Message], None],
+        *,
+        deliver_local: Callable[[Message], None],
     ) -> None:
         self._node_id = node_id
         self._secret = config.secret
         self._faults = faults
         self._on_send_failed = on_send_failed
+        self._deliver_local = deliver_local
+        # Copies of messages to this node waiting for their delivery, bounded like a peer's queue.
+        self._local_pending = 0
         self._max_queue = config.limits.max_peer_queue
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeouts.request_timeout_ms / 1000,
@@ -154,6 +163,9 @@ class PeerTransport:
 
     def send(self, msg: Message) -> None:
         """Queue ``msg`` for its destination; called from the pump, so it never steps the node itself."""
+        if msg.dst == self._node_id:
+            self._send_local(msg)
+            return
         peer = self._peers.get(msg.dst)
         if peer is None:
             log.error("node %s tried to send to unknown node %r; dropped", self._node_id, msg.dst)
@@ -169,6 +181,33 @@ class PeerTransport:
             else:
                 # Too many copies in the air: the network loses this one, silently, as a network would.
                 delivery.settle(True, self._on_send_failed)
+
+    def _send_local(self, msg: Message) -> None:
+        try:
+            wire = codec.encode(msg)
+        except (TypeError, ValueError):
+            log.exception("cannot encode a message to this node; dropped")
+            return
+        delays = self._faults.policy.on_send(NodeClock.true_now_ms(), msg)
+        delivery = _Delivery(msg, len(delays))
+        for delay_ms in delays:
+            if self._local_pending >= self._max_queue:
+                # Certainly not delivered; reported on a later loop turn, not inside the current step.
+                self._loop.call_soon(delivery.settle, False, self._on_send_failed)
+                continue
+            self._local_pending += 1
+            self._loop.call_later(max(0, delay_ms) / 1000, self._arrive_local, delivery, wire)
+
+    def _arrive_local(self, delivery: _Delivery, wire: bytes) -> None:
+        self._local_pending -= 1
+        try:
+            msg = codec.decode(wire)
+        except codec.CodecError:
+            log.exception("a message to this node did not survive the codec; dropped")
+            delivery.settle(False, self._on_send_failed)
+            return
+        delivery.settle(True, self._on_send_failed)
+        self._deliver_local(msg)
 
     def _enqueue_delayed(self, peer: _Peer, delivery: _Delivery) -> None:
         peer.delayed -= 1

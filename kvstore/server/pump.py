@@ -5,12 +5,12 @@ loop thread, so the node sees them one at a time. A client request is stepped in
 handler that received it: when the node answers at once (a local read, or any local op when nothing
 waits for an fsync), ``submit`` returns the result directly and no future is created.
 
-Durability (see ``kvstore.effects``): under ``fsync = "always"`` the ``Send`` and ``Reply`` effects of
-a step are held until storage is synced up to the ``written_lsn`` of that step. A flusher task syncs
-with ``prepare_sync`` (loop thread) / ``job.run`` (one worker thread) / ``complete_sync`` (loop
-thread); writes that arrive while a sync runs share the next one (group commit). Under ``batch`` the
-flusher syncs every ``batch_interval_ms``; under ``never`` every second (the engine skips the fsync),
-and both release effects at once. Either flushes early when many events are pending.
+Durability (see ``kvstore.effects``): a ``Send`` or ``Reply`` marked ``durable`` is held until
+storage is synced up to the ``written_lsn`` of the step that made it, under every fsync policy;
+unmarked ones leave at once. A flusher task syncs with ``prepare_sync`` (loop thread) / ``job.run``
+(one worker thread) / ``complete_sync`` (loop thread) when ``kvstore.flush_policy`` says so (at once
+when a durable effect waits); writes that arrive while a sync runs share the next one (group commit).
+After every sync the node is stepped ``Synced(synced_lsn)``.
 """
 
 from __future__ import annotations
@@ -21,31 +21,62 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from kvstore.config import FsyncPolicy
-from kvstore.effects import CancelTimer, Reply, Send, SetTimer
+from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode
-from kvstore.messages import ClientOp, ClientRequest, Failure, Input, Message, Result, SendFailed, Started, TimerFired
-from kvstore.node import Node
+from kvstore.flush_policy import FlushSchedule
+from kvstore.messages import (
+    ClientOp,
+    ClientRequest,
+    Failure,
+    Input,
+    Message,
+    Result,
+    SendFailed,
+    Started,
+    Synced,
+    TimerFired,
+)
 from kvstore.server.clock import NodeClock
-from kvstore.storage.base import Storage
+from kvstore.storage.base import SyncJob
 
 log = logging.getLogger(__name__)
 
-# Under "never" the log is written out (without fsync) this often, to bound what a crash loses.
-NEVER_FLUSH_INTERVAL_MS = 1000
-# Under "batch" and "never", flush before the interval is up once this many events are pending.
-EARLY_FLUSH_EVENTS = 10_000
 # A driver-level deadline for answers, beyond the node's own request timeout: it only fires when the
 # node never answers (for example a sync that hangs), and reports an indefinite timeout.
 GUARD_TIMEOUT_FACTOR = 2
 
 
+class SteppedNode(Protocol):
+    """What the pump needs of a node (``kvstore.node.Node``, or a test's stand-in)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def step(self, now_ms: int, inp: Input) -> list[Effect]: ...
+
+
+class SyncedStorage(Protocol):
+    """What the pump needs of storage: the durability cursor and the three-phase sync."""
+
+    @property
+    def written_lsn(self) -> int: ...
+
+    @property
+    def synced_lsn(self) -> int: ...
+
+    def prepare_sync(self) -> SyncJob | None: ...
+
+    def complete_sync(self, job: SyncJob) -> None: ...
+
+
 class Pump:
     def __init__(
         self,
-        node: Node,
-        storage: Storage,
+        node: SteppedNode,
+        storage: SyncedStorage,
         clock: NodeClock,
         send: Callable[[Message], None],
         *,
@@ -59,12 +90,9 @@ class Pump:
         self._storage = storage
         self._clock = clock
         self._send = send
-        self._hold_until_synced = fsync == "always"
-        self._flush_interval_s: float | None = {
-            "always": None,
-            "batch": batch_interval_ms / 1000,
-            "never": NEVER_FLUSH_INTERVAL_MS / 1000,
-        }[fsync]
+        self._schedule = FlushSchedule.of(fsync, batch_interval_ms)
+        interval_ms = self._schedule.interval_ms
+        self._flush_interval_s = None if interval_ms is None else interval_ms / 1000
         self._max_inflight = max_inflight
         self._guard_timeout_s = GUARD_TIMEOUT_FACTOR * request_timeout_ms / 1000
         self._on_fatal = on_fatal
@@ -74,7 +102,7 @@ class Pump:
         self._inline_request_id = 0
         self._inline_result: Result | None = None
         self._waiters: dict[int, tuple[asyncio.Future[Result], asyncio.TimerHandle]] = {}
-        # (written_lsn of the step, effect): Sends and Replies waiting for a sync, in step order.
+        # (written_lsn of the step, effect): durable Sends and Replies waiting for a sync, in step order.
         self._held: deque[tuple[int, Send | Reply]] = deque()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
@@ -157,11 +185,10 @@ class Pump:
         effects = self._node.step(self._clock.now_ms(), inp)
         storage = self._storage
         written_lsn = storage.written_lsn
-        pending_events = written_lsn - storage.synced_lsn
-        hold = self._hold_until_synced and pending_events > 0
+        pending_writes = written_lsn - storage.synced_lsn
         for effect in effects:
             if isinstance(effect, (Reply, Send)):
-                if hold:
+                if effect.durable and pending_writes > 0:
                     self._held.append((written_lsn, effect))
                 else:
                     self._release(effect)
@@ -171,7 +198,7 @@ class Pump:
                 handle = self._timers.pop(effect.key, None)
                 if handle is not None:
                     handle.cancel()
-        if pending_events > 0 and (self._hold_until_synced or pending_events >= EARLY_FLUSH_EVENTS):
+        if self._schedule.sync_now(pending_writes, durable_waiting=bool(self._held)):
             self._wake.set()
 
     def _release(self, effect: Reply | Send) -> None:
@@ -222,28 +249,43 @@ class Pump:
                 await self._wait_for_work()
             self._wake.clear()
             try:
-                await self._sync_once()
+                synced = await self._sync_once()
             except Exception as exc:
-                self._die(exc)
+                self._die(exc, "storage sync failed")
                 return
+            if not synced:
+                if closing:
+                    return
+                continue
             self._release_synced()
             if closing:
                 return
+            try:
+                self._step(Synced(self._storage.synced_lsn))
+            except Exception as exc:
+                self._die(exc, "the node failed to take a Synced input")
+                return
+            # Durable effects of steps taken while this sync ran wait for the next one (group commit).
+            storage = self._storage
+            if self._schedule.sync_now(storage.written_lsn - storage.synced_lsn, durable_waiting=bool(self._held)):
+                self._wake.set()
 
     async def _wait_for_work(self) -> None:
-        """Under "always", until something is written; otherwise the flush interval or an early wake."""
+        """Until a step asks for a sync now; under "batch" and "never" also until the interval is up."""
         if self._flush_interval_s is None:
             await self._wake.wait()
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
 
-    async def _sync_once(self) -> None:
+    async def _sync_once(self) -> bool:
+        """Sync what is written; whether there was anything to sync."""
         job = self._storage.prepare_sync()
         if job is None:
-            return
+            return False
         await self._loop.run_in_executor(self._io, job.run)
         self._storage.complete_sync(job)
+        return True
 
     def _release_synced(self) -> None:
         synced_lsn = self._storage.synced_lsn
@@ -251,10 +293,10 @@ class Pump:
         while held and held[0][0] <= synced_lsn:
             self._release(held.popleft()[1])
 
-    def _die(self, exc: BaseException) -> None:
-        """A failed sync: nothing held may be reported as done, and the node must not go on."""
-        log.exception("storage sync failed on node %s; the node stops", self._node.node_id, exc_info=exc)
-        self._failure = Failure.of(ErrorCode.INTERNAL, "storage failed; the op may have happened")
+    def _die(self, exc: BaseException, what: str) -> None:
+        """Nothing held may be reported as done, and the node must not go on."""
+        log.exception("%s on node %s; the node stops", what, self._node.node_id, exc_info=exc)
+        self._failure = Failure.of(ErrorCode.INTERNAL, f"{what}; the op may have happened")
         self._held.clear()
         self._fail_waiters(self._failure)
         if self._on_fatal is not None:

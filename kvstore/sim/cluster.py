@@ -7,10 +7,16 @@ workload give the same trace, whose hash ``trace_hash()`` compares runs.
 
 Effects are executed as the server driver would: ``Send`` goes to the network, ``Reply`` completes a
 client request, timers become heap entries (in the node's own clock, which the fault policy may skew).
-``Send`` and ``Reply`` obey the durability contract: under ``fsync = "always"`` they wait for a sync
-that takes ``fsync_latency_ms`` of virtual time and covers every write made before it started (group
-commit); under ``batch`` a sync runs every ``batch_interval_ms`` and effects go out at once; under
-``never`` nothing is ever synced. A crash keeps only the node's disk, so unsynced writes are lost.
+A message to a node that is down when it is sent comes back to its sender as ``SendFailed`` once its
+copies would have arrived (a refused connection); copies already on their way when a node crashes are
+lost silently (a reset connection says nothing about what was delivered).
+
+Syncs follow ``kvstore.flush_policy``, as the server's do: a durable ``Send`` or ``Reply`` waits for a
+sync covering its step, which starts at once; one sync covers every write made before it started (group
+commit). A sync with fsync (``always``, ``batch``) takes ``fsync_latency_ms`` of virtual time; the
+write-out of ``never`` takes none. After every sync the node is stepped ``Synced``. Every
+``DISK_WRITEBACK_INTERVAL_MS`` each disk makes what the OS holds durable, as the kernel does. A crash
+keeps only the node's disk: a process crash keeps what was written out, a power loss only what is durable.
 """
 
 from __future__ import annotations
@@ -23,16 +29,31 @@ from dataclasses import dataclass
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, FaultPolicy, NoFaults, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode
-from kvstore.messages import ClientOp, ClientRequest, Failure, Input, Message, Result, Started, TimerFired
+from kvstore.flush_policy import DISK_WRITEBACK_INTERVAL_MS, FlushSchedule
+from kvstore.messages import (
+    ClientOp,
+    ClientRequest,
+    Failure,
+    Input,
+    Message,
+    Result,
+    SendFailed,
+    Started,
+    Synced,
+    TimerFired,
+)
 from kvstore.node import Node
 from kvstore.sim.events import EventQueue, SimulationError
 from kvstore.sim.host import NodeHost, Outbound
 from kvstore.sim.network import Latency, SimNetwork
 from kvstore.sim.trace import Trace
 from kvstore.storage.base import SyncJob
-from kvstore.storage.simulated import SimStorage
+from kvstore.storage.simulated import CrashKind, SimStorage
 
 ResultCallback = Callable[[int, Result], None]
+
+# "process": the OS keeps what the node wrote out (kill -9); "power": only what was made durable survives.
+CRASH_KINDS: tuple[CrashKind, ...] = ("process", "power")
 
 # ---------------------------------------------------------------- heap events
 
@@ -64,8 +85,21 @@ class _SyncDone:
 
 
 @dataclass(frozen=True)
-class _BatchTick:
+class _FlushTick:
     life: int
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A message whose destination was down when it was sent, reported back to its sender."""
+
+    msg: Message
+    life: int
+
+
+@dataclass(frozen=True)
+class _Writeback:
+    """The kernel's periodic flush of dirty pages, on every disk."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +107,7 @@ class _Action:
     fn: Callable[[], None]
 
 
-_Event = _Deliver | _Timer | _ClientCall | _SyncDone | _BatchTick | _Action
+_Event = _Deliver | _Timer | _ClientCall | _SyncDone | _FlushTick | _Refused | _Writeback | _Action
 
 
 @dataclass(frozen=True)
@@ -87,10 +121,13 @@ class SimStats:
     delivered: int = 0
     # Copies that arrived at a node while it was down.
     lost_to_crash: int = 0
+    # Messages sent to a node that was down, reported back as SendFailed.
+    send_failed: int = 0
     requests: int = 0
     replies: int = 0
     timers_fired: int = 0
     syncs: int = 0
+    writebacks: int = 0
     crashes: int = 0
     restarts: int = 0
     events: int = 0
@@ -116,6 +153,7 @@ class SimCluster:
         self.seed = seed
         self.config = config
         self.fsync_latency_ms = fsync_latency_ms
+        self._flush = FlushSchedule.of(config.storage.fsync, config.storage.batch_interval_ms)
         self._root_rng = random.Random(seed)
         self._faults: FaultPolicy = fault_policy if fault_policy is not None else NoFaults()
         self.network = SimNetwork(self.child_rng(), self._faults, latency, link_latency)
@@ -132,10 +170,12 @@ class SimCluster:
         self._callbacks: deque[tuple[ResultCallback, int, Result]] = deque()
         self._next_request_id = 1
         self._next_timer_generation = 1
+        # Message copies on their way, and refusals on their way back to a sender.
         self._in_flight_copies = 0
         self._running = False
         storage = config.storage
         self.trace.record(("cluster", seed, config.node_ids, config.partitions, storage.fsync, fsync_latency_ms))
+        self._queue.push(DISK_WRITEBACK_INTERVAL_MS, "", _Writeback())
         for node_id in config.node_ids:
             self._boot(self._hosts[node_id], "start")
 
@@ -177,14 +217,17 @@ class SimCluster:
 
     # ------------------------------------------------------------ faults
 
-    def crash(self, node_id: str) -> None:
-        """Drop the node and its storage; only what its disk synced survives. Open requests there fail."""
+    def crash(self, node_id: str, kind: CrashKind = "process") -> None:
+        """Drop the node and its storage. A "process" crash keeps what the node wrote out to its disk, a
+        "power" loss only what was made durable there. Open requests on the node fail."""
+        if kind not in CRASH_KINDS:
+            raise ValueError(f"crash kind must be one of {', '.join(CRASH_KINDS)}, got {kind!r}")
         host = self._host(node_id)
         if not host.up:
             raise ValueError(f"{node_id} is already down")
-        host.crash()
+        host.crash(kind)
         self.stats.crashes += 1
-        self.trace.record(("crash", self.now_ms, node_id))
+        self.trace.record(("crash", self.now_ms, node_id, kind))
         # The client's connection breaks: whatever the node did with the request is unknown.
         lost = Failure.of(ErrorCode.TIMEOUT, f"{node_id} crashed before answering; the op may have happened")
         for request_id in [rid for rid, p in self._pending.items() if p.node_id == node_id]:
@@ -285,6 +328,9 @@ class SimCluster:
         if isinstance(event, _Action):
             event.fn()
             return
+        if isinstance(event, _Writeback):
+            self._writeback()
+            return
         host = self._hosts[target]
         if isinstance(event, _Deliver):
             self._in_flight_copies -= 1
@@ -304,9 +350,15 @@ class SimCluster:
         elif isinstance(event, _SyncDone):
             if event.life == host.life:  # else: the node crashed while syncing, which lost the job
                 self._complete_sync(host, event.job)
+        elif isinstance(event, _Refused):
+            self._in_flight_copies -= 1
+            if event.life == host.life:  # else: the sender crashed since, and its connection with it
+                self.stats.send_failed += 1
+                self.trace.record(("send-failed", self.now_ms, target, event.msg.dst))
+                self._step(host, SendFailed(event.msg))
         elif event.life == host.life:
             self._start_sync(host)
-            self._schedule_batch_tick(host)
+            self._schedule_flush_tick(host)
 
     # ------------------------------------------------------------ stepping a node
 
@@ -316,8 +368,8 @@ class SimCluster:
         storage = SimStorage(host.disk)
         host.boot(Node(host.node_id, self.config, storage, self.child_rng()), storage)
         self.trace.record((how, self.now_ms, host.node_id, storage.written_lsn))
-        if self.config.storage.fsync == "batch":
-            self._schedule_batch_tick(host)
+        if self._flush.interval_ms is not None:
+            self._schedule_flush_tick(host)
         self._step(host, Started())
 
     def _on_timer(self, host: NodeHost, timer: _Timer) -> None:
@@ -335,22 +387,18 @@ class SimCluster:
 
     def _step(self, host: NodeHost, inp: Input) -> None:
         effects = host.live_node().step(self.node_clock_ms(host.node_id), inp)
-        outbound: list[Outbound] = []
+        written_lsn = host.live_storage().written_lsn
+        pending_writes = host.pending_writes()
         for effect in effects:
             if isinstance(effect, (Send, Reply)):
-                outbound.append(effect)
+                if effect.durable and pending_writes > 0:
+                    host.hold(written_lsn, effect)
+                else:
+                    self._execute(host, effect)
             else:
                 self._apply_timer_effect(host, effect)
-        if self.config.storage.fsync != "always":
-            self._execute(host, outbound)
-            return
-        if host.needs_sync():
-            if outbound:
-                host.hold(outbound)
-            if host.sync_job is None:
-                self._start_sync(host)
-        else:
-            self._execute(host, outbound)
+        if self._flush.sync_now(pending_writes, durable_waiting=host.held_count > 0):
+            self._start_sync(host)
 
     def _apply_timer_effect(self, host: NodeHost, effect: Effect) -> None:
         if isinstance(effect, SetTimer):
@@ -364,21 +412,28 @@ class SimCluster:
         else:
             raise SimulationError(f"{host.node_id} returned an unknown effect {effect!r}")
 
-    def _execute(self, host: NodeHost, outbound: list[Outbound]) -> None:
-        for effect in outbound:
-            if isinstance(effect, Send):
-                self._send(host, effect.msg)
-            else:
-                pending = self._pending.get(effect.request_id)
-                if pending is None or pending.node_id != host.node_id:
-                    raise SimulationError(f"{host.node_id} replied to request {effect.request_id}, not open there")
-                self._finish(effect.request_id, effect.result)
+    def _execute(self, host: NodeHost, effect: Outbound) -> None:
+        if isinstance(effect, Send):
+            self._send(host, effect.msg)
+            return
+        pending = self._pending.get(effect.request_id)
+        if pending is None or pending.node_id != host.node_id:
+            raise SimulationError(f"{host.node_id} replied to request {effect.request_id}, not open there")
+        self._finish(effect.request_id, effect.result)
 
     def _send(self, host: NodeHost, msg: Message) -> None:
         if msg.src != host.node_id or msg.dst not in self._hosts:
             raise SimulationError(f"{host.node_id} sent a message from {msg.src!r} to {msg.dst!r}")
         sent = self.network.transmit(self.now_ms, msg)
         self.trace.record(("send", self.now_ms, msg.src, msg.dst, sent.arrivals_ms))
+        if not self._hosts[msg.dst].up:
+            # Nothing listens there: each copy is refused when it would have arrived, and the sender
+            # learns it once the last one is (the server's transport reports only when no copy can land).
+            # A message the fault policy dropped is never reported, as on a real network.
+            if sent.arrivals_ms:
+                self._queue.push(max(sent.arrivals_ms), msg.src, _Refused(sent.msg, host.life))
+                self._in_flight_copies += 1
+            return
         for arrival_ms in sent.arrivals_ms:
             self._queue.push(arrival_ms, msg.dst, _Deliver(sent.msg, sent.wire))
         self._in_flight_copies += len(sent.arrivals_ms)
@@ -388,26 +443,38 @@ class SimCluster:
     def _start_sync(self, host: NodeHost) -> None:
         if host.sync_job is not None:
             return
-        job = host.live_storage().prepare_sync()
+        job = host.live_storage().prepare_sync(fsync=self._flush.fsync)
         if job is None:
             return
         host.sync_job = job
-        self._queue.push(self.now_ms + self.fsync_latency_ms, host.node_id, _SyncDone(job, host.life))
+        # A write-out to the OS (fsync = "never") costs no device time.
+        latency_ms = self.fsync_latency_ms if self._flush.fsync else 0
+        self._queue.push(self.now_ms + latency_ms, host.node_id, _SyncDone(job, host.life))
 
     def _complete_sync(self, host: NodeHost, job: SyncJob) -> None:
         job.run()
-        host.live_storage().complete_sync(job)
+        storage = host.live_storage()
+        storage.complete_sync(job)
         host.sync_job = None
         self.stats.syncs += 1
         self.trace.record(("synced", self.now_ms, host.node_id, job.up_to_lsn))
-        self._execute(host, host.releasable())
-        # Writes made while this sync ran are covered by the next one (group commit).
-        if self.config.storage.fsync == "always" and host.needs_sync():
+        for effect in host.releasable():
+            self._execute(host, effect)
+        self._step(host, Synced(storage.synced_lsn))
+        # Durable effects of steps taken while this sync ran wait for the next one (group commit).
+        if self._flush.sync_now(host.pending_writes(), durable_waiting=host.held_count > 0):
             self._start_sync(host)
 
-    def _schedule_batch_tick(self, host: NodeHost) -> None:
-        at_ms = self.now_ms + self.config.storage.batch_interval_ms
-        self._queue.push(at_ms, host.node_id, _BatchTick(host.life))
+    def _schedule_flush_tick(self, host: NodeHost) -> None:
+        assert self._flush.interval_ms is not None
+        self._queue.push(self.now_ms + self._flush.interval_ms, host.node_id, _FlushTick(host.life))
+
+    def _writeback(self) -> None:
+        for node_id in self.config.node_ids:
+            self._hosts[node_id].disk.writeback()
+        self.stats.writebacks += 1
+        self.trace.record(("writeback", self.now_ms))
+        self._queue.push(self.now_ms + DISK_WRITEBACK_INTERVAL_MS, "", _Writeback())
 
     # ------------------------------------------------------------ results
 

@@ -1,9 +1,9 @@
 """NodeHost: one node's slot in the simulated cluster, across its crashes and restarts.
 
-The disk outlives every crash. While the node is up, the host also holds its ``Node``, its storage,
-its live timers and the outbound effects waiting for a sync (the durability contract of
-kvstore/effects.py: under ``fsync = "always"`` a step's ``Send`` and ``Reply`` effects wait until
-storage is synced up to the ``written_lsn`` the step left behind).
+The disk outlives every crash (what of it survives depends on the crash's kind). While the node is up,
+the host also holds its ``Node``, its storage, its live timers and the durable ``Send`` and ``Reply``
+effects waiting for a sync (the durability contract of kvstore/effects.py: a durable effect waits until
+storage is synced up to the ``written_lsn`` the step that made it left behind).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from kvstore.effects import Reply, Send
 from kvstore.node import Node
 from kvstore.sim.events import SimulationError
 from kvstore.storage.base import SyncJob
-from kvstore.storage.simulated import SimDisk, SimStorage
+from kvstore.storage.simulated import CrashKind, SimDisk, SimStorage
 
 Outbound = Send | Reply
 
@@ -25,14 +25,14 @@ class NodeHost:
         self.disk = SimDisk()
         self.node: Node | None = None
         self.storage: SimStorage | None = None
-        # Bumped at every crash: events scheduled in an earlier life (syncs, ticks) are then stale.
+        # Bumped at every crash: events scheduled in an earlier life (syncs, ticks, refusals) are then stale.
         self.life = 0
         # Timer key -> generation of its live entry on the event heap; a fired entry with another
         # generation was moved or cancelled, so heap entries never need to be removed.
         self.timers: dict[str, int] = {}
         self.sync_job: SyncJob | None = None
-        self._held: deque[tuple[int, list[Outbound]]] = deque()
-        self._held_count = 0
+        # (written_lsn of the step, effect), in the order the steps produced them.
+        self._held: deque[tuple[int, Outbound]] = deque()
         self._max_held_effects = max_held_effects
 
     @property
@@ -41,15 +41,16 @@ class NodeHost:
 
     @property
     def held_count(self) -> int:
-        return self._held_count
+        return len(self._held)
 
     def boot(self, node: Node, storage: SimStorage) -> None:
         if self.up:
             raise SimulationError(f"{self.node_id} is already up")
         self.node, self.storage = node, storage
 
-    def crash(self) -> None:
-        """Forget everything but the disk; a sync in flight never completes (its life is over)."""
+    def crash(self, kind: CrashKind) -> None:
+        """Forget everything but the disk, which loses what a crash of ``kind`` loses; a sync in flight
+        never completes (its life is over)."""
         if not self.up:
             raise SimulationError(f"{self.node_id} is already down")
         self.life += 1
@@ -57,26 +58,25 @@ class NodeHost:
         self.timers.clear()
         self.sync_job = None
         self._held.clear()
-        self._held_count = 0
+        self.disk.crash(kind)
 
-    def needs_sync(self) -> bool:
+    def pending_writes(self) -> int:
+        """Writes not yet synced."""
         storage = self.live_storage()
-        return storage.written_lsn > storage.synced_lsn
+        return storage.written_lsn - storage.synced_lsn
 
-    def hold(self, effects: list[Outbound]) -> None:
-        """Keep ``effects`` until storage is synced up to the current written LSN."""
-        self._held_count += len(effects)
-        if self._held_count > self._max_held_effects:
-            raise SimulationError(f"{self.node_id} holds {self._held_count} effects waiting for a sync")
-        self._held.append((self.live_storage().written_lsn, effects))
+    def hold(self, written_lsn: int, effect: Outbound) -> None:
+        """Keep ``effect`` until storage is synced up to ``written_lsn``."""
+        if len(self._held) >= self._max_held_effects:
+            raise SimulationError(f"{self.node_id} holds {len(self._held) + 1} effects waiting for a sync")
+        self._held.append((written_lsn, effect))
 
     def releasable(self) -> list[Outbound]:
         """Held effects whose writes are now synced, in the order their steps produced them."""
         synced_lsn = self.live_storage().synced_lsn
         out: list[Outbound] = []
         while self._held and self._held[0][0] <= synced_lsn:
-            out.extend(self._held.popleft()[1])
-        self._held_count -= len(out)
+            out.append(self._held.popleft()[1])
         return out
 
     def live_node(self) -> Node:

@@ -91,17 +91,32 @@ def test_a_request_to_a_down_node_fails_at_once() -> None:
     assert cluster.result(request_id) is None  # claimed once
 
 
-def test_forward_to_a_crashed_owner_times_out_indefinitely() -> None:
-    cluster = SimCluster(SEED, config())
+def test_forward_to_a_down_owner_is_refused_definitely() -> None:
+    # As on a real cluster: nothing listens at the owner's address, so the connection is refused.
+    cluster = SimCluster(SEED, config(), latency=FixedLatency(3))
     key = owned_keys(cluster.config, "n2", 1)[0]
     cluster.crash("n2")
     request_id = cluster.submit("n1", PutOp(key, b"v"))
+    cluster.run_until(2)
+    assert cluster.result(request_id) is None
+    cluster.run_until(3)
+    result = cluster.result(request_id)
+    assert failure_code(result) == "unavailable" and ErrorCode.UNAVAILABLE.definite
+    assert cluster.stats.send_failed == 1 and cluster.stats.lost_to_crash == 0
+
+
+def test_forward_to_an_owner_that_crashes_with_it_on_the_wire_times_out_indefinitely() -> None:
+    cluster = SimCluster(SEED, config(), latency=FixedLatency(10))
+    key = owned_keys(cluster.config, "n2", 1)[0]
+    request_id = cluster.submit("n1", PutOp(key, b"v"))
+    cluster.run_for(5)
+    cluster.crash("n2")  # the forward is on its way: whether it ran is unknown, and nothing says so
     cluster.run_until(TIMEOUT_MS - 1)
     assert cluster.result(request_id) is None
     cluster.run_until(TIMEOUT_MS)
     result = cluster.result(request_id)
     assert failure_code(result) == "timeout" and not ErrorCode.TIMEOUT.definite
-    assert cluster.stats.lost_to_crash == 1
+    assert cluster.stats.lost_to_crash == 1 and cluster.stats.send_failed == 0
 
 
 def test_requests_open_on_a_crashing_node_fail_indefinitely() -> None:
@@ -129,16 +144,18 @@ def test_crash_and_restart_are_checked() -> None:
     assert cluster.is_up("n1") and cluster.stats.restarts == 1
 
 
-def test_messages_to_a_down_node_are_lost_but_reach_it_once_restarted() -> None:
+def test_a_message_sent_while_its_destination_is_down_is_refused_even_if_it_restarts_meanwhile() -> None:
     cluster = SimCluster(SEED, config(), latency=FixedLatency(10))
     key = owned_keys(cluster.config, "n2", 1)[0]
     cluster.crash("n2")
-    first = cluster.submit("n1", PutOp(key, b"lost"))
+    first = cluster.submit("n1", PutOp(key, b"refused"))
     cluster.run_for(5)
-    cluster.restart("n2")  # the forward is still on the wire: it arrives after the restart
-    # The new n2 refuses it (n1 does not know n2's incarnation yet), n1 sends it again, n2 answers.
+    cluster.restart("n2")  # too late: the connection was refused when the forward was sent
     cluster.run_for(50)
-    assert cluster.result(first) == Written(key, 1)
+    assert failure_code(cluster.result(first)) == "unavailable"
+    # The next forward reaches the new n2: refused once (n1 does not know its incarnation), sent again.
+    assert isinstance(cluster.request("n1", PutOp(key, b"ok")), Written)
+    assert cluster.request("n3", GetOp(key)) == Found(key, b"ok", 1)
     assert cluster.stats.lost_to_crash == 0
 
 
@@ -155,9 +172,10 @@ def test_fsync_always_holds_replies_for_a_group_commit() -> None:
     assert cluster.result(ids[0]) == Written(keys[0], 1)
     assert cluster.result(ids[1]) is None
     cluster.run_until(10)  # one more sync covered the other nine
-    assert [cluster.result(i) for i in ids[1:]] == [Written(k, n) for n, k in enumerate(keys[1:], start=2)]
+    assert all(isinstance(cluster.result(i), Written) for i in ids[1:])
     assert cluster.stats.syncs == 2
-    assert cluster.storage("n1").synced_lsn == 10
+    storage = cluster.storage("n1")
+    assert storage.synced_lsn == storage.written_lsn
 
 
 @pytest.mark.parametrize("fsync", ["always", "never"])
@@ -183,8 +201,8 @@ def test_fsync_batch_acknowledges_first_and_syncs_every_interval() -> None:
     cluster.run_until(1)
     assert cluster.request("n1", PutOp(early, b"1")) == Written(early, 1)  # acknowledged before any sync
     cluster.run_until(12)  # the tick at 10 ms started a sync, done at 11 ms
-    assert cluster.request("n1", PutOp(late, b"2")) == Written(late, 2)
-    cluster.crash("n1")
+    assert isinstance(cluster.request("n1", PutOp(late, b"2")), Written)
+    cluster.crash("n1", "power")
     cluster.restart("n1")
     assert cluster.request("n1", GetOp(early)) == Found(early, b"1", 1)
     assert failure_code(cluster.request("n1", GetOp(late))) == "not_found"
@@ -193,17 +211,21 @@ def test_fsync_batch_acknowledges_first_and_syncs_every_interval() -> None:
 # ---------------------------------------------------------------- clocks
 
 
-def timer_events(cluster: SimCluster, node_id: str) -> list[tuple[object, ...]]:
-    return [e for e in cluster.trace.last() if e[0] == "timer" and e[2] == node_id]
+def sweep_events(cluster: SimCluster, node_id: str) -> list[tuple[object, ...]]:
+    """The TTL sweep timers that fired on ``node_id``, one per replica it holds, with the partition dropped."""
+    return sorted(
+        {(e[0], e[1], e[2], e[3]) for e in cluster.trace.last() if e[0] == "timer" and e[2] == node_id
+         and str(e[4]).endswith("ttl-sweep")}
+    )
 
 
 def test_clock_skew_runs_node_timers_in_the_node_clock() -> None:
     cluster = SimCluster(SEED, config(), SkewPolicy({"n2": [(0, 500)]}), latency=FixedLatency(2))
     assert cluster.node_clock_ms("n2") == 500
     cluster.run_until(1000)
-    # n2 booted at node time 500 and asked for its sweep at 1500: true time 1000.
-    assert timer_events(cluster, "n2") == [("timer", 1000, "n2", 1500, "ttl-sweep")]
-    assert timer_events(cluster, "n1") == [("timer", 1000, "n1", 1000, "ttl-sweep")]
+    # n2 booted at node time 500 and asked for its sweeps at 1500: true time 1000.
+    assert sweep_events(cluster, "n2") == [("timer", 1000, "n2", 1500)]
+    assert sweep_events(cluster, "n1") == [("timer", 1000, "n1", 1000)]
     key = owned_keys(cluster.config, "n2", 1)[0]
     cluster.request("n1", PutOp(key, b"v", ttl_ms=100))
     found = cluster.request("n1", GetOp(key))
@@ -215,7 +237,7 @@ def test_clock_skew_runs_node_timers_in_the_node_clock() -> None:
 def test_a_clock_set_back_delays_timers_until_the_node_clock_reaches_them() -> None:
     cluster = SimCluster(SEED, config(), SkewPolicy({"n1": [(100, -400)]}))
     cluster.run_until(2000)
-    assert timer_events(cluster, "n1") == [("timer", 1400, "n1", 1000, "ttl-sweep")]
+    assert sweep_events(cluster, "n1") == [("timer", 1400, "n1", 1000)]
 
 
 # ---------------------------------------------------------------- message faults
@@ -235,8 +257,9 @@ def test_duplicated_messages_do_not_break_read_your_writes(duplicate_after_ms: i
         read = cluster.request(rng.choice(cluster.node_ids()), GetOp(key))
         assert isinstance(read, Found) and read.value == last[key], f"seed={SEED} step {i}: {read!r}"
     cluster.run_until_idle()
-    writes = sum(cluster.storage(n).written_lsn for n in cluster.node_ids())
-    assert writes == 60  # no forward was executed twice
+    # Each write op a replica applies takes the partition's next index: no forward was executed twice.
+    applied = sum(cluster.storage(n).log(p).applied_index() for n in cluster.node_ids() for p in range(16))
+    assert applied == 60
     assert cluster.network.copies_scheduled == 2 * cluster.network.sent
 
 

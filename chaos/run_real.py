@@ -3,8 +3,10 @@
 The same workloads and nemesis schedule as the simulator, with real time instead of virtual time:
 client processes are asyncio tasks, each pinned to one node's HTTP API; crashes are SIGKILLs through
 the cluster supervisor; message and clock faults are pushed to every node's admin route (and again to
-a node after it restarts, since a fresh process starts fault-free). The cluster lives in a temporary
-directory and is always torn down.
+a node after it restarts, since a fresh process starts fault-free). After the heal and the quiet time,
+every replica's copy of each partition that has more than one is read through the nodes' admin route and
+judged by the convergence checker (``replica_convergence``). The cluster lives in a temporary directory
+and is always torn down.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from chaos.checkers import run_checkers
+from chaos.checkers import convergence
 from chaos.faults import ChaosPolicy
 from chaos.nemesis import Nemesis, describe_schedule, plan
-from chaos.run_sim import Recorder, RunResult
+from chaos.run_sim import Recorder, RunResult, all_checkers
 from chaos.scenario import Scenario
 from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
-from kvstore.client import AsyncClient
+from kvstore.client import AsyncClient, ReplicaCopy
 from kvstore.cluster import CONFIG_NAME, LocalCluster, pick_free_ports
 from kvstore.config import ClusterConfig, NodeAddress, StorageConfig, Timeouts, local_cluster
 from kvstore.errors import ErrorCode, KvError
@@ -41,6 +43,7 @@ from kvstore.messages import (
     ScanOp,
 )
 from kvstore.server.routes_admin import ADMIN_FAULTS_PATH
+from kvstore.storage.simulated import CrashKind
 
 Progress = Callable[[str], None]
 ADMIN_TIMEOUT_S = 5.0
@@ -51,6 +54,7 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
     ports = pick_free_ports(spec.nodes)
     base = local_cluster(
         spec.nodes,
+        mode=spec.mode,
         partitions=spec.partitions,
         secret=secret,
         storage=StorageConfig(engine="sqlite", fsync=spec.fsync, batch_interval_ms=spec.batch_interval_ms,  # type: ignore[arg-type]
@@ -80,6 +84,40 @@ async def execute(client: AsyncClient, op: ClientOp) -> Result:
     raise TypeError(f"the workloads do not use {type(op).__name__}")
 
 
+async def replica_convergence(urls: Mapping[str, str], secret: str, timeout_s: float) -> dict[str, Any]:
+    """The convergence verdict (``convergence.check_copies``) of a running cluster, its nodes at ``urls``.
+
+    The partition map is the newest any node serves on ``/cluster``; every replica of each partition with
+    more than one is read whole from its own node's admin route (``secret`` is the cluster's). The copies
+    are judged at the latest node clock seen. A node that cannot be read leaves the verdict "unknown".
+    """
+    clients = {node: AsyncClient([url], timeout_s=timeout_s) for node, url in urls.items()}
+    try:
+        views = [await client.cluster() for client in clients.values()]
+        partition_map = max((view["partition_map"] for view in views), key=lambda m: m["epoch"])
+        replicas = [tuple(nodes) for nodes in partition_map["replicas"]]
+        reads = [
+            (partition, node)
+            for partition in convergence.multi_copy_partitions(replicas)
+            for node in replicas[partition]
+        ]
+        # Every read runs to its end (return_exceptions) before the clients close under them.
+        answers = await asyncio.gather(
+            *(clients[node].replica_copy(p, secret=secret) for p, node in reads), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+    except KvError as exc:
+        return {"valid": "unknown", "reason": f"could not read every replica's copy: {exc}"}
+    finally:
+        for client in clients.values():
+            await client.close()
+    read = [answer for answer in answers if isinstance(answer, ReplicaCopy)]
+    copies = {(c.partition, c.node_id): c.records for c in read}
+    return convergence.check_copies(copies, replicas, max((c.clock_ms for c in read), default=0))
+
+
 class _RealTarget:
     """A local cluster as the nemesis sees it. Called from a worker thread: everything here may block."""
 
@@ -96,7 +134,10 @@ class _RealTarget:
     def now_ms(self) -> int:
         return int((time.monotonic() - self._started) * 1000)
 
-    def crash(self, node_id: str) -> None:
+    def crash(self, node_id: str, kind: CrashKind) -> None:
+        if kind != "process":
+            # SIGKILL leaves what the node wrote to the OS; losing that too takes the simulator's disk.
+            raise ValueError(f"a real cluster can only crash a process (SIGKILL), not a {kind!r} crash")
         self.cluster.kill(node_id)
         self._down.add(node_id)
 
@@ -168,6 +209,11 @@ class _RealRunner:
             self.progress("healing every fault")
             await asyncio.to_thread(self.nemesis.heal_all)
             await asyncio.sleep(s.quiet_ms / 1000)
+            # Before the final reads: a protocol that repairs replicas on reads must not hide a divergence.
+            self.progress("reading every replica's copy")
+            converged = await replica_convergence(
+                {n: self.cluster.url(n) for n in nodes}, self.cluster.config.secret, ADMIN_TIMEOUT_S
+            )
             self.progress("final reads")
             for i, op in enumerate(self.workload.final_ops()):
                 process = self.next_process
@@ -178,8 +224,8 @@ class _RealRunner:
                 await client.close()
         history = self.recorder.history(f"{s.name} real seed={self.seed}")
         self.progress(f"checking {len(history)} events")
-        checkers = run_checkers(s.checkers.names or self.workload.default_checkers, history,
-                                time_limit_s=s.checkers.time_limit_s)
+        checkers = all_checkers(s.checkers.names or self.workload.default_checkers, history,
+                                s.checkers.time_limit_s, converged)
         outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")
         stats: dict[str, Any] = {
             "ops": sum(1 for e in history.events if e.type == "invoke"),

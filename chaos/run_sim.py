@@ -4,17 +4,19 @@ Each client process is pinned to one node (process ``p`` talks to node ``p mod n
 time and records it; an op without an answer after ``client_timeout_ms`` is recorded as ``info`` and its
 process moves on under a new id, as Jepsen's do. After ``duration_ms`` no new ops start (or, when the
 workload sets ``ops``, once that many have finished: the run must get there within ``duration_ms``), every
-fault is healed, the cluster gets ``quiet_ms`` of calm, and the workload's final reads run one by one.
+fault is healed, the cluster gets ``quiet_ms`` of calm, every replica's copy of every partition is read for
+the convergence checker, and the workload's final reads run one by one.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from chaos.checkers import combine, run_checkers
+from chaos.checkers import combine, convergence, run_checkers
 from chaos.faults import ChaosPolicy
 from chaos.history import Event, History
 from chaos.nemesis import FaultAction, Nemesis, describe_schedule, plan
@@ -24,6 +26,7 @@ from chaos.workloads import Execution, Outcome, PlannedOp, Workload, make_worklo
 from kvstore.config import ClusterConfig, FsyncPolicy, StorageConfig, Timeouts, local_cluster
 from kvstore.messages import ClientOp, Result
 from kvstore.sim.cluster import SimCluster
+from kvstore.storage.simulated import CrashKind
 
 
 @dataclass
@@ -39,7 +42,8 @@ class RunResult:
 
     @property
     def valid(self) -> bool | str:
-        return combine([r.get("valid") for r in self.checkers.values()])
+        # A check that had nothing to compare neither passes nor fails the run.
+        return combine([r.get("valid") for r in self.checkers.values() if r.get("valid") != convergence.SKIPPED])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,31 @@ class Recorder:
         return History(list(self.events), source)
 
 
+def all_checkers(
+    names: Sequence[str], history: History, time_limit_s: float, converged: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The named checkers' verdicts on ``history``, and ``converged`` (``convergence.check_copies``'s verdict
+    on the replicas' copies): always when it compared copies, and when ``names`` asks for it even if it
+    had none to compare (it then says it was skipped)."""
+    results = run_checkers([name for name in names if name != "convergence"], history, time_limit_s=time_limit_s)
+    if "convergence" in names or converged["valid"] != convergence.SKIPPED:
+        results["convergence"] = converged
+    return results
+
+
+def sim_convergence(cluster: SimCluster) -> dict[str, Any]:
+    """The convergence verdict (``convergence.check_copies``) of a simulated cluster: every replica's copy of
+    each partition with more than one, read straight from its node's storage, judged at the latest node clock."""
+    nodes = cluster.node_ids()
+    replicas = cluster.node(nodes[0]).partition_map.replicas
+    copies = {
+        (partition, node): cluster.storage(node).copy_of(partition)
+        for partition in convergence.multi_copy_partitions(replicas)
+        for node in replicas[partition]
+    }
+    return convergence.check_copies(copies, replicas, max(cluster.node_clock_ms(node) for node in nodes))
+
+
 def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
     spec = scenario.cluster
     return local_cluster(
@@ -97,8 +126,8 @@ class _SimTarget:
     def now_ms(self) -> int:
         return self.cluster.now_ms
 
-    def crash(self, node_id: str) -> None:
-        self.cluster.crash(node_id)
+    def crash(self, node_id: str, kind: CrashKind) -> None:
+        self.cluster.crash(node_id, kind)
 
     def restart(self, node_id: str) -> None:
         self.cluster.restart(node_id)
@@ -167,14 +196,12 @@ class _SimRunner:
         self.cluster.run_until(ended_ms + s.workload.client_timeout_ms)
         self.nemesis.heal_all()
         self.cluster.run_for(s.quiet_ms)
+        # Before the final reads: a protocol that repairs replicas on reads must not hide a divergence.
+        converged = sim_convergence(self.cluster)
         self._final_reads()
         history = self.recorder.history(f"{s.name} seed={self.seed}")
-        checkers = run_checkers(
-            s.checkers.names or self.workload.default_checkers,
-            history,
-            time_limit_s=s.checkers.time_limit_s,
-            replica_states=self._replica_states(),
-        )
+        checkers = all_checkers(s.checkers.names or self.workload.default_checkers, history,
+                                s.checkers.time_limit_s, converged)
         return RunResult(s, self.seed, "sim", history, self.nemesis.periods, checkers, self._stats(history),
                          describe_schedule(self.schedule))
 
@@ -244,17 +271,6 @@ class _SimRunner:
                                         self.scenario.workload.client_timeout_ms + 1000, "final read")
 
     # ------------------------------------------------------------ results
-
-    def _replica_states(self) -> dict[str, dict[Any, Any]]:
-        states: dict[str, dict[Any, Any]] = {}
-        for node in self.cluster.node_ids():
-            storage = self.cluster.storage(node)
-            states[node] = {
-                key: record.value
-                for partition in storage.partitions()
-                for key, record in storage.scan(partition, "", None, 1_000_000, self.cluster.node_clock_ms(node))
-            }
-        return states
 
     def _stats(self, history: History) -> dict[str, Any]:
         outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")

@@ -7,7 +7,10 @@ Results are the message dataclasses the node produces:
 - ``cas`` returns ``Written`` or ``Deleted`` (when ``new`` is None) and raises ``KvError`` with code
   ``precondition_failed`` when the current value is not ``expected``;
 - ``scan`` returns ``ScanPage``; ``batch_get`` / ``batch_put`` return one ``Found`` / ``Written`` or
-  ``Failure`` per entry, in order (a missing key is a ``Failure`` with code ``not_found``).
+  ``Failure`` per entry, in order (a missing key is a ``Failure`` with code ``not_found``);
+- ``replica_copy(partition, secret=...)`` returns the ``ReplicaCopy`` of one node, read page by page through
+  the admin route ``/admin/copies/{partition}`` (the cluster secret is its bearer token). Build the client
+  on one node's URL to choose whose copy it reads.
 
 Any other error is raised as ``KvError`` with the server's code, so ``error.definite`` tells whether
 the operation certainly did not happen.
@@ -27,6 +30,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote, urlencode
@@ -38,6 +42,7 @@ from yarl import URL
 from kvstore.errors import ErrorCode, KvError
 from kvstore.http_session import send_once_session
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
+from kvstore.storage.base import Record, Sibling
 
 MSGPACK_TYPE = "application/msgpack"
 _MSGPACK_HEADERS = {"Content-Type": MSGPACK_TYPE, "Accept": MSGPACK_TYPE}
@@ -47,6 +52,26 @@ T = TypeVar("T")
 Value = bytes | str
 # (key, value) or (key, value, ttl_ms)
 PutItem = tuple[str, Value] | tuple[str, Value, int | None]
+
+
+# The admin route of replica copies (kvstore.server.routes_admin; the client does not import the server).
+COPIES_PREFIX = "/admin/copies/"
+# Records asked for per page of a copy: the route's maximum, so a copy takes as few round trips as it can.
+COPY_PAGE_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class ReplicaCopy:
+    """One node's copy of one partition: every stored record in key order, tombstones and expired ones too."""
+
+    node_id: str
+    partition: int
+    epoch: int
+    # The partition map's replicas of the partition, as the node knew them.
+    replicas: tuple[str, ...]
+    # The node's clock when it read the last page.
+    clock_ms: int
+    records: tuple[tuple[str, Record], ...]
 
 
 def key_path(route: str, key: str) -> str:
@@ -212,6 +237,39 @@ class AsyncClient:
             raise response.error()
         return response.body.decode("utf-8")
 
+    # ------------------------------------------------------------ admin
+
+    async def replica_copy(self, partition: int, *, secret: str, page_limit: int = COPY_PAGE_LIMIT) -> ReplicaCopy:
+        """The whole copy of ``partition`` held by the node that answers, read page by page.
+
+        Raises ``KvError``: ``not_found`` when that node holds no replica of the partition, ``unauthorized``
+        for a wrong secret, ``unavailable`` when the pages came from different nodes (the client failed over
+        in the middle, so the pages are no one node's copy).
+        """
+        headers = {"Accept": MSGPACK_TYPE, "Authorization": f"Bearer {secret}"}
+        records: list[tuple[str, Record]] = []
+        query = {"limit": str(page_limit)}
+        first: dict[str, Any] | None = None
+        while True:
+            response = await self._send(
+                "GET", f"{COPIES_PREFIX}{partition}", query=query, headers=headers, idempotent=True
+            )
+            doc = response.document()
+            if first is None:
+                first = doc
+            elif doc["node_id"] != first["node_id"]:
+                raise KvError(
+                    ErrorCode.UNAVAILABLE,
+                    f"the copy of partition {partition} began on {first['node_id']} and went on on {doc['node_id']}",
+                )
+            records.extend((r["key"], _record(r)) for r in doc["records"])
+            if doc["next"] is None:
+                return ReplicaCopy(
+                    first["node_id"], partition, first["epoch"], tuple(first["replicas"]), doc["clock_ms"],
+                    tuple(records),
+                )
+            query = {"after": doc["next"], "limit": str(page_limit)}
+
     # ------------------------------------------------------------ transport
 
     async def _send(
@@ -249,6 +307,11 @@ class AsyncClient:
                 definite = False
         code = ErrorCode.UNAVAILABLE if definite else ErrorCode.TIMEOUT
         raise KvError(code, "no node answered: " + "; ".join(failures))
+
+
+def _record(doc: Mapping[str, Any]) -> Record:
+    siblings = tuple(Sibling(s["value"], s["version"], s["context"]) for s in doc["siblings"])
+    return Record(doc["value"], doc["version"], doc["expires_at_ms"], doc["context"], siblings)
 
 
 def _failure(entry: Mapping[str, Any]) -> Failure:
@@ -317,3 +380,6 @@ class Client:
 
     def metrics(self) -> str:
         return self._run(self._async.metrics())
+
+    def replica_copy(self, partition: int, *, secret: str, page_limit: int = COPY_PAGE_LIMIT) -> ReplicaCopy:
+        return self._run(self._async.replica_copy(partition, secret=secret, page_limit=page_limit))

@@ -19,6 +19,12 @@ from kvstore.config import FSYNC_POLICIES, MODES, STORAGE_ENGINES, Limits
 from kvstore.errors import ErrorCode
 from kvstore.server.http_codec import JSON_TYPE, MSGPACK_TYPE, OCTET_TYPE
 from kvstore.server.router import Route
+from kvstore.server.routes_admin import (
+    ADMIN_COPIES_TEMPLATE,
+    DEFAULT_COPY_LIMIT,
+    MAX_COPY_LIMIT,
+    MAX_COPY_PAGE_BYTES,
+)
 from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT
 from kvstore.validation import MAX_TTL_MS
 
@@ -42,6 +48,8 @@ _NODE = (ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT)
 # Routes that read a body: too large, or under a Content-Type or Content-Encoding they do not read.
 _BODY = (ErrorCode.TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
 _CODINGS = "The body may be compressed, with `Content-Encoding: gzip` or `deflate`."
+# Admin routes take the cluster secret as a bearer token (routes_admin.authorize).
+_SECURITY_SCHEME = "clusterSecret"
 
 
 def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -59,7 +67,11 @@ def _one_of(*branches: dict[str, Any]) -> dict[str, Any]:
 
 
 _STRING = {"type": "string"}
-_VERSION = {"type": "integer", "minimum": 1, "description": "The LSN of the write that made this value"}
+_VERSION = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "The version the replication protocol gave this value (in single mode, the partition's write index)",
+}
 _EXPIRES_AT_MS = {"type": "integer", "description": "When the key expires, in the owner's wall-clock ms"}
 _TEXT_VALUE = {"type": "string", "description": "The value, when it is valid UTF-8"}
 _BASE64 = {"type": "string", "contentEncoding": "base64", "pattern": _BASE64_PATTERN}
@@ -255,6 +267,61 @@ def _cluster_view() -> dict[str, Any]:
     )
 
 
+def _copy_page(as_msgpack: bool) -> dict[str, Any]:
+    """A page of one replica's copy: bytes are raw in msgpack and base64 in JSON."""
+    data = {"description": "Raw bytes (msgpack bin)"} if as_msgpack else _BASE64
+    # msgpack bin has no JSON type to tell it from nil by, so there it is one schema, not a oneOf.
+    maybe_data = (
+        {"description": "Raw bytes (msgpack bin), or nil for a tombstone"}
+        if as_msgpack
+        else {"oneOf": [_BASE64, {"type": "null"}], "description": "null: a tombstone"}
+    )
+    version = {"type": "integer", "description": "The version the protocol stored"}
+    sibling = _object({"value": maybe_data, "version": version, "context": data})
+    fields = {
+        "key": _STRING,
+        "version": version,
+        "expires_at_ms": {
+            "type": ["integer", "null"],
+            "description": "A value is hidden from then on, a tombstone may be purged; null: never",
+        },
+        "context": {**data, "description": "The protocol's causal context, opaque"},
+        "siblings": {"type": "array", "items": sibling, "description": "Concurrent values kept beside this one"},
+    }
+    # A tombstone has a null value, a value record has bytes: "tombstone" tells them apart.
+    record = _one_of(
+        _object({**fields, "value": data, "tombstone": {"const": False}}),
+        _object({**fields, "value": {"type": "null"}, "tombstone": {"const": True}}),
+    )
+    return _object(
+        {
+            "node_id": _STRING,
+            "partition": {"type": "integer", "minimum": 0},
+            "epoch": {"type": "integer", "minimum": 1, "description": "The partition map's epoch"},
+            "replicas": {"type": "array", "items": _STRING, "description": "The nodes holding this partition"},
+            "clock_ms": {"type": "integer", "minimum": 0, "description": "The node's clock when it read the page"},
+            "records": {"type": "array", "items": record, "description": "In key order"},
+            "next": {
+                "oneOf": [_STRING, {"type": "null"}],
+                "description": "The `after` of the next page; null on the last page",
+            },
+        }
+    )
+
+
+def _copy_query(limits: Limits) -> dict[str, Any]:
+    limit = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_COPY_LIMIT,
+        "default": DEFAULT_COPY_LIMIT,
+        "description": f"At most this many records (and at most {MAX_COPY_PAGE_BYTES} bytes of keys, values and "
+        "contexts, but at least one record)",
+    }
+    after = {**_key(limits), "description": "Records with keys after this one (the `next` of the previous page)"}
+    return _object({}, {"after": after, "limit": limit})
+
+
 def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
     key_param = {
         "name": "key",
@@ -389,6 +456,29 @@ def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
                 **_errors(_ALWAYS),
             },
         },
+        ("GET", ADMIN_COPIES_TEMPLATE): {
+            "summary": "This node's copy of one partition it holds a replica of, every stored record in key order",
+            "description": (
+                "An admin route: `Authorization: Bearer <cluster secret>`. Tombstones and expired records are "
+                "included, with the version, expiry, causal context and siblings the protocol stored. Follow "
+                "`next` as `after` until it is null to read the whole copy."
+            ),
+            "security": [{_SECURITY_SCHEME: []}],
+            "parameters": [
+                {
+                    "name": "partition",
+                    "in": "path",
+                    "required": True,
+                    "description": "0 to the partition count minus 1 (see /cluster)",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                _query("page", _copy_query(limits), "Where the page starts and how many records it holds at most"),
+            ],
+            "responses": {
+                "200": _ok("A page of the copy", _copy_page(False), _copy_page(True)),
+                **_errors((*_ALWAYS, ErrorCode.BAD_KEY, ErrorCode.UNAUTHORIZED, ErrorCode.NOT_FOUND)),
+            },
+        },
         ("GET", "/openapi.json"): {
             "summary": "This document",
             "description": no_query,
@@ -430,8 +520,15 @@ def build_openapi(routes: list[Route], limits: Limits | None = None) -> dict[str
         if operation is None:
             raise ValueError(f"route {route.label} has no OpenAPI description")
         paths.setdefault(route.template, {})[route.method.lower()] = operation
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "kvstore", "version": "1", "description": _INFO_DESCRIPTION},
         "paths": paths,
     }
+    if any("security" in operation for ops in paths.values() for operation in ops.values()):
+        doc["components"] = {
+            "securitySchemes": {
+                _SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description": "The cluster secret"}
+            }
+        }
+    return doc

@@ -1,15 +1,23 @@
-"""Admin routes: switch the message and clock faults a running node applies (used by chaos on real clusters).
+"""Admin routes, authenticated with ``Authorization: Bearer <cluster secret>``; not for the client workload.
 
-``GET|PUT|DELETE /admin/faults`` with ``Authorization: Bearer <cluster secret>``. The body of a PUT is a
-``ChaosPolicy`` in JSON (``kvstore.faults.ChaosPolicy.to_json``): cut links, delays, drop / duplicate /
-reorder probabilities, and clock faults keyed by node (a node applies its own entry to its clock; clock
-``since_ms`` is in wall-clock ms). Every field is checked for type and bound, and node ids must be
-members of the cluster; a bad policy is a 400 and changes nothing. DELETE restores the fault-free
-policy. Not part of the client API.
+``GET|PUT|DELETE /admin/faults`` switch the message and clock faults a running node applies (used by chaos
+on real clusters). The body of a PUT is a ``ChaosPolicy`` in JSON (``kvstore.faults.ChaosPolicy.to_json``):
+cut links, delays, drop / duplicate / reorder probabilities, and clock faults keyed by node (a node applies
+its own entry to its clock; clock ``since_ms`` is in wall-clock ms). Every field is checked for type and
+bound, and node ids must be members of the cluster; a bad policy is a 400 and changes nothing. DELETE
+restores the fault-free policy. These stay out of the OpenAPI description.
+
+``GET /admin/copies/{partition}?after=<key>&limit=<n>`` answers this node's copy of one partition it holds a
+replica of: every stored record in key order, tombstones and expired records included, with the version,
+expiry, causal context and siblings the protocol stored (what the convergence checker compares across
+replicas). The copy is what the node holds in memory, synced or not. Pages are bounded by count and by
+bytes; ``next`` is the ``after`` of the following page. Documented in ``openapi.py``.
 """
 
 from __future__ import annotations
 
+import base64
+import bisect
 import hmac
 import os
 import random
@@ -19,13 +27,34 @@ from aiohttp import web
 from kvstore.config import ClusterConfig
 from kvstore.errors import ErrorCode, KvError
 from kvstore.faults import ChaosPolicy
+from kvstore.node import Node
+from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
-from kvstore.server.http_codec import json_response, read_document
+from kvstore.server.http_codec import encoded_response, json_response, query_params, read_document, wants_msgpack
 from kvstore.server.router import Router
+from kvstore.storage.base import Record, Storage
+from kvstore.validation import check_key, parse_whole_number, show_int
 
 ADMIN_FAULTS_PATH = "/admin/faults"
 # A fault policy is a few links and numbers; anything much larger is not one.
 MAX_POLICY_BYTES = 256 * 1024
+
+ADMIN_COPIES_PREFIX = "/admin/copies/"
+ADMIN_COPIES_TEMPLATE = ADMIN_COPIES_PREFIX + "{partition}"
+DEFAULT_COPY_LIMIT = 1000
+MAX_COPY_LIMIT = 10_000
+# A page stops before the record that would take its keys, values and contexts past this many bytes (but
+# holds at least one record), so that a page of large values is bounded too, not only counted.
+MAX_COPY_PAGE_BYTES = 8 << 20
+
+
+def authorize(request: web.BaseRequest, secret: bytes) -> None:
+    """``unauthorized`` unless the request carries ``Authorization: Bearer <secret>``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip(" ").partition(" ")
+    # The scheme is case-insensitive and may be followed by more than one space (RFC 9110 11.4).
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.lstrip(" ").encode("utf-8", "replace"), secret):
+        raise KvError(ErrorCode.UNAUTHORIZED, "admin routes need 'Authorization: Bearer <cluster secret>'")
 
 
 class AdminRoutes:
@@ -39,25 +68,16 @@ class AdminRoutes:
         for method, handler in (("GET", self.show), ("PUT", self.install), ("DELETE", self.clear)):
             router.add(method, ADMIN_FAULTS_PATH, handler, internal=True)
 
-    def _authorize(self, request: web.BaseRequest) -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.strip(" ").partition(" ")
-        # The scheme is case-insensitive and may be followed by more than one space (RFC 9110 11.4).
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.lstrip(" ").encode("utf-8", "replace"), self._token
-        ):
-            raise KvError(ErrorCode.UNAUTHORIZED, "admin routes need 'Authorization: Bearer <cluster secret>'")
-
     def _current(self) -> dict[str, object]:
         policy = self._faults.policy
         return {"faults": policy.to_json() if isinstance(policy, ChaosPolicy) else None}
 
     async def show(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        self._authorize(request)
+        authorize(request, self._token)
         return json_response(self._current())
 
     async def install(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        self._authorize(request)
+        authorize(request, self._token)
         doc, _as_msgpack = await read_document(request, MAX_POLICY_BYTES, self._body_timeout_s)
         try:
             policy = ChaosPolicy.from_json(doc, random.Random(int.from_bytes(os.urandom(8), "big")), self._members)
@@ -67,6 +87,120 @@ class AdminRoutes:
         return json_response(self._current())
 
     async def clear(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        self._authorize(request)
+        authorize(request, self._token)
         self._faults.clear()
         return json_response(self._current())
+
+
+class CopyRoutes:
+    """``GET /admin/copies/{partition}``: one replica's copy of a partition, read straight from storage.
+
+    Served on the loop thread, as every step is, so a page is one consistent moment of the node's memory.
+    """
+
+    def __init__(self, config: ClusterConfig, node: Node, storage: Storage, clock: NodeClock) -> None:
+        self._token = config.secret.encode()
+        self._limits = config.limits
+        self._node = node
+        self._storage = storage
+        self._clock = clock
+
+    def register(self, router: Router) -> None:
+        router.add("GET", ADMIN_COPIES_TEMPLATE, self.copy)
+
+    async def copy(self, request: web.BaseRequest, raw_partition: str) -> web.StreamResponse:
+        authorize(request, self._token)
+        params = query_params(request, ("after", "limit"))
+        partition_map = self._node.partition_map
+        partition = self._partition(raw_partition, partition_map.partition_count)
+        limit = self._limit(params.get("limit"))
+        after = self._after(params.get("after"))
+        node_id = self._node.node_id
+        replicas = partition_map.replicas[partition]
+        if node_id not in replicas:
+            raise KvError(
+                ErrorCode.NOT_FOUND,
+                f"node {node_id} holds no replica of partition {partition} (its replicas: {', '.join(replicas)})",
+            )
+        as_msgpack = wants_msgpack(request)
+        records = self._storage.copy_of(partition)
+        start = 0 if after is None else bisect.bisect_right(records, after, key=lambda item: item[0])
+        page: list[dict[str, object]] = []
+        page_bytes = 0
+        end = start
+        for key, record in records[start : start + limit]:
+            size = _record_bytes(key, record)
+            if page and page_bytes + size > MAX_COPY_PAGE_BYTES:
+                break
+            page.append(_record_doc(key, record, as_msgpack))
+            page_bytes += size
+            end += 1
+        doc = {
+            "node_id": node_id,
+            "partition": partition,
+            "epoch": partition_map.epoch,
+            "replicas": list(replicas),
+            "clock_ms": self._clock.now_ms(),
+            "records": page,
+            # The last key of this page while more follow: the next page's ``after``.
+            "next": records[end - 1][0] if end < len(records) else None,
+        }
+        return encoded_response(doc, as_msgpack)
+
+    @staticmethod
+    def _partition(raw: str, partition_count: int) -> int:
+        partition = parse_whole_number(raw, "partition")
+        if not 0 <= partition < partition_count:
+            raise KvError(
+                ErrorCode.BAD_REQUEST, f"partition must be 0..{partition_count - 1}, got {show_int(partition)}"
+            )
+        return partition
+
+    @staticmethod
+    def _limit(text: str | None) -> int:
+        if text is None:
+            return DEFAULT_COPY_LIMIT
+        limit = parse_whole_number(text, "limit")
+        if not 1 <= limit <= MAX_COPY_LIMIT:
+            raise KvError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_COPY_LIMIT}, got {show_int(limit)}")
+        return limit
+
+    def _after(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        try:
+            # A cursor is a key (the last of a page), so it is checked as one.
+            return check_key(text, self._limits)
+        except KvError as exc:
+            raise KvError(ErrorCode.BAD_REQUEST, f"after: {exc.message}") from None
+
+
+def _record_bytes(key: str, record: Record) -> int:
+    siblings = sum(len(s.value or b"") + len(s.context) for s in record.siblings)
+    return len(key.encode()) + len(record.value or b"") + len(record.context) + siblings
+
+
+def _bytes_field(data: bytes | None, as_msgpack: bool) -> object:
+    """Raw bytes in msgpack, base64 in JSON; None stays None (a tombstone's value)."""
+    if data is None or as_msgpack:
+        return data
+    return base64.b64encode(data).decode("ascii")
+
+
+def _record_doc(key: str, record: Record, as_msgpack: bool) -> dict[str, object]:
+    return {
+        "key": key,
+        "value": _bytes_field(record.value, as_msgpack),
+        "tombstone": record.tombstone,
+        "version": record.version,
+        "expires_at_ms": record.expires_at_ms,
+        "context": _bytes_field(record.context, as_msgpack),
+        "siblings": [
+            {
+                "value": _bytes_field(s.value, as_msgpack),
+                "version": s.version,
+                "context": _bytes_field(s.context, as_msgpack),
+            }
+            for s in record.siblings
+        ],
+    }

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
+import jsonschema_rs
 import msgpack
 import pytest
 import schemathesis
+from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, serve_copies
 from schemathesis.core.errors import LoaderError
 from server_support import CLIENT_ROUTE_TEMPLATES
 
@@ -22,15 +24,26 @@ from kvstore.errors import ErrorCode
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 from kvstore.server.openapi import build_openapi
 from kvstore.server.router import Route
+from kvstore.server.routes_admin import ADMIN_COPIES_TEMPLATE
+from kvstore.storage.base import Record
 
 Json = dict[str, Any]
+SECRET = "openapi-test-secret"
+# The admin operations the description documents, beside the client routes.
+ADMIN_ROUTE_TEMPLATES = (("GET", ADMIN_COPIES_TEMPLATE),)
 
 
 @pytest.fixture
-async def node() -> AsyncIterator[str]:
-    """A one-node cluster's URL: it owns every key, so no answer depends on forwarding."""
-    async with InProcessCluster(loopback_config(1, partitions=4)) as cluster:
-        yield cluster.url("n1")
+async def running() -> AsyncIterator[InProcessCluster]:
+    """A one-node cluster: it owns every key and partition, so no answer depends on forwarding."""
+    async with InProcessCluster(loopback_config(1, partitions=4, secret=SECRET)) as cluster:
+        serve_copies(cluster)
+        yield cluster
+
+
+@pytest.fixture
+def node(running: InProcessCluster) -> str:
+    return running.url("n1")
 
 
 @pytest.fixture
@@ -78,6 +91,78 @@ async def _unused(request: Any, param: str) -> Any:
 
 
 CLIENT_ROUTES = [Route(method, template, _unused) for method, template in CLIENT_ROUTE_TEMPLATES]
+ADMIN_ROUTES = [Route(method, template, _unused) for method, template in ADMIN_ROUTE_TEMPLATES]
+
+
+async def test_the_live_node_describes_its_client_and_admin_routes(described: Json) -> None:
+    documented = {(method, path) for method, path, _ in operations(described)}
+    assert documented == {*CLIENT_ROUTE_TEMPLATES, *ADMIN_ROUTE_TEMPLATES}
+    # /admin/faults stays internal: only the copy route is documented, as secured by the cluster secret.
+    assert "/admin/faults" not in described["paths"]
+    secured = {(method, path) for method, path, operation in operations(described) if "security" in operation}
+    assert secured == set(ADMIN_ROUTE_TEMPLATES)
+    assert described["components"]["securitySchemes"] == {
+        "clusterSecret": {"type": "http", "scheme": "bearer", "description": "The cluster secret"}
+    }
+    # Without a secured route there is nothing to name a security scheme for.
+    assert "components" not in build_openapi(CLIENT_ROUTES)
+
+
+async def test_the_copy_route_lists_its_refusals(described: Json) -> None:
+    responses = described["paths"][ADMIN_COPIES_TEMPLATE]["get"]["responses"]
+    codes = {
+        status: response["content"]["application/json"]["schema"]["properties"]["error"]["properties"]["code"]["enum"]
+        for status, response in responses.items()
+        if status != "200"
+    }
+    assert codes == {
+        "400": ["bad_request", "bad_key"],
+        "401": ["unauthorized"],
+        "404": ["not_found"],
+        "408": ["request_timeout"],
+        "414": ["uri_too_long"],
+        "431": ["headers_too_large"],
+        "500": ["internal"],
+        "503": ["overloaded"],
+    }
+
+
+async def test_every_record_shape_of_a_copy_matches_the_description(
+    running: InProcessCluster, http: aiohttp.ClientSession, described: Json
+) -> None:
+    storage = running.servers["n1"].storage
+    for key, record in (("a", VALUE), ("b", TOMBSTONE), ("c", WITH_SIBLINGS), ("d", Record(b"", 1))):
+        storage.write(0, key, record)
+    ok = described["paths"][ADMIN_COPIES_TEMPLATE]["get"]["responses"]["200"]["content"]
+    url = f"{running.url('n1')}/admin/copies/0"
+    for media_type in ("application/json", "application/msgpack"):
+        headers = {"Authorization": f"Bearer {SECRET}", "Accept": media_type}
+        async with http.get(url, params={"limit": "3"}, headers=headers) as response:
+            assert response.status == 200 and response.content_type == media_type
+            body = await response.read()
+        if media_type == "application/json":
+            doc = json.loads(body)
+        else:
+            doc = msgpack.unpackb(body)
+            assert isinstance(doc["records"][0]["value"], bytes) and doc["records"][1]["value"] is None
+            # A JSON Schema validator knows no bytes; the msgpack schema takes any value where bytes go.
+            doc = _bytes_as_text(doc)
+        assert len(doc["records"]) == 3 and doc["next"] == "c"
+        validator = jsonschema_rs.validator_for(ok[media_type]["schema"])
+        assert validator.is_valid(doc), list(validator.iter_errors(doc))
+        # The control: a record that says it is a tombstone while holding a value matches no shape.
+        doc["records"][0]["tombstone"] = True
+        assert not validator.is_valid(doc)
+
+
+def _bytes_as_text(doc: Any) -> Any:
+    if isinstance(doc, bytes):
+        return doc.hex()
+    if isinstance(doc, dict):
+        return {k: _bytes_as_text(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_bytes_as_text(v) for v in doc]
+    return doc
 
 
 def test_a_route_without_a_description_is_refused() -> None:
@@ -244,6 +329,8 @@ class Probe:
         self.node, self.http, self.method, self.template, self.operation = node, http, method, path, operation
         self.mismatches = mismatches
         self.path = path
+        # A secured (admin) route is probed with the secret: its input is what is probed, not its auth.
+        self.auth = {"Authorization": f"Bearer {SECRET}"} if "security" in operation else {}
 
     def body_schema(self, media_type: str = "application/json") -> Json | None:
         body = self.operation.get("requestBody")
@@ -256,14 +343,14 @@ class Probe:
         self, query: dict[str, str] | None = None, body: Any = None, media_type: str = "application/json"
     ) -> tuple[int, Json | None]:
         data: bytes | None = None
-        headers = {}
+        headers = dict(self.auth)
         if body is not None:
             data = msgpack.packb(body) if "msgpack" in media_type else json.dumps(body).encode()
             headers["Content-Type"] = media_type
         elif self.operation.get("requestBody", {}).get("required"):
             return await self.send(query, self.valid_body(), media_type)
-        # A fresh key each time: a CAS that expects the key absent finds it so.
-        self.path = self.template.replace("{key}", next(_keys))
+        # A fresh key each time: a CAS that expects the key absent finds it so. Partition 0 is the node's.
+        self.path = self.template.replace("{key}", next(_keys)).replace("{partition}", "0")
         url = f"{self.node}{self.path}"
         async with self.http.request(self.method, url, params=query, data=data, headers=headers) as response:
             is_json = response.content_type == "application/json"

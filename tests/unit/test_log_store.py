@@ -227,6 +227,19 @@ def test_synced_through_drops_to_below_an_unsynced_truncation() -> None:
     assert log.synced_through() == 8
 
 
+def test_synced_through_takes_the_lowest_unsynced_append_not_the_oldest() -> None:
+    s = durable()
+    log = s.log(0)
+    log.append(entries(1, 4, term=1))
+    _synced(s)
+    log.append(entries(5, 5, term=1))
+    log.truncate_suffix(3)
+    log.append(entries(3, 3, term=2))
+    assert log.synced_through() == 2  # the durable 3 is of term 1
+    _synced(s)
+    assert log.synced_through() == 3
+
+
 def test_synced_through_is_not_lowered_by_compaction_or_other_partitions() -> None:
     s = durable()
     log, other = s.log(0), s.log(1)

@@ -23,4 +23,4 @@ def open_storage(config: ClusterConfig, node_id: str) -> Storage:
     if settings.engine == "memory":
         config.node(node_id)
         return MemoryStorage()
-    return SqliteStorage(storage_path(config, node_id), settings.fsync, settings.compact_after_writes)
+    return SqliteStorage(storage_path(config, node_id), settings.fsync)

@@ -4,15 +4,18 @@ convergence check (``chaos.run_real.replica_convergence``) reads every replica a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
+from aiohttp import web
 from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, serve_copies
 
 from chaos.checkers.convergence import SKIPPED
 from chaos.run_real import replica_convergence
 from kvstore.client import AsyncClient, Client
 from kvstore.errors import ErrorCode, KvError
-from kvstore.server.inprocess import InProcessCluster
+from kvstore.server.inprocess import InProcessCluster, free_ports
 from kvstore.storage.base import Record
 from partitioning.partition_map import PartitionMap
 
@@ -71,6 +74,35 @@ async def test_the_sync_client_reads_a_copy_too(cluster: InProcessCluster) -> No
 
     # In a worker thread: the nodes answer on this test's loop.
     assert await asyncio.to_thread(read) == [("a", VALUE)]
+
+
+@pytest.fixture
+async def changes_node_between_pages() -> AsyncIterator[str]:
+    """A server whose first page of a copy comes from n1 and the next from n2, as when a client built on
+    several URLs fails over in the middle of a copy."""
+
+    async def page(request: web.BaseRequest) -> web.Response:
+        first = "after" not in request.query
+        doc = {"node_id": "n1" if first else "n2", "partition": 0, "epoch": 1, "replicas": ["n1", "n2"],
+               "clock_ms": 1, "records": [], "next": "k" if first else None}
+        return web.Response(body=msgpack.packb(doc), content_type="application/msgpack")
+
+    port = free_ports(1)[0]
+    runner = web.ServerRunner(web.Server(page))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_pages_from_different_nodes_are_no_copy(changes_node_between_pages: str) -> None:
+    async with AsyncClient([changes_node_between_pages], timeout_s=TIMEOUT_S) as client:
+        with pytest.raises(KvError) as mixed:
+            await client.replica_copy(0, secret="any")
+    assert mixed.value.code is ErrorCode.UNAVAILABLE
+    assert mixed.value.message == "the copy of partition 0 began on n1 and went on on n2"
 
 
 async def test_a_cluster_with_one_copy_per_partition_skips_the_check(cluster: InProcessCluster) -> None:

@@ -1,36 +1,60 @@
-"""The pump's durability contract, group commit, bounds and failure handling, with a journal the test gates."""
+"""The pump's side of the durability contract, its flush schedule, bounds and failure handling.
+
+Most tests drive it with a stub node, whose steps write to a stub storage (only the durability cursor)
+and return durable and unmarked effects, and whose sync jobs block until the test opens their gate.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
-from kvstore.config import FsyncPolicy, local_cluster
+from kvstore import flush_policy
+from kvstore.config import FsyncPolicy, StorageConfig, local_cluster
+from kvstore.effects import Effect, Reply, Send
 from kvstore.errors import ErrorCode
-from kvstore.messages import Failure, Forward, ForwardReply, GetOp, Message, PutOp, Result, Written
+from kvstore.flush_policy import EARLY_FLUSH_EVENTS
+from kvstore.messages import (
+    ClientRequest,
+    Failure,
+    Found,
+    GetOp,
+    Input,
+    Message,
+    PutOp,
+    Result,
+    Synced,
+    Written,
+)
 from kvstore.node import Node
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
 from kvstore.server.pump import Pump
 from kvstore.storage.base import SyncJob
-from kvstore.storage.memory import Event, MemoryStorage
+from kvstore.storage.memory import MemoryStorage
+
+POLICIES: tuple[FsyncPolicy, ...] = ("always", "batch", "never")
+# Longer than any test: a sync that starts before it was not the periodic one.
+LONG_INTERVAL_MS = 600_000
+# Bounds on a hung pump, never a measure of speed.
+HANG_S = 10.0
 
 
 @dataclass
 class GatedJournal:
-    """Sync jobs block until ``gate`` opens; ``batches`` records how many events each job carried."""
+    """Sync jobs block until ``gate`` opens; ``batches`` records how many writes each job carried."""
 
     gate: threading.Event = field(default_factory=threading.Event)
     running: threading.Event = field(default_factory=threading.Event)
     batches: list[int] = field(default_factory=list)
     fail: bool = False
 
-    def job(self, events: list[Event], up_to_lsn: int) -> SyncJob:
+    def job(self, events: Sequence[object], up_to_lsn: int) -> SyncJob:
         return GatedJob(self, len(events), up_to_lsn)
 
     def close(self) -> None:
@@ -40,7 +64,7 @@ class GatedJournal:
 @dataclass
 class GatedJob:
     journal: GatedJournal
-    event_count: int
+    write_count: int
     up_to_lsn: int
 
     def run(self) -> None:
@@ -48,40 +72,113 @@ class GatedJob:
         assert self.journal.gate.wait(timeout=30), "the test never opened the gate"
         if self.journal.fail:
             raise OSError("disk on fire")
-        self.journal.batches.append(self.event_count)
+        self.journal.batches.append(self.write_count)
+
+
+class StubStorage:
+    """The durability cursor and nothing else: a write takes the next LSN, a sync job covers them all."""
+
+    def __init__(self, journal: GatedJournal) -> None:
+        self.journal = journal
+        self.written_lsn = 0
+        self.synced_lsn = 0
+        self._prepared_lsn = 0
+
+    def write(self, count: int = 1) -> None:
+        self.written_lsn += count
+
+    def prepare_sync(self) -> SyncJob | None:
+        if self._prepared_lsn == self.written_lsn:
+            return None
+        job = self.journal.job([None] * (self.written_lsn - self._prepared_lsn), self.written_lsn)
+        self._prepared_lsn = self.written_lsn
+        return job
+
+    def complete_sync(self, job: SyncJob) -> None:
+        self.synced_lsn = max(self.synced_lsn, job.up_to_lsn)
+
+
+@dataclass
+class StubNode:
+    """Each client op's key names what its step does: ``dur/<k>`` writes and answers durably, ``free/<k>``
+    writes and answers unmarked, ``send/<dst>/<k>`` writes and sends durably (answering unmarked),
+    ``sendfree/<dst>/<k>`` sends unmarked, ``bulk/<n>`` writes n times; a GetOp answers durably."""
+
+    storage: StubStorage
+    node_id: str = "n1"
+    # (input, synced LSN when it was stepped)
+    inputs: list[tuple[Input, int]] = field(default_factory=list)
+
+    def step(self, now_ms: int, inp: Input) -> list[Effect]:
+        self.inputs.append((inp, self.storage.synced_lsn))
+        if not isinstance(inp, ClientRequest):
+            return []
+        rid, op = inp.request_id, inp.op
+        if isinstance(op, GetOp):
+            return [Reply(rid, Found(op.key, b"v", 0), durable=True)]
+        assert isinstance(op, PutOp), op
+        kind, _, rest = op.key.partition("/")
+        if kind == "bulk":
+            self.storage.write(int(rest))
+            return [Reply(rid, Written(op.key, self.storage.written_lsn))]
+        if kind in ("dur", "free"):
+            self.storage.write()
+            return [Reply(rid, Written(op.key, self.storage.written_lsn), durable=kind == "dur")]
+        dst, _, key = rest.partition("/")
+        if kind == "send":
+            self.storage.write()
+        msg = Message(self.node_id, dst, 0, GetOp(key))
+        return [Send(msg, durable=kind == "send"), Reply(rid, Written(op.key, self.storage.written_lsn))]
+
+    def synced(self) -> list[Synced]:
+        return [inp for inp, _ in self.inputs if isinstance(inp, Synced)]
 
 
 @dataclass
 class Rig:
     pump: Pump
-    node: Node
-    storage: MemoryStorage
+    node: StubNode
+    storage: StubStorage
     journal: GatedJournal
-    sent: list[Message]
+    # (message, synced LSN when it left)
+    sent: list[tuple[Message, int]]
     fatal: list[BaseException]
+
+    def released_at(self, result: Result | asyncio.Future[Result]) -> list[int]:
+        """The synced LSN at the moment a held answer is released (filled in when it is)."""
+        assert isinstance(result, asyncio.Future), f"expected the answer to wait for a sync, got {result!r}"
+        seen: list[int] = []
+        result.add_done_callback(lambda _: seen.append(self.storage.synced_lsn))
+        return seen
 
 
 MakeRig = Callable[..., Rig]
 
 
 @pytest.fixture
-async def make_rig() -> AsyncIterator[MakeRig]:
+async def make_rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRig]:
     rigs: list[Rig] = []
+    # So that "at once" cannot be the periodic write-out of "never" either.
+    monkeypatch.setattr(flush_policy, "NEVER_FLUSH_INTERVAL_MS", LONG_INTERVAL_MS)
 
-    def make(fsync: FsyncPolicy = "always", max_inflight: int = 100, request_timeout_ms: int = 2000) -> Rig:
-        config = local_cluster(2, partitions=4)
+    def make(
+        fsync: FsyncPolicy = "always",
+        max_inflight: int = 100,
+        request_timeout_ms: int = 2000,
+        batch_interval_ms: int = LONG_INTERVAL_MS,
+    ) -> Rig:
         journal = GatedJournal()
-        storage = MemoryStorage(journal)
-        node = Node("n1", config, storage, random.Random(7))
-        sent: list[Message] = []
+        storage = StubStorage(journal)
+        node = StubNode(storage)
+        sent: list[tuple[Message, int]] = []
         fatal: list[BaseException] = []
         pump = Pump(
             node,
             storage,
             NodeClock("n1", FaultSwitch()),
-            sent.append,
+            lambda msg: sent.append((msg, storage.synced_lsn)),
             fsync=fsync,
-            batch_interval_ms=5,
+            batch_interval_ms=batch_interval_ms,
             max_inflight=max_inflight,
             request_timeout_ms=request_timeout_ms,
             on_fatal=fatal.append,
@@ -97,80 +194,152 @@ async def make_rig() -> AsyncIterator[MakeRig]:
         await rig.pump.close()
 
 
-def local_key(node: Node, stem: str) -> str:
-    return next(
-        f"{stem}{i}" for i in range(1000) if node.partition_map.partition_for_key(f"{stem}{i}") in node.replicas
-    )
-
-
 async def wait_until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)
+    async with asyncio.timeout(HANG_S):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def sync_started(rig: Rig) -> None:
+    assert await asyncio.to_thread(rig.journal.running.wait, HANG_S), "no sync started"
 
 
 async def resolved(result: Result | asyncio.Future[Result]) -> Result:
-    assert isinstance(result, asyncio.Future), "expected the answer to wait for a sync"
-    return await result
+    assert isinstance(result, asyncio.Future), f"expected the answer to wait for a sync, got {result!r}"
+    return await asyncio.wait_for(result, HANG_S)
 
 
-async def test_always_holds_replies_until_synced_and_groups_commits(make_rig: MakeRig) -> None:
-    rig = make_rig("always")
-    keys = [local_key(rig.node, f"k{i}-") for i in range(11)]
-    first = rig.pump.submit(PutOp(keys[0], b"v"))
-    assert isinstance(first, asyncio.Future)
-    await asyncio.to_thread(rig.journal.running.wait)
-    # While the first sync runs, ten more writes and a read arrive: all wait, none is answered yet.
-    rest = [rig.pump.submit(PutOp(k, b"v")) for k in keys[1:]]
-    read = rig.pump.submit(GetOp(keys[0]))
-    assert not first.done()
-    assert rig.pump.held_effects == 12
-    rig.journal.gate.set()
-    assert await first == Written(keys[0], 1)
-    assert [await resolved(r) for r in rest] == [Written(k, i + 2) for i, k in enumerate(keys[1:])]
-    assert (await resolved(read)).value == b"v"  # type: ignore[union-attr]
-    # One fsync for the first write, one for the ten that queued behind it.
-    assert rig.journal.batches == [1, 10]
-    assert rig.storage.synced_lsn == 11
+# ---------------------------------------------------------------- the durability contract
 
 
-async def test_always_answers_at_once_when_nothing_is_unsynced(make_rig: MakeRig) -> None:
-    rig = make_rig("always")
-    result = rig.pump.submit(GetOp(local_key(rig.node, "absent")))
-    assert isinstance(result, Failure)
-    assert result.error_code is ErrorCode.NOT_FOUND
-
-
-async def test_always_holds_peer_sends_too(make_rig: MakeRig) -> None:
-    rig = make_rig("always")
-    key = local_key(rig.node, "fwd")
-    forward = Forward(
-        incarnation=5, forward_id=1, target_incarnation=rig.node.incarnation, op=PutOp(key, b"from n2")
-    )
-    rig.pump.deliver(Message("n2", "n1", rig.node.partition_map.partition_for_key(key), forward))
-    assert rig.sent == []
-    rig.journal.gate.set()
-    await wait_until(lambda: bool(rig.sent))
-    [reply] = rig.sent
-    assert isinstance(reply.body, ForwardReply)
-    assert reply.body.result == Written(key, 1)
-
-
-@pytest.mark.parametrize("fsync", ["batch", "never"])
-async def test_batch_and_never_answer_at_once_and_sync_in_the_background(
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_a_durable_reply_waits_for_the_sync_of_its_step_which_starts_at_once(
     make_rig: MakeRig, fsync: FsyncPolicy
 ) -> None:
     rig = make_rig(fsync)
+    pending = rig.pump.submit(PutOp("dur/a", b""))
+    released = rig.released_at(pending)
+    await sync_started(rig)  # not the periodic one: the intervals are longer than the test
+    await asyncio.sleep(0.01)
+    assert not pending.done()  # type: ignore[union-attr]
     rig.journal.gate.set()
-    key = local_key(rig.node, "b")
-    assert rig.pump.submit(PutOp(key, b"v")) == Written(key, 1)
+    assert await resolved(pending) == Written("dur/a", 1)
+    assert released == [1]
+
+
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_unmarked_effects_leave_at_once_with_writes_pending(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
+    rig = make_rig(fsync)
+    assert rig.pump.submit(PutOp("free/a", b"")) == Written("free/a", 1)
+    assert rig.pump.submit(PutOp("sendfree/n2/b", b"")) == Written("sendfree/n2/b", 1)
+    assert rig.sent == [(Message("n1", "n2", 0, GetOp("b")), 0)]
+    assert rig.storage.synced_lsn == 0
+
+
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_a_durable_send_leaves_only_after_its_sync(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
+    rig = make_rig(fsync)
+    assert rig.pump.submit(PutOp("send/n2/a", b"")) == Written("send/n2/a", 1)  # the reply is unmarked
+    await sync_started(rig)
+    assert rig.sent == [] and rig.pump.held_effects == 1
+    rig.journal.gate.set()
+    await wait_until(lambda: bool(rig.sent))
+    assert rig.sent == [(Message("n1", "n2", 0, GetOp("a")), 1)]
+
+
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_a_read_waits_for_unsynced_writes_and_not_once_they_are_synced(
+    make_rig: MakeRig, fsync: FsyncPolicy
+) -> None:
+    rig = make_rig(fsync)
+    rig.pump.submit(PutOp("free/a", b""))
+    read = rig.pump.submit(GetOp("a"))
+    released = rig.released_at(read)
+    rig.journal.gate.set()
+    assert isinstance(await resolved(read), Found)
+    assert released == [1]
+    assert isinstance(rig.pump.submit(GetOp("a")), Found)  # nothing unsynced: at once
+
+
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_one_sync_covers_every_step_before_it(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
+    rig = make_rig(fsync)
+    first = rig.pump.submit(PutOp("dur/k0", b""))
+    await sync_started(rig)
+    # While the first sync runs, ten more durable writes and a read: all wait.
+    rest = [rig.pump.submit(PutOp(f"dur/k{i}", b"")) for i in range(1, 11)]
+    read = rig.pump.submit(GetOp("k0"))
+    releases = [rig.released_at(r) for r in rest]
+    assert rig.pump.held_effects == 12
+    rig.journal.gate.set()
+    assert await resolved(first) == Written("dur/k0", 1)
+    assert [await resolved(r) for r in rest] == [Written(f"dur/k{i}", i + 1) for i in range(1, 11)]
+    assert isinstance(await resolved(read), Found)
+    assert releases == [[11]] * 10
+    # One sync for the first write, one for the ten that queued behind it.
+    assert rig.journal.batches == [1, 10]
+
+
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_the_node_is_stepped_synced_after_every_sync(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
+    rig = make_rig(fsync)
+    rig.journal.gate.set()
+    await resolved(rig.pump.submit(PutOp("dur/a", b"")))
+    await resolved(rig.pump.submit(PutOp("dur/b", b"")))
+    await wait_until(lambda: len(rig.node.synced()) == 2)
+    assert rig.node.synced() == [Synced(1), Synced(2)]
+    # Stepped once the sync was complete, never before.
+    assert [lsn for inp, lsn in rig.node.inputs if isinstance(inp, Synced)] == [1, 2]
+
+
+# ---------------------------------------------------------------- the flush schedule
+
+
+async def test_always_syncs_a_write_nothing_waits_for(make_rig: MakeRig) -> None:
+    rig = make_rig("always")
+    rig.journal.gate.set()
+    rig.pump.submit(PutOp("free/a", b""))
+    await wait_until(lambda: rig.storage.synced_lsn == 1)
+
+
+async def test_batch_syncs_every_interval_with_nothing_waiting(make_rig: MakeRig) -> None:
+    rig = make_rig("batch", batch_interval_ms=5)
+    rig.journal.gate.set()
+    assert rig.pump.submit(PutOp("free/a", b"")) == Written("free/a", 1)
     await wait_until(lambda: rig.storage.synced_lsn == 1)
     assert rig.journal.batches == [1]
 
 
+@pytest.mark.parametrize("fsync", ["batch", "never"])
+async def test_early_flush_bounds_what_is_held_unsynced(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
+    rig = make_rig(fsync)
+    rig.pump.submit(PutOp(f"bulk/{EARLY_FLUSH_EVENTS - 1}", b""))
+    await asyncio.sleep(0.05)
+    assert not rig.journal.running.is_set()  # under the bound: waits for the (long) interval
+    rig.pump.submit(PutOp("bulk/1", b""))
+    await sync_started(rig)
+    rig.journal.gate.set()
+    await wait_until(lambda: rig.storage.synced_lsn == EARLY_FLUSH_EVENTS)
+
+
+def test_the_schedule_of_each_policy() -> None:
+    assert flush_policy.FlushSchedule.of("always", 10) == flush_policy.FlushSchedule(None, fsync=True)
+    assert flush_policy.FlushSchedule.of("batch", 10) == flush_policy.FlushSchedule(10, fsync=True)
+    assert flush_policy.FlushSchedule.of("never", 10) == flush_policy.FlushSchedule(1000, fsync=False)
+    never = flush_policy.FlushSchedule.of("never", 10)
+    assert not never.sync_now(0, durable_waiting=True)
+    assert never.sync_now(1, durable_waiting=True)
+    assert not never.sync_now(EARLY_FLUSH_EVENTS - 1, durable_waiting=False)
+    assert never.sync_now(EARLY_FLUSH_EVENTS, durable_waiting=False)
+
+
+# ---------------------------------------------------------------- bounds and failures
+
+
 async def test_waiting_requests_are_bounded(make_rig: MakeRig) -> None:
     rig = make_rig("always", max_inflight=2)
-    futures = [rig.pump.submit(PutOp(local_key(rig.node, f"o{i}-"), b"v")) for i in range(2)]
-    refused = rig.pump.submit(PutOp(local_key(rig.node, "o9-"), b"v"))
+    futures = [rig.pump.submit(PutOp(f"dur/o{i}", b"")) for i in range(2)]
+    refused = rig.pump.submit(PutOp("dur/o9", b""))
     assert isinstance(refused, Failure)
     assert refused.error_code is ErrorCode.OVERLOADED
     rig.journal.gate.set()
@@ -180,34 +349,61 @@ async def test_waiting_requests_are_bounded(make_rig: MakeRig) -> None:
 
 async def test_a_sync_that_never_finishes_times_out_as_indefinite(make_rig: MakeRig) -> None:
     rig = make_rig("always", request_timeout_ms=20)
-    result = await resolved(rig.pump.submit(PutOp(local_key(rig.node, "t"), b"v")))
+    result = await resolved(rig.pump.submit(PutOp("dur/t", b"")))
     assert isinstance(result, Failure)
     assert result.error_code is ErrorCode.TIMEOUT
     assert not result.error_code.definite
 
 
-async def test_a_failed_sync_is_fatal_and_never_reported_as_success(make_rig: MakeRig) -> None:
-    rig = make_rig("always")
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_a_failed_sync_is_fatal_and_never_reported_as_success(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
+    rig = make_rig(fsync)
     rig.journal.fail = True
-    pending = rig.pump.submit(PutOp(local_key(rig.node, "f"), b"v"))
+    pending = rig.pump.submit(PutOp("dur/f", b""))
+    rig.pump.submit(PutOp("send/n2/g", b""))
     rig.journal.gate.set()
     result = await resolved(pending)
     assert isinstance(result, Failure)
     assert result.error_code is ErrorCode.INTERNAL
     assert [str(e) for e in rig.fatal] == ["disk on fire"]
+    assert rig.sent == [] and rig.node.synced() == []
     later = rig.pump.submit(GetOp("anything"))
     assert isinstance(later, Failure)
     assert later.error_code is ErrorCode.INTERNAL
 
 
 async def test_close_syncs_and_answers_what_is_held(make_rig: MakeRig) -> None:
-    rig = make_rig("always")
-    key = local_key(rig.node, "c")
-    pending = rig.pump.submit(PutOp(key, b"v"))
+    rig = make_rig("never")
+    pending = rig.pump.submit(PutOp("dur/c", b""))
+    rig.pump.submit(PutOp("free/d", b""))
     rig.journal.gate.set()
     await rig.pump.close()
-    assert await resolved(pending) == Written(key, 1)
-    assert rig.storage.synced_lsn == 1
-    refused = rig.pump.submit(GetOp(key))
+    assert await resolved(pending) == Written("dur/c", 1)
+    assert rig.storage.synced_lsn == 2
+    refused = rig.pump.submit(GetOp("c"))
     assert isinstance(refused, Failure)
     assert refused.error_code is ErrorCode.UNAVAILABLE
+
+
+# ---------------------------------------------------------------- with the real node
+
+
+@pytest.mark.parametrize("fsync", POLICIES)
+async def test_the_node_answers_a_put_after_its_sync_only_under_always(fsync: FsyncPolicy) -> None:
+    config = local_cluster(1, partitions=4, storage=StorageConfig(engine="memory", fsync=fsync))
+    journal = GatedJournal()
+    storage = MemoryStorage(journal)
+    node = Node("n1", config, storage, random.Random(7))
+    pump = Pump(node, storage, NodeClock("n1", FaultSwitch()), lambda _: None, fsync=fsync,
+                batch_interval_ms=LONG_INTERVAL_MS, max_inflight=10, request_timeout_ms=2000)
+    pump.start()
+    try:
+        result = pump.submit(PutOp("k", b"v"))
+        if fsync == "always":
+            assert isinstance(result, asyncio.Future) and not result.done()
+            journal.gate.set()
+            result = await resolved(result)
+        assert isinstance(result, Written)
+    finally:
+        journal.gate.set()
+        await pump.close()

@@ -151,7 +151,8 @@ class PartitionLogState:
             raise ValueError(f"max_bytes must not be negative, got {max_bytes}")
         if lo <= self._snapshot_index:
             raise ValueError(
-                f"partition {self._partition}: entry {lo} is not in the log (compacted through {self._snapshot_index})"
+                f"partition {self._partition}: entry {lo} is not in the log, which starts at "
+                f"{self._snapshot_index + 1} (compacted through {self._snapshot_index})"
             )
         first = self._snapshot_index + 1
         stop = min(hi, self._last_index + 1) - first
@@ -431,10 +432,11 @@ class MemoryStorage:
     # ------------------------------------------------------------ per-partition protocol state
 
     def log(self, partition: int) -> PartitionLogState:
+        # Checked on every call: a bool would otherwise find partition 0's or 1's log (True == 1).
+        if type(partition) is not int:
+            raise TypeError(f"partition must be an int, got {partition!r}")
         log = self._logs.get(partition)
         if log is None:
-            if type(partition) is not int:
-                raise TypeError(f"partition must be an int, got {partition!r}")
             log = self._logs[partition] = PartitionLogState(self, partition)
         return log
 

@@ -34,6 +34,11 @@ def test_is_a_partition_log_and_one_view_per_partition() -> None:
     assert s.partitions() == []  # a log alone holds no record
     with pytest.raises(TypeError, match="partition"):
         s.log("3")  # type: ignore[arg-type]
+    s.log(1).set_hard_state(b"one")
+    with pytest.raises(TypeError, match="partition"):
+        s.log(True)
+    with pytest.raises(TypeError, match="partition"):
+        s.set_applied_index(True, 1)
 
 
 def test_append_and_read_back() -> None:
@@ -145,8 +150,8 @@ REFUSALS: list[tuple[type[Exception], str, Callable[[Any, Any], object]]] = [
     (TypeError, "fields", lambda s, log: log.append([LogEntry(5, 1, "text")])),  # type: ignore[arg-type]
     (TypeError, "fields", lambda s, log: log.append([LogEntry(5, 1.0, b"")])),  # type: ignore[arg-type]
     (TypeError, "fields", lambda s, log: log.append([LogEntry(True, 1, b"")])),
-    (ValueError, "entry 2 is not in the log", lambda s, log: log.entries(2, 5, 100)),
-    (ValueError, "entry 0 is not in the log", lambda s, log: log.entries(0, 5, 100)),
+    (ValueError, "entry 2 is not in the log, which starts at 3", lambda s, log: log.entries(2, 5, 100)),
+    (ValueError, "entry 0 is not in the log, which starts at 3", lambda s, log: log.entries(0, 5, 100)),
     (ValueError, "max_bytes", lambda s, log: log.entries(3, 5, -1)),
     (TypeError, "lo", lambda s, log: log.entries("3", 5, 1)),
     (TypeError, "hi", lambda s, log: log.entries(3, None, 1)),

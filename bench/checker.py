@@ -1,14 +1,13 @@
-"""Checker throughput and simulator speed, each figure against a reference measured in the same run.
+"""Checker throughput, each figure against a reference measured in the same run.
 
-1. Checkers. Register, set and counter histories of about 1k, 10k and 100k ops come from the simulator
-   (5 nodes, fsync=always, crashes and partitions; fixed seeds, so every run checks the same histories).
-   Each checker's time is set against pairing the same history (``History.ops()``), the pass every checker
-   starts with: ``check/pairing`` is how many times the cost of just reading the history the check takes.
-   The knossos acceptance set (120 histories) is checked as a whole against the time to load it, and each
-   verdict is compared with ``expected.tsv``.
-2. Simulator. Messages delivered per wall second for a 5-node cluster under crashes, partitions, duplicated
-   and delayed messages, against the codec round trip (encode, decode, compare) the simulator does for
-   every message; and virtual milliseconds per wall second (times real time).
+Register, set and counter histories of about 1k, 10k and 100k ops come from the simulator (5 nodes,
+fsync=always, crashes and partitions; fixed seeds, so every run checks the same histories). Each checker's
+time is set against pairing the same history (``History.ops()``), the pass every checker starts with:
+``check/pairing`` is how many times the cost of just reading the history the check takes. The knossos
+acceptance set (120 histories) is checked as a whole against the time to load it, and each verdict is
+compared with ``expected.tsv``.
+
+The simulator's own speed (times real time, messages/s against the codec round trip) is bench/sim_speed.py.
 
 Times are medians of ``--runs`` runs; a call shorter than 0.1 s (0.02 s with ``--quick``) is repeated within
 a run and averaged. Exits 1 if a generated history is not valid or a knossos verdict differs from the
@@ -36,10 +35,8 @@ from chaos import history as history_io
 from chaos.checkers import counter, linearizable, sets
 from chaos.history import History
 from chaos.nemesis import NemesisConfig
-from chaos.run_sim import RunResult, run_in_sim, sim_cluster_config
+from chaos.run_sim import run_in_sim
 from chaos.scenario import CheckerSpec, ClusterSpec, Scenario, WorkloadSpec
-from kvstore.codec import decode, encode
-from kvstore.messages import Forward, Message, PutOp
 
 KNOSSOS_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "histories" / "knossos"
 CHECK_TIME_LIMIT_S = 60.0
@@ -47,7 +44,6 @@ CHECK_TIME_LIMIT_S = 60.0
 # 0.055), so that a run makes at least the target number of ops; the history is then cut to the target.
 OPS_PER_PROCESS_MS = 0.03
 HISTORY_FAULTS = ("crash", "partition-halves", "partition-isolate", "partition-majority-ring")
-SIM_FAULTS = ("crash", "partition-halves", "partition-isolate", "duplicate", "delay")
 
 
 @dataclass(frozen=True)
@@ -66,8 +62,6 @@ class Budget:
     runs: int
     min_timed_s: float  # a timed call shorter than this is repeated within one run
     specs: tuple[HistorySpec, ...]
-    sim_duration_ms: int
-    codec_messages: int
 
 
 def _register(target_ops: int, concurrency: int) -> HistorySpec:
@@ -234,61 +228,6 @@ def bench_knossos(directory: Path, budget: Budget) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- simulator
-
-
-def _sim_scenario(seed: int, duration_ms: int) -> Scenario:
-    workload = WorkloadSpec(kind="register", concurrency=10, think_ms=10, client_timeout_ms=1500,
-                            options={"keys": 20})
-    return _scenario("bench-sim", seed, duration_ms, workload, SIM_FAULTS, 500, ("lost-writes",))
-
-
-def typical_message(scenario: Scenario) -> Message:
-    """A forwarded write between two nodes, as most peer traffic in single-copy mode is."""
-    nodes = sim_cluster_config(scenario).node_ids
-    forward = Forward((1 << 62) + 12345, 4242, (1 << 62) + 67890, PutOp("register/r17", b"123456"))
-    return Message(nodes[0], nodes[1], 7, forward)
-
-
-def codec_round_trips(msg: Message, count: int) -> None:
-    for _ in range(count):
-        if decode(encode(msg)) != msg:
-            raise AssertionError(f"{msg!r} changed crossing the codec")
-
-
-def bench_simulator(seed: int, budget: Budget) -> dict[str, Any]:
-    scenario = _sim_scenario(seed, budget.sim_duration_ms)
-    results: list[RunResult] = []
-
-    # The wall time includes the run's final reads and lost-writes check: a few ms, against hundreds.
-    def run() -> None:
-        results.append(run_in_sim(scenario))
-
-    sim_s = _median_time_s(run, budget.runs, 0.0)
-    stats = results[-1].stats
-    msg = typical_message(scenario)
-    codec_s = _median_time_s(lambda: codec_round_trips(msg, budget.codec_messages), budget.runs,
-                             budget.min_timed_s)
-    sim_msgs_per_s = _per_s(stats["messages_delivered"], sim_s)
-    codec_msgs_per_s = _per_s(budget.codec_messages, codec_s)
-    return {
-        "nodes": scenario.cluster.nodes,
-        "faults": list(SIM_FAULTS),
-        "virtual_ms": stats["virtual_ms"],
-        "ops": stats["ops"],
-        "messages_delivered": stats["messages_delivered"],
-        "events": stats["events"],
-        "deterministic": len({r.stats["trace_hash"] for r in results}) == 1,
-        "valid": results[-1].valid,
-        "wall_s": sim_s,
-        "sim_msgs_per_s": sim_msgs_per_s,
-        "codec_round_trips_per_s": codec_msgs_per_s,
-        "sim_over_codec": sim_msgs_per_s / codec_msgs_per_s,
-        "virtual_ms_per_wall_s": stats["virtual_ms"] / sim_s,
-        "times_real_time": stats["virtual_ms"] / 1000 / sim_s,
-    }
-
-
 # ---------------------------------------------------------------- output
 
 
@@ -323,16 +262,6 @@ def format_table(report: dict[str, Any]) -> str:
         )
         if k["mismatched"]:
             lines.append(f"  MISMATCHED: {', '.join(k['mismatched'])}")
-    s = report["simulator"]
-    lines += [
-        "",
-        f"Simulator ({s['nodes']} nodes, {'+'.join(s['faults'])}, register workload, {s['virtual_ms']} virtual ms; "
-        "reference: codec round trip of a Forward message)",
-        f"  {s['messages_delivered']} messages delivered in {s['wall_s']:.3f} s: {_rate(s['sim_msgs_per_s'])} msgs/s "
-        f"vs codec {_rate(s['codec_round_trips_per_s'])} round trips/s = {s['sim_over_codec']:.3f}x the codec ceiling",
-        f"  {s['virtual_ms_per_wall_s']:,.0f} virtual ms per wall second ({s['times_real_time']:.1f}x real time); "
-        f"same trace every run: {s['deterministic']}",
-    ]
     if not report["ok"]:
         lines += ["", "NOT OK: a generated history was not valid, or a knossos verdict differs from expected.tsv"]
     return "\n".join(lines)
@@ -340,8 +269,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _budget(args: argparse.Namespace) -> Budget:
     if args.quick:
-        return Budget(args.runs, 0.02, QUICK_SPECS, 3_000, 5_000)
-    return Budget(args.runs, 0.1, FULL_SPECS, 10_000, 20_000)
+        return Budget(args.runs, 0.02, QUICK_SPECS)
+    return Budget(args.runs, 0.1, FULL_SPECS)
 
 
 def _rounded(value: Any) -> Any:
@@ -357,9 +286,9 @@ def _rounded(value: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure; the median is reported")
-    parser.add_argument("--quick", action="store_true", help="smaller histories and a shorter simulation")
+    parser.add_argument("--quick", action="store_true", help="smaller histories")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
-    parser.add_argument("--seed", type=int, default=1, help="seed of every generated history and simulation")
+    parser.add_argument("--seed", type=int, default=1, help="seed of every generated history")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -367,9 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     checkers = [bench_checker(spec, args.seed, budget) for spec in budget.specs]
     knossos = bench_knossos(KNOSSOS_DIR, budget)
-    simulator = bench_simulator(args.seed, budget)
-    ok = (all(r["valid"] is True for r in checkers) and not knossos.get("mismatched")
-          and simulator["valid"] is True)
+    ok = all(r["valid"] is True for r in checkers) and not knossos.get("mismatched")
     report = _rounded({
         "bench": "checker",
         "runs": args.runs,
@@ -379,7 +306,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "implementation": platform.python_implementation(), "platform": platform.platform()},
         "checkers": checkers,
         "knossos": knossos,
-        "simulator": simulator,
         "ok": ok,
         "total_s": time.perf_counter() - started,
     })

@@ -37,7 +37,7 @@ class HistoryError(ValueError):
         self.line = line
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Event:
     """One line of a history."""
 
@@ -50,6 +50,22 @@ class Event:
     time: int | None = None
     error: str | None = None
     line: int = 0  # 1-based line in the source file, for error messages
+
+    def __init__(self, index: int, process: Any, type: OpType, f: str, key: Any = None, value: Any = None,
+                 time: int | None = None, error: str | None = None, line: int = 0) -> None:
+        # The frozen dataclass __init__ sets each field through object.__setattr__, three times the cost of
+        # filling the instance dict, for every event a run records or a history file holds. The fields stay
+        # read-only: assignment still raises FrozenInstanceError.
+        fields = self.__dict__
+        fields["index"] = index
+        fields["process"] = process
+        fields["type"] = type
+        fields["f"] = f
+        fields["key"] = key
+        fields["value"] = value
+        fields["time"] = time
+        fields["error"] = error
+        fields["line"] = line
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"process": self.process, "type": self.type, "f": self.f}

@@ -7,7 +7,7 @@ run in the order they were scheduled and the comparison never reaches the payloa
 
 from __future__ import annotations
 
-import heapq
+from heapq import heappop, heappush
 from typing import Generic, TypeVar
 
 E = TypeVar("E")
@@ -28,19 +28,22 @@ class EventQueue(Generic[E]):
         return len(self._heap)
 
     def push(self, at_ms: int, target: str, event: E) -> None:
+        # The simulator pushes once or twice per event it runs: locals, not attribute lookups.
+        heap = self._heap
         if at_ms < self.now_ms:
             raise SimulationError(f"event scheduled in the past: at {at_ms} ms, now {self.now_ms} ms")
-        if len(self._heap) >= self._max_entries:
-            raise SimulationError(f"event heap holds {len(self._heap)} entries, over its bound of {self._max_entries}")
-        self._seq += 1
-        heapq.heappush(self._heap, (at_ms, self._seq, target, event))
+        if len(heap) >= self._max_entries:
+            raise SimulationError(f"event heap holds {len(heap)} entries, over its bound of {self._max_entries}")
+        seq = self._seq = self._seq + 1
+        heappush(heap, (at_ms, seq, target, event))
 
     def next_at_ms(self) -> int | None:
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        return heap[0][0] if heap else None
 
     def pop(self) -> tuple[str, E]:
         """Remove the earliest entry and move the clock to its time."""
-        at_ms, _, target, event = heapq.heappop(self._heap)
+        at_ms, _, target, event = heappop(self._heap)
         self.now_ms = at_ms
         return target, event
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kvstore.codec import CodecError, decode, encode
 from kvstore.effects import FaultPolicy
@@ -51,9 +51,11 @@ class FixedLatency:
         return self.ms
 
 
-@dataclass(frozen=True)
-class Transmission:
-    """One send: the decoded copy to deliver, its wire bytes, and the true times its copies arrive."""
+class Transmission(NamedTuple):
+    """One send: the decoded copy to deliver, its wire bytes, and the true times its copies arrive.
+
+    A named tuple: built once per message, where a frozen dataclass's ``__init__`` cost a microsecond.
+    """
 
     msg: Message
     wire: bytes
@@ -82,15 +84,19 @@ class SimNetwork:
     def transmit(self, now_ms: int, msg: Message) -> Transmission:
         wire, copy = _round_trip(msg)
         delays = self._faults.on_send(now_ms, msg)
-        latency = self._link_latency.get((msg.src, msg.dst), self._latency)
+        self.sent += 1
+        self.bytes_sent += len(wire)
+        if not delays:
+            return Transmission(copy, wire, ())
+        link_latency = self._link_latency
+        latency = link_latency.get((msg.src, msg.dst), self._latency) if link_latency else self._latency
+        rng = self._rng
         arrivals = []
         for delay_ms in delays:
             if delay_ms < 0:
                 raise SimulationError(f"fault policy returned a negative delay {delay_ms} ms for {msg!r}")
-            arrivals.append(now_ms + latency.sample_ms(self._rng) + delay_ms)
-        self.sent += 1
+            arrivals.append(now_ms + latency.sample_ms(rng) + delay_ms)
         self.copies_scheduled += len(arrivals)
-        self.bytes_sent += len(wire)
         return Transmission(copy, wire, tuple(arrivals))
 
 

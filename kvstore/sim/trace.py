@@ -19,11 +19,14 @@ class Trace:
     def __init__(self, keep_last: int = 200) -> None:
         self._hash = hashlib.sha256()
         self._last: deque[TraceEvent] = deque(maxlen=keep_last)
+        # Bound once: the simulator records an event or more for every event it runs.
+        self._update = self._hash.update
+        self._keep = self._last.append
         self.count = 0
 
     def record(self, event: TraceEvent) -> None:
-        self._hash.update(encode(event))
-        self._last.append(event)
+        self._update(encode(event))
+        self._keep(event)
         self.count += 1
 
     def hash_hex(self) -> str:

@@ -98,10 +98,9 @@ def _check_record(record: Record) -> None:
             raise TypeError(f"record siblings must be Sibling(bytes | None, int, bytes), got {sibling!r}")
 
 
-def _check_index(name: str, index: object) -> int:
+def _check_index(name: str, index: object) -> None:
     if type(index) is not int:
         raise TypeError(f"{name} must be an int, got {index!r}")
-    return index
 
 
 class PartitionLogState:

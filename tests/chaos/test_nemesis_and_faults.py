@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 
 from chaos.faults import PARTITION_KINDS, ChaosPolicy, Delay, partition_grudge
-from chaos.nemesis import FAULT_KINDS, NemesisConfig, plan
+from chaos.nemesis import FAULT_KINDS, FaultAction, Nemesis, NemesisConfig, plan
 from kvstore.messages import GetOp, Message
+from kvstore.storage.simulated import CrashKind
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 
@@ -102,3 +104,44 @@ def test_plan_is_seeded_and_alternates_start_and_end() -> None:
     for begin, end in zip(first[::2], first[1::2], strict=True):
         assert end.at_ms - begin.at_ms == 500 and begin.fault == end.fault and begin.node == end.node
     assert plan(NemesisConfig(), NODES, 10_000, random.Random(1)) == []
+
+
+class RecordingTarget:
+    """A cluster that only records what the nemesis does to it."""
+
+    def __init__(self) -> None:
+        self.policy = ChaosPolicy(random.Random(0))
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str, str | None]] = []
+
+    def node_ids(self) -> Sequence[str]:
+        return NODES
+
+    def now_ms(self) -> int:
+        return 0
+
+    def crash(self, node_id: str, kind: CrashKind) -> None:
+        self.down.add(node_id)
+        self.calls.append(("crash", node_id, kind))
+
+    def restart(self, node_id: str) -> None:
+        self.down.discard(node_id)
+        self.calls.append(("restart", node_id, None))
+
+    def is_up(self, node_id: str) -> bool:
+        return node_id not in self.down
+
+    def leader(self) -> str | None:
+        return None
+
+    def policy_changed(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["process", "power"])
+def test_crashes_are_of_the_configured_kind(kind: CrashKind) -> None:
+    target = RecordingTarget()
+    nemesis = Nemesis(NemesisConfig(faults=("crash",), crash_kind=kind), target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "crash", "n2"))
+    nemesis.apply(FaultAction(10, False, "crash", "n2"))
+    assert target.calls == [("crash", "n2", kind), ("restart", "n2", None)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.scenario import ScenarioError, from_dict, load
+from chaos.scenario import ScenarioError, check_real_cluster, from_dict, load
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -25,6 +25,7 @@ def test_defaults_fill_what_is_left_out() -> None:
     assert scenario.name == "x"
     assert scenario.workload.kind == "set" and scenario.workload.concurrency == 5
     assert scenario.cluster.fsync == "always" and scenario.nemesis.faults == ()
+    assert scenario.nemesis.crash_kind == "process"
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,7 @@ def test_defaults_fill_what_is_left_out() -> None:
         ({"duration_ms": 0}, "duration_ms must be positive"),
         ({"surprise": 1}, "unknown setting(s) surprise"),
         ({"workload": {"concurrency": 0}}, "concurrency"),
+        ({"nemesis": {"crash_kind": "meteor"}}, "crash_kind must be one of process, power, got 'meteor'"),
     ],
 )
 def test_bad_scenarios_are_refused_with_the_field_named(data: dict[str, object], message: str) -> None:
@@ -55,3 +57,13 @@ def test_unreadable_or_invalid_toml(tmp_path: Path) -> None:
     broken.write_text("name = [\n")
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load(broken)
+
+
+def test_a_power_loss_is_a_simulator_only_crash() -> None:
+    never = load(SCENARIOS / "register-crash-fsync-never.toml")
+    assert never.nemesis.crash_kind == "power"  # so it keeps showing what fsync=never loses
+    with pytest.raises(ScenarioError, match=r"never\.toml: \[nemesis\] crash_kind = 'power' needs the simulator"):
+        check_real_cluster(never, "never.toml")
+    for path in sorted(SCENARIOS.glob("*.toml")):
+        if path != SCENARIOS / "register-crash-fsync-never.toml":
+            check_real_cluster(load(path), str(path))

@@ -19,6 +19,7 @@ import sys
 import tracemalloc
 from collections.abc import Callable
 
+from kvstore.storage.base import Record
 from kvstore.storage.memory import MemoryStorage
 from partitioning.hash_partitioner import partition_for_key
 
@@ -40,7 +41,7 @@ def build_storage(keys: int, partitions: int) -> object:
     storage = MemoryStorage()
     for i in range(keys):
         key = _key(i)
-        storage.put(partition_for_key(key, partitions), key, _value(i))
+        storage.write(partition_for_key(key, partitions), key, Record(_value(i), i + 1))
     return storage
 
 

@@ -41,6 +41,8 @@ def exit_code(verdicts: list[Any], bad_input: bool = False) -> int:
 
 
 def verdict_label(verdict: object) -> str:
+    if verdict == "skipped":
+        return "SKIPPED"
     return "VALID" if verdict is True else "INVALID" if verdict is False else "UNKNOWN"
 
 

@@ -168,6 +168,8 @@ def _esc(value: Any) -> str:
 
 
 def _verdict(valid: Any) -> str:
+    if valid == "skipped":
+        return "skipped"
     return "valid" if valid is True else "invalid" if valid is False else "unknown"
 
 

@@ -47,6 +47,8 @@ CLIENT_ROUTE_TEMPLATES = (
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
 )
+# The admin routes the description documents beside them (the cluster secret as a bearer token).
+ADMIN_ROUTE_TEMPLATES = (("GET", "/admin/copies/{partition}"),)
 
 
 def raw_url(base: str, path: str) -> URL:

@@ -17,7 +17,7 @@ import pytest
 import schemathesis
 from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, serve_copies
 from schemathesis.core.errors import LoaderError
-from server_support import CLIENT_ROUTE_TEMPLATES
+from server_support import ADMIN_ROUTE_TEMPLATES, CLIENT_ROUTE_TEMPLATES
 
 from kvstore.config import Limits
 from kvstore.errors import ErrorCode
@@ -29,8 +29,6 @@ from kvstore.storage.base import Record
 
 Json = dict[str, Any]
 SECRET = "openapi-test-secret"
-# The admin operations the description documents, beside the client routes.
-ADMIN_ROUTE_TEMPLATES = (("GET", ADMIN_COPIES_TEMPLATE),)
 
 
 @pytest.fixture

@@ -260,11 +260,13 @@ class Pump:
             self._release_synced()
             if closing:
                 return
-            try:
-                self._step(Synced(self._storage.synced_lsn))
-            except Exception as exc:
-                self._die(exc, "the node failed to take a Synced input")
-                return
+            # A node that started closing during the sync takes no more inputs; the next turn is the last.
+            if self._failure is None:
+                try:
+                    self._step(Synced(self._storage.synced_lsn))
+                except Exception as exc:
+                    self._die(exc, "the node failed to take a Synced input")
+                    return
             # Durable effects of steps taken while this sync ran wait for the next one (group commit).
             storage = self._storage
             if self._schedule.sync_now(storage.written_lsn - storage.synced_lsn, durable_waiting=bool(self._held)):

@@ -372,6 +372,27 @@ async def test_a_failed_sync_is_fatal_and_never_reported_as_success(make_rig: Ma
     assert later.error_code is ErrorCode.INTERNAL
 
 
+async def test_a_node_that_fails_on_synced_stops_the_pump(make_rig: MakeRig) -> None:
+    rig = make_rig("batch")
+    step = rig.node.step
+
+    def broken(now_ms: int, inp: Input) -> list[Effect]:
+        if isinstance(inp, Synced):
+            raise AssertionError("broken invariant")
+        return step(now_ms, inp)
+
+    rig.node.step = broken  # type: ignore[method-assign]
+    waiting = rig.pump.submit(PutOp("send/n2/a", b""))  # answered at once; its send waits
+    assert waiting == Written("send/n2/a", 1)
+    held = rig.pump.submit(GetOp("a"))
+    rig.journal.gate.set()
+    assert isinstance(await resolved(held), Found)  # released by the sync, before the node failed
+    await wait_until(lambda: bool(rig.fatal))
+    later = rig.pump.submit(GetOp("a"))
+    assert isinstance(later, Failure) and later.error_code is ErrorCode.INTERNAL
+    assert "Synced" in later.message
+
+
 async def test_close_syncs_and_answers_what_is_held(make_rig: MakeRig) -> None:
     rig = make_rig("never")
     pending = rig.pump.submit(PutOp("dur/c", b""))

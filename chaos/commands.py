@@ -124,6 +124,8 @@ def _report_dir(out: str, name: str, driver: str, seed: int | None) -> Path:
 def run_chaos(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     try:
         scenario = scenario_file.load(args.scenario)
+        if args.real:
+            scenario_file.check_real_cluster(scenario, args.scenario)
     except scenario_file.ScenarioError as exc:
         print(f"kvstore chaos run: {exc}", file=err)
         return EXIT_UNKNOWN

@@ -26,7 +26,7 @@ from chaos.checkers import convergence
 from chaos.faults import ChaosPolicy
 from chaos.nemesis import Nemesis, describe_schedule, plan
 from chaos.run_sim import Recorder, RunResult, all_checkers
-from chaos.scenario import Scenario
+from chaos.scenario import Scenario, check_real_cluster
 from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
 from kvstore.client import AsyncClient, ReplicaCopy
 from kvstore.cluster import CONFIG_NAME, LocalCluster, pick_free_ports
@@ -281,6 +281,7 @@ class _RealRunner:
 
 
 def run_on_real_cluster(scenario: Scenario, seed: int | None = None, progress: Progress = lambda _: None) -> RunResult:
+    check_real_cluster(scenario)
     chosen_seed = scenario.seed if seed is None else seed
     with tempfile.TemporaryDirectory(prefix=f"kvstore-chaos-{scenario.name}-") as tmp:
         directory = Path(tmp)

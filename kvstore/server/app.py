@@ -24,7 +24,7 @@ from kvstore.server.metrics import NodeGauges, NodeMetrics
 from kvstore.server.peer import PEER_PATH, PeerInbox, PeerTransport
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.server.routes_admin import AdminRoutes
+from kvstore.server.routes_admin import AdminRoutes, CopyRoutes
 from kvstore.server.routes_cluster import ClusterRoutes
 from kvstore.server.routes_kv import KvRoutes
 from kvstore.storage.base import Storage
@@ -57,10 +57,11 @@ class NodeServer:
         self.transport = PeerTransport(
             node_id, config, self.faults, on_send_failed=self._send_failed, deliver_local=self._deliver_local
         )
+        clock = NodeClock(node_id, self.faults)
         self.pump = Pump(
             self.node,
             storage,
-            NodeClock(node_id, self.faults),
+            clock,
             self.transport.send,
             fsync=config.storage.fsync,
             batch_interval_ms=config.storage.batch_interval_ms,
@@ -85,6 +86,7 @@ class NodeServer:
         KvRoutes(self.pump, config.limits, config.timeouts.body_timeout_ms).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.faults).register(self.router)
+        CopyRoutes(config, self.node, storage, clock).register(self.router)
         inbox = PeerInbox(node_id, config, self.pump.deliver)
         self.router.add("POST", PEER_PATH, inbox.handle, internal=True)
         self._edge = EdgeServer(self.router.handle, config, self.metrics, node_id)

@@ -3,22 +3,8 @@ straight into a node's storage (tombstones and siblings included, which no clien
 
 from __future__ import annotations
 
-from kvstore.server.clock import NodeClock
 from kvstore.server.inprocess import InProcessCluster
-from kvstore.server.routes_admin import ADMIN_COPIES_TEMPLATE, CopyRoutes
 from kvstore.storage.base import Record, Sibling
-
-
-def serve_copies(cluster: InProcessCluster) -> None:
-    """Make every running node of ``cluster`` serve ``/admin/copies/{partition}``.
-
-    For as long as ``NodeServer`` (kvstore/server/app.py) does not register ``CopyRoutes`` itself; once it
-    does, this finds the route there and adds nothing.
-    """
-    for server in cluster.servers.values():
-        if not any(route.template == ADMIN_COPIES_TEMPLATE for route in server.router.routes):
-            clock = NodeClock(server.node_id, server.faults)
-            CopyRoutes(cluster.config, server.node, server.storage, clock).register(server.router)
 
 
 def bearer(cluster: InProcessCluster) -> dict[str, str]:

@@ -15,7 +15,7 @@ import jsonschema_rs
 import msgpack
 import pytest
 import schemathesis
-from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, serve_copies
+from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS
 from schemathesis.core.errors import LoaderError
 from server_support import ADMIN_ROUTE_TEMPLATES, CLIENT_ROUTE_TEMPLATES
 
@@ -35,7 +35,6 @@ SECRET = "openapi-test-secret"
 async def running() -> AsyncIterator[InProcessCluster]:
     """A one-node cluster: it owns every key and partition, so no answer depends on forwarding."""
     async with InProcessCluster(loopback_config(1, partitions=4, secret=SECRET)) as cluster:
-        serve_copies(cluster)
         yield cluster
 
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 from aiohttp import web
-from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, serve_copies
+from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS
 
 from chaos.checkers.convergence import SKIPPED
 from chaos.run_real import replica_convergence
@@ -36,7 +36,6 @@ def urls(cluster: InProcessCluster) -> dict[str, str]:
 
 
 async def test_the_client_pages_through_a_whole_copy(cluster: InProcessCluster) -> None:
-    serve_copies(cluster)
     partition = cluster.servers["n1"].node.partition_map.partitions_of("n1")[0]
     storage = cluster.servers["n1"].storage
     for i in range(23):
@@ -53,7 +52,6 @@ async def test_the_client_pages_through_a_whole_copy(cluster: InProcessCluster) 
 
 
 async def test_the_client_raises_the_routes_refusals(cluster: InProcessCluster) -> None:
-    serve_copies(cluster)
     elsewhere = cluster.servers["n2"].node.partition_map.partitions_of("n2")[0]
     async with AsyncClient([cluster.url("n1")], timeout_s=TIMEOUT_S) as client:
         with pytest.raises(KvError) as refused:
@@ -65,7 +63,6 @@ async def test_the_client_raises_the_routes_refusals(cluster: InProcessCluster) 
 
 
 async def test_the_sync_client_reads_a_copy_too(cluster: InProcessCluster) -> None:
-    serve_copies(cluster)
     cluster.servers["n1"].storage.write(0, "a", VALUE)
 
     def read() -> list[tuple[str, Record]]:
@@ -106,13 +103,11 @@ async def test_pages_from_different_nodes_are_no_copy(changes_node_between_pages
 
 
 async def test_a_cluster_with_one_copy_per_partition_skips_the_check(cluster: InProcessCluster) -> None:
-    serve_copies(cluster)
     verdict = await replica_convergence(urls(cluster), cluster.config.secret, TIMEOUT_S)
     assert verdict["valid"] == SKIPPED
 
 
 async def test_a_real_cluster_with_two_copies_is_read_and_judged(cluster: InProcessCluster) -> None:
-    serve_copies(cluster)
     partition_map = two_copies_of_each_partition(cluster)
     for partition, replicas in enumerate(partition_map.replicas):
         for node in replicas:
@@ -138,7 +133,6 @@ async def test_a_real_cluster_with_two_copies_is_read_and_judged(cluster: InProc
 
 
 async def test_a_replica_that_cannot_be_read_leaves_the_verdict_unknown(cluster: InProcessCluster) -> None:
-    serve_copies(cluster)
     two_copies_of_each_partition(cluster)
     addresses = urls(cluster)
     await cluster.stop_node("n3")

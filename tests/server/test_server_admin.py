@@ -9,7 +9,7 @@ import time
 import aiohttp
 import msgpack
 import pytest
-from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, bearer, serve_copies
+from copy_support import TOMBSTONE, VALUE, WITH_SIBLINGS, bearer
 from server_support import error_of, raw_url
 
 from kvstore.faults import ChaosPolicy
@@ -89,7 +89,6 @@ def copies_url(cluster: InProcessCluster, node_id: str, partition: object) -> st
 
 
 async def test_a_copy_needs_the_cluster_secret(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:
-    serve_copies(cluster)
     url = copies_url(cluster, "n1", held_by(cluster, "n1"))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": cluster.config.secret},
                     {"Authorization": f"Basic {cluster.config.secret}"}):
@@ -104,7 +103,6 @@ async def test_a_copy_needs_the_cluster_secret(cluster: InProcessCluster, http: 
 async def test_a_copy_holds_every_record_shape_in_json_and_msgpack(
     cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
-    serve_copies(cluster)
     partition = held_by(cluster, "n1")
     storage = cluster.servers["n1"].storage
     for key, record in (("a", VALUE), ("b", TOMBSTONE), ("c", WITH_SIBLINGS)):
@@ -137,7 +135,6 @@ async def test_a_copy_holds_every_record_shape_in_json_and_msgpack(
 
 
 async def test_a_copy_comes_in_pages_that_follow_next(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:
-    serve_copies(cluster)
     partition = held_by(cluster, "n2")
     keys = sorted(f"k{i:02}" for i in range(25))
     for version, key in enumerate(keys, 1):
@@ -166,7 +163,6 @@ async def test_a_copy_comes_in_pages_that_follow_next(cluster: InProcessCluster,
 async def test_a_page_of_large_values_stops_at_its_byte_bound(
     cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
-    serve_copies(cluster)
     partition = held_by(cluster, "n1")
     value = bytes(1 << 20)
     for i in range(9):
@@ -185,7 +181,6 @@ async def test_a_page_of_large_values_stops_at_its_byte_bound(
 async def test_a_partition_the_node_does_not_hold_is_a_404(
     cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
-    serve_copies(cluster)
     partition = held_by(cluster, "n2")
     async with http.get(copies_url(cluster, "n1", partition), headers=bearer(cluster)) as response:
         assert response.status == 404
@@ -213,7 +208,6 @@ async def test_a_partition_the_node_does_not_hold_is_a_404(
 async def test_bad_copy_requests_are_refused(
     cluster: InProcessCluster, http: aiohttp.ClientSession, partition: str, query: dict[str, str], message: str
 ) -> None:
-    serve_copies(cluster)
     count = cluster.config.partitions
     partition, message = (text.format(count=count, last=count - 1) for text in (partition, message))
     # Partition 0 is n1's: every refusal here is about the request, never the 404 of a partition held elsewhere.
@@ -226,7 +220,6 @@ async def test_bad_copy_requests_are_refused(
 async def test_a_parameter_given_twice_or_badly_encoded_is_refused(
     cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
-    serve_copies(cluster)
     base = copies_url(cluster, "n1", 0)
     for path, code in ((f"{base}?limit=1&limit=2", "bad_request"), (f"{base}?after=%ff", "bad_request"),
                        (copies_url(cluster, "n1", "%ff"), "bad_key")):

@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "unsupported"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
+    NOT_LEADER = "not_leader"
+    WRONG_EPOCH = "wrong_epoch"
     TIMEOUT = "timeout"
     INTERNAL = "internal"
 
@@ -67,6 +69,12 @@ ERROR_SPECS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.OVERLOADED: ErrorSpec(503, True),
     # The owner could not be reached: the request was never delivered to it.
     ErrorCode.UNAVAILABLE: ErrorSpec(503, True),
+    # The partition's replica here cannot order the op (it is not the leader) and the op was not passed on
+    # to one that can: it was not applied. Retry, later or at the leader.
+    ErrorCode.NOT_LEADER: ErrorSpec(503, True),
+    # The op was routed with another epoch of the partition map than the replica's: it was not applied.
+    # The sender's view of the cluster conflicts with the replica's; refresh it, then retry.
+    ErrorCode.WRONG_EPOCH: ErrorSpec(409, True),
     # The request was sent but no answer came in time: it may or may not have been applied.
     ErrorCode.TIMEOUT: ErrorSpec(504, False),
     ErrorCode.INTERNAL: ErrorSpec(500, False),

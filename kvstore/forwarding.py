@@ -14,8 +14,12 @@ safe because the refused copy ran nowhere. A forward refused because the owner r
 again only if it is read-only; otherwise the old life may have run it, so its outcome is indefinite.
 
 An answer that does not fit the op it answers fails that op. ``Forwarder`` holds all of this state
-and returns effects; as a replica does, it reports that a forward is done with ``Reply(token, result)``,
-which the node hands to whoever waits on the token.
+and returns effects; it reports that a forward is done with ``Reply(token, result)``, which the node
+hands to whoever waits on the token.
+
+Durability: with ``always_durable`` (``fsync = "always"``) every ``Send`` it makes is marked durable. An
+answer whose result had to wait for a sync is sent durable, and so is a duplicate answered from memory
+with that result: the first answer may still be waiting for the sync.
 """
 
 from __future__ import annotations
@@ -78,12 +82,13 @@ class _DuplicateFilter:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._results: OrderedDict[tuple[str, int, int], Result | None] = OrderedDict()
+        # The result and whether it had to wait for a sync; None while the forward is still running.
+        self._results: OrderedDict[tuple[str, int, int], tuple[Result, bool] | None] = OrderedDict()
         # Per sender incarnation, the highest forward id forgotten: anything at or below it is too old.
         self._floor: OrderedDict[tuple[str, int], int] = OrderedDict()
 
-    def seen(self, src: str, incarnation: int, forward_id: int) -> tuple[bool, Result | None]:
-        """(True, result or None while still running) if already received or too old to tell."""
+    def seen(self, src: str, incarnation: int, forward_id: int) -> tuple[bool, tuple[Result, bool] | None]:
+        """(True, (result, durable) or None while still running) if already received or too old to tell."""
         key = (src, incarnation, forward_id)
         if key in self._results:
             return True, self._results[key]
@@ -102,17 +107,20 @@ class _DuplicateFilter:
             if len(self._floor) > self._capacity:
                 self._floor.popitem(last=False)
 
-    def finish(self, src: str, incarnation: int, forward_id: int, result: Result) -> None:
+    def finish(self, src: str, incarnation: int, forward_id: int, result: Result, durable: bool) -> None:
         key = (src, incarnation, forward_id)
         if key in self._results:
-            self._results[key] = result
+            self._results[key] = (result, durable)
 
 
 class Forwarder:
     """Both ends of forwarding for one node incarnation: the forwards it sent and the ones it answers."""
 
-    def __init__(self, node_id: str, incarnation: int, request_timeout_ms: int, memory_capacity: int) -> None:
+    def __init__(
+        self, node_id: str, incarnation: int, request_timeout_ms: int, memory_capacity: int, always_durable: bool
+    ) -> None:
         self._node_id = node_id
+        self._always_durable = always_durable
         self._incarnation = incarnation
         self._request_timeout_ms = request_timeout_ms
         self._outgoing: dict[int, _Outgoing] = {}
@@ -168,7 +176,7 @@ class Forwarder:
         out.target_incarnation = self._peer_incarnations.get(out.dst, 0)
         self._outgoing[token] = out
         forward = Forward(self._incarnation, token, out.target_incarnation, out.op)
-        return Send(Message(self._node_id, out.dst, out.partition, forward))
+        return Send(Message(self._node_id, out.dst, out.partition, forward), self._always_durable)
 
     def _end(self, token: int, result: Result) -> list[Effect]:
         del self._outgoing[token]
@@ -181,22 +189,23 @@ class Forwarder:
         ``fwd.op`` is to run and be answered through ``answer``; ``None`` if it is to be dropped."""
         if fwd.target_incarnation != self._incarnation:
             refused = ForwardRefused(fwd.incarnation, fwd.forward_id, fwd.target_incarnation, self._incarnation)
-            return Send(Message(self._node_id, src, partition, refused))
+            return Send(Message(self._node_id, src, partition, refused), self._always_durable)
         target = PeerWaiter(src, fwd.incarnation, fwd.forward_id, partition, remember=not _read_only(fwd.op))
         # A read is not remembered: running a duplicate again changes nothing, and its answer lands
         # inside the still-open op or is ignored. Remembering would pin whole values and scan pages.
         if target.remember:
-            seen, result = self._duplicates.seen(src, fwd.incarnation, fwd.forward_id)
+            seen, remembered = self._duplicates.seen(src, fwd.incarnation, fwd.forward_id)
             if seen:
-                return None if result is None else self.answer(target, result)
+                return None if remembered is None else self.answer(target, *remembered)
             self._duplicates.start(src, fwd.incarnation, fwd.forward_id)
         return target
 
-    def answer(self, target: PeerWaiter, result: Result) -> Send:
+    def answer(self, target: PeerWaiter, result: Result, durable: bool = False) -> Send:
+        """The answer to a forward this node ran; ``durable``: the result may leave only once synced."""
         if target.remember:
-            self._duplicates.finish(target.src, target.incarnation, target.forward_id, result)
+            self._duplicates.finish(target.src, target.incarnation, target.forward_id, result, durable)
         reply = ForwardReply(target.incarnation, target.forward_id, self._incarnation, result)
-        return Send(Message(self._node_id, target.src, target.partition, reply))
+        return Send(Message(self._node_id, target.src, target.partition, reply), durable or self._always_durable)
 
 
 # What each op may be answered with besides a Failure; a batch is answered entry by entry.

@@ -4,6 +4,7 @@ A scan asks every owner for its partitions' pages and merges them in key order; 
 the entries of its keys and puts each answer back in its entry's place. The node runs the parts (locally
 or forwarded) and hands each part's answer to ``GatherPart.add``; the last one yields the joined result
 for ``Gather.target``. A gather does not care whom it answers: the target is whatever the node gives it.
+The joined result must wait for a sync (is durable) if any part's answer had to.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Gather(Generic[T]):
     pages: list[ScanPage]
     scan_limit: int | None
     failure: Failure | None = None
+    durable: bool = False
 
 
 @dataclass
@@ -50,9 +52,11 @@ class GatherPart(Generic[T]):
     # Positions in the gathered result this part fills (batch) or () for a scan part.
     indices: tuple[int, ...]
 
-    def add(self, result: Result) -> Result | None:
-        """Take this part's answer; the gathered result once it was the last part, else None."""
+    def add(self, result: Result, durable: bool = False) -> Result | None:
+        """Take this part's answer (``durable``: it may leave only once synced); the gathered result once it
+        was the last part, else None."""
         gather = self.gather
+        gather.durable = gather.durable or durable
         if gather.scan_limit is not None:
             if isinstance(result, ScanPage):
                 gather.pages.append(result)

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvstore.codec import register
+from kvstore.codec import register, register_all
 from kvstore.errors import ErrorCode
+from replication.replica import LogEntry
+from replication.vclock import VectorClock
+
+# Protocol packages may not import kvstore, so the classes their messages carry are registered here, in
+# the module every node, driver and codec user imports: a log entry (carried by log replication) and a
+# vector clock (the causal context of leaderless writes).
+register_all((LogEntry, VectorClock))
 
 # Partition id used by messages that belong to the node as a whole rather than one partition.
 NODE_PARTITION = -1

@@ -1,30 +1,45 @@
 """Node.step: the sans-IO core that routes every input to the right partition's protocol instance.
 
 A client request names keys; the node maps each key to its partition and the partition to its owner.
-Ops for partitions it owns go to the local replica; the rest are forwarded to the owner
+Ops for partitions it holds go to the local replica (``replication.replica.PartitionReplica``, one per
+partition, built for the cluster's mode); the rest are forwarded to the owner
 (``kvstore/forwarding.py``: the incarnation handshake, the duplicate memory, the forward timers).
 Scans and batches fan out to every owner involved and are gathered back into one result
 (``kvstore/gather.py``). The node routes each input to the one that handles it and composes their
-effects.
+effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition, its ``Answer``
+completes whoever waits on the token, its timers become node timers ``p/<partition>/<key>``.
 
 Everything waiting for an answer is one entry in ``_waiting``, keyed by a token the node allocates:
 a client request, a forwarded request to answer, a part of a gather. Its size is bounded by
-``limits.max_inflight``; past that, new requests are refused as ``overloaded`` (definite).
+``limits.max_inflight``; past that, new requests are refused as ``overloaded`` (definite). Every entry
+has a deadline: a forward its forward timer, an op a replica did not answer in the step that gave it one
+a ``call/<token>`` timer (an op answered at once, as every ``single``-mode op is, costs no timer).
+
+A replica that cannot serve an op answers with a ``Redirect``. An op of this node's own clients is then
+forwarded once to the leader the replica names, if it names another member; otherwise (and always for an
+op a peer forwarded here, so that ops never travel in circles) it fails with a definite ``not_leader`` or
+``wrong_epoch``.
+
+Durability: under ``fsync = "always"`` every ``Send`` and ``Reply`` is marked durable (a client is told
+only what survives a crash); under every policy, an answer a replica marks durable is carried durable to
+the ``Reply`` or ``Send`` that passes its result on, through a gather too (a gathered result is durable
+if any part was).
 
 Peer messages arrive type-checked by the codec but are otherwise untrusted: one not addressed to this
 node by another member is ignored, a forwarded op is checked like a client's, and an answer that does
 not fit the op it answers fails that op. Nothing a peer sends may raise out of ``step``: for a node
-process that is fatal.
+process that is fatal. A replica gets the bodies of peer messages for its partition as they came, so it
+must hold to the same rule.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import cast
 
-from kvstore.codec import INT64_MAX
 from kvstore.config import ClusterConfig
-from kvstore.effects import CancelTimer, Effect, Reply, SetTimer
+from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
@@ -47,19 +62,41 @@ from kvstore.messages import (
     PutOp,
     Result,
     ScanOp,
+    ScanPage,
     ScanPartitionsOp,
     SendFailed,
     Started,
+    Synced,
     TimerFired,
 )
-from kvstore.replica import PartitionReplica, ReplicaOp, SingleCopyReplica
+from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
 from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
+from replication.replica import (
+    Answer,
+    ClientCall,
+    PartitionReplica,
+    PeerMessage,
+    PeerUnreachable,
+    Recovered,
+    Redirect,
+    ReplicaInput,
+    ReplicaStarted,
+    SendTo,
+    StartTimer,
+)
+from replication.replica import Synced as ReplicaSynced
+from replication.replica import TimerFired as ReplicaTimerFired
+from replication.single_copy import SingleCopy
 
-TTL_SWEEP_TIMER = "ttl-sweep"
+# The most expired keys one replica purges per sweep.
 TTL_SWEEP_MAX_KEYS = 1000
-_REPLICA_TIMER_PREFIX = "p/"
+REPLICA_TIMER_PREFIX = "p/"
+CALL_TIMER_PREFIX = "call/"
+_NODE_TRAFFIC = (Forward, ForwardReply, ForwardRefused)
+# Synced carries nothing: one instance serves every replica.
+_SYNCED = ReplicaSynced()
 
 
 # ---------------------------------------------------------------- who is waiting for a token
@@ -83,25 +120,47 @@ class Node:
         self.storage = storage
         self._rng = rng
         self._limits = config.limits
+        self._request_timeout_ms = config.timeouts.request_timeout_ms
+        # Under "always" a client is told only what survives a crash, so every Send and Reply waits for a sync.
+        self._always_durable = config.storage.fsync == "always"
         self.partition_map = PartitionMap.round_robin(config.node_ids, config.partitions)
         self._peers = frozenset(config.node_ids) - {node_id}
         self.replicas: dict[int, PartitionReplica] = {
-            p: SingleCopyReplica(p, storage) for p in self.partition_map.partitions_of(node_id)
+            p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
         # Scopes this run's forward ids, so a restarted node's ids never collide with its old ones.
         # Never 0, which in a Forward means "the owner's incarnation is not known yet".
         self.incarnation = rng.randrange(1, 1 << 63)
         self._next_token = 1
         self._waiting: dict[int, _Waiter] = {}
+        # Ops handed to a local replica and not answered yet: token -> (partition, op).
+        self._calls: dict[int, tuple[int, KeyOp]] = {}
+        # Those of them whose deadline timer runs: the step that made the call ended without an answer.
+        self._timed_calls: set[int] = set()
         self._forwarder = Forwarder(
-            node_id, self.incarnation, config.timeouts.request_timeout_ms, memory_capacity=4 * self._limits.max_inflight
+            node_id,
+            self.incarnation,
+            config.timeouts.request_timeout_ms,
+            memory_capacity=4 * self._limits.max_inflight,
+            always_durable=self._always_durable,
         )
         self._effects: list[Effect] = []
         self._now_ms = 0
-        # The latest time this node has seen. TTL expiry is judged on it, so a clock that steps back
-        # (a skew fault ending, NTP) cannot bring an expired key back.
+        # The latest time this node has seen. Replicas get this clock, so TTL expiry is judged on it and a
+        # clock that steps back (a skew fault ending, NTP) cannot bring an expired key back.
         self._expiry_clock_ms = 0
         self.started = False
+
+    def _build_replica(self, partition: int) -> PartitionReplica:
+        if self.config.mode == "single":
+            return SingleCopy(
+                partition,
+                KvStateMachine(self.storage, partition),
+                self.storage.log(partition),
+                sweep_interval_ms=self.config.timeouts.ttl_sweep_interval_ms,
+                sweep_max_keys=TTL_SWEEP_MAX_KEYS,
+            )
+        raise ValueError(f"no replica for mode {self.config.mode!r}")
 
     # ------------------------------------------------------------ public
 
@@ -119,11 +178,13 @@ class Node:
             self._on_message(inp)
         elif isinstance(inp, TimerFired):
             self._on_timer(inp.key)
+        elif isinstance(inp, Synced):
+            for partition in self.replicas:
+                self._run_replica(partition, _SYNCED)
         elif isinstance(inp, SendFailed):
-            self._absorb(self._forwarder.on_send_failed(inp.msg))
+            self._on_send_failed(inp.msg)
         elif isinstance(inp, Started):
-            self.started = True
-            self._effects.append(SetTimer(TTL_SWEEP_TIMER, now_ms + self.config.timeouts.ttl_sweep_interval_ms))
+            self._on_started()
         else:
             raise TypeError(f"not a node input: {inp!r}")
         assert len(self._waiting) <= self._limits.max_inflight + self._limits.max_batch_keys + len(
@@ -133,6 +194,13 @@ class Node:
         return effects
 
     # ------------------------------------------------------------ inputs
+
+    def _on_started(self) -> None:
+        self.started = True
+        for partition in self.replicas:
+            log = self.storage.log(partition)
+            recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
+            self._run_replica(partition, ReplicaStarted(recovered))
 
     def _on_client_request(self, req: ClientRequest) -> None:
         target = _ToClient(req.request_id)
@@ -150,7 +218,13 @@ class Node:
         elif isinstance(body, (ForwardReply, ForwardRefused)):
             self._absorb(self._forwarder.on_answer(msg.src, body))
         elif msg.partition in self.replicas:
-            self._run_replica(msg.partition, msg)
+            self._run_replica(msg.partition, PeerMessage(msg.src, body))
+
+    def _on_send_failed(self, msg: Message) -> None:
+        if isinstance(msg.body, _NODE_TRAFFIC):
+            self._absorb(self._forwarder.on_send_failed(msg))
+        elif msg.partition in self.replicas:
+            self._run_replica(msg.partition, PeerUnreachable(msg.dst, msg.body))
 
     def _on_forward(self, src: str, partition: int, fwd: Forward) -> None:
         received = self._forwarder.receive(src, partition, fwd)
@@ -164,16 +238,20 @@ class Node:
         self._start(fwd.op, received)
 
     def _on_timer(self, key: str) -> None:
-        if key == TTL_SWEEP_TIMER:
-            self.storage.purge_expired(self._expiry_clock_ms, TTL_SWEEP_MAX_KEYS)
-            self._effects.append(SetTimer(TTL_SWEEP_TIMER, self._now_ms + self.config.timeouts.ttl_sweep_interval_ms))
-        elif key.startswith(FORWARD_TIMER_PREFIX):
+        if key.startswith(FORWARD_TIMER_PREFIX):
             self._absorb(self._forwarder.on_timer(key))
-        elif key.startswith(_REPLICA_TIMER_PREFIX):
-            partition_text, _, replica_key = key[len(_REPLICA_TIMER_PREFIX) :].partition("/")
+        elif key.startswith(CALL_TIMER_PREFIX):
+            token = int(key[len(CALL_TIMER_PREFIX) :])
+            self._timed_calls.discard(token)
+            call = self._calls.pop(token, None)
+            if call is not None:
+                message = f"partition {call[0]} did not answer in time; the op may have happened"
+                self._complete(token, Failure.of(ErrorCode.TIMEOUT, message))
+        elif key.startswith(REPLICA_TIMER_PREFIX):
+            partition_text, _, replica_key = key[len(REPLICA_TIMER_PREFIX) :].partition("/")
             partition = int(partition_text)
             if partition in self.replicas:
-                self._run_replica(partition, TimerFired(replica_key))
+                self._run_replica(partition, ReplicaTimerFired(replica_key))
 
     # ------------------------------------------------------------ starting operations
 
@@ -197,16 +275,15 @@ class Node:
     def _start_key_op(self, op: KeyOp, waiter: _Waiter) -> None:
         partition = self.partition_map.partition_for_key(op.key)
         token = self._wait(waiter)
-        if partition in self.replicas:
-            ttl_ms = op.ttl_ms if isinstance(op, (PutOp, CasOp)) else None
-            if ttl_ms is not None and self._expiry_clock_ms + ttl_ms > INT64_MAX:
-                # Storage and the wire hold deadlines as signed 64-bit ms; only an absurd clock gets here.
-                message = f"{self.node_id}'s clock is too far ahead to hold a deadline {ttl_ms} ms from now"
-                self._complete(token, Failure.of(ErrorCode.UNAVAILABLE, message + "; the op did not happen"))
-                return
-            self._run_replica(partition, ReplicaOp(token, op))
-        else:
+        if partition not in self.replicas:
             self._forward(token, self.partition_map.owner(partition), partition, op)
+            return
+        self._calls[token] = (partition, op)
+        self._run_replica(partition, ClientCall(token, op))
+        if token in self._calls:
+            # Not answered in this step: it waits, and nothing waits forever.
+            self._timed_calls.add(token)
+            self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
 
     def _start_scan(self, op: ScanOp, target: _Target) -> None:
         by_owner = self._group_by_owner(range(self.partition_map.partition_count))
@@ -223,6 +300,50 @@ class Node:
             self._forward(self._wait(waiter), owner, NODE_PARTITION, part)
         for key_op, waiter in local:
             self._start_key_op(key_op, waiter)
+
+    # ------------------------------------------------------------ replicas
+
+    def _run_replica(self, partition: int, inp: ReplicaInput) -> None:
+        for effect in self.replicas[partition].step(self._expiry_clock_ms, inp):
+            if isinstance(effect, Answer):
+                self._on_answer(effect)
+            elif isinstance(effect, SendTo):
+                msg = Message(self.node_id, effect.dst, partition, effect.body)
+                self._effects.append(Send(msg, effect.durable or self._always_durable))
+            elif isinstance(effect, StartTimer):
+                # The replica counts on the expiry clock, the driver on the node clock: keep the delay.
+                at_ms = effect.at_ms - self._expiry_clock_ms + self._now_ms
+                self._effects.append(SetTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}", at_ms))
+            else:
+                self._effects.append(CancelTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}"))
+
+    def _on_answer(self, answer: Answer) -> None:
+        token = answer.token
+        call = self._calls.pop(token, None)
+        if call is None:
+            return  # timed out already (or never asked): whoever waited has had its answer
+        if token in self._timed_calls:
+            self._timed_calls.remove(token)
+            self._effects.append(CancelTimer(CALL_TIMER_PREFIX + str(token)))
+        result = answer.result
+        if isinstance(result, Redirect):
+            self._redirected(token, call, result)
+        else:
+            self._complete(token, cast(Result, result), answer.durable)
+
+    def _redirected(self, token: int, call: tuple[int, KeyOp], redirect: Redirect) -> None:
+        waiter = self._waiting.get(token)
+        if waiter is None:
+            return
+        target = waiter.gather.target if isinstance(waiter, GatherPart) else waiter
+        leader = redirect.leader
+        # Passed on once, and only for this node's own clients: a forwarded op redirected again would travel
+        # in circles while leadership moves.
+        if redirect.reason == "not_leader" and leader in self._peers and isinstance(target, _ToClient):
+            assert leader is not None
+            self._forward(token, leader, *call)
+            return
+        self._complete(token, _redirect_failure(self.node_id, call[0], redirect))
 
     # ------------------------------------------------------------ helpers
 
@@ -252,40 +373,44 @@ class Node:
             replica = self.replicas.get(p)
             if replica is None:
                 return Failure.of(ErrorCode.UNAVAILABLE, f"{self.node_id} does not hold partition {p}")
-            pages.append(replica.scan(self._expiry_clock_ms, start, end, limit))
+            page = replica.scan(self._expiry_clock_ms, start, end, limit)
+            if isinstance(page, Redirect):
+                return _redirect_failure(self.node_id, p, page)
+            pages.append(cast(ScanPage, page))
         return merge_pages(pages, limit)
-
-    def _run_replica(self, partition: int, inp: ReplicaOp | Message | TimerFired) -> None:
-        for effect in self.replicas[partition].step(self._expiry_clock_ms, inp):
-            if isinstance(effect, Reply):
-                self._complete(effect.request_id, effect.result)
-            elif isinstance(effect, (SetTimer, CancelTimer)):
-                key = f"{_REPLICA_TIMER_PREFIX}{partition}/{effect.key}"
-                self._effects.append(SetTimer(key, effect.at_ms) if isinstance(effect, SetTimer) else CancelTimer(key))
-            else:
-                self._effects.append(effect)
 
     def _absorb(self, effects: list[Effect]) -> None:
         """Take the forwarder's effects: its ``Reply(token, result)`` completes a token."""
         for effect in effects:
             if isinstance(effect, Reply):
-                self._complete(effect.request_id, effect.result)
+                self._complete(effect.request_id, effect.result, effect.durable)
             else:
                 self._effects.append(effect)
 
-    def _complete(self, token: int, result: Result) -> None:
+    def _complete(self, token: int, result: Result, durable: bool = False) -> None:
         waiter = self._waiting.pop(token, None)
         if waiter is None:
             return
         if isinstance(waiter, GatherPart):
-            final = waiter.add(result)
+            final = waiter.add(result, durable)
             if final is not None:
-                self._deliver(waiter.gather.target, final)
+                self._deliver(waiter.gather.target, final, waiter.gather.durable)
         else:
-            self._deliver(waiter, result)
+            self._deliver(waiter, result, durable)
 
-    def _deliver(self, target: _Target, result: Result) -> None:
+    def _deliver(self, target: _Target, result: Result, durable: bool = False) -> None:
         if isinstance(target, _ToClient):
-            self._effects.append(Reply(target.request_id, result))
+            self._effects.append(Reply(target.request_id, result, durable or self._always_durable))
         else:
-            self._effects.append(self._forwarder.answer(target, result))
+            self._effects.append(self._forwarder.answer(target, result, durable))
+
+
+def _redirect_failure(node_id: str, partition: int, redirect: Redirect) -> Failure:
+    """The definite failure of an op a replica redirected and the node did not pass on."""
+    if redirect.reason == "wrong_epoch":
+        epoch = "another epoch" if redirect.epoch is None else f"epoch {redirect.epoch}"
+        message = f"partition {partition} is at {epoch} on {node_id}, not the epoch the op was routed with"
+        return Failure.of(ErrorCode.WRONG_EPOCH, message + "; the op did not happen")
+    leader = "no leader is known" if redirect.leader is None else f"its leader is {redirect.leader}"
+    message = f"{node_id} does not lead partition {partition} ({leader}); the op did not happen"
+    return Failure.of(ErrorCode.NOT_LEADER, message)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from kvstore.config import ClusterConfig, Limits, local_cluster
+from kvstore.config import ClusterConfig, Limits, StorageConfig, local_cluster
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode
 from kvstore.messages import (
@@ -36,7 +36,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import TTL_SWEEP_TIMER, Node
+from kvstore.node import Node
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import SimDisk, SimStorage
 
@@ -44,8 +44,9 @@ TIMEOUT_MS = 2000
 
 
 def make_config(**limits: int) -> ClusterConfig:
-    # Two nodes, four partitions: n1 owns partitions 0 and 2, n2 owns 1 and 3.
-    return local_cluster(2, partitions=4, limits=replace(Limits(), **limits))
+    # Two nodes, four partitions: n1 owns partitions 0 and 2, n2 owns 1 and 3. Under "batch" only what a
+    # replica marks durable waits for a sync (tests/protocol/test_node_replicas.py covers the marks).
+    return local_cluster(2, partitions=4, storage=StorageConfig(fsync="batch"), limits=replace(Limits(), **limits))
 
 
 def make_node(node_id: str, config: ClusterConfig, seed: int = 1) -> Node:
@@ -102,9 +103,10 @@ class Pair:
 # ---------------------------------------------------------------- local operations
 
 
-def test_started_arms_the_ttl_sweep() -> None:
+def test_started_starts_every_replica_which_arms_its_ttl_sweep() -> None:
     node = Node("n1", make_config(), MemoryStorage(), random.Random(1))
-    assert node.step(50, Started()) == [SetTimer(TTL_SWEEP_TIMER, 50 + 1000)]
+    # n1 holds partitions 0 and 2; each replica purges its own expired keys.
+    assert node.step(50, Started()) == [SetTimer("p/0/ttl-sweep", 50 + 1000), SetTimer("p/2/ttl-sweep", 50 + 1000)]
     assert node.started
 
 
@@ -124,15 +126,18 @@ def test_local_put_get_delete_and_cas() -> None:
     assert node.inflight == 0
 
 
-def test_ttl_is_in_node_time_and_the_sweep_purges() -> None:
+def test_ttl_is_in_node_time_and_the_replica_sweep_purges() -> None:
     node = make_node("n1", make_config())
     key = keys_of(node, "n1", 1)[0]
+    sweep = f"p/{node.partition_map.partition_for_key(key)}/ttl-sweep"
     assert request(node, 100, 1, PutOp(key, b"v", ttl_ms=500)) == [Reply(1, Written(key, 1))]
     assert request(node, 599, 2, GetOp(key)) == [Reply(2, Found(key, b"v", 1, expires_at_ms=600))]
     assert request(node, 600, 3, GetOp(key)) == [Reply(3, Failure.of(ErrorCode.NOT_FOUND, f"key {key!r} not found"))]
     assert node.storage.key_count() == 1
-    assert node.step(1000, TimerFired(TTL_SWEEP_TIMER)) == [SetTimer(TTL_SWEEP_TIMER, 2000)]
+    assert node.step(1000, TimerFired(sweep)) == [SetTimer(sweep, 2000)]
     assert node.storage.key_count() == 0
+    # The purge was the partition's command 2: the next write there is version 3.
+    assert request(node, 1001, 4, PutOp(key, b"w")) == [Reply(4, Written(key, 3))]
 
 
 def test_the_node_works_on_sim_storage_too() -> None:
@@ -141,7 +146,8 @@ def test_the_node_works_on_sim_storage_too() -> None:
     node.step(0, Started())
     key = keys_of(node, "n1", 1)[0]
     assert request(node, 1, 1, PutOp(key, b"v")) == [Reply(1, Written(key, 1))]
-    assert node.storage.written_lsn == 1 and node.storage.synced_lsn == 0  # syncing is the driver's job
+    # The record and the partition's applied index, both written and not synced: syncing is the driver's job.
+    assert node.storage.written_lsn == 2 and node.storage.synced_lsn == 0
 
 
 # ---------------------------------------------------------------- validation
@@ -278,7 +284,7 @@ def test_duplicate_forward_is_answered_from_memory_not_executed_again() -> None:
     assert again == first == [Send(Message("n2", "n1", partition, reply))]
     record = pair.n2.storage.get(partition, key, 3)
     assert record is not None and record.value == b"second"
-    assert pair.n2.storage.written_lsn == 2
+    assert pair.n2.storage.log(partition).applied_index() == 2  # two commands: the first ran once
 
 
 def test_forward_ids_are_scoped_by_incarnation() -> None:
@@ -333,8 +339,9 @@ def test_scan_merges_pages_across_nodes_with_limit_and_truncation() -> None:
     sent = only_send(effects)
     n2_partitions = pair.n1.partition_map.owned_by("n2")
     assert sent.partition == NODE_PARTITION and isinstance(sent.body, Forward)
-    expected = Forward(pair.n1.incarnation, sent.body.forward_id, pair.n2.incarnation,
-                       ScanPartitionsOp(n2_partitions, "", None, 4))
+    expected = Forward(
+        pair.n1.incarnation, sent.body.forward_id, pair.n2.incarnation, ScanPartitionsOp(n2_partitions, "", None, 4)
+    )
     assert sent.body == expected
     replies = pair.settle(21, effects)
     assert len(replies) == 1 and replies[0].request_id == 1
@@ -375,12 +382,16 @@ def test_batch_put_and_get_across_owners() -> None:
     assert sent.partition == NODE_PARTITION and isinstance(sent.body, Forward)
     assert sent.body.op == BatchPutOp((PutOp(b1, b"1"), PutOp(b2, b"3")))
     [reply] = pair.settle(1, effects)
-    assert reply == Reply(1, BatchResults((Written(b1, 1), Written(a1, 1), Written(b2, 2), Written(a2, 2))))
+    # Versions count per partition: a key's is 2 where its partition already took a write of this batch.
+    pmap = pair.n1.partition_map
+    va2 = 2 if pmap.partition_for_key(a2) == pmap.partition_for_key(a1) else 1
+    vb2 = 2 if pmap.partition_for_key(b2) == pmap.partition_for_key(b1) else 1
+    assert reply == Reply(1, BatchResults((Written(b1, 1), Written(a1, 1), Written(b2, vb2), Written(a2, va2))))
 
     [reply] = pair.settle(2, request(pair.n2, 2, 2, BatchGetOp((a2, b1, "missing-key", a1))))
     assert isinstance(reply.result, BatchResults)
     results = reply.result.results
-    assert results[0] == Found(a2, b"4", 2)
+    assert results[0] == Found(a2, b"4", va2)
     assert results[1] == Found(b1, b"1", 1)
     assert isinstance(results[2], Failure) and results[2].code == "not_found"
     assert results[3] == Found(a1, b"2", 1)

@@ -192,13 +192,21 @@ def _packer_chain() -> Callable[[object], bytes]:
 
 _local = threading.local()
 
+# A packer keeps its buffer at the largest size it ever held. After a message bigger than this, the
+# thread's chain is dropped (a new one is built on the next call), so one large frame is not kept for
+# the thread's life; every message inside a frame is smaller than the frame, so this bounds every level.
+_MAX_RETAINED_BYTES = 1 << 20
+
 
 def encode(obj: object) -> bytes:
     try:
         pack: Callable[[object], bytes] = _local.pack
     except AttributeError:
         pack = _local.pack = _packer_chain()
-    return pack(obj)
+    data = pack(obj)
+    if len(data) > _MAX_RETAINED_BYTES:
+        del _local.pack
+    return data
 
 
 def decode(data: bytes) -> Any:

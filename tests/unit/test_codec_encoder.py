@@ -94,3 +94,13 @@ def test_threads_encode_with_their_own_packers() -> None:
         sys.setswitchinterval(interval_s)
     assert all(results[slot] == expected for slot in range(4))
     assert all(decode(data) == m for data, m in zip(expected, messages, strict=True))
+
+
+def test_a_large_message_does_not_keep_its_buffers() -> None:
+    encode(GetOp("k"))
+    chain = codec._local.pack
+    big = Message("n1", "n2", 0, PutOp("k", bytes(codec._MAX_RETAINED_BYTES)))
+    assert decode(encode(big)) == big
+    assert not hasattr(codec._local, "pack")  # dropped with its grown buffers
+    assert encode(GetOp("k")) == reference(GetOp("k"))
+    assert codec._local.pack is not chain

@@ -73,8 +73,9 @@ ERROR_SPECS: dict[ErrorCode, ErrorSpec] = {
     # to one that can: it was not applied. Retry, later or at the leader.
     ErrorCode.NOT_LEADER: ErrorSpec(503, True),
     # The op was routed with another epoch of the partition map than the replica's: it was not applied.
-    # The sender's view of the cluster conflicts with the replica's; refresh it, then retry.
-    ErrorCode.WRONG_EPOCH: ErrorSpec(409, True),
+    # 503, not 409: like not_leader it asks for a retry (once the sender's map is current), and clients
+    # and the CLI treat 5xx as "try again", 4xx as "the request is wrong".
+    ErrorCode.WRONG_EPOCH: ErrorSpec(503, True),
     # The request was sent but no answer came in time: it may or may not have been applied.
     ErrorCode.TIMEOUT: ErrorSpec(504, False),
     ErrorCode.INTERNAL: ErrorSpec(500, False),

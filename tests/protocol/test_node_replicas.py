@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore import codec
 from kvstore.config import ClusterConfig, StorageConfig, local_cluster
@@ -371,3 +373,36 @@ def test_single_mode_versions_go_on_after_a_restart() -> None:
 def test_protocol_classes_are_registered_with_the_codec() -> None:
     for message in (LogEntry(3, 2, b"entry"), VectorClock.of({"n1": 2, "n2": 1})):
         assert codec.decode(codec.encode(message)) == message
+
+
+# ---------------------------------------------------------------- peer input never raises
+
+_BODIES = st.sampled_from(
+    [
+        GetOp("k"),
+        Written("k", 1),
+        ScanPage((), truncated=False),
+        LogEntry(1, 1, b"x"),
+        VectorClock.of({"n2": 1}),
+        Forward(77, 1, 0, GetOp("k")),
+        ForwardReply(77, 1, 5, Written("k", 1)),
+        Message("n2", "n1", 0, GetOp("k")),
+    ]
+)
+_PEER_INPUTS = st.one_of(
+    st.builds(Message, st.sampled_from(["n1", "n2", "x"]), st.sampled_from(["n1", "n2"]), st.integers(-5, 5), _BODIES),
+    st.builds(
+        SendFailed,
+        st.builds(Message, st.just("n1"), st.sampled_from(["n2", "x"]), st.integers(-5, 5), _BODIES),
+    ),
+    st.builds(Synced, st.integers(0, 10)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_PEER_INPUTS, max_size=20))
+def test_peer_input_to_single_copies_never_raises_nor_leaves_anyone_waiting(inputs: list[object]) -> None:
+    node = make_node("n1", config())
+    for now_ms, inp in enumerate(inputs, start=1):
+        node.step(now_ms, inp)  # type: ignore[arg-type]
+    assert node.inflight == 0

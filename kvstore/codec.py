@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar, Union
 import msgpack
 
 _EXT_DATACLASS = 1
+_unpackb = msgpack.unpackb
 
 # Each nested message is a separate msgpack.unpackb call, and each costs tens of KB of C stack: about
 # 200 levels crash the process with a segfault. The deepest real message has 4 levels (Message >
@@ -75,14 +76,16 @@ class _ClassSpec:
     fields: tuple[_FieldSpec, ...]
     # Fields without a default: a frame from an older version may omit the trailing ones that have one.
     required: int
-    # The instance built from a complete, valid field tuple; None for anything else, which
-    # ``_build_checked`` then builds or explains field by field.
+    # The instance built from a complete, valid payload ``(name, field values...)``; None for anything
+    # else, which ``_build_checked`` then builds or explains field by field.
     fast_build: Callable[[tuple[Any, ...]], Any]
 
 
 _by_name: dict[str, type[Any]] = {}
 _fields: dict[type[Any], tuple[str, ...]] = {}
 _specs: dict[str, _ClassSpec] = {}
+# Type name -> its spec's ``fast_build``, for the decoder's fast path.
+_fast_builds: dict[str, Callable[[tuple[Any, ...]], Any]] = {}
 
 
 def register(cls: type[T]) -> type[T]:
@@ -102,6 +105,7 @@ def register(cls: type[T]) -> type[T]:
     _by_name[name] = cls
     _fields[cls] = field_names
     _specs[name] = spec
+    _fast_builds[name] = spec.fast_build
     _payloads[cls] = payload
     return cls
 
@@ -239,7 +243,18 @@ def _hook_at(depth: int) -> Callable[[int, bytes], object]:
     def hook(code: int, data: bytes) -> object:
         if code != _EXT_DATACLASS:
             raise CodecError(f"unknown msgpack ext type {code}")
-        return _build(msgpack.unpackb(data, ext_hook=inner, use_list=False, raw=False, strict_map_key=False))
+        payload = _unpackb(data, ext_hook=inner, use_list=False, raw=False, strict_map_key=False)
+        # The common case without a call: a known name and a complete, valid payload.
+        if type(payload) is tuple and payload and type(payload[0]) is str:
+            fast_build = _fast_builds.get(payload[0])
+            if fast_build is not None:
+                try:
+                    message = fast_build(payload)
+                except (TypeError, ValueError):
+                    message = None  # from a __post_init__, say: _build names it
+                if message is not None:
+                    return message
+        return _build(payload)
 
     inner = _hook_at(depth + 1)
     return hook
@@ -256,10 +271,9 @@ def _build(payload: object) -> object:
     if spec is None:
         # Cut short: the name is the sender's bytes, and a frame can be megabytes long.
         raise CodecError(f"unknown message type {payload[0][:_MAX_NAME_SHOWN]!r}")
-    values = payload[1:]
     try:
-        message = spec.fast_build(values)
-        return _build_checked(spec, values) if message is None else message
+        message = spec.fast_build(payload)
+        return _build_checked(spec, payload[1:]) if message is None else message
     except CodecError:
         raise
     except (TypeError, ValueError) as exc:  # from a __post_init__, say
@@ -352,9 +366,9 @@ def _compile_class(cls: type[Any]) -> _ClassSpec:
         specs.append(_FieldSpec(field.name, _function(expr), convert, _describe(annotation)))
         exprs.append(expr(f"v{index}"))
         args.append(f"v{index}" if convert is None else f"{_bind(convert)}(v{index})")
-    lines = ["def build(values):", f"    if len(values) == {len(specs)}:"]
-    if specs:
-        lines.append(f"        {''.join(f'v{i}, ' for i in range(len(specs)))}= values")
+    # Takes the whole payload, type name first, so that decoding a message copies no tuple.
+    lines = ["def build(payload):", f"    if len(payload) == {len(specs) + 1}:"]
+    lines.append(f"        _, {''.join(f'v{i}, ' for i in range(len(specs)))}= payload")
     lines.append(f"        if {' and '.join(exprs) or 'True'}:")
     cls_name = _bind(cls)
     if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):

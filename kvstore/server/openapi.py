@@ -43,8 +43,9 @@ _ALWAYS = (
     ErrorCode.OVERLOADED,
     ErrorCode.INTERNAL,
 )
-# Routes that hand an op to the node: it may be full, or not reach or not hear from the key's owner.
-_NODE = (ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT)
+# Routes that hand an op to the node: it may be full, not reach or not hear from the key's owner, or be
+# told by the partition's protocol that another node serves it (not_leader) or the map moved (wrong_epoch).
+_NODE = (ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.NOT_LEADER, ErrorCode.WRONG_EPOCH)
 # Routes that read a body: too large, or under a Content-Type or Content-Encoding they do not read.
 _BODY = (ErrorCode.TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
 _CODINGS = "The body may be compressed, with `Content-Encoding: gzip` or `deflate`."

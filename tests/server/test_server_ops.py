@@ -44,8 +44,9 @@ async def test_health_reports_storage_progress(cluster: InProcessCluster, http: 
             "status": "ok",
             "node_id": "n1",
             "inflight": 0,
-            "written_lsn": 1,
-            "synced_lsn": 1,
+            # One put is two changes: the record and its partition's applied index.
+            "written_lsn": 2,
+            "synced_lsn": 2,
         }
 
 
@@ -79,8 +80,9 @@ async def test_metrics_parse_and_count_requests_errors_and_storage(
     assert got[("kvstore_errors_total", (("code", "not_found"),))] == 2
     assert got[("kvstore_http_request_duration_seconds_count", (("route", "PUT /kv/{key}"),))] == 3
     assert got[("kvstore_http_request_duration_seconds_bucket", (("le", "+Inf"), ("route", "PUT /kv/{key}")))] == 3
-    assert got[("kvstore_storage_written_lsn", ())] == 3
-    assert got[("kvstore_storage_synced_lsn", ())] == 3
+    # Each put is two changes (the record, its partition's applied index).
+    assert got[("kvstore_storage_written_lsn", ())] == 6
+    assert got[("kvstore_storage_synced_lsn", ())] == 6
     assert got[("kvstore_keys", ())] == 3
     assert got[("kvstore_inflight_requests", ())] == 0
     assert got[("kvstore_held_effects", ())] == 0

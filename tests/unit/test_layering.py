@@ -16,6 +16,7 @@ CORE_MODULES = (
     "kvstore/commands.py",
     "kvstore/messages.py",
     "kvstore/effects.py",
+    "kvstore/flush_policy.py",
     "kvstore/codec.py",
     "kvstore/errors.py",
     "kvstore/validation.py",

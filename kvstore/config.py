@@ -16,7 +16,6 @@ engine = "sqlite"             # "sqlite" (durable) or "memory"
 fsync = "always"              # "always" | "batch" | "never"
 batch_interval_ms = 10
 data_dir = ".kvstore/data"    # each node keeps <data_dir>/<node id>/
-compact_after_writes = 10000
 
 [limits]
 max_key_bytes = 1024
@@ -37,6 +36,7 @@ body_timeout_ms = 30000       # a request body not all received this long after 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -45,11 +45,19 @@ import tomli_w
 
 from kvstore.toml_file import read_toml
 
+log = logging.getLogger(__name__)
+
 FsyncPolicy = Literal["always", "batch", "never"]
 StorageEngine = Literal["sqlite", "memory"]
 Mode = Literal["single"]
 
 FSYNC_POLICIES: tuple[str, ...] = ("always", "batch", "never")
+# Settings earlier versions read and this one ignores (with a warning), so that old files still load.
+RETIRED_SETTINGS: dict[str, dict[str, str]] = {
+    "storage": {
+        "compact_after_writes": "the SQLite engine has kept no event log to fold since schema version 3",
+    },
+}
 STORAGE_ENGINES: tuple[str, ...] = ("sqlite", "memory")
 MODES: tuple[str, ...] = ("single",)
 
@@ -82,8 +90,6 @@ class StorageConfig:
     fsync: FsyncPolicy = "always"
     batch_interval_ms: int = 10
     data_dir: str = ".kvstore/data"
-    # Fold the event log into the snapshot table after this many logged writes.
-    compact_after_writes: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,7 @@ class ClusterConfig:
         kwargs = _fields_of(ClusterConfig, cluster, "cluster", skip={"nodes", "storage", "limits", "timeouts"})
         return ClusterConfig(
             nodes=tuple(nodes),
-            storage=StorageConfig(**_fields_of(StorageConfig, _table(data, "storage"), "storage")),
+            storage=StorageConfig(**_fields_of(StorageConfig, _retired(_table(data, "storage"), "storage"), "storage")),
             limits=Limits(**_fields_of(Limits, _table(data, "limits"), "limits")),
             timeouts=Timeouts(**_fields_of(Timeouts, _table(data, "timeouts"), "timeouts")),
             **kwargs,
@@ -225,6 +231,14 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table")
     return cast(dict[str, Any], value)
+
+
+def _retired(table: dict[str, Any], section: str) -> dict[str, Any]:
+    """``table`` without the settings this version no longer reads, each named in a warning."""
+    retired = RETIRED_SETTINGS.get(section, {})
+    for key in sorted(retired.keys() & table.keys()):
+        log.warning("%s.%s is no longer used and is ignored: %s", section, key, retired[key])
+    return {key: value for key, value in table.items() if key not in retired}
 
 
 def _fields_of(cls: type, table: dict[str, Any], section: str, skip: frozenset[str] | set[str] = frozenset()) -> (

@@ -1,16 +1,24 @@
-"""SqliteStorage: the durable engine. MemoryStorage serves reads; SQLite keeps the event log and a snapshot.
+"""SqliteStorage: the durable engine. MemoryStorage serves reads; a SqliteJournal keeps its state on disk.
 
-On disk (one SQLite file in WAL mode, owned by one process: exclusive locking):
+On disk (schema version 3; one SQLite file in WAL mode, owned by one process: exclusive locking):
 
-- ``log``: the append-only event log, one row per write (put, delete, meta), keyed by LSN;
-- ``snapshot`` / ``meta``: the state folded from older log rows; ``state.snapshot_lsn`` is the LSN it covers.
+- ``records``: every stored record, one row per (partition, key): value (NULL for a tombstone), the
+  protocol's version, expiry, causal context and siblings (msgpack ``[[value, version, context], ...]``,
+  NULL when there are none);
+- ``log_entries``: each partition's replication log, one row per (partition, index);
+- ``partition_state``: per partition, the protocol's hard state, the applied index and the snapshot point
+  (index and term) the log was compacted to;
+- ``meta``: node-level named values; ``state``: the schema version.
 
-Every row of every table carries ``crc``, a CRC-32 of a canonical encoding of all its other columns,
-computed by the sync job that writes it. A sync job writes its events as one transaction (group commit:
-one fsync for the batch under ``synchronous=FULL``; ``never`` turns the fsync off). Once
-``compact_after_writes`` rows are logged, the job instead folds them, and its own events, into the
-snapshot and empties the log. What it folds is the journal's own copy of what it logged, never rows read
-back, so a page damaged after it was written cannot enter the snapshot under a fresh checksum.
+A sync job writes its events straight into these tables as one transaction (group commit: one fsync for
+the batch under ``synchronous=FULL``; ``never`` turns the fsync off), so an applied index is durable
+exactly when the records written with it are. It first folds its events to the last change per record,
+meta name and partition state, so a value overwritten within the job is never written at all; records are
+upserted and deleted with ``executemany``, a log truncation or compaction is one ``DELETE`` by index range.
+Every row carries ``crc``, a CRC-32 of a canonical encoding of its other columns, computed by the job (a
+node runs jobs on a worker thread) from the events it was given. A partition's state row is rewritten
+from the journal's own copy of it, never from rows read back, so a page damaged after it was written
+cannot re-enter the file under a fresh checksum.
 
 Opening never serves data it cannot vouch for. It takes ``<file>.lock`` and refuses, with a
 ``StorageError`` that names the file and what is wrong:
@@ -19,11 +27,12 @@ Opening never serves data it cannot vouch for. It takes ``<file>.lock`` and refu
   or missing beside a non-empty WAL (SQLite would start afresh and delete the WAL); a WAL in which a
   damaged frame or header would make SQLite drop committed transactions in silence (``wal_scan``);
 - then: a file ``PRAGMA quick_check`` finds damaged, anywhere; a row whose checksum does not match; a
-  log that does not run on from the snapshot without a gap.
+  partition log that does not run on from its snapshot point without a gap.
 
 A WAL that merely ends in a torn or cut write is recovered to its last intact commit, with a warning
-saying how much was dropped. Recovery = load the snapshot, then replay the log rows above
-``snapshot_lsn`` in LSN order.
+saying how much was dropped. Recovery hands every verified row to the in-memory state as an event
+(``restore``), which neither logs it again nor takes an LSN. Files of schema versions 1 and 2 (an event
+log folded into a snapshot) are migrated on open, in one transaction.
 
 Only the sync job (and open / close) touches the connection, so a job may run in a worker thread while
 the driver's thread keeps writing to memory: the job owns its events and never reads memory state.
@@ -39,36 +48,55 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple, Protocol
+
+import msgpack
 
 from kvstore.config import FSYNC_POLICIES, FsyncPolicy
-from kvstore.storage.base import SyncJob
-from kvstore.storage.memory import DeleteEvent, Event, MemoryStorage, MetaEvent, PutEvent
+from kvstore.storage.base import (
+    AppliedIndexWritten,
+    Event,
+    HardStateWritten,
+    LogAppended,
+    LogCompacted,
+    LogTruncated,
+    MetaWritten,
+    Record,
+    RecordRemoved,
+    RecordWritten,
+    Sibling,
+    SyncJob,
+)
+from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.wal_scan import WalScan, scan_wal
+from replication.replica import LogEntry
 
 log = logging.getLogger(__name__)
 
-# 2: every row carries a checksum. A version 1 file is migrated on open.
-SCHEMA_VERSION = 2
-
-# Event kinds in the log's ``kind`` column.
-_PUT, _DELETE, _META = 0, 1, 2
+# 3: records upserted in place, per-partition logs and state. Versions 1 and 2 are migrated on open.
+SCHEMA_VERSION = 3
 
 _SCHEMA = (
-    "CREATE TABLE log (lsn INTEGER PRIMARY KEY, kind INTEGER NOT NULL, partition INTEGER, key TEXT NOT NULL,"
-    " value BLOB, expires_at_ms INTEGER, crc INTEGER NOT NULL)",
-    "CREATE TABLE snapshot (partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
-    " version INTEGER NOT NULL, expires_at_ms INTEGER, crc INTEGER NOT NULL, PRIMARY KEY (partition, key))"
-    " WITHOUT ROWID",
-    "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL, lsn INTEGER NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE records (partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB, version INTEGER NOT NULL,"
+    " expires_at_ms INTEGER, context BLOB NOT NULL, siblings BLOB, crc INTEGER NOT NULL,"
+    " PRIMARY KEY (partition, key)) WITHOUT ROWID",
+    "CREATE TABLE log_entries (partition INTEGER NOT NULL, idx INTEGER NOT NULL, term INTEGER NOT NULL,"
+    " data BLOB NOT NULL, crc INTEGER NOT NULL, PRIMARY KEY (partition, idx)) WITHOUT ROWID",
+    "CREATE TABLE partition_state (partition INTEGER PRIMARY KEY, hard_state BLOB, applied_index INTEGER NOT NULL,"
+    " snapshot_index INTEGER NOT NULL, snapshot_term INTEGER NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL, crc INTEGER NOT NULL)",
     "CREATE TABLE state (name TEXT PRIMARY KEY, value INTEGER NOT NULL, crc INTEGER NOT NULL)",
 )
-
-_LOG_COLUMNS = "lsn, kind, partition, key, value, expires_at_ms"
-_SNAPSHOT_COLUMNS = "partition, key, value, version, expires_at_ms"
-_META_COLUMNS = "name, value, lsn"
+_RECORD_COLUMNS = "partition, key, value, version, expires_at_ms, context, siblings"
+_ENTRY_COLUMNS = "partition, idx, term, data"
+_PARTITION_COLUMNS = "partition, hard_state, applied_index, snapshot_index, snapshot_term"
+_UPSERT_RECORD = f"INSERT OR REPLACE INTO records ({_RECORD_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE_RECORD = "DELETE FROM records WHERE partition = ? AND key = ?"
+_INSERT_ENTRY = f"INSERT INTO log_entries ({_ENTRY_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?)"
+_UPSERT_PARTITION = f"INSERT OR REPLACE INTO partition_state ({_PARTITION_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?, ?)"
+_UPSERT_META = "INSERT OR REPLACE INTO meta (name, value, crc) VALUES (?, ?, ?)"
 
 # How long a second opener waits for the file's lock before it is told another process holds it.
 _LOCK_WAIT_S = 1.0
@@ -83,49 +111,73 @@ _QUICK_CHECK_SHOWN = 3
 # ------------------------------------------------------------ row checksums
 #
 # CRC-32 over: a table tag and the row's integer columns (with a bitmap of which nullable ones are NULL,
-# so NULL differs from 0) and the byte length of its text column, then that text as UTF-8, then its blob
-# column. A column that comes back from a damaged page with the wrong type makes the computation raise,
-# which counts as a mismatch. CRC-32 catches every error burst of up to 32 bits (any single damaged byte)
-# and misses a larger random change with probability 2**-32; zlib's is the fastest checksum in the stdlib.
-_LOG_HEAD = struct.Struct("<BBqqqqI")  # tag, nulls, lsn, kind, partition, expires_at_ms, len(key)
-_SNAPSHOT_HEAD = struct.Struct("<BBqqqI")  # tag, nulls, partition, version, expires_at_ms, len(key)
-_META_HEAD = struct.Struct("<BqI")  # tag, lsn, len(name)
+# so NULL differs from 0 and from empty bytes) and the byte lengths of its variable-length columns but the
+# last, then those columns in order (text as UTF-8). A column that comes back from a damaged page with the
+# wrong type makes the computation raise, which counts as a mismatch. CRC-32 catches every error burst of
+# up to 32 bits (any single damaged byte) and misses a larger random change with probability 2**-32;
+# zlib's is the fastest checksum in the stdlib.
+_RECORD_HEAD = struct.Struct("<BBqqqIII")  # tag, nulls, partition, version, expires_at_ms, len(key, value, context)
+_ENTRY_HEAD = struct.Struct("<Bqqq")  # tag, partition, idx, term
+_PARTITION_HEAD = struct.Struct("<BBqqqq")  # tag, nulls, partition, applied_index, snapshot_index, snapshot_term
+_META_HEAD = struct.Struct("<BI")  # tag, len(name)
 _STATE_HEAD = struct.Struct("<BqI")  # tag, value, len(name)
-_LOG_TAG, _SNAPSHOT_TAG, _META_TAG, _STATE_TAG = 1, 2, 3, 4
+_STATE_TAG, _RECORD_TAG, _ENTRY_TAG, _PARTITION_TAG, _META_TAG = 4, 5, 6, 7, 8
+_crc32 = zlib.crc32
 
 
-def _log_crc(lsn: int, kind: int, partition: int | None, key: str, value: bytes | None, expires: int | None) -> int:
+def _record_crc(
+    partition: int,
+    key: str,
+    value: bytes | None,
+    version: int,
+    expires: int | None,
+    context: bytes,
+    siblings: bytes | None,
+) -> int:
     text = key.encode()
-    nulls = (partition is None) | (value is None) << 1 | (expires is None) << 2
-    head = _LOG_HEAD.pack(
-        _LOG_TAG, nulls, lsn, kind, 0 if partition is None else partition, 0 if expires is None else expires, len(text)
+    nulls = (value is None) | (expires is None) << 1 | (siblings is None) << 2
+    head = _RECORD_HEAD.pack(
+        _RECORD_TAG,
+        nulls,
+        partition,
+        version,
+        0 if expires is None else expires,
+        len(text),
+        0 if value is None else len(value),
+        len(context),
     )
-    return zlib.crc32(b"" if value is None else value, zlib.crc32(text, zlib.crc32(head)))
+    crc = _crc32(context, _crc32(b"" if value is None else value, _crc32(text, _crc32(head))))
+    return crc if siblings is None else _crc32(siblings, crc)
 
 
-def _snapshot_crc(partition: int, key: str, value: bytes, version: int, expires: int | None) -> int:
-    text = key.encode()
-    head = _SNAPSHOT_HEAD.pack(
-        _SNAPSHOT_TAG, expires is None, partition, version, 0 if expires is None else expires, len(text)
+def _entry_crc(partition: int, idx: int, term: int, data: bytes) -> int:
+    return _crc32(data, _crc32(_ENTRY_HEAD.pack(_ENTRY_TAG, partition, idx, term)))
+
+
+def _partition_crc(
+    partition: int, hard_state: bytes | None, applied_index: int, snapshot_index: int, snapshot_term: int
+) -> int:
+    head = _PARTITION_HEAD.pack(
+        _PARTITION_TAG, hard_state is None, partition, applied_index, snapshot_index, snapshot_term
     )
-    return zlib.crc32(value, zlib.crc32(text, zlib.crc32(head)))
+    return _crc32(b"" if hard_state is None else hard_state, _crc32(head))
 
 
-def _meta_crc(name: str, value: bytes, lsn: int) -> int:
+def _meta_crc(name: str, value: bytes) -> int:
     text = name.encode()
-    return zlib.crc32(value, zlib.crc32(text, zlib.crc32(_META_HEAD.pack(_META_TAG, lsn, len(text)))))
+    return _crc32(value, _crc32(text, _crc32(_META_HEAD.pack(_META_TAG, len(text)))))
 
 
 def _state_crc(name: str, value: int) -> int:
     text = name.encode()
-    return zlib.crc32(text, zlib.crc32(_STATE_HEAD.pack(_STATE_TAG, value, len(text))))
+    return _crc32(text, _crc32(_STATE_HEAD.pack(_STATE_TAG, value, len(text))))
 
 
 def _matches(crc: object, compute: Callable[..., int], *columns: Any) -> bool:
     """Whether ``crc`` is ``compute(*columns)``; a column of the wrong type (a damaged record) never matches."""
     try:
         return bool(crc == compute(*columns))
-    except (TypeError, AttributeError, struct.error, UnicodeError):
+    except (TypeError, AttributeError, struct.error, UnicodeError, OverflowError):
         return False
 
 
@@ -133,61 +185,121 @@ class StorageError(Exception):
     """The storage file cannot be opened, read or written; the message names the file."""
 
 
-def _log_row(event: Event) -> tuple[int, int, int | None, str, bytes | None, int | None, int]:
-    partition: int | None
-    value: bytes | None
-    expires: int | None
-    if isinstance(event, PutEvent):
-        lsn, partition, key, value, expires = event
-        kind = _PUT
-    elif isinstance(event, DeleteEvent):
-        lsn, partition, key = event
-        kind, value, expires = _DELETE, None, None
-    else:
-        lsn, key, value = event
-        kind, partition, expires = _META, None, None
-    return (lsn, kind, partition, key, value, expires, _log_crc(lsn, kind, partition, key, value, expires))
+# ------------------------------------------------------------ rows
 
 
-def _snapshot_row(event: PutEvent) -> tuple[int, str, bytes, int, int | None, int]:
-    fields = (event.partition, event.key, event.value, event.lsn, event.expires_at_ms)
-    return (*fields, _snapshot_crc(*fields))
+def _encode_siblings(siblings: tuple[Sibling, ...]) -> bytes | None:
+    if not siblings:
+        return None
+    return msgpack.packb([[s.value, s.version, s.context] for s in siblings], use_bin_type=True)
 
 
-def _event(lsn: int, kind: int, partition: int, key: str, value: bytes, expires_at_ms: int | None) -> Event:
-    if kind == _PUT:
-        return PutEvent(lsn, partition, key, value, expires_at_ms)
-    if kind == _DELETE:
-        return DeleteEvent(lsn, partition, key)
-    return MetaEvent(lsn, key, value)
+def _decode_siblings(data: bytes | None) -> tuple[Sibling, ...]:
+    if data is None:
+        return ()
+    return tuple(Sibling(value, version, context) for value, version, context in msgpack.unpackb(data))
 
 
-def _fold(latest: dict[tuple[int | None, str], Event], events: list[Event]) -> None:
-    """Keep in ``latest`` the last of ``events`` per record (partition, key) and per meta name (None, name)."""
-    for event in events:
-        if isinstance(event, MetaEvent):
-            latest[None, event.name] = event
-        else:
-            latest[event.partition, event.key] = event
+def _record_row(partition: int, key: str, record: Record) -> tuple[Any, ...]:
+    value, version, expires, context = record.value, record.version, record.expires_at_ms, record.context
+    siblings = _encode_siblings(record.siblings) if record.siblings else None
+    crc = _record_crc(partition, key, value, version, expires, context, siblings)
+    return (partition, key, value, version, expires, context, siblings, crc)
+
+
+class PartitionState(NamedTuple):
+    """A partition's row of ``partition_state``: what the journal last committed for it."""
+
+    hard_state: bytes | None = None
+    applied_index: int = 0
+    snapshot_index: int = 0
+    snapshot_term: int = 0
+
+
+_NO_STATE = PartitionState()
+
+
+def _partition_row(partition: int, state: PartitionState) -> tuple[Any, ...]:
+    return (partition, *state, _partition_crc(partition, *state))
+
+
+@dataclass
+class _LogChanges:
+    """One job's net changes to a partition's log: durable entries to drop, then entries to insert."""
+
+    truncate_from: int | None = None  # drop durable entries with idx >= this
+    compacted: tuple[int, int] | None = None  # (through_index, term): drop durable entries with idx <= through_index
+    entries: dict[int, LogEntry] = field(default_factory=dict)  # appended by the job and still in the log
+
+    def truncate(self, from_index: int) -> None:
+        self.entries = {i: e for i, e in self.entries.items() if i < from_index}
+        self.truncate_from = from_index if self.truncate_from is None else min(self.truncate_from, from_index)
+
+    def compact(self, through_index: int, term: int) -> None:
+        self.entries = {i: e for i, e in self.entries.items() if i > through_index}
+        self.compacted = (through_index, term)
+
+
+class _Restorable(Protocol):
+    def restore(self, event: Event) -> None: ...
+
+
+# ------------------------------------------------------------ schema version 2, read for migration only
+#
+# An event log (``log``: puts, deletes and meta writes by LSN) folded now and then into ``snapshot`` and
+# ``meta``; ``state.snapshot_lsn`` is the LSN the snapshot covers. A record's version was the LSN that wrote it.
+
+_V2_PUT, _V2_DELETE, _V2_META = 0, 1, 2
+_V2_LOG_COLUMNS = "lsn, kind, partition, key, value, expires_at_ms"
+_V2_SNAPSHOT_COLUMNS = "partition, key, value, version, expires_at_ms"
+_V2_META_COLUMNS = "name, value, lsn"
+_V2_LOG_HEAD = struct.Struct("<BBqqqqI")  # tag, nulls, lsn, kind, partition, expires_at_ms, len(key)
+_V2_SNAPSHOT_HEAD = struct.Struct("<BBqqqI")  # tag, nulls, partition, version, expires_at_ms, len(key)
+_V2_META_HEAD = struct.Struct("<BqI")  # tag, lsn, len(name)
+_V2_LOG_TAG, _V2_SNAPSHOT_TAG, _V2_META_TAG = 1, 2, 3
+
+
+def _v2_log_crc(lsn: int, kind: int, partition: int | None, key: str, value: bytes | None, expires: int | None) -> int:
+    text = key.encode()
+    nulls = (partition is None) | (value is None) << 1 | (expires is None) << 2
+    head = _V2_LOG_HEAD.pack(
+        _V2_LOG_TAG,
+        nulls,
+        lsn,
+        kind,
+        0 if partition is None else partition,
+        0 if expires is None else expires,
+        len(text),
+    )
+    return _crc32(b"" if value is None else value, _crc32(text, _crc32(head)))
+
+
+def _v2_snapshot_crc(partition: int, key: str, value: bytes, version: int, expires: int | None) -> int:
+    text = key.encode()
+    head = _V2_SNAPSHOT_HEAD.pack(
+        _V2_SNAPSHOT_TAG, expires is None, partition, version, 0 if expires is None else expires, len(text)
+    )
+    return _crc32(value, _crc32(text, _crc32(head)))
+
+
+def _v2_meta_crc(name: str, value: bytes, lsn: int) -> int:
+    text = name.encode()
+    return _crc32(value, _crc32(text, _crc32(_V2_META_HEAD.pack(_V2_META_TAG, lsn, len(text)))))
 
 
 class SqliteJournal:
-    """The SQLite side of a SqliteStorage: schema, sync jobs, compaction, recovery."""
+    """The SQLite side of a SqliteStorage: schema, migration, sync jobs, recovery."""
 
-    def __init__(self, path: Path, fsync: FsyncPolicy, compact_after_writes: int) -> None:
+    def __init__(self, path: Path, fsync: FsyncPolicy) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
-        if compact_after_writes < 1:
-            raise ValueError(f"compact_after_writes must be positive, got {compact_after_writes}")
         self.path = path
         self.wal_path = Path(f"{path}-wal")
-        self._compact_after_writes = compact_after_writes
         # Jobs may come from worker threads; the lock keeps them (and close) from overlapping on the connection.
         self._lock = threading.Lock()
-        # The latest logged event per record or meta name since the last compaction: what the next one folds.
-        # Only the latest, so no overwritten value stays alive here.
-        self._unfolded: dict[tuple[int | None, str], Event] = {}
-        self._log_rows = 0
+        # What the file holds for each partition's state row, as last committed: a job rewrites a row from this
+        # copy and its own events, never from the row read back.
+        self._partitions: dict[int, PartitionState] = {}
         self._logged_lsn = 0
         # What the WAL holds since the last checkpoint, estimated (SQLite does not say without checkpointing).
         self._wal_bytes = 0
@@ -263,15 +375,7 @@ class SqliteJournal:
                 self._quick_check()
                 tables = sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
                 if not tables:
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    conn.executemany(
-                        "INSERT INTO state (name, value, crc) VALUES (?, ?, ?)",
-                        [
-                            (name, value, _state_crc(name, value))
-                            for name, value in (("schema_version", SCHEMA_VERSION), ("snapshot_lsn", 0))
-                        ],
-                    )
+                    self._create_schema()
                 elif "state" not in tables:
                     raise StorageError(f"{self.path}: an SQLite file, but not a kvstore database (tables: {tables})")
                 else:
@@ -285,6 +389,14 @@ class SqliteJournal:
             raise StorageError(f"{self.path}: cannot open the database: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path}: not a kvstore database, or a damaged one: {exc}") from exc
+
+    def _create_schema(self) -> None:
+        for statement in _SCHEMA:
+            self._conn.execute(statement)
+        self._conn.execute(
+            "INSERT INTO state (name, value, crc) VALUES (?, ?, ?)",
+            ("schema_version", SCHEMA_VERSION, _state_crc("schema_version", SCHEMA_VERSION)),
+        )
 
     def _check_wal(self, scan: WalScan) -> None:
         wal = self.wal_path
@@ -334,28 +446,94 @@ class SqliteJournal:
             raise StorageError(f"{self.path}: state value 'schema_version' is missing")
         if len(row) == 2 and row[1] == 1:  # version 1 had no checksum column
             self._migrate_from_v1()
+            self._migrate_from_v2()
             return
         if len(row) != 3 or not _matches(row[2], _state_crc, *row[:2]):
             raise self._damaged("state", "row 'schema_version': checksum mismatch")
-        if row[1] != SCHEMA_VERSION:
+        if row[1] == 2:
+            self._migrate_from_v2()
+        elif row[1] != SCHEMA_VERSION:
             raise StorageError(f"{self.path}: schema version {row[1]}, this build reads {SCHEMA_VERSION}")
 
     def _migrate_from_v1(self) -> None:
-        """Add the checksum column to every table (inside the caller's transaction). Version 1 rows have no
-        checksum to verify, so they are trusted as read; quick_check has already looked at the file."""
+        """Add the checksum column to every table (inside the caller's transaction), making the file version 2.
+        Version 1 rows have no checksum to verify, so they are trusted as read; quick_check has already looked
+        at the file."""
         conn = self._conn
-        conn.create_function("kv_log_crc", 6, _log_crc, deterministic=True)
-        conn.create_function("kv_snapshot_crc", 5, _snapshot_crc, deterministic=True)
-        conn.create_function("kv_meta_crc", 3, _meta_crc, deterministic=True)
+        conn.create_function("kv_log_crc", 6, _v2_log_crc, deterministic=True)
+        conn.create_function("kv_snapshot_crc", 5, _v2_snapshot_crc, deterministic=True)
+        conn.create_function("kv_meta_crc", 3, _v2_meta_crc, deterministic=True)
         conn.create_function("kv_state_crc", 2, _state_crc, deterministic=True)
         for table in ("log", "snapshot", "meta", "state"):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER NOT NULL DEFAULT 0")
-        conn.execute("UPDATE state SET value = ? WHERE name = 'schema_version'", (SCHEMA_VERSION,))
-        conn.execute(f"UPDATE log SET crc = kv_log_crc({_LOG_COLUMNS})")
-        conn.execute(f"UPDATE snapshot SET crc = kv_snapshot_crc({_SNAPSHOT_COLUMNS})")
-        conn.execute(f"UPDATE meta SET crc = kv_meta_crc({_META_COLUMNS})")
+        conn.execute("UPDATE state SET value = 2 WHERE name = 'schema_version'")
+        conn.execute(f"UPDATE log SET crc = kv_log_crc({_V2_LOG_COLUMNS})")
+        conn.execute(f"UPDATE snapshot SET crc = kv_snapshot_crc({_V2_SNAPSHOT_COLUMNS})")
+        conn.execute(f"UPDATE meta SET crc = kv_meta_crc({_V2_META_COLUMNS})")
         conn.execute("UPDATE state SET crc = kv_state_crc(name, value)")
-        log.info("%s: migrated from schema version 1 to %d (row checksums added)", self.path, SCHEMA_VERSION)
+        log.info("%s: migrated from schema version 1 to 2 (row checksums added)", self.path)
+
+    def _migrate_from_v2(self) -> None:
+        """Rewrite a version 2 file as version 3 (inside the caller's transaction): recover the state its
+        snapshot and log hold, verifying every row, write it into the new tables and drop the old ones.
+
+        Version 2 versions were LSNs. Every partition the old data names gets the file's highest LSN as its
+        applied index, so versions that come from the applied index (``single`` mode) continue above every
+        version already stored instead of going back to 1."""
+        conn = self._conn
+        table = "state"
+        try:
+            row = conn.execute("SELECT name, value, crc FROM state WHERE name = 'snapshot_lsn'").fetchone()
+            if row is None:
+                raise self._damaged("state", "row 'snapshot_lsn' is missing")
+            if not _matches(row[2], _state_crc, row[0], row[1]):
+                raise self._damaged("state", "row 'snapshot_lsn': checksum mismatch")
+            last_lsn = row[1]
+            records: dict[tuple[int, str], Record | None] = {}
+            meta: dict[str, bytes] = {}
+            table = "snapshot"
+            for partition, key, value, version, expires_at_ms, crc in conn.execute(
+                f"SELECT {_V2_SNAPSHOT_COLUMNS}, crc FROM snapshot"
+            ):
+                if not _matches(crc, _v2_snapshot_crc, partition, key, value, version, expires_at_ms):
+                    raise self._damaged("snapshot", f"key {key!r} in partition {partition}: checksum mismatch")
+                records[partition, key] = Record(value, version, expires_at_ms)
+            table = "meta"
+            for name, value, lsn, crc in conn.execute(f"SELECT {_V2_META_COLUMNS}, crc FROM meta"):
+                if not _matches(crc, _v2_meta_crc, name, value, lsn):
+                    raise self._damaged("meta", f"name {name!r}: checksum mismatch")
+                meta[name] = value
+            table = "log"
+            for lsn, kind, partition, key, value, expires_at_ms, crc in conn.execute(
+                f"SELECT {_V2_LOG_COLUMNS}, crc FROM log ORDER BY lsn"
+            ):
+                if not _matches(crc, _v2_log_crc, lsn, kind, partition, key, value, expires_at_ms):
+                    raise self._damaged("log", f"LSN {lsn}: checksum mismatch")
+                if lsn != last_lsn + 1:
+                    raise self._damaged("log", f"LSN {lsn} follows {last_lsn}: rows are missing or misplaced")
+                last_lsn = lsn
+                if kind == _V2_PUT:
+                    records[partition, key] = Record(value, lsn, expires_at_ms)
+                elif kind == _V2_DELETE:
+                    records[partition, key] = None  # a delete still shows that its partition was written
+                else:
+                    meta[key] = value
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: cannot read table {table} (the file is damaged): {exc}") from exc
+        for old in ("log", "snapshot", "meta", "state"):
+            conn.execute(f"DROP TABLE {old}")
+        self._create_schema()
+        conn.executemany(_UPSERT_RECORD, [_record_row(p, key, r) for (p, key), r in records.items() if r is not None])
+        conn.executemany(_UPSERT_META, [(name, value, _meta_crc(name, value)) for name, value in meta.items()])
+        applied = PartitionState(applied_index=last_lsn)
+        conn.executemany(_UPSERT_PARTITION, [_partition_row(p, applied) for p in sorted({p for p, _ in records})])
+        log.info(
+            "%s: migrated from schema version 2 to %d (records upserted in place, per-partition logs; the"
+            " applied index of every partition is the old file's last LSN, %d)",
+            self.path,
+            SCHEMA_VERSION,
+            last_lsn,
+        )
 
     def _damaged(self, where: str, what: str) -> StorageError:
         return StorageError(
@@ -364,49 +542,71 @@ class SqliteJournal:
 
     # ------------------------------------------------------------ recovery
 
-    def recover_into(self, state: MemoryStorage) -> None:
-        """Rebuild ``state`` (empty) from the snapshot plus the log rows above it, verifying every row."""
+    def recover_into(self, state: _Restorable) -> None:
+        """Restore every row into ``state`` (empty), verifying each one and every partition log's continuity."""
         conn = self._conn
+        restore = state.restore
         table = "state"
         try:
-            values: dict[str, int] = {}
             for name, value, crc in conn.execute("SELECT name, value, crc FROM state"):
                 if not _matches(crc, _state_crc, name, value):
                     raise self._damaged("state", f"row {name!r}: checksum mismatch")
-                values[name] = value
-            if "snapshot_lsn" not in values:
-                raise self._damaged("state", "row 'snapshot_lsn' is missing")
-            snapshot_lsn = values["snapshot_lsn"]
-            table = "snapshot"
-            for partition, key, value, version, expires_at_ms, crc in conn.execute(
-                f"SELECT {_SNAPSHOT_COLUMNS}, crc FROM snapshot"
-            ):
-                if not _matches(crc, _snapshot_crc, partition, key, value, version, expires_at_ms):
-                    raise self._damaged("snapshot", f"key {key!r} in partition {partition}: checksum mismatch")
-                state.apply(PutEvent(version, partition, key, value, expires_at_ms))
             table = "meta"
-            for name, value, lsn, crc in conn.execute(f"SELECT {_META_COLUMNS}, crc FROM meta"):
-                if not _matches(crc, _meta_crc, name, value, lsn):
+            for name, value, crc in conn.execute("SELECT name, value, crc FROM meta"):
+                if not _matches(crc, _meta_crc, name, value):
                     raise self._damaged("meta", f"name {name!r}: checksum mismatch")
-                state.apply(MetaEvent(lsn, name, value))
-            table = "log"
-            expected = snapshot_lsn + 1
-            logged = []
-            for *row, crc in conn.execute(f"SELECT {_LOG_COLUMNS}, crc FROM log ORDER BY lsn"):
-                if not _matches(crc, _log_crc, *row):
-                    raise self._damaged("log", f"LSN {row[0]}: checksum mismatch")
-                if row[0] != expected:
-                    raise self._damaged("log", f"LSN {row[0]} follows {expected - 1}: rows are missing or misplaced")
-                event = _event(*row)
-                state.apply(event)
-                logged.append(event)
-                expected += 1
+                restore(MetaWritten(0, name, value))
+            table = "records"
+            for partition, key, value, version, expires, context, siblings, crc in conn.execute(
+                f"SELECT {_RECORD_COLUMNS}, crc FROM records"
+            ):
+                if not _matches(crc, _record_crc, partition, key, value, version, expires, context, siblings):
+                    raise self._damaged("records", f"key {key!r} in partition {partition}: checksum mismatch")
+                record = Record(value, version, expires, context, _decode_siblings(siblings))
+                restore(RecordWritten(0, partition, key, record))
+            table = "partition_state"
+            partitions: dict[int, PartitionState] = {}
+            for partition, *columns, crc in conn.execute(f"SELECT {_PARTITION_COLUMNS}, crc FROM partition_state"):
+                if not _matches(crc, _partition_crc, partition, *columns):
+                    raise self._damaged("partition_state", f"partition {partition}: checksum mismatch")
+                partitions[partition] = PartitionState(*columns)
+            table = "log_entries"
+            logs = self._read_logs(partitions)
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path}: cannot read table {table} (the file is damaged): {exc}") from exc
-        state.mark_recovered(snapshot_lsn)
-        _fold(self._unfolded, logged)
-        self._log_rows = len(logged)
-        self._logged_lsn = state.written_lsn
+        for partition in sorted(partitions.keys() | logs.keys()):
+            hard_state, applied_index, snapshot_index, snapshot_term = partitions.get(partition, _NO_STATE)
+            if snapshot_index:
+                restore(LogCompacted(0, partition, snapshot_index, snapshot_term))
+            if partition in logs:
+                restore(LogAppended(0, partition, tuple(logs[partition])))
+            if hard_state is not None:
+                restore(HardStateWritten(0, partition, hard_state))
+            if applied_index:
+                restore(AppliedIndexWritten(0, partition, applied_index))
+        self._partitions = partitions
+
+    def _read_logs(self, partitions: dict[int, PartitionState]) -> dict[int, list[LogEntry]]:
+        """Every partition's log entries, verified, each log running on from its snapshot point without a gap."""
+        logs: dict[int, list[LogEntry]] = {}
+        entries: list[LogEntry] = []
+        expected = 0
+        for partition, idx, term, data, crc in self._conn.execute(
+            f"SELECT {_ENTRY_COLUMNS}, crc FROM log_entries ORDER BY partition, idx"
+        ):
+            if not _matches(crc, _entry_crc, partition, idx, term, data):
+                raise self._damaged("log_entries", f"partition {partition} index {idx}: checksum mismatch")
+            if partition not in logs:
+                entries = logs[partition] = []
+                expected = partitions.get(partition, _NO_STATE).snapshot_index + 1
+            if idx != expected:
+                raise self._damaged(
+                    "log_entries",
+                    f"partition {partition} index {idx} follows {expected - 1}: entries are missing or misplaced",
+                )
+            entries.append(LogEntry(idx, term, data))
+            expected += 1
+        return logs
 
     # ------------------------------------------------------------ sync jobs
 
@@ -414,17 +614,25 @@ class SqliteJournal:
         return SqliteSyncJob(self, events, up_to_lsn)
 
     def write(self, events: list[Event], up_to_lsn: int) -> None:
-        """Log ``events`` in one transaction, or fold them into the snapshot when due. A failed write may be retried."""
+        """Write ``events`` in one transaction. A failed write leaves the file and the journal as they were,
+        and may be retried."""
         with self._lock:
             if self._closed:
                 raise StorageError(f"{self.path}: storage is closed")
             if events[0].lsn != self._logged_lsn + 1:
                 raise StorageError(
-                    f"{self.path}: sync job starts at LSN {events[0].lsn} but the log ends at {self._logged_lsn}: "
-                    "jobs must run once each, in the order they were prepared"
+                    f"{self.path}: sync job starts at LSN {events[0].lsn} but the journal ends at {self._logged_lsn}:"
+                    " jobs must run once each, in the order they were prepared"
                 )
+            records, meta, partitions, logs = self._fold(events)
+            upserts = [_record_row(p, key, r) for (p, key), r in records.items() if r is not None]
+            removals = [key for key, r in records.items() if r is None]
+            appends = [
+                (p, e.index, e.term, e.data, _entry_crc(p, e.index, e.term, e.data))
+                for p, changes in logs.items()
+                for e in changes.entries.values()
+            ]
             conn = self._conn
-            compact = self._log_rows + len(events) >= self._compact_after_writes
             try:
                 # Checkpoint right before a commit, which then restarts the WAL (new salts: the copied frames
                 # become stale). SQLite's automatic checkpoint runs after a commit and leaves the copied frames
@@ -435,55 +643,76 @@ class SqliteJournal:
                     self._wal_bytes = 0
                 conn.execute("BEGIN IMMEDIATE")
                 with conn:
-                    if compact:
-                        self._compact(events, up_to_lsn)
-                    else:
-                        conn.executemany(
-                            f"INSERT INTO log ({_LOG_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?, ?, ?)", map(_log_row, events)
-                        )
+                    if upserts:
+                        conn.executemany(_UPSERT_RECORD, upserts)
+                    if removals:
+                        conn.executemany(_DELETE_RECORD, removals)
+                    for p, changes in logs.items():
+                        if changes.truncate_from is not None:
+                            conn.execute(
+                                "DELETE FROM log_entries WHERE partition = ? AND idx >= ?", (p, changes.truncate_from)
+                            )
+                        if changes.compacted is not None:
+                            conn.execute(
+                                "DELETE FROM log_entries WHERE partition = ? AND idx <= ?", (p, changes.compacted[0])
+                            )
+                    if appends:
+                        conn.executemany(_INSERT_ENTRY, appends)
+                    if partitions:
+                        conn.executemany(_UPSERT_PARTITION, [_partition_row(p, s) for p, s in partitions.items()])
+                    if meta:
+                        conn.executemany(_UPSERT_META, [(n, v, _meta_crc(n, v)) for n, v in meta.items()])
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: sync failed: {exc}") from exc
             # Only once committed: a failed job leaves the journal as it was, for a retry.
-            if compact:
-                self._unfolded.clear()
-                self._log_rows = 0
-                self._wal_bytes = CHECKPOINT_WAL_BYTES  # a fold rewrites pages all over: checkpoint next time
-            else:
-                _fold(self._unfolded, events)
-                self._log_rows += len(events)
-                # A commit writes at least one page; the rows take about their own size.
-                self._wal_bytes += self._page_bytes + sum(
-                    len(e.value) if isinstance(e, PutEvent | MetaEvent) else len(e.key) for e in events
-                )
+            self._partitions.update(partitions)
             self._logged_lsn = up_to_lsn
+            # A changed row dirties a page of its table, and a large value overflows onto more: an over-estimate
+            # for rows that share a page, which only brings the next checkpoint earlier.
+            rows = len(upserts) + len(removals) + len(partitions) + len(meta) + len(logs)
+            payload = sum(len(row[2] or b"") for row in upserts) + sum(len(row[3]) for row in appends)
+            self._wal_bytes += self._page_bytes * (1 + rows) + payload
 
-    def _compact(self, events: list[Event], up_to_lsn: int) -> None:
-        """Fold the logged rows and ``events`` into the snapshot tables and empty the log (in the caller's
-        transaction). ``events`` are never logged: the snapshot covers them once this commits."""
-        latest = dict(self._unfolded)
-        _fold(latest, events)
-        conn = self._conn
-        conn.executemany(
-            f"INSERT OR REPLACE INTO snapshot ({_SNAPSHOT_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?, ?)",
-            [_snapshot_row(e) for e in latest.values() if isinstance(e, PutEvent)],
-        )
-        conn.executemany(
-            "DELETE FROM snapshot WHERE partition = ? AND key = ?",
-            [(e.partition, e.key) for e in latest.values() if isinstance(e, DeleteEvent)],
-        )
-        conn.executemany(
-            f"INSERT OR REPLACE INTO meta ({_META_COLUMNS}, crc) VALUES (?, ?, ?, ?)",
-            [
-                (e.name, e.value, e.lsn, _meta_crc(e.name, e.value, e.lsn))
-                for e in latest.values()
-                if isinstance(e, MetaEvent)
-            ],
-        )
-        conn.execute("DELETE FROM log")
-        conn.execute(
-            "UPDATE state SET value = ?, crc = ? WHERE name = 'snapshot_lsn'",
-            (up_to_lsn, _state_crc("snapshot_lsn", up_to_lsn)),
-        )
+    def _fold(
+        self, events: list[Event]
+    ) -> tuple[
+        dict[tuple[int, str], Record | None], dict[str, bytes], dict[int, PartitionState], dict[int, _LogChanges]
+    ]:
+        """The net effect of ``events``, in one pass: the last change per record (None: removed) and per meta
+        name, the partition state rows to write, and each partition log's changes."""
+        records: dict[tuple[int, str], Record | None] = {}
+        meta: dict[str, bytes] = {}
+        applied: dict[int, int] = {}
+        hard: dict[int, bytes] = {}
+        logs: dict[int, _LogChanges] = {}
+        for event in events:
+            if isinstance(event, RecordWritten):
+                records[event.partition, event.key] = event.record
+            elif isinstance(event, AppliedIndexWritten):
+                applied[event.partition] = event.index
+            elif isinstance(event, RecordRemoved):
+                records[event.partition, event.key] = None
+            elif isinstance(event, LogAppended):
+                changes = logs.setdefault(event.partition, _LogChanges())
+                for entry in event.entries:
+                    changes.entries[entry.index] = entry
+            elif isinstance(event, LogTruncated):
+                logs.setdefault(event.partition, _LogChanges()).truncate(event.from_index)
+            elif isinstance(event, LogCompacted):
+                logs.setdefault(event.partition, _LogChanges()).compact(event.through_index, event.term)
+            elif isinstance(event, HardStateWritten):
+                hard[event.partition] = event.value
+            else:
+                meta[event.name] = event.value
+        partitions: dict[int, PartitionState] = {}
+        compacted = {p: changes.compacted for p, changes in logs.items() if changes.compacted is not None}
+        for p in applied.keys() | hard.keys() | compacted.keys():
+            old = self._partitions.get(p, _NO_STATE)
+            snapshot_index, snapshot_term = compacted.get(p, (old.snapshot_index, old.snapshot_term))
+            partitions[p] = PartitionState(
+                hard.get(p, old.hard_state), applied.get(p, old.applied_index), snapshot_index, snapshot_term
+            )
+        return records, meta, partitions, logs
 
     def close(self) -> None:
         with self._lock:
@@ -504,12 +733,12 @@ class SqliteSyncJob:
 
 
 class SqliteStorage(MemoryStorage):
-    def __init__(self, path: str | Path, fsync: FsyncPolicy = "always", compact_after_writes: int = 10_000) -> None:
+    def __init__(self, path: str | Path, fsync: FsyncPolicy = "always") -> None:
         self.path = Path(path)
-        journal = SqliteJournal(self.path, fsync, compact_after_writes)
-        super().__init__(journal)
+        self.journal = SqliteJournal(self.path, fsync)
+        super().__init__(self.journal)
         try:
-            journal.recover_into(self)
+            self.journal.recover_into(self)
         except BaseException:
-            journal.close()
+            self.journal.close()
             raise

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kvstore.config import ClusterConfig, StorageConfig
 from kvstore.server.inprocess import loopback_config
+from kvstore.storage.base import Record
 from kvstore.storage.factory import storage_path
 from kvstore.storage.sqlite import SqliteStorage
 
@@ -37,8 +38,9 @@ def test_a_node_on_a_damaged_row_refuses_to_start(tmp_path: Path) -> None:
     config, config_path = _config(tmp_path)
     path = storage_path(config, "n1")
     storage = SqliteStorage(path)
-    for i in range(5):
-        storage.put(0, f"key{i}", b"value number %d" % i)
+    for i in range(1, 6):
+        storage.write(0, f"key{i}", Record(b"value number %d" % i, i))
+        storage.set_applied_index(0, i)
     storage.close()
     data = path.read_bytes()
     offset = data.index(b"value number 3")
@@ -47,7 +49,8 @@ def test_a_node_on_a_damaged_row_refuses_to_start(tmp_path: Path) -> None:
     result = _run_node(config_path)
     assert result.returncode == 1
     assert result.stdout == ""  # it never listened
-    assert result.stderr.startswith(f"kvstore node n1: {path}: table log: LSN 4: checksum mismatch."), result.stderr
+    damaged_row = f"{path}: table records: key 'key3' in partition 0: checksum mismatch."
+    assert result.stderr.startswith(f"kvstore node n1: {damaged_row}"), result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -55,8 +58,8 @@ def test_a_node_whose_wal_hides_commits_refuses_to_start(tmp_path: Path) -> None
     config, config_path = _config(tmp_path)
     path = storage_path(config, "n1")
     storage = SqliteStorage(path)
-    for i in range(4):
-        storage.put(0, f"key{i}", b"v")
+    for i in range(1, 5):
+        storage.write(0, f"key{i}", Record(b"v", i))
         storage.sync()
     # Copied while open, as a crash leaves them: the WAL holds one commit per sync.
     crashed = tmp_path / "crashed"

@@ -24,21 +24,31 @@ from hypothesis import strategies as st
 
 from kvstore.storage.base import Record
 from kvstore.storage.memory import MemoryStorage
-from kvstore.storage.sqlite import SqliteJournal, SqliteStorage, StorageError
+from kvstore.storage.sqlite import SqliteStorage, StorageError
 from kvstore.storage.wal_scan import FRAME_HEADER_BYTES, HEADER_BYTES, scan_wal, scan_wal_bytes, wal_checksum
+from replication.replica import LogEntry
 
-Contents = tuple[list[tuple[int, str, Record]], list[tuple[str, bytes]], int]
+# Records, meta, and per partition: log bounds, entries, hard state, applied index.
+Contents = tuple[list[tuple[int, str, Record]], list[tuple[str, bytes]], list[tuple[Any, ...]]]
 
 DB, WAL = "kv.sqlite3", "kv.sqlite3-wal"
 PAGE = 4096  # SQLite's default page size, which the storage keeps
 FRAME = FRAME_HEADER_BYTES + PAGE
-COMPACT_AFTER = 150
 AUTOCHECKPOINT_PAGES = 20
 DAMAGED = "The stored data is damaged and this node holds no other copy"
 
 
+PARTITIONS = range(3)
+
+
 def contents(s: MemoryStorage) -> Contents:
-    return s.items(), s.meta_items(), s.written_lsn
+    logs = []
+    for p in PARTITIONS:
+        log = s.log(p)
+        bounds = log.bounds()
+        entries = log.entries(bounds.first_index, bounds.last_index + 1, 1 << 30)
+        logs.append((bounds, entries, log.hard_state(), log.applied_index()))
+    return s.items(), s.meta_items(), logs
 
 
 def query(db: bytes, directory: Path, sql: str) -> list[Any]:
@@ -73,36 +83,63 @@ def frame_start(n: int) -> int:
 
 
 def _op(s: SqliteStorage, rng: random.Random, n: int, key: str) -> None:
+    """One change of any kind. Every value written is unique (it starts with the change's number), so a value
+    in the wrong place shows."""
+    partition = rng.randrange(3)
+    log = s.log(partition)
     draw = rng.random()
-    if draw < 0.08:
-        s.delete(rng.randrange(3), key)
-    elif draw < 0.12:
+    if draw < 0.06:
+        s.remove(partition, key)
+    elif draw < 0.09:
         s.put_meta(f"m{rng.randrange(3)}", b"meta-%05d-" % n)
+    elif draw < 0.12:
+        log.set_hard_state(b"hard-%05d-" % n + rng.randbytes(rng.randint(0, 20)))
+    elif draw < 0.22:
+        bounds = log.bounds()
+        if draw < 0.2 or bounds.last_index == bounds.snapshot_index:
+            term = (log.term_at(bounds.last_index) or 0) + (draw < 0.13)
+            log.append(
+                [
+                    LogEntry(i, term, b"entry-%05d-" % n + rng.randbytes(rng.randint(0, 100)))
+                    for i in range(bounds.last_index + 1, bounds.last_index + 1 + rng.randint(1, 4))
+                ]
+            )
+        elif draw < 0.21:
+            log.truncate_suffix(rng.randint(bounds.first_index, bounds.last_index))
+        else:
+            through = min(bounds.last_index, log.applied_index())
+            if through > bounds.snapshot_index:
+                log.compact_prefix(rng.randint(bounds.snapshot_index + 1, through))
     else:
-        # Every value is unique (it starts with the write's number): a value in the wrong place shows.
+        # As single mode writes: the version is the partition's next applied index.
+        version = log.applied_index() + 1
         value = b"value-%05d-" % n + rng.randbytes(rng.randint(0, 150))
-        s.put(rng.randrange(3), key, value, expires_at_ms=None if draw < 0.9 else 10**12 + n)
+        context = b"" if draw < 0.8 else b"ctx-%05d" % n
+        s.write(
+            partition, key, Record(value if draw < 0.95 else None, version, None if draw < 0.9 else 10**12 + n, context)
+        )
+        s.set_applied_index(partition, version)
 
 
 def build_golden(directory: Path) -> Golden:
     path = directory / DB
     # fsync=never writes the same files as always: synchronous only decides whether SQLite calls fsync.
-    s = SqliteStorage(path, fsync="never", compact_after_writes=COMPACT_AFTER)
-    journal = s._journal
-    assert isinstance(journal, SqliteJournal)
+    s = SqliteStorage(path, fsync="never")
     # SQLite's own checkpoints every 20 pages, which leave the WAL's frames in place and restart it from
     # the top on the next write: stale frames then lie behind the current ones, as a WAL written by an
     # older build (or any SQLite with default settings) holds them.
-    journal._conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+    s.journal._conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     rng = random.Random(8)
     states = [contents(s)]
 
     def commit() -> None:
-        if s.written_lsn != states[-1][2]:  # a sync with nothing to write commits nothing
+        if s.written_lsn != s.synced_lsn:  # a sync with nothing to write commits nothing
             s.sync()
             states.append(contents(s))
+            # Every change _op makes changes the stored state, so each commit adds a distinct state.
+            assert states[-1] != states[-2]
 
-    for n in range(900):  # ~600 keys, folded into the snapshot several times
+    for n in range(900):  # ~600 keys, logs appended, truncated and compacted
         _op(s, rng, n, f"k{rng.randrange(700):03d}")
         if n % 10 == 9:
             commit()
@@ -112,9 +149,9 @@ def build_golden(directory: Path) -> Golden:
             commit()
             scan = scan_wal(Path(f"{path}-wal"))
             # Several commits since the WAL restarted, but no checkpoint yet: the database file must not hold
-            # them already. Stale frames behind them, and rows in the log as well as the snapshot.
+            # them already. Stale frames behind them.
             shaped = scan.kept_commits >= 6 and scan.kept_frames < AUTOCHECKPOINT_PAGES
-            if shaped and scan.size > scan.kept_end + 2 * FRAME and journal._log_rows:
+            if shaped and scan.size > scan.kept_end + 2 * FRAME:
                 break
     db, wal = path.read_bytes(), Path(f"{path}-wal").read_bytes()
     s.close()
@@ -168,7 +205,7 @@ def reopen(
     caplog.clear()
     try:
         with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
-            storage = SqliteStorage(target / DB, fsync="never", compact_after_writes=COMPACT_AFTER)
+            storage = SqliteStorage(target / DB, fsync="never")
     except StorageError as exc:
         shutil.rmtree(target)
         return Outcome(str(exc).replace(f"{target}/", ""), None, [])
@@ -362,9 +399,9 @@ def test_a_recovered_tail_is_reported_once_not_at_every_start(
     intact = golden.wal[: frame_start(before_last + 1)]
     (first / WAL).write_bytes(intact + 5 * golden.wal[frame_start(before_last) : frame_start(before_last + 1)])
     with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
-        storage = SqliteStorage(first / DB, fsync="never", compact_after_writes=COMPACT_AFTER)
+        storage = SqliteStorage(first / DB, fsync="never")
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
-    storage.put(0, "after", b"v")
+    storage.write(0, "after", Record(b"v", 10**6))
     storage.sync()
     (second / DB).write_bytes((first / DB).read_bytes())
     (second / WAL).write_bytes((first / WAL).read_bytes())
@@ -372,7 +409,7 @@ def test_a_recovered_tail_is_reported_once_not_at_every_start(
     storage.close()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
-        restarted = SqliteStorage(second / DB, fsync="never", compact_after_writes=COMPACT_AFTER)
+        restarted = SqliteStorage(second / DB, fsync="never")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert contents(restarted) == expected
     restarted.close()
@@ -446,11 +483,25 @@ def test_a_database_file_cut_to_nothing_without_a_wal_looks_like_a_new_node(
     ("table", "sql", "message"),
     [
         (
-            "snapshot",
-            "SELECT partition, key, value FROM snapshot ORDER BY key LIMIT 1 OFFSET 100",
+            "records",
+            "SELECT partition, key, value FROM records WHERE value IS NOT NULL ORDER BY key LIMIT 1 OFFSET 100",
             "key {1!r} in partition {0}",
         ),
-        ("log", "SELECT lsn, key, value FROM log WHERE kind = 0 ORDER BY lsn LIMIT 1", "LSN {0}"),
+        (
+            "records",
+            "SELECT partition, key, context FROM records WHERE context != X'' ORDER BY key LIMIT 1",
+            "key {1!r} in partition {0}",
+        ),
+        (
+            "log_entries",
+            "SELECT partition, idx, data FROM log_entries ORDER BY partition, idx LIMIT 1 OFFSET 10",
+            "partition {0} index {1}",
+        ),
+        (
+            "partition_state",
+            "SELECT partition, partition, hard_state FROM partition_state WHERE hard_state IS NOT NULL LIMIT 1",
+            "partition {0}",
+        ),
         ("meta", "SELECT name, name, value FROM meta ORDER BY name LIMIT 1", "name {0!r}"),
     ],
 )
@@ -479,12 +530,12 @@ def _page(golden: Golden, tmp_path: Path, name: str) -> int:
 
 def test_damaged_btree_pages_are_refused(tmp_path: Path, golden: Golden, caplog: pytest.LogCaptureFixture) -> None:
     db = golden.closed_db
-    interior = _page(golden, tmp_path, "snapshot")  # the snapshot's root: an interior page of an index b-tree
+    interior = _page(golden, tmp_path, "records")  # the records' root: an interior page of an index b-tree
     assert db[(interior - 1) * PAGE] == 0x02
     # The interior page's right-most child pointer (header bytes 8..12): a leaf page.
     leaf = struct.unpack_from(">I", db, (interior - 1) * PAGE + 8)[0]
     assert db[(leaf - 1) * PAGE] == 0x0A
-    log_root = _page(golden, tmp_path, "log")
+    log_root = _page(golden, tmp_path, "log_entries")
     damage = {
         "interior page type": flip(db, (interior - 1) * PAGE),
         "interior cell count": flip(db, (interior - 1) * PAGE + 4),

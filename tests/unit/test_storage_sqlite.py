@@ -1,35 +1,52 @@
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import shutil
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
-import tempfile
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from kvstore.config import StorageConfig, local_cluster
+from kvstore.config import ClusterConfig, StorageConfig, local_cluster
 from kvstore.storage import sqlite as sqlite_engine
-from kvstore.storage.base import Record, Storage
+from kvstore.storage.base import Record, Sibling, Storage
 from kvstore.storage.factory import open_storage
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.sqlite import SqliteStorage, StorageError
+from replication.replica import LogBounds, LogEntry
 
-Contents = tuple[list[tuple[int, str, Record]], list[tuple[str, bytes]], int]
+PARTITIONS = range(4)
+
+# Records, meta, and per partition: log bounds, entries, hard state, applied index.
+State = tuple[list[tuple[int, str, Record]], list[tuple[str, bytes]], list[tuple[Any, ...]]]
 
 
-def contents(s: MemoryStorage) -> Contents:
-    return s.items(), s.meta_items(), s.written_lsn
+def state_of(s: MemoryStorage) -> State:
+    logs = []
+    for p in PARTITIONS:
+        log = s.log(p)
+        bounds = log.bounds()
+        entries = log.entries(bounds.first_index, bounds.last_index + 1, 1 << 30)
+        logs.append((p, bounds, entries, log.hard_state(), log.applied_index()))
+    return s.items(), s.meta_items(), logs
+
+
+def crash(s: SqliteStorage) -> None:
+    """A process killed after its last commit: the connection goes, the unsynced changes are never written."""
+    s.journal.close()
+
+
+def entries(first: int, last: int, term: int) -> list[LogEntry]:
+    return [LogEntry(i, term, b"entry %d/%d" % (i, term)) for i in range(first, last + 1)]
 
 
 @pytest.fixture
@@ -44,119 +61,149 @@ def test_conforms_to_protocol_and_creates_missing_directories(tmp_path: Path) ->
     assert path.exists()
 
 
-def test_reopen_recovers_everything_synced(db: Path) -> None:
+def test_reopen_recovers_records_tombstones_siblings_logs_and_state(db: Path) -> None:
     s = SqliteStorage(db)
-    s.put(0, "a", b"1")
-    s.put(3, "b", b"2", expires_at_ms=500)
-    s.put(0, "a", b"3")
-    s.put(0, "gone", b"x")
-    s.delete(0, "gone")
-    s.put_meta("term", b"4")
-    assert (s.written_lsn, s.synced_lsn) == (6, 0)
+    s.write(0, "a", Record(b"1", 1))
+    s.write(3, "b", Record(b"2", 7, expires_at_ms=500, context=b"ctx"))
+    s.write(0, "a", Record(b"3", 2))
+    s.write(0, "gone", Record(b"x", 3))
+    s.remove(0, "gone")
+    s.write(1, "dead", Record(None, 9, expires_at_ms=10_000, context=b"\x00dvv"))
+    s.write(2, "both", Record(b"mine", 4, None, b"c", (Sibling(b"theirs", 5, b"c2"), Sibling(None, 6))))
+    s.set_applied_index(0, 2)
+    s.put_meta("epoch", b"4")
+    log = s.log(1)
+    log.append(entries(1, 10, 1))
+    log.set_hard_state(b"term=3 vote=n2")
+    s.set_applied_index(1, 6)
+    log.compact_prefix(4)
+    log.truncate_suffix(8)
+    log.append(entries(8, 9, 2))
+    s.log(2).append(entries(1, 3, 1))
+    s.log(2).truncate_suffix(1)  # every entry dropped: an empty log, with no snapshot
+    assert s.synced_lsn == 0
     s.sync()
-    assert s.synced_lsn == 6
-    before = contents(s)
+    assert s.synced_lsn == s.written_lsn > 0
+    before = state_of(s)
     s.close()
 
     again = SqliteStorage(db)
-    assert contents(again) == before
-    assert before[0] == [(0, "a", Record(b"3", 3)), (3, "b", Record(b"2", 2, 500))]
-    assert again.synced_lsn == 6
-    assert again.put(0, "c", b"5").version == 7
-    assert again.purge_expired(now_ms=500, max_keys=10) == 1
+    assert state_of(again) == before
+    assert again.items()[0] == (0, "a", Record(b"3", 2))
+    assert again.log(1).bounds() == LogBounds(snapshot_index=4, snapshot_term=1, last_index=9)
+    assert again.log(1).term_at(8) == 2
+    assert again.log(2).bounds() == LogBounds(0, 0, 0)
+    # LSNs are the driver's cursor of this open only: they restart from 0.
+    assert (again.written_lsn, again.synced_lsn) == (0, 0)
+    again.write(0, "c", Record(b"5", 3))
+    assert again.written_lsn == 1
     again.close()
-    assert SqliteStorage(db).get(3, "b", now_ms=0) is None
 
 
-def test_close_syncs_pending_events(db: Path) -> None:
+def test_close_syncs_pending_changes(db: Path) -> None:
     s = SqliteStorage(db, fsync="batch")
-    s.put(1, "k", b"v")
+    s.write(1, "k", Record(b"v", 1))
+    s.log(1).set_hard_state(b"h")
     s.close()
     s.close()  # closing twice is harmless
-    assert SqliteStorage(db).get(1, "k", 0) == Record(b"v", 1)
+    again = SqliteStorage(db)
+    assert again.get(1, "k", 0) == Record(b"v", 1)
+    assert again.log(1).hard_state() == b"h"
 
 
-def test_unsynced_writes_are_absent_after_a_crash(db: Path) -> None:
+def test_a_crash_loses_exactly_the_unsynced_changes(db: Path) -> None:
     s = SqliteStorage(db, fsync="never")
-    s.put(0, "synced", b"1")
+    s.write(0, "synced", Record(b"1", 1))
+    s.set_applied_index(0, 1)
     s.put_meta("vote", b"n1")
+    s.log(0).append(entries(1, 5, 1))
+    s.log(0).set_hard_state(b"t1")
     s.sync()
-    s.put(0, "unsynced", b"2")
+    synced = state_of(s)
+    s.write(0, "unsynced", Record(b"2", 2))
+    s.write(0, "synced", Record(b"changed", 2))
+    s.set_applied_index(0, 2)
     s.put_meta("vote", b"n2")
-    s.delete(0, "synced")
-    del s  # the crash: no close(), so nothing unsynced is written; the connection closes on collection
-    gc.collect()
+    s.log(0).truncate_suffix(3)
+    s.log(0).append(entries(3, 7, 2))
+    s.log(0).compact_prefix(2)
+    s.log(0).set_hard_state(b"t2")
+    s.remove(0, "synced")
+    crash(s)
     again = SqliteStorage(db, fsync="never")
-    assert again.items() == [(0, "synced", Record(b"1", 1))]
-    assert again.get_meta("vote") == b"n1"
-    assert again.written_lsn == 2
-
-
-def _churn(s: MemoryStorage, steps: int) -> None:
-    """Many overwrites and deletes over a few keys, with TTLs and meta, syncing now and then."""
-    for i in range(steps):
-        key = f"k{(i * 7) % 23}"
-        if i % 5 == 3:
-            s.delete(i % 3, key)
-        else:
-            s.put(i % 3, key, f"v{i}".encode(), expires_at_ms=i if i % 4 == 0 else None)
-        if i % 11 == 0:
-            s.put_meta(f"m{i % 2}", str(i).encode())
-        if i % 9 == 0:
-            s.sync()
-
-
-def test_compaction_keeps_state_identical(db: Path) -> None:
-    s = SqliteStorage(db, compact_after_writes=17)
-    reference = MemoryStorage()
-    _churn(s, 400)
-    _churn(reference, 400)
-    s.sync()
-    assert contents(s) == contents(reference)
-    s.close()
-
-    with sqlite3.connect(db) as conn:
-        log_rows = conn.execute("SELECT count(*) FROM log").fetchone()[0]
-        snapshot_lsn = conn.execute("SELECT value FROM state WHERE name = 'snapshot_lsn'").fetchone()[0]
-    conn.close()
-    assert log_rows < 17 + 9 * 2  # folded regularly: never more than a threshold plus one job
-    assert snapshot_lsn > 0
-
-    again = SqliteStorage(db, compact_after_writes=17)
-    assert contents(again) == contents(reference)
-    _churn(again, 100)  # keeps working on top of a recovered snapshot
-    _churn(reference, 100)
+    assert state_of(again) == synced
     again.close()
-    assert contents(SqliteStorage(db)) == contents(reference)
+
+
+def test_a_job_writes_only_the_last_change_of_each_record(db: Path) -> None:
+    s = SqliteStorage(db, fsync="never")
+    for version in range(1, 101):
+        s.write(0, "hot", Record(b"%d" % version, version))
+        s.set_applied_index(0, version)
+    s.write(0, "brief", Record(b"x", 101))
+    s.remove(0, "brief")
+    statements: list[str] = []
+    s.journal._conn.set_trace_callback(statements.append)
+    s.sync()
+    s.journal._conn.set_trace_callback(None)
+    upserts = [sql for sql in statements if "INTO records" in sql]
+    assert len(upserts) == 1 and "x'313030'" in upserts[0]  # b"100", the last value, bound once
+    assert len([sql for sql in statements if "INTO partition_state" in sql]) == 1
+    assert len([sql for sql in statements if sql.startswith("DELETE FROM records")]) == 1
+    s.close()
+    assert SqliteStorage(db).items() == [(0, "hot", Record(b"100", 100))]
+
+
+def test_log_truncation_and_compaction_are_range_deletes_in_the_jobs_transaction(db: Path) -> None:
+    s = SqliteStorage(db, fsync="never")
+    s.log(0).append(entries(1, 1000, 1))
+    s.set_applied_index(0, 600)
+    s.sync()
+    s.log(0).compact_prefix(500)
+    s.log(0).truncate_suffix(900)
+    statements: list[str] = []
+    s.journal._conn.set_trace_callback(statements.append)
+    s.sync()
+    s.journal._conn.set_trace_callback(None)
+    assert [sql.split(" WHERE")[0] for sql in statements if "log_entries" in sql] == ["DELETE FROM log_entries"] * 2
+    s.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT min(idx), max(idx), count(*) FROM log_entries").fetchone() == (501, 899, 399)
+        assert conn.execute("SELECT snapshot_index, snapshot_term FROM partition_state").fetchone() == (500, 1)
+    finally:
+        conn.close()
 
 
 def test_sync_job_runs_in_a_thread_while_writes_arrive(db: Path) -> None:
     s = SqliteStorage(db)
     for i in range(500):
-        s.put(0, f"a{i:03}", b"first")
+        s.write(0, f"a{i:03}", Record(b"first", i))
+    s.log(0).append(entries(1, 100, 1))
     job = s.prepare_sync()
-    assert job is not None and job.up_to_lsn == 500
+    assert job is not None and job.up_to_lsn == 501
     worker = threading.Thread(target=job.run)
     worker.start()
     for i in range(500):
-        s.put(1, f"b{i:03}", b"during")
+        s.write(1, f"b{i:03}", Record(b"during", i))
         if i % 2:
-            s.delete(0, f"a{i:03}")
+            s.remove(0, f"a{i:03}")
+    s.log(0).truncate_suffix(50)
     worker.join()
     s.complete_sync(job)
-    assert s.synced_lsn == 500
+    assert s.synced_lsn == 501
     s.sync()
-    expected = contents(s)
+    expected = state_of(s)
     s.close()
-    assert contents(SqliteStorage(db)) == expected
+    assert state_of(SqliteStorage(db)) == expected
     assert len(expected[0]) == 750
 
 
 def test_jobs_must_run_in_order(db: Path) -> None:
     s = SqliteStorage(db)
-    s.put(0, "a", b"1")
+    s.write(0, "a", Record(b"1", 1))
     first = s.prepare_sync()
-    s.put(0, "b", b"2")
+    s.write(0, "b", Record(b"2", 2))
     second = s.prepare_sync()
     assert first is not None and second is not None
     with pytest.raises(StorageError, match="order"):
@@ -170,6 +217,28 @@ def test_jobs_must_run_in_order(db: Path) -> None:
     assert [k for _, k, _ in SqliteStorage(db).items()] == ["a", "b"]
 
 
+def test_a_failed_job_changes_nothing_and_can_be_retried(db: Path) -> None:
+    s = SqliteStorage(db)
+    s.log(0).append(entries(1, 3, 1))
+    s.sync()
+    s.write(0, "k", Record(b"v", 1))
+    s.set_applied_index(0, 1)
+    s.log(0).truncate_suffix(2)
+    job = s.prepare_sync()
+    assert job is not None
+    s.journal._conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON partition_state BEGIN SELECT RAISE(FAIL, 'no'); END"
+    )
+    with pytest.raises(StorageError, match="sync failed"):
+        job.run()
+    s.journal._conn.execute("DROP TRIGGER refuse")
+    job.run()
+    s.complete_sync(job)
+    expected = state_of(s)
+    s.close()
+    assert state_of(SqliteStorage(db)) == expected
+
+
 def test_torn_last_transaction_is_discarded_with_a_warning(
     tmp_path: Path, db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -177,18 +246,18 @@ def test_torn_last_transaction_is_discarded_with_a_warning(
     states = []
     for batch in range(4):
         for i in range(20):
-            s.put(batch, f"k{i}", os.urandom(50))
+            s.write(batch, f"k{i}", Record(os.urandom(50), batch))
+        s.log(batch).append(entries(1, 3, batch))
         s.sync()
-        states.append(contents(s))
+        states.append(state_of(s))
     copy = tmp_path / "copy" / "kv.sqlite3"
     copy.parent.mkdir()
     shutil.copy(db, copy)
-    wal = Path(f"{db}-wal")
-    torn = wal.read_bytes()
+    torn = Path(f"{db}-wal").read_bytes()
     Path(f"{copy}-wal").write_bytes(torn[:-100])  # the last commit frame is cut short
     s.close()
     with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
-        assert contents(SqliteStorage(copy)) == states[-2]
+        assert state_of(SqliteStorage(copy)) == states[-2]
     [warning] = caplog.records
     assert warning.getMessage().startswith(f"{copy}-wal: recovered up to the last intact commit")
     assert warning.getMessage().endswith("it ends in a torn or cut write")
@@ -200,11 +269,12 @@ def test_the_wal_is_checkpointed_just_before_a_commit(
     monkeypatch.setattr(sqlite_engine, "CHECKPOINT_WAL_BYTES", 32 << 10)
     s = SqliteStorage(db)
     wal = Path(f"{db}-wal")
-    states, generations = [contents(s)], set()
+    states, generations = [state_of(s)], set()
     for i in range(120):
-        s.put(i % 4, f"k{i:03}", bytes([i % 256]) * 1000)
+        s.write(i % 4, f"k{i:03}", Record(bytes([i % 256]) * 1000, i))
+        s.log(i % 4).append([LogEntry(i // 4 + 1, 1, b"e" * 200)])
         s.sync()
-        states.append(contents(s))
+        states.append(state_of(s))
         generations.add(wal.read_bytes()[16:24])  # the salts: new ones each time the WAL restarts
         # The database file alone never holds the last commit: a checkpoint is always followed by a commit
         # that restarts the WAL, so the WAL never holds only frames the database file has already.
@@ -212,10 +282,13 @@ def test_the_wal_is_checkpointed_just_before_a_commit(
         alone.parent.mkdir()
         shutil.copy(db, alone)
         opened = SqliteStorage(alone)
-        assert contents(opened) in states[:-1]
+        assert state_of(opened) in states[:-1]
         opened.close()
     assert len(generations) >= 5
     assert wal.stat().st_size < 4 * (32 << 10)
+
+
+# ------------------------------------------------------------ migration
 
 
 # The first schema, as version 1 of this module created it.
@@ -227,55 +300,175 @@ _V1_SCHEMA = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL, lsn INTEGER NOT NULL)",
     "CREATE TABLE state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
+# Version 1 rows: a snapshot up to LSN 4 and log rows 5..8 (kind 0 put, 1 delete, 2 meta).
+_V1_SNAPSHOT = [(0, "a", b"old-a", 1, None), (2, "b", b"bee", 3, 900)]
+_V1_META = [("term", b"7", 4)]
+_V1_LOG = [
+    (5, 0, 0, "a", b"new-a", None),
+    (6, 1, 2, "b", None, None),
+    (7, 2, None, "vote", b"n2", None),
+    (8, 0, 1, "c", b"", 1234),
+]
 
 
-def test_a_version_1_file_is_migrated_and_then_checksummed(db: Path, caplog: pytest.LogCaptureFixture) -> None:
-    db.parent.mkdir(parents=True)
+def _v1_file(db: Path) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("PRAGMA journal_mode=WAL")
         for statement in _V1_SCHEMA:
             conn.execute(statement)
         conn.execute("INSERT INTO state VALUES ('schema_version', 1), ('snapshot_lsn', 4)")
-        conn.executemany(
-            "INSERT INTO snapshot VALUES (?, ?, ?, ?, ?)",
-            [(0, "a", b"old-a", 1, None), (2, "b", b"bee", 3, 900)],
-        )
-        conn.execute("INSERT INTO meta VALUES ('term', X'37', 4)")  # b"7"
-        conn.executemany(
-            "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (5, 0, 0, "a", b"new-a", None),  # put
-                (6, 1, 2, "b", None, None),  # delete
-                (7, 2, None, "vote", b"n2", None),  # meta
-                (8, 0, 1, "c", b"", 1234),
-            ],
-        )
+        conn.executemany("INSERT INTO snapshot VALUES (?, ?, ?, ?, ?)", _V1_SNAPSHOT)
+        conn.executemany("INSERT INTO meta VALUES (?, ?, ?)", _V1_META)
+        conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?)", _V1_LOG)
     conn.close()
 
+
+# Version 2's row checksums, as version 2 of this module computed them (written out here again, so that the
+# migration is checked against the file format, not against its own reading of it).
+def _v2_crc(head: bytes, *parts: bytes) -> int:
+    crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _v2_log_row(
+    lsn: int, kind: int, partition: int | None, key: str, value: bytes | None, expires: int | None
+) -> tuple[Any, ...]:
+    nulls = (partition is None) | (value is None) << 1 | (expires is None) << 2
+    head = struct.pack("<BBqqqqI", 1, nulls, lsn, kind, partition or 0, expires or 0, len(key.encode()))
+    return (lsn, kind, partition, key, value, expires, _v2_crc(head, key.encode(), value or b""))
+
+
+def _v2_snapshot_row(partition: int, key: str, value: bytes, version: int, expires: int | None) -> tuple[Any, ...]:
+    head = struct.pack("<BBqqqI", 2, expires is None, partition, version, expires or 0, len(key.encode()))
+    return (partition, key, value, version, expires, _v2_crc(head, key.encode(), value))
+
+
+def _v2_meta_row(name: str, value: bytes, lsn: int) -> tuple[Any, ...]:
+    return (name, value, lsn, _v2_crc(struct.pack("<BqI", 3, lsn, len(name.encode())), name.encode(), value))
+
+
+def _v2_state_row(name: str, value: int) -> tuple[Any, ...]:
+    return (name, value, _v2_crc(struct.pack("<BqI", 4, value, len(name.encode())), name.encode()))
+
+
+# The second schema, as version 2 of this module created it.
+_V2_SCHEMA = (
+    "CREATE TABLE log (lsn INTEGER PRIMARY KEY, kind INTEGER NOT NULL, partition INTEGER, key TEXT NOT NULL,"
+    " value BLOB, expires_at_ms INTEGER, crc INTEGER NOT NULL)",
+    "CREATE TABLE snapshot (partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
+    " version INTEGER NOT NULL, expires_at_ms INTEGER, crc INTEGER NOT NULL, PRIMARY KEY (partition, key))"
+    " WITHOUT ROWID",
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL, lsn INTEGER NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE state (name TEXT PRIMARY KEY, value INTEGER NOT NULL, crc INTEGER NOT NULL)",
+)
+
+
+def _v2_file(db: Path) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for statement in _V2_SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO state VALUES (?, ?, ?)",
+            [_v2_state_row("schema_version", 2), _v2_state_row("snapshot_lsn", 4)],
+        )
+        conn.executemany("INSERT INTO snapshot VALUES (?, ?, ?, ?, ?, ?)", [_v2_snapshot_row(*r) for r in _V1_SNAPSHOT])
+        conn.executemany("INSERT INTO meta VALUES (?, ?, ?, ?)", [_v2_meta_row(*r) for r in _V1_META])
+        conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?)", [_v2_log_row(*r) for r in _V1_LOG])
+    conn.close()
+
+
+# The state both files hold: versions were LSNs, and every partition the old data names (2 only through a
+# delete) gets the file's last LSN as its applied index.
+_MIGRATED: State = (
+    [(0, "a", Record(b"new-a", 5)), (1, "c", Record(b"", 8, 1234))],
+    [("term", b"7"), ("vote", b"n2")],
+    [(p, LogBounds(0, 0, 0), [], None, 8 if p in (0, 1, 2) else 0) for p in PARTITIONS],
+)
+
+
+def _tables(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_files_are_migrated_to_version_3(db: Path, caplog: pytest.LogCaptureFixture, version: int) -> None:
+    if version == 1:
+        _v1_file(db)
+    else:
+        _v2_file(db)
     with caplog.at_level(logging.INFO, logger="kvstore.storage.sqlite"):
         s = SqliteStorage(db)
     assert [r.getMessage() for r in caplog.records] == [
-        f"{db}: migrated from schema version 1 to 2 (row checksums added)"
+        *([f"{db}: migrated from schema version 1 to 2 (row checksums added)"] if version == 1 else []),
+        f"{db}: migrated from schema version 2 to 3 (records upserted in place, per-partition logs; the applied"
+        " index of every partition is the old file's last LSN, 8)",
     ]
-    expected: Contents = (
-        [(0, "a", Record(b"new-a", 5)), (1, "c", Record(b"", 8, 1234))],
-        [("term", b"7"), ("vote", b"n2")],
-        8,
-    )
-    assert contents(s) == expected
-    s.put(0, "d", b"after")
+    assert state_of(s) == _MIGRATED
+    # Single-mode versions come from the applied index: the next write's is above every old one.
+    s.write(0, "d", Record(b"after", s.log(0).applied_index() + 1))
+    s.set_applied_index(0, 9)
     s.close()
+    assert _tables(db) == ["log_entries", "meta", "partition_state", "records", "state"]
+    again = SqliteStorage(db)
+    assert again.get(0, "d", 0) == Record(b"after", 9)
+    again.close()
 
+    # The migrated rows have checksums: a value changed behind the storage's back is caught.
     conn = sqlite3.connect(db)
     with conn:
-        assert conn.execute("SELECT value FROM state WHERE name = 'schema_version'").fetchone() == (2,)
-        assert conn.execute("SELECT count(*) FROM log WHERE crc = 0").fetchone() == (0,)
-        # The migrated rows have checksums: a value changed behind the storage's back is caught.
-        conn.execute("UPDATE snapshot SET value = X'00' WHERE key = 'a'")
+        conn.execute("UPDATE records SET value = X'00' WHERE key = 'a'")
     conn.close()
-    with pytest.raises(StorageError, match=r"table snapshot: key 'a' in partition 0: checksum mismatch"):
+    with pytest.raises(StorageError, match=r"table records: key 'a' in partition 0: checksum mismatch"):
         SqliteStorage(db)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("UPDATE snapshot SET value = X'00' WHERE key = 'b'", r"table snapshot: key 'b' in partition 2: checksum"),
+        ("UPDATE log SET key = 'z' WHERE lsn = 7", r"table log: LSN 7: checksum mismatch"),
+        ("DELETE FROM log WHERE lsn = 6", r"table log: LSN 7 follows 5: rows are missing or misplaced"),
+        ("UPDATE meta SET lsn = 3", r"table meta: name 'term': checksum mismatch"),
+    ],
+)
+def test_a_damaged_version_2_file_is_refused_and_left_as_it_was(db: Path, damage: str, message: str) -> None:
+    _v2_file(db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(damage)
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(StorageError, match=message):
+        SqliteStorage(db)
+    assert _tables(db) == ["log", "meta", "snapshot", "state"]
+    assert db.read_bytes() == before
+
+
+def test_a_newer_schema_is_refused(db: Path) -> None:
+    SqliteStorage(db).close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(
+            "UPDATE state SET value = 4, crc = ? WHERE name = 'schema_version'",
+            (_v2_state_row("schema_version", 4)[2],),
+        )
+    conn.close()
+    with pytest.raises(StorageError, match="schema version 4, this build reads 3"):
+        SqliteStorage(db)
+
+
+# ------------------------------------------------------------ refusals
 
 
 def test_corrupt_file_gets_a_clear_error(db: Path) -> None:
@@ -294,6 +487,26 @@ def test_foreign_sqlite_file_is_refused(db: Path) -> None:
         SqliteStorage(db)
 
 
+def test_a_log_with_a_gap_is_refused(db: Path) -> None:
+    s = SqliteStorage(db)
+    s.log(3).append(entries(1, 6, 1))
+    s.set_applied_index(3, 2)
+    s.log(3).compact_prefix(2)
+    s.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM log_entries WHERE idx = 5")
+    conn.close()
+    with pytest.raises(StorageError, match=r"table log_entries: partition 3 index 6 follows 4: entries are missing"):
+        SqliteStorage(db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM log_entries WHERE idx = 3")
+    conn.close()
+    with pytest.raises(StorageError, match=r"table log_entries: partition 3 index 4 follows 2"):
+        SqliteStorage(db)
+
+
 def test_second_opener_is_refused_while_the_first_holds_the_file(db: Path) -> None:
     s = SqliteStorage(db)
     with pytest.raises(StorageError, match="locked"):
@@ -305,8 +518,6 @@ def test_second_opener_is_refused_while_the_first_holds_the_file(db: Path) -> No
 def test_bad_settings_are_refused(db: Path) -> None:
     with pytest.raises(ValueError, match="fsync"):
         SqliteStorage(db, fsync="sometimes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="compact_after_writes"):
-        SqliteStorage(db, compact_after_writes=0)
 
 
 def test_open_storage_follows_the_config(tmp_path: Path) -> None:
@@ -321,16 +532,30 @@ def test_open_storage_follows_the_config(tmp_path: Path) -> None:
         open_storage(config, "n9")
 
 
+def test_a_config_naming_compact_after_writes_still_loads_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    data = local_cluster(1).to_dict()
+    data["storage"]["compact_after_writes"] = 10_000
+    with caplog.at_level(logging.WARNING, logger="kvstore.config"):
+        config = ClusterConfig.from_dict(data)
+    assert config.storage == StorageConfig()
+    assert [r.getMessage() for r in caplog.records] == [
+        "storage.compact_after_writes is no longer used and is ignored: the SQLite engine has kept no event log"
+        " to fold since schema version 3"
+    ]
+
+
 # ------------------------------------------------------------ kill -9
 
 
 _WRITER = """
 import sys
+from kvstore.storage.base import Record
 from kvstore.storage.sqlite import SqliteStorage
 
 s = SqliteStorage(sys.argv[1], fsync="always")
-for i in range(100_000):  # bounded: the test kills it long before
-    s.put(i % 8, f"key{i}", b"v%d" % i)
+for i in range(1, 100_000):  # bounded: the test kills it long before
+    s.write(i % 8, f"key{i}", Record(b"v%d" % i, i))
+    s.set_applied_index(i % 8, i)
     s.sync()
     print(f"key{i}", flush=True)  # acknowledged only once synced
 """
@@ -362,54 +587,5 @@ def test_acknowledged_writes_survive_sigkill(db: Path, writer: subprocess.Popen[
     s = SqliteStorage(db)
     for key in acknowledged:
         i = int(key[3:])
-        assert s.get(i % 8, key, 0) == Record(b"v%d" % i, i + 1)
-    assert s.written_lsn >= len(acknowledged)
-
-
-# ------------------------------------------------------------ model-based
-
-
-class SyncedStateMatchesModel(RuleBasedStateMachine):
-    """Random puts, deletes, syncs and crashes: after a crash the storage holds exactly what was synced."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dir = tempfile.mkdtemp()
-        self.path = Path(self.dir) / "kv.sqlite3"
-        self.storage = SqliteStorage(self.path, fsync="never", compact_after_writes=5)
-        self.written: dict[tuple[int, str], bytes] = {}
-        self.synced: dict[tuple[int, str], bytes] = {}
-
-    @rule(partition=st.integers(0, 2), key=st.sampled_from("abcde"), value=st.binary(max_size=8))
-    def put(self, partition: int, key: str, value: bytes) -> None:
-        self.storage.put(partition, key, value)
-        self.written[(partition, key)] = value
-
-    @rule(partition=st.integers(0, 2), key=st.sampled_from("abcde"))
-    def delete(self, partition: int, key: str) -> None:
-        assert self.storage.delete(partition, key) == ((partition, key) in self.written)
-        self.written.pop((partition, key), None)
-
-    @rule()
-    def sync(self) -> None:
-        self.storage.sync()
-        self.synced = dict(self.written)
-
-    @rule()
-    def crash_and_reopen(self) -> None:
-        del self.storage  # dropped without close(), as in test_unsynced_writes_are_absent_after_a_crash
-        gc.collect()
-        self.storage = SqliteStorage(self.path, fsync="never", compact_after_writes=5)
-        self.written = dict(self.synced)
-
-    @invariant()
-    def memory_matches_written(self) -> None:
-        assert {(p, k): r.value for p, k, r in self.storage.items()} == self.written
-
-    def teardown(self) -> None:
-        self.storage.close()
-        shutil.rmtree(self.dir)
-
-
-TestSyncedStateMatchesModel = SyncedStateMatchesModel.TestCase
-TestSyncedStateMatchesModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+        assert s.get(i % 8, key, 0) == Record(b"v%d" % i, i)
+        assert s.log(i % 8).applied_index() >= i

@@ -1,0 +1,250 @@
+"""Hypothesis drives a SqliteStorage through record, meta and log changes, syncs and crashes, against a model.
+
+The model is plain Python: what was written (the storage's memory must always equal it) and what a sync
+made durable. A crash is a process killed at some point:
+
+- between steps: the journal's connection closes without the pending sync, so the unsynced changes are
+  never written;
+- inside a sync job, before any of its SQL statements (the checkpoint, each row of each ``executemany``,
+  the range deletes, the commit): the database and WAL files are copied as they are at that instant and
+  the machine goes on from the copy, as a restarted node would.
+
+After a crash the reopened storage must hold exactly the durable state: every partition's log with its
+truncations and compactions, hard state and applied index, the records and meta, and nothing unsynced.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kvstore.storage import sqlite as sqlite_engine
+from kvstore.storage.base import Record, Sibling
+from kvstore.storage.sqlite import SqliteStorage
+from replication.replica import LogBounds, LogEntry
+
+PARTITIONS = range(2)
+partitions = st.sampled_from(PARTITIONS)
+keys = st.sampled_from(["a", "b", "c"])
+DB = "kv.sqlite3"
+# Small, so that jobs checkpoint the WAL now and then, and crashes land around checkpoints too.
+CHECKPOINT_WAL_BYTES = 16 << 10
+
+
+@dataclass
+class ModelLog:
+    snapshot_index: int = 0
+    snapshot_term: int = 0
+    entries: list[LogEntry] = field(default_factory=list)
+    hard_state: bytes | None = None
+    applied_index: int = 0
+
+    @property
+    def last_index(self) -> int:
+        return self.snapshot_index + len(self.entries)
+
+    @property
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.snapshot_term
+
+
+@dataclass
+class Model:
+    records: dict[tuple[int, str], Record] = field(default_factory=dict)
+    meta: dict[str, bytes] = field(default_factory=dict)
+    logs: dict[int, ModelLog] = field(default_factory=lambda: {p: ModelLog() for p in PARTITIONS})
+
+    def view(self) -> tuple[Any, ...]:
+        logs = [
+            (
+                p,
+                LogBounds(log.snapshot_index, log.snapshot_term, log.last_index),
+                log.entries,
+                log.hard_state,
+                log.applied_index,
+            )
+            for p, log in sorted(self.logs.items())
+        ]
+        return sorted((p, k, r) for (p, k), r in self.records.items()), sorted(self.meta.items()), logs
+
+
+def view_of(s: SqliteStorage) -> tuple[Any, ...]:
+    logs = []
+    for p in PARTITIONS:
+        log = s.log(p)
+        bounds = log.bounds()
+        entries = log.entries(bounds.first_index, bounds.last_index + 1, 1 << 30)
+        logs.append((p, bounds, entries, log.hard_state(), log.applied_index()))
+    return s.items(), s.meta_items(), logs
+
+
+class SqliteCrashMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkpoint_wal_bytes = sqlite_engine.CHECKPOINT_WAL_BYTES
+        sqlite_engine.CHECKPOINT_WAL_BYTES = CHECKPOINT_WAL_BYTES
+        self.dir = Path(tempfile.mkdtemp(prefix="sqlite-crash-"))
+        self.crashes = 0
+        self.path = self.dir / "run0" / DB
+        self.storage = SqliteStorage(self.path, fsync="never")
+        self.written = Model()
+        self.durable = Model()
+        self.changes = 0  # makes every value unique
+
+    def _next(self) -> int:
+        self.changes += 1
+        return self.changes
+
+    # ------------------------------------------------------------ records and meta
+
+    @rule(p=partitions, key=keys, tombstone=st.booleans(), siblings=st.integers(0, 2))
+    def write(self, p: int, key: str, tombstone: bool, siblings: int) -> None:
+        n = self._next()
+        record = Record(
+            None if tombstone else b"v%d" % n,
+            n,
+            n + 1000 if n % 3 == 0 else None,
+            b"ctx%d" % n if n % 2 else b"",
+            tuple(Sibling(b"s%d" % i if i else None, n - i, b"c") for i in range(siblings)),
+        )
+        self.storage.write(p, key, record)
+        self.written.records[p, key] = record
+
+    @rule(p=partitions, key=keys)
+    def remove(self, p: int, key: str) -> None:
+        assert self.storage.remove(p, key) == ((p, key) in self.written.records)
+        self.written.records.pop((p, key), None)
+
+    @rule(name=st.sampled_from(["epoch", "map"]))
+    def put_meta(self, name: str) -> None:
+        value = b"m%d" % self._next()
+        self.storage.put_meta(name, value)
+        self.written.meta[name] = value
+
+    # ------------------------------------------------------------ logs and partition state
+
+    @rule(p=partitions, count=st.integers(1, 4), new_term=st.booleans())
+    def append(self, p: int, count: int, new_term: bool) -> None:
+        log = self.written.logs[p]
+        term = log.last_term + new_term
+        added = [LogEntry(log.last_index + 1 + i, term, b"e%d" % self._next()) for i in range(count)]
+        self.storage.log(p).append(added)
+        log.entries.extend(added)
+
+    @rule(p=partitions, data=st.data())
+    def truncate_suffix(self, p: int, data: st.DataObject) -> None:
+        log = self.written.logs[p]
+        from_index = data.draw(st.integers(log.snapshot_index + 1, log.last_index + 1), label="from_index")
+        self.storage.log(p).truncate_suffix(from_index)
+        del log.entries[from_index - log.snapshot_index - 1 :]
+
+    @rule(p=partitions, data=st.data())
+    def compact_prefix(self, p: int, data: st.DataObject) -> None:
+        log = self.written.logs[p]
+        through = data.draw(st.integers(log.snapshot_index, min(log.last_index, log.applied_index)), label="through")
+        if through > log.snapshot_index:
+            log.snapshot_term = log.entries[through - log.snapshot_index - 1].term
+            del log.entries[: through - log.snapshot_index]
+            log.snapshot_index = through
+        self.storage.log(p).compact_prefix(through)
+
+    @rule(p=partitions, step=st.integers(1, 3))
+    def set_applied_index(self, p: int, step: int) -> None:
+        log = self.written.logs[p]
+        log.applied_index += step
+        self.storage.set_applied_index(p, log.applied_index)
+
+    @rule(p=partitions)
+    def set_hard_state(self, p: int) -> None:
+        value = b"term=%d" % self._next()
+        self.storage.log(p).set_hard_state(value)
+        self.written.logs[p].hard_state = value
+
+    # ------------------------------------------------------------ syncs and crashes
+
+    @rule()
+    def sync(self) -> None:
+        self.storage.sync()
+        self.durable = copy.deepcopy(self.written)
+        # A crash right now must find all of it: open a copy of the files as they are.
+        scratch = self.dir / "scratch" / DB
+        scratch.parent.mkdir()
+        for suffix in ("", "-wal"):
+            if Path(f"{self.path}{suffix}").exists():
+                shutil.copyfile(f"{self.path}{suffix}", f"{scratch}{suffix}")
+        copied = SqliteStorage(scratch, fsync="never")
+        try:
+            assert view_of(copied) == self.durable.view()
+        finally:
+            copied.journal.close()
+            shutil.rmtree(scratch.parent)
+
+    @rule()
+    def crash(self) -> None:
+        self.storage.journal.close()  # without the pending sync: a process killed after its last commit
+        self._reopen(self.path)
+
+    @precondition(lambda self: self.storage.written_lsn != self.storage.synced_lsn)
+    @rule(at_statement=st.integers(0, 40))
+    def crash_inside_a_sync(self, at_statement: int) -> None:
+        """The files as a crash would leave them just before the job's ``at_statement``-th statement (or, past
+        its last, once it committed)."""
+        crashed = self.dir / f"crash{self.crashes}" / DB
+        statements = 0
+
+        def maybe_copy(_sql: str) -> None:
+            nonlocal statements
+            if statements == at_statement:
+                crashed.parent.mkdir()
+                for suffix in ("", "-wal"):
+                    source = Path(f"{self.path}{suffix}")
+                    if source.exists():
+                        shutil.copyfile(source, f"{crashed}{suffix}")
+            statements += 1
+
+        conn = self.storage.journal._conn
+        conn.set_trace_callback(maybe_copy)
+        try:
+            self.storage.sync()
+        finally:
+            conn.set_trace_callback(None)
+        if statements > at_statement:  # the crash came before the commit: the job is lost whole
+            self.written = copy.deepcopy(self.durable)
+        else:
+            self.durable = copy.deepcopy(self.written)
+            crashed = self.path
+        self.storage.journal.close()
+        self._reopen(crashed)
+
+    def _reopen(self, path: Path) -> None:
+        self.crashes += 1
+        moved = self.dir / f"run{self.crashes}" / DB
+        moved.parent.mkdir()
+        for suffix in ("", "-wal"):
+            if Path(f"{path}{suffix}").exists():
+                shutil.copyfile(f"{path}{suffix}", f"{moved}{suffix}")
+        self.path = moved
+        self.storage = SqliteStorage(moved, fsync="never")
+        self.written = copy.deepcopy(self.durable)
+        assert self.storage.written_lsn == 0
+
+    @invariant()
+    def memory_matches_what_was_written(self) -> None:
+        assert view_of(self.storage) == self.written.view()
+
+    def teardown(self) -> None:
+        self.storage.close()
+        shutil.rmtree(self.dir)
+        sqlite_engine.CHECKPOINT_WAL_BYTES = self.checkpoint_wal_bytes
+
+
+TestSqliteCrashMachine = SqliteCrashMachine.TestCase
+TestSqliteCrashMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

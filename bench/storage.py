@@ -2,11 +2,12 @@
 
 1. Durable writes (``fsync = "always"``). Writes/s of ``SqliteStorage`` when every sync covers 1 write and
    when every sync covers 100 (group commit), 100-byte values, 16-byte keys cycling over 10,000 keys in 64
-   partitions. A write is ``put`` (the in-memory state, on a node's loop thread) plus its share of ``sync()``
-   (``prepare_sync``, the job's ``run``, ``complete_sync``; the job computes the rows' CRC-32 checksums and
-   commits them as one transaction, which a node runs on a worker thread). Compaction runs as a node runs
-   it, every 10,000 logged writes (``compact_after_writes``), so measurements of 20,000 writes or more
-   include its cost. References, on the same directory: the disk's raw fsync
+   partitions. A write is what a ``single``-mode write command does to storage: ``write`` of the record,
+   versioned with the partition's next applied index, and ``set_applied_index`` (the in-memory state, on a
+   node's loop thread), plus its share of ``sync()`` (``prepare_sync``, the job's ``run``,
+   ``complete_sync``; the job folds its events to the last change per record and per partition, computes
+   the rows' CRC-32 checksums and upserts them as one transaction, which a node runs on a worker thread).
+   References, on the same directory: the disk's raw fsync
    ceiling (a loop of 4 KiB ``os.write`` + ``os.fdatasync`` appending to a plain file, syncs/s; appending
    makes each fdatasync commit the new file size too, so it is a rough ceiling, not a hard one), and raw
    ``sqlite3`` in WAL mode with ``synchronous=FULL`` and exclusive locking (as the storage opens its file)
@@ -17,12 +18,16 @@
    ``sqlite3`` with ``synchronous=OFF`` inserting the same rows in the same transaction sizes. The time
    spent in ``put`` (loop thread) is reported apart from the sync path, and the CRC-32 of a log row alone
    is timed too.
-3. Recovery. Opening a closed ``SqliteStorage`` that holds 100,000 keys in its snapshot plus 5,000 log
-   rows (overwrites of existing keys): lock, WAL scan, ``PRAGMA quick_check``, then every row read, its
-   checksum verified and the in-memory state rebuilt. Reference: a plain ``sqlite3`` connection running
-   ``SELECT * FROM snapshot`` and ``SELECT * FROM log`` on the same file, fetching every row. The file is
-   in the page cache for both (it was just written; the benchmark cannot drop caches). ``quick_check``
-   alone is timed as well.
+3. Recovery. Opening a closed ``SqliteStorage`` that holds 100,000 records plus 5,000 replication log
+   entries (100 bytes each, over 64 partitions): lock, WAL scan, ``PRAGMA quick_check``, then every row
+   read, its checksum verified, each log's continuity checked and the in-memory state rebuilt. Reference:
+   a plain ``sqlite3`` connection running ``SELECT * FROM records`` and ``SELECT * FROM log_entries`` on the
+   same file, fetching every row. The file is in the page cache for both (it was just written; the
+   benchmark cannot drop caches). ``quick_check`` alone is timed as well.
+4. Log store (``fsync = "always"``). Appends/s to the per-partition replication logs when every sync
+   (one fsync) covers a group of 1, 16 or 128 appends, each one 100-byte entry, spread round-robin over 8
+   partitions, as a replication protocol appends and syncs before acknowledging. Reference: the raw fsync
+   ceiling of section 1, from the same run; ratio: storage syncs/s over raw fsyncs/s.
 
 Every measurement starts from a fresh database (after a short untimed warm-up) in a temporary directory
 (``--tmp-dir``, default the system's, e.g. /tmp; the output names it and its filesystem, since fsync cost
@@ -54,17 +59,20 @@ from pathlib import Path
 from typing import Any
 
 from kvstore.config import FsyncPolicy
-from kvstore.storage.sqlite import SqliteStorage, _log_crc
+from kvstore.storage.base import Record
+from kvstore.storage.sqlite import SqliteStorage, _record_crc
+from replication.replica import LogEntry
 
 KEY_BYTES = 16
 VALUE_BYTES = 100
 KEY_SPACE = 10_000  # distinct keys the write measurements cycle over
 PARTITIONS = 64
 VALUE_POOL = 1024  # distinct values, cycled
-COMPACT_AFTER_WRITES = 10_000  # the node default (StorageConfig.compact_after_writes)
 RAW_FSYNC_BLOCK = 4096
 WARMUP_GROUPS = 20
 GROUPS = (1, 100)
+LOG_GROUPS = (1, 16, 128)
+LOG_PARTITIONS = 8
 # Raw SQLite: the same shape of row without the storage's log columns and checksum.
 RAW_SCHEMA = "CREATE TABLE kv (id INTEGER PRIMARY KEY, partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB)"
 RAW_INSERT = "INSERT INTO kv (partition, key, value) VALUES (?, ?, ?)"
@@ -80,6 +88,7 @@ class Sizes:
     checksum_rows: int
     recovery_keys: int
     recovery_log_rows: int
+    log_appends: dict[int, int]  # group size -> appends, fsync="always"
 
 
 FULL_SIZES = Sizes(
@@ -89,6 +98,7 @@ FULL_SIZES = Sizes(
     checksum_rows=100_000,
     recovery_keys=100_000,
     recovery_log_rows=5_000,
+    log_appends={1: 3_000, 16: 16_000, 128: 64_000},
 )
 QUICK_SIZES = Sizes(
     raw_fsyncs=200,
@@ -97,6 +107,7 @@ QUICK_SIZES = Sizes(
     checksum_rows=10_000,
     recovery_keys=10_000,
     recovery_log_rows=500,
+    log_appends={1: 100, 16: 1_600, 128: 6_400},
 )
 
 
@@ -136,7 +147,8 @@ class WriteSample:
     writes: int
     writes_per_s: float
     syncs_per_s: float
-    # Seconds in put() (a node's loop thread) and in the sync path (prepare, job, complete).
+    # Seconds changing the in-memory state (a node's loop thread: write + set_applied_index, or append) and in
+    # the sync path (prepare, job, complete).
     put_s: float
     sync_s: float
 
@@ -164,18 +176,23 @@ def measure_raw_fsync(directory: Path, syncs: int) -> float:
 def measure_storage_writes(
     directory: Path, fsync: FsyncPolicy, group: int, writes: int, values: Sequence[bytes]
 ) -> WriteSample:
-    """A fresh SqliteStorage; ``writes`` puts, a ``sync()`` after every ``group`` of them."""
+    """A fresh SqliteStorage; ``writes`` single-mode writes (the record at the partition's next applied index,
+    then that index), a ``sync()`` after every ``group`` of them."""
     if writes % group:
         raise ValueError(f"writes ({writes}) must be a multiple of the group size ({group})")
     data_dir = _fresh_dir(directory, f"storage-{fsync}-{group}")
     rows = write_rows(writes, values)
     warmup = write_rows(WARMUP_GROUPS * group, values)
-    storage = SqliteStorage(data_dir / "kv.sqlite3", fsync, COMPACT_AFTER_WRITES)
+    storage = SqliteStorage(data_dir / "kv.sqlite3", fsync)
+    applied = [0] * PARTITIONS
     try:
         for partition, key, value in warmup:
-            storage.put(partition, key, value)
+            applied[partition] += 1
+            storage.write(partition, key, Record(value, applied[partition]))
+            storage.set_applied_index(partition, applied[partition])
         storage.sync()
-        put = storage.put
+        write = storage.write
+        set_applied_index = storage.set_applied_index
         sync = storage.sync
         clock = time.perf_counter
         put_s = sync_s = 0.0
@@ -183,7 +200,9 @@ def measure_storage_writes(
         for start in range(0, writes, group):
             t0 = clock()
             for partition, key, value in rows[start : start + group]:
-                put(partition, key, value)
+                version = applied[partition] = applied[partition] + 1
+                write(partition, key, Record(value, version))
+                set_applied_index(partition, version)
             t1 = clock()
             sync()
             t2 = clock()
@@ -231,39 +250,43 @@ def measure_raw_sqlite(directory: Path, synchronous: str, group: int, writes: in
 
 
 def measure_checksum(rows: int, values: Sequence[bytes]) -> float:
-    """Seconds per CRC-32 of one log row (a put), the checksum a sync job computes for every write."""
+    """Seconds per CRC-32 of one record row, the checksum a sync job computes for every record it writes."""
     data = [(i + 1, *row) for i, row in enumerate(write_rows(rows, values))]
     started = time.perf_counter()
-    for lsn, partition, key, value in data:
-        _log_crc(lsn, 0, partition, key, value, None)
+    for version, partition, key, value in data:
+        _record_crc(partition, key, value, version, None, b"", None)
     return (time.perf_counter() - started) / rows
 
 
+def log_entry(index: int, values: Sequence[bytes]) -> LogEntry:
+    return LogEntry(index, 1, values[index % len(values)])
+
+
 def build_recovery_file(directory: Path, keys: int, log_rows: int, values: Sequence[bytes]) -> Path:
-    """A closed SqliteStorage file: ``keys`` keys folded into the snapshot, then ``log_rows`` logged overwrites."""
+    """A closed SqliteStorage file: ``keys`` records, then ``log_rows`` log entries over the partitions."""
     path = directory / "recovery" / "kv.sqlite3"
     shutil.rmtree(path.parent, ignore_errors=True)
-    storage = SqliteStorage(path, "never", compact_after_writes=keys)
+    storage = SqliteStorage(path, "never")
     try:
-        # One sync of all the keys: the log reaches compact_after_writes, so the job folds them into the snapshot.
         for i in range(keys):
-            storage.put(i % PARTITIONS, key_name(i), values[i % len(values)])
+            storage.write(i % PARTITIONS, key_name(i), Record(values[i % len(values)], i // PARTITIONS + 1))
+        for partition in range(min(keys, PARTITIONS)):
+            storage.set_applied_index(partition, (keys - partition - 1) // PARTITIONS + 1)
         storage.sync()
         for n in range(log_rows):
-            i = (n * 7919) % keys  # spread over the keys, each at most once for log_rows < keys
-            storage.put(i % PARTITIONS, key_name(i), values[(i + 1) % len(values)])
+            storage.log(n % PARTITIONS).append([log_entry(n // PARTITIONS + 1, values)])
             if n % 1000 == 999:
                 storage.sync()
     finally:
         storage.close()
     conn = sqlite3.connect(path)
     try:
-        snapshot = conn.execute("SELECT count(*) FROM snapshot").fetchone()[0]
-        logged = conn.execute("SELECT count(*) FROM log").fetchone()[0]
+        records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+        entries = conn.execute("SELECT count(*) FROM log_entries").fetchone()[0]
     finally:
         conn.close()
-    if (snapshot, logged) != (keys, log_rows):
-        raise BenchError(f"recovery file holds {snapshot} snapshot and {logged} log rows, not {keys} and {log_rows}")
+    if (records, entries) != (keys, log_rows):
+        raise BenchError(f"recovery file holds {records} records and {entries} log entries, not {keys} and {log_rows}")
     return path
 
 
@@ -271,7 +294,7 @@ def measure_open(path: Path, expected_keys: int) -> float:
     """Seconds to open (recover) the SqliteStorage at ``path``; closing is not timed."""
     gc.collect()
     started = time.perf_counter()
-    storage = SqliteStorage(path, "always", COMPACT_AFTER_WRITES)
+    storage = SqliteStorage(path, "always")
     elapsed = time.perf_counter() - started
     try:
         if storage.key_count() != expected_keys:
@@ -282,12 +305,12 @@ def measure_open(path: Path, expected_keys: int) -> float:
 
 
 def measure_plain_read(path: Path) -> float:
-    """Seconds for a plain sqlite3 connection to fetch every row of the snapshot and log tables."""
+    """Seconds for a plain sqlite3 connection to fetch every row of the records and log_entries tables."""
     gc.collect()
     started = time.perf_counter()
     conn = sqlite3.connect(path)
     try:
-        for table in ("snapshot", "log"):
+        for table in ("records", "log_entries"):
             for _row in conn.execute(f"SELECT * FROM {table}"):
                 pass
     finally:
@@ -309,6 +332,44 @@ def measure_quick_check(path: Path) -> float:
     return elapsed
 
 
+def measure_log_appends(directory: Path, group: int, appends: int, values: Sequence[bytes]) -> WriteSample:
+    """A fresh SqliteStorage (fsync=always); ``appends`` one-entry appends over ``LOG_PARTITIONS`` partitions'
+    logs, a ``sync()`` after every ``group`` of them."""
+    if appends % group:
+        raise ValueError(f"appends ({appends}) must be a multiple of the group size ({group})")
+    data_dir = _fresh_dir(directory, f"log-{group}")
+    storage = SqliteStorage(data_dir / "kv.sqlite3", "always")
+    logs = [storage.log(p) for p in range(LOG_PARTITIONS)]
+    entries = [log_entry(n // LOG_PARTITIONS + 1, values) for n in range((WARMUP_GROUPS * group) + appends)]
+    try:
+        warmup = WARMUP_GROUPS * group
+        for n in range(warmup):
+            logs[n % LOG_PARTITIONS].append([entries[n]])
+        storage.sync()
+        sync = storage.sync
+        clock = time.perf_counter
+        append_s = sync_s = 0.0
+        gc.collect()
+        for start in range(warmup, warmup + appends, group):
+            t0 = clock()
+            for n in range(start, start + group):
+                logs[n % LOG_PARTITIONS].append([entries[n]])
+            t1 = clock()
+            sync()
+            t2 = clock()
+            append_s += t1 - t0
+            sync_s += t2 - t1
+        if storage.synced_lsn != storage.written_lsn:
+            raise BenchError(f"log {group}: synced LSN {storage.synced_lsn} < {storage.written_lsn}")
+        if any(log.synced_through() != log.bounds().last_index for log in logs):
+            raise BenchError(f"log {group}: a log is not synced through its last entry")
+    finally:
+        storage.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    elapsed = append_s + sync_s
+    return WriteSample(appends, appends / elapsed, appends / group / elapsed, append_s, sync_s)
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -325,6 +386,10 @@ def run_once(work_dir: Path, sizes: Sizes, run: int, values: Sequence[bytes], re
     reverse = run % 2 == 1
     durable: Steps = [("raw_fsync", partial(measure_raw_fsync, work_dir, sizes.raw_fsyncs))]
     cpu: Steps = []
+    log_store: Steps = [
+        (f"log_{group}", partial(measure_log_appends, work_dir, group, sizes.log_appends[group], values))
+        for group in LOG_GROUPS
+    ]
     for group in GROUPS:
         n, m = sizes.durable_writes[group], sizes.cpu_writes[group]
         durable += [
@@ -345,6 +410,7 @@ def run_once(work_dir: Path, sizes: Sizes, run: int, values: Sequence[bytes], re
         "durable": _in_order(durable, reverse),
         "cpu": _in_order(cpu, reverse),
         "recovery": _in_order(recovery, reverse),
+        "log": _in_order(log_store, reverse),
     }
 
 
@@ -399,7 +465,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs_plain_read_s": reads,
         "open_over_plain_read": _ratio([o / p for o, p in zip(opens, reads, strict=True)]),
     }
-    return {"durable": durable, "cpu": cpu, "recovery": recovery}
+    log_store: dict[str, Any] = {}
+    for group in LOG_GROUPS:
+        samples = [r["log"][f"log_{group}"] for r in runs]
+        appends = [s.writes_per_s for s in samples]
+        syncs = [s.syncs_per_s for s in samples]
+        log_store[f"group_{group}"] = {
+            "group": group,
+            "appends_per_s": _median(appends),
+            "syncs_per_s": _median(syncs),
+            "sync_us_per_append": _median([s.sync_s / s.writes for s in samples]) * 1e6,
+            "runs_appends_per_s": appends,
+            "syncs_over_raw_fsync": _ratio([s / f for s, f in zip(syncs, raw_fsync, strict=True)]),
+        }
+    return {"durable": durable, "cpu": cpu, "recovery": recovery, "log": log_store}
 
 
 def _rounded(value: Any) -> Any:
@@ -430,13 +509,12 @@ def _per_run(values: Sequence[float], fmt: str) -> str:
 
 def render(report: dict[str, Any]) -> str:
     m, s = report["machine"], report["sizes"]
-    d, c, r = report["durable"], report["cpu"], report["recovery"]
+    d, c, r, lg = report["durable"], report["cpu"], report["recovery"], report["log"]
     lines = [
         f"bench/storage.py: median of {report['runs']} run(s){' (quick)' if report['quick'] else ''}, "
         f"{m['cpu_count']} CPUs, Python {m['python']}, SQLite {m['sqlite']}; data in {report['data_dir']} "
         f"({report['data_filesystem']})",
-        f"{KEY_BYTES}-byte keys over {KEY_SPACE} keys, {VALUE_BYTES}-byte values, compaction every "
-        f"{COMPACT_AFTER_WRITES} writes",
+        f"{KEY_BYTES}-byte keys over {KEY_SPACE} keys in {PARTITIONS} partitions, {VALUE_BYTES}-byte values",
         "",
         f"1. Durable writes, fsync=always (raw fsync ceiling: {d['raw_fsyncs_per_s']:,.0f} syncs/s of 4 KiB "
         f"write+fdatasync; per run {_per_run(d['runs_raw_fsyncs_per_s'], ',.0f')})",
@@ -454,7 +532,7 @@ def render(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"2. CPU cost, fsync=never (synchronous=OFF); CRC-32 of one log row alone: {c['checksum_us_per_row']:.2f} µs",
+        f"2. CPU cost, fsync=never (synchronous=OFF); CRC-32 of one record row: {c['checksum_us_per_row']:.2f} µs",
         f"{'writes/sync':>11} {'writes':>7} {'writes/s':>9} {'raw SQLite rows/s':>18} {'writes/raw SQLite':>18}"
         f" {'put share':>10} {'sync µs/write':>14}",
     ]
@@ -468,12 +546,24 @@ def render(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"3. Recovery of {s['recovery_keys']:,} snapshot keys + {s['recovery_log_rows']:,} log rows "
+        f"3. Recovery of {s['recovery_keys']:,} records + {s['recovery_log_rows']:,} log entries "
         f"(file {report['recovery_file_bytes'] / 1e6:.1f} MB, in the page cache)",
         f"  open (recover) {r['open_s']:.3f} s, plain SELECT of both tables {r['plain_read_s']:.3f} s: "
         f"{r['open_over_plain_read']['ratio']:.2f}x (per run "
         f"{_per_run(r['open_over_plain_read']['runs_ratio'], '.2f')}); quick_check alone {r['quick_check_s']:.3f} s",
+        "",
+        f"4. Log store, fsync=always: {VALUE_BYTES}-byte entries appended over {LOG_PARTITIONS} partitions, one sync "
+        f"per group (raw fsync ceiling: {d['raw_fsyncs_per_s']:,.0f} syncs/s)",
+        f"{'appends/sync':>12} {'appends':>8} {'appends/s':>10} {'syncs/s':>8} {'syncs/raw fsync':>16}"
+        f" {'sync µs/append':>15}",
     ]
+    for group in LOG_GROUPS:
+        g = lg[f"group_{group}"]
+        lines.append(
+            f"{group:>12} {s['log_appends'][str(group)]:>8} {g['appends_per_s']:>10,.0f} {g['syncs_per_s']:>8,.0f} "
+            f"{g['syncs_over_raw_fsync']['ratio']:>15.2f}x {g['sync_us_per_append']:>15.1f}"
+            f"   per run: {_per_run(g['syncs_over_raw_fsync']['runs_ratio'], '.2f')}"
+        )
     return "\n".join(lines)
 
 

@@ -42,14 +42,15 @@ def test_quick_core_functions_report_every_figure(bench: ModuleType, tmp_path: P
         checksum_rows=50,
         recovery_keys=300,
         recovery_log_rows=30,
+        log_appends={1: 4, 16: 32, 128: 256},
     )
     values = bench.make_values(16)
     recovery_file = bench.build_recovery_file(tmp_path, sizes.recovery_keys, sizes.recovery_log_rows, values)
     runs = [bench.run_once(tmp_path, sizes, run, values, recovery_file) for run in range(2)]
     summary = bench.summarize(runs)
 
-    assert set(summary) == {"durable", "cpu", "recovery"}
-    durable, cpu, recovery = summary["durable"], summary["cpu"], summary["recovery"]
+    assert set(summary) == {"durable", "cpu", "recovery", "log"}
+    durable, cpu, recovery, log = summary["durable"], summary["cpu"], summary["recovery"], summary["log"]
     assert set(durable) == {"raw_fsyncs_per_s", "runs_raw_fsyncs_per_s", "group_1", "group_100"}
     assert set(cpu) == {"checksum_us_per_row", "group_1", "group_100"}
     for group in ("group_1", "group_100"):
@@ -58,6 +59,10 @@ def test_quick_core_functions_report_every_figure(bench: ModuleType, tmp_path: P
             assert len(section[group]["storage_over_raw_sqlite"]["runs_ratio"]) == 2
         assert "syncs_over_raw_fsync" in durable[group]
     assert {"open_s", "plain_read_s", "quick_check_s", "open_over_plain_read"} <= set(recovery)
+    assert set(log) == {"group_1", "group_16", "group_128"}
+    for group in log.values():
+        assert {"appends_per_s", "syncs_per_s", "sync_us_per_append", "syncs_over_raw_fsync"} <= set(group)
+        assert len(group["syncs_over_raw_fsync"]["runs_ratio"]) == 2
     _positive_numbers(summary)
     # Only the recovery file is left behind: every measurement removes its own database.
     assert [p.name for p in tmp_path.iterdir()] == ["recovery"]

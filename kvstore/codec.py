@@ -21,7 +21,7 @@ decoded to the member), registered dataclasses, and ``object``, which means any 
 dataclass must be registered when ``register`` runs: define and register classes in dependency order.
 
 Protocol packages (``replication``, ``partitioning``, ``transactions``) may not import kvstore, so
-they do not call ``register`` themselves; ``kvstore.node`` registers their message classes with
+they do not call ``register`` themselves; ``kvstore.messages`` registers their message classes with
 ``register_all``.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import keyword
 import math
-import threading
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -127,7 +126,8 @@ def registered(name: str) -> type[Any] | None:
 # new Packer, with a 256 KiB buffer, for every call; once the heap was fragmented by a few thousand live
 # objects, those allocations made encoding a Forward 10x slower than decoding it (30 us against 3 us).
 # Levels past the chain get a fresh packer per message again, as every level once did: the bytes are
-# the same either way. Packers hold state mid-pack, so each thread has its own chain.
+# the same either way. Packers hold state mid-pack, so a chain serves one encode at a time: an encode takes
+# one from a free list (``list.pop`` and ``append`` are atomic, so threads never share one) and returns it.
 
 # Deeper than any real message (4 levels) or trace event (a tuple holding one): a fresh packer beyond.
 _CHAINED_LEVELS = 8
@@ -194,22 +194,24 @@ def _packer_chain() -> Callable[[object], bytes]:
     return pack
 
 
-_local = threading.local()
+# Chains not in use. Bounded: past this many, a returned chain is dropped.
+_free_chains: list[Callable[[object], bytes]] = []
+_MAX_FREE_CHAINS = 8
 
-# A packer keeps its buffer at the largest size it ever held. After a message bigger than this, the
-# thread's chain is dropped (a new one is built on the next call), so one large frame is not kept for
-# the thread's life; every message inside a frame is smaller than the frame, so this bounds every level.
+# A packer keeps its buffer at the largest size it ever held. A chain that packed a message bigger than
+# this is dropped rather than kept; every message inside a frame is smaller than the frame, so this
+# bounds every level.
 _MAX_RETAINED_BYTES = 1 << 20
 
 
 def encode(obj: object) -> bytes:
     try:
-        pack: Callable[[object], bytes] = _local.pack
-    except AttributeError:
-        pack = _local.pack = _packer_chain()
+        pack = _free_chains.pop()
+    except IndexError:
+        pack = _packer_chain()
     data = pack(obj)
-    if len(data) > _MAX_RETAINED_BYTES:
-        del _local.pack
+    if len(data) <= _MAX_RETAINED_BYTES and len(_free_chains) < _MAX_FREE_CHAINS:
+        _free_chains.append(pack)
     return data
 
 

@@ -73,7 +73,7 @@ def test_a_failed_encode_leaves_no_bytes_behind() -> None:
             assert encode(value) == reference(value)
 
 
-def test_threads_encode_with_their_own_packers() -> None:
+def test_threads_never_share_a_chain() -> None:
     messages = [Message("n1", "n2", i, Forward(i, i, i, PutOp(f"k{i}", bytes(i % 256)))) for i in range(300)]
     expected = [reference(m) for m in messages]
     results: dict[int, list[bytes]] = {}
@@ -98,9 +98,18 @@ def test_threads_encode_with_their_own_packers() -> None:
 
 def test_a_large_message_does_not_keep_its_buffers() -> None:
     encode(GetOp("k"))
-    chain = codec._local.pack
+    free_before = list(codec._free_chains)
+    assert free_before  # the chain that encoded GetOp was returned
     big = Message("n1", "n2", 0, PutOp("k", bytes(codec._MAX_RETAINED_BYTES)))
     assert decode(encode(big)) == big
-    assert not hasattr(codec._local, "pack")  # dropped with its grown buffers
+    # The chain that packed the big message took one from the free list and was dropped with its grown buffers.
+    assert len(codec._free_chains) == len(free_before) - 1
+    assert all(chain in free_before for chain in codec._free_chains)
     assert encode(GetOp("k")) == reference(GetOp("k"))
-    assert codec._local.pack is not chain
+
+
+def test_free_chains_stay_bounded() -> None:
+    chains = [codec._packer_chain() for _ in range(2 * codec._MAX_FREE_CHAINS)]
+    codec._free_chains.extend(chains[: codec._MAX_FREE_CHAINS - len(codec._free_chains)])
+    encode(GetOp("k"))
+    assert len(codec._free_chains) <= codec._MAX_FREE_CHAINS

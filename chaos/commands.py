@@ -21,7 +21,9 @@ from chaos.nemesis import NemesisConfig
 from chaos.report import write_report
 from chaos.scenario import ClusterSpec, Scenario, WorkloadSpec
 from kvstore.config import FSYNC_POLICIES
+from kvstore.sim.cluster import CRASH_KINDS
 from kvstore.sim.events import SimulationError
+from kvstore.storage.simulated import CrashKind
 
 if TYPE_CHECKING:
     from chaos.run_sim import RunResult
@@ -183,9 +185,14 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", type=int, default=1000, help="client operations to run (default 1000)")
     parser.add_argument("--crashes", action="store_true", help="crash and restart random nodes during the run")
     parser.add_argument("--fsync", choices=FSYNC_POLICIES, default="always", help="storage fsync policy")
+    parser.add_argument("--crash-kind", choices=CRASH_KINDS, default="process",
+                        help="with --crashes: a process crash (the OS keeps what was written out) or a power loss "
+                             "(only what was fsynced survives); default process")
 
 
-def sim_scenario(nodes: int, ops: int, crashes: bool = False, fsync: str = "always") -> Scenario:
+def sim_scenario(
+    nodes: int, ops: int, crashes: bool = False, fsync: str = "always", crash_kind: CrashKind = "process"
+) -> Scenario:
     """What `kvstore sim` runs: a register workload of ``ops`` ops, with a crash every 600 ms if ``crashes``."""
     return Scenario(
         name="kvstore-sim",
@@ -193,14 +200,20 @@ def sim_scenario(nodes: int, ops: int, crashes: bool = False, fsync: str = "alwa
         quiet_ms=500,
         cluster=ClusterSpec(nodes=nodes, fsync=fsync),
         workload=WorkloadSpec(concurrency=5, think_ms=10, options={"keys": SIM_KEYS}, ops=ops),
-        nemesis=NemesisConfig(faults=("crash",) if crashes else (), interval_ms=300, start_after_ms=100),
+        nemesis=NemesisConfig(
+            faults=("crash",) if crashes else (), interval_ms=300, start_after_ms=100, crash_kind=crash_kind
+        ),
     )
 
 
-def sim_replay_command(seed: int, nodes: int, ops: int, crashes: bool = False, fsync: str = "always") -> str:
+def sim_replay_command(
+    seed: int, nodes: int, ops: int, crashes: bool = False, fsync: str = "always", crash_kind: str = "process"
+) -> str:
     command = f"kvstore sim --seed {seed} --nodes {nodes} --ops {ops}"
     if crashes:
         command += " --crashes"
+        if crash_kind != "process":
+            command += f" --crash-kind {crash_kind}"
     if fsync != "always":
         command += f" --fsync {fsync}"
     return command
@@ -215,7 +228,7 @@ def format_sim_summary(result: RunResult) -> str:
         counts.setdefault(f, {})[kind] = n
     lines = [
         f"kvstore sim: seed={result.seed} nodes={s.cluster.nodes} ops={s.workload.ops} fsync={s.cluster.fsync} "
-        f"crashes={'yes' if s.nemesis.faults else 'no'}",
+        f"crashes={s.nemesis.crash_kind if s.nemesis.faults else 'no'}",
         f"virtual time: {stats['virtual_ms']} ms; events: {stats['events']}",
         f"messages delivered: {stats['messages_delivered']}; syncs: {stats['syncs']}; "
         f"node crashes: {stats['crashes']}",
@@ -247,9 +260,10 @@ def run_sim_command(args: argparse.Namespace, out: TextIO | None = None, err: Te
     from chaos.run_sim import run_in_sim
 
     out, err = out or sys.stdout, err or sys.stderr
-    replay = sim_replay_command(args.seed, args.nodes, args.ops, args.crashes, args.fsync)
+    replay = sim_replay_command(args.seed, args.nodes, args.ops, args.crashes, args.fsync, args.crash_kind)
     try:
-        result = run_in_sim(sim_scenario(args.nodes, args.ops, args.crashes, args.fsync), args.seed)
+        scenario = sim_scenario(args.nodes, args.ops, args.crashes, args.fsync, args.crash_kind)
+        result = run_in_sim(scenario, args.seed)
     except SimulationError as exc:
         print(f"kvstore sim: {exc}\nseed={args.seed}; replay with: {replay}", file=err)
         return EXIT_INVALID

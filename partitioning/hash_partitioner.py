@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import hashlib
 
+# Bound once: the node hashes a key for every op.
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
+
 
 def key_hash(key: str) -> int:
     """A 64-bit hash of ``key`` that is the same in every process and on every machine."""
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+    return _from_bytes(_blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def partition_for_key(key: str, partitions: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from partitioning.hash_partitioner import partition_for_key
+from partitioning.hash_partitioner import key_hash
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class PartitionMap:
         return len(self.replicas)
 
     def partition_for_key(self, key: str) -> int:
-        return partition_for_key(key, len(self.replicas))
+        # hash_partitioner.partition_for_key inlined (a map always has a partition): one call per op less.
+        return key_hash(key) % len(self.replicas)
 
     def owner(self, partition: int) -> str:
         return self.replicas[partition][0]
@@ -53,7 +54,5 @@ class PartitionMap:
         if not 1 <= replication_factor <= len(node_ids):
             raise ValueError(f"replication factor {replication_factor} needs 1..{len(node_ids)} nodes")
         n = len(node_ids)
-        replicas = tuple(
-            tuple(node_ids[(p + i) % n] for i in range(replication_factor)) for p in range(partitions)
-        )
+        replicas = tuple(tuple(node_ids[(p + i) % n] for i in range(replication_factor)) for p in range(partitions))
         return PartitionMap(epoch=1, replicas=replicas)

@@ -260,18 +260,18 @@ class PartitionLogState:
             storage._unsynced.append(HardStateWritten(lsn, self._partition, value))
 
     def _set_applied_index(self, index: int) -> None:
-        _check_index("applied index", index)
-        if index < self._applied_index:
-            raise ValueError(
-                f"partition {self._partition}: applied index cannot go back from {self._applied_index} to {index}"
-            )
-        if index == self._applied_index:
+        if type(index) is not int:  # _check_index inlined: every write comes here
+            _check_index("applied index", index)
+        applied = self._applied_index
+        if index <= applied:
+            if index < applied:
+                raise ValueError(f"partition {self._partition}: applied index cannot go back from {applied} to {index}")
             return
         self._applied_index = index
         storage = self._storage
-        lsn = storage._next_lsn()
+        storage._lsn += 1
         if storage._unsynced is not None:
-            storage._unsynced.append(AppliedIndexWritten(lsn, self._partition, index))
+            storage._unsynced.append(AppliedIndexWritten(storage._lsn, self._partition, index))
 
     # ------------------------------------------------------------ internals
 
@@ -440,7 +440,10 @@ class MemoryStorage:
         return log
 
     def set_applied_index(self, partition: int, index: int) -> None:
-        self.log(partition)._set_applied_index(index)
+        # Every write calls this: the log looked up directly (log() checks the partition's type, as it must
+        # before a lookup that could otherwise take True for 1; an int finds no log that way).
+        log = self._logs.get(partition) if type(partition) is int else None
+        (self.log(partition) if log is None else log)._set_applied_index(index)
 
     # ------------------------------------------------------------ node-level metadata
 

@@ -81,6 +81,7 @@ from replication.replica import (
     PeerUnreachable,
     Recovered,
     Redirect,
+    ReplicaEffect,
     ReplicaInput,
     ReplicaStarted,
     SendTo,
@@ -102,7 +103,7 @@ _SYNCED = ReplicaSynced()
 # ---------------------------------------------------------------- who is waiting for a token
 
 
-@dataclass
+@dataclass(slots=True)
 class _ToClient:
     request_id: int
 
@@ -120,6 +121,8 @@ class Node:
         self.storage = storage
         self._rng = rng
         self._limits = config.limits
+        # The in-flight table's bound, less the partition count (the map may change): checked after every step.
+        self._waiting_slack = config.limits.max_inflight + config.limits.max_batch_keys
         self._request_timeout_ms = config.timeouts.request_timeout_ms
         # Under "always" a client is told only what survives a crash, so every Send and Reply waits for a sync.
         self._always_durable = config.storage.fsync == "always"
@@ -170,8 +173,11 @@ class Node:
 
     def step(self, now_ms: int, inp: Input) -> list[Effect]:
         self._now_ms = now_ms
-        self._expiry_clock_ms = max(self._expiry_clock_ms, now_ms)
-        self._effects = []
+        if now_ms > self._expiry_clock_ms:
+            self._expiry_clock_ms = now_ms
+        # Every handler appends to self._effects; only a step does, so the list needs no reset after it.
+        effects: list[Effect] = []
+        self._effects = effects
         if isinstance(inp, ClientRequest):
             self._on_client_request(inp)
         elif isinstance(inp, Message):
@@ -187,10 +193,9 @@ class Node:
             self._on_started()
         else:
             raise TypeError(f"not a node input: {inp!r}")
-        assert len(self._waiting) <= self._limits.max_inflight + self._limits.max_batch_keys + len(
-            self.partition_map.replicas
-        ), "in-flight table exceeded its bound"
-        effects, self._effects = self._effects, []
+        assert len(self._waiting) <= self._waiting_slack + len(self.partition_map.replicas), (
+            "in-flight table exceeded its bound"
+        )
         return effects
 
     # ------------------------------------------------------------ inputs
@@ -273,14 +278,20 @@ class Node:
             self._deliver(target, Failure.of(ErrorCode.BAD_REQUEST, f"unknown operation {type(op).__name__}"))
 
     def _start_key_op(self, op: KeyOp, waiter: _Waiter) -> None:
-        partition = self.partition_map.partition_for_key(op.key)
-        token = self._wait(waiter)
-        if partition not in self.replicas:
-            self._forward(token, self.partition_map.owner(partition), partition, op)
+        # The hot path of every GET and PUT: _wait inlined, one lookup finds the replica.
+        partition_map = self.partition_map
+        partition = partition_map.partition_for_key(op.key)
+        token = self._next_token
+        self._next_token = token + 1
+        self._waiting[token] = waiter
+        replica = self.replicas.get(partition)
+        if replica is None:
+            self._forward(token, partition_map.owner(partition), partition, op)
             return
-        self._calls[token] = (partition, op)
-        self._run_replica(partition, ClientCall(token, op))
-        if token in self._calls:
+        calls = self._calls
+        calls[token] = (partition, op)
+        self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, op)))
+        if token in calls:
             # Not answered in this step: it waits, and nothing waits forever.
             self._timed_calls.add(token)
             self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
@@ -304,7 +315,10 @@ class Node:
     # ------------------------------------------------------------ replicas
 
     def _run_replica(self, partition: int, inp: ReplicaInput) -> None:
-        for effect in self.replicas[partition].step(self._expiry_clock_ms, inp):
+        self._take_effects(partition, self.replicas[partition].step(self._expiry_clock_ms, inp))
+
+    def _take_effects(self, partition: int, effects: list[ReplicaEffect]) -> None:
+        for effect in effects:
             if isinstance(effect, Answer):
                 self._on_answer(effect)
             elif isinstance(effect, SendTo):
@@ -322,14 +336,16 @@ class Node:
         call = self._calls.pop(token, None)
         if call is None:
             return  # timed out already (or never asked): whoever waited has had its answer
-        if token in self._timed_calls:
-            self._timed_calls.remove(token)
+        timed_calls = self._timed_calls
+        if timed_calls and token in timed_calls:
+            timed_calls.remove(token)
             self._effects.append(CancelTimer(CALL_TIMER_PREFIX + str(token)))
         result = answer.result
         if isinstance(result, Redirect):
             self._redirected(token, call, result)
         else:
-            self._complete(token, cast(Result, result), answer.durable)
+            # Not typing.cast: a call per op. The replica's results are the state machine's, i.e. Results.
+            self._complete(token, result, answer.durable)  # type: ignore[arg-type]
 
     def _redirected(self, token: int, call: tuple[int, KeyOp], redirect: Redirect) -> None:
         waiter = self._waiting.get(token)
@@ -391,7 +407,9 @@ class Node:
         waiter = self._waiting.pop(token, None)
         if waiter is None:
             return
-        if isinstance(waiter, GatherPart):
+        if type(waiter) is _ToClient:  # the common case, _deliver inlined
+            self._effects.append(Reply(waiter.request_id, result, durable or self._always_durable))
+        elif isinstance(waiter, GatherPart):
             final = waiter.add(result, durable)
             if final is not None:
                 self._deliver(waiter.gather.target, final, waiter.gather.durable)

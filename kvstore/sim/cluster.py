@@ -25,6 +25,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from heapq import heappop
 
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, FaultPolicy, NoFaults, Reply, Send, SetTimer
@@ -45,7 +46,7 @@ from kvstore.messages import (
 from kvstore.node import Node
 from kvstore.sim.events import EventQueue, SimulationError
 from kvstore.sim.host import NodeHost, Outbound
-from kvstore.sim.network import Latency, SimNetwork
+from kvstore.sim.network import Latency, SimNetwork, Transmission
 from kvstore.sim.trace import Trace
 from kvstore.storage.base import SyncJob
 from kvstore.storage.simulated import CrashKind, SimStorage
@@ -56,64 +57,27 @@ ResultCallback = Callable[[int, Result], None]
 CRASH_KINDS: tuple[CrashKind, ...] = ("process", "power")
 
 # ---------------------------------------------------------------- heap events
+#
+# Each event on the heap is a bound handler and two arguments (kvstore/sim/events.py): a message copy
+# arriving (``_on_deliver(host, transmission)``), a node timer (``_on_timer(host, (key, generation,
+# due_ms))``), a client request reaching its node (``_on_client_call(host, request_id)``), a sync done
+# (``_on_sync_done(host, job)``), a flush tick (``_on_flush_tick(host, life)``), a refused message back at
+# its sender (``_on_refused(host, (msg, life))``), the disks' writeback, and a scheduled action.
 
 
-@dataclass(frozen=True)
-class _Deliver:
-    msg: Message
-    wire: bytes
-
-
-@dataclass(frozen=True)
-class _Timer:
-    key: str
-    generation: int
-    # When the timer is due in the node's clock; a skewed clock may need the entry pushed later.
-    due_ms: int
-
-
-@dataclass(frozen=True)
-class _ClientCall:
-    request_id: int
-    op: ClientOp
-
-
-@dataclass(frozen=True)
-class _SyncDone:
-    job: SyncJob
-    life: int
-
-
-@dataclass(frozen=True)
-class _FlushTick:
-    life: int
-
-
-@dataclass(frozen=True)
-class _Refused:
-    """A message whose destination was down when it was sent, reported back to its sender."""
-
-    msg: Message
-    life: int
-
-
-@dataclass(frozen=True)
-class _Writeback:
-    """The kernel's periodic flush of dirty pages, on every disk."""
-
-
-@dataclass(frozen=True)
-class _Action:
-    fn: Callable[[], None]
-
-
-_Event = _Deliver | _Timer | _ClientCall | _SyncDone | _FlushTick | _Refused | _Writeback | _Action
-
-
-@dataclass(frozen=True)
 class _Pending:
-    node_id: str
-    on_result: ResultCallback | None
+    """An open client request: the node it went to, who wants the result, and the op."""
+
+    __slots__ = ("node_id", "on_result", "op")
+
+    def __init__(self, node_id: str, on_result: ResultCallback | None, op: ClientOp) -> None:
+        self.node_id = node_id
+        self.on_result = on_result
+        self.op = op
+
+
+def _run_action(action: Callable[[], None], _unused: object) -> None:
+    action()
 
 
 @dataclass
@@ -158,8 +122,9 @@ class SimCluster:
         self._faults: FaultPolicy = fault_policy if fault_policy is not None else NoFaults()
         self.network = SimNetwork(self.child_rng(), self._faults, latency, link_latency)
         self.trace = Trace(trace_keep_last)
+        self._record = self.trace.record
         self.stats = SimStats()
-        self._queue: EventQueue[_Event] = EventQueue(max_heap_entries)
+        self._queue = EventQueue(max_heap_entries)
         self._max_events_per_run = max_events_per_run
         self._max_open_requests = max_open_requests
         # Held effects come from open requests, so a multiple of the in-flight limit is a sanity bound.
@@ -175,7 +140,8 @@ class SimCluster:
         self._running = False
         storage = config.storage
         self.trace.record(("cluster", seed, config.node_ids, config.partitions, storage.fsync, fsync_latency_ms))
-        self._queue.push(DISK_WRITEBACK_INTERVAL_MS, "", _Writeback())
+        self._clock_offset_ms = self._faults.clock_offset_ms
+        self._queue.push(DISK_WRITEBACK_INTERVAL_MS, self._on_writeback)
         for node_id in config.node_ids:
             self._boot(self._hosts[node_id], "start")
 
@@ -198,7 +164,8 @@ class SimCluster:
         return self._host(node_id).live_storage()
 
     def node_clock_ms(self, node_id: str) -> int:
-        return self.now_ms + self._faults.clock_offset_ms(node_id, self.now_ms)
+        now_ms = self._queue.now_ms
+        return now_ms + self._clock_offset_ms(node_id, now_ms)
 
     def trace_hash(self) -> str:
         return self.trace.hash_hex()
@@ -227,7 +194,7 @@ class SimCluster:
             raise ValueError(f"{node_id} is already down")
         host.crash(kind)
         self.stats.crashes += 1
-        self.trace.record(("crash", self.now_ms, node_id, kind))
+        self._record(("crash", self._queue.now_ms, node_id, kind))
         # The client's connection breaks: whatever the node did with the request is unknown.
         lost = Failure.of(ErrorCode.TIMEOUT, f"{node_id} crashed before answering; the op may have happened")
         for request_id in [rid for rid, p in self._pending.items() if p.node_id == node_id]:
@@ -248,10 +215,10 @@ class SimCluster:
         request_id = self._next_request_id
         self._next_request_id += 1
         self.stats.requests += 1
-        self.trace.record(("submit", self.now_ms, node_id, request_id, op))
-        self._pending[request_id] = _Pending(node_id, on_result)
+        self._record(("submit", self._queue.now_ms, node_id, request_id, op))
+        self._pending[request_id] = _Pending(node_id, on_result, op)
         if host.up:
-            self._queue.push(self.now_ms, node_id, _ClientCall(request_id, op))
+            self._queue.push(self._queue.now_ms, self._on_client_call, host, request_id)
         else:
             self._finish(request_id, Failure.of(ErrorCode.UNAVAILABLE, f"{node_id} is down"))
             self._drain_callbacks_outside_run()
@@ -263,13 +230,13 @@ class SimCluster:
 
     def schedule(self, at_ms: int, action: Callable[[], None]) -> None:
         """Run ``action`` at ``at_ms`` (true time) from the event loop, in order with everything else."""
-        self._queue.push(at_ms, "", _Action(action))
+        self._queue.push(at_ms, _run_action, action)
 
     def request(self, node_id: str, op: ClientOp, limit_ms: int = 60_000) -> Result:
         """Submit ``op`` and run the simulation until its result arrives."""
         request_id = self.submit(node_id, op)
         if request_id not in self._results:
-            self._run(self.now_ms + limit_ms, stop=lambda: request_id in self._results)
+            self._run(self._queue.now_ms + limit_ms, stop=lambda: request_id in self._results)
         result = self._results.pop(request_id, None)
         if result is None:
             raise SimulationError(f"seed={self.seed}: no result for {op!r} on {node_id} within {limit_ms} ms")
@@ -281,7 +248,7 @@ class SimCluster:
         self._run(at_ms, stop=None)
 
     def run_for(self, duration_ms: int) -> None:
-        self._run(self.now_ms + duration_ms, stop=None)
+        self._run(self._queue.now_ms + duration_ms, stop=None)
 
     def run_until_idle(self, limit_ms: int = 600_000) -> None:
         """Run until ``idle()``; fails if that takes more than ``limit_ms`` of virtual time."""
@@ -289,7 +256,7 @@ class SimCluster:
 
     def run_until_true(self, condition: Callable[[], bool], limit_ms: int, what: str = "done") -> None:
         """Run until ``condition()`` holds (checked between events); fails after ``limit_ms`` of virtual time."""
-        self._run(self.now_ms + limit_ms, stop=condition)
+        self._run(self._queue.now_ms + limit_ms, stop=condition)
         if not condition():
             raise SimulationError(
                 f"seed={self.seed}: not {what} after {limit_ms} ms ({len(self._pending)} requests open)"
@@ -303,62 +270,95 @@ class SimCluster:
             self._loop(until_ms, stop)
         except Exception as exc:
             tail = "\n  ".join(repr(e)[:300] for e in self.trace.last()[-10:])
-            raise SimulationError(f"seed={self.seed} at {self.now_ms} ms: {exc}\nlast events:\n  {tail}") from exc
+            now_ms = self._queue.now_ms
+            raise SimulationError(f"seed={self.seed} at {now_ms} ms: {exc}\nlast events:\n  {tail}") from exc
         finally:
             self._running = False
 
     def _loop(self, until_ms: int, stop: Callable[[], bool] | None) -> None:
+        # The hot loop: the heap popped here, not through EventQueue.pop, and the clock set in place.
+        queue = self._queue
+        heap = queue.heap
+        callbacks = self._callbacks
         budget = self._max_events_per_run
-        while True:
-            self._drain_callbacks()
-            if stop is not None and stop():
-                return
-            next_at_ms = self._queue.next_at_ms()
-            if next_at_ms is None or next_at_ms > until_ms:
-                break
-            if budget == 0:
-                raise SimulationError(f"more than {self._max_events_per_run} events in one run")
-            budget -= 1
-            self.stats.events += 1
-            target, event = self._queue.pop()
-            self._dispatch(target, event)
-        self._queue.advance_to(max(until_ms, self.now_ms))
+        ran = 0
+        try:
+            while True:
+                if callbacks:
+                    self._drain_callbacks()
+                if stop is not None and stop():
+                    return
+                if not heap or heap[0][0] > until_ms:
+                    break
+                if ran == budget:
+                    raise SimulationError(f"more than {self._max_events_per_run} events in one run")
+                ran += 1
+                at_ms, _, handler, a, b = heappop(heap)
+                queue.now_ms = at_ms
+                handler(a, b)
+        finally:
+            self.stats.events += ran
+        queue.advance_to(max(until_ms, queue.now_ms))
 
-    def _dispatch(self, target: str, event: _Event) -> None:
-        if isinstance(event, _Action):
-            event.fn()
+    # ------------------------------------------------------------ events
+
+    def _on_deliver(self, host: NodeHost, sent: Transmission) -> None:
+        self._in_flight_copies -= 1
+        now_ms = self._queue.now_ms
+        if host.node is None:
+            self.stats.lost_to_crash += 1
+            self._record(("lost", now_ms, host.node_id, sent.wire))
             return
-        if isinstance(event, _Writeback):
-            self._writeback()
-            return
-        host = self._hosts[target]
-        if isinstance(event, _Deliver):
-            self._in_flight_copies -= 1
-            if not host.up:
-                self.stats.lost_to_crash += 1
-                self.trace.record(("lost", self.now_ms, target, event.wire))
-                return
-            self.stats.delivered += 1
-            self.trace.record(("deliver", self.now_ms, target, self.node_clock_ms(target), event.wire))
-            self._step(host, event.msg)
-        elif isinstance(event, _Timer):
-            self._on_timer(host, event)
-        elif isinstance(event, _ClientCall):
-            if event.request_id in self._pending:  # else: it failed when the node crashed
-                self.trace.record(("request", self.now_ms, target, self.node_clock_ms(target), event.request_id))
-                self._step(host, ClientRequest(event.request_id, event.op))
-        elif isinstance(event, _SyncDone):
-            if event.life == host.life:  # else: the node crashed while syncing, which lost the job
-                self._complete_sync(host, event.job)
-        elif isinstance(event, _Refused):
-            self._in_flight_copies -= 1
-            if event.life == host.life:  # else: the sender crashed since, and its connection with it
-                self.stats.send_failed += 1
-                self.trace.record(("send-failed", self.now_ms, target, event.msg.dst))
-                self._step(host, SendFailed(event.msg))
-        elif event.life == host.life:
+        self.stats.delivered += 1
+        clock_ms = now_ms + self._clock_offset_ms(host.node_id, now_ms)
+        self._record(("deliver", now_ms, host.node_id, clock_ms, sent.wire))
+        self._step(host, sent.msg, clock_ms)
+
+    def _on_client_call(self, host: NodeHost, request_id: int) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return  # it failed when the node crashed
+        now_ms = self._queue.now_ms
+        clock_ms = now_ms + self._clock_offset_ms(host.node_id, now_ms)
+        self._record(("request", now_ms, host.node_id, clock_ms, request_id))
+        self._step(host, ClientRequest(request_id, pending.op), clock_ms)
+
+    def _on_sync_done(self, host: NodeHost, job: SyncJob) -> None:
+        # A crash drops the host's job, and a restart starts a new one: an older job was lost with its life.
+        if host.sync_job is job:
+            self._complete_sync(host, job)
+
+    def _on_refused(self, host: NodeHost, refused: tuple[Message, int]) -> None:
+        self._in_flight_copies -= 1
+        msg, life = refused
+        if life == host.life:  # else: the sender crashed since, and its connection with it
+            self.stats.send_failed += 1
+            now_ms = self._queue.now_ms
+            self._record(("send-failed", now_ms, host.node_id, msg.dst))
+            self._step(host, SendFailed(msg), now_ms + self._clock_offset_ms(host.node_id, now_ms))
+
+    def _on_flush_tick(self, host: NodeHost, life: int) -> None:
+        if life == host.life:
             self._start_sync(host)
             self._schedule_flush_tick(host)
+
+    def _on_timer(self, host: NodeHost, timer: tuple[str, int, int]) -> None:
+        key, generation, due_ms = timer
+        if host.timers.get(key) != generation:
+            return  # moved or cancelled since (or the node crashed)
+        now_ms = self._queue.now_ms
+        node_now_ms = now_ms + self._clock_offset_ms(host.node_id, now_ms)
+        if node_now_ms < due_ms:
+            # The node's clock was set back since the timer was scheduled: it is not due yet there.
+            self._queue.push(now_ms + due_ms - node_now_ms, self._on_timer, host, timer)
+            return
+        del host.timers[key]
+        self.stats.timers_fired += 1
+        self._record(("timer", now_ms, host.node_id, node_now_ms, key))
+        self._step(host, TimerFired(key), node_now_ms)
+
+    def _on_writeback(self, _a: None, _b: None) -> None:
+        self._writeback()
 
     # ------------------------------------------------------------ stepping a node
 
@@ -367,46 +367,38 @@ class SimCluster:
             raise ValueError(f"{host.node_id} is already up")
         storage = SimStorage(host.disk)
         host.boot(Node(host.node_id, self.config, storage, self.child_rng()), storage)
-        self.trace.record((how, self.now_ms, host.node_id, storage.written_lsn))
+        self._record((how, self._queue.now_ms, host.node_id, storage.written_lsn))
         if self._flush.interval_ms is not None:
             self._schedule_flush_tick(host)
-        self._step(host, Started())
+        self._step(host, Started(), self.node_clock_ms(host.node_id))
 
-    def _on_timer(self, host: NodeHost, timer: _Timer) -> None:
-        if host.timers.get(timer.key) != timer.generation:
-            return  # moved or cancelled since (or the node crashed)
-        node_now_ms = self.node_clock_ms(host.node_id)
-        if node_now_ms < timer.due_ms:
-            # The node's clock was set back since the timer was scheduled: it is not due yet there.
-            self._queue.push(self.now_ms + timer.due_ms - node_now_ms, host.node_id, timer)
-            return
-        del host.timers[timer.key]
-        self.stats.timers_fired += 1
-        self.trace.record(("timer", self.now_ms, host.node_id, node_now_ms, timer.key))
-        self._step(host, TimerFired(timer.key))
-
-    def _step(self, host: NodeHost, inp: Input) -> None:
-        effects = host.live_node().step(self.node_clock_ms(host.node_id), inp)
-        written_lsn = host.live_storage().written_lsn
-        pending_writes = host.pending_writes()
+    def _step(self, host: NodeHost, inp: Input, clock_ms: int) -> None:
+        """Step ``host``'s node with ``inp`` at ``clock_ms`` (its clock now) and carry out the effects."""
+        node, storage = host.node, host.storage
+        if node is None or storage is None:
+            raise SimulationError(f"{host.node_id} is down")
+        effects = node.step(clock_ms, inp)
+        written_lsn = storage.written_lsn
+        pending_writes = written_lsn - storage.synced_lsn
         for effect in effects:
-            if isinstance(effect, (Send, Reply)):
-                if effect.durable and pending_writes > 0:
-                    host.hold(written_lsn, effect)
+            cls = type(effect)
+            if cls is Send or cls is Reply or isinstance(effect, (Send, Reply)):
+                if effect.durable and pending_writes > 0:  # type: ignore[union-attr]
+                    host.hold(written_lsn, effect)  # type: ignore[arg-type]
                 else:
-                    self._execute(host, effect)
+                    self._execute(host, effect)  # type: ignore[arg-type]
             else:
-                self._apply_timer_effect(host, effect)
-        if self._flush.sync_now(pending_writes, durable_waiting=host.held_count > 0):
+                self._apply_timer_effect(host, effect, clock_ms)
+        if pending_writes > 0 and self._flush.sync_now(pending_writes, durable_waiting=host.held_count > 0):
             self._start_sync(host)
 
-    def _apply_timer_effect(self, host: NodeHost, effect: Effect) -> None:
+    def _apply_timer_effect(self, host: NodeHost, effect: Effect, clock_ms: int) -> None:
         if isinstance(effect, SetTimer):
             generation = self._next_timer_generation
             self._next_timer_generation += 1
             host.timers[effect.key] = generation
-            wait_ms = max(0, effect.at_ms - self.node_clock_ms(host.node_id))
-            self._queue.push(self.now_ms + wait_ms, host.node_id, _Timer(effect.key, generation, effect.at_ms))
+            wait_ms = max(0, effect.at_ms - clock_ms)
+            self._queue.push(self._queue.now_ms + wait_ms, self._on_timer, host, (effect.key, generation, effect.at_ms))
         elif isinstance(effect, CancelTimer):
             host.timers.pop(effect.key, None)
         else:
@@ -424,18 +416,21 @@ class SimCluster:
     def _send(self, host: NodeHost, msg: Message) -> None:
         if msg.src != host.node_id or msg.dst not in self._hosts:
             raise SimulationError(f"{host.node_id} sent a message from {msg.src!r} to {msg.dst!r}")
-        sent = self.network.transmit(self.now_ms, msg)
-        self.trace.record(("send", self.now_ms, msg.src, msg.dst, sent.arrivals_ms))
-        if not self._hosts[msg.dst].up:
+        now_ms = self._queue.now_ms
+        sent = self.network.transmit(now_ms, msg)
+        self._record(("send", now_ms, msg.src, msg.dst, sent.arrivals_ms))
+        dst = self._hosts[msg.dst]
+        if dst.node is None:
             # Nothing listens there: each copy is refused when it would have arrived, and the sender
             # learns it once the last one is (the server's transport reports only when no copy can land).
             # A message the fault policy dropped is never reported, as on a real network.
             if sent.arrivals_ms:
-                self._queue.push(max(sent.arrivals_ms), msg.src, _Refused(sent.msg, host.life))
+                self._queue.push(max(sent.arrivals_ms), self._on_refused, host, (sent.msg, host.life))
                 self._in_flight_copies += 1
             return
+        push, on_deliver = self._queue.push, self._on_deliver
         for arrival_ms in sent.arrivals_ms:
-            self._queue.push(arrival_ms, msg.dst, _Deliver(sent.msg, sent.wire))
+            push(arrival_ms, on_deliver, dst, sent)
         self._in_flight_copies += len(sent.arrivals_ms)
 
     # ------------------------------------------------------------ syncing
@@ -449,7 +444,7 @@ class SimCluster:
         host.sync_job = job
         # A write-out to the OS (fsync = "never") costs no device time.
         latency_ms = self.fsync_latency_ms if self._flush.fsync else 0
-        self._queue.push(self.now_ms + latency_ms, host.node_id, _SyncDone(job, host.life))
+        self._queue.push(self._queue.now_ms + latency_ms, self._on_sync_done, host, job)
 
     def _complete_sync(self, host: NodeHost, job: SyncJob) -> None:
         job.run()
@@ -457,31 +452,31 @@ class SimCluster:
         storage.complete_sync(job)
         host.sync_job = None
         self.stats.syncs += 1
-        self.trace.record(("synced", self.now_ms, host.node_id, job.up_to_lsn))
+        self._record(("synced", self._queue.now_ms, host.node_id, job.up_to_lsn))
         for effect in host.releasable():
             self._execute(host, effect)
-        self._step(host, Synced(storage.synced_lsn))
+        self._step(host, Synced(storage.synced_lsn), self.node_clock_ms(host.node_id))
         # Durable effects of steps taken while this sync ran wait for the next one (group commit).
         if self._flush.sync_now(host.pending_writes(), durable_waiting=host.held_count > 0):
             self._start_sync(host)
 
     def _schedule_flush_tick(self, host: NodeHost) -> None:
         assert self._flush.interval_ms is not None
-        self._queue.push(self.now_ms + self._flush.interval_ms, host.node_id, _FlushTick(host.life))
+        self._queue.push(self._queue.now_ms + self._flush.interval_ms, self._on_flush_tick, host, host.life)
 
     def _writeback(self) -> None:
         for node_id in self.config.node_ids:
             self._hosts[node_id].disk.writeback()
         self.stats.writebacks += 1
-        self.trace.record(("writeback", self.now_ms))
-        self._queue.push(self.now_ms + DISK_WRITEBACK_INTERVAL_MS, "", _Writeback())
+        self._record(("writeback", self._queue.now_ms))
+        self._queue.push(self._queue.now_ms + DISK_WRITEBACK_INTERVAL_MS, self._on_writeback)
 
     # ------------------------------------------------------------ results
 
     def _finish(self, request_id: int, result: Result) -> None:
         pending = self._pending.pop(request_id)
         self.stats.replies += 1
-        self.trace.record(("reply", self.now_ms, pending.node_id, request_id, result))
+        self._record(("reply", self._queue.now_ms, pending.node_id, request_id, result))
         if pending.on_result is None:
             self._results[request_id] = result
         else:

@@ -43,6 +43,11 @@ from kvstore.messages import (
 )
 from kvstore.storage.base import Record, Storage
 
+# Builds a Record from all its fields, as NamedTuple._make does, without the generated __new__ that fills
+# in the defaults: ~100 ns of the ~200 ns a record costs, and every write makes one. A record written here
+# has no causal context and no siblings.
+_tuple_new = tuple.__new__
+
 
 class KvStateMachine:
     def __init__(self, storage: Storage, partition: int) -> None:
@@ -76,6 +81,8 @@ class KvStateMachine:
         # Every deadline fits in 64 bits, so judging expiry at a later time than INT64_MAX judges the same;
         # clamping keeps the command encodable.
         at_ms = now_ms if now_ms <= INT64_MAX else INT64_MAX
+        if type(op) is PutOp and op.ttl_ms is None:  # the common write, without the checks a deadline needs
+            return PutCommand(at_ms, op.key, op.value, None)
         if isinstance(op, (PutOp, CasOp)):
             expires_at_ms = None
             if op.ttl_ms is not None:
@@ -101,7 +108,8 @@ class KvStateMachine:
         """The op's result (``Written``, ``Deleted``, ``Failure``), or for a purge the number of keys removed."""
         storage, partition = self._storage, self._partition
         if isinstance(command, PutCommand):
-            storage.write(partition, command.key, Record(command.value, index, command.expires_at_ms))
+            record = _tuple_new(Record, (command.value, index, command.expires_at_ms, b"", ()))
+            storage.write(partition, command.key, record)
             storage.set_applied_index(partition, index)
             return Written(command.key, index)
         if isinstance(command, DeleteCommand):
@@ -132,7 +140,7 @@ class KvStateMachine:
             if storage.remove(partition, key):
                 storage.set_applied_index(partition, index)
             return Deleted(key, current is not None)
-        storage.write(partition, key, Record(command.new, index, command.expires_at_ms))
+        storage.write(partition, key, _tuple_new(Record, (command.new, index, command.expires_at_ms, b"", ())))
         storage.set_applied_index(partition, index)
         return Written(key, index)
 

@@ -440,10 +440,16 @@ class MemoryStorage:
         return log
 
     def set_applied_index(self, partition: int, index: int) -> None:
-        # Every write calls this: the log looked up directly (log() checks the partition's type, as it must
-        # before a lookup that could otherwise take True for 1; an int finds no log that way).
+        # Every write calls this, so the common case (an int moving an existing log's index forward) is
+        # done here; everything else goes through log() and _set_applied_index, which check and refuse.
         log = self._logs.get(partition) if type(partition) is int else None
-        (self.log(partition) if log is None else log)._set_applied_index(index)
+        if log is None or type(index) is not int or index <= log._applied_index:
+            (self.log(partition) if log is None else log)._set_applied_index(index)
+            return
+        log._applied_index = index
+        self._lsn += 1
+        if self._unsynced is not None:
+            self._unsynced.append(AppliedIndexWritten(self._lsn, partition, index))
 
     # ------------------------------------------------------------ node-level metadata
 

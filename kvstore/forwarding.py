@@ -55,7 +55,7 @@ from kvstore.messages import (
 FORWARD_TIMER_PREFIX = "fwd/"
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerWaiter:
     """A forward this node received and must answer."""
 
@@ -67,7 +67,7 @@ class PeerWaiter:
     remember: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outgoing:
     """A forward this node sent and is waiting on (its token is the forward id)."""
 
@@ -220,12 +220,14 @@ _ANSWERS: dict[type, tuple[type, ...]] = {
     BatchPutOp: (BatchResults,),
 }
 _BATCH_ENTRIES: dict[type, tuple[type, ...]] = {BatchGetOp: (Found, Failure), BatchPutOp: (Written, Failure)}
+# With Failure: the tuple isinstance takes, built once rather than per answer.
+_FITTING: dict[type, tuple[type, ...]] = {op_type: (Failure, *answers) for op_type, answers in _ANSWERS.items()}
 
 
 def _checked_answer(src: str, op: ClientOp | ScanPartitionsOp, result: Result) -> Result:
     """``result`` if it can answer ``op``, else a failure: a wrong answer from a peer (a bug, another
     version) would otherwise break a gather (a batch of the wrong length) or pass as a result."""
-    fits = isinstance(result, (Failure, *_ANSWERS[type(op)]))
+    fits = isinstance(result, _FITTING[type(op)])
     if fits and isinstance(result, BatchResults) and isinstance(op, (BatchGetOp, BatchPutOp)):
         size = len(op.keys) if isinstance(op, BatchGetOp) else len(op.items)
         entries = _BATCH_ENTRIES[type(op)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -142,13 +142,40 @@ class _SimTarget:
         pass  # the simulator consults the same policy object for every message
 
 
-@dataclass
 class _Client:
-    index: int
-    process: int
-    node: str
-    # Identifies the op in progress; a late result for an op that already timed out is ignored.
-    token: int = 0
+    """A client process pinned to one node, running one op at a time."""
+
+    __slots__ = ("check_at_ms", "deadline_ms", "gen", "index", "node", "on_result", "op", "process", "request_id")
+
+    def __init__(self, index: int, process: int, node: str) -> None:
+        self.index = index
+        self.process = process
+        self.node = node
+        # The op in progress (None between ops) and the generator that executes it.
+        self.op: PlannedOp | None = None
+        self.gen: Execution | None = None
+        # The request the op waits on; a late result for one it no longer waits on (it timed out) is ignored.
+        self.request_id = 0
+        # When the op in progress times out, and when the client's timeout check next runs (None: not
+        # scheduled). One check per client is on the heap at a time, not one per op: nearly every op
+        # finishes long before its deadline, and the check moves on to the deadline of the op then running.
+        self.deadline_ms = 0
+        self.check_at_ms: int | None = None
+        self.on_result: Callable[[int, Result], None] | None = None
+
+
+@dataclass
+class Simulation:
+    """A scenario run in the simulator, up to its recorded history: everything the checkers judge."""
+
+    scenario: Scenario
+    seed: int
+    history: History
+    converged: dict[str, Any]
+    periods: list[FaultPeriod]
+    schedule: list[dict[str, Any]]
+    stats: dict[str, Any]
+    checker_names: Sequence[str]
 
 
 class _SimRunner:
@@ -166,18 +193,21 @@ class _SimRunner:
                                                 nemesis_rng)
         self.nemesis = Nemesis(scenario.nemesis, _SimTarget(self.cluster, self.policy), nemesis_rng)
         self.recorder = Recorder()
-        self.next_token = 1
         self.accepting = True
+        self.ops_limit = scenario.workload.ops
+        self.client_timeout_ms = scenario.workload.client_timeout_ms
+        self.think_ms = scenario.workload.think_ms
         nodes = self.cluster.node_ids()
         concurrency = scenario.workload.concurrency
-        self.clients = [_Client(i, i, nodes[i % len(nodes)]) for i in range(concurrency)]
+        self.clients = [self._client(i, i, nodes[i % len(nodes)]) for i in range(concurrency)]
         self.next_process = concurrency
         self.final_pending = 0
         # Workload ops started and finished (final reads not included).
         self.started = 0
         self.finished = 0
 
-    def run(self) -> RunResult:
+    def simulate(self) -> Simulation:
+        """Cluster start to the recorded history: the workload under the nemesis, heal, quiet, final reads."""
         s = self.scenario
         for action in self.schedule:
             self.cluster.schedule(action.at_ms, lambda a=action: self._apply(a))  # type: ignore[misc]
@@ -200,10 +230,8 @@ class _SimRunner:
         converged = sim_convergence(self.cluster)
         self._final_reads()
         history = self.recorder.history(f"{s.name} seed={self.seed}")
-        checkers = all_checkers(s.checkers.names or self.workload.default_checkers, history,
-                                s.checkers.time_limit_s, converged)
-        return RunResult(s, self.seed, "sim", history, self.nemesis.periods, checkers, self._stats(history),
-                         describe_schedule(self.schedule))
+        return Simulation(s, self.seed, history, converged, self.nemesis.periods, describe_schedule(self.schedule),
+                          self._stats(history), s.checkers.names or self.workload.default_checkers)
 
     def _apply(self, action: FaultAction) -> None:
         # A workload that ran its ops before the schedule ended leaves the rest of the schedule undone.
@@ -212,43 +240,60 @@ class _SimRunner:
 
     # ------------------------------------------------------------ client processes
 
+    def _client(self, index: int, process: int, node: str) -> _Client:
+        client = _Client(index, process, node)
+        client.on_result = lambda request_id, reply: self._on_result(client, request_id, reply)
+        return client
+
     def _start(self, client: _Client) -> None:
-        if not self.accepting or (self.scenario.workload.ops and self.started == self.scenario.workload.ops):
+        if not self.accepting or (self.ops_limit and self.started == self.ops_limit):
             return
         self.started += 1
         op = self.workload.next_op(self.workload_rng)
         self._run_op(client, op)
 
     def _run_op(self, client: _Client, op: PlannedOp) -> None:
-        token = self.next_token
-        self.next_token += 1
-        client.token = token
-        self.recorder.invoke(client.process, op, self.cluster.now_ms)
-        gen = self.workload.execute(op)
-        deadline = self.cluster.now_ms + self.scenario.workload.client_timeout_ms
-        self.cluster.schedule(deadline, lambda: self._timeout(client, token, op))
-        self._advance(client, token, op, gen, None)
+        now_ms = self.cluster.now_ms
+        client.op = op
+        client.gen = self.workload.execute(op)
+        client.deadline_ms = deadline_ms = now_ms + self.client_timeout_ms
+        self.recorder.invoke(client.process, op, now_ms)
+        if client.check_at_ms is None:
+            client.check_at_ms = deadline_ms
+            self.cluster.schedule(deadline_ms, lambda: self._check_timeout(client))
+        self._advance(client, None)
 
-    def _advance(self, client: _Client, token: int, op: PlannedOp, gen: Execution, result: Result | None) -> None:
+    def _advance(self, client: _Client, result: Result | None) -> None:
+        gen = client.gen
+        assert gen is not None and client.on_result is not None
         try:
             request: ClientOp = gen.send(result)  # type: ignore[arg-type]
         except StopIteration as stop:
-            self._finish(client, token, op, stop.value)
+            self._finish(client, stop.value)
             return
+        client.request_id = self.cluster.submit(client.node, request, client.on_result)
 
-        def on_result(_request_id: int, reply: Result) -> None:
-            if client.token == token:
-                self._advance(client, token, op, gen, reply)
+    def _on_result(self, client: _Client, request_id: int, reply: Result) -> None:
+        if client.request_id == request_id:
+            self._advance(client, reply)
 
-        self.cluster.submit(client.node, request, on_result)
+    def _check_timeout(self, client: _Client) -> None:
+        client.check_at_ms = None
+        if client.op is None:
+            return  # between ops: the next op schedules a check
+        if client.deadline_ms <= self.cluster.now_ms:
+            self._finish(client, ("info", None, "client_timeout"))
+            return
+        client.check_at_ms = client.deadline_ms
+        self.cluster.schedule(client.deadline_ms, lambda: self._check_timeout(client))
 
-    def _timeout(self, client: _Client, token: int, op: PlannedOp) -> None:
-        if client.token == token:
-            self._finish(client, token, op, ("info", None, "client_timeout"))
-
-    def _finish(self, client: _Client, token: int, op: PlannedOp, outcome: Outcome) -> None:
-        client.token = 0
-        self.recorder.complete(client.process, op, outcome, self.cluster.now_ms)
+    def _finish(self, client: _Client, outcome: Outcome) -> None:
+        op = client.op
+        assert op is not None
+        client.op = client.gen = None
+        client.request_id = 0
+        now_ms = self.cluster.now_ms
+        self.recorder.complete(client.process, op, outcome, now_ms)
         if outcome[0] == "info":
             client.process = self.next_process
             self.next_process += 1
@@ -257,13 +302,13 @@ class _SimRunner:
             return
         self.finished += 1
         # At least 1 ms: an op that fails at once (its node is down) must not spin at one instant.
-        think = max(1, self.client_rng.randint(0, self.scenario.workload.think_ms))
-        self.cluster.schedule(self.cluster.now_ms + think, lambda: self._start(client))
+        think = max(1, self.client_rng.randint(0, self.think_ms))
+        self.cluster.schedule(now_ms + think, lambda: self._start(client))
 
     def _final_reads(self) -> None:
         nodes = self.cluster.node_ids()
         for i, op in enumerate(self.workload.final_ops()):
-            client = _Client(-1, self.next_process, nodes[i % len(nodes)])
+            client = self._client(-1, self.next_process, nodes[i % len(nodes)])
             self.next_process += 1
             self.final_pending = 1
             self.cluster.schedule(self.cluster.now_ms, lambda c=client, o=op: self._run_op(c, o))  # type: ignore[misc]
@@ -287,8 +332,19 @@ class _SimRunner:
         }
 
 
+def simulate(scenario: Scenario, seed: int | None = None) -> Simulation:
+    """Run ``scenario`` in the simulator up to its recorded history (the scenario's seed unless ``seed``)."""
+    return _SimRunner(scenario, scenario.seed if seed is None else seed).simulate()
+
+
+def judge(run: Simulation) -> RunResult:
+    """The checkers' verdicts on a simulated run."""
+    checkers = all_checkers(run.checker_names, run.history, run.scenario.checkers.time_limit_s, run.converged)
+    return RunResult(run.scenario, run.seed, "sim", run.history, run.periods, checkers, run.stats, run.schedule)
+
+
 def run_in_sim(scenario: Scenario, seed: int | None = None) -> RunResult:
-    return _SimRunner(scenario, scenario.seed if seed is None else seed).run()
+    return judge(simulate(scenario, seed))
 
 
 def replay_command(scenario_path: str, seed: int) -> str:

@@ -47,5 +47,5 @@ def test_an_event_that_cannot_be_encoded_is_named() -> None:
     trace = Trace()
     trace.record(("submit", 0, "n1", 1, GetOp("k")))
     trace.record(("bad", object()))
-    with pytest.raises(SimulationError, match="trace event cannot be encoded.*'bad'"):
+    with pytest.raises(SimulationError, match=r"trace event cannot be encoded.*'bad'"):
         trace.hash_hex()

@@ -34,6 +34,9 @@ MAX_DRIFT_PPM = 1_000_000
 # ``since_ms`` is a wall-clock instant (or virtual ms in the simulator): any one a JSON number holds
 # exactly.
 MAX_SINCE_MS = 2**53
+# What on_send returns for one copy, or two, with no delay.
+_NO_DELAY = (0,)
+_NO_DELAY_TWICE = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -96,23 +99,31 @@ class ChaosPolicy:
     # ------------------------------------------------------------ FaultPolicy
 
     def on_send(self, now_ms: int, msg: Message) -> Sequence[int]:
+        # Called for every peer message: no generator, and no draw or tuple where a fault is off. The draws
+        # are made in a fixed order (drop, duplicate, then each copy's delay and reorder), so a seed makes
+        # the same choices whatever the shortcuts take.
         link = (msg.src, msg.dst)
         if link in self.cut_links:
             return ()
-        if self.drop_probability and self.rng.random() < self.drop_probability:
+        rng = self.rng
+        if self.drop_probability and rng.random() < self.drop_probability:
             return ()
-        copies = 2 if self.duplicate_probability and self.rng.random() < self.duplicate_probability else 1
-        return tuple(self._delay_for(link) for _ in range(copies))
+        duplicate = bool(self.duplicate_probability) and rng.random() < self.duplicate_probability
+        delay = self.link_delays.get(link, self.delay) if self.link_delays else self.delay
+        if delay.kind == "none" and not self.reorder_probability:
+            return _NO_DELAY_TWICE if duplicate else _NO_DELAY
+        first = self._delay_for(delay)
+        return (first, self._delay_for(delay)) if duplicate else (first,)
 
     def clock_offset_ms(self, node_id: str, now_ms: int) -> int:
         clock = self.clocks.get(node_id)
         return 0 if clock is None else clock.offset_at(now_ms)
 
-    def _delay_for(self, link: tuple[str, str]) -> int:
-        delay = self.link_delays.get(link, self.delay).sample(self.rng)
+    def _delay_for(self, delay: Delay) -> int:
+        ms = delay.sample(self.rng)
         if self.reorder_probability and self.rng.random() < self.reorder_probability:
-            delay += self.rng.randint(0, self.reorder_ms)
-        return delay
+            ms += self.rng.randint(0, self.reorder_ms)
+        return ms
 
     # ------------------------------------------------------------ changes the nemesis makes
 

@@ -7,6 +7,10 @@ the step that made it left behind, whatever the fsync policy; one sync covers ev
 once. The node marks every ``Send`` and ``Reply`` under ``fsync = "always"`` (so a client is told only
 what survives a crash) and whatever its protocols mark under every policy (a vote, an append
 acknowledgement). After each sync the driver steps ``Synced(lsn)``.
+
+Effects are plain slots dataclasses, not frozen: a step builds one or more per input, and a frozen
+dataclass's ``__init__`` (``object.__setattr__`` per field) cost three times as much. Nothing hashes or
+changes an effect once made; they compare by value.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Protocol
 from kvstore.messages import Message, Result
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Send:
     msg: Message
     durable: bool = False
@@ -28,14 +32,14 @@ class Send:
         return self.msg.dst
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reply:
     request_id: int
     result: Result
     durable: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SetTimer:
     """Fire ``TimerFired(key)`` at ``at_ms`` (node clock). Setting an existing key moves it."""
 
@@ -43,7 +47,7 @@ class SetTimer:
     at_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CancelTimer:
     key: str
 

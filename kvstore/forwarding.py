@@ -14,7 +14,7 @@ safe because the refused copy ran nowhere. A forward refused because the owner r
 again only if it is read-only; otherwise the old life may have run it, so its outcome is indefinite.
 
 An answer that does not fit the op it answers fails that op. ``Forwarder`` holds all of this state
-and returns effects; it reports that a forward is done with ``Reply(token, result)``, which the node
+and returns effects; it reports that a forward is done with ``Done(token, result)``, which the node
 hands to whoever waits on the token.
 
 Durability: with ``always_durable`` (``fsync = "always"``) every ``Send`` it makes is marked durable. An
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
+from kvstore.effects import CancelTimer, Effect, Send, SetTimer
 from kvstore.errors import ErrorCode
 from kvstore.messages import (
     BatchGetOp,
@@ -68,6 +68,15 @@ class PeerWaiter:
 
 
 @dataclass(slots=True)
+class Done:
+    """A forward this node sent is over: whoever waits on ``token`` gets ``result``. Not an ``Effect`` (it
+    never reaches a driver), and cheaper to build than a frozen ``Reply``: every forwarded op ends with one."""
+
+    token: int
+    result: Result
+
+
+@dataclass(slots=True)
 class _Outgoing:
     """A forward this node sent and is waiting on (its token is the forward id)."""
 
@@ -87,18 +96,22 @@ class _DuplicateFilter:
         # Per sender incarnation, the highest forward id forgotten: anything at or below it is too old.
         self._floor: OrderedDict[tuple[str, int], int] = OrderedDict()
 
-    def seen(self, src: str, incarnation: int, forward_id: int) -> tuple[bool, tuple[Result, bool] | None]:
-        """(True, (result, durable) or None while still running) if already received or too old to tell."""
+    def admit(self, src: str, incarnation: int, forward_id: int) -> tuple[bool, tuple[Result, bool] | None]:
+        """(True, (result, durable) or None while still running) if already received or too old to tell;
+        else (False, None), and the forward is remembered as running from now on."""
         key = (src, incarnation, forward_id)
-        if key in self._results:
-            return True, self._results[key]
+        results = self._results
+        if key in results:
+            return True, results[key]
         floor = self._floor.get((src, incarnation))
         if floor is not None and forward_id <= floor:
             return True, None
+        results[key] = None
+        if len(results) > self._capacity:
+            self._forget_oldest()
         return False, None
 
-    def start(self, src: str, incarnation: int, forward_id: int) -> None:
-        self._results[(src, incarnation, forward_id)] = None
+    def _forget_oldest(self) -> None:
         while len(self._results) > self._capacity:
             (old_src, old_inc, old_id), _ = self._results.popitem(last=False)
             floor_key = (old_src, old_inc)
@@ -137,7 +150,7 @@ class Forwarder:
         send = self._send(token, _Outgoing(dst, partition, op, 0))
         return [send, SetTimer(FORWARD_TIMER_PREFIX + str(token), now_ms + self._request_timeout_ms)]
 
-    def on_answer(self, src: str, answer: ForwardReply | ForwardRefused) -> list[Effect]:
+    def on_answer(self, src: str, answer: ForwardReply | ForwardRefused) -> list[Effect | Done]:
         out = self._outgoing.get(answer.forward_id)
         if answer.incarnation != self._incarnation or out is None or out.dst != src:
             return []  # late, duplicated, or meant for an earlier life of this node: ignore it
@@ -156,16 +169,16 @@ class Forwarder:
             Failure.of(ErrorCode.TIMEOUT, f"{src} restarted; the op may have happened before it did"),
         )
 
-    def on_timer(self, key: str) -> list[Effect]:
+    def on_timer(self, key: str) -> list[Effect | Done]:
         """A forward timer (``key`` starts with ``FORWARD_TIMER_PREFIX``) fired."""
         token = int(key[len(FORWARD_TIMER_PREFIX) :])
         out = self._outgoing.pop(token, None)
         if out is None:
             return []
         message = f"no answer from {out.dst} in time; the op may have happened"
-        return [Reply(token, Failure.of(ErrorCode.TIMEOUT, message))]
+        return [Done(token, Failure.of(ErrorCode.TIMEOUT, message))]
 
-    def on_send_failed(self, msg: Message) -> list[Effect]:
+    def on_send_failed(self, msg: Message) -> list[Effect | Done]:
         body = msg.body
         if isinstance(body, Forward) and body.incarnation == self._incarnation and body.forward_id in self._outgoing:
             return self._end(body.forward_id, Failure.of(ErrorCode.UNAVAILABLE, f"owner {msg.dst} is unreachable"))
@@ -178,9 +191,9 @@ class Forwarder:
         forward = Forward(self._incarnation, token, out.target_incarnation, out.op)
         return Send(Message(self._node_id, out.dst, out.partition, forward), self._always_durable)
 
-    def _end(self, token: int, result: Result) -> list[Effect]:
+    def _end(self, token: int, result: Result) -> list[Effect | Done]:
         del self._outgoing[token]
-        return [CancelTimer(FORWARD_TIMER_PREFIX + str(token)), Reply(token, result)]
+        return [CancelTimer(FORWARD_TIMER_PREFIX + str(token)), Done(token, result)]
 
     # ------------------------------------------------------------ answering end
 
@@ -194,10 +207,9 @@ class Forwarder:
         # A read is not remembered: running a duplicate again changes nothing, and its answer lands
         # inside the still-open op or is ignored. Remembering would pin whole values and scan pages.
         if target.remember:
-            seen, remembered = self._duplicates.seen(src, fwd.incarnation, fwd.forward_id)
+            seen, remembered = self._duplicates.admit(src, fwd.incarnation, fwd.forward_id)
             if seen:
                 return None if remembered is None else self.answer(target, *remembered)
-            self._duplicates.start(src, fwd.incarnation, fwd.forward_id)
         return target
 
     def answer(self, target: PeerWaiter, result: Result, durable: bool = False) -> Send:

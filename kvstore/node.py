@@ -41,7 +41,7 @@ from typing import cast
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
-from kvstore.forwarding import FORWARD_TIMER_PREFIX, Forwarder, PeerWaiter
+from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
 from kvstore.messages import (
     NODE_PARTITION,
@@ -395,11 +395,11 @@ class Node:
             pages.append(cast(ScanPage, page))
         return merge_pages(pages, limit)
 
-    def _absorb(self, effects: list[Effect]) -> None:
-        """Take the forwarder's effects: its ``Reply(token, result)`` completes a token."""
+    def _absorb(self, effects: list[Effect | Done]) -> None:
+        """Take the forwarder's effects: its ``Done(token, result)`` completes a token."""
         for effect in effects:
-            if isinstance(effect, Reply):
-                self._complete(effect.request_id, effect.result, effect.durable)
+            if isinstance(effect, Done):
+                self._complete(effect.token, effect.result)
             else:
                 self._effects.append(effect)
 
@@ -407,8 +407,11 @@ class Node:
         waiter = self._waiting.pop(token, None)
         if waiter is None:
             return
-        if type(waiter) is _ToClient:  # the common case, _deliver inlined
+        # The common cases first, _deliver inlined.
+        if type(waiter) is _ToClient:
             self._effects.append(Reply(waiter.request_id, result, durable or self._always_durable))
+        elif type(waiter) is PeerWaiter:
+            self._effects.append(self._forwarder.answer(waiter, result, durable))
         elif isinstance(waiter, GatherPart):
             final = waiter.add(result, durable)
             if final is not None:

@@ -19,7 +19,7 @@ The final state after the run, if given, acts as one more read that began after 
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,7 +92,9 @@ def check(history: History, final_values: Mapping[Any, Any] | None = None, final
         producer = {_written_value(w): w for w in writes[key]}
         acked = sorted((w for w in writes[key] if w.type == "ok"), key=lambda w: w.complete_index or 0)
         acked_done = [w.complete_index or 0 for w in acked]
-        observations: list[tuple[int, Any, Op | None]] = [(r.invoke_index, r.value, r) for r in reads[key]]
+        acked_invoked = [w.invoke.index for w in acked]
+        acked_values = [_written_value(w) for w in acked]
+        observations: list[tuple[int, Any, Op | None]] = [(r.invoke.index, r.value, r) for r in reads[key]]
         if final_values is not None:
             observations.append((_FINAL, final_values.get(key), None))
         # For each value, when the latest observation of it began: a write seen again is not lost.
@@ -109,14 +111,19 @@ def check(history: History, final_values: Mapping[Any, Any] | None = None, final
             source = producer.get(value)
             if source is None and value is not None:
                 continue  # a value nobody wrote is the linearizability checker's business
-            # The observed value is older than every acked write invoked after its producer completed.
+            # The observed value is older than every acked write invoked after its producer completed and
+            # completed before the read began. A write invoked after ``older_than`` also completed after
+            # it, so the candidates lie between two bisections of the writes in completion order (the
+            # earlier ones were all invoked before ``older_than``): linear in the candidates, not in
+            # every earlier write.
             older_than = -1 if source is None else _complete_or_never(source)
-            for w in acked[: bisect_left(acked_done, began)]:
-                if w.invoke_index <= older_than or w.invoke_index in lost_here:
+            for i in range(bisect_right(acked_done, older_than), bisect_left(acked_done, began)):
+                invoked = acked_invoked[i]
+                if invoked <= older_than or invoked in lost_here:
                     continue
-                if last_seen.get(_written_value(w), -1) > ended:
+                if last_seen.get(acked_values[i], -1) > ended:
                     continue  # seen again later: this read was stale, the write was not lost
-                lost_here[w.invoke_index] = LostWrite(key, w, read, value)
+                lost_here[invoked] = LostWrite(key, acked[i], read, value)
         result.lost.extend(lost_here[i] for i in sorted(lost_here))
     result.valid = not result.lost
     return result

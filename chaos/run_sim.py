@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 from chaos.checkers import combine, convergence, run_checkers
@@ -242,7 +243,7 @@ class _SimRunner:
 
     def _client(self, index: int, process: int, node: str) -> _Client:
         client = _Client(index, process, node)
-        client.on_result = lambda request_id, reply: self._on_result(client, request_id, reply)
+        client.on_result = partial(self._on_result, client)
         return client
 
     def _start(self, client: _Client) -> None:
@@ -318,11 +319,11 @@ class _SimRunner:
     # ------------------------------------------------------------ results
 
     def _stats(self, history: History) -> dict[str, Any]:
-        outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")
+        kinds = Counter((e.f, e.type) for e in history.events)
         st = self.cluster.stats
         return {
-            "ops": sum(1 for e in history.events if e.type == "invoke"),
-            "outcomes": dict(sorted(outcomes.items())),
+            "ops": sum(n for (_, kind), n in kinds.items() if kind == "invoke"),
+            "outcomes": dict(sorted((f"{f}:{kind}", n) for (f, kind), n in kinds.items() if kind != "invoke")),
             "virtual_ms": self.cluster.now_ms,
             "messages_delivered": st.delivered,
             "crashes": st.crashes,

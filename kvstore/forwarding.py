@@ -112,13 +112,16 @@ class _DuplicateFilter:
         return False, None
 
     def _forget_oldest(self) -> None:
-        while len(self._results) > self._capacity:
-            (old_src, old_inc, old_id), _ = self._results.popitem(last=False)
+        # Once full, every forward admitted forgets one: this runs once per remembered forward.
+        results, floors, capacity = self._results, self._floor, self._capacity
+        while len(results) > capacity:
+            (old_src, old_inc, old_id), _ = results.popitem(last=False)
             floor_key = (old_src, old_inc)
-            self._floor[floor_key] = max(self._floor.get(floor_key, 0), old_id)
-            self._floor.move_to_end(floor_key)
-            if len(self._floor) > self._capacity:
-                self._floor.popitem(last=False)
+            floor = floors.get(floor_key, 0)
+            floors[floor_key] = old_id if old_id > floor else floor
+            floors.move_to_end(floor_key)
+            if len(floors) > capacity:
+                floors.popitem(last=False)
 
     def finish(self, src: str, incarnation: int, forward_id: int, result: Result, durable: bool) -> None:
         key = (src, incarnation, forward_id)

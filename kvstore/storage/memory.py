@@ -406,13 +406,14 @@ class MemoryStorage:
         if type(partition) is not int or type(key) is not str or type(record) is not Record:
             raise TypeError(f"write expects (int, str, Record), got ({partition!r}, {key!r}, {type(record).__name__})")
         # The common record (bytes value, int version, no siblings) is checked inline: a call costs ~10%.
-        expires_at_ms = record.expires_at_ms
+        # One unpack reads the five fields faster than five attribute lookups.
+        value, version, expires_at_ms, context, siblings = record
         if (
-            type(record.value) is not bytes
-            or type(record.version) is not int
+            type(value) is not bytes
+            or type(version) is not int
             or (expires_at_ms is not None and type(expires_at_ms) is not int)
-            or type(record.context) is not bytes
-            or record.siblings
+            or type(context) is not bytes
+            or siblings
         ):
             _check_record(record)
         self._lsn += 1

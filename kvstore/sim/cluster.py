@@ -381,12 +381,16 @@ class SimCluster:
         written_lsn = storage.written_lsn
         pending_writes = written_lsn - storage.synced_lsn
         for effect in effects:
-            cls = type(effect)
-            if cls is Send or cls is Reply or isinstance(effect, (Send, Reply)):
-                if effect.durable and pending_writes > 0:  # type: ignore[union-attr]
-                    host.hold(written_lsn, effect)  # type: ignore[arg-type]
+            if isinstance(effect, Send):
+                if effect.durable and pending_writes > 0:
+                    host.hold(written_lsn, effect)
                 else:
-                    self._execute(host, effect)  # type: ignore[arg-type]
+                    self._send(host, effect.msg)
+            elif isinstance(effect, Reply):
+                if effect.durable and pending_writes > 0:
+                    host.hold(written_lsn, effect)
+                else:
+                    self._reply(host, effect)
             else:
                 self._apply_timer_effect(host, effect, clock_ms)
         if pending_writes > 0 and self._flush.sync_now(pending_writes, durable_waiting=host.held_count > 0):
@@ -407,19 +411,22 @@ class SimCluster:
     def _execute(self, host: NodeHost, effect: Outbound) -> None:
         if isinstance(effect, Send):
             self._send(host, effect.msg)
-            return
+        else:
+            self._reply(host, effect)
+
+    def _reply(self, host: NodeHost, effect: Reply) -> None:
         pending = self._pending.get(effect.request_id)
         if pending is None or pending.node_id != host.node_id:
             raise SimulationError(f"{host.node_id} replied to request {effect.request_id}, not open there")
         self._finish(effect.request_id, effect.result)
 
     def _send(self, host: NodeHost, msg: Message) -> None:
-        if msg.src != host.node_id or msg.dst not in self._hosts:
+        dst = self._hosts.get(msg.dst)
+        if msg.src != host.node_id or dst is None:
             raise SimulationError(f"{host.node_id} sent a message from {msg.src!r} to {msg.dst!r}")
         now_ms = self._queue.now_ms
         sent = self.network.transmit(now_ms, msg)
         self._record(("send", now_ms, msg.src, msg.dst, sent.arrivals_ms))
-        dst = self._hosts[msg.dst]
         if dst.node is None:
             # Nothing listens there: each copy is refused when it would have arrived, and the sender
             # learns it once the last one is (the server's transport reports only when no copy can land).

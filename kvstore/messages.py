@@ -53,6 +53,7 @@ def _fast_init(cls: type[_T]) -> type[_T]:
     exec(source, dict(defaults), scope)
     init = scope["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+    init.__module__ = cls.__module__
     setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
     return cls
 

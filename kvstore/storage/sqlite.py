@@ -75,13 +75,24 @@ from replication.replica import LogEntry
 
 log = logging.getLogger(__name__)
 
-# 3: records upserted in place, per-partition logs and state. Versions 1 and 2 are migrated on open.
-SCHEMA_VERSION = 3
+# 4: record changes appended to a journal, folded into records in SQL. Versions 1 to 3 are migrated on open.
+SCHEMA_VERSION = 4
 
-_SCHEMA = (
+_RECORDS_TABLE = (
     "CREATE TABLE records (partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB, version INTEGER NOT NULL,"
     " expires_at_ms INTEGER, context BLOB NOT NULL, siblings BLOB, crc INTEGER NOT NULL,"
-    " PRIMARY KEY (partition, key)) WITHOUT ROWID",
+    " PRIMARY KEY (partition, key)) WITHOUT ROWID"
+)
+# A record change per row, in sequence order (seq is the rowid: appends fill the table's last page). A write
+# carries the record's columns and the very checksum its records row will have; a removal has a NULL version
+# (and NULL value, expiry, context and siblings) and a checksum of its own.
+_JOURNAL_TABLE = (
+    "CREATE TABLE journal (seq INTEGER PRIMARY KEY, partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB,"
+    " version INTEGER, expires_at_ms INTEGER, context BLOB, siblings BLOB, crc INTEGER NOT NULL)"
+)
+_SCHEMA = (
+    _RECORDS_TABLE,
+    _JOURNAL_TABLE,
     "CREATE TABLE log_entries (partition INTEGER NOT NULL, idx INTEGER NOT NULL, term INTEGER NOT NULL,"
     " data BLOB NOT NULL, crc INTEGER NOT NULL, PRIMARY KEY (partition, idx)) WITHOUT ROWID",
     "CREATE TABLE partition_state (partition INTEGER PRIMARY KEY, hard_state BLOB, applied_index INTEGER NOT NULL,"
@@ -93,10 +104,37 @@ _RECORD_COLUMNS = "partition, key, value, version, expires_at_ms, context, sibli
 _ENTRY_COLUMNS = "partition, idx, term, data"
 _PARTITION_COLUMNS = "partition, hard_state, applied_index, snapshot_index, snapshot_term"
 _UPSERT_RECORD = f"INSERT OR REPLACE INTO records ({_RECORD_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_DELETE_RECORD = "DELETE FROM records WHERE partition = ? AND key = ?"
-_INSERT_ENTRY = f"INSERT INTO log_entries ({_ENTRY_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?)"
-_UPSERT_PARTITION = f"INSERT OR REPLACE INTO partition_state ({_PARTITION_COLUMNS}, crc) VALUES (?, ?, ?, ?, ?, ?)"
 _UPSERT_META = "INSERT OR REPLACE INTO meta (name, value, crc) VALUES (?, ?, ?)"
+# A job's rows go in with multi-row INSERTs (see _insert): (statement head, columns per row).
+_APPEND_JOURNAL = (f"INSERT INTO journal (seq, {_RECORD_COLUMNS}, crc) VALUES ", 9)
+_INSERT_ENTRIES = (f"INSERT INTO log_entries ({_ENTRY_COLUMNS}, crc) VALUES ", 5)
+_UPSERT_PARTITIONS = (f"INSERT OR REPLACE INTO partition_state ({_PARTITION_COLUMNS}, crc) VALUES ", 6)
+# Rows per multi-row INSERT, largest first: a job's rows take one statement per bit of their count (each size
+# one cached statement per table). 256 rows of 9 columns bind 2,304 values, far under SQLite's limit (32,766).
+_INSERT_SIZES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+_UPSERT_STATE = "INSERT OR REPLACE INTO state (name, value, crc) VALUES (?, ?, ?)"
+# The fold of the journal rows with seq <= ? into records, all in SQLite: no row crosses into Python, and the
+# checksum a records row gets is its journal row's, copied. Every write replaces its key's row in sequence
+# order, so the last one stays (measured faster than grouping by key first: no sort); then, only when the
+# range holds a removal, each key whose last change is a removal goes (SQLite takes a bare column of a max()
+# aggregate from the row holding the maximum); then the folded rows go.
+_FOLD = (
+    f"INSERT OR REPLACE INTO records ({_RECORD_COLUMNS}, crc) SELECT {_RECORD_COLUMNS}, crc FROM journal"
+    " WHERE seq <= ?1 AND version IS NOT NULL ORDER BY seq",
+    "DELETE FROM records WHERE (partition, key) IN (SELECT partition, key FROM"
+    " (SELECT partition, key, version, max(seq) FROM journal WHERE seq <= ?1 GROUP BY partition, key)"
+    " WHERE version IS NULL)",
+    "DELETE FROM journal WHERE seq <= ?1",
+)
+# SQLite's page cache, in KiB (a negative cache_size): its default, 2 MiB, holds the records pages of about
+# 15,000 records, and a fold over a larger table then rereads and spills pages (measured 2-3x slower).
+# Pages are only allocated as they are used.
+_CACHE_KIB = 64 << 10
+# A sync job folds the journal into records once it holds this many rows (and close folds what is left). A
+# fold writes each records page it changes once, however many of the folded rows fell on it, so the larger
+# the fold the fewer pages per write; the smaller, the shorter the job that runs it, and the fewer rows an
+# open replays.
+FOLD_ROWS = 10_000
 
 # How long a second opener waits for the file's lock before it is told another process holds it.
 _LOCK_WAIT_S = 1.0
@@ -121,7 +159,8 @@ _ENTRY_HEAD = struct.Struct("<Bqqq")  # tag, partition, idx, term
 _PARTITION_HEAD = struct.Struct("<BBqqqq")  # tag, nulls, partition, applied_index, snapshot_index, snapshot_term
 _META_HEAD = struct.Struct("<BI")  # tag, len(name)
 _STATE_HEAD = struct.Struct("<BqI")  # tag, value, len(name)
-_STATE_TAG, _RECORD_TAG, _ENTRY_TAG, _PARTITION_TAG, _META_TAG = 4, 5, 6, 7, 8
+_REMOVAL_HEAD = struct.Struct("<Bq")  # tag, partition
+_STATE_TAG, _RECORD_TAG, _ENTRY_TAG, _PARTITION_TAG, _META_TAG, _REMOVAL_TAG = 4, 5, 6, 7, 8, 9
 _crc32 = zlib.crc32
 
 
@@ -148,6 +187,27 @@ def _record_crc(
     )
     crc = _crc32(context, _crc32(b"" if value is None else value, _crc32(text, _crc32(head))))
     return crc if siblings is None else _crc32(siblings, crc)
+
+
+def _removal_crc(partition: int, key: str) -> int:
+    """A journal row saying ``key`` was removed (its other record columns NULL)."""
+    return _crc32(key.encode(), _crc32(_REMOVAL_HEAD.pack(_REMOVAL_TAG, partition)))
+
+
+def _journal_row_matches(
+    partition: int,
+    key: str,
+    value: bytes | None,
+    version: int | None,
+    expires: int | None,
+    context: bytes | None,
+    siblings: bytes | None,
+    crc: int,
+) -> bool:
+    if version is None:
+        nulls = value is None and expires is None and context is None and siblings is None
+        return nulls and _matches(crc, _removal_crc, partition, key)
+    return _matches(crc, _record_crc, partition, key, value, version, expires, context, siblings)
 
 
 def _entry_crc(partition: int, idx: int, term: int, data: bytes) -> int:
@@ -201,10 +261,17 @@ def _decode_siblings(data: bytes | None) -> tuple[Sibling, ...]:
 
 
 def _record_row(partition: int, key: str, record: Record) -> tuple[Any, ...]:
-    value, version, expires, context = record.value, record.version, record.expires_at_ms, record.context
-    siblings = _encode_siblings(record.siblings) if record.siblings else None
-    crc = _record_crc(partition, key, value, version, expires, context, siblings)
-    return (partition, key, value, version, expires, context, siblings, crc)
+    value, version, expires, context, siblings = record
+    encoded = _encode_siblings(siblings) if siblings else None
+    crc = _record_crc(partition, key, value, version, expires, context, encoded)
+    return (partition, key, value, version, expires, context, encoded, crc)
+
+
+def _journal_row(seq: int, partition: int, key: str, record: Record | None) -> tuple[Any, ...]:
+    """A journal row: the record's columns and checksum as its records row will hold them, or a removal."""
+    if record is None:
+        return (seq, partition, key, None, None, None, None, None, _removal_crc(partition, key))
+    return (seq, *_record_row(partition, key, record))
 
 
 class PartitionState(NamedTuple):
@@ -287,13 +354,43 @@ def _v2_meta_crc(name: str, value: bytes, lsn: int) -> int:
     return _crc32(value, _crc32(text, _crc32(_V2_META_HEAD.pack(_V2_META_TAG, lsn, len(text)))))
 
 
+_insert_statements: dict[tuple[str, int, int], str] = {}
+
+
+def _insert(conn: sqlite3.Connection, into: tuple[str, int], rows: list[tuple[Any, ...]], pad: bool = False) -> None:
+    """Insert ``rows`` with a few multi-row statements rather than ``executemany``, which steps SQLite once
+    per row: each step releases the interpreter lock and takes it back, and on a node whose loop thread keeps
+    the lock busy each taking back can wait up to the switch interval (5 ms), while every release forces
+    the loop thread to hand the lock over (measured: jobs of 100 writes took ~250 ms beside a busy thread,
+    ~75 ms in statements of these sizes). ``pad``: the rows are upserts that may be repeated, so they are
+    padded with copies of the last one up to a single statement's size."""
+    head, columns = into
+    start, count = 0, len(rows)
+    if pad and 1 < count < _INSERT_SIZES[0]:
+        size = min(size for size in _INSERT_SIZES if size >= count)
+        rows = rows + [rows[-1]] * (size - count)
+        count = size
+    for size in _INSERT_SIZES:
+        while count - start >= size:
+            statement = _insert_statements.get((head, columns, size))
+            if statement is None:
+                one = "(" + ", ".join("?" * columns) + ")"
+                statement = _insert_statements[head, columns, size] = head + ", ".join([one] * size)
+            chunk = rows[start : start + size]
+            conn.execute(statement, [column for row in chunk for column in row])
+            start += size
+
+
 class SqliteJournal:
     """The SQLite side of a SqliteStorage: schema, migration, sync jobs, recovery."""
 
-    def __init__(self, path: Path, fsync: FsyncPolicy) -> None:
+    def __init__(self, path: Path, fsync: FsyncPolicy, fold_rows: int = FOLD_ROWS) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        if type(fold_rows) is not int or fold_rows < 1:
+            raise ValueError(f"fold_rows must be a positive int, got {fold_rows!r}")
         self.path = path
+        self.fold_rows = fold_rows
         self.wal_path = Path(f"{path}-wal")
         # Jobs may come from worker threads; the lock keeps them (and close) from overlapping on the connection.
         self._lock = threading.Lock()
@@ -301,6 +398,11 @@ class SqliteJournal:
         # copy and its own events, never from the row read back.
         self._partitions: dict[int, PartitionState] = {}
         self._logged_lsn = 0
+        # The journal holds the record changes of sequence numbers folded_seq + 1 .. next_seq - 1; removals:
+        # whether any of them is a removal (the fold's DELETE from records is skipped when none is).
+        self._folded_seq = 0
+        self._next_seq = 1
+        self._removals = False
         # What the WAL holds since the last checkpoint, estimated (SQLite does not say without checkpointing).
         self._wal_bytes = 0
         self._closed = False
@@ -368,6 +470,7 @@ class SqliteJournal:
             conn.execute(f"PRAGMA synchronous={synchronous}")
             # Checkpoints are the sync job's (see write), not SQLite's automatic ones.
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.execute(f"PRAGMA journal_size_limit={2 * CHECKPOINT_WAL_BYTES}")
             conn.execute("BEGIN IMMEDIATE")
             with conn:
@@ -393,10 +496,11 @@ class SqliteJournal:
     def _create_schema(self) -> None:
         for statement in _SCHEMA:
             self._conn.execute(statement)
-        self._conn.execute(
-            "INSERT INTO state (name, value, crc) VALUES (?, ?, ?)",
-            ("schema_version", SCHEMA_VERSION, _state_crc("schema_version", SCHEMA_VERSION)),
-        )
+        self._set_state("schema_version", SCHEMA_VERSION)
+        self._set_state("folded_seq", 0)
+
+    def _set_state(self, name: str, value: int) -> None:
+        self._conn.execute(_UPSERT_STATE, (name, value, _state_crc(name, value)))
 
     def _check_wal(self, scan: WalScan) -> None:
         wal = self.wal_path
@@ -452,6 +556,8 @@ class SqliteJournal:
             raise self._damaged("state", "row 'schema_version': checksum mismatch")
         if row[1] == 2:
             self._migrate_from_v2()
+        elif row[1] == 3:
+            self._migrate_from_v3()
         elif row[1] != SCHEMA_VERSION:
             raise StorageError(f"{self.path}: schema version {row[1]}, this build reads {SCHEMA_VERSION}")
 
@@ -473,8 +579,16 @@ class SqliteJournal:
         conn.execute("UPDATE state SET crc = kv_state_crc(name, value)")
         log.info("%s: migrated from schema version 1 to 2 (row checksums added)", self.path)
 
+    def _migrate_from_v3(self) -> None:
+        """Add the journal (inside the caller's transaction), making the file version 4: the records table
+        stays as it is, with nothing to fold."""
+        self._conn.execute(_JOURNAL_TABLE)
+        self._set_state("schema_version", SCHEMA_VERSION)
+        self._set_state("folded_seq", 0)
+        log.info("%s: migrated from schema version 3 to %d (record changes journaled, folded in SQL)", self.path, 4)
+
     def _migrate_from_v2(self) -> None:
-        """Rewrite a version 2 file as version 3 (inside the caller's transaction): recover the state its
+        """Rewrite a version 2 file as the current version (inside the caller's transaction): recover the state its
         snapshot and log hold, verifying every row, write it into the new tables and drop the old ones.
 
         Version 2 versions were LSNs. Every partition the old data names gets the file's highest LSN as its
@@ -526,9 +640,9 @@ class SqliteJournal:
         conn.executemany(_UPSERT_RECORD, [_record_row(p, key, r) for (p, key), r in records.items() if r is not None])
         conn.executemany(_UPSERT_META, [(name, value, _meta_crc(name, value)) for name, value in meta.items()])
         applied = PartitionState(applied_index=last_lsn)
-        conn.executemany(_UPSERT_PARTITION, [_partition_row(p, applied) for p in sorted({p for p, _ in records})])
+        _insert(conn, _UPSERT_PARTITIONS, [_partition_row(p, applied) for p in sorted({p for p, _ in records})])
         log.info(
-            "%s: migrated from schema version 2 to %d (records upserted in place, per-partition logs; the"
+            "%s: migrated from schema version 2 to %d (records, per-partition logs; the"
             " applied index of every partition is the old file's last LSN, %d)",
             self.path,
             SCHEMA_VERSION,
@@ -548,9 +662,14 @@ class SqliteJournal:
         restore = state.restore
         table = "state"
         try:
+            states: dict[str, int] = {}
             for name, value, crc in conn.execute("SELECT name, value, crc FROM state"):
                 if not _matches(crc, _state_crc, name, value):
                     raise self._damaged("state", f"row {name!r}: checksum mismatch")
+                states[name] = value
+            if "folded_seq" not in states:
+                raise self._damaged("state", "row 'folded_seq' is missing")
+            folded_seq = states["folded_seq"]
             table = "meta"
             for name, value, crc in conn.execute("SELECT name, value, crc FROM meta"):
                 if not _matches(crc, _meta_crc, name, value):
@@ -564,6 +683,8 @@ class SqliteJournal:
                     raise self._damaged("records", f"key {key!r} in partition {partition}: checksum mismatch")
                 record = Record(value, version, expires, context, _decode_siblings(siblings))
                 restore(RecordWritten(0, partition, key, record))
+            table = "journal"
+            next_seq, removals = self._replay_journal(folded_seq, restore)
             table = "partition_state"
             partitions: dict[int, PartitionState] = {}
             for partition, *columns, crc in conn.execute(f"SELECT {_PARTITION_COLUMNS}, crc FROM partition_state"):
@@ -585,6 +706,32 @@ class SqliteJournal:
             if applied_index:
                 restore(AppliedIndexWritten(0, partition, applied_index))
         self._partitions = partitions
+        self._folded_seq, self._next_seq, self._removals = folded_seq, next_seq, removals
+
+    def _replay_journal(self, folded_seq: int, restore: Callable[[Event], None]) -> tuple[int, bool]:
+        """Restore the journal's changes (over the records), each row verified, in sequence order, the
+        sequence running on from the fold point without a gap; the next sequence number, and whether a
+        removal is among them."""
+        expected = folded_seq + 1
+        removals = False
+        for seq, partition, key, value, version, expires, context, siblings, crc in self._conn.execute(
+            f"SELECT seq, {_RECORD_COLUMNS}, crc FROM journal ORDER BY seq"
+        ):
+            if seq != expected:
+                raise self._damaged(
+                    "journal",
+                    f"row {seq} follows {expected - 1}: rows are missing or misplaced (folded to {folded_seq})",
+                )
+            if not _journal_row_matches(partition, key, value, version, expires, context, siblings, crc):
+                raise self._damaged("journal", f"row {seq} (key {key!r} in partition {partition}): checksum mismatch")
+            if version is None:
+                removals = True
+                restore(RecordRemoved(0, partition, key))
+            else:
+                record = Record(value, version, expires, context, _decode_siblings(siblings))
+                restore(RecordWritten(0, partition, key, record))
+            expected += 1
+        return expected, removals
 
     def _read_logs(self, partitions: dict[int, PartitionState]) -> dict[int, list[LogEntry]]:
         """Every partition's log entries, verified, each log running on from its snapshot point without a gap."""
@@ -625,13 +772,16 @@ class SqliteJournal:
                     " jobs must run once each, in the order they were prepared"
                 )
             records, meta, partitions, logs = self._fold(events)
-            upserts = [_record_row(p, key, r) for (p, key), r in records.items() if r is not None]
-            removals = [key for key, r in records.items() if r is None]
+            seq = self._next_seq
+            journal = [_journal_row(seq + n, p, key, r) for n, ((p, key), r) in enumerate(records.items())]
+            next_seq = seq + len(journal)
+            removals = self._removals or any(r is None for r in records.values())
             appends = [
                 (p, e.index, e.term, e.data, _entry_crc(p, e.index, e.term, e.data))
                 for p, changes in logs.items()
                 for e in changes.entries.values()
             ]
+            fold = next_seq - 1 - self._folded_seq >= self.fold_rows
             conn = self._conn
             try:
                 # Checkpoint right before a commit, which then restarts the WAL (new salts: the copied frames
@@ -643,10 +793,8 @@ class SqliteJournal:
                     self._wal_bytes = 0
                 conn.execute("BEGIN IMMEDIATE")
                 with conn:
-                    if upserts:
-                        conn.executemany(_UPSERT_RECORD, upserts)
-                    if removals:
-                        conn.executemany(_DELETE_RECORD, removals)
+                    if journal:
+                        _insert(conn, _APPEND_JOURNAL, journal)
                     for p, changes in logs.items():
                         if changes.truncate_from is not None:
                             conn.execute(
@@ -657,21 +805,43 @@ class SqliteJournal:
                                 "DELETE FROM log_entries WHERE partition = ? AND idx <= ?", (p, changes.compacted[0])
                             )
                     if appends:
-                        conn.executemany(_INSERT_ENTRY, appends)
+                        _insert(conn, _INSERT_ENTRIES, appends)
                     if partitions:
-                        conn.executemany(_UPSERT_PARTITION, [_partition_row(p, s) for p, s in partitions.items()])
+                        _insert(conn, _UPSERT_PARTITIONS, [_partition_row(p, s) for p, s in partitions.items()], True)
                     if meta:
                         conn.executemany(_UPSERT_META, [(n, v, _meta_crc(n, v)) for n, v in meta.items()])
+                    folded_pages = self._fold_journal(next_seq - 1, removals) if fold else 0
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: sync failed: {exc}") from exc
             # Only once committed: a failed job leaves the journal as it was, for a retry.
             self._partitions.update(partitions)
             self._logged_lsn = up_to_lsn
-            # A changed row dirties a page of its table, and a large value overflows onto more: an over-estimate
-            # for rows that share a page, which only brings the next checkpoint earlier.
-            rows = len(upserts) + len(removals) + len(partitions) + len(meta) + len(logs)
-            payload = sum(len(row[2] or b"") for row in upserts) + sum(len(row[3]) for row in appends)
-            self._wal_bytes += self._page_bytes * (1 + rows) + payload
+            self._next_seq = next_seq
+            if fold:
+                self._folded_seq, self._removals = next_seq - 1, False
+            else:
+                self._removals = removals
+            # Appended rows fill the last page of their table (rewritten whole at every commit) and the next
+            # ones; each other changed row dirties a page, and a fold each records page it changes: estimates
+            # on the high side, which only bring the next checkpoint earlier.
+            pages = 2 + bool(partitions) + len(meta) + 2 * len(logs) + folded_pages
+            payload = sum(len(row[3] or b"") + len(row[2]) + 40 for row in journal)
+            payload += sum(len(row[3]) + 24 for row in appends)
+            self._wal_bytes += self._page_bytes * pages + payload
+
+    def _fold_journal(self, through_seq: int, removals: bool) -> int:
+        """Fold the journal rows up to ``through_seq`` into records (inside the caller's transaction), in SQL;
+        an estimate of the pages that changed."""
+        conn = self._conn
+        upsert_writes, delete_removed, drop_folded = _FOLD
+        changed = conn.execute(upsert_writes, (through_seq,)).rowcount
+        if removals:
+            conn.execute(delete_removed, (through_seq,))
+        conn.execute(drop_folded, (through_seq,))
+        self._set_state("folded_seq", through_seq)
+        # Every changed records row may sit on its own page, but the table holds no more pages than the file.
+        file_pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        return 2 + min(max(changed, 0) + (through_seq - self._folded_seq) // 64, file_pages)
 
     def _fold(
         self, events: list[Event]
@@ -714,7 +884,29 @@ class SqliteJournal:
             )
         return records, meta, partitions, logs
 
-    def close(self) -> None:
+    def fold(self) -> None:
+        """Fold every journal row into records, in one transaction (close does it; so may a test)."""
+        with self._lock:
+            if self._closed:
+                raise StorageError(f"{self.path}: storage is closed")
+            if self._next_seq - 1 == self._folded_seq:
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                with self._conn:
+                    self._fold_journal(self._next_seq - 1, self._removals)
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: fold failed: {exc}") from exc
+            self._folded_seq, self._removals = self._next_seq - 1, False
+
+    def close(self, fold: bool = True) -> None:
+        """Fold what the journal holds (a failed fold leaves it as it was, to be replayed at the next open),
+        then close the file. ``fold=False`` leaves the journal as it is (tests: a process killed)."""
+        if fold and not self._closed:
+            try:
+                self.fold()
+            except StorageError as exc:
+                log.warning("%s: closing without folding the journal: %s", self.path, exc)
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -733,12 +925,12 @@ class SqliteSyncJob:
 
 
 class SqliteStorage(MemoryStorage):
-    def __init__(self, path: str | Path, fsync: FsyncPolicy = "always") -> None:
+    def __init__(self, path: str | Path, fsync: FsyncPolicy = "always", *, fold_rows: int = FOLD_ROWS) -> None:
         self.path = Path(path)
-        self.journal = SqliteJournal(self.path, fsync)
+        self.journal = SqliteJournal(self.path, fsync, fold_rows)
         super().__init__(self.journal)
         try:
             self.journal.recover_into(self)
         except BaseException:
-            self.journal.close()
+            self.journal.close(fold=False)
             raise

@@ -5,9 +5,12 @@ made durable. A crash is a process killed at some point:
 
 - between steps: the journal's connection closes without the pending sync, so the unsynced changes are
   never written;
-- inside a sync job, before any of its SQL statements (the checkpoint, each row of each ``executemany``,
-  the range deletes, the commit): the database and WAL files are copied as they are at that instant and
-  the machine goes on from the copy, as a restarted node would.
+- inside a sync job, before any of its SQL statements (the checkpoint, each multi-row insert, the range
+  deletes, the statements of a fold of the journal into records, the commit): the database and WAL files
+  are copied as they are at that instant and the machine goes on from the copy, as a restarted node would;
+- inside the fold a clean close runs (after a sync), before any of its statements.
+
+Jobs fold the journal every few record changes, so crashes land before, inside and after folds.
 
 After a crash the reopened storage must hold exactly the durable state: every partition's log with its
 truncations and compactions, hard state and applied index, the records and meta, and nothing unsynced.
@@ -37,6 +40,8 @@ keys = st.sampled_from(["a", "b", "c"])
 DB = "kv.sqlite3"
 # Small, so that jobs checkpoint the WAL now and then, and crashes land around checkpoints too.
 CHECKPOINT_WAL_BYTES = 16 << 10
+# Small, so that jobs fold the journal often.
+FOLD_ROWS = 3
 
 
 @dataclass
@@ -94,7 +99,7 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="sqlite-crash-"))
         self.crashes = 0
         self.path = self.dir / "run0" / DB
-        self.storage = SqliteStorage(self.path, fsync="never")
+        self.storage = SqliteStorage(self.path, fsync="never", fold_rows=FOLD_ROWS)
         self.written = Model()
         self.durable = Model()
         self.changes = 0  # makes every value unique
@@ -180,16 +185,17 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         for suffix in ("", "-wal"):
             if Path(f"{self.path}{suffix}").exists():
                 shutil.copyfile(f"{self.path}{suffix}", f"{scratch}{suffix}")
-        copied = SqliteStorage(scratch, fsync="never")
+        copied = SqliteStorage(scratch, fsync="never", fold_rows=FOLD_ROWS)
         try:
             assert view_of(copied) == self.durable.view()
         finally:
-            copied.journal.close()
+            copied.journal.close(fold=False)
             shutil.rmtree(scratch.parent)
 
     @rule()
     def crash(self) -> None:
-        self.storage.journal.close()  # without the pending sync: a process killed after its last commit
+        # Without the pending sync or a fold: a process killed after its last commit.
+        self.storage.journal.close(fold=False)
         self._reopen(self.path)
 
     @precondition(lambda self: self.storage.written_lsn != self.storage.synced_lsn)
@@ -221,8 +227,36 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         else:
             self.durable = copy.deepcopy(self.written)
             crashed = self.path
-        self.storage.journal.close()
+        self.storage.journal.close(fold=False)
         self._reopen(crashed)
+
+    @rule(at_statement=st.integers(0, 8))
+    def crash_inside_the_fold_of_a_close(self, at_statement: int) -> None:
+        """A clean close syncs, then folds the whole journal in a transaction of its own: the files as a crash
+        would leave them just before the fold's ``at_statement``-th statement (or after it committed)."""
+        self.storage.sync()
+        self.durable = copy.deepcopy(self.written)
+        crashed = self.dir / f"crash{self.crashes}" / DB
+        statements = 0
+
+        def maybe_copy(_sql: str) -> None:
+            nonlocal statements
+            if statements == at_statement:
+                crashed.parent.mkdir()
+                for suffix in ("", "-wal"):
+                    source = Path(f"{self.path}{suffix}")
+                    if source.exists():
+                        shutil.copyfile(source, f"{crashed}{suffix}")
+            statements += 1
+
+        conn = self.storage.journal._conn
+        conn.set_trace_callback(maybe_copy)
+        try:
+            self.storage.journal.fold()
+        finally:
+            conn.set_trace_callback(None)
+        self.storage.journal.close(fold=False)
+        self._reopen(crashed if statements > at_statement else self.path)
 
     def _reopen(self, path: Path) -> None:
         self.crashes += 1
@@ -232,7 +266,7 @@ class SqliteCrashMachine(RuleBasedStateMachine):
             if Path(f"{path}{suffix}").exists():
                 shutil.copyfile(f"{path}{suffix}", f"{moved}{suffix}")
         self.path = moved
-        self.storage = SqliteStorage(moved, fsync="never")
+        self.storage = SqliteStorage(moved, fsync="never", fold_rows=FOLD_ROWS)
         self.written = copy.deepcopy(self.durable)
         assert self.storage.written_lsn == 0
 

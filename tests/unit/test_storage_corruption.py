@@ -2,8 +2,10 @@
 the state some prefix of the acknowledged writes produced and logs a warning. Never a value nobody wrote.
 
 The damage is done to real files: a database built through SqliteStorage and copied while open, so that
-its WAL holds several commits of the current generation with stale frames of an older one behind them,
-and the same database after a clean close (no WAL, every page in the main file).
+its WAL holds several commits of the current generation with stale frames of an older one behind them
+(record changes both folded into the records table and still in the journal), and the same database after
+a clean close (no WAL, every page in the main file, the journal folded) and after a crash (no WAL, the
+journal not folded).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def query(db: bytes, directory: Path, sql: str) -> list[Any]:
 class Golden:
     db: bytes  # kv.sqlite3, copied while the storage was open
     wal: bytes  # kv.sqlite3-wal beside it: current commits, then stale frames of an older generation
-    closed_db: bytes  # the same data after close(): every page in the main file, no WAL
+    closed_db: bytes  # the same data after close(): every page in the main file, no WAL, the journal folded
+    unfolded_db: bytes  # the same data after a process crash: every page in the main file, the journal not folded
     states: list[Contents]  # the state after each commit, oldest first: the acknowledged prefixes
     commit_frames: list[int]  # 1-based numbers of the WAL's commit frames in the current generation
 
@@ -124,7 +127,8 @@ def _op(s: SqliteStorage, rng: random.Random, n: int, key: str) -> None:
 def build_golden(directory: Path) -> Golden:
     path = directory / DB
     # fsync=never writes the same files as always: synchronous only decides whether SQLite calls fsync.
-    s = SqliteStorage(path, fsync="never")
+    # Folds every 150 record changes: the file holds records and journal rows, and the WAL has folds in it.
+    s = SqliteStorage(path, fsync="never", fold_rows=150)
     # SQLite's own checkpoints every 20 pages, which leave the WAL's frames in place and restart it from
     # the top on the next write: stale frames then lie behind the current ones, as a WAL written by an
     # older build (or any SQLite with default settings) holds them.
@@ -154,7 +158,10 @@ def build_golden(directory: Path) -> Golden:
             if shaped and scan.size > scan.kept_end + 2 * FRAME:
                 break
     db, wal = path.read_bytes(), Path(f"{path}-wal").read_bytes()
-    s.close()
+    assert s.journal._folded_seq > 0 and s.journal._next_seq > s.journal._folded_seq + 20, "no fold, or no journal"
+    s.journal.close(fold=False)
+    unfolded_db = path.read_bytes()
+    SqliteStorage(path, fsync="never").close()
     # The commit frames, read straight from the frame headers: those with the header's salts, up to the first other.
     frames = [
         struct.unpack_from(">II8s", wal, frame_start(n)) for n in range(1, (len(wal) - HEADER_BYTES) // FRAME + 1)
@@ -162,7 +169,7 @@ def build_golden(directory: Path) -> Golden:
     current = itertools.takewhile(lambda frame: frame[2] == wal[16:24], frames)
     commit_frames = [n for n, (_, commit_size, _) in enumerate(current, start=1) if commit_size]
     assert len(commit_frames) >= 6 and len(frames) > commit_frames[-1] + 2, "the golden WAL lost its shape"
-    return Golden(db, wal, path.read_bytes(), states, commit_frames)
+    return Golden(db, wal, path.read_bytes(), unfolded_db, states, commit_frames)
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +240,7 @@ def test_undamaged_files_open_to_the_last_state(
     last = len(golden.states) - 1
     assert reopen(tmp_path, golden, golden.db, golden.wal, caplog) == Outcome(None, last, [])
     assert reopen(tmp_path, golden, golden.closed_db, None, caplog) == Outcome(None, last, [])
+    assert reopen(tmp_path, golden, golden.unfolded_db, None, caplog) == Outcome(None, last, [])
 
 
 # ------------------------------------------------------------ the WAL header
@@ -521,6 +529,76 @@ def test_a_flipped_byte_in_a_stored_value_is_refused_naming_the_row(
             assert outcome.error == f"{DB}: table {table}: {where}: checksum mismatch. {DAMAGED}"
             refused += 1
     assert refused == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # A write: a byte of its value.
+        "SELECT seq, partition, key, value FROM journal WHERE version IS NOT NULL ORDER BY seq LIMIT 1 OFFSET 5",
+        # A removal: a byte of its key (one bit, so that it stays text).
+        "SELECT seq, partition, key, key FROM journal WHERE version IS NULL ORDER BY seq LIMIT 1",
+    ],
+)
+def test_a_changed_byte_in_a_journal_row_is_refused_naming_the_row(
+    tmp_path: Path, golden: Golden, caplog: pytest.LogCaptureFixture, sql: str
+) -> None:
+    [(seq, partition, key, value)] = query(golden.unfolded_db, tmp_path, sql)
+    value = value.encode() if isinstance(value, str) else value
+    offsets = [i for i in range(len(golden.unfolded_db)) if golden.unfolded_db.startswith(value, i)]
+    assert offsets
+    if value == key.encode():  # the row is read back with the damaged key
+        key = key[:-1] + chr(ord(key[-1]) ^ 0x01)
+    expected = f"{DB}: table journal: row {seq} (key {key!r} in partition {partition}): checksum mismatch. {DAMAGED}"
+    named = 0
+    # The live row, and any copy elsewhere (free space; for a key, the rows of other changes to it).
+    for offset in offsets:
+        at = offset + len(value) - 1
+        damaged = golden.unfolded_db[:at] + bytes([golden.unfolded_db[at] ^ 0x01]) + golden.unfolded_db[at + 1 :]
+        outcome = reopen(tmp_path, golden, damaged, None, caplog)
+        if outcome.error is None:
+            assert outcome == Outcome(None, len(golden.states) - 1, [])
+        else:
+            assert outcome.error.startswith(f"{DB}: table ") and outcome.error.endswith(DAMAGED)
+            named += outcome.error == expected
+    assert named == 1
+
+
+def test_a_journal_row_missing_or_misplaced_is_refused(
+    tmp_path: Path, golden: Golden, caplog: pytest.LogCaptureFixture
+) -> None:
+    [(first, last, folded)] = query(
+        golden.unfolded_db,
+        tmp_path,
+        "SELECT min(seq), max(seq), (SELECT value FROM state WHERE name = 'folded_seq') FROM journal",
+    )
+    assert first == folded + 1 and last > first + 2
+    for change, message in [
+        (f"DELETE FROM journal WHERE seq = {first + 1}", f"row {first + 2} follows {first}"),
+        (f"DELETE FROM journal WHERE seq = {first}", f"row {first + 1} follows {folded}"),
+        (f"UPDATE journal SET seq = {last + 5} WHERE seq = {last}", f"row {last + 5} follows {last - 1}"),
+    ]:
+        damaged = _changed(golden.unfolded_db, tmp_path, change)
+        outcome = reopen(tmp_path, golden, damaged, None, caplog)
+        assert outcome.error == (
+            f"{DB}: table journal: {message}: rows are missing or misplaced (folded to {folded}). {DAMAGED}"
+        )
+
+
+def _changed(db: bytes, directory: Path, sql: str) -> bytes:
+    """The database file ``db`` after ``sql``, run with plain sqlite3 on a copy."""
+    copy = directory / "change" / DB
+    copy.parent.mkdir(exist_ok=True)
+    copy.write_bytes(db)
+    conn = sqlite3.connect(copy)
+    try:
+        with conn:
+            conn.execute(sql)
+    finally:
+        conn.close()
+    changed = copy.read_bytes()
+    shutil.rmtree(copy.parent)
+    return changed
 
 
 def _page(golden: Golden, tmp_path: Path, name: str) -> int:

@@ -41,8 +41,9 @@ def state_of(s: MemoryStorage) -> State:
 
 
 def crash(s: SqliteStorage) -> None:
-    """A process killed after its last commit: the connection goes, the unsynced changes are never written."""
-    s.journal.close()
+    """A process killed after its last commit: the connection goes, the unsynced changes are never written,
+    the journal is not folded."""
+    s.journal.close(fold=False)
 
 
 def entries(first: int, last: int, term: int) -> list[LogEntry]:
@@ -146,12 +147,104 @@ def test_a_job_writes_only_the_last_change_of_each_record(db: Path) -> None:
     s.journal._conn.set_trace_callback(statements.append)
     s.sync()
     s.journal._conn.set_trace_callback(None)
-    upserts = [sql for sql in statements if "INTO records" in sql]
-    assert len(upserts) == 1 and "x'313030'" in upserts[0]  # b"100", the last value, bound once
+    # One multi-row INSERT (not a statement per row) of the two rows: b"100", the last value of "hot", bound
+    # once, and the removal of "brief", with no value or version.
+    [appended] = [sql for sql in statements if "INTO journal" in sql]
+    assert appended.count("x'313030'") == 1 and appended.count("'hot'") == 1
+    assert appended.endswith(f"(2, 0, 'brief', NULL, NULL, NULL, NULL, NULL, {sqlite_engine._removal_crc(0, 'brief')})")
     assert len([sql for sql in statements if "INTO partition_state" in sql]) == 1
-    assert len([sql for sql in statements if sql.startswith("DELETE FROM records")]) == 1
+    assert not [sql for sql in statements if "records" in sql]  # nothing folded yet
     s.close()
     assert SqliteStorage(db).items() == [(0, "hot", Record(b"100", 100))]
+
+
+def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_journal_is_folded_into_records_in_sql_inside_a_job(db: Path) -> None:
+    s = SqliteStorage(db, fsync="never", fold_rows=6)
+    s.write(0, "a", Record(b"a1", 1))
+    s.write(1, "b", Record(b"b1", 2))
+    s.write(0, "gone", Record(b"g", 3))
+    s.sync()
+    s.remove(0, "a")  # removed: its last change in the fold
+    s.remove(0, "gone")
+    s.write(0, "gone", Record(b"back", 4))  # removed, then written again
+    s.sync()  # 5 rows: not folded yet
+    assert s.journal._folded_seq == 0 and s.journal._next_seq == 6
+    s.write(1, "b", Record(None, 5, expires_at_ms=99))  # a tombstone is a write
+    s.write(2, "c", Record(b"c", 6, context=b"ctx", siblings=(Sibling(b"s", 1),)))
+    statements: list[str] = []
+    s.journal._conn.set_trace_callback(statements.append)
+    s.sync()
+    s.journal._conn.set_trace_callback(None)
+    # One transaction: the job's own rows, then the fold of everything, in a few statements (no Python per row).
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    fold = [sql for sql in statements if "records" in sql or "DELETE FROM journal" in sql]
+    assert [sql.split(" (")[0].split(" WHERE")[0] for sql in fold] == [
+        "INSERT OR REPLACE INTO records",
+        "DELETE FROM records",
+        "DELETE FROM journal",
+    ]
+    assert statements.index(fold[0]) > max(i for i, sql in enumerate(statements) if "INTO journal" in sql)
+    assert s.journal._folded_seq == 7
+    expected = s.items()
+    crash(s)
+    assert _rows(db, "SELECT count(*) FROM journal") == [(0,)]
+    assert _rows(db, "SELECT value FROM state WHERE name = 'folded_seq'") == [(7,)]
+    assert [(p, key) for p, key, *_ in _rows(db, "SELECT * FROM records ORDER BY partition, key")] == [
+        (0, "gone"),
+        (1, "b"),
+        (2, "c"),
+    ]
+    # Each records row's checksum is the one computed for its journal row, copied.
+    for p, key, value, version, expires, context, siblings, crc in _rows(db, "SELECT * FROM records"):
+        assert crc == sqlite_engine._record_crc(p, key, value, version, expires, context, siblings)
+    assert SqliteStorage(db).items() == expected
+
+
+def test_recovery_replays_the_journal_over_the_records(db: Path) -> None:
+    s = SqliteStorage(db, fsync="never", fold_rows=4)
+    for i in range(10):
+        s.write(0, f"k{i % 3}", Record(b"%d" % i, i + 1))
+        if i % 4 == 3:
+            s.remove(0, f"k{(i + 1) % 3}")
+        s.sync()
+    expected = state_of(s)
+    crash(s)  # the journal holds what the last fold did not take
+    assert _rows(db, "SELECT count(*) > 0 FROM journal") == [(1,)]
+    again = SqliteStorage(db, fold_rows=4)
+    assert state_of(again) == expected
+    again.write(0, "k9", Record(b"more", 20))
+    again.sync()  # sequence numbers continue from the recovered journal
+    expected = state_of(again)
+    again.close()  # close folds the rest
+    assert _rows(db, "SELECT count(*) FROM journal") == [(0,)]
+    assert state_of(SqliteStorage(db)) == expected
+
+
+def test_a_fold_that_fails_leaves_the_journal_to_be_replayed(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = SqliteStorage(db, fsync="never")
+    s.write(0, "a", Record(b"a", 1))
+    s.sync()
+    expected = s.items()
+    s.journal._conn.execute("CREATE TRIGGER no_fold BEFORE INSERT ON records BEGIN SELECT RAISE(FAIL, 'no'); END")
+    with caplog.at_level(logging.WARNING, logger="kvstore.storage.sqlite"):
+        s.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{db}: closing without folding the journal: {db}: fold failed: no"
+    ]
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DROP TRIGGER no_fold")
+    conn.close()
+    assert _rows(db, "SELECT count(*) FROM journal") == [(1,)]
+    assert SqliteStorage(db).items() == expected
 
 
 def test_log_truncation_and_compaction_are_range_deletes_in_the_jobs_transaction(db: Path) -> None:
@@ -401,25 +494,51 @@ def _tables(db: Path) -> list[str]:
         conn.close()
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_old_files_are_migrated_to_version_3(db: Path, caplog: pytest.LogCaptureFixture, version: int) -> None:
-    if version == 1:
-        _v1_file(db)
-    else:
-        _v2_file(db)
+def _v3_file(db: Path) -> None:
+    """A version 3 file holding _MIGRATED: records upserted in place, no journal. Its tables and rows are the
+    current ones but for the journal (a current file, folded at close, with the journal taken out)."""
+    s = SqliteStorage(db)
+    for p, key, record in _MIGRATED[0]:
+        s.write(p, key, record)
+    for name, value in _MIGRATED[1]:
+        s.put_meta(name, value)
+    for p in (0, 1, 2):
+        s.set_applied_index(p, 8)
+    s.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DROP TABLE journal")
+        conn.execute("DELETE FROM state WHERE name = 'folded_seq'")
+        conn.execute(
+            "UPDATE state SET value = 3, crc = ? WHERE name = 'schema_version'",
+            (_v2_state_row("schema_version", 3)[2],),
+        )
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_old_files_are_migrated_to_version_4(db: Path, caplog: pytest.LogCaptureFixture, version: int) -> None:
+    [_v1_file, _v2_file, _v3_file][version - 1](db)
     with caplog.at_level(logging.INFO, logger="kvstore.storage.sqlite"):
         s = SqliteStorage(db)
     assert [r.getMessage() for r in caplog.records] == [
         *([f"{db}: migrated from schema version 1 to 2 (row checksums added)"] if version == 1 else []),
-        f"{db}: migrated from schema version 2 to 3 (records upserted in place, per-partition logs; the applied"
-        " index of every partition is the old file's last LSN, 8)",
+        *(
+            [
+                f"{db}: migrated from schema version 2 to 4 (records, per-partition logs; the applied index of every"
+                " partition is the old file's last LSN, 8)"
+            ]
+            if version < 3
+            else [f"{db}: migrated from schema version 3 to 4 (record changes journaled, folded in SQL)"]
+        ),
     ]
     assert state_of(s) == _MIGRATED
     # Single-mode versions come from the applied index: the next write's is above every old one.
     s.write(0, "d", Record(b"after", s.log(0).applied_index() + 1))
     s.set_applied_index(0, 9)
     s.close()
-    assert _tables(db) == ["log_entries", "meta", "partition_state", "records", "state"]
+    assert _tables(db) == ["journal", "log_entries", "meta", "partition_state", "records", "state"]
+    assert _rows(db, "SELECT name, value FROM state ORDER BY name") == [("folded_seq", 1), ("schema_version", 4)]
     again = SqliteStorage(db)
     assert again.get(0, "d", 0) == Record(b"after", 9)
     again.close()
@@ -460,11 +579,11 @@ def test_a_newer_schema_is_refused(db: Path) -> None:
     conn = sqlite3.connect(db)
     with conn:
         conn.execute(
-            "UPDATE state SET value = 4, crc = ? WHERE name = 'schema_version'",
-            (_v2_state_row("schema_version", 4)[2],),
+            "UPDATE state SET value = 5, crc = ? WHERE name = 'schema_version'",
+            (_v2_state_row("schema_version", 5)[2],),
         )
     conn.close()
-    with pytest.raises(StorageError, match="schema version 4, this build reads 3"):
+    with pytest.raises(StorageError, match="schema version 5, this build reads 4"):
         SqliteStorage(db)
 
 

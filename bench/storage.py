@@ -5,8 +5,10 @@
    partitions. A write is what a ``single``-mode write command does to storage: ``write`` of the record,
    versioned with the partition's next applied index, and ``set_applied_index`` (the in-memory state, on a
    node's loop thread), plus its share of ``sync()`` (``prepare_sync``, the job's ``run``,
-   ``complete_sync``; the job folds its events to the last change per record and per partition, computes
-   the rows' CRC-32 checksums and upserts them as one transaction, which a node runs on a worker thread).
+   ``complete_sync``; the job reduces its events to the last change per record and per partition, computes
+   the rows' CRC-32 checksums, appends the record changes to the journal table and upserts the partition
+   rows as one transaction, folding the journal into the records table in SQL once it holds 10,000 rows;
+   a node runs jobs on a worker thread).
    References, on the same directory: the disk's raw fsync
    ceiling (a loop of 4 KiB ``os.write`` + ``os.fdatasync`` appending to a plain file, syncs/s; appending
    makes each fdatasync commit the new file size too, so it is a rough ceiling, not a hard one), and raw
@@ -18,12 +20,14 @@
    ``sqlite3`` with ``synchronous=OFF`` inserting the same rows in the same transaction sizes. The time
    spent in ``put`` (loop thread) is reported apart from the sync path, and the CRC-32 of a log row alone
    is timed too.
-3. Recovery. Opening a closed ``SqliteStorage`` that holds 100,000 records plus 5,000 replication log
-   entries (100 bytes each, over 64 partitions): lock, WAL scan, ``PRAGMA quick_check``, then every row
-   read, its checksum verified, each log's continuity checked and the in-memory state rebuilt. Reference:
-   a plain ``sqlite3`` connection running ``SELECT * FROM records`` and ``SELECT * FROM log_entries`` on the
-   same file, fetching every row. The file is in the page cache for both (it was just written; the
-   benchmark cannot drop caches). ``quick_check`` alone is timed as well.
+3. Recovery. Opening a ``SqliteStorage`` that holds 100,000 records plus 5,000 replication log entries
+   (100 bytes each, over 64 partitions) and, as a crash leaves it, 9,999 record changes in the journal not
+   yet folded (the most a sync leaves there): lock, WAL scan, ``PRAGMA quick_check``, then every row read,
+   its checksum verified, the journal replayed over the records, each log's and the journal's continuity
+   checked and the in-memory state rebuilt. Reference: a plain ``sqlite3`` connection running
+   ``SELECT *`` on the records, journal and log_entries tables of the same file, fetching every row. The
+   file is in the page cache for both (it was just written; the benchmark cannot drop caches).
+   ``quick_check`` alone is timed as well.
 4. Log store (``fsync = "always"``). Appends/s to the per-partition replication logs when every sync
    (one fsync) covers a group of 1, 16 or 128 appends, each one 100-byte entry, spread round-robin over 8
    partitions, as a replication protocol appends and syncs before acknowledging. Reference: the raw fsync
@@ -60,7 +64,7 @@ from typing import Any
 
 from kvstore.config import FsyncPolicy
 from kvstore.storage.base import Record
-from kvstore.storage.sqlite import SqliteStorage, _record_crc
+from kvstore.storage.sqlite import FOLD_ROWS, SqliteStorage, _record_crc
 from replication.replica import LogEntry
 
 KEY_BYTES = 16
@@ -76,6 +80,8 @@ LOG_PARTITIONS = 8
 # Raw SQLite: the same shape of row without the storage's log columns and checksum.
 RAW_SCHEMA = "CREATE TABLE kv (id INTEGER PRIMARY KEY, partition INTEGER NOT NULL, key TEXT NOT NULL, value BLOB)"
 RAW_INSERT = "INSERT INTO kv (partition, key, value) VALUES (?, ?, ?)"
+# What recovery reads row by row, and the plain read reference fetches.
+RECOVERY_TABLES = ("records", "journal", "log_entries")
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Sizes:
     checksum_rows: int
     recovery_keys: int
     recovery_log_rows: int
+    recovery_journal_rows: int  # record changes left unfolded in the journal (fewer than FOLD_ROWS)
     log_appends: dict[int, int]  # group size -> appends, fsync="always"
 
 
@@ -98,6 +105,7 @@ FULL_SIZES = Sizes(
     checksum_rows=100_000,
     recovery_keys=100_000,
     recovery_log_rows=5_000,
+    recovery_journal_rows=FOLD_ROWS - 1,
     log_appends={1: 3_000, 16: 16_000, 128: 64_000},
 )
 QUICK_SIZES = Sizes(
@@ -107,6 +115,7 @@ QUICK_SIZES = Sizes(
     checksum_rows=10_000,
     recovery_keys=10_000,
     recovery_log_rows=500,
+    recovery_journal_rows=1_000,
     log_appends={1: 100, 16: 1_600, 128: 6_400},
 )
 
@@ -262,8 +271,13 @@ def log_entry(index: int, values: Sequence[bytes]) -> LogEntry:
     return LogEntry(index, 1, values[index % len(values)])
 
 
-def build_recovery_file(directory: Path, keys: int, log_rows: int, values: Sequence[bytes]) -> Path:
-    """A closed SqliteStorage file: ``keys`` records, then ``log_rows`` log entries over the partitions."""
+def build_recovery_file(
+    directory: Path, keys: int, log_rows: int, values: Sequence[bytes], journal_rows: int = 0
+) -> Path:
+    """A SqliteStorage file: ``keys`` records, then ``log_rows`` log entries over the partitions, then
+    ``journal_rows`` rewrites of records left in the journal (the process killed, not closed)."""
+    if journal_rows >= FOLD_ROWS:
+        raise ValueError(f"journal_rows ({journal_rows}) must be under FOLD_ROWS ({FOLD_ROWS}): a sync would fold")
     path = directory / "recovery" / "kv.sqlite3"
     shutil.rmtree(path.parent, ignore_errors=True)
     storage = SqliteStorage(path, "never")
@@ -277,21 +291,31 @@ def build_recovery_file(directory: Path, keys: int, log_rows: int, values: Seque
             storage.log(n % PARTITIONS).append([log_entry(n // PARTITIONS + 1, values)])
             if n % 1000 == 999:
                 storage.sync()
+        storage.sync()
+        storage.journal.fold()
+        for n in range(journal_rows):
+            i = n * 7 % keys
+            storage.write(i % PARTITIONS, key_name(i), Record(values[n % len(values)], keys + n + 1))
+            if n % 1000 == 999:
+                storage.sync()
+        storage.sync()
     finally:
-        storage.close()
+        storage.journal.close(fold=False)
     conn = sqlite3.connect(path)
     try:
-        records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
-        entries = conn.execute("SELECT count(*) FROM log_entries").fetchone()[0]
+        counts = tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in RECOVERY_TABLES)
     finally:
         conn.close()
-    if (records, entries) != (keys, log_rows):
-        raise BenchError(f"recovery file holds {records} records and {entries} log entries, not {keys} and {log_rows}")
+    if counts != (keys, journal_rows, log_rows):
+        raise BenchError(
+            f"recovery file holds {counts} rows in {RECOVERY_TABLES}, not {(keys, journal_rows, log_rows)}"
+        )
     return path
 
 
 def measure_open(path: Path, expected_keys: int) -> float:
-    """Seconds to open (recover) the SqliteStorage at ``path``; closing is not timed."""
+    """Seconds to open (recover) the SqliteStorage at ``path``; closing (without folding the journal, so the
+    file stays as it was for the next run) is not timed."""
     gc.collect()
     started = time.perf_counter()
     storage = SqliteStorage(path, "always")
@@ -300,17 +324,17 @@ def measure_open(path: Path, expected_keys: int) -> float:
         if storage.key_count() != expected_keys:
             raise BenchError(f"recovered {storage.key_count()} keys, expected {expected_keys}")
     finally:
-        storage.close()
+        storage.journal.close(fold=False)
     return elapsed
 
 
 def measure_plain_read(path: Path) -> float:
-    """Seconds for a plain sqlite3 connection to fetch every row of the records and log_entries tables."""
+    """Seconds for a plain sqlite3 connection to fetch every row of the records, journal and log_entries tables."""
     gc.collect()
     started = time.perf_counter()
     conn = sqlite3.connect(path)
     try:
-        for table in ("records", "log_entries"):
+        for table in RECOVERY_TABLES:
             for _row in conn.execute(f"SELECT * FROM {table}"):
                 pass
     finally:
@@ -546,9 +570,10 @@ def render(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"3. Recovery of {s['recovery_keys']:,} records + {s['recovery_log_rows']:,} log entries "
-        f"(file {report['recovery_file_bytes'] / 1e6:.1f} MB, in the page cache)",
-        f"  open (recover) {r['open_s']:.3f} s, plain SELECT of both tables {r['plain_read_s']:.3f} s: "
+        f"3. Recovery of {s['recovery_keys']:,} records + {s['recovery_journal_rows']:,} journal rows + "
+        f"{s['recovery_log_rows']:,} log entries (file {report['recovery_file_bytes'] / 1e6:.1f} MB, "
+        "in the page cache)",
+        f"  open (recover) {r['open_s']:.3f} s, plain SELECT of the three tables {r['plain_read_s']:.3f} s: "
         f"{r['open_over_plain_read']['ratio']:.2f}x (per run "
         f"{_per_run(r['open_over_plain_read']['runs_ratio'], '.2f')}); quick_check alone {r['quick_check_s']:.3f} s",
         "",
@@ -573,7 +598,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kvstore-bench-storage-", dir=args.tmp_dir) as tmp:
         work_dir = Path(tmp)
-        recovery_file = build_recovery_file(work_dir, sizes.recovery_keys, sizes.recovery_log_rows, values)
+        recovery_file = build_recovery_file(
+            work_dir, sizes.recovery_keys, sizes.recovery_log_rows, values, sizes.recovery_journal_rows
+        )
         file_bytes = recovery_file.stat().st_size
         runs = []
         for run in range(args.runs):

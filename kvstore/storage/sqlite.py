@@ -1,24 +1,30 @@
 """SqliteStorage: the durable engine. MemoryStorage serves reads; a SqliteJournal keeps its state on disk.
 
-On disk (schema version 3; one SQLite file in WAL mode, owned by one process: exclusive locking):
+On disk (schema version 4; one SQLite file in WAL mode, owned by one process: exclusive locking):
 
-- ``records``: every stored record, one row per (partition, key): value (NULL for a tombstone), the
-  protocol's version, expiry, causal context and siblings (msgpack ``[[value, version, context], ...]``,
-  NULL when there are none);
+- ``records``: every stored record as of the last fold, one row per (partition, key): value (NULL for a
+  tombstone), the protocol's version, expiry, causal context and siblings (msgpack
+  ``[[value, version, context], ...]``, NULL when there are none);
+- ``journal``: the record changes since then, in sequence order (``seq``): a write carries the record's
+  columns, a removal a NULL version;
 - ``log_entries``: each partition's replication log, one row per (partition, index);
 - ``partition_state``: per partition, the protocol's hard state, the applied index and the snapshot point
   (index and term) the log was compacted to;
-- ``meta``: node-level named values; ``state``: the schema version.
+- ``meta``: node-level named values; ``state``: the schema version and ``folded_seq``, the last journal row
+  folded into records.
 
-A sync job writes its events straight into these tables as one transaction (group commit: one fsync for
-the batch under ``synchronous=FULL``; ``never`` turns the fsync off), so an applied index is durable
-exactly when the records written with it are. It first folds its events to the last change per record,
-meta name and partition state, so a value overwritten within the job is never written at all; records are
-upserted and deleted with ``executemany``, a log truncation or compaction is one ``DELETE`` by index range.
-Every row carries ``crc``, a CRC-32 of a canonical encoding of its other columns, computed by the job (a
-node runs jobs on a worker thread) from the events it was given. A partition's state row is rewritten
-from the journal's own copy of it, never from rows read back, so a page damaged after it was written
-cannot re-enter the file under a fresh checksum.
+A sync job writes its events into these tables as one transaction (group commit: one fsync for the batch
+under ``synchronous=FULL``; ``never`` turns the fsync off), so an applied index is durable exactly when the
+records written with it are. It first reduces its events to the last change per record, meta name and
+partition state, so a value overwritten within the job is never written at all; record changes are
+appended to the journal (sequential: a few pages per commit, where upserting random keys in place dirtied
+a page per key), a log truncation or compaction is one ``DELETE`` by index range. Once the journal holds
+``fold_rows`` rows, the job also folds it into records, in SQL statements that SQLite runs without the
+interpreter lock (see ``_FOLD``); a clean close folds the rest. Every row carries ``crc``, a CRC-32 of a
+canonical encoding of its other columns, computed by the job (a node runs jobs on a worker thread) from the
+events it was given; a journal row's is the one its records row will have, and the fold copies it. A
+partition's state row is rewritten from the journal's own copy of it, never from rows read back. So a page
+damaged after it was written cannot re-enter the file under a fresh checksum.
 
 Opening never serves data it cannot vouch for. It takes ``<file>.lock`` and refuses, with a
 ``StorageError`` that names the file and what is wrong:
@@ -27,12 +33,14 @@ Opening never serves data it cannot vouch for. It takes ``<file>.lock`` and refu
   or missing beside a non-empty WAL (SQLite would start afresh and delete the WAL); a WAL in which a
   damaged frame or header would make SQLite drop committed transactions in silence (``wal_scan``);
 - then: a file ``PRAGMA quick_check`` finds damaged, anywhere; a row whose checksum does not match; a
-  partition log that does not run on from its snapshot point without a gap.
+  partition log that does not run on from its snapshot point without a gap; a journal whose sequence does
+  not run on from ``folded_seq`` without a gap.
 
 A WAL that merely ends in a torn or cut write is recovered to its last intact commit, with a warning
 saying how much was dropped. Recovery hands every verified row to the in-memory state as an event
-(``restore``), which neither logs it again nor takes an LSN. Files of schema versions 1 and 2 (an event
-log folded into a snapshot) are migrated on open, in one transaction.
+(``restore``): the records, then the journal's changes over them in sequence order. An event restored
+is neither logged again nor given an LSN. Files of schema versions 1 and 2 (an event log folded into a
+snapshot) and 3 (records upserted in place, no journal) are migrated on open, in one transaction.
 
 Only the sync job (and open / close) touches the connection, so a job may run in a worker thread while
 the driver's thread keeps writing to memory: the job owns its events and never reads memory state.

@@ -42,10 +42,13 @@ def test_quick_core_functions_report_every_figure(bench: ModuleType, tmp_path: P
         checksum_rows=50,
         recovery_keys=300,
         recovery_log_rows=30,
+        recovery_journal_rows=40,
         log_appends={1: 4, 16: 32, 128: 256},
     )
     values = bench.make_values(16)
-    recovery_file = bench.build_recovery_file(tmp_path, sizes.recovery_keys, sizes.recovery_log_rows, values)
+    recovery_file = bench.build_recovery_file(
+        tmp_path, sizes.recovery_keys, sizes.recovery_log_rows, values, sizes.recovery_journal_rows
+    )
     runs = [bench.run_once(tmp_path, sizes, run, values, recovery_file) for run in range(2)]
     summary = bench.summarize(runs)
 

@@ -199,7 +199,7 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         self._reopen(self.path)
 
     @precondition(lambda self: self.storage.written_lsn != self.storage.synced_lsn)
-    @rule(at_statement=st.integers(0, 40))
+    @rule(at_statement=st.integers(0, 15))
     def crash_inside_a_sync(self, at_statement: int) -> None:
         """The files as a crash would leave them just before the job's ``at_statement``-th statement (or, past
         its last, once it committed)."""

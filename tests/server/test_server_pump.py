@@ -1,6 +1,7 @@
 """The pump's side of the durability contract, its flush schedule, bounds and failure handling.
 
-Most tests drive it with a stub node, whose steps write to a stub storage (only the durability cursor)
+Most tests drive it with driver_stub's node (each op's key names its effects: ``dur/``, ``free/``,
+``send/``, ``sendfree/``, ``bulk/``), whose steps write to a stub storage (only the durability cursor)
 and return durable and unmarked effects, and whose sync jobs block until the test opens their gate.
 """
 
@@ -13,14 +14,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from driver_stub import StubNode
 
 from kvstore import flush_policy
 from kvstore.config import FsyncPolicy, StorageConfig, local_cluster
-from kvstore.effects import Effect, Reply, Send
+from kvstore.effects import Effect
 from kvstore.errors import ErrorCode
 from kvstore.flush_policy import EARLY_FLUSH_EVENTS
 from kvstore.messages import (
-    ClientRequest,
     Failure,
     Found,
     GetOp,
@@ -35,7 +36,7 @@ from kvstore.node import Node
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
 from kvstore.server.pump import Pump
-from kvstore.storage.base import SyncJob
+from kvstore.storage.base import Record, SyncJob
 from kvstore.storage.memory import MemoryStorage
 
 POLICIES: tuple[FsyncPolicy, ...] = ("always", "batch", "never")
@@ -84,8 +85,8 @@ class StubStorage:
         self.synced_lsn = 0
         self._prepared_lsn = 0
 
-    def write(self, count: int = 1) -> None:
-        self.written_lsn += count
+    def write(self, partition: int, key: str, record: Record) -> None:
+        self.written_lsn += 1
 
     def prepare_sync(self) -> SyncJob | None:
         if self._prepared_lsn == self.written_lsn:
@@ -96,42 +97,6 @@ class StubStorage:
 
     def complete_sync(self, job: SyncJob) -> None:
         self.synced_lsn = max(self.synced_lsn, job.up_to_lsn)
-
-
-@dataclass
-class StubNode:
-    """Each client op's key names what its step does: ``dur/<k>`` writes and answers durably, ``free/<k>``
-    writes and answers unmarked, ``send/<dst>/<k>`` writes and sends durably (answering unmarked),
-    ``sendfree/<dst>/<k>`` sends unmarked, ``bulk/<n>`` writes n times; a GetOp answers durably."""
-
-    storage: StubStorage
-    node_id: str = "n1"
-    # (input, synced LSN when it was stepped)
-    inputs: list[tuple[Input, int]] = field(default_factory=list)
-
-    def step(self, now_ms: int, inp: Input) -> list[Effect]:
-        self.inputs.append((inp, self.storage.synced_lsn))
-        if not isinstance(inp, ClientRequest):
-            return []
-        rid, op = inp.request_id, inp.op
-        if isinstance(op, GetOp):
-            return [Reply(rid, Found(op.key, b"v", 0), durable=True)]
-        assert isinstance(op, PutOp), op
-        kind, _, rest = op.key.partition("/")
-        if kind == "bulk":
-            self.storage.write(int(rest))
-            return [Reply(rid, Written(op.key, self.storage.written_lsn))]
-        if kind in ("dur", "free"):
-            self.storage.write()
-            return [Reply(rid, Written(op.key, self.storage.written_lsn), durable=kind == "dur")]
-        dst, _, key = rest.partition("/")
-        if kind == "send":
-            self.storage.write()
-        msg = Message(self.node_id, dst, 0, GetOp(key))
-        return [Send(msg, durable=kind == "send"), Reply(rid, Written(op.key, self.storage.written_lsn))]
-
-    def synced(self) -> list[Synced]:
-        return [inp for inp, _ in self.inputs if isinstance(inp, Synced)]
 
 
 @dataclass
@@ -169,7 +134,7 @@ async def make_rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRig]:
     ) -> Rig:
         journal = GatedJournal()
         storage = StubStorage(journal)
-        node = StubNode(storage)
+        node = StubNode("n1", storage)
         sent: list[tuple[Message, int]] = []
         fatal: list[BaseException] = []
         pump = Pump(
@@ -289,7 +254,7 @@ async def test_the_node_is_stepped_synced_after_every_sync(make_rig: MakeRig, fs
     await wait_until(lambda: len(rig.node.synced()) == 2)
     assert rig.node.synced() == [Synced(1), Synced(2)]
     # Stepped once the sync was complete, never before.
-    assert [lsn for inp, lsn in rig.node.inputs if isinstance(inp, Synced)] == [1, 2]
+    assert [stepped.synced_lsn for stepped in rig.node.received(Synced)] == [1, 2]
 
 
 # ---------------------------------------------------------------- the flush schedule

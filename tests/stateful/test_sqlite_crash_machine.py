@@ -1,7 +1,7 @@
 """Hypothesis drives a SqliteStorage through record, meta and log changes, syncs and crashes, against a model.
 
-The model is plain Python: what was written (the storage's memory must always equal it) and what a sync
-made durable. A crash is a process killed at some point:
+The model (storage_model.py, shared with the SimStorage crash machine) is kept twice: what was written (the
+storage's memory must always equal it) and what a sync made durable. A crash is a process killed at some point:
 
 - between steps: the journal's connection closes without the pending sync, so the unsynced changes are
   never written;
@@ -21,18 +21,29 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from storage_model import Model, view_of
 
 from kvstore.storage import sqlite as sqlite_engine
-from kvstore.storage.base import Record, Sibling
+from kvstore.storage.base import (
+    AppliedIndexWritten,
+    HardStateWritten,
+    LogAppended,
+    LogCompacted,
+    LogTruncated,
+    MetaWritten,
+    Record,
+    RecordRemoved,
+    RecordWritten,
+    Sibling,
+)
 from kvstore.storage.sqlite import SqliteStorage
-from replication.replica import LogBounds, LogEntry
+from replication.replica import LogEntry
 
 PARTITIONS = range(2)
 partitions = st.sampled_from(PARTITIONS)
@@ -44,51 +55,11 @@ CHECKPOINT_WAL_BYTES = 16 << 10
 FOLD_ROWS = 3
 
 
-@dataclass
-class ModelLog:
-    snapshot_index: int = 0
-    snapshot_term: int = 0
-    entries: list[LogEntry] = field(default_factory=list)
-    hard_state: bytes | None = None
-    applied_index: int = 0
-
-    @property
-    def last_index(self) -> int:
-        return self.snapshot_index + len(self.entries)
-
-    @property
-    def last_term(self) -> int:
-        return self.entries[-1].term if self.entries else self.snapshot_term
-
-
-@dataclass
-class Model:
-    records: dict[tuple[int, str], Record] = field(default_factory=dict)
-    meta: dict[str, bytes] = field(default_factory=dict)
-    logs: dict[int, ModelLog] = field(default_factory=lambda: {p: ModelLog() for p in PARTITIONS})
-
-    def view(self) -> tuple[Any, ...]:
-        logs = [
-            (
-                p,
-                LogBounds(log.snapshot_index, log.snapshot_term, log.last_index),
-                log.entries,
-                log.hard_state,
-                log.applied_index,
-            )
-            for p, log in sorted(self.logs.items())
-        ]
-        return sorted((p, k, r) for (p, k), r in self.records.items()), sorted(self.meta.items()), logs
-
-
-def view_of(s: SqliteStorage) -> tuple[Any, ...]:
-    logs = []
-    for p in PARTITIONS:
-        log = s.log(p)
-        bounds = log.bounds()
-        entries = log.entries(bounds.first_index, bounds.last_index + 1, 1 << 30)
-        logs.append((p, bounds, entries, log.hard_state(), log.applied_index()))
-    return s.items(), s.meta_items(), logs
+def copy_files(source: Path, dest: Path) -> None:
+    """The database at ``source`` and its WAL (where there is one), copied to ``dest``."""
+    for suffix in ("", "-wal"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copyfile(f"{source}{suffix}", f"{dest}{suffix}")
 
 
 class SqliteCrashMachine(RuleBasedStateMachine):
@@ -100,8 +71,8 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         self.crashes = 0
         self.path = self.dir / "run0" / DB
         self.storage = SqliteStorage(self.path, fsync="never", fold_rows=FOLD_ROWS)
-        self.written = Model()
-        self.durable = Model()
+        self.written = Model(PARTITIONS)
+        self.durable = Model(PARTITIONS)
         self.changes = 0  # makes every value unique
 
     def _next(self) -> int:
@@ -121,18 +92,20 @@ class SqliteCrashMachine(RuleBasedStateMachine):
             tuple(Sibling(b"s%d" % i if i else None, n - i, b"c") for i in range(siblings)),
         )
         self.storage.write(p, key, record)
-        self.written.records[p, key] = record
+        self.written.apply(RecordWritten(0, p, key, record))
 
     @rule(p=partitions, key=keys)
     def remove(self, p: int, key: str) -> None:
-        assert self.storage.remove(p, key) == ((p, key) in self.written.records)
-        self.written.records.pop((p, key), None)
+        present = (p, key) in self.written.records
+        assert self.storage.remove(p, key) == present
+        if present:
+            self.written.apply(RecordRemoved(0, p, key))
 
     @rule(name=st.sampled_from(["epoch", "map"]))
     def put_meta(self, name: str) -> None:
         value = b"m%d" % self._next()
         self.storage.put_meta(name, value)
-        self.written.meta[name] = value
+        self.written.apply(MetaWritten(0, name, value))
 
     # ------------------------------------------------------------ logs and partition state
 
@@ -140,38 +113,36 @@ class SqliteCrashMachine(RuleBasedStateMachine):
     def append(self, p: int, count: int, new_term: bool) -> None:
         log = self.written.logs[p]
         term = log.last_term + new_term
-        added = [LogEntry(log.last_index + 1 + i, term, b"e%d" % self._next()) for i in range(count)]
+        added = tuple(LogEntry(log.last_index + 1 + i, term, b"e%d" % self._next()) for i in range(count))
         self.storage.log(p).append(added)
-        log.entries.extend(added)
+        self.written.apply(LogAppended(0, p, added))
 
     @rule(p=partitions, data=st.data())
     def truncate_suffix(self, p: int, data: st.DataObject) -> None:
         log = self.written.logs[p]
         from_index = data.draw(st.integers(log.snapshot_index + 1, log.last_index + 1), label="from_index")
         self.storage.log(p).truncate_suffix(from_index)
-        del log.entries[from_index - log.snapshot_index - 1 :]
+        self.written.apply(LogTruncated(0, p, from_index))
 
     @rule(p=partitions, data=st.data())
     def compact_prefix(self, p: int, data: st.DataObject) -> None:
         log = self.written.logs[p]
         through = data.draw(st.integers(log.snapshot_index, min(log.last_index, log.applied_index)), label="through")
         if through > log.snapshot_index:
-            log.snapshot_term = log.entries[through - log.snapshot_index - 1].term
-            del log.entries[: through - log.snapshot_index]
-            log.snapshot_index = through
+            self.written.apply(LogCompacted(0, p, through, log.term_at(through)))
         self.storage.log(p).compact_prefix(through)
 
     @rule(p=partitions, step=st.integers(1, 3))
     def set_applied_index(self, p: int, step: int) -> None:
-        log = self.written.logs[p]
-        log.applied_index += step
-        self.storage.set_applied_index(p, log.applied_index)
+        index = self.written.logs[p].applied_index + step
+        self.storage.set_applied_index(p, index)
+        self.written.apply(AppliedIndexWritten(0, p, index))
 
     @rule(p=partitions)
     def set_hard_state(self, p: int) -> None:
         value = b"term=%d" % self._next()
         self.storage.log(p).set_hard_state(value)
-        self.written.logs[p].hard_state = value
+        self.written.apply(HardStateWritten(0, p, value))
 
     # ------------------------------------------------------------ syncs and crashes
 
@@ -182,12 +153,10 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         # A crash right now must find all of it: open a copy of the files as they are.
         scratch = self.dir / "scratch" / DB
         scratch.parent.mkdir()
-        for suffix in ("", "-wal"):
-            if Path(f"{self.path}{suffix}").exists():
-                shutil.copyfile(f"{self.path}{suffix}", f"{scratch}{suffix}")
+        copy_files(self.path, scratch)
         copied = SqliteStorage(scratch, fsync="never", fold_rows=FOLD_ROWS)
         try:
-            assert view_of(copied) == self.durable.view()
+            assert view_of(copied, PARTITIONS) == self.durable.view()
         finally:
             copied.journal.close(fold=False)
             shutil.rmtree(scratch.parent)
@@ -203,32 +172,13 @@ class SqliteCrashMachine(RuleBasedStateMachine):
     def crash_inside_a_sync(self, at_statement: int) -> None:
         """The files as a crash would leave them just before the job's ``at_statement``-th statement (or, past
         its last, once it committed)."""
-        crashed = self.dir / f"crash{self.crashes}" / DB
-        statements = 0
-
-        def maybe_copy(_sql: str) -> None:
-            nonlocal statements
-            if statements == at_statement:
-                crashed.parent.mkdir()
-                for suffix in ("", "-wal"):
-                    source = Path(f"{self.path}{suffix}")
-                    if source.exists():
-                        shutil.copyfile(source, f"{crashed}{suffix}")
-            statements += 1
-
-        conn = self.storage.journal._conn
-        conn.set_trace_callback(maybe_copy)
-        try:
-            self.storage.sync()
-        finally:
-            conn.set_trace_callback(None)
-        if statements > at_statement:  # the crash came before the commit: the job is lost whole
+        crashed = self._crash_at(at_statement, self.storage.sync)
+        if crashed is not None:  # the crash came before the commit: the job is lost whole
             self.written = copy.deepcopy(self.durable)
         else:
             self.durable = copy.deepcopy(self.written)
-            crashed = self.path
         self.storage.journal.close(fold=False)
-        self._reopen(crashed)
+        self._reopen(crashed or self.path)
 
     @rule(at_statement=st.integers(0, 8))
     def crash_inside_the_fold_of_a_close(self, at_statement: int) -> None:
@@ -236,6 +186,13 @@ class SqliteCrashMachine(RuleBasedStateMachine):
         would leave them just before the fold's ``at_statement``-th statement (or after it committed)."""
         self.storage.sync()
         self.durable = copy.deepcopy(self.written)
+        crashed = self._crash_at(at_statement, self.storage.journal.fold)
+        self.storage.journal.close(fold=False)
+        self._reopen(crashed or self.path)
+
+    def _crash_at(self, at_statement: int, run: Callable[[], object]) -> Path | None:
+        """Runs ``run`` and copies the files as they are just before its ``at_statement``-th SQL statement:
+        the copy's path, or None when ``run`` made fewer statements (a crash after it finished)."""
         crashed = self.dir / f"crash{self.crashes}" / DB
         statements = 0
 
@@ -243,28 +200,22 @@ class SqliteCrashMachine(RuleBasedStateMachine):
             nonlocal statements
             if statements == at_statement:
                 crashed.parent.mkdir()
-                for suffix in ("", "-wal"):
-                    source = Path(f"{self.path}{suffix}")
-                    if source.exists():
-                        shutil.copyfile(source, f"{crashed}{suffix}")
+                copy_files(self.path, crashed)
             statements += 1
 
         conn = self.storage.journal._conn
         conn.set_trace_callback(maybe_copy)
         try:
-            self.storage.journal.fold()
+            run()
         finally:
             conn.set_trace_callback(None)
-        self.storage.journal.close(fold=False)
-        self._reopen(crashed if statements > at_statement else self.path)
+        return crashed if statements > at_statement else None
 
     def _reopen(self, path: Path) -> None:
         self.crashes += 1
         moved = self.dir / f"run{self.crashes}" / DB
         moved.parent.mkdir()
-        for suffix in ("", "-wal"):
-            if Path(f"{path}{suffix}").exists():
-                shutil.copyfile(f"{path}{suffix}", f"{moved}{suffix}")
+        copy_files(path, moved)
         self.path = moved
         self.storage = SqliteStorage(moved, fsync="never", fold_rows=FOLD_ROWS)
         self.written = copy.deepcopy(self.durable)
@@ -272,7 +223,7 @@ class SqliteCrashMachine(RuleBasedStateMachine):
 
     @invariant()
     def memory_matches_what_was_written(self) -> None:
-        assert view_of(self.storage) == self.written.view()
+        assert view_of(self.storage, PARTITIONS) == self.written.view()
 
     def teardown(self) -> None:
         self.storage.close()

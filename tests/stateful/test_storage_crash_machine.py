@@ -1,8 +1,8 @@
 """Hypothesis drives a SimStorage through writes, log changes, syncs and crashes against a reference model.
 
-The model is plain Python (it names changes with base.py's events but applies them itself, with no
-MemoryStorage): the live state, the changes written but not handed to a job, the job in flight, and the
-disk's two images (OS-written and durable). Faults are rules like any other: a job may be prepared and
+The model (storage_model.py, shared with the SqliteStorage crash machine) is kept three times: the live
+state and the disk's two images (OS-written and durable); between them, the changes written but not yet
+handed to a job and the job in flight. Faults are rules like any other: a job may be prepared and
 lost to a crash before it runs, a write-out may skip the fsync, the kernel may write back at any point,
 and a crash is a process crash (the OS image survives) or a power loss (only the durable image does).
 After each step the storage, both disk images and every partition's ``synced_through`` must match the
@@ -13,9 +13,9 @@ state, and truncation and compaction survive a crash at every point.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+import storage_model
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -33,7 +33,7 @@ from kvstore.storage.base import (
 )
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import CrashKind, SimDisk, SimStorage, SimSyncJob
-from replication.replica import LogBounds, LogEntry
+from replication.replica import LogEntry
 
 PARTITIONS = range(3)
 partitions = st.sampled_from(PARTITIONS)
@@ -41,74 +41,15 @@ keys = st.sampled_from(["a", "b", "c", "d"])
 small = st.integers(0, 20)
 
 
-@dataclass
-class ModelLog:
-    snapshot_index: int = 0
-    snapshot_term: int = 0
-    entries: list[LogEntry] = field(default_factory=list)
-    hard_state: bytes | None = None
-    applied_index: int = 0
-
-    @property
-    def last_index(self) -> int:
-        return self.snapshot_index + len(self.entries)
+# The shared model and view over this machine's partitions, under the names the machine's rules use. (Its
+# source seeds ``derandomize``: an edit to the class body changes which examples run.)
+class Model(storage_model.Model):
+    def __init__(self) -> None:
+        super().__init__(PARTITIONS)
 
 
-@dataclass
-class Model:
-    records: dict[tuple[int, str], Record] = field(default_factory=dict)
-    meta: dict[str, bytes] = field(default_factory=dict)
-    logs: dict[int, ModelLog] = field(default_factory=lambda: {p: ModelLog() for p in PARTITIONS})
-
-    def apply(self, change: Event) -> None:
-        """The model's own reading of a change (the ``lsn`` field is unused: the model orders by list)."""
-        if isinstance(change, RecordWritten):
-            self.records[(change.partition, change.key)] = change.record
-        elif isinstance(change, RecordRemoved):
-            del self.records[(change.partition, change.key)]
-        elif isinstance(change, MetaWritten):
-            self.meta[change.name] = change.value
-        elif isinstance(change, LogAppended):
-            self.logs[change.partition].entries.extend(change.entries)
-        elif isinstance(change, LogTruncated):
-            log = self.logs[change.partition]
-            del log.entries[change.from_index - log.snapshot_index - 1 :]
-        elif isinstance(change, LogCompacted):
-            log = self.logs[change.partition]
-            del log.entries[: change.through_index - log.snapshot_index]
-            log.snapshot_index, log.snapshot_term = change.through_index, change.term
-        elif isinstance(change, HardStateWritten):
-            self.logs[change.partition].hard_state = change.value
-        else:
-            self.logs[change.partition].applied_index = change.index
-
-    def view(self) -> object:
-        logs = {
-            p: (
-                LogBounds(log.snapshot_index, log.snapshot_term, log.last_index),
-                log.entries,
-                log.hard_state,
-                log.applied_index,
-            )
-            for p, log in self.logs.items()
-        }
-        return dict(sorted(self.records.items())), dict(sorted(self.meta.items())), logs
-
-
-def view(s: MemoryStorage) -> object:
-    """The storage's state in the model's shape."""
-    logs = {}
-    for p in PARTITIONS:
-        log = s.log(p)
-        bounds = log.bounds()
-        logs[p] = (
-            bounds,
-            log.entries(bounds.first_index, bounds.last_index + 1, 10**9),
-            log.hard_state(),
-            log.applied_index(),
-        )
-    records = {(p, key): record for p, key, record in s.items()}
-    return records, dict(s.meta_items()), logs
+def view(s: MemoryStorage) -> storage_model.View:
+    return storage_model.view_of(s, PARTITIONS)
 
 
 class StorageCrashMachine(RuleBasedStateMachine):

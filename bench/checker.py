@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from report_format import rounded
+
 from chaos import history as history_io
 from chaos.checkers import counter, linearizable, sets
 from chaos.history import History
@@ -273,16 +275,6 @@ def _budget(args: argparse.Namespace) -> Budget:
     return Budget(args.runs, 0.1, FULL_SPECS)
 
 
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.4g}")
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure; the median is reported")
@@ -297,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkers = [bench_checker(spec, args.seed, budget) for spec in budget.specs]
     knossos = bench_knossos(KNOSSOS_DIR, budget)
     ok = all(r["valid"] is True for r in checkers) and not knossos.get("mismatched")
-    report = _rounded({
+    report = rounded({
         "bench": "checker",
         "runs": args.runs,
         "quick": args.quick,

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import uvloop
+from report_format import filesystem_of
 
 from kvstore.cluster import pick_free_ports
 from kvstore.config import ClusterConfig, FsyncPolicy, NodeAddress, StorageConfig
@@ -465,21 +466,6 @@ def render(report: dict[str, Any]) -> str:
         )
     lines.append(f"all targets met: {'yes' if report['all_targets_met'] else 'NO'}")
     return "\n".join(lines)
-
-
-def filesystem_of(path: Path) -> str:
-    """The type of the filesystem ``path`` is on (from /proc/mounts), or "unknown"."""
-    path = path.resolve()
-    best_mount, best_type = "", "unknown"
-    with contextlib.suppress(OSError), open("/proc/mounts") as fh:
-        for line in fh:
-            fields = line.split()
-            if len(fields) < 3:
-                continue
-            mount = fields[1]
-            if path.is_relative_to(mount) and len(mount) > len(best_mount):
-                best_mount, best_type = mount, fields[2]
-    return best_type
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -45,7 +45,6 @@ per-run ratios. No targets: exits 0 unless a measurement fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -61,6 +60,8 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from report_format import filesystem_of, rounded
 
 from kvstore.config import FsyncPolicy
 from kvstore.storage.base import Record
@@ -505,28 +506,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"durable": durable, "cpu": cpu, "recovery": recovery, "log": log_store}
 
 
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.4g}")
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
-def filesystem_of(path: Path) -> str:
-    """The type of the filesystem ``path`` is on (from /proc/mounts), or "unknown"."""
-    path = path.resolve()
-    best_mount, best_type = "", "unknown"
-    with contextlib.suppress(OSError), open("/proc/mounts") as fh:
-        for line in fh:
-            fields = line.split()
-            if len(fields) >= 3 and path.is_relative_to(fields[1]) and len(fields[1]) > len(best_mount):
-                best_mount, best_type = fields[1], fields[2]
-    return best_type
-
-
 def _per_run(values: Sequence[float], fmt: str) -> str:
     return ", ".join(format(v, fmt) for v in values)
 
@@ -608,7 +587,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if not args.json:
                 print(f"  run {run + 1}/{args.runs} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
         data_filesystem = filesystem_of(work_dir)
-    report: dict[str, Any] = _rounded(
+    report: dict[str, Any] = rounded(
         {
             "bench": "storage",
             "runs": args.runs,

@@ -407,12 +407,7 @@ class Node:
         waiter = self._waiting.pop(token, None)
         if waiter is None:
             return
-        # The common cases first, _deliver inlined.
-        if type(waiter) is _ToClient:
-            self._effects.append(Reply(waiter.request_id, result, durable or self._always_durable))
-        elif type(waiter) is PeerWaiter:
-            self._effects.append(self._forwarder.answer(waiter, result, durable))
-        elif isinstance(waiter, GatherPart):
+        if isinstance(waiter, GatherPart):
             final = waiter.add(result, durable)
             if final is not None:
                 self._deliver(waiter.gather.target, final, waiter.gather.durable)

@@ -32,7 +32,8 @@ def _fast_init(cls: type[_T]) -> type[_T]:
     """Give frozen dataclass ``cls`` an ``__init__`` that fills the instance dict directly, as the codec's
     decoder does, instead of one ``object.__setattr__`` per field: ``Found`` builds in ~290 ns instead of
     ~600 ns, and the node builds a result or a message for every op. Same signature, defaults and
-    behaviour (the instance stays frozen, hashable and equal to a decoded one)."""
+    behaviour (the instance stays frozen, hashable and equal to a decoded one). ``__eq__`` compares the
+    instance dicts (``_dict_eq``)."""
     if not dataclasses.is_dataclass(cls) or "__slots__" in vars(cls) or hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: only a dataclass without slots or __post_init__ can take a fast __init__")
     params: list[str] = []
@@ -55,7 +56,17 @@ def _fast_init(cls: type[_T]) -> type[_T]:
     init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
     init.__module__ = cls.__module__
     setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
+    setattr(cls, "__eq__", _dict_eq)  # noqa: B010
     return cls
+
+
+def _dict_eq(self: object, other: object) -> object:
+    """The dataclass ``__eq__`` (same class, equal fields), comparing the instance dicts, which hold
+    exactly the fields: 0.5 us instead of 0.9 us for a forwarded PUT, whose every copy the simulator
+    compares with the original after the codec round trip. ``__hash__`` stays the dataclass's."""
+    if other.__class__ is self.__class__:
+        return self.__dict__ == other.__dict__
+    return NotImplemented
 
 
 # ---------------------------------------------------------------- client operations

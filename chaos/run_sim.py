@@ -27,6 +27,7 @@ from chaos.workloads import Execution, Outcome, PlannedOp, Workload, make_worklo
 from kvstore.config import ClusterConfig, FsyncPolicy, StorageConfig, Timeouts, local_cluster
 from kvstore.messages import ClientOp, Result
 from kvstore.sim.cluster import SimCluster
+from kvstore.sim.draws import between
 from kvstore.storage.simulated import CrashKind
 
 
@@ -303,7 +304,7 @@ class _SimRunner:
             return
         self.finished += 1
         # At least 1 ms: an op that fails at once (its node is down) must not spin at one instant.
-        think = max(1, self.client_rng.randint(0, self.think_ms))
+        think = max(1, between(self.client_rng, 0, self.think_ms))
         self.cluster.schedule(now_ms + think, lambda: self._start(client))
 
     def _final_reads(self) -> None:

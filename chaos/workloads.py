@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvstore.messages import CasOp, ClientOp, Failure, Found, GetOp, PutOp, Result, ScanOp, ScanPage, Written
+from kvstore.sim.draws import below, between
 from kvstore.validation import prefix_range
 
 Outcome = tuple[str, Any, str | None]  # (type, value, error)
@@ -111,7 +112,7 @@ class RegisterWorkload:
         self._last_planned: dict[str, int] = {}
 
     def next_op(self, rng: random.Random) -> PlannedOp:
-        key = rng.choice(self.keys)
+        key = self.keys[below(rng, len(self.keys))]  # rng.choice's draw, in one call
         roll = rng.random()
         if roll < self.read_fraction:
             return PlannedOp("read", key, None)
@@ -154,7 +155,7 @@ class AppendWorkload:
         self._next_value = 1
 
     def next_op(self, rng: random.Random) -> PlannedOp:
-        key = rng.choice(self.keys)
+        key = self.keys[below(rng, len(self.keys))]  # rng.choice's draw, in one call
         if rng.random() < self.read_fraction:
             return PlannedOp("read", key, None)
         value = f"{self._next_value},"
@@ -226,7 +227,7 @@ class CounterWorkload:
     def next_op(self, rng: random.Random) -> PlannedOp:
         if rng.random() < self.read_fraction:
             return PlannedOp("read", self.key, None)
-        return PlannedOp("add", self.key, rng.randint(1, self.max_delta))
+        return PlannedOp("add", self.key, between(rng, 1, self.max_delta))
 
     def final_ops(self) -> list[PlannedOp]:
         return [PlannedOp("read", self.key, None)]

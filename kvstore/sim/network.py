@@ -18,6 +18,7 @@ from typing import NamedTuple, Protocol
 from kvstore.codec import CodecError, decode, encode
 from kvstore.effects import FaultPolicy
 from kvstore.messages import Message
+from kvstore.sim.draws import between
 from kvstore.sim.events import SimulationError
 
 
@@ -36,7 +37,7 @@ class UniformLatency:
             raise ValueError(f"latency needs 0 <= low <= high, got {self.low_ms}..{self.high_ms} ms")
 
     def sample_ms(self, rng: random.Random) -> int:
-        return rng.randint(self.low_ms, self.high_ms)
+        return between(rng, self.low_ms, self.high_ms)
 
 
 @dataclass(frozen=True)

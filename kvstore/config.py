@@ -21,7 +21,7 @@ data_dir = ".kvstore/data"    # each node keeps <data_dir>/<node id>/
 max_key_bytes = 1024
 max_value_bytes = 1048576
 max_client_connections = 1024 # past it only /peer, /health and /metrics are served (see README, Limits)
-max_request_line_bytes = 8192 # longer: 414; must differ from max_header_bytes
+max_request_line_bytes = 8192 # longer request target: 414
 max_header_bytes = 8190       # longest header line (name and value); longer: 431
 max_headers = 100             # more: 431
 
@@ -105,10 +105,9 @@ class Limits:
     # Open HTTP connections served in full; past it (or near RLIMIT_NOFILE) a few more are admitted for
     # peer traffic and health checks only.
     max_client_connections: int = 1024
-    # aiohttp reports an overlong request line and an overlong header with one exception type, told apart
-    # by the limit it names, so the two limits must differ (checked below).
+    # The longest request target (414 past it).
     max_request_line_bytes: int = 8192
-    # The longest header line, name and value (Apache's LimitRequestFieldSize and aiohttp's default).
+    # The longest header line, name and value (Apache's LimitRequestFieldSize); 431 past it.
     max_header_bytes: int = 8190
     max_headers: int = 100
 
@@ -161,11 +160,6 @@ class ClusterConfig:
                 value = getattr(section, f.name)
                 if isinstance(value, int) and value <= 0:
                     raise ConfigError(f"{_SECTION_NAMES[type(section)]}.{f.name} must be positive, got {value}")
-        if self.limits.max_request_line_bytes == self.limits.max_header_bytes:
-            raise ConfigError(
-                "limits.max_request_line_bytes and limits.max_header_bytes must differ: the HTTP parser reports "
-                "both overruns alike and the limit tells a too-long request line (414) from a too-large header (431)"
-            )
 
     @property
     def node_ids(self) -> tuple[str, ...]:

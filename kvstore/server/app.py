@@ -12,8 +12,6 @@ import os
 import random
 from collections.abc import Callable
 
-from aiohttp import web
-
 from kvstore.config import ClusterConfig
 from kvstore.messages import Message
 from kvstore.node import Node
@@ -21,7 +19,7 @@ from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
 from kvstore.server.http_server import EdgeServer
 from kvstore.server.metrics import NodeGauges, NodeMetrics
-from kvstore.server.peer import PEER_PATH, PeerInbox, PeerTransport
+from kvstore.server.peer import PeerInbox, PeerTransport
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
 from kvstore.server.routes_admin import AdminRoutes, CopyRoutes
@@ -83,14 +81,13 @@ class NodeServer:
             ),
         )
         self.router = Router(self.metrics)
-        KvRoutes(self.pump, config.limits, config.timeouts.body_timeout_ms).register(self.router)
+        KvRoutes(self.pump, config.limits).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.faults).register(self.router)
         CopyRoutes(config, self.node, storage, clock).register(self.router)
         inbox = PeerInbox(node_id, config, self.pump.deliver)
-        self.router.add("POST", PEER_PATH, inbox.handle, internal=True)
-        self._edge = EdgeServer(self.router.handle, config, self.metrics, node_id)
-        self._runner = web.ServerRunner(self._edge, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        inbox.register(self.router)
+        self._edge = EdgeServer(self.router.handle, self.router.admit, config, self.metrics, node_id)
 
     @property
     def url(self) -> str:
@@ -105,13 +102,12 @@ class NodeServer:
     async def start(self) -> None:
         await self.transport.start()
         self.pump.start()
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        await self._edge.start(self.host, self.port)
 
     async def stop(self) -> None:
         """Refuse new work, answer what is open, make every write durable, then close."""
         await self.pump.close()
-        await self._runner.cleanup()
+        await self._edge.shutdown(SHUTDOWN_TIMEOUT_S)
         await self.transport.close()
         try:
             self.storage.close()

@@ -42,6 +42,7 @@ class NodeClock:
             return now_ms
         if not self._clamped:
             self._clamped = True
-            log.warning("node %s clock skewed to %d ms, outside [0, %d]; clamped", self._node_id, now_ms,
-                        MAX_NODE_CLOCK_MS)
+            log.warning(
+                "node %s clock skewed to %d ms, outside [0, %d]; clamped", self._node_id, now_ms, MAX_NODE_CLOCK_MS
+            )
         return min(max(now_ms, 0), MAX_NODE_CLOCK_MS)

@@ -5,17 +5,16 @@ structured responses are msgpack when the client sends ``Accept: application/msg
 value is ``"value"`` (UTF-8 text) when it is valid UTF-8, else ``"value_b64"``; msgpack carries raw
 bytes under ``"value"``. Errors are always JSON: ``{"error": {"code", "message", "definite"}}``.
 
-A body may arrive compressed (``Content-Encoding: gzip``, ``x-gzip`` or ``deflate``). The server runs
-with aiohttp's ``auto_decompress=False``: ``read_body`` inflates the body itself and stops one byte past
-the route's limit, so a small compressed body cannot make the node hold hundreds of MiB, and the peer
-route checks the signature before inflating anything. Any other coding is ``unsupported_media_type``.
+A body may arrive compressed (``Content-Encoding: gzip``, ``x-gzip`` or ``deflate``). The edge hands a
+route the body as sent (at most ``wire_limit_bytes`` of the route's limit); ``read_body`` inflates it and
+stops one byte past the limit, so a small compressed body cannot make the node hold hundreds of MiB, and
+the peer route checks the signature before inflating anything. Any other coding is ``unsupported_media_type``.
 Structured documents nest at most ``MAX_DOCUMENT_DEPTH_LEVELS`` deep, checked before JSON is parsed (the
 parser recurses once per level).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import codecs
 import json
@@ -24,10 +23,11 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import msgpack
-from aiohttp import web
+from multidict import CIMultiDict
 
 from kvstore.errors import MAX_SHOWN_CHARS, ErrorCode, KvError, shown
 from kvstore.messages import Failure
+from kvstore.server.http_message import Request, Response
 from kvstore.validation import decode_base64
 
 JSON_TYPE = "application/json"
@@ -36,7 +36,6 @@ OCTET_TYPE = "application/octet-stream"
 _MSGPACK_TYPES = frozenset({MSGPACK_TYPE, "application/x-msgpack"})
 _JSON_HEADERS = {"Content-Type": JSON_TYPE}
 _MSGPACK_HEADERS = {"Content-Type": MSGPACK_TYPE}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Deepest structured document accepted; the documents of the API nest four levels at most.
 MAX_DOCUMENT_DEPTH_LEVELS = 32
@@ -58,13 +57,14 @@ def structured_body_limit_bytes(max_value_bytes: int) -> int:
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def _compressed_limit_bytes(limit_bytes: int) -> int:
-    """The most compressed bytes read for a body of at most ``limit_bytes``: content that does not
-    compress grows a little (stored blocks, gzip header and trailer), and 1/1024 plus 1 KiB covers it."""
+def wire_limit_bytes(limit_bytes: int) -> int:
+    """The most bytes read from the network for a body of at most ``limit_bytes`` once inflated: compressed
+    content that does not compress grows a little (stored blocks, gzip header and trailer), and 1/1024 plus
+    1 KiB covers it. A route registers this as its body limit."""
     return limit_bytes + limit_bytes // 1024 + 1024
 
 
-def _content_coding(request: web.BaseRequest) -> str | None:
+def _content_coding(request: Request) -> str | None:
     """The body's content coding, None for identity; ``unsupported_media_type`` for one not inflated here."""
     if "Content-Encoding" not in request.headers:
         # The common case, kept to one lookup: PUT /kv is a hot path.
@@ -81,42 +81,16 @@ def _content_coding(request: web.BaseRequest) -> str | None:
     )
 
 
-async def read_wire_body(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> tuple[bytes, str | None]:
+def read_wire_body(request: Request, limit_bytes: int) -> tuple[bytes, str | None]:
     """The body as sent and its content coding (None: not compressed), for a body of at most
-    ``limit_bytes`` once inflated; ``too_large`` without reading when it is declared longer, and
-    ``request_timeout`` when it has not all arrived ``timeout_s`` after the call."""
-    # The server runs with auto_decompress=False (kvstore.server.http_server), so these are the bytes sent.
+    ``limit_bytes`` once inflated; ``too_large`` when it is longer as sent."""
     coding = _content_coding(request)
-    wire_limit_bytes = limit_bytes if coding is None else _compressed_limit_bytes(limit_bytes)
-    what = "body" if coding is None else f"{coding} body"
-    length = request.content_length
-    if length is not None and length > wire_limit_bytes:
-        raise KvError(ErrorCode.TOO_LARGE, f"{what} is {length} bytes; the limit is {wire_limit_bytes}")
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        # The low-level server does not answer Expect itself; curl waits a second for it on big uploads.
-        await request.writer.write(_CONTINUE)
-    if request.content.is_eof():
-        # Common case: the whole body came with the head, so there is nothing to wait for or time.
-        return await _read_within(request, length, wire_limit_bytes, what), coding
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await _read_within(request, length, wire_limit_bytes, what), coding
-    except TimeoutError:
-        raise KvError(
-            ErrorCode.REQUEST_TIMEOUT, f"the request body did not all arrive within {round(timeout_s * 1000)} ms"
-        ) from None
-
-
-async def _read_within(request: web.BaseRequest, length: int | None, wire_limit_bytes: int, what: str) -> bytes:
-    if length is not None:
-        # A declared length within the limit: aiohttp stops the stream at that length.
-        return await request.content.read()
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > wire_limit_bytes:
-            raise KvError(ErrorCode.TOO_LARGE, f"{what} is over the limit of {wire_limit_bytes} bytes")
-    return bytes(body)
+    wire = request.body
+    limit = limit_bytes if coding is None else wire_limit_bytes(limit_bytes)
+    if len(wire) > limit:
+        what = "body" if coding is None else f"{coding} body"
+        raise KvError(ErrorCode.TOO_LARGE, f"{what} is {len(wire)} bytes; the limit is {limit}")
+    return wire, coding
 
 
 def inflate(wire: bytes, coding: str | None, limit_bytes: int) -> bytes:
@@ -143,25 +117,19 @@ def inflate(wire: bytes, coding: str | None, limit_bytes: int) -> bytes:
     return body
 
 
-async def read_body(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> bytes:
+def read_body(request: Request, limit_bytes: int) -> bytes:
     """The whole body, inflated if compressed; ``too_large`` once it passes ``limit_bytes``."""
-    length = request.content_length
-    if (
-        length is not None
-        and length <= limit_bytes
-        and request.content.is_eof()
-        and "Content-Encoding" not in request.headers
-    ):
-        # PUT /kv's common case, kept to a few checks: an allowed length, all of it already arrived with the
-        # head (so nothing to time or answer Expect for), not compressed.
-        return await request.content.read()
-    wire, coding = await read_wire_body(request, limit_bytes, timeout_s)
+    body = request.body
+    if len(body) <= limit_bytes and "Content-Encoding" not in request.headers:
+        # PUT /kv's common case, kept to two checks.
+        return body
+    wire, coding = read_wire_body(request, limit_bytes)
     return inflate(wire, coding, limit_bytes)
 
 
-def is_msgpack_body(request: web.BaseRequest) -> bool:
+def is_msgpack_body(headers: CIMultiDict[str]) -> bool:
     """True for msgpack, False for JSON (or no Content-Type); ``unsupported_media_type`` otherwise."""
-    header = request.headers.get("Content-Type")
+    header = headers.get("Content-Type")
     if header is None:
         return False
     media_type = header.split(";", 1)[0].strip().lower()
@@ -172,7 +140,7 @@ def is_msgpack_body(request: web.BaseRequest) -> bool:
     raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"expected {JSON_TYPE} or {MSGPACK_TYPE}, got {shown(media_type)}")
 
 
-def wants_msgpack(request: web.BaseRequest) -> bool:
+def wants_msgpack(request: Request) -> bool:
     """True when Accept lists a msgpack type (any case) with a nonzero q no lower than application/json's."""
     accept = request.headers.get("Accept")
     if accept is None or "msgpack" not in accept.lower():
@@ -202,10 +170,10 @@ def _quality(params: str) -> float:
     return 1.0
 
 
-async def read_document(request: web.BaseRequest, limit_bytes: int, timeout_s: float) -> tuple[dict[str, Any], bool]:
+def read_document(request: Request, limit_bytes: int) -> tuple[dict[str, Any], bool]:
     """A JSON or msgpack object body, and whether it was msgpack."""
-    as_msgpack = is_msgpack_body(request)
-    body = await read_body(request, limit_bytes, timeout_s)
+    as_msgpack = is_msgpack_body(request.headers)
+    body = read_body(request, limit_bytes)
     try:
         if as_msgpack:
             doc = msgpack.unpackb(body, raw=False, object_pairs_hook=_unique_fields)
@@ -288,12 +256,12 @@ def _msgpack_nests_within(doc: object, levels: int) -> bool:
     return not containers
 
 
-def query_params(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str, str]:
+def query_params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query's parameters, each a name in ``allowed``, given once, percent-encoded UTF-8; else ``bad_request``."""
     params: dict[str, str] = {}
     # Decoded here, strictly: request.query turns bytes that are not UTF-8 into U+FFFD, so a scan bound
     # holding a lone surrogate (%ED%A0%80) would silently become another string.
-    for part in request.rel_url.raw_query_string.split("&"):
+    for part in request.query_string.split("&"):
         if not part:
             continue
         raw_name, _, raw_value = part.partition("=")
@@ -310,7 +278,7 @@ def query_params(request: web.BaseRequest, allowed: tuple[str, ...]) -> dict[str
     return params
 
 
-def refuse_query(request: web.BaseRequest) -> None:
+def refuse_query(request: Request) -> None:
     """``bad_request`` for any query parameter: a route that takes none never ignores one silently."""
     if request.query_string:
         query_params(request, ())
@@ -328,17 +296,17 @@ def check_fields(doc: dict[str, Any], required: tuple[str, ...], optional: tuple
         raise KvError(ErrorCode.BAD_REQUEST, f"{where}: unknown field(s) {names}{more}")
 
 
-def encoded_response(doc: object, as_msgpack: bool, status: int = 200) -> web.Response:
+def encoded_response(doc: object, as_msgpack: bool, status: int = 200) -> Response:
     if as_msgpack:
-        return web.Response(body=msgpack.packb(doc, use_bin_type=True), status=status, headers=_MSGPACK_HEADERS)
+        return Response(body=msgpack.packb(doc, use_bin_type=True), status=status, headers=_MSGPACK_HEADERS)
     return json_response(doc, status)
 
 
-def json_response(doc: object, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status, headers=_JSON_HEADERS)
+def json_response(doc: object, status: int = 200) -> Response:
+    return Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status, headers=_JSON_HEADERS)
 
 
-def error_response(error: KvError) -> web.Response:
+def error_response(error: KvError) -> Response:
     return json_response(error.to_json(), error.code.http_status)
 
 

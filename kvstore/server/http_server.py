@@ -1,30 +1,41 @@
-"""The HTTP edge of a node: aiohttp's low-level server with bounded request heads, timeouts and connections.
+"""The HTTP/1.1 edge of a node: an asyncio protocol over llhttp (``httptools``), with bounded request heads and
+bodies, timeouts and connection bounds.
 
-``EdgeServer`` stands in for ``web.Server`` and makes every connection an ``EdgeConnection`` (aiohttp's
-``RequestHandler`` with a few overrides). Requests that parse reach the router unchanged.
+Each connection parses requests with ``httptools.HttpRequestParser`` and hands each one, body and all, to the
+router; responses go out in request order (pipelining), each in one write. A request reaches a handler only
+once it is whole, so no handler ever waits on a slow client.
 
-- Request heads are bounded by aiohttp's parser limits (``limits.max_request_line_bytes``,
-  ``max_header_bytes``, ``max_headers``). A request the parser rejects gets the JSON error shape with a
-  fixed message (aiohttp's own answer quotes the offending bytes): 414 for a long request line, 431 for a
-  large header or too many, 400 for anything else; then the connection closes. It is counted
-  (``kvstore_http_malformed_requests{kind}``) and logged at WARNING without traceback, through a
-  ``LogBudget`` so that a flood cannot flood the log. A parser error inside a body that a handler is
-  reading fails that read with ``bad_request`` (aiohttp would leave the handler waiting for the body).
-- A request head must be complete ``timeouts.header_timeout_ms`` after its first byte (after the
-  connection opened, for a connection's first request): a slow one is answered 408 and closed, a
-  connection that sent nothing is closed. aiohttp's keep-alive timer closes a connection idle for
-  ``timeouts.keepalive_idle_timeout_ms`` after its last response.
-- Up to ``limits.max_client_connections`` connections are served in full. Past it a few more are
-  admitted as *reserved* (``ConnectionBounds.reserved``): on those only ``POST /peer``, ``/health`` and
-  ``/metrics`` are served, anything else is answered 503 ``overloaded`` (definite, unlike a reset) and
-  the connection closes. Past that, a connection gets the same 503 and is closed at once. So a node
-  flooded by clients still hears its peers and its health checks.
-- File descriptors bound the same classes. The kernel gives an accepted socket the lowest free fd, so
-  its number is a lower bound of the fds in use, whatever holds them. Within ``FD_RESERVE`` plus one per
-  peer of RLIMIT_NOFILE a socket is refused, within that plus ``reserved`` it is admitted as reserved at
-  most. The fds kept stay free for storage, logs and outbound peer sockets, and connections do not drive
-  accept() into EMFILE, where libuv (uvloop) accepts and drops every pending connection, peers'
-  included, and logs nothing.
+- Request heads are bounded: the request line by ``limits.max_request_line_bytes`` (414), a header line by
+  ``max_header_bytes`` and their number by ``max_headers`` (431), and all head bytes together by what those
+  allow, counted as they arrive, so a header that never ends cannot grow the parser's buffer. A request the
+  parser rejects gets the JSON error shape with a fixed message, never the offending bytes (400 unless a
+  limit says otherwise); then the connection closes. Each is counted (``kvstore_http_malformed_requests{kind}``)
+  and logged at WARNING without traceback, through a ``LogBudget`` so that a flood cannot flood the log.
+- A body is bounded by its route's ``max_body_bytes`` (as sent; the route inflates a compressed body within
+  its own limit): a declared ``Content-Length`` over it is answered 413 before any of the body is read, a
+  chunked body as soon as it passes it. ``Expect: 100-continue`` is answered when the request is next in
+  line and its declared length fits.
+- Deadlines, one timer per connection moved only when it fires: a request head must be complete
+  ``timeouts.header_timeout_ms`` after its first byte (after the connection opened, for a connection's first
+  request), or it is answered 408 and closed (a connection that sent nothing is just closed); a body must be
+  complete ``timeouts.body_timeout_ms`` after its head (408); a keep-alive connection with nothing to do is
+  closed after ``timeouts.keepalive_idle_timeout_ms``.
+- After an answer that ends a connection early (413, 408, a malformed request), the rest of what the client
+  sends is read and dropped for ``LINGER_S`` after our side is shut for writing, so the client reads the
+  answer instead of a reset; then the connection closes.
+- Up to ``limits.max_client_connections`` connections are served in full. Past it a few more are admitted as
+  *reserved* (``ConnectionBounds.reserved``): on those only ``POST /peer``, ``/health`` and ``/metrics`` are
+  served, anything else is answered 503 ``overloaded`` (definite, unlike a reset) and the connection closes.
+  Past that, a connection gets the same 503 and is closed at once. So a node flooded by clients still hears
+  its peers and its health checks.
+- File descriptors bound the same classes. The kernel gives an accepted socket the lowest free fd, so its
+  number is a lower bound of the fds in use, whatever holds them. Within ``FD_RESERVE`` plus one per peer of
+  RLIMIT_NOFILE a socket is refused, within that plus ``reserved`` it is admitted as reserved at most. The
+  fds kept stay free for storage, logs and outbound peer sockets, and connections do not drive accept() into
+  EMFILE, where libuv (uvloop) accepts and drops every pending connection, peers' included, and logs nothing.
+- Reading stops while ``MAX_QUEUED_REQUESTS`` parsed requests wait their turn or the client is not reading
+  its responses (the transport's write buffer is over its high-water mark), so a pipelining client that
+  never reads cannot make the node hold more than that.
 """
 
 from __future__ import annotations
@@ -35,26 +46,19 @@ import logging
 import math
 import resource
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 
-from aiohttp import web
-from aiohttp.http_exceptions import (
-    BadHttpMethod,
-    BadStatusLine,
-    HttpProcessingError,
-    InvalidHeader,
-    InvalidURLError,
-    LineTooLong,
-    PayloadEncodingError,
-)
-from aiohttp.web_protocol import RequestHandler, _ErrInfo
+import httptools
+from multidict import CIMultiDict
 
 from kvstore.config import ClusterConfig, Limits
 from kvstore.errors import ErrorCode, KvError
 from kvstore.server.http_codec import error_response
+from kvstore.server.http_message import DateHeader, Request, Response, serialize
 from kvstore.server.metrics import NodeMetrics
 from kvstore.server.peer import PEER_PATH
 from kvstore.server.router import target_path
@@ -63,7 +67,7 @@ log = logging.getLogger(__name__)
 
 LOG_WINDOW_S = 10.0
 LOG_LINES_PER_WINDOW = 10
-# aiohttp's default is 10 s: a client trickling a body it was already refused for would hold the connection.
+# How long the rest of a request answered early is read and dropped before the connection closes.
 LINGER_S = 2.0
 # Fds never given to inbound connections: storage files, logs, the event loop; plus one per peer for
 # outbound peer sockets.
@@ -71,30 +75,43 @@ FD_RESERVE = 64
 # Reserved connections: health checks and scrapes, plus two per peer (its sender and a reconnect).
 RESERVED_CONNECTIONS = 16
 RESERVED_PATHS = frozenset({PEER_PATH, "/health", "/metrics"})
+# A request's bytes on the wire may be this many times its body's limit (chunk-size lines around small
+# chunks), plus its head and this much for a chunked body's trailer, before it is refused.
+CHUNKED_OVERHEAD_FACTOR = 8
+TRAILER_BYTES = 64 * 1024
+# The most one read hands over (uvloop reads up to 256 KiB at a time).
+READ_BYTES = 256 * 1024
+# Parsed requests a connection holds waiting for their turn before it stops reading.
+MAX_QUEUED_REQUESTS = 16
 
 _NO_DEADLINE = math.inf
 
 CLIENT = "client"
 RESERVED = "reserved"
 
-# The message both parsers raise past max_headers; the type alone (BadHttpMessage) says nothing.
-_TOO_MANY_HEADERS = "Too many headers received"
+# Connection phases, each with its own deadline.
+_IDLE = 0  # nothing received of a next request, nothing to answer
+_HEAD = 1  # part of a request head received
+_BODY = 2  # a head received, its body not yet whole
+_BUSY = 3  # requests being answered; no deadline (the node bounds how long a request takes)
+
 _BODY_FRAMING = "bad_body_framing"
-_BODY_FRAMING_MESSAGE = "the body framing (Content-Length or chunked encoding) is malformed"
-# Checked in order: BadHttpMethod is a BadStatusLine.
-_PARSE_ERROR_KINDS: tuple[tuple[type[HttpProcessingError], str, str], ...] = (
-    (BadHttpMethod, "bad_method", "the request line has an invalid method"),
-    (BadStatusLine, "bad_request_line", "the request line is malformed"),
-    (InvalidURLError, "bad_url", "the request target is not a valid URL"),
-    (InvalidHeader, "bad_header", "a header is malformed"),
-    (PayloadEncodingError, _BODY_FRAMING, _BODY_FRAMING_MESSAGE),
-)
-_MALFORMED = "malformed"
+_PARSE_ERROR_MESSAGES = {
+    "bad_method": "the request line has an invalid method",
+    "bad_request_line": "the request line is malformed",
+    "bad_url": "the request target is not a valid URL",
+    "bad_header": "a header is malformed",
+    _BODY_FRAMING: "the body framing (Content-Length or chunked encoding) is malformed",
+    "malformed": "the request is not valid HTTP/1.1",
+}
 _CLIENT_LIMIT_ERROR = KvError(ErrorCode.OVERLOADED, "the node is at its connection limit; retry later")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Content codings a body-size error names as such (never a client's own bytes).
+_NAMED_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 
 
 def _raw_response(error: KvError) -> bytes:
-    """A whole HTTP response, written straight to a transport where no aiohttp response can be made."""
+    """A whole HTTP response for a connection refused before it was parsed at all."""
     status = error.code.http_status
     body = json.dumps(error.to_json(), separators=(",", ":")).encode()
     head = (
@@ -105,9 +122,6 @@ def _raw_response(error: KvError) -> bytes:
 
 
 _REFUSED_RESPONSE = _raw_response(_CLIENT_LIMIT_ERROR)
-_HEAD_TIMEOUT_RESPONSE = _raw_response(
-    KvError(ErrorCode.REQUEST_TIMEOUT, "the request line and headers did not arrive in time")
-)
 
 
 def _peer_text(peername: object) -> str:
@@ -185,43 +199,72 @@ class ConnectionBounds:
         )
 
 
-class EdgeServer(web.Server):
+def _parse_errors(limits: Limits) -> dict[str, KvError]:
+    errors = {kind: KvError(ErrorCode.BAD_REQUEST, text) for kind, text in _PARSE_ERROR_MESSAGES.items()}
+    errors["request_line_too_long"] = KvError(
+        ErrorCode.URI_TOO_LONG, f"the request line is longer than {limits.max_request_line_bytes} bytes"
+    )
+    errors["header_too_large"] = KvError(
+        ErrorCode.HEADERS_TOO_LARGE, f"a header line is longer than {limits.max_header_bytes} bytes"
+    )
+    errors["too_many_headers"] = KvError(ErrorCode.HEADERS_TOO_LARGE, f"more than {limits.max_headers} headers")
+    return errors
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing: the request is answered ``error`` and the connection
+    closes. ``kind`` is the malformed-request metric's label, or None for a refusal that is not malformed."""
+
+    def __init__(self, kind: str | None, error: KvError) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+
+
+class EdgeServer:
+    """The listening socket and what all its connections share: bounds, counters, logs, the handler."""
+
     def __init__(
         self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        handler: Callable[[Request], Awaitable[Response]],
+        admit: Callable[[str, str, CIMultiDict[str]], int],
         config: ClusterConfig,
         metrics: NodeMetrics,
         node_id: str,
     ) -> None:
         limits, timeouts = config.limits, config.timeouts
-        super().__init__(
-            handler,
-            access_log=None,
-            keepalive_timeout=timeouts.keepalive_idle_timeout_ms / 1000,
-            max_line_size=limits.max_request_line_bytes,
-            max_field_size=limits.max_header_bytes,
-            max_headers=limits.max_headers,
-            # Bodies reach the routes as sent: gzip and deflate are inflated by kvstore's own bounded code.
-            auto_decompress=False,
-            # After an answer given before the whole body came (413, or 408 for a body too slow), aiohttp
-            # reads and discards the rest for this long so the client sees the answer, then closes.
-            lingering_time=LINGER_S,
-        )
+        self.handler = handler
+        self.admit = admit
+        self.limits = limits
         self.metrics = metrics
         self.header_timeout_ms = timeouts.header_timeout_ms
         self.header_timeout_s = timeouts.header_timeout_ms / 1000
+        self.body_timeout_ms = timeouts.body_timeout_ms
+        self.body_timeout_s = timeouts.body_timeout_ms / 1000
+        self.idle_timeout_s = timeouts.keepalive_idle_timeout_ms / 1000
+        # Every head byte a request may have within the limits, with their CRLFs, plus one read's worth: bytes
+        # are counted a read at a time, from the read in which a request begins.
+        head_bytes = limits.max_request_line_bytes + 2 + limits.max_headers * (limits.max_header_bytes + 2) + 2
+        self.max_head_bytes = head_bytes + READ_BYTES
         self.bounds = ConnectionBounds.of(config)
         self.clients_open = 0
         self.reserved_open = 0
-        self._limits = limits
-        self._parse_errors = _parse_errors(limits)
+        self.connections: set[EdgeConnection] = set()
+        self.date = DateHeader()
+        self.parse_errors = _parse_errors(limits)
+        self.body_timeout_error = KvError(
+            ErrorCode.REQUEST_TIMEOUT, f"the request body did not all arrive within {timeouts.body_timeout_ms} ms"
+        )
+        self.head_timeout_error = KvError(
+            ErrorCode.REQUEST_TIMEOUT, "the request line and headers did not arrive in time"
+        )
+        self.loop = asyncio.get_running_loop()
         self.malformed_log = LogBudget(
-            self._loop, "malformed-request lines", logging.WARNING, LOG_LINES_PER_WINDOW, LOG_WINDOW_S
+            self.loop, "malformed-request lines", logging.WARNING, LOG_LINES_PER_WINDOW, LOG_WINDOW_S
         )
-        self.refusal_log = LogBudget(self._loop, "refusal lines", logging.WARNING, LOG_LINES_PER_WINDOW, LOG_WINDOW_S)
-        self.timeout_log = LogBudget(
-            self._loop, "header-timeout lines", logging.INFO, LOG_LINES_PER_WINDOW, LOG_WINDOW_S
-        )
+        self.refusal_log = LogBudget(self.loop, "refusal lines", logging.WARNING, LOG_LINES_PER_WINDOW, LOG_WINDOW_S)
+        self.timeout_log = LogBudget(self.loop, "timeout lines", logging.INFO, LOG_LINES_PER_WINDOW, LOG_WINDOW_S)
+        self._server: asyncio.Server | None = None
         b = self.bounds
         log.info(
             "node %s serves %d client connections and %d reserved for peers and health checks; sockets from fd %d "
@@ -243,27 +286,27 @@ class EdgeServer(web.Server):
                 b.client_fd_ceiling,
             )
 
-    def __call__(self) -> RequestHandler:
-        return EdgeConnection(self, loop=self._loop, **self._kwargs)
+    async def start(self, host: str, port: int) -> None:
+        self._server = await self.loop.create_server(lambda: EdgeConnection(self), host, port, reuse_address=True)
 
-    async def shutdown(self, timeout: float | None = None) -> None:
-        await super().shutdown(timeout)
+    async def shutdown(self, timeout_s: float) -> None:
+        """Stop accepting, close idle connections, give busy ones ``timeout_s`` to answer, then close all."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.finish()
+        deadline_s = self.loop.time() + timeout_s
+        while self.connections and self.loop.time() < deadline_s:
+            await asyncio.sleep(0.01)
+        for connection in list(self.connections):
+            connection.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
         for budget in (self.malformed_log, self.refusal_log, self.timeout_log):
             budget.flush()
 
     def open_connections(self) -> dict[str, int]:
         return {CLIENT: self.clients_open, RESERVED: self.reserved_open}
-
-    def classify(self, exc: HttpProcessingError) -> tuple[str, KvError]:
-        """The metrics kind and the answer for a parser error; never any of the request's bytes."""
-        if isinstance(exc, LineTooLong):
-            # The limit it names is the only thing that tells the request line from a header.
-            kind = "request_line_too_long" if exc.args[1] == self._limits.max_request_line_bytes else "header_too_large"
-        elif exc.message == _TOO_MANY_HEADERS:
-            kind = "too_many_headers"
-        else:
-            kind = next((k for cls, k, _ in _PARSE_ERROR_KINDS if isinstance(exc, cls)), _MALFORMED)
-        return kind, self._parse_errors[kind]
 
     def report_malformed(self, kind: str, peername: object, outcome: str) -> None:
         self.metrics.malformed(kind)
@@ -286,7 +329,7 @@ class EdgeServer(web.Server):
         transport.write(_REFUSED_RESPONSE)
         transport.close()
 
-    def refuse_request(self, peername: object, fd: int) -> web.StreamResponse:
+    def refuse_request(self, peername: object, fd: int) -> Response:
         self.metrics.refused("client_limit")
         self.metrics.error(ErrorCode.OVERLOADED.value)
         self.refusal_log.log(
@@ -299,166 +342,430 @@ class EdgeServer(web.Server):
             self.bounds.client_fd_ceiling,
             self.bounds.fd_limit,
         )
-        response = error_response(_CLIENT_LIMIT_ERROR)
-        response.force_close()
-        return response
+        return error_response(_CLIENT_LIMIT_ERROR)
 
 
-def _parse_errors(limits: Limits) -> dict[str, KvError]:
-    errors = {kind: KvError(ErrorCode.BAD_REQUEST, text) for _, kind, text in _PARSE_ERROR_KINDS}
-    errors[_MALFORMED] = KvError(ErrorCode.BAD_REQUEST, "the request is not valid HTTP/1.1")
-    errors["request_line_too_long"] = KvError(
-        ErrorCode.URI_TOO_LONG, f"the request line is longer than {limits.max_request_line_bytes} bytes"
-    )
-    errors["header_too_large"] = KvError(
-        ErrorCode.HEADERS_TOO_LARGE, f"a header line is longer than {limits.max_header_bytes} bytes"
-    )
-    errors["too_many_headers"] = KvError(ErrorCode.HEADERS_TOO_LARGE, f"more than {limits.max_headers} headers")
-    return errors
+class EdgeConnection(asyncio.Protocol):
+    """One connection: admission, parsing within bounds, deadlines, and answers in request order."""
 
-
-_parse = RequestHandler.data_received
-
-
-class EdgeConnection(RequestHandler):
-    """One connection: admission, the request-head clock, and JSON answers to parser errors."""
-
-    __slots__ = ("_admission", "_edge", "_fd", "_head_deadline_s", "_head_started", "_head_timer")
-
-    def __init__(self, edge: EdgeServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
-        super().__init__(edge, loop=loop, **kwargs)
+    def __init__(self, edge: EdgeServer) -> None:
         self._edge = edge
+        self._loop = edge.loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._peername: object = None
+        self._fd = -1
         # CLIENT or RESERVED once admitted; None for a refused connection (and after connection_lost).
         self._admission: str | None = None
-        self._fd = -1
-        # When the pending request head must be complete; inf while none is pending.
-        self._head_deadline_s = _NO_DEADLINE
-        # Whether any byte of the pending head arrived (answer 408) or not (just close).
+        # Requests parsed and waiting their turn; a KvError is an answer that ends the connection.
+        self._queue: deque[Request | KvError] = deque()
+        self._busy = False
+        # Parsing stopped for good (an error, an upgrade, the last request, or the node stopping): the
+        # connection ends once everything queued is answered.
+        self._parser_done = False
+        self._lingering = False
+        self._read_paused = False
+        self._write_paused = False
+        # The request being parsed.
         self._head_started = False
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._method = ""
+        self._target = ""
+        self._request_headers: CIMultiDict[str] = CIMultiDict()
+        self._url: list[bytes] = []
+        # The request line's length so far (its target arrives in pieces).
+        self._url_bytes = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers_done = False
+        # Bytes received of the current request, and the most it may take on the wire (its head within the
+        # limits; with its head in, the body's limit, room for chunk lines and trailers).
+        self._wire_bytes = 0
+        self._wire_limit = edge.max_head_bytes
+        self._eof = False
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._body_limit = 0
+        self._body_what = "body"
+        self._expect_continue = False
+        # The deadline of the current phase, and the one timer, moved only when it fires.
+        self._phase = _IDLE
+        self._deadline_s = _NO_DEADLINE
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_s = _NO_DEADLINE
+
+    # ------------------------------------------------------------ connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         edge = self._edge
         bounds = edge.bounds
-        fd = self._fd = transport.get_extra_info("socket").fileno()
+        tcp = cast(asyncio.Transport, transport)
+        fd = self._fd = tcp.get_extra_info("socket").fileno()
         if edge.clients_open < bounds.clients and fd < bounds.client_fd_ceiling:
             edge.clients_open += 1
             self._admission = CLIENT
         elif edge.reserved_open < bounds.reserved and fd < bounds.fd_ceiling:
             edge.reserved_open += 1
             self._admission = RESERVED
-            self._request_handler = self._serve_reserved
         else:
-            edge.refuse_connection(cast(asyncio.Transport, transport), fd)
+            edge.refuse_connection(tcp, fd)
             return
-        super().connection_made(transport)
-        self._head_deadline_s = self._loop.time() + edge.header_timeout_s
-        self._head_timer = self._loop.call_at(self._head_deadline_s, self._head_clock)
+        self._transport = tcp
+        self._peername = tcp.get_extra_info("peername")
+        edge.connections.add(self)
+        # The first request's head is timed from the connection's start.
+        self._set_phase(_HEAD, edge.header_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         admission, self._admission = self._admission, None
         if admission is None:
             return
+        edge = self._edge
         if admission == CLIENT:
-            self._edge.clients_open -= 1
+            edge.clients_open -= 1
         else:
-            self._edge.reserved_open -= 1
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
+            edge.reserved_open -= 1
+        edge.connections.discard(self)
+        self._transport = None
+        self._parser_done = True
+        self._queue.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def finish(self) -> None:
+        """Close once what is open is answered (now, if nothing is)."""
+        self._parser_done = True
+        if self._lingering or (not self._busy and not self._queue):
+            self.abort()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # ------------------------------------------------------------ reading
 
     def data_received(self, data: bytes) -> None:
-        # The base method by name, not super(): this runs for every read, and super() costs more.
-        _parse(self, data)
-        messages = self._messages
-        if messages:
-            # A head is complete (or failed to parse): no head is pending.
-            self._head_deadline_s = _NO_DEADLINE
-            self._head_started = False
-            if self._waiter is None and isinstance(messages[-1][0], _ErrInfo):
-                self._fail_open_body()
-        elif self._waiter is not None:
-            # Idle, waiting for a request, and part of one arrived.
-            self._head_started = True
-            if self._head_deadline_s == _NO_DEADLINE:
-                self._head_deadline_s = self._loop.time() + self._edge.header_timeout_s
-                if self._head_timer is None:
-                    self._head_timer = self._loop.call_at(self._head_deadline_s, self._head_clock)
+        if self._parser_done:
+            # Lingering after an early answer, or ending: the rest is dropped.
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The requests before the upgrade are answered; this server speaks nothing else after them.
+            self._stop_parsing(None)
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, _Refused):
+                # A bug in a callback: the connection cannot be parsed on, and the node goes on.
+                log.error("parsing a request from %s failed", _peer_text(self._peername), exc_info=refused)
+                refused = _Refused("malformed", self._edge.parse_errors["malformed"])
+            self._stop_parsing(refused)
+        except httptools.HttpParserError as exc:
+            kind = self._error_kind(exc)
+            self._stop_parsing(_Refused(kind, self._edge.parse_errors[kind]))
+        else:
+            if self._head_started:
+                # Count what the parser may be holding of this request (a header or a chunked body's
+                # trailer is buffered whole before it is handed over), whatever the bytes are.
+                self._wire_bytes += len(data)
+                if self._wire_bytes > self._wire_limit:
+                    self._stop_parsing(self._framing_too_large())
+        self._serve()
 
-    def _head_clock(self) -> None:
-        # One timer per connection, moved only when it fires, so the hot path sets a float and no timer.
-        self._head_timer = None
-        deadline_s = self._head_deadline_s
-        if deadline_s == _NO_DEADLINE or self.transport is None:
+    def _framing_too_large(self) -> _Refused:
+        if not self._headers_done:
+            return _Refused("header_too_large", self._edge.parse_errors["header_too_large"])
+        message = f"the request's framing (chunk lines, trailers) is over {self._wire_limit} bytes"
+        return _Refused(None, KvError(ErrorCode.TOO_LARGE, message))
+
+    def eof_received(self) -> bool:
+        # The client will send nothing more: answer what is in (our side stays open for that), then close.
+        self._eof = True
+        self._parser_done = True
+        return self._busy or bool(self._queue)
+
+    def _error_kind(self, exc: httptools.HttpParserError) -> str:
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            return "bad_method"
+        if isinstance(exc, httptools.HttpParserInvalidURLError):
+            return "bad_url"
+        if self._headers_done:
+            return _BODY_FRAMING
+        if self._headers or "header" in str(exc).lower():
+            return "bad_header"
+        return "bad_request_line" if self._head_started else "malformed"
+
+    def _stop_parsing(self, refused: _Refused | None) -> None:
+        self._parser_done = True
+        if refused is not None:
+            if refused.kind is not None:
+                self._edge.report_malformed(
+                    refused.kind, self._peername, f"answered {refused.error.code.http_status} and closed"
+                )
+            self._queue.append(refused.error)
+
+    # httptools callbacks, in the order of a request.
+
+    def on_message_begin(self) -> None:
+        self._head_started = True
+        self._url = []
+        self._url_bytes = 0
+        self._headers = []
+        self._headers_done = False
+        self._wire_bytes = 0
+        self._wire_limit = self._edge.max_head_bytes
+        self._body = []
+        self._body_bytes = 0
+        self._expect_continue = False
+        if self._phase != _HEAD:
+            # A connection's first request is timed from the connection's start, the others from their first byte.
+            self._set_phase(_HEAD, self._edge.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        if not self._url_bytes:
+            # The method, a space, and the space and version that follow the target ("GET " ... " HTTP/1.1").
+            self._url_bytes = len(self._parser.get_method()) + 10
+        self._url_bytes += len(url)
+        if self._url_bytes > self._edge.limits.max_request_line_bytes:
+            raise _Refused("request_line_too_long", self._edge.parse_errors["request_line_too_long"])
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self._edge.limits
+        if len(name) + len(value) + 2 > limits.max_header_bytes:
+            raise _Refused("header_too_large", self._edge.parse_errors["header_too_large"])
+        if self._headers_done:
+            # A chunked body's trailer: bounded like a header, then ignored.
+            return
+        if len(self._headers) >= limits.max_headers:
+            raise _Refused("too_many_headers", self._edge.parse_errors["too_many_headers"])
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        edge = self._edge
+        self._method = method = self._parser.get_method().decode("ascii")
+        self._target = target = b"".join(self._url).decode("utf-8", "surrogateescape")
+        self._request_headers = headers = CIMultiDict(
+            [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in self._headers]
+        )
+        try:
+            self._body_limit = limit = edge.admit(method, target, headers)
+        except KvError as exc:
+            raise _Refused(None, exc) from None
+        declared = None
+        what = "body"
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                declared = int(value)
+            elif lowered == b"expect" and value.lower() == b"100-continue":
+                self._expect_continue = True
+            elif lowered == b"content-encoding":
+                coding = value.strip().lower()
+                what = f"{coding.decode()} body" if coding in _NAMED_CODINGS else "compressed body"
+        self._body_what = what
+        if declared is not None and declared > limit:
+            raise _Refused(None, KvError(ErrorCode.TOO_LARGE, f"{what} is {declared} bytes; the limit is {limit}"))
+        self._wire_limit = edge.max_head_bytes + CHUNKED_OVERHEAD_FACTOR * limit + TRAILER_BYTES
+        self._set_phase(_BODY, edge.body_timeout_s)
+        if self._expect_continue and not self._busy and not self._queue:
+            self._send_continue()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._body_limit:
+            message = f"{self._body_what} is over the limit of {self._body_limit} bytes"
+            raise _Refused(None, KvError(ErrorCode.TOO_LARGE, message))
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = self._body
+        request = Request(
+            self._method,
+            self._target,
+            self._request_headers,
+            body[0] if len(body) == 1 else b"".join(body),
+            self._peername,
+        )
+        self._head_started = False
+        self._url = []
+        self._headers = []
+        self._headers_done = False
+        self._body = []
+        self._expect_continue = False
+        self._queue.append(request)
+        if not self._parser.should_keep_alive():
+            # HTTP/1.0 without keep-alive, or Connection: close: this is the last request.
+            self._parser_done = True
+        self._set_phase(_BUSY, _NO_DEADLINE)
+        if len(self._queue) >= MAX_QUEUED_REQUESTS:
+            self._update_reading()
+
+    # ------------------------------------------------------------ answering
+
+    def _serve(self) -> None:
+        """Answer the queued requests in order, as far as handlers answer at once."""
+        if self._busy or self._transport is None:
+            return
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, KvError):
+                self._edge.metrics.error(item.code.value)
+                self._write(error_response(item), "GET", close=True)
+                return
+            self._busy = True
+            self._loop.create_task(self._answer(item))
+            return
+        self._after_answers()
+
+    async def _answer(self, request: Request) -> None:
+        edge = self._edge
+        close = False
+        try:
+            if self._admission == RESERVED:
+                path = target_path(request.raw_path)
+                if path not in RESERVED_PATHS:
+                    response = edge.refuse_request(self._peername, self._fd)
+                    close = True
+                else:
+                    response = await edge.handler(request)
+                    # Free the slot for the next peer or health check.
+                    close = path != PEER_PATH
+            else:
+                response = await edge.handler(request)
+        except Exception:
+            # The router answers every error itself; anything past it is a bug, and the connection cannot go on.
+            log.exception("unexpected error answering a request from %s", _peer_text(self._peername))
+            self._busy = False
+            self.abort()
+            return
+        self._busy = False
+        if self._transport is None:
+            return
+        # The last answer of a connection that will parse nothing more closes it.
+        close = close or response.close or (self._parser_done and not self._queue)
+        self._write(response, request.method, close)
+        if not close:
+            self._serve()
+            self._update_reading()
+
+    def _write(self, response: Response, method: str, close: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        data = serialize(response, self._edge.date.line(), close, with_body=method != "HEAD")
+        transport.write(data)
+        if close:
+            self._end()
+
+    def _after_answers(self) -> None:
+        """Everything queued is answered: wait for the next request, or finish the connection."""
+        if self._parser_done:
+            self._end()
+            return
+        if self._phase == _BUSY:
+            self._set_phase(_IDLE, self._edge.idle_timeout_s)
+        elif self._expect_continue and self._headers_done:
+            self._send_continue()
+
+    def _send_continue(self) -> None:
+        self._expect_continue = False
+        if self._transport is not None:
+            self._transport.write(_CONTINUE)
+
+    def _end(self) -> None:
+        """Shut our side after what is written; drop what the client still sends for ``LINGER_S``, then close."""
+        self._parser_done = True
+        self._queue.clear()
+        transport = self._transport
+        if transport is None or self._lingering:
+            return
+        self._lingering = True
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+        if not self._eof and transport.can_write_eof():
+            transport.write_eof()
+            self._set_phase(_IDLE, LINGER_S)
+        else:
+            transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._lingering:
+            return
+        pause = self._write_paused or len(self._queue) >= MAX_QUEUED_REQUESTS
+        if pause != self._read_paused:
+            self._read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    # ------------------------------------------------------------ deadlines
+
+    def _set_phase(self, phase: int, timeout_s: float) -> None:
+        self._phase = phase
+        if timeout_s == _NO_DEADLINE:
+            self._deadline_s = _NO_DEADLINE
+            return
+        deadline_s = self._deadline_s = self._loop.time() + timeout_s
+        if deadline_s < self._timer_at_s:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at_s = deadline_s
+            self._timer = self._loop.call_at(deadline_s, self._clock)
+
+    def _clock(self) -> None:
+        self._timer = None
+        self._timer_at_s = _NO_DEADLINE
+        deadline_s = self._deadline_s
+        if deadline_s == _NO_DEADLINE or self._transport is None:
             return
         if self._loop.time() < deadline_s:
-            self._head_timer = self._loop.call_at(deadline_s, self._head_clock)
+            self._timer_at_s = deadline_s
+            self._timer = self._loop.call_at(deadline_s, self._clock)
             return
+        self._expired()
+
+    def _expired(self) -> None:
         edge = self._edge
-        edge.metrics.header_timeout()
-        peer = _peer_text(self.peername)
-        if self._head_started:
-            edge.metrics.error(ErrorCode.REQUEST_TIMEOUT.value)
-            self.transport.write(_HEAD_TIMEOUT_RESPONSE)
+        peer = _peer_text(self._peername)
+        if self._lingering:
+            self.abort()
+        elif self._phase == _HEAD:
+            edge.metrics.header_timeout()
+            if self._head_started:
+                edge.timeout_log.log(
+                    "request head from %s not complete within %d ms: answered 408 and closed",
+                    peer,
+                    edge.header_timeout_ms,
+                )
+                self._timed_out(edge.head_timeout_error)
+            else:
+                edge.timeout_log.log(
+                    "connection from %s sent no request within %d ms: closed", peer, edge.header_timeout_ms
+                )
+                self.abort()
+        elif self._phase == _BODY:
             edge.timeout_log.log(
-                "request head from %s not complete within %d ms: answered 408 and closed", peer, edge.header_timeout_ms
+                "request body from %s not complete within %d ms: answered 408 and closed", peer, edge.body_timeout_ms
             )
-        else:
-            edge.timeout_log.log(
-                "connection from %s sent no request within %d ms: closed", peer, edge.header_timeout_ms
-            )
-        self.force_close()
+            self._timed_out(edge.body_timeout_error)
+        elif self._phase == _IDLE:
+            self.abort()
 
-    def _fail_open_body(self) -> None:
-        """The parser failed while a handler is busy: if a body is still being read, the error is in it.
-
-        That body's reader fails (the router answers 400) instead of the error being queued as a second
-        answer behind a handler that would wait for the body forever.
-        """
-        messages = self._messages
-        if len(messages) > 1:
-            payload = messages[-2][1]
-        elif self._current_request is not None:
-            payload = self._current_request.content
-        else:
-            return
-        if payload.is_eof():
-            # The error is in the next request's head: answered in its turn.
-            return
-        messages.pop()
-        self._edge.report_malformed(_BODY_FRAMING, self.peername, "the request fails and the connection closes")
-        # A new exception each time: one instance raised again and again would grow its traceback.
-        payload.set_exception(KvError(ErrorCode.BAD_REQUEST, _BODY_FRAMING_MESSAGE))
-        payload.feed_eof()
-        self.close()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if not isinstance(exc, HttpProcessingError):
-            # A handler raised past the router: aiohttp's 500, logged with its traceback as a bug should be.
-            return super().handle_error(request, status, exc, message)
-        edge = self._edge
-        kind, error = edge.classify(exc)
-        edge.report_malformed(kind, self.peername, f"answered {error.code.http_status} and closed")
-        edge.metrics.error(error.code.value)
-        # Nothing more is parsed on this connection.
-        self.close()
-        response = error_response(error)
-        response.force_close()
-        return response
-
-    async def _serve_reserved(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = target_path(request)
-        if path not in RESERVED_PATHS:
-            return self._edge.refuse_request(self.peername, self._fd)
-        response = await self._edge.request_handler(request)
-        if path != PEER_PATH:
-            # Free the slot for the next peer or health check.
-            response.force_close()
-        return response
+    def _timed_out(self, error: KvError) -> None:
+        self._stop_parsing(None)
+        self._queue.append(error)
+        self._deadline_s = _NO_DEADLINE
+        self._serve()

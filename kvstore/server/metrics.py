@@ -25,7 +25,20 @@ from prometheus_client.registry import Collector
 
 # Upper bounds of the latency buckets, in seconds.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0002,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 
@@ -130,7 +143,8 @@ class NodeMetrics(Collector):
             refused.add_metric([reason], count)
         yield refused
         yield CounterMetricFamily(
-            "kvstore_http_header_timeouts", "Connections closed because a request head was too slow",
+            "kvstore_http_header_timeouts",
+            "Connections closed because a request head was too slow",
             self._header_timeouts,
         )
 

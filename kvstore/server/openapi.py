@@ -504,7 +504,7 @@ def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
 
 _INFO_DESCRIPTION = (
     "A replicated key-value store. Structured answers are JSON, or msgpack with "
-    "`Accept: application/msgpack`; errors are always JSON, `{\"error\": {\"code\", \"message\", \"definite\"}}`, "
+    '`Accept: application/msgpack`; errors are always JSON, `{"error": {"code", "message", "definite"}}`, '
     "where `definite: true` means the operation certainly did not happen. A method a path does not list is "
     "answered 405 `method_not_allowed` with an `Allow` header."
 )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import msgpack
-from aiohttp import web
+from multidict import CIMultiDict
 
 from kvstore import codec
 from kvstore.config import ClusterConfig, NodeAddress
@@ -47,7 +47,10 @@ from kvstore.server.http_codec import (
     is_msgpack_body,
     read_wire_body,
     structured_body_limit_bytes,
+    wire_limit_bytes,
 )
+from kvstore.server.http_message import Request, Response
+from kvstore.server.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -293,20 +296,33 @@ class PeerInbox:
         self._node_id = node_id
         self._secret = config.secret
         self._members = frozenset(config.node_ids) - {node_id}
-        self._body_timeout_s = config.timeouts.body_timeout_ms / 1000
         self._deliver = deliver
         self._limit_bytes = peer_body_limit_bytes(config.limits.max_value_bytes)
 
-    async def handle(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        sender = request.headers.get(FROM_HEADER)
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if sender not in self._members:
+    def register(self, router: Router) -> None:
+        router.add(
+            "POST",
+            PEER_PATH,
+            self.handle,
+            internal=True,
+            max_body_bytes=wire_limit_bytes(self._limit_bytes),
+            check_head=self._check_head,
+        )
+
+    def _check_head(self, headers: CIMultiDict[str]) -> None:
+        """A sender that is a member, a signature and a msgpack body, checked before the body is read."""
+        if headers.get(FROM_HEADER) not in self._members:
             raise KvError(ErrorCode.UNAUTHORIZED, f"{FROM_HEADER} must name another member of the cluster")
-        if signature is None:
+        if SIGNATURE_HEADER not in headers:
             raise KvError(ErrorCode.UNAUTHORIZED, f"missing {SIGNATURE_HEADER}")
-        if not is_msgpack_body(request):
+        if not is_msgpack_body(headers):
             raise KvError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"peer batches are {MSGPACK_TYPE}")
-        wire, coding = await read_wire_body(request, self._limit_bytes, self._body_timeout_s)
+
+    async def handle(self, request: Request, _: str) -> Response:
+        self._check_head(request.headers)
+        sender = request.headers[FROM_HEADER]
+        signature = request.headers[SIGNATURE_HEADER]
+        wire, coding = read_wire_body(request, self._limit_bytes)
         if not hmac.compare_digest(sign(self._secret, wire).encode(), signature.encode("utf-8", "replace")):
             raise KvError(ErrorCode.UNAUTHORIZED, "bad signature")
         # Inflated only once signed, so no one outside the cluster can make this node do that work.
@@ -321,4 +337,4 @@ class PeerInbox:
             raise KvError(ErrorCode.BAD_REQUEST, f"a peer batch is a list of messages from {sender} to {self._node_id}")
         for msg in batch:
             self._deliver(msg)
-        return web.Response(status=204)
+        return Response(status=204)

@@ -1,7 +1,7 @@
-"""A small dispatcher for aiohttp's low-level server: exact paths and one-parameter prefix paths.
+"""A small dispatcher for the HTTP edge: exact paths and one-parameter prefix paths.
 
-aiohttp's ``web.Server`` without ``Application`` is measurably faster (no URL dispatcher objects, no
-middleware chain); the API has few routes, so a dict lookup and a prefix check are all it needs.
+The API has few routes, so a dict lookup and a prefix check are all it needs. Each route names the
+largest request body it reads (``max_body_bytes``), which the edge enforces while the body arrives.
 Every response, including unknown routes (404), wrong methods (405) and unexpected exceptions (500),
 goes through ``handle``, so each has the JSON error shape and is counted in the metrics.
 
@@ -18,16 +18,22 @@ from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import unquote
 
-from aiohttp import web
+from multidict import CIMultiDict
 
 from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.server.http_codec import error_response
+from kvstore.server.http_message import Request, Response
 from kvstore.server.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request, str], Awaitable[Response]]
+# Checks a request's headers before its body is read, raising KvError to refuse it (an unauthorized
+# request is refused for that, not for a body it should never have sent).
+HeadCheck = Callable[[CIMultiDict[str]], None]
 UNMATCHED_ROUTE = "unmatched"
+# The body a route that reads none may still be sent (and is ignored): enough for any small stray body.
+NO_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,9 @@ class Route:
     handler: Handler
     # Internal routes (peer traffic) are left out of the client API description.
     internal: bool = False
+    # The largest body the route reads, as it is sent (compressed or not: the route inflates it).
+    max_body_bytes: int = NO_BODY_BYTES
+    check_head: HeadCheck | None = None
 
     @cached_property
     def label(self) -> str:
@@ -56,8 +65,17 @@ class Router:
         tables = [*self._exact.values(), *(table for _, table in self._prefixed)]
         return [route for table in tables for route in table.values()]
 
-    def add(self, method: str, template: str, handler: Handler, *, internal: bool = False) -> None:
-        route = Route(method, template, handler, internal)
+    def add(
+        self,
+        method: str,
+        template: str,
+        handler: Handler,
+        *,
+        internal: bool = False,
+        max_body_bytes: int = NO_BODY_BYTES,
+        check_head: HeadCheck | None = None,
+    ) -> None:
+        route = Route(method, template, handler, internal, max_body_bytes, check_head)
         if "{" not in template:
             table = self._exact.setdefault(template, {})
         else:
@@ -74,67 +92,78 @@ class Router:
             raise ValueError(f"route {route.label} is registered twice")
         table[method] = route
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def admit(self, method: str, raw_target: str, headers: CIMultiDict[str]) -> int:
+        """Called by the edge once a request's head is in: the largest body it reads for the request (its
+        route's limit, or ``NO_BODY_BYTES`` when nothing matches, which ``handle`` then answers 404 or 405);
+        a KvError if the route refuses the request on its headers alone."""
+        found = self._lookup(target_path(raw_target))
+        route = found[0].get(method) if found is not None else None
+        if route is None:
+            return NO_BODY_BYTES
+        if route.check_head is not None:
+            route.check_head(headers)
+        return route.max_body_bytes
+
+    async def handle(self, request: Request) -> Response:
         started_s = time.perf_counter()
         label = UNMATCHED_ROUTE
         allowed = ""
         try:
-            raw_path = request.raw_path
-            # Origin-form ("/kv/a?x") inline, as nearly every request is; absolute-form through target_path.
-            path = raw_path.partition("?")[0] if raw_path[:1] == "/" else target_path(request)
+            path = target_path(request.raw_path)
             table, raw_param = self._match(path)
             route = table.get(request.method)
             if route is None:
                 allowed = ", ".join(sorted(table))
-                raise KvError(ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use {allowed}")
+                method = shown(request.method)
+                raise KvError(ErrorCode.METHOD_NOT_ALLOWED, f"{method} is not allowed here; use {allowed}")
             label = route.label
             response = await route.handler(request, _decode_param(raw_param))
         except KvError as exc:
             response = self._error(exc)
             if allowed:
                 response.headers["Allow"] = allowed
-            if exc.code is ErrorCode.REQUEST_TIMEOUT:
-                # The rest of a body that came too slowly is not worth waiting for: close the connection.
-                response.force_close()
-        except ConnectionResetError:
-            # The client went away in the middle of its request body: nobody to answer, nothing to log loudly.
-            log.debug("client closed the connection during %s %s", request.method, request.path)
-            response = self._error(KvError(ErrorCode.BAD_REQUEST, "the connection closed before the body was complete"))
         except Exception:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
+            log.exception("unexpected error serving %s %s", shown(request.method), shown(request.raw_path))
             response = self._error(KvError(ErrorCode.INTERNAL, "internal error; the op may have happened"))
         self._metrics.observe(label, response.status, time.perf_counter() - started_s)
         return response
 
-    def _error(self, error: KvError) -> web.Response:
+    def _error(self, error: KvError) -> Response:
         self._metrics.error(error.code.value)
         return error_response(error)
 
-    def _match(self, raw_path: str) -> tuple[dict[str, Route], str]:
+    def _lookup(self, raw_path: str) -> tuple[dict[str, Route], str] | None:
         table = self._exact.get(raw_path)
         if table is not None:
             return table, ""
         for prefix, table in self._prefixed:
             if raw_path.startswith(prefix):
                 return table, raw_path[len(prefix) :]
-        # Named in short, as all client input in an error: a request is never echoed at length.
-        raise KvError(ErrorCode.NOT_FOUND, f"no route for {shown(raw_path)}")
+        return None
+
+    def _match(self, raw_path: str) -> tuple[dict[str, Route], str]:
+        found = self._lookup(raw_path)
+        if found is None:
+            # Named in short, as all client input in an error: a request is never echoed at length.
+            raise KvError(ErrorCode.NOT_FOUND, f"no route for {shown(raw_path)}")
+        return found
 
 
-def target_path(request: web.BaseRequest) -> str:
-    """The path of the request target as sent (percent-encoded), without its query.
+def target_path(target: str) -> str:
+    """The path of a request target as sent (percent-encoded), without its query.
 
     An absolute-form target (``GET http://host:port/kv/a``) names the same path after its authority, and a
-    server must accept one (RFC 9112 3.2.2); aiohttp hands it over whole.
+    server must accept one (RFC 9112 3.2.2).
     """
-    target = request.raw_path
-    if not target.startswith("/"):
-        _, scheme_end, rest = target.partition("://")
-        if scheme_end:
-            ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
-            target = rest[min(ends) :] if ends else ""
-            if not target.startswith("/"):
-                target = "/" + target
+    if target[:1] == "/":
+        # Origin-form ("/kv/a?x"), as nearly every request is.
+        return target.partition("?")[0]
+    _, scheme_end, rest = target.partition("://")
+    if scheme_end:
+        ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+        target = rest[min(ends) :] if ends else ""
+        if not target.startswith("/"):
+            target = "/" + target
     return target.partition("?")[0]
 
 
@@ -145,4 +174,3 @@ def _decode_param(raw: str) -> str:
         return unquote(raw, errors="strict")
     except UnicodeDecodeError as exc:
         raise KvError(ErrorCode.BAD_KEY, "the key in the path is not valid percent-encoded UTF-8") from exc
-

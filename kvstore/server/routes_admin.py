@@ -22,7 +22,7 @@ import hmac
 import os
 import random
 
-from aiohttp import web
+from multidict import CIMultiDict
 
 from kvstore.config import ClusterConfig
 from kvstore.errors import ErrorCode, KvError
@@ -30,7 +30,15 @@ from kvstore.faults import ChaosPolicy
 from kvstore.node import Node
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
-from kvstore.server.http_codec import encoded_response, json_response, query_params, read_document, wants_msgpack
+from kvstore.server.http_codec import (
+    encoded_response,
+    json_response,
+    query_params,
+    read_document,
+    wants_msgpack,
+    wire_limit_bytes,
+)
+from kvstore.server.http_message import Request, Response
 from kvstore.server.router import Router
 from kvstore.storage.base import Record, Storage
 from kvstore.validation import check_key, parse_whole_number, show_int
@@ -48,9 +56,9 @@ MAX_COPY_LIMIT = 10_000
 MAX_COPY_PAGE_BYTES = 8 << 20
 
 
-def authorize(request: web.BaseRequest, secret: bytes) -> None:
-    """``unauthorized`` unless the request carries ``Authorization: Bearer <secret>``."""
-    header = request.headers.get("Authorization", "")
+def authorize(headers: CIMultiDict[str], secret: bytes) -> None:
+    """``unauthorized`` unless the headers carry ``Authorization: Bearer <secret>``."""
+    header = headers.get("Authorization", "")
     scheme, _, token = header.strip(" ").partition(" ")
     # The scheme is case-insensitive and may be followed by more than one space (RFC 9110 11.4).
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.lstrip(" ").encode("utf-8", "replace"), secret):
@@ -62,23 +70,31 @@ class AdminRoutes:
         self._token = config.secret.encode()
         self._members = config.node_ids
         self._faults = faults
-        self._body_timeout_s = config.timeouts.body_timeout_ms / 1000
 
     def register(self, router: Router) -> None:
-        for method, handler in (("GET", self.show), ("PUT", self.install), ("DELETE", self.clear)):
-            router.add(method, ADMIN_FAULTS_PATH, handler, internal=True)
+        router.add("GET", ADMIN_FAULTS_PATH, self.show, internal=True)
+        policy_bytes = wire_limit_bytes(MAX_POLICY_BYTES)
+        router.add(
+            "PUT",
+            ADMIN_FAULTS_PATH,
+            self.install,
+            internal=True,
+            max_body_bytes=policy_bytes,
+            check_head=lambda headers: authorize(headers, self._token),
+        )
+        router.add("DELETE", ADMIN_FAULTS_PATH, self.clear, internal=True)
 
     def _current(self) -> dict[str, object]:
         policy = self._faults.policy
         return {"faults": policy.to_json() if isinstance(policy, ChaosPolicy) else None}
 
-    async def show(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        authorize(request, self._token)
+    async def show(self, request: Request, _: str) -> Response:
+        authorize(request.headers, self._token)
         return json_response(self._current())
 
-    async def install(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        authorize(request, self._token)
-        doc, _as_msgpack = await read_document(request, MAX_POLICY_BYTES, self._body_timeout_s)
+    async def install(self, request: Request, _: str) -> Response:
+        authorize(request.headers, self._token)
+        doc, _as_msgpack = read_document(request, MAX_POLICY_BYTES)
         try:
             policy = ChaosPolicy.from_json(doc, random.Random(int.from_bytes(os.urandom(8), "big")), self._members)
         except ValueError as exc:
@@ -86,8 +102,8 @@ class AdminRoutes:
         self._faults.install(policy)
         return json_response(self._current())
 
-    async def clear(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
-        authorize(request, self._token)
+    async def clear(self, request: Request, _: str) -> Response:
+        authorize(request.headers, self._token)
         self._faults.clear()
         return json_response(self._current())
 
@@ -108,8 +124,8 @@ class CopyRoutes:
     def register(self, router: Router) -> None:
         router.add("GET", ADMIN_COPIES_TEMPLATE, self.copy)
 
-    async def copy(self, request: web.BaseRequest, raw_partition: str) -> web.StreamResponse:
-        authorize(request, self._token)
+    async def copy(self, request: Request, raw_partition: str) -> Response:
+        authorize(request.headers, self._token)
         params = query_params(request, ("after", "limit"))
         partition_map = self._node.partition_map
         partition = self._partition(raw_partition, partition_map.partition_count)

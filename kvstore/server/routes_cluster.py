@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvstore.config import ClusterConfig
 from kvstore.node import Node
 from kvstore.server.http_codec import JSON_TYPE, encoded_response, json_response, refuse_query, wants_msgpack
+from kvstore.server.http_message import Request, Response
 from kvstore.server.metrics import NodeMetrics
 from kvstore.server.openapi import build_openapi
 from kvstore.server.peer import PeerTransport
@@ -44,7 +44,7 @@ class ClusterRoutes:
         router.add("GET", "/metrics", self.metrics)
         router.add("GET", "/openapi.json", self.openapi)
 
-    async def cluster(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+    async def cluster(self, request: Request, _: str) -> Response:
         refuse_query(request)
         node, config = self._node, self._config
         partition_map = node.partition_map
@@ -78,7 +78,7 @@ class ClusterRoutes:
         }
         return encoded_response(doc, wants_msgpack(request))
 
-    async def health(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+    async def health(self, request: Request, _: str) -> Response:
         refuse_query(request)
         return json_response(
             {
@@ -90,14 +90,13 @@ class ClusterRoutes:
             }
         )
 
-    async def metrics(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+    async def metrics(self, request: Request, _: str) -> Response:
         refuse_query(request)
-        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def openapi(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+    async def openapi(self, request: Request, _: str) -> Response:
         refuse_query(request)
         if self._openapi_body is None:
             assert self._router is not None, "routes used before register()"
             self._openapi_body = json.dumps(build_openapi(self._router.routes, self._config.limits), indent=1).encode()
-        return web.Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})
-
+        return Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})

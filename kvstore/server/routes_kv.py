@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import web
-
 from kvstore.config import Limits
 from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import (
@@ -51,7 +49,9 @@ from kvstore.server.http_codec import (
     value_fields,
     value_from,
     wants_msgpack,
+    wire_limit_bytes,
 )
+from kvstore.server.http_message import Request, Response
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
 from kvstore.validation import check_ttl_ms, parse_whole_number, prefix_range, ttl_ms_from_seconds
@@ -61,19 +61,19 @@ _ENCODINGS = ("utf-8", "base64")
 
 
 class KvRoutes:
-    def __init__(self, pump: Pump, limits: Limits, body_timeout_ms: int) -> None:
+    def __init__(self, pump: Pump, limits: Limits) -> None:
         self._pump = pump
         self._limits = limits
-        self._body_timeout_s = body_timeout_ms / 1000
         self._structured_limit_bytes = structured_body_limit_bytes(limits.max_value_bytes)
 
     def register(self, router: Router) -> None:
         router.add("GET", "/kv/{key}", self.get)
-        router.add("PUT", "/kv/{key}", self.put)
+        router.add("PUT", "/kv/{key}", self.put, max_body_bytes=wire_limit_bytes(self._limits.max_value_bytes))
         router.add("DELETE", "/kv/{key}", self.delete)
-        router.add("POST", "/cas/{key}", self.cas)
+        structured_bytes = wire_limit_bytes(self._structured_limit_bytes)
+        router.add("POST", "/cas/{key}", self.cas, max_body_bytes=structured_bytes)
         router.add("GET", "/scan", self.scan)
-        router.add("POST", "/batch", self.batch)
+        router.add("POST", "/batch", self.batch, max_body_bytes=structured_bytes)
 
     async def _run(self, op: ClientOp) -> Result:
         result = self._pump.submit(op)
@@ -83,25 +83,25 @@ class KvRoutes:
 
     # ------------------------------------------------------------ /kv/{key}
 
-    async def get(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
+    async def get(self, request: Request, key: str) -> Response:
         refuse_query(request)
         result = await self._run(GetOp(key))
         if isinstance(result, Found):
             headers = {"Content-Type": OCTET_TYPE, "X-Kv-Version": str(result.version)}
             if result.expires_at_ms is not None:
                 headers["X-Kv-Expires-At-Ms"] = str(result.expires_at_ms)
-            return web.Response(body=result.value, headers=headers)
+            return Response(body=result.value, headers=headers)
         raise _unexpected(result)
 
-    async def put(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
+    async def put(self, request: Request, key: str) -> Response:
         ttl_ms = _ttl_ms(query_params(request, ("ttl", "ttl_ms"))) if request.query_string else None
-        value = await read_body(request, self._limits.max_value_bytes, self._body_timeout_s)
+        value = read_body(request, self._limits.max_value_bytes)
         result = await self._run(PutOp(key, value, ttl_ms))
         if isinstance(result, Written):
             return encoded_response({"key": result.key, "version": result.version}, wants_msgpack(request))
         raise _unexpected(result)
 
-    async def delete(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
+    async def delete(self, request: Request, key: str) -> Response:
         refuse_query(request)
         result = await self._run(DeleteOp(key))
         if isinstance(result, Deleted):
@@ -110,9 +110,9 @@ class KvRoutes:
 
     # ------------------------------------------------------------ /cas/{key}
 
-    async def cas(self, request: web.BaseRequest, key: str) -> web.StreamResponse:
+    async def cas(self, request: Request, key: str) -> Response:
         refuse_query(request)
-        doc, _ = await read_document(request, self._structured_limit_bytes, self._body_timeout_s)
+        doc, _ = read_document(request, self._structured_limit_bytes)
         check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding"), "cas")
         encoding = doc.get("encoding", "utf-8")
         if encoding not in _ENCODINGS:
@@ -129,7 +129,7 @@ class KvRoutes:
 
     # ------------------------------------------------------------ /scan
 
-    async def scan(self, request: web.BaseRequest, _: str) -> web.StreamResponse:
+    async def scan(self, request: Request, _: str) -> Response:
         params = query_params(request, ("prefix", "start", "end", "limit"))
         limit = _int_param(params, "limit", DEFAULT_SCAN_LIMIT)
         if "prefix" in params:
@@ -147,9 +147,9 @@ class KvRoutes:
 
     # ------------------------------------------------------------ /batch
 
-    async def batch(self, request: web.BaseRequest, _param: str) -> web.StreamResponse:
+    async def batch(self, request: Request, _param: str) -> Response:
         refuse_query(request)
-        doc, _as_msgpack = await read_document(request, self._structured_limit_bytes, self._body_timeout_s)
+        doc, _as_msgpack = read_document(request, self._structured_limit_bytes)
         if len(doc) != 1 or not ({"get", "put"} & doc.keys()):
             raise KvError(ErrorCode.BAD_REQUEST, 'batch body must be {"get": [keys]} or {"put": [entries]}')
         entries = doc.get("get", doc.get("put"))

@@ -214,8 +214,7 @@ class _SimRunner:
         for action in self.schedule:
             self.cluster.schedule(action.at_ms, lambda a=action: self._apply(a))  # type: ignore[misc]
         for client in self.clients:
-            self.cluster.schedule(self.client_rng.randint(0, max(s.workload.think_ms, 1)),
-                                  lambda c=client: self._start(c))  # type: ignore[misc]
+            self.cluster.call_at(self.client_rng.randint(0, max(s.workload.think_ms, 1)), self._start, client, None)
         if s.workload.ops:
             self.cluster.run_until_true(lambda: self.finished == s.workload.ops, s.duration_ms,
                                         f"done with the workload's {s.workload.ops} ops")
@@ -247,7 +246,7 @@ class _SimRunner:
         client.on_result = partial(self._on_result, client)
         return client
 
-    def _start(self, client: _Client) -> None:
+    def _start(self, client: _Client, _unused: None) -> None:
         if not self.accepting or (self.ops_limit and self.started == self.ops_limit):
             return
         self.started += 1
@@ -262,7 +261,7 @@ class _SimRunner:
         self.recorder.invoke(client.process, op, now_ms)
         if client.check_at_ms is None:
             client.check_at_ms = deadline_ms
-            self.cluster.schedule(deadline_ms, lambda: self._check_timeout(client))
+            self.cluster.call_at(deadline_ms, self._check_timeout, client, None)
         self._advance(client, None)
 
     def _advance(self, client: _Client, result: Result | None) -> None:
@@ -279,7 +278,7 @@ class _SimRunner:
         if client.request_id == request_id:
             self._advance(client, reply)
 
-    def _check_timeout(self, client: _Client) -> None:
+    def _check_timeout(self, client: _Client, _unused: None) -> None:
         client.check_at_ms = None
         if client.op is None:
             return  # between ops: the next op schedules a check
@@ -287,7 +286,7 @@ class _SimRunner:
             self._finish(client, ("info", None, "client_timeout"))
             return
         client.check_at_ms = client.deadline_ms
-        self.cluster.schedule(client.deadline_ms, lambda: self._check_timeout(client))
+        self.cluster.call_at(client.deadline_ms, self._check_timeout, client, None)
 
     def _finish(self, client: _Client, outcome: Outcome) -> None:
         op = client.op
@@ -305,7 +304,7 @@ class _SimRunner:
         self.finished += 1
         # At least 1 ms: an op that fails at once (its node is down) must not spin at one instant.
         think = max(1, between(self.client_rng, 0, self.think_ms))
-        self.cluster.schedule(now_ms + think, lambda: self._start(client))
+        self.cluster.call_at(now_ms + think, self._start, client, None)
 
     def _final_reads(self) -> None:
         nodes = self.cluster.node_ids()

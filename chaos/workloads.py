@@ -34,11 +34,19 @@ MAX_CAS_ATTEMPTS = 16
 SCAN_PAGE = 1000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PlannedOp:
     f: str
     key: str | None
     value: Any
+
+    def __init__(self, f: str, key: str | None, value: Any) -> None:
+        # Fills the instance dict, as chaos.history.Event does: the frozen dataclass __init__ sets each
+        # field through object.__setattr__, 0.3 us more, for every op a run plans. Still read-only.
+        fields = self.__dict__
+        fields["f"] = f
+        fields["key"] = key
+        fields["value"] = value
 
 
 class Workload(Protocol):

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from heapq import heappop
+from typing import TypeVar
 
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, FaultPolicy, NoFaults, Reply, Send, SetTimer
@@ -52,6 +53,8 @@ from kvstore.storage.base import SyncJob
 from kvstore.storage.simulated import CrashKind, SimStorage
 
 ResultCallback = Callable[[int, Result], None]
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 # "process": the OS keeps what the node wrote out (kill -9); "power": only what was made durable survives.
 CRASH_KINDS: tuple[CrashKind, ...] = ("process", "power")
@@ -231,6 +234,11 @@ class SimCluster:
     def schedule(self, at_ms: int, action: Callable[[], None]) -> None:
         """Run ``action`` at ``at_ms`` (true time) from the event loop, in order with everything else."""
         self._queue.push(at_ms, _run_action, action)
+
+    def call_at(self, at_ms: int, handler: Callable[[_A, _B], None], a: _A, b: _B) -> None:
+        """``schedule`` for a driver's per-op events: ``handler(a, b)`` runs straight off the heap, with no
+        closure to build and no wrapper to call in between."""
+        self._queue.push(at_ms, handler, a, b)
 
     def request(self, node_id: str, op: ClientOp, limit_ms: int = 60_000) -> Result:
         """Submit ``op`` and run the simulation until its result arrives."""

@@ -19,10 +19,11 @@ once it is whole, so no handler ever waits on a slow client.
   ``timeouts.header_timeout_ms`` after its first byte (after the connection opened, for a connection's first
   request), or it is answered 408 and closed (a connection that sent nothing is just closed); a body must be
   complete ``timeouts.body_timeout_ms`` after its head (408); a keep-alive connection with nothing to do is
-  closed after ``timeouts.keepalive_idle_timeout_ms``.
+  closed after ``timeouts.keepalive_idle_timeout_ms``, and so is one whose client reads none of its answers
+  for that long.
 - After an answer that ends a connection early (413, 408, a malformed request), the rest of what the client
   sends is read and dropped for ``LINGER_S`` after our side is shut for writing, so the client reads the
-  answer instead of a reset; then the connection closes.
+  answer instead of a reset; then the connection closes. A lingering connection no longer takes a slot.
 - Up to ``limits.max_client_connections`` connections are served in full. Past it a few more are admitted as
   *reserved* (``ConnectionBounds.reserved``): on those only ``POST /peer``, ``/health`` and ``/metrics`` are
   served, anything else is answered 503 ``overloaded`` (definite, unlike a reset) and the connection closes.
@@ -83,6 +84,9 @@ TRAILER_BYTES = 64 * 1024
 READ_BYTES = 256 * 1024
 # Parsed requests a connection holds waiting for their turn before it stops reading.
 MAX_QUEUED_REQUESTS = 16
+# The most bytes parsed at once: a read is parsed in slices this big, so that it queues at most about this
+# many bytes' worth of requests past MAX_QUEUED_REQUESTS.
+FEED_BYTES = 4096
 
 _NO_DEADLINE = math.inf
 
@@ -381,11 +385,18 @@ class EdgeConnection(asyncio.Protocol):
         self._wire_bytes = 0
         self._wire_limit = edge.max_head_bytes
         self._eof = False
-        self._body: list[bytes] = []
+        # The body's first piece, and all of it in one buffer once a second piece comes (a piece each, tiny
+        # chunks would take ~40 bytes of memory per body byte).
+        self._body = b""
+        self._body_more: bytearray | None = None
         self._body_bytes = 0
         self._body_limit = 0
         self._body_what = "body"
         self._expect_continue = False
+        # Bytes received but not yet parsed: reading stopped with MAX_QUEUED_REQUESTS waiting.
+        self._unread: bytes | memoryview = b""
+        # Closes a connection whose client has not read its answers for the idle timeout.
+        self._stall_timer: asyncio.TimerHandle | None = None
         # The deadline of the current phase, and the one timer, moved only when it fires.
         self._phase = _IDLE
         self._deadline_s = _NO_DEADLINE
@@ -415,29 +426,55 @@ class EdgeConnection(asyncio.Protocol):
         self._set_phase(_HEAD, edge.header_timeout_s)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        admission, self._admission = self._admission, None
-        if admission is None:
+        if self._transport is None:
+            # Refused at accept, or already lost.
             return
-        edge = self._edge
-        if admission == CLIENT:
-            edge.clients_open -= 1
-        else:
-            edge.reserved_open -= 1
-        edge.connections.discard(self)
+        self._release_slot()
+        self._edge.connections.discard(self)
         self._transport = None
         self._parser_done = True
         self._queue.clear()
+        self._unread = b""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _release_slot(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission == CLIENT:
+            self._edge.clients_open -= 1
+        elif admission == RESERVED:
+            self._edge.reserved_open -= 1
 
     def pause_writing(self) -> None:
         self._write_paused = True
         self._update_reading()
+        # A client that reads nothing would otherwise hold its connection (and our answers to it) forever: no
+        # other deadline runs while answers wait to be sent.
+        if self._stall_timer is None:
+            self._stall_timer = self._loop.call_later(self._edge.idle_timeout_s, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._update_reading()
+        # Answering stopped while the client was not reading.
+        self._serve()
+
+    def _write_stalled(self) -> None:
+        self._stall_timer = None
+        edge = self._edge
+        edge.timeout_log.log(
+            "connection from %s read none of its answers for %d ms: closed",
+            _peer_text(self._peername),
+            round(edge.idle_timeout_s * 1000),
+        )
+        self.abort()
 
     def finish(self) -> None:
         """Close once what is open is answered (now, if nothing is)."""
@@ -447,7 +484,8 @@ class EdgeConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self._transport is not None:
-            self._transport.close()
+            # Not close(), which waits for the unsent answers of a client that may never read them.
+            self._transport.abort()
 
     # ------------------------------------------------------------ reading
 
@@ -455,6 +493,25 @@ class EdgeConnection(asyncio.Protocol):
         if self._parser_done:
             # Lingering after an early answer, or ending: the rest is dropped.
             return
+        if self._unread:
+            data = bytes(self._unread) + data
+            self._unread = b""
+        if len(data) <= FEED_BYTES:
+            self._feed(data)
+        else:
+            # A slice at a time: one read may hold thousands of tiny requests, and parsing stops being
+            # possible mid-read, so the queue would take them all. What is left waits unparsed.
+            view = memoryview(data)
+            for start in range(0, len(data), FEED_BYTES):
+                if self._parser_done:
+                    break
+                if len(self._queue) >= MAX_QUEUED_REQUESTS:
+                    self._unread = view[start:]
+                    break
+                self._feed(view[start : start + FEED_BYTES])
+        self._serve()
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -468,6 +525,10 @@ class EdgeConnection(asyncio.Protocol):
                 refused = _Refused("malformed", self._edge.parse_errors["malformed"])
             self._stop_parsing(refused)
         except httptools.HttpParserError as exc:
+            if self._parser_done:
+                # llhttp's error for bytes after a request that ends the connection (Connection: close,
+                # HTTP/1.0): dropped unanswered, like anything sent after it.
+                return
             kind = self._error_kind(exc)
             self._stop_parsing(_Refused(kind, self._edge.parse_errors[kind]))
         else:
@@ -477,7 +538,6 @@ class EdgeConnection(asyncio.Protocol):
                 self._wire_bytes += len(data)
                 if self._wire_bytes > self._wire_limit:
                     self._stop_parsing(self._framing_too_large())
-        self._serve()
 
     def _framing_too_large(self) -> _Refused:
         if not self._headers_done:
@@ -498,7 +558,9 @@ class EdgeConnection(asyncio.Protocol):
             return "bad_url"
         if self._headers_done:
             return _BODY_FRAMING
-        if self._headers or "header" in str(exc).lower():
+        reason = str(exc).lower()
+        # llhttp rejects a Content-Length or Transfer-Encoding value before the header reaches on_header.
+        if self._headers or "header" in reason or "content-length" in reason or "transfer-encoding" in reason:
             return "bad_header"
         return "bad_request_line" if self._head_started else "malformed"
 
@@ -521,7 +583,8 @@ class EdgeConnection(asyncio.Protocol):
         self._headers_done = False
         self._wire_bytes = 0
         self._wire_limit = self._edge.max_head_bytes
-        self._body = []
+        self._body = b""
+        self._body_more = None
         self._body_bytes = 0
         self._expect_continue = False
         if self._phase != _HEAD:
@@ -567,7 +630,8 @@ class EdgeConnection(asyncio.Protocol):
             if lowered == b"content-length":
                 declared = int(value)
             elif lowered == b"expect" and value.lower() == b"100-continue":
-                self._expect_continue = True
+                # RFC 9110 10.1.1: an HTTP/1.0 client's expectation is ignored.
+                self._expect_continue = self._parser.get_http_version() != "1.0"
             elif lowered == b"content-encoding":
                 coding = value.strip().lower()
                 what = f"{coding.decode()} body" if coding in _NAMED_CODINGS else "compressed body"
@@ -576,30 +640,37 @@ class EdgeConnection(asyncio.Protocol):
             raise _Refused(None, KvError(ErrorCode.TOO_LARGE, f"{what} is {declared} bytes; the limit is {limit}"))
         self._wire_limit = edge.max_head_bytes + CHUNKED_OVERHEAD_FACTOR * limit + TRAILER_BYTES
         self._set_phase(_BODY, edge.body_timeout_s)
-        if self._expect_continue and not self._busy and not self._queue:
-            self._send_continue()
+        # "100 Continue" is sent by _serve once this read is parsed, if the body has not all come with it (a
+        # request without a body is complete by then) and the request is next in line.
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._body_limit:
             message = f"{self._body_what} is over the limit of {self._body_limit} bytes"
             raise _Refused(None, KvError(ErrorCode.TOO_LARGE, message))
-        self._body.append(body)
+        if self._body_more is not None:
+            self._body_more += body
+        elif self._body:
+            self._body_more = bytearray(self._body)
+            self._body_more += body
+        else:
+            self._body = body
 
     def on_message_complete(self) -> None:
-        body = self._body
+        more = self._body_more
         request = Request(
             self._method,
             self._target,
             self._request_headers,
-            body[0] if len(body) == 1 else b"".join(body),
+            self._body if more is None else bytes(more),
             self._peername,
         )
         self._head_started = False
         self._url = []
         self._headers = []
         self._headers_done = False
-        self._body = []
+        self._body = b""
+        self._body_more = None
         self._expect_continue = False
         self._queue.append(request)
         if not self._parser.should_keep_alive():
@@ -613,7 +684,8 @@ class EdgeConnection(asyncio.Protocol):
 
     def _serve(self) -> None:
         """Answer the queued requests in order, as far as handlers answer at once."""
-        if self._busy or self._transport is None:
+        if self._busy or self._transport is None or self._write_paused:
+            # While the client reads nothing, answers would pile up in the transport's buffer.
             return
         queue = self._queue
         while queue:
@@ -690,6 +762,10 @@ class EdgeConnection(asyncio.Protocol):
         if transport is None or self._lingering:
             return
         self._lingering = True
+        self._unread = b""
+        # Answered and closing: the slot is free for the next client (a reserved one for the next peer or health
+        # check), however long this client keeps its side open.
+        self._release_slot()
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()
@@ -704,6 +780,12 @@ class EdgeConnection(asyncio.Protocol):
         if transport is None or self._lingering:
             return
         pause = self._write_paused or len(self._queue) >= MAX_QUEUED_REQUESTS
+        if not pause and self._unread:
+            # Bytes of an earlier read come before any new one.
+            self.data_received(b"")
+            if self._transport is None or self._lingering:
+                return
+            pause = self._write_paused or len(self._queue) >= MAX_QUEUED_REQUESTS or bool(self._unread)
         if pause != self._read_paused:
             self._read_paused = pause
             if pause:

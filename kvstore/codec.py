@@ -204,6 +204,20 @@ _MAX_FREE_CHAINS = 8
 _MAX_RETAINED_BYTES = 1 << 20
 
 
+def fields(obj: object) -> tuple[Any, ...]:
+    """``(type name, field values...)`` of a registered message: what its ext value holds, one level down.
+
+    Exact and deterministic like ``encode``, for a caller that hashes many messages among other values
+    (the simulator's trace): packed inside a larger value, the tuple costs a fifth of the message's own
+    ext packing. TypeError for an instance of a class that is not registered.
+    """
+    payload = _payloads.get(type(obj))
+    if payload is None:
+        cls = type(obj)
+        raise TypeError(f"cannot take the fields of {cls.__module__}.{cls.__qualname__}: not a registered message")
+    return payload(obj)
+
+
 def encode(obj: object) -> bytes:
     try:
         pack = _free_chains.pop()

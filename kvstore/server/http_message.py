@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 class Request:
     """One parsed request. ``raw_path`` is the request target as sent (percent-encoded, with its query)."""
 
-    __slots__ = ("body", "headers", "method", "peername", "raw_path")
+    __slots__ = ("body", "headers", "keep_alive_10", "method", "peername", "raw_path")
 
     def __init__(self, method: str, raw_path: str, headers: CIMultiDict[str], body: bytes, peername: object) -> None:
         self.method = method
@@ -25,6 +25,8 @@ class Request:
         self.headers = headers
         self.body = body
         self.peername = peername
+        # An HTTP/1.0 request that asked to keep the connection: its answer must say so.
+        self.keep_alive_10 = False
 
     @property
     def query_string(self) -> str:
@@ -72,9 +74,9 @@ class DateHeader:
         return self._line
 
 
-def serialize(response: Response, date_line: bytes, close: bool, *, with_body: bool = True) -> bytes:
-    """Status line, headers (``Content-Length`` always; ``Connection: close`` when ``close``) and the body
-    unless ``with_body`` is false (the answer to a HEAD request says how long the body is, without it)."""
+def serialize(response: Response, date_line: bytes, connection_line: bytes, *, with_body: bool = True) -> bytes:
+    """Status line, headers (``Content-Length`` always, ``connection_line`` if not empty) and the body unless
+    ``with_body`` is false (the answer to a HEAD request says how long the body is, without it)."""
     status = response.status
     status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode("ascii")
     body = response.body
@@ -84,8 +86,8 @@ def serialize(response: Response, date_line: bytes, close: bool, *, with_body: b
     # A 204 or 304 has no body and, for 204, must not say Content-Length.
     if status != 204 and status != 304:
         head.append(b"Content-Length: %d\r\n" % len(body))
-    if close:
-        head.append(b"Connection: close\r\n")
+    if connection_line:
+        head.append(connection_line)
     head.append(b"\r\n")
     if with_body:
         head.append(body)

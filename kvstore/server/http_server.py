@@ -27,8 +27,10 @@ once it is whole, so no handler ever waits on a slow client.
 - Up to ``limits.max_client_connections`` connections are served in full. Past it a few more are admitted as
   *reserved* (``ConnectionBounds.reserved``): on those only ``POST /peer``, ``/health`` and ``/metrics`` are
   served, anything else is answered 503 ``overloaded`` (definite, unlike a reset) and the connection closes.
-  Past that, a connection gets the same 503 and is closed at once. So a node flooded by clients still hears
-  its peers and its health checks.
+  Past that, a connection gets the same 503 and is closed at once, unless a reserved connection has sent
+  nothing yet: the oldest such gives up its slot (``refused{reason="silent_reserved"}``), so silent sockets
+  cannot keep a peer out for a header timeout. So a node flooded by clients still hears its peers and its
+  health checks.
 - File descriptors bound the same classes. The kernel gives an accepted socket the lowest free fd, so its
   number is a lower bound of the fds in use, whatever holds them. Within ``FD_RESERVE`` plus one per peer of
   RLIMIT_NOFILE a socket is refused, within that plus ``reserved`` it is admitted as reserved at most. The
@@ -107,9 +109,13 @@ _PARSE_ERROR_MESSAGES = {
     "bad_header": "a header is malformed",
     _BODY_FRAMING: "the body framing (Content-Length or chunked encoding) is malformed",
     "malformed": "the request is not valid HTTP/1.1",
+    "bad_version": "only HTTP/1.1 and HTTP/1.0 are served",
 }
+_SERVED_VERSIONS = frozenset({"1.1", "1.0"})
 _CLIENT_LIMIT_ERROR = KvError(ErrorCode.OVERLOADED, "the node is at its connection limit; retry later")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 # Content codings a body-size error names as such (never a client's own bytes).
 _NAMED_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 
@@ -254,6 +260,9 @@ class EdgeServer:
         self.clients_open = 0
         self.reserved_open = 0
         self.connections: set[EdgeConnection] = set()
+        # Reserved connections that have sent nothing yet, oldest first: silent sockets must not keep a peer or
+        # a health check out of the reserve for a whole header timeout.
+        self.silent_reserved: dict[EdgeConnection, None] = {}
         self.date = DateHeader()
         self.parse_errors = _parse_errors(limits)
         self.body_timeout_error = KvError(
@@ -308,6 +317,16 @@ class EdgeServer:
             await self._server.wait_closed()
         for budget in (self.malformed_log, self.refusal_log, self.timeout_log):
             budget.flush()
+
+    def evict_silent_reserved(self) -> bool:
+        """Free the slot of the oldest reserved connection that has sent nothing; False if there is none."""
+        if not self.silent_reserved:
+            return False
+        oldest = next(iter(self.silent_reserved))
+        del self.silent_reserved[oldest]
+        self.metrics.refused("silent_reserved")
+        oldest.evict()
+        return True
 
     def open_connections(self) -> dict[str, int]:
         return {CLIENT: self.clients_open, RESERVED: self.reserved_open}
@@ -413,9 +432,11 @@ class EdgeConnection(asyncio.Protocol):
         if edge.clients_open < bounds.clients and fd < bounds.client_fd_ceiling:
             edge.clients_open += 1
             self._admission = CLIENT
-        elif edge.reserved_open < bounds.reserved and fd < bounds.fd_ceiling:
+        elif fd < bounds.fd_ceiling and (edge.reserved_open < bounds.reserved or edge.evict_silent_reserved()):
             edge.reserved_open += 1
             self._admission = RESERVED
+            # Until it sends a byte, another reserved connection may take its slot.
+            edge.silent_reserved[self] = None
         else:
             edge.refuse_connection(tcp, fd)
             return
@@ -431,6 +452,7 @@ class EdgeConnection(asyncio.Protocol):
             return
         self._release_slot()
         self._edge.connections.discard(self)
+        self._edge.silent_reserved.pop(self, None)
         self._transport = None
         self._parser_done = True
         self._queue.clear()
@@ -482,6 +504,11 @@ class EdgeConnection(asyncio.Protocol):
         if self._lingering or (not self._busy and not self._queue):
             self.abort()
 
+    def evict(self) -> None:
+        """Give up the slot at once (another connection takes it) and drop the connection."""
+        self._release_slot()
+        self.abort()
+
     def abort(self) -> None:
         if self._transport is not None:
             # Not close(), which waits for the unsent answers of a client that may never read them.
@@ -493,6 +520,8 @@ class EdgeConnection(asyncio.Protocol):
         if self._parser_done:
             # Lingering after an early answer, or ending: the rest is dropped.
             return
+        if self._admission == RESERVED:
+            self._edge.silent_reserved.pop(self, None)
         if self._unread:
             data = bytes(self._unread) + data
             self._unread = b""
@@ -614,6 +643,9 @@ class EdgeConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._headers_done = True
         edge = self._edge
+        version = self._parser.get_http_version()
+        if version not in _SERVED_VERSIONS:
+            raise _Refused("bad_version", edge.parse_errors["bad_version"])
         self._method = method = self._parser.get_method().decode("ascii")
         self._target = target = b"".join(self._url).decode("utf-8", "surrogateescape")
         self._request_headers = headers = CIMultiDict(
@@ -639,7 +671,8 @@ class EdgeConnection(asyncio.Protocol):
         if declared is not None and declared > limit:
             raise _Refused(None, KvError(ErrorCode.TOO_LARGE, f"{what} is {declared} bytes; the limit is {limit}"))
         self._wire_limit = edge.max_head_bytes + CHUNKED_OVERHEAD_FACTOR * limit + TRAILER_BYTES
-        self._set_phase(_BODY, edge.body_timeout_s)
+        # With "100 Continue" still to send, the client waits for it: the body's clock starts when it is sent.
+        self._set_phase(_BODY, _NO_DEADLINE if self._expect_continue else edge.body_timeout_s)
         # "100 Continue" is sent by _serve once this read is parsed, if the body has not all come with it (a
         # request without a body is complete by then) and the request is next in line.
 
@@ -665,6 +698,9 @@ class EdgeConnection(asyncio.Protocol):
             self._body if more is None else bytes(more),
             self._peername,
         )
+        if self._parser.get_http_version() == "1.0" and self._parser.should_keep_alive():
+            # HTTP/1.0 closes after each answer unless the answer says otherwise.
+            request.keep_alive_10 = True
         self._head_started = False
         self._url = []
         self._headers = []
@@ -725,16 +761,17 @@ class EdgeConnection(asyncio.Protocol):
             return
         # The last answer of a connection that will parse nothing more closes it.
         close = close or response.close or (self._parser_done and not self._queue)
-        self._write(response, request.method, close)
+        self._write(response, request.method, close, keep_alive=request.keep_alive_10 and not close)
         if not close:
             self._serve()
             self._update_reading()
 
-    def _write(self, response: Response, method: str, close: bool) -> None:
+    def _write(self, response: Response, method: str, close: bool, *, keep_alive: bool = False) -> None:
         transport = self._transport
         if transport is None:
             return
-        data = serialize(response, self._edge.date.line(), close, with_body=method != "HEAD")
+        connection = _CLOSE if close else _KEEP_ALIVE if keep_alive else b""
+        data = serialize(response, self._edge.date.line(), connection, with_body=method != "HEAD")
         transport.write(data)
         if close:
             self._end()
@@ -753,6 +790,7 @@ class EdgeConnection(asyncio.Protocol):
         self._expect_continue = False
         if self._transport is not None:
             self._transport.write(_CONTINUE)
+            self._set_phase(_BODY, self._edge.body_timeout_s)
 
     def _end(self) -> None:
         """Shut our side after what is written; drop what the client still sends for ``LINGER_S``, then close."""

@@ -12,6 +12,7 @@ A prefix route ``/kv/{key}`` matches everything after ``/kv/`` in the raw path (
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -155,6 +156,9 @@ def target_path(target: str) -> str:
     An absolute-form target (``GET http://host:port/kv/a``) names the same path after its authority, and a
     server must accept one (RFC 9112 3.2.2).
     """
+    if "#" in target:
+        # A fragment is never sent by a conforming client, and names nothing on the server.
+        target = target.partition("#")[0]
     if target[:1] == "/":
         # Origin-form ("/kv/a?x"), as nearly every request is.
         return target.partition("?")[0]
@@ -170,7 +174,13 @@ def target_path(target: str) -> str:
 def _decode_param(raw: str) -> str:
     if "%" not in raw:
         return raw
+    if _BAD_ESCAPE.search(raw):
+        # unquote keeps "%zz" as it is: the key would silently be three other characters than those meant.
+        raise KvError(ErrorCode.BAD_KEY, "the key in the path has a % not followed by two hex digits")
     try:
         return unquote(raw, errors="strict")
     except UnicodeDecodeError as exc:
         raise KvError(ErrorCode.BAD_KEY, "the key in the path is not valid percent-encoded UTF-8") from exc
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")

@@ -387,6 +387,16 @@ async def test_past_the_reserved_connections_a_connection_gets_503_at_once() -> 
             await wait_for_connections(cluster, "reserved", 0)
             held += [await asyncio.open_connection("127.0.0.1", port) for _ in range(reserved)]
             await wait_for_connections(cluster, "reserved", reserved)
+            # Each has begun a request (a silent one would give up its slot to the next connection).
+            for _, writer in held[1:]:
+                writer.write(b"GET /health HTTP/1.1\r\n")
+                await writer.drain()
+            edge = cluster.servers["n1"]._edge
+            for _ in range(int(HANG_GUARD_S / 0.01)):
+                if not edge.silent_reserved:
+                    break
+                await asyncio.sleep(0.01)
+            assert not edge.silent_reserved
             # Nothing sent: the server answers at accept and closes.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:

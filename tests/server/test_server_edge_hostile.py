@@ -278,3 +278,69 @@ async def test_a_malformed_content_length_is_a_malformed_header(node: InProcessC
     assert (reply.status, reply.error()["message"], closed) == (400, "a header is malformed", True)
     assert samples(node)[("kvstore_http_malformed_requests_total", (("kind", "bad_header"),))] == 1
     await assert_serves(node)
+
+
+async def test_silent_connections_give_their_reserved_slots_to_a_health_check() -> None:
+    # Sockets that connect and send nothing held reserved slots for a whole header timeout (10 min here),
+    # keeping health checks and peers out.
+    config = loopback_config(
+        1, partitions=4, limits=Limits(max_client_connections=1), timeouts=Timeouts(header_timeout_ms=600_000)
+    )
+    async with InProcessCluster(config) as cluster:
+        port = port_of(cluster)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1 + http_server.RESERVED_CONNECTIONS)]
+        try:
+            await wait_for_connections(cluster, "reserved", http_server.RESERVED_CONNECTIONS)
+            reply, _ = await exchange(port, b"GET /health HTTP/1.1\r\n\r\n")
+            assert reply.status == 200
+            refused = ("kvstore_http_connections_refused_total", (("reason", "silent_reserved"),))
+            assert samples(cluster)[refused] == 1
+            # The client connection that was first keeps its slot: it is no reserved one.
+            _, first_writer = held[0]
+            first_writer.write(b"GET /kv/absent HTTP/1.1\r\n\r\n")
+            assert (await read_reply(held[0][0])).status == 404
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+# ---------------------------------------------------------------- versions, targets
+
+
+async def test_an_http_version_other_than_1_0_and_1_1_is_refused(node: InProcessCluster) -> None:
+    reply, closed = await exchange(port_of(node), b"GET /health HTTP/2.0\r\n\r\n")
+    assert (reply.status, reply.error()["message"], closed) == (400, "only HTTP/1.1 and HTTP/1.0 are served", True)
+    assert samples(node)[("kvstore_http_malformed_requests_total", (("kind", "bad_version"),))] == 1
+    await assert_serves(node)
+
+
+async def test_an_http_1_0_keep_alive_answer_says_so_and_the_connection_stays(node: InProcessCluster) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(node))
+    try:
+        for _ in range(2):
+            writer.write(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            reply = await read_reply(reader)
+            assert (reply.status, reply.headers["connection"]) == (200, "keep-alive")
+        writer.write(b"GET /health HTTP/1.0\r\n\r\n")
+        reply = await read_reply(reader)
+        assert (reply.status, reply.headers["connection"]) == (200, "close")
+        assert await closed_by_server(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "code"),
+    [
+        (b"/health#frag", 200, None),
+        (b"/kv/a%zzb", 400, "bad_key"),
+        (b"/kv/a%2", 400, "bad_key"),
+    ],
+)
+async def test_a_fragment_names_nothing_and_a_broken_escape_is_a_bad_key(
+    node: InProcessCluster, target: bytes, status: int, code: str | None
+) -> None:
+    reply, _ = await exchange(port_of(node), b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    assert reply.status == status
+    if code is not None:
+        assert reply.error()["code"] == code

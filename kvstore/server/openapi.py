@@ -260,8 +260,24 @@ def _cluster_view() -> dict[str, Any]:
             },
             "partition_map": _object(
                 {
-                    "epoch": {"type": "integer", "minimum": 1},
-                    "replicas": {"type": "array", "items": {"type": "array", "items": _STRING}},
+                    "version": {"const": 1},
+                    "epoch": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "The map's version: the membership epoch plus every partition's changes",
+                    },
+                    "membership_epoch": {"type": "integer", "minimum": 1},
+                    "members": {"type": "array", "items": _STRING},
+                    "replicas": {
+                        "type": "array",
+                        "items": {"type": "array", "items": _STRING},
+                        "description": "Per partition, the nodes holding it, preferred owner first",
+                    },
+                    "epochs": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 1},
+                        "description": "Per partition, how many times its replicas were set",
+                    },
                 }
             ),
         }

@@ -74,7 +74,7 @@ class ClusterRoutes:
             "epoch": partition_map.epoch,
             "partitions": partition_map.partition_count,
             "members": members,
-            "partition_map": {"epoch": partition_map.epoch, "replicas": [list(r) for r in partition_map.replicas]},
+            "partition_map": partition_map.to_json(),
         }
         return encoded_response(doc, wants_msgpack(request))
 

@@ -30,7 +30,7 @@ def test_pinned_values_hold_first_time_and_from_the_memo() -> None:
         for key, (value, partition) in PINNED.items():
             assert hp.key_hash(key) == value
             assert hp.partition_for_key(key, 64) == partition
-            assert PartitionMap(1, (("n1",),) * 64).partition_for_key(key) == partition
+            assert PartitionMap((("n1",),) * 64).partition_for_key(key) == partition
 
 
 def test_the_memo_stays_bounded_and_right_across_clears() -> None:

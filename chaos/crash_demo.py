@@ -245,7 +245,9 @@ async def verify_acknowledged_writes(ctx: DemoContext) -> StepResult:
             failures[error.code.value] += 1
 
     for node_id in node_ids:
-        async with AsyncClient([ctx.cluster.url(node_id)], timeout_s=ctx.settings.client_timeout_s) as node_client:
+        async with AsyncClient(
+            [ctx.cluster.url(node_id)], route_by_map=False, timeout_s=ctx.settings.client_timeout_s
+        ) as node_client:
             await asyncio.gather(*(read(node_client, key) for key in keys))
     reads = len(keys) * len(node_ids)
     if failures:

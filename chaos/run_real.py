@@ -91,7 +91,7 @@ async def replica_convergence(urls: Mapping[str, str], secret: str, timeout_s: f
     more than one is read whole from its own node's admin route (``secret`` is the cluster's). The copies
     are judged at the latest node clock seen. A node that cannot be read leaves the verdict "unknown".
     """
-    clients = {node: AsyncClient([url], timeout_s=timeout_s) for node, url in urls.items()}
+    clients = {node: AsyncClient([url], route_by_map=False, timeout_s=timeout_s) for node, url in urls.items()}
     try:
         views = [await client.cluster() for client in clients.values()]
         partition_map = max((view["partition_map"] for view in views), key=lambda m: m["epoch"])
@@ -197,7 +197,8 @@ class _RealRunner:
     async def run(self) -> RunResult:
         s = self.scenario
         nodes = self.cluster.config.node_ids
-        clients = {n: AsyncClient([self.cluster.url(n)], timeout_s=s.workload.client_timeout_ms / 1000) for n in nodes}
+        timeout_s = s.workload.client_timeout_ms / 1000
+        clients = {n: AsyncClient([self.cluster.url(n)], route_by_map=False, timeout_s=timeout_s) for n in nodes}
         try:
             self.progress(f"workload {s.workload.kind} x{s.workload.concurrency} for {s.duration_ms} ms; "
                           f"{len(self.schedule) // 2} fault(s) scheduled")

@@ -15,6 +15,14 @@ Results are the message dataclasses the node produces:
 Any other error is raised as ``KvError`` with the server's code, so ``error.definite`` tells whether
 the operation certainly did not happen.
 
+Routing: like a token-aware driver, the client reads the partition map from ``GET /cluster`` (on its first
+key operation) and sends each key's operation straight to the node that owns the key's partition, saving
+the hop a forward costs. It reads the map again when a node answers ``wrong_epoch`` or ``not_leader`` (the
+map moved on; those answers are definite, so the operation is sent once more, by the new map) and when an
+owner cannot be reached; until it has a map, and whenever the owner cannot be reached, it sends to the nodes
+it was given, any of which forwards. ``route_by_map=False`` sends everything to the given nodes (chaos
+pins each client process to one node that way).
+
 Failover: the client sends to one node (the last that answered) and moves on to the next URL only when
 the failure is definite: the connection could not be made, so the request was never sent. A read may
 also move on after any transport failure (it has no effect). A write whose connection failed after it
@@ -43,6 +51,7 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.http_session import send_once_session
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
 from kvstore.storage.base import Record, Sibling
+from partitioning.hash_partitioner import key_hash
 
 MSGPACK_TYPE = "application/msgpack"
 _MSGPACK_HEADERS = {"Content-Type": MSGPACK_TYPE, "Accept": MSGPACK_TYPE}
@@ -52,6 +61,32 @@ T = TypeVar("T")
 Value = bytes | str
 # (key, value) or (key, value, ttl_ms)
 PutItem = tuple[str, Value] | tuple[str, Value, int | None]
+
+
+# After a failed read of the partition map, keys go to the given nodes for this long before it is read again.
+MAP_RETRY_S = 1.0
+# Answers after which the map is read again and a (definite) refusal is sent once more.
+_STALE_MAP_CODES = frozenset({ErrorCode.WRONG_EPOCH, ErrorCode.NOT_LEADER})
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """What the client keeps of the partition map: each partition's owner URL (None: not known)."""
+
+    epoch: int
+    owner_urls: tuple[str | None, ...]
+
+    def url_for(self, key: str) -> str | None:
+        return self.owner_urls[key_hash(key) % len(self.owner_urls)]
+
+    @staticmethod
+    def of(doc: Mapping[str, Any]) -> _Routes:
+        urls = {m["node_id"]: str(m["url"]).rstrip("/") for m in doc["members"]}
+        partition_map = doc["partition_map"]
+        owners = tuple(urls.get(replicas[0]) for replicas in partition_map["replicas"])
+        if not owners:
+            raise ValueError("a partition map without partitions")
+        return _Routes(int(partition_map["epoch"]), owners)
 
 
 # The admin route of replica copies (kvstore.server.routes_admin; the client does not import the server).
@@ -111,7 +146,9 @@ class _Response:
 
 
 class AsyncClient:
-    def __init__(self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, route_by_map: bool = True
+    ) -> None:
         self._urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self._urls:
             raise ValueError("at least one node URL is needed")
@@ -119,6 +156,10 @@ class AsyncClient:
         self._session: aiohttp.ClientSession | None = None
         # The node that answered last; requests start there.
         self._preferred = 0
+        self._route_by_map = route_by_map
+        self._routes: _Routes | None = None
+        # loop.time() before which the map is not read again (after a failed read).
+        self._map_retry_at_s = 0.0
 
     async def __aenter__(self) -> Self:
         return self
@@ -136,7 +177,7 @@ class AsyncClient:
     # ------------------------------------------------------------ keys
 
     async def get(self, key: str) -> Found | None:
-        response = await self._send("GET", key_path("kv", key), idempotent=True)
+        response = await self._send_key(key, "GET", key_path("kv", key), idempotent=True)
         if response.status == 200:
             expires = response.headers.get("X-Kv-Expires-At-Ms")
             version = int(response.headers["X-Kv-Version"])
@@ -148,14 +189,14 @@ class AsyncClient:
 
     async def put(self, key: str, value: Value, *, ttl_ms: int | None = None) -> Written:
         query = None if ttl_ms is None else {"ttl_ms": str(ttl_ms)}
-        response = await self._send(
-            "PUT", key_path("kv", key), query=query, body=_as_bytes(value), headers={"Accept": MSGPACK_TYPE}
+        response = await self._send_key(
+            key, "PUT", key_path("kv", key), query=query, body=_as_bytes(value), headers={"Accept": MSGPACK_TYPE}
         )
         doc = response.document()
         return Written(doc["key"], doc["version"])
 
     async def delete(self, key: str) -> Deleted:
-        response = await self._send("DELETE", key_path("kv", key), headers={"Accept": MSGPACK_TYPE})
+        response = await self._send_key(key, "DELETE", key_path("kv", key), headers={"Accept": MSGPACK_TYPE})
         doc = response.document()
         return Deleted(doc["key"], doc["deleted"])
 
@@ -168,8 +209,8 @@ class AsyncClient:
         }
         if ttl_ms is not None:
             body["ttl_ms"] = ttl_ms
-        response = await self._send(
-            "POST", key_path("cas", key), body=msgpack.packb(body, use_bin_type=True), headers=_MSGPACK_HEADERS
+        response = await self._send_key(
+            key, "POST", key_path("cas", key), body=msgpack.packb(body, use_bin_type=True), headers=_MSGPACK_HEADERS
         )
         doc = response.document()
         if "deleted" in doc:
@@ -214,9 +255,7 @@ class AsyncClient:
             entries.append(entry)
         body = msgpack.packb({"put": entries}, use_bin_type=True)
         response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS)
-        return [
-            Written(e["key"], e["version"]) if e["ok"] else _failure(e) for e in response.document()["results"]
-        ]
+        return [Written(e["key"], e["version"]) if e["ok"] else _failure(e) for e in response.document()["results"]]
 
     # ------------------------------------------------------------ cluster
 
@@ -265,12 +304,64 @@ class AsyncClient:
             records.extend((r["key"], _record(r)) for r in doc["records"])
             if doc["next"] is None:
                 return ReplicaCopy(
-                    first["node_id"], partition, first["epoch"], tuple(first["replicas"]), doc["clock_ms"],
+                    first["node_id"],
+                    partition,
+                    first["epoch"],
+                    tuple(first["replicas"]),
+                    doc["clock_ms"],
                     tuple(records),
                 )
             query = {"after": doc["next"], "limit": str(page_limit)}
 
     # ------------------------------------------------------------ transport
+
+    async def _send_key(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> _Response:
+        """``_send``, first to the owner of ``key``'s partition when the map names it."""
+        routes = await self._current_routes()
+        owner = routes.url_for(key) if routes is not None else None
+        response = await self._send(
+            method, path, query=query, body=body, headers=headers, idempotent=idempotent, first=owner
+        )
+        if routes is not None and response.status == 503 and self._stale_map(response):
+            # The map moved on, and the refusal is definite: read the map again and send once more.
+            self._routes = None
+            self._map_retry_at_s = 0.0
+            routes = await self._current_routes()
+            owner = routes.url_for(key) if routes is not None else None
+            response = await self._send(
+                method, path, query=query, body=body, headers=headers, idempotent=idempotent, first=owner
+            )
+        return response
+
+    @staticmethod
+    def _stale_map(response: _Response) -> bool:
+        return response.error().code in _STALE_MAP_CODES
+
+    async def _current_routes(self) -> _Routes | None:
+        if not self._route_by_map:
+            return None
+        if self._routes is not None:
+            return self._routes
+        now_s = asyncio.get_running_loop().time()
+        if now_s < self._map_retry_at_s:
+            return None
+        try:
+            self._routes = _Routes.of(await self.cluster())
+        except (KvError, KeyError, TypeError, ValueError):
+            # No map (an older node, a refusal, nobody up): the given nodes forward; try again in a while.
+            self._map_retry_at_s = now_s + MAP_RETRY_S
+            return None
+        return self._routes
 
     async def _send(
         self,
@@ -281,29 +372,40 @@ class AsyncClient:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool = False,
+        first: str | None = None,
     ) -> _Response:
+        """Send to ``first`` (a key's owner), then on to the given nodes from the last that answered; only a
+        failure that is certainly definite (never connected), or any failure of an idempotent request,
+        moves on to the next."""
         if self._session is None:
             self._session = send_once_session(timeout=self._timeout)
         target = path if not query else f"{path}?{urlencode(query, quote_via=quote)}"
         failures: list[str] = []
         definite = True
-        for attempt in range(len(self._urls)):
-            index = (self._preferred + attempt) % len(self._urls)
-            url = URL(self._urls[index] + target, encoded=True)
+        candidates = [(self._preferred + attempt) % len(self._urls) for attempt in range(len(self._urls))]
+        bases: list[tuple[str, int | None]] = [(self._urls[i], i) for i in candidates]
+        if first is not None:
+            bases = [(first, None), *((b, i) for b, i in bases if b != first)]
+        for base, index in bases:
+            url = URL(base + target, encoded=True)
             try:
                 async with self._session.request(method, url, data=body, headers=headers) as response:
                     payload = await response.read()
-                    self._preferred = index
+                    if index is not None:
+                        self._preferred = index
                     return _Response(response.status, response.headers, payload)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Never connected, so never sent: safe to try the next node for any operation.
-                failures.append(f"{self._urls[index]}: {exc}")
+                failures.append(f"{base}: {exc}")
+                if index is None:
+                    # The owner the map named is not reachable: read the map again later.
+                    self._routes = None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if not idempotent:
                     raise KvError(
-                        ErrorCode.TIMEOUT, f"{self._urls[index]} did not answer ({exc!r}); the op may have happened"
+                        ErrorCode.TIMEOUT, f"{base} did not answer ({exc!r}); the op may have happened"
                     ) from exc
-                failures.append(f"{self._urls[index]}: {exc!r}")
+                failures.append(f"{base}: {exc!r}")
                 definite = False
         code = ErrorCode.UNAVAILABLE if definite else ErrorCode.TIMEOUT
         raise KvError(code, "no node answered: " + "; ".join(failures))
@@ -322,8 +424,10 @@ def _failure(entry: Mapping[str, Any]) -> Failure:
 class Client:
     """The synchronous client: every call runs the ``AsyncClient`` method on a private loop thread."""
 
-    def __init__(self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-        self._async = AsyncClient(urls, timeout_s=timeout_s)
+    def __init__(
+        self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, route_by_map: bool = True
+    ) -> None:
+        self._async = AsyncClient(urls, timeout_s=timeout_s, route_by_map=route_by_map)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kvstore-client", daemon=True)
         self._thread.start()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
-from kvstore.client import AsyncClient, Client
+from kvstore.client import AsyncClient, Client, _Routes
 from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
 from kvstore.server.inprocess import InProcessCluster, free_ports, loopback_config
@@ -126,7 +129,7 @@ async def hangs_up() -> AsyncIterator[str]:
 
 
 async def test_a_write_that_may_have_happened_is_not_retried(cluster: InProcessCluster, hangs_up: str) -> None:
-    async with AsyncClient([hangs_up, cluster.url("n1")]) as c:
+    async with AsyncClient([hangs_up, cluster.url("n1")], route_by_map=False) as c:
         with pytest.raises(KvError) as caught:
             await c.put("once", b"v")
         assert caught.value.code is ErrorCode.TIMEOUT
@@ -154,8 +157,10 @@ class HangsUpOnSecond:
                     writer.close()
                     return
                 body = b'{"status": "ok"}'
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -169,7 +174,7 @@ async def test_a_write_on_a_reused_connection_is_sent_once(method: str) -> None:
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     try:
-        async with AsyncClient([f"http://127.0.0.1:{port}"]) as c:
+        async with AsyncClient([f"http://127.0.0.1:{port}"], route_by_map=False) as c:
             assert await c.health() == {"status": "ok"}
             with pytest.raises(KvError) as caught:
                 await (c.put("k", b"v") if method == "put" else c.delete("k"))
@@ -200,3 +205,96 @@ def use_sync_client(url: str) -> None:
             c.cas("s", "v", "x")
         assert c.delete("s") == Deleted("s", True)
     c.close()  # closing twice is harmless
+
+
+# ---------------------------------------------------------------- routing by the partition map
+
+
+def requests_served(cluster: InProcessCluster, node_id: str, route: str) -> float:
+    text = cluster.servers[node_id].metrics.exposition().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "kvstore_http_requests_total" and sample.labels["route"] == route:
+                return sample.value
+    return 0.0
+
+
+async def test_a_key_goes_straight_to_its_owner_once_the_map_is_read(cluster: InProcessCluster) -> None:
+    keys = [cluster.key_on("n2", f"r{i}") for i in range(3)]
+    assert len(set(keys)) == 3
+    async with AsyncClient([cluster.url("n1")]) as routed:
+        for key in keys:
+            written = await routed.put(key, b"v")
+            assert await routed.get(key) == Found(key, b"v", written.version, None)
+    # n1 was asked for the map only; n2 served every op itself.
+    assert requests_served(cluster, "n1", "PUT /kv/{key}") == 0
+    assert requests_served(cluster, "n2", "PUT /kv/{key}") == 3
+    assert requests_served(cluster, "n1", "GET /cluster") == 1
+
+
+async def test_without_routing_every_op_goes_to_the_given_node(cluster: InProcessCluster) -> None:
+    key = cluster.key_on("n2", "pinned")
+    async with AsyncClient([cluster.url("n1")], route_by_map=False) as pinned:
+        assert await pinned.put(key, b"v") == Written(key, 1)
+    assert requests_served(cluster, "n1", "PUT /kv/{key}") == 1
+    assert requests_served(cluster, "n1", "GET /cluster") == 0
+
+
+async def test_an_owner_that_cannot_be_reached_falls_back_to_the_given_nodes(cluster: InProcessCluster) -> None:
+    key = cluster.key_on("n2", "fallback")
+    async with AsyncClient([cluster.url("n1")]) as c:
+        await c.get(key)  # reads the map
+        # A map whose owners are all gone: the op still succeeds through n1, which forwards.
+        c._routes = _routes_to(dead_url(), 8)
+        assert await c.put(key, b"v") == Written(key, 1)
+        assert c._routes is None, "the map is read again after an owner could not be reached"
+    assert requests_served(cluster, "n1", "PUT /kv/{key}") == 1
+
+
+def _routes_to(url: str, partitions: int) -> _Routes:
+    return _Routes(1, (url,) * partitions)
+
+
+@pytest.fixture
+async def moved_map(cluster: InProcessCluster) -> AsyncIterator[tuple[str, list[str]]]:
+    """A node that says every partition is its own, then answers every write ``wrong_epoch``, and on its
+    second ``/cluster`` names the real cluster: what a client sees when the map moves under it."""
+    seen: list[str] = []
+    port = free_ports(1)[0]
+    fake_url = f"http://127.0.0.1:{port}"
+
+    async def cluster_doc(request: web.Request) -> web.Response:
+        seen.append("cluster")
+        if seen.count("cluster") == 1:
+            doc = {"members": [{"node_id": "f", "url": fake_url}], "partition_map": {"epoch": 1, "replicas": [["f"]]}}
+        else:
+            async with AsyncClient([cluster.url("n1")], route_by_map=False) as real:
+                doc = await real.cluster()
+        return web.Response(body=msgpack.packb(doc, use_bin_type=True), content_type="application/msgpack")
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        body = b'{"error":{"code":"wrong_epoch","message":"moved","definite":true}}'
+        return web.Response(status=503, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/cluster", cluster_doc)
+    app.router.add_route("*", "/kv/{key}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield fake_url, seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_wrong_epoch_answer_makes_the_client_read_the_map_and_send_once_more(
+    cluster: InProcessCluster, moved_map: tuple[str, list[str]]
+) -> None:
+    fake_url, seen = moved_map
+    async with AsyncClient([fake_url]) as c:
+        assert await c.put("k", b"v") == Written("k", 1)
+    assert seen == ["cluster", "PUT", "cluster"]
+    async with AsyncClient([cluster.url("n1")], route_by_map=False) as check:
+        assert await check.get("k") == Found("k", b"v", 1, None)

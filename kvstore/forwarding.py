@@ -143,6 +143,8 @@ class Forwarder:
         # Each peer's incarnation as last heard from it; absent: not known yet.
         self._peer_incarnations: dict[str, int] = {}
         self._duplicates = _DuplicateFilter(memory_capacity)
+        # The epoch of the node's partition map, named in every forward and answer (the node keeps it current).
+        self.map_epoch = 1
 
     # ------------------------------------------------------------ sending end
 
@@ -191,7 +193,7 @@ class Forwarder:
     def _send(self, token: int, out: _Outgoing) -> Send:
         out.target_incarnation = self._peer_incarnations.get(out.dst, 0)
         self._outgoing[token] = out
-        forward = Forward(self._incarnation, token, out.target_incarnation, out.op)
+        forward = Forward(self._incarnation, token, out.target_incarnation, out.op, self.map_epoch)
         return Send(Message(self._node_id, out.dst, out.partition, forward), self._always_durable)
 
     def _end(self, token: int, result: Result) -> list[Effect | Done]:
@@ -204,7 +206,9 @@ class Forwarder:
         """A ``Send`` answering ``fwd`` at once (a refusal, a remembered result); a ``PeerWaiter`` if
         ``fwd.op`` is to run and be answered through ``answer``; ``None`` if it is to be dropped."""
         if fwd.target_incarnation != self._incarnation:
-            refused = ForwardRefused(fwd.incarnation, fwd.forward_id, fwd.target_incarnation, self._incarnation)
+            refused = ForwardRefused(
+                fwd.incarnation, fwd.forward_id, fwd.target_incarnation, self._incarnation, self.map_epoch
+            )
             return Send(Message(self._node_id, src, partition, refused), self._always_durable)
         target = PeerWaiter(src, fwd.incarnation, fwd.forward_id, partition, remember=not _read_only(fwd.op))
         # A read is not remembered: running a duplicate again changes nothing, and its answer lands
@@ -219,7 +223,7 @@ class Forwarder:
         """The answer to a forward this node ran; ``durable``: the result may leave only once synced."""
         if target.remember:
             self._duplicates.finish(target.src, target.incarnation, target.forward_id, result, durable)
-        reply = ForwardReply(target.incarnation, target.forward_id, self._incarnation, result)
+        reply = ForwardReply(target.incarnation, target.forward_id, self._incarnation, result, self.map_epoch)
         return Send(Message(self._node_id, target.src, target.partition, reply), durable or self._always_durable)
 
 

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from kvstore.codec import register, register_all
 from kvstore.errors import ErrorCode
+from partitioning.partition_map import PartitionMap
 from replication.replica import LogEntry
 from replication.vclock import VectorClock
 
@@ -236,13 +237,15 @@ class Forward:
     ``forward_id`` is unique within the sender's ``incarnation`` (drawn at each start), so the owner can
     recognise a duplicated forward. ``target_incarnation`` is the owner's incarnation as the sender knows
     it (0: not known yet): an owner executes only forwards addressed to its current life, so a duplicate
-    sent before the owner restarted can never be executed a second time by the new life.
+    sent before the owner restarted can never be executed a second time by the new life. ``map_epoch`` is
+    the epoch of the sender's partition map: a node that knows a newer one sends it a ``MapUpdate``.
     """
 
     incarnation: int
     forward_id: int
     target_incarnation: int
     op: ClientOp | ScanPartitionsOp
+    map_epoch: int = 1
 
 
 @register
@@ -255,6 +258,7 @@ class ForwardReply:
     forward_id: int
     owner_incarnation: int
     result: Result
+    map_epoch: int = 1
 
 
 @register
@@ -271,6 +275,32 @@ class ForwardRefused:
     forward_id: int
     target_incarnation: int
     owner_incarnation: int
+    map_epoch: int = 1
+
+
+@register
+@_fast_init
+@dataclass(frozen=True)
+class MapUpdate:
+    """A node's partition map, sent to a peer whose messages named an older map epoch
+    (``partitioning.partition_map.PartitionMap`` in its parts; the receiver merges it into its own)."""
+
+    membership_epoch: int
+    members: tuple[str, ...]
+    replicas: tuple[tuple[str, ...], ...]
+    epochs: tuple[int, ...]
+
+    @staticmethod
+    def of(partition_map: PartitionMap) -> MapUpdate:
+        return MapUpdate(
+            partition_map.membership_epoch, partition_map.members, partition_map.replicas, partition_map.epochs
+        )
+
+    def to_map(self) -> PartitionMap:
+        """The map it carries; ValueError if it is not a valid one."""
+        return PartitionMap(
+            self.replicas, epochs=self.epochs, members=self.members, membership_epoch=self.membership_epoch
+        )
 
 
 # ---------------------------------------------------------------- inputs to Node.step

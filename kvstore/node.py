@@ -38,6 +38,7 @@ import random
 from dataclasses import dataclass
 from typing import cast
 
+from kvstore import codec
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
@@ -58,6 +59,7 @@ from kvstore.messages import (
     GetOp,
     Input,
     KeyOp,
+    MapUpdate,
     Message,
     PutOp,
     Result,
@@ -95,7 +97,9 @@ from replication.single_copy import SingleCopy
 TTL_SWEEP_MAX_KEYS = 1000
 REPLICA_TIMER_PREFIX = "p/"
 CALL_TIMER_PREFIX = "call/"
-_NODE_TRAFFIC = (Forward, ForwardReply, ForwardRefused)
+_NODE_TRAFFIC = (Forward, ForwardReply, ForwardRefused, MapUpdate)
+# The node's partition map, kept in storage's metadata once it differs from the one its config gives.
+MAP_META = "partition_map"
 # Synced carries nothing: one instance serves every replica.
 _SYNCED = ReplicaSynced()
 
@@ -126,7 +130,7 @@ class Node:
         self._request_timeout_ms = config.timeouts.request_timeout_ms
         # Under "always" a client is told only what survives a crash, so every Send and Reply waits for a sync.
         self._always_durable = config.storage.fsync == "always"
-        self.partition_map = PartitionMap.round_robin(config.node_ids, config.partitions)
+        self.partition_map = _starting_map(config, storage)
         self._peers = frozenset(config.node_ids) - {node_id}
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
@@ -147,6 +151,9 @@ class Node:
             memory_capacity=4 * self._limits.max_inflight,
             always_durable=self._always_durable,
         )
+        self._forwarder.map_epoch = self.partition_map.epoch
+        # Per peer, the map epoch this node last sent it a MapUpdate of: one update per peer and epoch.
+        self._map_sent: dict[str, int] = {}
         self._effects: list[Effect] = []
         self._now_ms = 0
         # The latest time this node has seen. Replicas get this clock, so TTL expiry is judged on it and a
@@ -166,6 +173,31 @@ class Node:
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
     # ------------------------------------------------------------ public
+
+    def install_map(self, incoming: PartitionMap) -> None:
+        """Learn what ``incoming`` knows: merged into this node's map (per partition the higher epoch). A
+        partition this node no longer holds stops being served here at once (its waiting ops fail
+        ``wrong_epoch``, definitely, for a retry at the new owner); one it now holds is served from its storage,
+        which a move fills before it flips the map. A map of another partition count is ignored."""
+        current = self.partition_map
+        if incoming.partition_count != current.partition_count:
+            return
+        merged = current.merge(incoming)
+        if merged == current:
+            return
+        self.partition_map = merged
+        self._forwarder.map_epoch = merged.epoch
+        # Durable with the next sync: a restart keeps what it learnt.
+        self.storage.put_meta(MAP_META, codec.encode(MapUpdate.of(merged)))
+        held = set(merged.partitions_of(self.node_id))
+        for partition in sorted(self.replicas.keys() - held):
+            self._drop_replica(partition)
+        for partition in sorted(held - self.replicas.keys()):
+            self.replicas[partition] = self._build_replica(partition)
+            if self.started:
+                log = self.storage.log(partition)
+                recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
+                self._run_replica(partition, ReplicaStarted(recovered))
 
     @property
     def inflight(self) -> int:
@@ -220,8 +252,16 @@ class Node:
         body = msg.body
         if isinstance(body, Forward):
             self._on_forward(msg.src, msg.partition, body)
+            self._heard_map_epoch(msg.src, body.map_epoch)
         elif isinstance(body, (ForwardReply, ForwardRefused)):
             self._absorb(self._forwarder.on_answer(msg.src, body))
+            self._heard_map_epoch(msg.src, body.map_epoch)
+        elif isinstance(body, MapUpdate):
+            try:
+                incoming = body.to_map()
+            except ValueError:
+                return  # not a valid map (a bug or another version): nothing to learn from it
+            self.install_map(incoming)
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
@@ -286,6 +326,10 @@ class Node:
         self._waiting[token] = waiter
         replica = self.replicas.get(partition)
         if replica is None:
+            if isinstance(waiter, PeerWaiter):
+                # Forwarded here by a map that has moved on: passing it on again could go round in circles.
+                self._complete(token, self._not_here(partition))
+                return
             self._forward(token, partition_map.owner(partition), partition, op)
             return
         calls = self._calls
@@ -308,6 +352,11 @@ class Node:
     def _start_batch(self, op: BatchGetOp | BatchPutOp, target: _Target) -> None:
         remote, local = batch_parts(op, self._owner_of_key, self.node_id, target)
         for owner, part, waiter in remote:
+            if isinstance(target, PeerWaiter):
+                # A forwarded batch part holding keys this node does not own: their map has moved on.
+                message = f"{self.node_id} does not hold these keys (its map puts them on {owner})"
+                self._complete(self._wait(waiter), Failure.of(ErrorCode.WRONG_EPOCH, message + "; not applied"))
+                continue
             self._forward(self._wait(waiter), owner, NODE_PARTITION, part)
         for key_op, waiter in local:
             self._start_key_op(key_op, waiter)
@@ -361,6 +410,28 @@ class Node:
             return
         self._complete(token, _redirect_failure(self.node_id, call[0], redirect))
 
+    def _drop_replica(self, partition: int) -> None:
+        del self.replicas[partition]
+        orphaned = [token for token, (p, _) in self._calls.items() if p == partition]
+        for token in orphaned:
+            del self._calls[token]
+            self._timed_calls.discard(token)
+            self._complete(token, self._not_here(partition))
+
+    def _heard_map_epoch(self, peer: str, epoch: int) -> None:
+        """A peer named its map epoch: one behind this node's is sent this node's map, once per epoch."""
+        mine = self.partition_map.epoch
+        if epoch < mine and self._map_sent.get(peer) != mine:
+            self._map_sent[peer] = mine
+            update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
+            self._effects.append(Send(update, self._always_durable))
+
+    def _not_here(self, partition: int) -> Failure:
+        owner = self.partition_map.owner(partition)
+        epoch = self.partition_map.epoch_of(partition)
+        message = f"{self.node_id} does not hold partition {partition} (epoch {epoch} puts it on {owner})"
+        return Failure.of(ErrorCode.WRONG_EPOCH, message + "; the op did not happen")
+
     # ------------------------------------------------------------ helpers
 
     def _wait(self, waiter: _Waiter) -> int:
@@ -388,6 +459,8 @@ class Node:
         for p in partitions:
             replica = self.replicas.get(p)
             if replica is None:
+                if 0 <= p < self.partition_map.partition_count:
+                    return self._not_here(p)
                 return Failure.of(ErrorCode.UNAVAILABLE, f"{self.node_id} does not hold partition {p}")
             page = replica.scan(self._expiry_clock_ms, start, end, limit)
             if isinstance(page, Redirect):
@@ -430,3 +503,24 @@ def _redirect_failure(node_id: str, partition: int, redirect: Redirect) -> Failu
     leader = "no leader is known" if redirect.leader is None else f"its leader is {redirect.leader}"
     message = f"{node_id} does not lead partition {partition} ({leader}); the op did not happen"
     return Failure.of(ErrorCode.NOT_LEADER, message)
+
+
+def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
+    """The config's map, merged with what this node learnt and stored before it last stopped."""
+    initial = PartitionMap.round_robin(config.node_ids, config.partitions)
+    stored = storage.get_meta(MAP_META)
+    if stored is None:
+        return initial
+    try:
+        update = codec.decode(stored)
+        if not isinstance(update, MapUpdate):
+            raise ValueError(f"a {type(update).__name__}, not a MapUpdate")
+        learnt = update.to_map()
+    except ValueError as exc:
+        raise ValueError(f"the stored partition map is not readable: {exc}") from exc
+    if learnt.partition_count != initial.partition_count:
+        raise ValueError(
+            f"the stored partition map has {learnt.partition_count} partitions but cluster.partitions is "
+            f"{initial.partition_count}: a cluster keeps its partition count"
+        )
+    return initial.merge(learnt)

@@ -45,16 +45,22 @@ any time (it does nothing early), so the owner keeps one timer per stream and re
 
 Departures from the first sketch of this design, and why:
 
-- *Sessions.* Every chunk and answer carries ``(stream_id, session)``. ``stream_id`` is the owner's:
-  it routes messages to the right object. ``session`` is a random 62-bit number the sender draws (from
-  an injected ``random.Random``) when it starts and at every restart. Without it a receiver cannot tell
-  a new start at seq 0 from a late duplicate of the old seq 0, and a sender restarted with the same
-  stream_id after a crash could be sent ``StreamDone`` for a copy its previous life installed, which
-  would hold writes neither life's dirty set saw. With it, answers for another session are ignored and
-  a new session is adopted only at seq 0. The receiver remembers the last ``remember`` sessions it gave
-  up and ignores their seq 0, so a delayed old start cannot wipe a newer copy; any other chunk of a
-  session it does not hold is answered ``StreamRestart``, which the sender obeys only for its current
-  session, so a stale restart request is harmless too.
+- *Sessions, ordered.* Every chunk and answer carries ``(stream_id, session)``: an *attempt*.
+  ``stream_id`` is the owner's and routes messages to the right object. ``session`` is the sender's:
+  drawn at ``start(now_ms)`` as the clock in its high bits and 20 random bits below (a TCP initial
+  sequence number, from the injected ``random.Random``), plus one at every restart. Without it a
+  receiver cannot tell a new start at seq 0 from a late copy of an old seq 0, and a sender restarted
+  with the same stream_id could be sent ``StreamDone`` for a copy its previous life installed, which
+  would hold writes neither life's dirty set saw. Attempts compare as the pair, and the receiver only
+  ever moves forward: it adopts an attempt at seq 0 only if it orders after the one it holds, ignores
+  everything of an older attempt (so no late start, however delayed, can wipe a newer or an installed
+  copy, and no remembered set of old sessions is needed), and answers ``StreamRestart`` to a later
+  attempt it holds no start of; the sender obeys a restart only for its current session. The owner's
+  part: a new sender for the same receiver must order after the old one, which a later ``now_ms`` at
+  ``start`` or a larger stream_id gives. A node whose clock stepped back across a crash may build a
+  sender that orders before its previous life: the receiver ignores it and it fails after its retries
+  (safe; retry with a larger stream_id). Random ids alone were tried first: a fresh receiver adopted a
+  late seq 0 of its sender's previous session, retired the current one, and waited forever.
 - *Handshake.* The sender keeps only seq 0 in flight until it is acknowledged, then opens the window.
   A receiver holding no session therefore never sees seq 1 before seq 0 unless it lost its state (a
   crash), and answering ``StreamRestart`` to anything but seq 0 is exact instead of a guess that
@@ -85,8 +91,8 @@ then final.
 
 Bounds: the sender holds at most ``window`` chunks (each at most ``max_chunk_items`` items and
 ``max_chunk_bytes`` bytes as ``size_of`` counts them, or one item if that item alone is larger) plus
-one page or key batch read but not sent yet; the receiver buffers at most ``window - 1`` chunks and
-remembers ``remember`` session ids. The dirty set holds each key at most once, so it never exceeds the
+one page or key batch read but not sent yet; the receiver buffers at most ``window - 1`` chunks. The
+dirty set holds each key at most once, so it never exceeds the
 number of distinct keys written since the cursor passed them: at most the partition's keys plus those
 deleted during the stream. The owner bounds how long that grows by fencing when ``ready_to_fence()``
 says so; ``backlog`` shows its size.
@@ -111,8 +117,12 @@ Owner contract (the node):
   sender has it the move commits, so the installed copy must be on disk first. Acks need not be: a
   receiver that crashes before syncing has no session after it restarts and makes the sender start
   over. ``Installed`` means the copy is complete as of the fence; whether the node serves it is the move
-  protocol's decision (a new session at seq 0 clears an installed copy again, which is right only while
-  the node does not serve it).
+  protocol's decision. Persist its ``(stream_id, session)`` with the copy and build the receiver of a
+  restarted node with ``installed=`` that: a fresh receiver holds no attempt, so a late copy of an old
+  seq 0 would clear the installed copy and rebuild only its first chunk, with ``StreamDone`` already on
+  its way to the sender. A later attempt at seq 0 still clears an installed copy: the source restarted,
+  its fence is gone, and the copy may be stale. Once a move commits, the node serves the partition and
+  should hand no more chunks for it to any receiver.
 
 Validation: constructor arguments are checked (ValueError naming the argument). What the injected
 readers return is checked against their contract (keys in order, within the page size, one item per
@@ -140,7 +150,8 @@ Clear = Callable[[], None]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-SESSION_BITS = 62
+CLOCK_BITS = 42  # ms: until the year 2109
+RANDOM_BITS = 20
 MAX_WINDOW = 1024
 
 # ---------------------------------------------------------------- messages (peer to peer; register them
@@ -217,9 +228,11 @@ class Failed:
 
 @dataclass(slots=True)
 class Installed:
-    """Receiver: the last chunk is applied; the copy is complete (make it durable)."""
+    """Receiver: the last chunk is applied; the copy is complete. Make it durable together with
+    ``(stream_id, session)``, and pass that to the receiver built after a restart (``installed=``)."""
 
     stream_id: int
+    session: int
 
 
 SenderEffect = SendMessage | Complete | Failed
@@ -287,15 +300,12 @@ class StreamSender:
         self._state: Literal["new", "running", "complete", "failed"] = "new"
         self._finishing = False
         self.restarts = 0
-        self.session = -1
+        self.session = -1  # drawn by start()
         self._begin_session()
 
     # ------------------------------------------------------------ state of one session
 
     def _begin_session(self) -> None:
-        previous = self.session
-        while self.session == previous:
-            self.session = self._rng.getrandbits(SESSION_BITS)
         self._next_seq = 0
         self._acked = -1  # every chunk up to here is acknowledged
         self._in_flight: dict[int, _InFlight] = {}
@@ -355,6 +365,10 @@ class StreamSender:
         if self._state != "new":
             raise RuntimeError("start() was called already")
         self._state = "running"
+        # Ordered by the clock like a TCP initial sequence number, so a sender built later (after a
+        # crash) outranks every session of the one before it; the low bits are random.
+        clock = min(max(now_ms, 0), 2**CLOCK_BITS - 1)
+        self.session = clock << RANDOM_BITS | self._rng.getrandbits(RANDOM_BITS)
         out: list[SenderEffect] = []
         self._pump(now_ms, out)
         return out
@@ -406,6 +420,7 @@ class StreamSender:
             if self.restarts >= self._max_restarts:
                 return self._fail(f"the receiver asked to start over more than {self._max_restarts} times")
             self.restarts += 1
+            self.session += 1  # a restart outranks the session it replaces
             self._begin_session()
             self._pump(now_ms, out)
         return out
@@ -521,17 +536,25 @@ class StreamSender:
 class StreamReceiver:
     """One partition's incoming copy, destination side. Applies chunks of one session strictly in order."""
 
-    def __init__(self, *, apply: Apply, clear: Clear, window: int = 8, remember: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        apply: Apply,
+        clear: Clear,
+        window: int = 8,
+        installed: tuple[int, int] | None = None,
+    ) -> None:
+        """``installed``: the ``(stream_id, session)`` of a copy this node installed and made durable before
+        it restarted; chunks of that session are answered ``StreamDone``, never applied again."""
         _check_callable("apply", apply)
         _check_callable("clear", clear)
         self._window = _check_int("window", window, 1, MAX_WINDOW)
         self._apply = apply
         self._clear = clear
-        self._identity: tuple[int, int] | None = None  # (stream_id, session) being received
+        self._identity: tuple[int, int] | None = installed  # (stream_id, session) being received
         self._next_seq = 0
         self._buffer: dict[int, StreamChunk] = {}
-        self._installed = False
-        self._retired: deque[tuple[int, int]] = deque(maxlen=_check_int("remember", remember, 0, MAX_WINDOW))
+        self._installed = installed is not None
 
     @property
     def stream_id(self) -> int | None:
@@ -554,14 +577,11 @@ class StreamReceiver:
     def receive(self, chunk: StreamChunk) -> list[ReceiverEffect]:
         identity = (chunk.stream_id, chunk.session)
         if identity != self._identity:
+            if self._identity is not None and identity < self._identity:
+                return []  # an attempt older than ours: a late copy, never a new start
             if chunk.seq != 0:
-                # Not ours: we lost our state, or this is a session we gave up. The sender starts over
-                # if it is its current one and ignores this otherwise.
+                # A later attempt than ours (or we hold none) that we never started: we lost our state.
                 return [SendMessage(StreamRestart(*identity))]
-            if identity in self._retired:
-                return []  # a late copy of a start we already left behind
-            if self._identity is not None:
-                self._retired.append(self._identity)
             self._identity = identity
             self._next_seq = 0
             self._buffer.clear()
@@ -588,6 +608,6 @@ class StreamReceiver:
             if current.last:
                 self._installed = True
                 self._buffer.clear()
-                return [Installed(identity[0]), SendMessage(StreamDone(*identity), durable=True)]
+                return [Installed(*identity), SendMessage(StreamDone(*identity), durable=True)]
             current = self._buffer.pop(self._next_seq, None)
         return [SendMessage(StreamAck(*identity, self._next_seq - 1))]

@@ -92,6 +92,7 @@ class Harness:
         self.outcome: Complete | Failed | None = None
         self.fenced = False
         self.final_source: dict[str, str] | None = None
+        self.installed_identity: tuple[int, int] | None = None  # made durable with the copy
         # Independent window check: per session, the highest seq sent and the highest ack delivered.
         self.sent_max: dict[int, int] = {}
         self.acked_max: dict[int, int] = {}
@@ -127,6 +128,7 @@ class Harness:
 
     def clear(self) -> None:
         self.stats.clears += 1
+        self.installed_identity = None
         self.dest.clear()
 
     def new_sender(self, stream_id: int) -> StreamSender:
@@ -149,7 +151,10 @@ class Harness:
 
     def new_receiver(self) -> StreamReceiver:
         return StreamReceiver(
-            apply=self.apply, clear=self.clear, window=self.config.receiver_window or self.config.window
+            apply=self.apply,
+            clear=self.clear,
+            window=self.config.receiver_window or self.config.window,
+            installed=self.installed_identity,
         )
 
     # ------------------------------------------------------------ network
@@ -203,6 +208,7 @@ class Harness:
                 self.send("sender", effect.message)
             elif isinstance(effect, Installed):
                 self.stats.installs += 1
+                self.installed_identity = (effect.stream_id, effect.session)
             else:
                 raise AssertionError(effect)
 
@@ -545,8 +551,8 @@ def test_resends_carry_the_current_acknowledgement() -> None:
 
 
 def test_receiver_crash_after_install_before_done_arrives() -> None:
-    # Every StreamDone is lost until the receiver restarts; the sender's retry then meets a receiver that
-    # holds no session, which asks for a restart, and the copy is made again.
+    # Every StreamDone is lost until the receiver restarts; the sender's retry of the last chunk then
+    # meets the restarted receiver, built with the identity of the copy it installed.
     h = Harness(dataset(8))
     drop_done = True
     original_send = h.send
@@ -565,8 +571,10 @@ def test_receiver_crash_after_install_before_done_arrives() -> None:
     drop_done = False
     h.run()
     h.assert_converged()
-    assert h.sender.restarts == 1
-    assert h.stats.installs == 2
+    # The restarted receiver knows the copy it installed (the owner kept its identity with it) and
+    # answers the sender's retry with StreamDone: nothing is copied again.
+    assert h.sender.restarts == 0
+    assert h.stats.installs == 1
 
 
 # ---------------------------------------------------------------- bounds and retries
@@ -663,11 +671,29 @@ def test_receiver_applies_in_order_buffers_and_reacks() -> None:
     assert [entry[1][0][0] for entry in log[1:] if isinstance(entry, tuple)] == ["a", "b", "c", "d"]
     # A sender that holds chunk 4 acknowledged although we never applied it: we lost state, start over.
     assert sent(r.receive(chunk(5, "f", acked=4))) == [StreamRestart(5, 1)]
-    assert sent(r.receive(chunk(4, last=True, acked=3))) == [Installed(5), StreamDone(5, 1)]
+    assert sent(r.receive(chunk(4, last=True, acked=3))) == [Installed(5, 1), StreamDone(5, 1)]
     assert r.installed
     effects = r.receive(chunk(1, "b"))
     assert sent(effects) == [StreamDone(5, 1)]
     assert isinstance(effects[0], SendMessage) and effects[0].durable
+
+
+def test_restarted_receiver_with_an_installed_copy_answers_done() -> None:
+    # Regression (found by the property test): a retry of seq 0 still in flight reached the receiver
+    # after it installed the copy and restarted; it cleared the copy while StreamDone was on its way.
+    log: list[object] = []
+    r2 = StreamReceiver(apply=lambda i, p: log.append(i), clear=lambda: log.append("clear"), installed=(5, 1))
+    assert r2.installed and r2.stream_id == 5
+    effects = r2.receive(chunk(0, "a", session=1))
+    assert sent(effects) == [StreamDone(5, 1)] and isinstance(effects[0], SendMessage) and effects[0].durable
+    assert log == []
+    # Anything ordering before the installed session is a late copy: ignored, never cleared for.
+    assert sent(r2.receive(chunk(0, "a", session=0))) == []
+    assert sent(r2.receive(chunk(0, "a", stream=4, session=9))) == []
+    assert log == []
+    # A later attempt (the source restarted, so its fence is gone) still replaces it.
+    assert sent(r2.receive(chunk(0, "a", stream=6, session=0))) == [StreamAck(6, 0, 0)]
+    assert log[0] == "clear" and not r2.installed
 
 
 def test_receiver_without_state_asks_for_restart() -> None:
@@ -682,10 +708,11 @@ def test_receiver_new_session_clears_and_old_start_is_ignored() -> None:
     r.receive(chunk(1, "b", session=1))
     assert sent(r.receive(chunk(0, "z", session=2))) == [StreamAck(5, 2, 0)]
     assert log.count("clear") == 2
-    # Late copies of session 1: its start is remembered and ignored, anything else gets a restart answer
-    # (which its sender, long gone, ignores).
+    # Late copies of session 1, which orders before 2: ignored, whatever their seq.
     assert sent(r.receive(chunk(0, "a", session=1))) == []
-    assert sent(r.receive(chunk(1, "b", session=1))) == [StreamRestart(5, 1)]
+    assert sent(r.receive(chunk(1, "b", session=1))) == []
+    # A later attempt it never saw start: it must have lost state, so it asks for a restart.
+    assert sent(r.receive(chunk(1, "b", session=3))) == [StreamRestart(5, 3)]
     assert log.count("clear") == 2
     assert sent(r.receive(chunk(1, "y", session=2))) == [StreamAck(5, 2, 1)]
     # A new stream id replaces the stream too (one receiver per partition).

@@ -78,6 +78,7 @@ class NodeServer:
                 synced_lsn=lambda: storage.synced_lsn,
                 key_count=storage.key_count,
                 open_connections=lambda: self._edge.open_connections(),
+                partition_stats=storage.partition_stats,
             ),
         )
         self.router = Router(self.metrics)

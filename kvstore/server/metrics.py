@@ -64,6 +64,8 @@ class NodeGauges:
     key_count: Callable[[], int]
     # Open HTTP connections by admission ("client", "reserved"); none without an HTTP edge.
     open_connections: Callable[[], Mapping[str, int]] = dict
+    # Per partition stored here: (records, bytes of keys and values).
+    partition_stats: Callable[[], Mapping[int, tuple[int, int]]] = dict
 
 
 class NodeMetrics(Collector):
@@ -168,3 +170,15 @@ class NodeMetrics(Collector):
         for kind, count in sorted(g.open_connections().items()):
             connections.add_metric([kind], count)
         yield connections
+        partitions = g.partition_stats()
+        records = GaugeMetricFamily(
+            "kvstore_partition_records", "Records stored here, by partition (tombstones included)", labels=["partition"]
+        )
+        size = GaugeMetricFamily(
+            "kvstore_partition_bytes", "Bytes of keys and values stored here, by partition", labels=["partition"]
+        )
+        for partition, (count, size_bytes) in sorted(partitions.items()):
+            records.add_metric([str(partition)], count)
+            size.add_metric([str(partition)], size_bytes)
+        yield records
+        yield size

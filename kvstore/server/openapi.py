@@ -258,6 +258,17 @@ def _cluster_view() -> dict[str, Any]:
                     _object({**member, "health": {"const": "down"}, "last_error": _STRING}),
                 ),
             },
+            "partition_stats": {
+                "type": "array",
+                "description": "What the answering node stores, per partition (each node reports its own)",
+                "items": _object(
+                    {
+                        "partition": {"type": "integer", "minimum": 0},
+                        "records": {"type": "integer", "minimum": 0, "description": "Tombstones included"},
+                        "bytes": {"type": "integer", "minimum": 0, "description": "Keys and values"},
+                    }
+                ),
+            },
             "partition_map": _object(
                 {
                     "version": {"const": 1},

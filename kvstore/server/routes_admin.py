@@ -17,7 +17,6 @@ bytes; ``next`` is the ``after`` of the following page. Documented in ``openapi.
 from __future__ import annotations
 
 import base64
-import bisect
 import hmac
 import os
 import random
@@ -139,12 +138,12 @@ class CopyRoutes:
                 f"node {node_id} holds no replica of partition {partition} (its replicas: {', '.join(replicas)})",
             )
         as_msgpack = wants_msgpack(request)
-        records = self._storage.copy_of(partition)
-        start = 0 if after is None else bisect.bisect_right(records, after, key=lambda item: item[0])
+        # One record past the page tells whether more follow.
+        records = self._storage.records_after(partition, after, limit + 1)
         page: list[dict[str, object]] = []
         page_bytes = 0
-        end = start
-        for key, record in records[start : start + limit]:
+        end = 0
+        for key, record in records[:limit]:
             size = _record_bytes(key, record)
             if page and page_bytes + size > MAX_COPY_PAGE_BYTES:
                 break

@@ -75,6 +75,11 @@ class ClusterRoutes:
             "partitions": partition_map.partition_count,
             "members": members,
             "partition_map": partition_map.to_json(),
+            # What this node stores, per partition: each node reports its own.
+            "partition_stats": [
+                {"partition": p, "records": count, "bytes": size_bytes}
+                for p, (count, size_bytes) in self._storage.partition_stats().items()
+            ],
         }
         return encoded_response(doc, wants_msgpack(request))
 

@@ -65,6 +65,14 @@ class Record(NamedTuple):
         return self.value is not None and (self.expires_at_ms is None or self.expires_at_ms > now_ms)
 
 
+def record_size(key: str, record: Record) -> int:
+    """What a record holds, roughly as stored: its key (characters) and its values and context (bytes)."""
+    size = len(key) + len(record.context) + (0 if record.value is None else len(record.value))
+    for sibling in record.siblings:
+        size += len(sibling.context) + (0 if sibling.value is None else len(sibling.value))
+    return size
+
+
 # ---------------------------------------------------------------- events: what a sync job makes durable
 
 
@@ -176,6 +184,15 @@ class Storage(Protocol):
 
     def copy_of(self, partition: int) -> list[tuple[str, Record]]:
         """Every stored record of ``partition``, tombstones and expired ones included, in key order."""
+        ...
+
+    def records_after(self, partition: int, after: str | None, limit: int) -> list[tuple[str, Record]]:
+        """Up to ``limit`` stored records of ``partition`` (tombstones and expired ones included) whose keys
+        come after ``after`` (None: from the first), in key order: a partition read page by page."""
+        ...
+
+    def partition_stats(self) -> dict[int, tuple[int, int]]:
+        """Per partition holding records: (records, size of their keys and values by ``record_size``)."""
         ...
 
     def partitions(self) -> list[int]:

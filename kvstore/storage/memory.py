@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
+from itertools import islice
 from typing import Protocol
 
 from sortedcontainers import SortedList
@@ -33,6 +34,7 @@ from kvstore.storage.base import (
     RecordWritten,
     Sibling,
     SyncJob,
+    record_size,
 )
 from replication.replica import LogBounds, LogEntry
 
@@ -52,10 +54,12 @@ class Journal(Protocol):
 class _Records:
     """One partition's records, their sorted keys and their deadline heap."""
 
-    __slots__ = ("deadlines", "heap", "keys", "records")
+    __slots__ = ("bytes", "deadlines", "heap", "keys", "records")
 
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
+        # Keys and values held, in characters and bytes (``record_size``): what /cluster and the metrics show.
+        self.bytes = 0
         self.keys = SortedList()
         # (expires_at_ms, key); an entry whose key now holds another deadline (or nothing) is stale.
         self.heap: list[tuple[int, str]] = []
@@ -68,6 +72,7 @@ class _Records:
         other.keys = self.keys.copy()
         other.heap = list(self.heap)
         other.deadlines = self.deadlines
+        other.bytes = self.bytes
         return other
 
     def rebuild_heap(self) -> None:
@@ -388,6 +393,17 @@ class MemoryStorage:
         records = part.records
         return [(key, records[key]) for key in part.keys]
 
+    def records_after(self, partition: int, after: str | None, limit: int) -> list[tuple[str, Record]]:
+        part = self._parts.get(partition)
+        if part is None or limit < 1:
+            return []
+        keys = part.keys if after is None else part.keys.irange(minimum=after, inclusive=(False, True))
+        records = part.records
+        return [(key, records[key]) for key in islice(keys, limit)]
+
+    def partition_stats(self) -> dict[int, tuple[int, int]]:
+        return {p: (len(part.records), part.bytes) for p, part in sorted(self._parts.items())}
+
     def partitions(self) -> list[int]:
         return sorted(self._parts)
 
@@ -535,6 +551,7 @@ class MemoryStorage:
         old = records.get(key)
         records[key] = record
         old_deadline = None
+        part.bytes += record_size(key, record) - (0 if old is None else record_size(key, old))
         if old is None:
             part.keys.add(key)
         elif old.expires_at_ms is not None:
@@ -556,6 +573,7 @@ class MemoryStorage:
         old = part.records.pop(key, None)
         if old is None:
             return False
+        part.bytes -= record_size(key, old)
         if old.expires_at_ms is not None:
             part.deadlines -= 1
         if part.records:

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from kvstore.messages import Message
+from kvstore.server.inprocess import InProcessCluster
 
 # Bounds a wait on a socket so that a broken server fails the test instead of hanging it; never a measure.
 HANG_GUARD_S = 10.0
@@ -121,3 +124,32 @@ async def exchange(port: int, request: bytes) -> tuple[Reply, bool]:
         return reply, await closed_by_server(reader)
     finally:
         writer.close()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_samples(text: str) -> Samples:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def local_samples(cluster: InProcessCluster, node_id: str = "n1") -> Samples:
+    """A node's metrics read in-process, without taking a connection from it."""
+    return parse_samples(cluster.servers[node_id].metrics.exposition().decode())
+
+
+async def wait_for_connections(cluster: InProcessCluster, kind: str, count: int) -> None:
+    """Until node n1 counts ``count`` open connections of ``kind`` (closes reach it a loop turn later)."""
+    for _ in range(int(HANG_GUARD_S / 0.01)):
+        if local_samples(cluster)[("kvstore_http_connections", (("kind", kind),))] == count:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"the node never counted {count} {kind} connections")
+
+
+def port_of(cluster: InProcessCluster, node_id: str = "n1") -> int:
+    return cluster.config.node(node_id).port

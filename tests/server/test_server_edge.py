@@ -17,8 +17,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from server_support import HANG_GUARD_S, closed_by_server, exchange, read_reply
+from server_support import (
+    HANG_GUARD_S,
+    Samples,
+    closed_by_server,
+    exchange,
+    local_samples,
+    parse_samples,
+    port_of,
+    read_reply,
+    wait_for_connections,
+)
 
 from kvstore.config import ClusterConfig, Limits, Timeouts, local_cluster
 from kvstore.server import http_server
@@ -34,34 +43,9 @@ def get(path: str, *, keep_alive: bool = True) -> bytes:
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: kv\r\n" + connection + b"\r\n"
 
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse_samples(text: str) -> Samples:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
 async def metric_samples(url: str) -> Samples:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
         return parse_samples(await response.text())
-
-
-def local_samples(cluster: InProcessCluster) -> Samples:
-    """The node's metrics read in-process, without taking a connection from it."""
-    return parse_samples(cluster.servers["n1"].metrics.exposition().decode())
-
-
-async def wait_for_connections(cluster: InProcessCluster, kind: str, count: int) -> None:
-    """Until the node counts ``count`` open connections of ``kind`` (closes reach it a loop turn later)."""
-    for _ in range(int(HANG_GUARD_S / 0.01)):
-        if local_samples(cluster)[("kvstore_http_connections", (("kind", kind),))] == count:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"the node never counted {count} {kind} connections")
 
 
 @pytest.fixture
@@ -69,10 +53,6 @@ async def node() -> AsyncIterator[InProcessCluster]:
     """One node with 200 ms head and body timeouts and a 300 ms idle timeout."""
     async with InProcessCluster(loopback_config(1, partitions=4, timeouts=SMALL_TIMEOUTS)) as running:
         yield running
-
-
-def port_of(cluster: InProcessCluster, node_id: str = "n1") -> int:
-    return cluster.config.node(node_id).port
 
 
 # ---------------------------------------------------------------- malformed requests

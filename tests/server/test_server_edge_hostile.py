@@ -16,7 +16,15 @@ import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from server_support import HANG_GUARD_S, closed_by_server, exchange, read_reply
+from server_support import (
+    HANG_GUARD_S,
+    closed_by_server,
+    exchange,
+    local_samples,
+    port_of,
+    read_reply,
+    wait_for_connections,
+)
 
 from kvstore.config import Limits, Timeouts
 from kvstore.server import app, http_server
@@ -30,29 +38,6 @@ METRICS_OK = ("kvstore_http_requests_total", (("route", "GET /metrics"), ("statu
 async def node() -> AsyncIterator[InProcessCluster]:
     async with InProcessCluster(loopback_config(1, partitions=4, timeouts=SMALL_TIMEOUTS)) as running:
         yield running
-
-
-def port_of(cluster: InProcessCluster) -> int:
-    return cluster.config.node("n1").port
-
-
-def samples(cluster: InProcessCluster) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The node's metrics, read in-process (no connection taken from it)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(cluster.servers["n1"].metrics.exposition().decode()):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-async def wait_for_connections(cluster: InProcessCluster, kind: str, count: int) -> None:
-    for _ in range(int(HANG_GUARD_S / 0.01)):
-        if samples(cluster)[("kvstore_http_connections", (("kind", kind),))] == count:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"the node never counted {count} {kind} connections")
 
 
 async def assert_serves(cluster: InProcessCluster) -> None:
@@ -112,7 +97,7 @@ async def test_a_request_pipelined_after_connection_close_is_dropped_not_answere
         assert await closed_by_server(reader)
     finally:
         writer.close()
-    assert not [key for key in samples(node) if key[0] == "kvstore_http_malformed_requests_total"]
+    assert not [key for key in local_samples(node) if key[0] == "kvstore_http_malformed_requests_total"]
     await assert_serves(node)
 
 
@@ -131,7 +116,7 @@ async def test_a_pipelining_client_that_never_reads_gets_few_answers_buffered(
     answered = 0.0
     # An observation window, not a measure: the count must stay bounded however long we look.
     for _ in range(150):
-        answered = samples(node).get(METRICS_OK, 0.0)
+        answered = local_samples(node).get(METRICS_OK, 0.0)
         assert answered < 2000
         await asyncio.sleep(0.01)
     await assert_serves(node)
@@ -276,7 +261,7 @@ async def test_a_malformed_content_length_is_a_malformed_header(node: InProcessC
     # llhttp fails it before the header reaches a callback: it was called a malformed request line.
     reply, closed = await exchange(port_of(node), b"PUT /kv/a HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\nabc")
     assert (reply.status, reply.error()["message"], closed) == (400, "a header is malformed", True)
-    assert samples(node)[("kvstore_http_malformed_requests_total", (("kind", "bad_header"),))] == 1
+    assert local_samples(node)[("kvstore_http_malformed_requests_total", (("kind", "bad_header"),))] == 1
     await assert_serves(node)
 
 
@@ -294,7 +279,7 @@ async def test_silent_connections_give_their_reserved_slots_to_a_health_check() 
             reply, _ = await exchange(port, b"GET /health HTTP/1.1\r\n\r\n")
             assert reply.status == 200
             refused = ("kvstore_http_connections_refused_total", (("reason", "silent_reserved"),))
-            assert samples(cluster)[refused] == 1
+            assert local_samples(cluster)[refused] == 1
             # The client connection that was first keeps its slot: it is no reserved one.
             _, first_writer = held[0]
             first_writer.write(b"GET /kv/absent HTTP/1.1\r\n\r\n")
@@ -310,7 +295,7 @@ async def test_silent_connections_give_their_reserved_slots_to_a_health_check() 
 async def test_an_http_version_other_than_1_0_and_1_1_is_refused(node: InProcessCluster) -> None:
     reply, closed = await exchange(port_of(node), b"GET /health HTTP/2.0\r\n\r\n")
     assert (reply.status, reply.error()["message"], closed) == (400, "only HTTP/1.1 and HTTP/1.0 are served", True)
-    assert samples(node)[("kvstore_http_malformed_requests_total", (("kind", "bad_version"),))] == 1
+    assert local_samples(node)[("kvstore_http_malformed_requests_total", (("kind", "bad_version"),))] == 1
     await assert_serves(node)
 
 

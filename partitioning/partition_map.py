@@ -106,6 +106,22 @@ class PartitionMap:
             membership_epoch=self.membership_epoch,
         )
 
+    def with_entry(self, partition: int, replicas: tuple[str, ...], epoch: int) -> PartitionMap:
+        """This map with ``partition`` on ``replicas`` at exactly ``epoch`` (a move's target installs the entry
+        its source named, whatever its own map said of the partition before)."""
+        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < len(self.replicas):
+            raise ValueError(f"partition must be an int in 0..{len(self.replicas) - 1}, not {partition!r}")
+        layout = list(self.replicas)
+        layout[partition] = tuple(replicas)
+        epochs = list(self.epochs)
+        epochs[partition] = epoch
+        return PartitionMap(
+            tuple(layout),
+            epochs=tuple(epochs),
+            members=self.members,
+            membership_epoch=self.membership_epoch,
+        )
+
     def with_members(self, members: tuple[str, ...]) -> PartitionMap:
         """This map with ``members`` as the cluster's nodes, the membership epoch one higher."""
         return PartitionMap(

@@ -126,3 +126,16 @@ def test_merging_is_order_free_and_learns_the_newest(maps: list[PartitionMap], d
     assert merged.merge(merged) == merged, "idempotent"
     newest = max(picks, key=lambda m: m.epoch)
     assert merged == newest, "maps from one history merge into the newest of them"
+
+
+def test_with_entry_sets_a_partition_at_an_exact_epoch() -> None:
+    m = PartitionMap.round_robin(NODES, 4)
+    moved = m.with_entry(1, ("n3",), 7)
+    assert (moved.replicas[1], moved.epochs, moved.epoch) == (("n3",), (1, 7, 1, 1), 7)
+    assert m.merge(moved) == moved == moved.merge(m)
+    with pytest.raises(ValueError, match="partition must be"):
+        m.with_entry(4, ("n1",), 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        m.with_entry(0, ("n1",), 0)
+    with pytest.raises(ValueError, match="not members"):
+        m.with_entry(0, ("n9",), 2)

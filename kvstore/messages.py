@@ -1,8 +1,8 @@
 """Client operations, results and node-level messages: frozen dataclasses registered with the codec.
 
 Inputs to ``Node.step`` are ``ClientRequest``, ``Message`` (from a peer), ``TimerFired``, ``Started``,
-``SendFailed`` and ``Synced``. Every peer ``Message`` carries a partition id so the node can hand it to the
-per-partition protocol instance; node-level traffic that spans partitions uses ``NODE_PARTITION``.
+``SendFailed``, ``Synced`` and ``MovePartition``. Every peer ``Message`` carries a partition id so the node can
+hand it to the per-partition protocol instance; node-level traffic that spans partitions uses ``NODE_PARTITION``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import TypeVar
 
 from kvstore.codec import register, register_all
 from kvstore.errors import ErrorCode
+from kvstore.storage.base import Record, Sibling
 from partitioning.partition_map import PartitionMap
+from partitioning.stream import STREAM_MESSAGES
 from replication.replica import LogEntry
 from replication.vclock import VectorClock
 
@@ -22,6 +24,8 @@ from replication.vclock import VectorClock
 # the module every node, driver and codec user imports: a log entry (carried by log replication) and a
 # vector clock (the causal context of leaderless writes).
 register_all((LogEntry, VectorClock))
+# A move streams a partition with ``partitioning.stream``: its chunks and answers travel as message bodies.
+register_all(STREAM_MESSAGES)
 
 # Partition id used by messages that belong to the node as a whole rather than one partition.
 NODE_PARTITION = -1
@@ -303,6 +307,61 @@ class MapUpdate:
         )
 
 
+# ---------------------------------------------------------------- moves (kvstore/handoff.py)
+
+
+@register
+@dataclass(frozen=True)
+class MovedRecord:
+    """One stored record of a partition being moved, as a stream payload (``kvstore.storage.base.Record``
+    in its parts: siblings as ``(value, version, context)``)."""
+
+    value: bytes | None
+    version: int
+    expires_at_ms: int | None
+    context: bytes
+    siblings: tuple[tuple[bytes | None, int, bytes], ...]
+
+    @staticmethod
+    def of(record: Record) -> MovedRecord:
+        siblings = tuple((s.value, s.version, s.context) for s in record.siblings)
+        return MovedRecord(record.value, record.version, record.expires_at_ms, record.context, siblings)
+
+    def to_record(self) -> Record:
+        return Record(
+            self.value, self.version, self.expires_at_ms, self.context, tuple(Sibling(*s) for s in self.siblings)
+        )
+
+
+@register
+@dataclass(frozen=True)
+class MovedPartitionState:
+    """The partition's protocol state that moves with its records, carried under the reserved key ""."""
+
+    applied_index: int
+
+
+@register
+@dataclass(frozen=True)
+class MoveFence:
+    """Kept in the source's metadata (``move/<partition>``) once it fenced a move: it never serves the
+    partition again, and finishes the move to ``target`` after a restart. ``epoch``: the partition's at the
+    source when the move started (the stream id)."""
+
+    target: str
+    epoch: int
+
+
+@register
+@dataclass(frozen=True)
+class MoveInstalled:
+    """Kept in the target's metadata (``moved-in/<partition>``): the stream attempt whose copy it installed."""
+
+    source: str
+    stream_id: int
+    session: int
+
+
 # ---------------------------------------------------------------- inputs to Node.step
 
 
@@ -353,4 +412,13 @@ class SendFailed:
     msg: Message
 
 
-Input = ClientRequest | Message | TimerFired | Started | SendFailed | Synced
+@_fast_init
+@dataclass(frozen=True)
+class MovePartition:
+    """Move ``partition`` to ``target`` (``single`` mode): only its current owner acts on it."""
+
+    partition: int
+    target: str
+
+
+Input = ClientRequest | Message | TimerFired | Started | SendFailed | Synced | MovePartition

@@ -44,6 +44,7 @@ from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
+from kvstore.handoff import MOVE_TIMER_PREFIX, Mover
 from kvstore.messages import (
     NODE_PARTITION,
     BatchGetOp,
@@ -61,6 +62,7 @@ from kvstore.messages import (
     KeyOp,
     MapUpdate,
     Message,
+    MovePartition,
     PutOp,
     Result,
     ScanOp,
@@ -75,6 +77,7 @@ from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
 from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
+from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
 from replication.replica import (
     Answer,
     ClientCall,
@@ -91,13 +94,14 @@ from replication.replica import (
 )
 from replication.replica import Synced as ReplicaSynced
 from replication.replica import TimerFired as ReplicaTimerFired
-from replication.single_copy import SingleCopy
+from replication.single_copy import SWEEP_TIMER, SingleCopy
 
 # The most expired keys one replica purges per sweep.
 TTL_SWEEP_MAX_KEYS = 1000
 REPLICA_TIMER_PREFIX = "p/"
 CALL_TIMER_PREFIX = "call/"
 _NODE_TRAFFIC = (Forward, ForwardReply, ForwardRefused, MapUpdate)
+_STREAM_TRAFFIC = (StreamChunk, StreamAck, StreamRestart, StreamDone)
 # The node's partition map, kept in storage's metadata once it differs from the one its config gives.
 MAP_META = "partition_map"
 # Synced carries nothing: one instance serves every replica.
@@ -154,6 +158,15 @@ class Node:
         self._forwarder.map_epoch = self.partition_map.epoch
         # Per peer, the map epoch this node last sent it a MapUpdate of: one update per peer and epoch.
         self._map_sent: dict[str, int] = {}
+        # Partition moves, both ends (kvstore/handoff.py).
+        self._mover = Mover(
+            node_id,
+            storage,
+            rng,
+            get_map=lambda: self.partition_map,
+            install_map=self.install_map,
+            always_durable=self._always_durable,
+        )
         self._effects: list[Effect] = []
         self._now_ms = 0
         # The latest time this node has seen. Replicas get this clock, so TTL expiry is judged on it and a
@@ -223,6 +236,9 @@ class Node:
             self._on_send_failed(inp.msg)
         elif isinstance(inp, Started):
             self._on_started()
+        elif isinstance(inp, MovePartition):
+            if self.started and self.config.mode == "single":
+                self._effects.extend(self._mover.start(now_ms, inp.partition, inp.target))
         else:
             raise TypeError(f"not a node input: {inp!r}")
         assert len(self._waiting) <= self._waiting_slack + len(self.partition_map.replicas), (
@@ -234,6 +250,7 @@ class Node:
 
     def _on_started(self) -> None:
         self.started = True
+        self._effects.extend(self._mover.on_started(self._now_ms))
         for partition in self.replicas:
             log = self.storage.log(partition)
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
@@ -262,10 +279,16 @@ class Node:
             except ValueError:
                 return  # not a valid map (a bug or another version): nothing to learn from it
             self.install_map(incoming)
+            if self._mover.moving:
+                self._effects.extend(self._mover.on_map_changed())
+        elif isinstance(body, _STREAM_TRAFFIC):
+            self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
     def _on_send_failed(self, msg: Message) -> None:
+        if isinstance(msg.body, _STREAM_TRAFFIC):
+            return  # a move's stream retries on its own timer
         if isinstance(msg.body, _NODE_TRAFFIC):
             self._absorb(self._forwarder.on_send_failed(msg))
         elif msg.partition in self.replicas:
@@ -295,8 +318,13 @@ class Node:
         elif key.startswith(REPLICA_TIMER_PREFIX):
             partition_text, _, replica_key = key[len(REPLICA_TIMER_PREFIX) :].partition("/")
             partition = int(partition_text)
-            if partition in self.replicas:
+            if partition in self._mover.moving and replica_key == SWEEP_TIMER:
+                # No purge while the partition moves (the new owner purges): the sweep waits for the next turn.
+                self._effects.append(SetTimer(key, self._now_ms + self.config.timeouts.ttl_sweep_interval_ms))
+            elif partition in self.replicas:
                 self._run_replica(partition, ReplicaTimerFired(replica_key))
+        elif key.startswith(MOVE_TIMER_PREFIX):
+            self._effects.extend(self._mover.on_timer(self._now_ms, key))
 
     # ------------------------------------------------------------ starting operations
 
@@ -332,11 +360,28 @@ class Node:
                 return
             self._forward(token, partition_map.owner(partition), partition, op)
             return
+        moving = self._mover.moving
+        if moving and partition in moving:
+            if self._mover.fenced(partition):
+                self._complete(token, self._moving_away(partition))
+                return
+            if not isinstance(op, GetOp):
+                # A write: the stream must send the key again once it is applied.
+                self._calls[token] = (partition, op)
+                self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, op)))
+                self._effects.extend(self._mover.changed(self._now_ms, partition, op.key))
+                self._arm_call_timer(token)
+                return
         calls = self._calls
         calls[token] = (partition, op)
         self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, op)))
         if token in calls:
             # Not answered in this step: it waits, and nothing waits forever.
+            self._timed_calls.add(token)
+            self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
+
+    def _arm_call_timer(self, token: int) -> None:
+        if token in self._calls:
             self._timed_calls.add(token)
             self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
 
@@ -426,6 +471,11 @@ class Node:
             update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
             self._effects.append(Send(update, self._always_durable))
 
+    def _moving_away(self, partition: int) -> Failure:
+        out = self._mover.moving[partition]
+        message = f"partition {partition} is moving to {out.target}; retry (the op did not happen)"
+        return Failure.of(ErrorCode.UNAVAILABLE, message)
+
     def _not_here(self, partition: int) -> Failure:
         owner = self.partition_map.owner(partition)
         epoch = self.partition_map.epoch_of(partition)
@@ -458,6 +508,8 @@ class Node:
         pages = []
         for p in partitions:
             replica = self.replicas.get(p)
+            if replica is not None and self._mover.fenced(p):
+                return self._moving_away(p)
             if replica is None:
                 if 0 <= p < self.partition_map.partition_count:
                     return self._not_here(p)

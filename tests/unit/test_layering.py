@@ -11,6 +11,7 @@ PROTOCOL_PACKAGES = ("replication", "partitioning", "transactions")
 CORE_MODULES = (
     "kvstore/node.py",
     "kvstore/forwarding.py",
+    "kvstore/handoff.py",
     "kvstore/gather.py",
     "kvstore/state_machine.py",
     "kvstore/commands.py",

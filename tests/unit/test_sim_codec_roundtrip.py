@@ -26,6 +26,10 @@ from kvstore.messages import (
     GetOp,
     MapUpdate,
     Message,
+    MovedPartitionState,
+    MovedRecord,
+    MoveFence,
+    MoveInstalled,
     PutOp,
     ScanItem,
     ScanOp,
@@ -33,6 +37,7 @@ from kvstore.messages import (
     ScanPartitionsOp,
     Written,
 )
+from partitioning.stream import StreamChunk
 
 EXAMPLES: list[object] = [
     GetOp("k"),
@@ -67,6 +72,24 @@ EXAMPLES: list[object] = [
     ScanPartitionsOp((0,), "", "zz", 1),
     Message("n1", "n2", 5, Forward(1, 1, 0, GetOp("k"))),
     Message("n2", "n1", NODE_PARTITION, ForwardReply(1, 1, 2, Failure.of(ErrorCode.OVERLOADED, "busy"))),
+    MovedRecord(b"v", 3, None, b"", ()),
+    MovedRecord(None, 4, 99, b"ctx", ((b"s", 2, b""), (None, 1, b"c"))),
+    MovedPartitionState(7),
+    MoveFence("n2", 3),
+    MoveInstalled("n1", 3, 2**40),
+    Message(
+        "n1",
+        "n2",
+        2,
+        StreamChunk(
+            3,
+            2**40,
+            0,
+            -1,
+            "snapshot",
+            (("", MovedPartitionState(7)), ("k", MovedRecord(b"v", 3, None, b"", ())), ("d", None)),
+        ),
+    ),
 ]
 
 

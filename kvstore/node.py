@@ -20,6 +20,11 @@ forwarded once to the leader the replica names, if it names another member; othe
 op a peer forwarded here, so that ops never travel in circles) it fails with a definite ``not_leader`` or
 ``wrong_epoch``.
 
+Moves (``single`` mode): ``MovePartition(p, target)`` at ``p``'s owner streams ``p`` to ``target``; ``Mover``
+(``kvstore/handoff.py``) holds every transition of both ends. The node hands it the stream messages, the
+``move/<p>`` timers and ``Started``, reports every write op it applied to a moving partition, holds back the
+TTL sweep of a moving partition, and fails every op for a fenced partition ``unavailable`` (definite).
+
 Durability: under ``fsync = "always"`` every ``Send`` and ``Reply`` is marked durable (a client is told
 only what survives a crash); under every policy, an answer a replica marks durable is carried durable to
 the ``Reply`` or ``Send`` that passes its result on, through a gather too (a gathered result is durable

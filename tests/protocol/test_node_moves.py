@@ -12,6 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kvstore import codec
 from kvstore.config import ClusterConfig, StorageConfig, local_cluster
 from kvstore.effects import Effect, Reply, Send, SetTimer
@@ -26,6 +29,8 @@ from kvstore.messages import (
     Found,
     GetOp,
     Message,
+    MovedPartitionState,
+    MovedRecord,
     MoveInstalled,
     MovePartition,
     PutOp,
@@ -37,7 +42,7 @@ from kvstore.messages import (
 from kvstore.node import Node
 from kvstore.storage.base import Record
 from kvstore.storage.simulated import SimDisk, SimStorage
-from partitioning.stream import StreamChunk, StreamDone
+from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
 
 P = 0  # the partition moved: n1 owns it (round robin), n2 receives it
 SMALL_STREAM = {"max_chunk_items": 4, "window": 2, "fence_threshold": 2}
@@ -390,3 +395,45 @@ def test_a_third_node_with_an_old_map_is_told_the_new_one_and_its_client_retries
     net.run()  # the MapUpdate n1 sent after its answer
     assert net.nodes["n3"].partition_map.owner(P) == "n2"
     assert net.request("n3", GetOp(key)) == Found(key, b"v", 1)
+
+
+# ---------------------------------------------------------------- peer input never raises
+
+_PAYLOADS = st.sampled_from(
+    [
+        None,
+        MovedRecord(b"v", 3, None, b"", ()),
+        MovedRecord(None, 1, 5, b"c", ((b"s", 1, b""),)),
+        MovedPartitionState(4),
+        GetOp("k"),
+        Written("k", 1),
+    ]
+)
+_ITEMS = st.lists(st.tuples(st.sampled_from(["", "a", "k1", "zz"]), _PAYLOADS), max_size=3).map(tuple)
+_IDS = st.integers(-2, 3) | st.sampled_from([2**62, 2**63 - 1])
+_BODIES = st.one_of(
+    st.builds(
+        StreamChunk,
+        _IDS,
+        st.integers(0, 3),
+        st.integers(0, 3),
+        st.integers(-1, 3),
+        st.sampled_from(["snapshot", "delta", "final"]),
+        _ITEMS,
+        st.booleans(),
+    ),
+    st.builds(StreamAck, _IDS, st.integers(0, 3), st.integers(-1, 3)),
+    st.builds(StreamRestart, _IDS, st.integers(0, 3)),
+    st.builds(StreamDone, _IDS, st.integers(0, 3)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["n1", "n2"]), st.integers(-1, 4), _BODIES), max_size=12))
+def test_stream_messages_from_a_peer_never_raise(inputs: list[tuple[str, int, object]]) -> None:
+    net = Net()
+    net.step("n1", MovePartition(P, "n2"))
+    for dst, partition, body in inputs:
+        src = "n2" if dst == "n1" else "n1"
+        net.nodes[dst].step(net.now, Message(src, dst, partition, body))
+    net.run()

@@ -22,11 +22,15 @@ Source:
 - Writes go on while the stream runs: the node reports every write op it applied (``changed``). The TTL
   sweep does not run on a moving partition (the node re-arms its timer instead): a purge would be one more
   writer to report, and expired values are hidden from reads anyway; the new owner purges them.
-- Fence: when the sender is ready, the source puts ``MoveFence(target, epoch)`` in its metadata under
-  ``move/<p>`` (durable with the next sync), stops serving ``p`` (every op for it fails ``unavailable``,
-  definitely), and finishes the stream. Every stream message sent after the fence is a durable ``Send``: the
-  driver holds it until the sync that makes the fence durable, so the target can never install a copy whose
-  source might forget, in a crash, that it gave the partition away.
+- Fence: when the sender is ready and the target has acknowledged a chunk of it, the source puts
+  ``MoveFence(target, epoch)`` in its metadata under ``move/<p>`` (durable with the next sync), stops serving
+  ``p`` (every op for it fails ``unavailable``, definitely), and finishes the stream. Every stream message
+  sent after the fence is a durable ``Send``: the driver holds it until the sync that makes the fence durable,
+  so the target can never install a copy whose source might forget, in a crash, that it gave the partition
+  away. Waiting for an acknowledgement is this module's addition: a small partition is read in one page, so
+  the sender is ready before the target said a word, and a fence never lifts, so fencing towards a target that
+  is down would make the partition unavailable until it comes back; an unfenced move to it fails and is
+  abandoned instead.
 - ``Complete``: hand over. ``Failed`` before the fence: the move is abandoned (nothing was promised; a later
   ``MovePartition`` may try again). ``Failed`` after it: never unfenced (the target may have installed); a
   new sender (a new session) is started ``RETRY_MS`` later and finishes at once, until the move completes.
@@ -123,6 +127,8 @@ class _Outgoing:
     epoch: int
     sender: StreamSender | None
     fenced: bool = False
+    # The target acknowledged a chunk of the current sender: it is up and took the attempt.
+    answered: bool = False
 
 
 @dataclass(slots=True)
@@ -289,6 +295,7 @@ class Mover:
             **self._stream_options,
         )
         out.sender = sender
+        out.answered = False
         effects = self._sender_effects(now_ms, out, sender.start(now_ms))
         if out.fenced and out.sender is sender:
             effects.extend(self._sender_effects(now_ms, out, sender.finish(now_ms)))
@@ -300,6 +307,8 @@ class Mover:
         out = self.moving.get(partition)
         if out is None or out.sender is None or src != out.target:
             return []
+        if isinstance(body, StreamAck) and (body.stream_id, body.session) == (out.epoch, out.sender.session):
+            out.answered = True
         return self._sender_effects(now_ms, out, out.sender.receive(now_ms, body))
 
     def _sender_effects(self, now_ms: int, out: _Outgoing, produced: Sequence[object]) -> list[Effect]:
@@ -329,7 +338,7 @@ class Mover:
                 return effects
         sender = out.sender
         assert sender is not None
-        if not out.fenced and sender.ready_to_fence():
+        if not out.fenced and out.answered and sender.ready_to_fence():
             out.fenced = True
             self._storage.put_meta(FENCE_META_PREFIX + str(p), codec.encode(MoveFence(out.target, out.epoch)))
             # The final phase carries the applied index as of the fence.

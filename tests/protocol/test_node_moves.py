@@ -362,6 +362,18 @@ def test_dropped_duplicated_and_reordered_stream_messages_change_nothing() -> No
         assert_moved(net, before)
 
 
+def test_a_move_to_a_target_that_never_answers_is_never_fenced_and_is_abandoned() -> None:
+    net, keys = filled(3)
+    net.drop = 1.0
+    net.step("n1", MovePartition(P, "n2"))
+    net.run()
+    n1 = net.nodes["n1"]
+    assert not n1._mover.moving and not n1.storage.get_meta(FENCE_META_PREFIX + str(P))
+    net.drop = 0.0
+    assert isinstance(net.request("n1", GetOp(keys[0])), Found)
+    assert n1.partition_map.owner(P) == "n1" and P not in net.nodes["n2"].replicas
+
+
 def test_a_move_asked_of_a_non_owner_or_to_a_non_member_or_twice_is_ignored() -> None:
     net = Net(cfg=config(partitions=12))
     n1, n2 = net.nodes["n1"], net.nodes["n2"]

@@ -33,7 +33,10 @@ FAULT_KINDS: tuple[str, ...] = (
     "reorder",
     "clock-skew",
     "clock-drift",
+    "move",
 )
+# Faults that happen at an instant: their start acts, their end does nothing.
+INSTANT_FAULTS = frozenset({"move"})
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,12 @@ class FaultAction:
     node: str | None = None
     # For partitions: for each node, the nodes whose traffic it drops (sorted, for a stable schedule).
     grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # For a move: the partition that moves (to ``node``).
+    partition: int | None = None
 
     def describe(self) -> str:
+        if self.partition is not None:
+            return f"{self.fault} partition {self.partition} to {self.node}"
         if self.node is not None:
             return f"{self.fault} {self.node}"
         if self.grudge:
@@ -107,8 +114,14 @@ class ChaosTarget(Protocol):
     def policy_changed(self) -> None:
         ...
 
+    def move(self, partition: int, target: str) -> str:
+        """Have the node serving ``partition`` move it to ``target``; what was done, for the report."""
+        ...
 
-def plan(config: NemesisConfig, nodes: Sequence[str], duration_ms: int, rng: random.Random) -> list[FaultAction]:
+
+def plan(
+    config: NemesisConfig, nodes: Sequence[str], duration_ms: int, rng: random.Random, partitions: int = 1
+) -> list[FaultAction]:
     actions: list[FaultAction] = []
     if not config.faults:
         return actions
@@ -116,14 +129,18 @@ def plan(config: NemesisConfig, nodes: Sequence[str], duration_ms: int, rng: ran
     while at + config.interval_ms <= duration_ms:
         fault = rng.choice(config.faults)
         node = None
+        partition = None
         grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
         if fault in ("crash", "clock-skew", "clock-drift"):
+            node = rng.choice(list(nodes))
+        elif fault == "move":
+            partition = rng.randrange(partitions)
             node = rng.choice(list(nodes))
         elif fault.startswith("partition-") and fault != "partition-isolate-leader":
             drawn = partition_grudge(fault.removeprefix("partition-"), nodes, rng)
             grudge = tuple((n, tuple(sorted(drawn[n]))) for n in sorted(drawn))
-        actions.append(FaultAction(at, True, fault, node, grudge))
-        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge))
+        actions.append(FaultAction(at, True, fault, node, grudge, partition))
+        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge, partition))
         at += 2 * config.interval_ms
     return actions
 
@@ -176,6 +193,9 @@ class Nemesis:
                 return f"{action.node} already down"
             self.target.crash(action.node, self.config.crash_kind)
             return action.describe()
+        if fault == "move":
+            assert action.node is not None and action.partition is not None
+            return self.target.move(action.partition, action.node)
         if fault.startswith("partition-"):
             if fault == "partition-isolate-leader":
                 drawn = partition_grudge("isolate-leader", self.target.node_ids(), self.rng, self.target.leader())
@@ -213,6 +233,8 @@ class Nemesis:
     def _stop(self, action: FaultAction) -> None:
         policy = self.target.policy
         fault = action.fault
+        if fault in INSTANT_FAULTS:
+            return
         if fault == "crash":
             assert action.node is not None
             if not self.target.is_up(action.node):

@@ -42,7 +42,7 @@ from kvstore.messages import (
     Result,
     ScanOp,
 )
-from kvstore.server.routes_admin import ADMIN_FAULTS_PATH
+from kvstore.server.routes_admin import ADMIN_FAULTS_PATH, ADMIN_MOVES_PATH
 from kvstore.storage.simulated import CrashKind
 
 Progress = Callable[[str], None]
@@ -156,6 +156,31 @@ class _RealTarget:
         for node_id in self.node_ids():
             if self.is_up(node_id):
                 self._push(node_id)
+
+    def move(self, partition: int, target: str) -> str:
+        """Order the move from the live node that serves ``partition`` by its own map."""
+        for node_id in self.node_ids():
+            if not self.is_up(node_id):
+                continue
+            answer = self._admin(node_id, ADMIN_MOVES_PATH, {"partition": partition, "target": target})
+            if answer.get("started"):
+                return f"move partition {partition} from {node_id} to {target}"
+        return f"partition {partition}: no live node started a move to {target}"
+
+    def _admin(self, node_id: str, path: str, doc: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            self.cluster.url(node_id) + path,
+            data=json.dumps(doc).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.cluster.config.secret}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except (OSError, ValueError):
+            # A node going down in between, or an answer cut short: it started nothing that we know of.
+            return {}
 
     def _push(self, node_id: str) -> None:
         doc = self.policy.to_json()

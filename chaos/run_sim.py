@@ -143,6 +143,9 @@ class _SimTarget:
     def policy_changed(self) -> None:
         pass  # the simulator consults the same policy object for every message
 
+    def move(self, partition: int, target: str) -> str:
+        return self.cluster.move(partition, target)
+
 
 class _Client:
     """A client process pinned to one node, running one op at a time."""
@@ -192,7 +195,7 @@ class _SimRunner:
         self.client_rng = self.cluster.child_rng()
         nemesis_rng = self.cluster.child_rng()
         self.schedule: list[FaultAction] = plan(scenario.nemesis, self.cluster.node_ids(), scenario.duration_ms,
-                                                nemesis_rng)
+                                                nemesis_rng, scenario.cluster.partitions)
         self.nemesis = Nemesis(scenario.nemesis, _SimTarget(self.cluster, self.policy), nemesis_rng)
         self.recorder = Recorder()
         self.accepting = True

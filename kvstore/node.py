@@ -192,6 +192,11 @@ class Node:
 
     # ------------------------------------------------------------ public
 
+    @property
+    def move_refusal(self) -> str | None:
+        """Why the last ``MovePartition`` this node was given did nothing; None if it started a move."""
+        return self._mover.refusal
+
     def install_map(self, incoming: PartitionMap) -> None:
         """Learn what ``incoming`` knows: merged into this node's map (per partition the higher epoch). A
         partition this node no longer holds stops being served here at once (its waiting ops fail

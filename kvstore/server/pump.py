@@ -33,6 +33,7 @@ from kvstore.messages import (
     Failure,
     Input,
     Message,
+    MovePartition,
     Result,
     SendFailed,
     Started,
@@ -174,6 +175,11 @@ class Pump:
         """A peer message, already authenticated by the transport."""
         if self._failure is None:
             self._step(msg)
+
+    def move(self, order: MovePartition) -> None:
+        """An operator's order to move a partition (the admin route); the node says whether it started."""
+        if self._failure is None:
+            self._step(order)
 
     def send_failed(self, msg: Message) -> None:
         if self._failure is None:

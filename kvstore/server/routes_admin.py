@@ -26,10 +26,12 @@ from multidict import CIMultiDict
 from kvstore.config import ClusterConfig
 from kvstore.errors import ErrorCode, KvError
 from kvstore.faults import ChaosPolicy
+from kvstore.messages import MovePartition
 from kvstore.node import Node
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
 from kvstore.server.http_codec import (
+    check_fields,
     encoded_response,
     json_response,
     query_params,
@@ -38,6 +40,7 @@ from kvstore.server.http_codec import (
     wire_limit_bytes,
 )
 from kvstore.server.http_message import Request, Response
+from kvstore.server.pump import Pump
 from kvstore.server.router import Router
 from kvstore.storage.base import Record, Storage
 from kvstore.validation import check_key, parse_whole_number, show_int
@@ -45,6 +48,8 @@ from kvstore.validation import check_key, parse_whole_number, show_int
 ADMIN_FAULTS_PATH = "/admin/faults"
 # A fault policy is a few links and numbers; anything much larger is not one.
 MAX_POLICY_BYTES = 256 * 1024
+ADMIN_MOVES_PATH = "/admin/moves"
+MAX_MOVE_BYTES = 4096
 
 ADMIN_COPIES_PREFIX = "/admin/copies/"
 ADMIN_COPIES_TEMPLATE = ADMIN_COPIES_PREFIX + "{partition}"
@@ -105,6 +110,49 @@ class AdminRoutes:
         authorize(request.headers, self._token)
         self._faults.clear()
         return json_response(self._current())
+
+
+class MoveRoutes:
+    """``POST /admin/moves``: move a partition to another node (``{"partition": p, "target": "n2"}``).
+
+    The node that serves the partition starts the move and answers ``{"started": true}``; any other node, or
+    one that refuses (the partition is moving already, the target is no member...), answers
+    ``{"started": false, "reason": ...}``. A move runs on after the answer: watch ``GET /cluster``.
+    """
+
+    def __init__(self, config: ClusterConfig, node: Node, pump: Pump) -> None:
+        self._token = config.secret.encode()
+        self._node = node
+        self._pump = pump
+
+    def register(self, router: Router) -> None:
+        router.add(
+            "POST",
+            ADMIN_MOVES_PATH,
+            self.move,
+            internal=True,
+            max_body_bytes=wire_limit_bytes(MAX_MOVE_BYTES),
+            check_head=lambda headers: authorize(headers, self._token),
+        )
+
+    async def move(self, request: Request, _: str) -> Response:
+        authorize(request.headers, self._token)
+        doc = read_document(request, MAX_MOVE_BYTES)[0]
+        check_fields(doc, ("partition", "target"), (), "move")
+        partition, target = doc["partition"], doc["target"]
+        if not isinstance(partition, int) or isinstance(partition, bool):
+            raise KvError(ErrorCode.BAD_REQUEST, "move: partition must be an integer")
+        if not isinstance(target, str):
+            raise KvError(ErrorCode.BAD_REQUEST, "move: target must be a node id")
+        if not 0 <= partition < self._node.partition_map.partition_count:
+            raise KvError(ErrorCode.BAD_REQUEST, f"move: no partition {show_int(partition)}")
+        self._pump.move(MovePartition(partition, target))
+        reason = self._node.move_refusal
+        doc_out: dict[str, object] = {"node_id": self._node.node_id, "partition": partition, "target": target}
+        doc_out["started"] = reason is None
+        if reason is not None:
+            doc_out["reason"] = reason
+        return encoded_response(doc_out, wants_msgpack(request))
 
 
 class CopyRoutes:

@@ -39,6 +39,7 @@ from kvstore.messages import (
     Failure,
     Input,
     Message,
+    MovePartition,
     Result,
     SendFailed,
     Started,
@@ -209,6 +210,20 @@ class SimCluster:
         self._boot(self._host(node_id), "restart")
         self.stats.restarts += 1
 
+    def move(self, partition: int, target: str) -> str:
+        """Give ``MovePartition(partition, target)`` to the live node that serves ``partition`` now (by its own
+        map); what was done, in words for a report."""
+        self._host(target)
+        for node_id in sorted(self._hosts):
+            host = self._hosts[node_id]
+            if host.up and host.node is not None and partition in host.node.replicas:
+                if node_id == target:
+                    return f"partition {partition} is on {target} already"
+                self._record(("move", self._queue.now_ms, node_id, partition, target))
+                self._queue.push(self._queue.now_ms, self._on_input, host, MovePartition(partition, target))
+                return f"move partition {partition} from {node_id} to {target}"
+        return f"partition {partition}: no live node serves it to move"
+
     # ------------------------------------------------------------ clients and workloads
 
     def submit(self, node_id: str, op: ClientOp, on_result: ResultCallback | None = None) -> int:
@@ -333,6 +348,10 @@ class SimCluster:
         clock_ms = now_ms + self._clock_offset_ms(host.node_id, now_ms)
         self._record(("request", now_ms, host.node_id, clock_ms, request_id))
         self._step(host, ClientRequest(request_id, pending.op), clock_ms)
+
+    def _on_input(self, host: NodeHost, inp: Input) -> None:
+        if host.up:
+            self._step(host, inp, self.node_clock_ms(host.node_id))
 
     def _on_sync_done(self, host: NodeHost, job: SyncJob) -> None:
         # A crash drops the host's job, and a restart starts a new one: an older job was lost with its life.

@@ -42,7 +42,7 @@ def test_fsync_never_under_crashes_loses_writes_and_is_caught(seed: int) -> None
 
 
 @pytest.mark.parametrize("name", ["register-partitions.toml", "set-crash.toml", "counter-crash.toml",
-                                  "append-crash.toml"])
+                                  "append-crash.toml", "register-moves.toml"])
 def test_other_shipped_scenarios_are_valid(name: str) -> None:
     result = run_in_sim(load(SCENARIOS / name), 1)
     assert result.valid is True, (replay(name, 1), {k: v.get("valid") for k, v in result.checkers.items()})
@@ -69,3 +69,12 @@ def test_the_same_scenario_runs_on_a_real_cluster() -> None:
     assert result.checkers["lost-writes"]["lost_count"] == 0
     assert {p.kind for p in result.periods} <= {"crash", "partition-halves", "duplicate"}
     assert result.periods and all(p.end_ms is not None for p in result.periods)
+
+
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_partitions_move_under_faults_and_the_history_stays_valid(seed: int) -> None:
+    result = run_in_sim(load(SCENARIOS / "register-moves.toml"), seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (replay("register-moves.toml", seed), verdicts)
+    moved = [p.detail for p in result.periods if p.kind == "move" and p.detail.startswith("move partition")]
+    assert moved, "the schedule moved no partition"

@@ -137,6 +137,10 @@ class RecordingTarget:
     def policy_changed(self) -> None:
         pass
 
+    def move(self, partition: int, target: str) -> str:
+        self.calls.append(("move", target, str(partition)))
+        return f"moved {partition} to {target}"
+
 
 @pytest.mark.parametrize("kind", ["process", "power"])
 def test_crashes_are_of_the_configured_kind(kind: CrashKind) -> None:
@@ -145,3 +149,17 @@ def test_crashes_are_of_the_configured_kind(kind: CrashKind) -> None:
     nemesis.apply(FaultAction(0, True, "crash", "n2"))
     nemesis.apply(FaultAction(10, False, "crash", "n2"))
     assert target.calls == [("crash", "n2", kind), ("restart", "n2", None)]
+
+
+def test_a_move_draws_a_partition_and_a_target_and_acts_at_its_start_only() -> None:
+    config = NemesisConfig(faults=("move",), interval_ms=500, start_after_ms=100)
+    actions = plan(config, NODES, 10_000, random.Random(3), partitions=8)
+    starts = [a for a in actions if a.start]
+    assert starts and all(a.partition is not None and 0 <= a.partition < 8 and a.node in NODES for a in starts)
+    assert len({a.partition for a in starts}) > 1, "partitions are drawn, not fixed"
+    target = RecordingTarget()
+    nemesis = Nemesis(config, target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "move", "n3", partition=5))
+    nemesis.apply(FaultAction(500, False, "move", "n3", partition=5))
+    assert target.calls == [("move", "n3", "5")]
+    assert [(p.kind, p.detail) for p in nemesis.periods] == [("move", "moved 5 to n3")]

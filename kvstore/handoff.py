@@ -121,6 +121,19 @@ _T = TypeVar("_T")
 
 
 @dataclass(slots=True)
+class MoveStats:
+    """What this node's outgoing moves did since it started: ``/metrics`` shows it."""
+
+    started: int = 0
+    completed: int = 0
+    abandoned: int = 0
+    # Keys and values streamed (``record_size`` of every item sent, resends included).
+    bytes_sent: int = 0
+    # From start to hand-over, summed over the completed moves this life started.
+    completed_ms: int = 0
+
+
+@dataclass(slots=True)
 class _Outgoing:
     partition: int
     target: str
@@ -129,6 +142,8 @@ class _Outgoing:
     fenced: bool = False
     # The target acknowledged a chunk of the current sender: it is up and took the attempt.
     answered: bool = False
+    # When this life took the move on (started it, or found its fence at a restart).
+    started_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -167,6 +182,9 @@ class Mover:
         self._installed: dict[int, tuple[int, int]] = {}
         # Why the last MovePartition was ignored (None: it started).
         self.refusal: str | None = None
+        self.stats = MoveStats()
+        # The latest time an input brought: on_map_changed has none of its own.
+        self._now_ms = 0
 
     # ------------------------------------------------------------ queries
 
@@ -182,8 +200,9 @@ class Mover:
         if self.refusal is not None:
             return []
         epoch = self._get_map().epoch_of(partition)
-        out = _Outgoing(partition, target, epoch, None)
+        out = _Outgoing(partition, target, epoch, None, started_ms=now_ms)
         self.moving[partition] = out
+        self.stats.started += 1
         return self._start_sender(now_ms, out)
 
     def _check_move(self, partition: int, target: str) -> str | None:
@@ -232,7 +251,7 @@ class Mover:
             if partition_map.epoch_of(partition) > fence.epoch or partition_map.owner(partition) != self._node_id:
                 self._hand_over(partition)  # handed over already; only the cleanup was lost
                 continue
-            out = _Outgoing(partition, fence.target, fence.epoch, None, fenced=True)
+            out = _Outgoing(partition, fence.target, fence.epoch, None, fenced=True, started_ms=now_ms)
             self.moving[partition] = out
             effects.extend(self._start_sender(now_ms, out))
         held = set(partition_map.partitions_of(self._node_id))
@@ -251,6 +270,7 @@ class Mover:
                 del self.moving[partition]
                 effects.append(CancelTimer(MOVE_TIMER_PREFIX + str(partition)))
                 self._hand_over(partition)
+                self._completed(self._now_ms, out)
         return effects
 
     def _start_sender(self, now_ms: int, out: _Outgoing) -> list[Effect]:
@@ -316,8 +336,11 @@ class Mover:
         effects: list[Effect] = []
         p = out.partition
         timer = MOVE_TIMER_PREFIX + str(p)
+        self._now_ms = max(self._now_ms, now_ms)
         for effect in produced:
             if isinstance(effect, SendMessage):
+                if isinstance(effect.message, StreamChunk):
+                    self.stats.bytes_sent += sum(_size_of(item) for item in effect.message.items)
                 msg = Message(self._node_id, out.target, p, effect.message)
                 effects.append(Send(msg, out.fenced or effect.durable or self._always_durable))
             elif isinstance(effect, Complete):
@@ -327,10 +350,12 @@ class Mover:
                 if partition_map.epoch_of(p) == out.epoch:
                     self._install_map(partition_map.with_entry(p, (out.target,), out.epoch + 1))
                 self._hand_over(p)
+                self._completed(now_ms, out)
                 return effects
             elif isinstance(effect, Failed):
                 if not out.fenced:
                     del self.moving[p]  # abandoned: nothing was promised, a later MovePartition may retry
+                    self.stats.abandoned += 1
                     effects.append(CancelTimer(timer))
                     return effects
                 out.sender = None  # never unfenced: try again in a while, in a new session
@@ -349,6 +374,10 @@ class Mover:
         deadline = sender.next_deadline_ms()
         effects.append(CancelTimer(timer) if deadline is None else SetTimer(timer, deadline))
         return effects
+
+    def _completed(self, now_ms: int, out: _Outgoing) -> None:
+        self.stats.completed += 1
+        self.stats.completed_ms += max(now_ms - out.started_ms, 0)
 
     def _hand_over(self, partition: int) -> None:
         """The partition is the target's now: forget its records here, and the fence."""

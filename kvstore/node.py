@@ -49,7 +49,7 @@ from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
-from kvstore.handoff import MOVE_TIMER_PREFIX, Mover
+from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
 from kvstore.messages import (
     NODE_PARTITION,
     BatchGetOp,
@@ -191,6 +191,15 @@ class Node:
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
     # ------------------------------------------------------------ public
+
+    @property
+    def move_stats(self) -> MoveStats:
+        """What this node's outgoing moves did since it started."""
+        return self._mover.stats
+
+    @property
+    def moves_in_progress(self) -> int:
+        return len(self._mover.moving)
 
     @property
     def move_refusal(self) -> str | None:

@@ -66,6 +66,8 @@ class NodeGauges:
     open_connections: Callable[[], Mapping[str, int]] = dict
     # Per partition stored here: (records, bytes of keys and values).
     partition_stats: Callable[[], Mapping[int, tuple[int, int]]] = dict
+    # Outgoing partition moves: (in progress, started, completed, abandoned, bytes sent, ms to complete).
+    moves: Callable[[], tuple[int, int, int, int, int, int]] = lambda: (0, 0, 0, 0, 0, 0)
 
 
 class NodeMetrics(Collector):
@@ -182,3 +184,19 @@ class NodeMetrics(Collector):
             size.add_metric([str(partition)], size_bytes)
         yield records
         yield size
+        in_progress, started, completed, abandoned, bytes_sent, completed_ms = g.moves()
+        yield GaugeMetricFamily("kvstore_moves_in_progress", "Partition moves this node is sending now", in_progress)
+        outcomes = CounterMetricFamily(
+            "kvstore_moves",
+            "Partition moves this node sent, by outcome (started, completed, abandoned)",
+            labels=["outcome"],
+        )
+        for outcome, count in (("started", started), ("completed", completed), ("abandoned", abandoned)):
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        yield CounterMetricFamily(
+            "kvstore_move_bytes", "Keys and values this node streamed to move partitions", bytes_sent
+        )
+        yield CounterMetricFamily(
+            "kvstore_move_seconds", "Time from start to hand-over, summed over completed moves", completed_ms / 1000
+        )

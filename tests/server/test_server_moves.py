@@ -8,7 +8,7 @@ import asyncio
 import aiohttp
 import pytest
 from copy_support import bearer
-from server_support import HANG_GUARD_S
+from server_support import HANG_GUARD_S, local_samples
 
 from kvstore.client import AsyncClient
 from kvstore.messages import Found
@@ -54,6 +54,12 @@ async def test_a_partition_moves_with_its_data_and_clients_follow(
         # Writes go on at the new owner, versions still growing.
         after = await client.put(keys[0], b"after")
         assert after.version > max(w.version for w in written.values())
+    source = local_samples(cluster, "n1")
+    assert source[("kvstore_moves_total", (("outcome", "started"),))] == 1
+    assert source[("kvstore_moves_total", (("outcome", "completed"),))] == 1
+    assert source[("kvstore_moves_in_progress", ())] == 0
+    assert source[("kvstore_move_bytes_total", ())] >= sum(len(k) * 2 for k in keys)
+    assert local_samples(cluster, "n2")[("kvstore_moves_total", (("outcome", "started"),))] == 0
 
 
 @pytest.mark.parametrize(

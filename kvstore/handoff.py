@@ -64,6 +64,9 @@ Target:
   later attempt starts from empty. An installed copy is held under the map (installed in the same step, so
   the same sync) and is kept.
 
+Moves start only under ``fsync = "always"`` or ``"batch"``: under ``"never"`` nothing is fsynced, and a power
+loss could forget a fence after the target installed, leaving two nodes serving the partition.
+
 Bounds: one move per partition, at most ``MAX_OUTGOING_MOVES`` outgoing, one receiver per partition, and the
 stream's own windows and retries.
 """
@@ -167,6 +170,7 @@ class Mover:
         install_map: Callable[[PartitionMap], None],
         always_durable: bool,
         stream_options: dict[str, int] | None = None,
+        moves_refused: str | None = None,
     ) -> None:
         self._node_id = node_id
         self._storage = storage
@@ -175,6 +179,8 @@ class Mover:
         self._install_map = install_map
         self._always_durable = always_durable
         self._stream_options = dict(stream_options or {})
+        # Why this node starts no move at all (None: it does); it still receives them.
+        self._moves_refused = moves_refused
         # Outgoing moves by partition: the node checks ``partition in moving`` on every op, so it is public.
         self.moving: dict[int, _Outgoing] = {}
         self._incoming: dict[int, _Incoming] = {}
@@ -206,6 +212,8 @@ class Mover:
         return self._start_sender(now_ms, out)
 
     def _check_move(self, partition: int, target: str) -> str | None:
+        if self._moves_refused is not None:
+            return self._moves_refused
         partition_map = self._get_map()
         if isinstance(partition, bool) or not isinstance(partition, int):
             return "the partition must be an int"

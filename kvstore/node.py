@@ -171,6 +171,8 @@ class Node:
             get_map=lambda: self.partition_map,
             install_map=self.install_map,
             always_durable=self._always_durable,
+            # Under "never" nothing is fsynced: a power loss could forget a fence after the target installed.
+            moves_refused=None if config.storage.fsync != "never" else 'moves need fsync "always" or "batch"',
         )
         self._effects: list[Effect] = []
         self._now_ms = 0
@@ -488,7 +490,9 @@ class Node:
         if epoch < mine and self._map_sent.get(peer) != mine:
             self._map_sent[peer] = mine
             update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
-            self._effects.append(Send(update, self._always_durable))
+            # Durable under every policy: others act on a map (a move's source drops its copy on learning the
+            # target installed it), so a map leaves only once this node cannot forget it in a crash.
+            self._effects.append(Send(update, True))
 
     def _moving_away(self, partition: int) -> Failure:
         out = self._mover.moving[partition]

@@ -83,7 +83,7 @@ def test_a_stale_forward_is_refused_and_its_sender_is_sent_the_newer_map() -> No
     (forward,) = [e.msg for e in n2.step(5, ClientRequest(1, GetOp(key))) if isinstance(e, Send)]
     assert isinstance(forward.body, Forward) and forward.body.map_epoch == 1
     refusal, update = n1.step(6, forward)
-    assert update == Send(Message("n1", "n2", NODE_PARTITION, MapUpdate.of(newer)))
+    assert update == Send(Message("n1", "n2", NODE_PARTITION, MapUpdate.of(newer)), durable=True)
     (again,) = [e.msg for e in n2.step(7, refusal.msg) if isinstance(e, Send)]  # type: ignore[union-attr]
     answer = n1.step(8, again)
     refused = Failure.of(

@@ -5,12 +5,13 @@ Uses the hand-cranked network of tests/protocol/test_node_moves.py (fsync = "bat
 
 from __future__ import annotations
 
+from kvstore.config import StorageConfig, local_cluster
 from kvstore.errors import ErrorCode
 from kvstore.handoff import FENCE_META_PREFIX
 from kvstore.messages import Failure, Found, GetOp, MapUpdate, Message, MovePartition
 from kvstore.node import Node
 from partitioning.stream import StreamChunk
-from tests.protocol.test_node_moves import Net, P, assert_moved, filled
+from tests.protocol.test_node_moves import Net, P, assert_moved, filled, keys_in
 
 
 def _until_last_chunk_is_next(net: Net) -> Message:
@@ -98,3 +99,32 @@ def test_a_late_last_chunk_of_the_installed_attempt_after_the_target_restarts_is
     net.run()
     assert_moved(net, before)
     _assert_serves(net, "n2", before, keys[:3])
+
+
+def test_a_target_tells_its_map_only_once_its_install_is_synced() -> None:
+    # A map update left a node at once under "batch": the target's unsynced install reached the source through
+    # a forward's answer, the source dropped its copy, and a power loss at the target then lost the partition
+    # on both. Map updates are durable now: the install is synced before any node can act on it.
+    net, keys = filled(10)
+    before = dict(net.records("n1"))
+    other = keys_in(net, 1, 1)[0]  # partition 1 is n2's: n1 forwards it, naming its older map epoch
+    net.step("n1", MovePartition(P, "n2"))
+    last = _until_last_chunk_is_next(net)
+    net.nodes["n2"].step(net.now, last)  # installed; its durable StreamDone dropped with the step's effects
+    assert not net.disks["n2"].durable_image.get_meta("partition_map")
+    net.request("n1", GetOp(other))
+    assert net.disks["n2"].durable_image.get_meta("partition_map"), "synced before the map update left"
+    net.crash("n2")
+    net.run()
+    assert_moved(net, before)
+    _assert_serves(net, "n2", before, keys)
+
+
+def test_no_move_starts_under_fsync_never() -> None:
+    # Under "never" nothing is fsynced: a power loss could forget a fence after the target installed, and two
+    # nodes would serve the partition.
+    never = local_cluster(2, partitions=4, storage=StorageConfig(fsync="never"))
+    net = Net(cfg=never)
+    net.step("n1", MovePartition(P, "n2"))
+    assert net.nodes["n1"].move_refusal == 'moves need fsync "always" or "batch"'
+    assert net.queue == [] and P in net.nodes["n1"].replicas

@@ -44,7 +44,6 @@ once it is whole, so no handler ever waits on a slow client.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import resource
@@ -52,7 +51,6 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import cast
 
 import httptools
@@ -120,18 +118,8 @@ _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _NAMED_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 
 
-def _raw_response(error: KvError) -> bytes:
-    """A whole HTTP response for a connection refused before it was parsed at all."""
-    status = error.code.http_status
-    body = json.dumps(error.to_json(), separators=(",", ":")).encode()
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-_REFUSED_RESPONSE = _raw_response(_CLIENT_LIMIT_ERROR)
+# Written at accept, before a connection is parsed at all: no Date line, every other answer's shape.
+_REFUSED_RESPONSE = serialize(error_response(_CLIENT_LIMIT_ERROR), b"", _CLOSE)
 
 
 def _peer_text(peername: object) -> str:

@@ -159,42 +159,37 @@ class _RealTarget:
 
     def move(self, partition: int, target: str) -> str:
         """Order the move from the live node that serves ``partition`` by its own map."""
+        order = {"partition": partition, "target": target}
         for node_id in self.node_ids():
             if not self.is_up(node_id):
                 continue
-            answer = self._admin(node_id, ADMIN_MOVES_PATH, {"partition": partition, "target": target})
+            try:
+                answer = json.loads(self._admin(node_id, "POST", ADMIN_MOVES_PATH, order))
+            except (OSError, ValueError):
+                # A node going down in between, or an answer cut short: it started nothing that we know of.
+                continue
             if answer.get("started"):
                 return f"move partition {partition} from {node_id} to {target}"
         return f"partition {partition}: no live node started a move to {target}"
-
-    def _admin(self, node_id: str, path: str, doc: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(
-            self.cluster.url(node_id) + path,
-            data=json.dumps(doc).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.cluster.config.secret}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
-                answer: dict[str, Any] = json.loads(response.read())
-                return answer
-        except (OSError, ValueError):
-            # A node going down in between, or an answer cut short: it started nothing that we know of.
-            return {}
 
     def _push(self, node_id: str) -> None:
         doc = self.policy.to_json()
         # Clock faults start at run-relative times; nodes measure them on the wall clock.
         for clock in doc["clocks"].values():
             clock["since_ms"] += self._started_wall_ms
+        self._admin(node_id, "PUT", ADMIN_FAULTS_PATH, doc)
+
+    def _admin(self, node_id: str, method: str, path: str, doc: dict[str, Any]) -> bytes:
+        """A JSON request to one node's admin route, with the cluster secret; the answer's body."""
         request = urllib.request.Request(
-            self.cluster.url(node_id) + ADMIN_FAULTS_PATH,
+            self.cluster.url(node_id) + path,
             data=json.dumps(doc).encode(),
-            method="PUT",
+            method=method,
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.cluster.config.secret}"},
         )
         with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as response:
-            response.read()
+            body: bytes = response.read()
+            return body
 
 
 class _RealRunner:

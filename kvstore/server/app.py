@@ -79,7 +79,8 @@ class NodeServer:
                 key_count=storage.key_count,
                 open_connections=lambda: self._edge.open_connections(),
                 partition_stats=storage.partition_stats,
-                moves=self._move_figures,
+                moves_in_progress=lambda: self.node.moves_in_progress,
+                move_stats=lambda: self.node.move_stats,
             ),
         )
         self.router = Router(self.metrics)
@@ -95,10 +96,6 @@ class NodeServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def _move_figures(self) -> tuple[int, int, int, int, int, int]:
-        s = self.node.move_stats
-        return self.node.moves_in_progress, s.started, s.completed, s.abandoned, s.bytes_sent, s.completed_ms
 
     def _send_failed(self, msg: Message) -> None:
         self.pump.send_failed(msg)

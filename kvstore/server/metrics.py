@@ -23,6 +23,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from kvstore.handoff import MoveStats
+
 # Upper bounds of the latency buckets, in seconds.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0002,
@@ -66,8 +68,9 @@ class NodeGauges:
     open_connections: Callable[[], Mapping[str, int]] = dict
     # Per partition stored here: (records, bytes of keys and values).
     partition_stats: Callable[[], Mapping[int, tuple[int, int]]] = dict
-    # Outgoing partition moves: (in progress, started, completed, abandoned, bytes sent, ms to complete).
-    moves: Callable[[], tuple[int, int, int, int, int, int]] = lambda: (0, 0, 0, 0, 0, 0)
+    # Outgoing partition moves: how many run now, and what they did since the node started.
+    moves_in_progress: Callable[[], int] = lambda: 0
+    move_stats: Callable[[], MoveStats] = MoveStats
 
 
 class NodeMetrics(Collector):
@@ -184,19 +187,27 @@ class NodeMetrics(Collector):
             size.add_metric([str(partition)], size_bytes)
         yield records
         yield size
-        in_progress, started, completed, abandoned, bytes_sent, completed_ms = g.moves()
-        yield GaugeMetricFamily("kvstore_moves_in_progress", "Partition moves this node is sending now", in_progress)
+        moves = g.move_stats()
+        yield GaugeMetricFamily(
+            "kvstore_moves_in_progress", "Partition moves this node is sending now", g.moves_in_progress()
+        )
         outcomes = CounterMetricFamily(
             "kvstore_moves",
             "Partition moves this node sent, by outcome (started, completed, abandoned)",
             labels=["outcome"],
         )
-        for outcome, count in (("started", started), ("completed", completed), ("abandoned", abandoned)):
+        for outcome, count in (
+            ("started", moves.started),
+            ("completed", moves.completed),
+            ("abandoned", moves.abandoned),
+        ):
             outcomes.add_metric([outcome], count)
         yield outcomes
         yield CounterMetricFamily(
-            "kvstore_move_bytes", "Keys and values this node streamed to move partitions", bytes_sent
+            "kvstore_move_bytes", "Keys and values this node streamed to move partitions", moves.bytes_sent
         )
         yield CounterMetricFamily(
-            "kvstore_move_seconds", "Time from start to hand-over, summed over completed moves", completed_ms / 1000
+            "kvstore_move_seconds",
+            "Time from start to hand-over, summed over completed moves",
+            moves.completed_ms / 1000,
         )

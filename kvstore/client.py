@@ -81,7 +81,7 @@ class _Routes:
 
     @staticmethod
     def of(doc: Mapping[str, Any]) -> _Routes:
-        urls = {m["node_id"]: str(m["url"]).rstrip("/") for m in doc["members"]}
+        urls = {m["node_id"]: str(m["url"]).rstrip("/") for m in doc["members"] if m.get("url")}
         partition_map = doc["partition_map"]
         owners = tuple(urls.get(replicas[0]) for replicas in partition_map["replicas"])
         if not owners:

@@ -6,6 +6,8 @@ name = "demo"
 secret = "change-me"          # shared secret that authenticates peer traffic (HMAC-SHA256)
 mode = "single"               # replication mode; "single" = one copy per key (the foundation)
 partitions = 64
+initial_nodes = ["n1", "n2"]  # who held the partitions when the cluster was made (default: every node);
+                              # nodes added later join at run time (kvstore cluster add-node)
 
 [nodes]                       # node id = "host:port"; one cluster can span machines
 n1 = "127.0.0.1:7001"
@@ -118,6 +120,8 @@ class Timeouts:
     peer_connect_timeout_ms: int = 500
     # How often expired TTL keys are purged from storage (reads hide them at once regardless).
     ttl_sweep_interval_ms: int = 1000
+    # How often each member compares the layout with the balanced one and moves partitions it owns.
+    rebalance_interval_ms: int = 1000
     # A request head (request line and headers) must be complete this long after its first byte, or
     # after the connection opened; a slow one is answered 408 and closed (slowloris).
     header_timeout_ms: int = 10_000
@@ -137,6 +141,9 @@ class ClusterConfig:
     secret: str = "kvstore-dev-secret"
     mode: Mode = "single"
     partitions: int = 64
+    # The nodes the cluster was made with, which the first layout is built from; empty: every node. A node
+    # added later is in ``nodes`` (so it can run) but not here: it joins at run time.
+    initial_nodes: tuple[str, ...] = ()
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -149,6 +156,12 @@ class ClusterConfig:
             raise ConfigError(f"nodes: duplicate node ids in {ids}")
         if self.mode not in MODES:
             raise ConfigError(f"cluster.mode: {self.mode!r} is not one of {MODES}")
+        if not isinstance(self.initial_nodes, tuple) or not all(
+            isinstance(n, str) and n for n in self.initial_nodes
+        ):
+            raise ConfigError("cluster.initial_nodes must be a list of node ids")
+        if len(set(self.initial_nodes)) != len(self.initial_nodes):
+            raise ConfigError(f"cluster.initial_nodes lists a node twice: {list(self.initial_nodes)}")
         if self.partitions < 1:
             raise ConfigError("cluster.partitions must be at least 1")
         if self.storage.fsync not in FSYNC_POLICIES:
@@ -164,6 +177,18 @@ class ClusterConfig:
     @property
     def node_ids(self) -> tuple[str, ...]:
         return tuple(n.node_id for n in self.nodes)
+
+    @property
+    def founding_nodes(self) -> tuple[str, ...]:
+        """The nodes the first layout is built from: ``initial_nodes``, or every node."""
+        return self.initial_nodes or self.node_ids
+
+    def address_text(self, node_id: str) -> str:
+        """``host:port`` of a node in ``nodes``, "" for one that is not (a founding node removed since)."""
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return f"{n.host}:{n.port}"
+        return ""
 
     def node(self, node_id: str) -> NodeAddress:
         for n in self.nodes:
@@ -186,6 +211,11 @@ class ClusterConfig:
                 raise ConfigError(f"nodes.{node_id}: expected a 'host:port' string")
             nodes.append(NodeAddress.parse(node_id, address))
         kwargs = _fields_of(ClusterConfig, cluster, "cluster", skip={"nodes", "storage", "limits", "timeouts"})
+        if "initial_nodes" in kwargs:
+            initial = kwargs["initial_nodes"]
+            if not isinstance(initial, list):
+                raise ConfigError("cluster.initial_nodes must be a list of node ids")
+            kwargs["initial_nodes"] = tuple(initial)
         return ClusterConfig(
             nodes=tuple(nodes),
             storage=StorageConfig(**_fields_of(StorageConfig, _retired(_table(data, "storage"), "storage"), "storage")),
@@ -200,7 +230,13 @@ class ClusterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "cluster": {"name": self.name, "secret": self.secret, "mode": self.mode, "partitions": self.partitions},
+            "cluster": {
+                "name": self.name,
+                "secret": self.secret,
+                "mode": self.mode,
+                "partitions": self.partitions,
+                **({"initial_nodes": list(self.initial_nodes)} if self.initial_nodes else {}),
+            },
             "nodes": {n.node_id: f"{n.host}:{n.port}" for n in self.nodes},
             "storage": dataclasses.asdict(self.storage),
             "limits": dataclasses.asdict(self.limits),

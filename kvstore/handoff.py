@@ -221,8 +221,8 @@ class Mover:
             return f"no partition {partition}"
         if partition_map.owner(partition) != self._node_id:
             return f"{self._node_id} does not own partition {partition}"
-        if target == self._node_id or target not in partition_map.members:
-            return f"{target!r:.60} is not another member of the cluster"
+        if target == self._node_id or target not in partition_map.active:
+            return f"{target!r:.60} is not another active member of the cluster"
         if partition in self.moving:
             return f"partition {partition} is already moving"
         if len(self.moving) >= MAX_OUTGOING_MOVES:

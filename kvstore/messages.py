@@ -1,8 +1,9 @@
 """Client operations, results and node-level messages: frozen dataclasses registered with the codec.
 
 Inputs to ``Node.step`` are ``ClientRequest``, ``Message`` (from a peer), ``TimerFired``, ``Started``,
-``SendFailed``, ``Synced`` and ``MovePartition``. Every peer ``Message`` carries a partition id so the node can
-hand it to the per-partition protocol instance; node-level traffic that spans partitions uses ``NODE_PARTITION``.
+``SendFailed``, ``Synced``, and the operator orders ``MovePartition`` and ``SetMember``. Every peer ``Message``
+carries a partition id so the node can hand it to the per-partition protocol instance; node-level traffic that
+spans partitions uses ``NODE_PARTITION``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TypeVar
 from kvstore.codec import register, register_all
 from kvstore.errors import ErrorCode
 from kvstore.storage.base import Record, Sibling
-from partitioning.partition_map import PartitionMap
+from partitioning.partition_map import Member, PartitionMap
 from partitioning.stream import STREAM_MESSAGES
 from replication.replica import LogEntry
 from replication.vclock import VectorClock
@@ -289,22 +290,20 @@ class MapUpdate:
     """A node's partition map, sent to a peer whose messages named an older map epoch
     (``partitioning.partition_map.PartitionMap`` in its parts; the receiver merges it into its own)."""
 
-    membership_epoch: int
-    members: tuple[str, ...]
+    # The roster, one (node id, address, state, version) per node (``partition_map.Member`` in its parts).
+    roster: tuple[tuple[str, str, str, int], ...]
     replicas: tuple[tuple[str, ...], ...]
     epochs: tuple[int, ...]
 
     @staticmethod
     def of(partition_map: PartitionMap) -> MapUpdate:
-        return MapUpdate(
-            partition_map.membership_epoch, partition_map.members, partition_map.replicas, partition_map.epochs
-        )
+        roster = tuple((m.node_id, m.address, m.state, m.version) for m in partition_map.roster)
+        return MapUpdate(roster, partition_map.replicas, partition_map.epochs)
 
     def to_map(self) -> PartitionMap:
         """The map it carries; ValueError if it is not a valid one."""
-        return PartitionMap(
-            self.replicas, epochs=self.epochs, members=self.members, membership_epoch=self.membership_epoch
-        )
+        roster = tuple(Member(*entry) for entry in self.roster)
+        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster)
 
 
 # ---------------------------------------------------------------- moves (kvstore/handoff.py)
@@ -421,4 +420,16 @@ class MovePartition:
     target: str
 
 
-Input = ClientRequest | Message | TimerFired | Started | SendFailed | Synced | MovePartition
+@_fast_init
+@dataclass(frozen=True)
+class SetMember:
+    """An operator's membership order: ``node_id`` joins at ``address`` (``state="active"``; the address may be
+    left "" for a node the roster knows) or starts leaving (``"leaving"``: it gives its partitions away, then
+    the cluster marks it removed). Any member acts on it."""
+
+    node_id: str
+    state: str
+    address: str = ""
+
+
+Input = ClientRequest | Message | TimerFired | Started | SendFailed | Synced | MovePartition | SetMember

@@ -50,6 +50,7 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
+from kvstore.membership import REBALANCE_TIMER, Rebalancer, apply_order
 from kvstore.messages import (
     NODE_PARTITION,
     BatchGetOp,
@@ -74,6 +75,7 @@ from kvstore.messages import (
     ScanPage,
     ScanPartitionsOp,
     SendFailed,
+    SetMember,
     Started,
     Synced,
     TimerFired,
@@ -109,6 +111,8 @@ _NODE_TRAFFIC = (Forward, ForwardReply, ForwardRefused, MapUpdate)
 _STREAM_TRAFFIC = (StreamChunk, StreamAck, StreamRestart, StreamDone)
 # The node's partition map, kept in storage's metadata once it differs from the one its config gives.
 MAP_META = "partition_map"
+# A peer that goes on naming an older map epoch is sent the map again after this long (the last copy may be lost).
+MAP_RESEND_MS = 1000
 # Synced carries nothing: one instance serves every replica.
 _SYNCED = ReplicaSynced()
 
@@ -140,7 +144,9 @@ class Node:
         # Under "always" a client is told only what survives a crash, so every Send and Reply waits for a sync.
         self._always_durable = config.storage.fsync == "always"
         self.partition_map = _starting_map(config, storage)
-        self._peers = frozenset(config.node_ids) - {node_id}
+        # Who may send to this node: every node its roster knows (removed ones still forward and hand over),
+        # and every node of its config (one added to the config talks before it is admitted).
+        self._peers = self._known_peers()
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -162,18 +168,25 @@ class Node:
         )
         self._forwarder.map_epoch = self.partition_map.epoch
         # Per peer, the map epoch this node last sent it a MapUpdate of: one update per peer and epoch.
-        self._map_sent: dict[str, int] = {}
+        # Per peer, the map epoch this node last answered a stale message with and when: one MapUpdate per peer
+        # and epoch, again after MAP_RESEND_MS in case that one was lost.
+        self._map_sent: dict[str, tuple[int, int]] = {}
         # Partition moves, both ends (kvstore/handoff.py).
         self._mover = Mover(
             node_id,
             storage,
             rng,
             get_map=lambda: self.partition_map,
-            install_map=self.install_map,
+            install_map=self._install_and_announce,
             always_durable=self._always_durable,
             # Under "never" nothing is fsynced: a power loss could forget a fence after the target installed.
             moves_refused=None if config.storage.fsync != "never" else 'moves need fsync "always" or "batch"',
         )
+        self._rebalancer = Rebalancer(node_id)
+        self._rebalance_armed = False
+        self._rebalance_interval_ms = config.timeouts.rebalance_interval_ms
+        # Why the last operator order (a move, a membership change) did nothing; None if it did something.
+        self.order_refusal: str | None = None
         self._effects: list[Effect] = []
         self._now_ms = 0
         # The latest time this node has seen. Replicas get this clock, so TTL expiry is judged on it and a
@@ -204,9 +217,22 @@ class Node:
         return len(self._mover.moving)
 
     @property
-    def move_refusal(self) -> str | None:
-        """Why the last ``MovePartition`` this node was given did nothing; None if it started a move."""
-        return self._mover.refusal
+    def known_nodes(self) -> tuple[str, ...]:
+        """Every node this one may talk to (its roster and its config) and itself, by id."""
+        return tuple(sorted(self._peers | {self.node_id}))
+
+    def is_peer(self, node_id: str) -> bool:
+        """Whether ``node_id`` is another node this one takes messages from."""
+        return node_id in self._peers
+
+    def address_of(self, node_id: str) -> str:
+        """Where ``node_id`` listens: its roster entry's address, else its config's; "" if neither says."""
+        return self.partition_map.address_of(node_id) or self.config.address_text(node_id)
+
+    @property
+    def balanced(self) -> bool:
+        """Whether this node's map is where the rebalancer wants it and no move of this node's runs."""
+        return not self._mover.moving and self._rebalancer.balanced(self.partition_map)
 
     def install_map(self, incoming: PartitionMap) -> None:
         """Learn what ``incoming`` knows: merged into this node's map (per partition the higher epoch). A
@@ -220,6 +246,8 @@ class Node:
         if merged == current:
             return
         self.partition_map = merged
+        self._peers = self._known_peers()
+        self._arm_rebalance()
         self._forwarder.map_epoch = merged.epoch
         # Durable with the next sync: a restart keeps what it learnt.
         self.storage.put_meta(MAP_META, codec.encode(MapUpdate.of(merged)))
@@ -258,8 +286,12 @@ class Node:
         elif isinstance(inp, Started):
             self._on_started()
         elif isinstance(inp, MovePartition):
+            self.order_refusal = "the node has not started" if not self.started else None
             if self.started and self.config.mode == "single":
                 self._effects.extend(self._mover.start(now_ms, inp.partition, inp.target))
+                self.order_refusal = self._mover.refusal
+        elif isinstance(inp, SetMember):
+            self._on_set_member(inp)
         else:
             raise TypeError(f"not a node input: {inp!r}")
         assert len(self._waiting) <= self._waiting_slack + len(self.partition_map.replicas), (
@@ -272,6 +304,7 @@ class Node:
     def _on_started(self) -> None:
         self.started = True
         self._effects.extend(self._mover.on_started(self._now_ms))
+        self._arm_rebalance()
         for partition in self.replicas:
             log = self.storage.log(partition)
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
@@ -346,6 +379,64 @@ class Node:
                 self._run_replica(partition, ReplicaTimerFired(replica_key))
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
+        elif key == REBALANCE_TIMER:
+            self._rebalance_armed = False
+            self._rebalance()
+
+    # ------------------------------------------------------------ membership and rebalancing
+
+    def _on_set_member(self, order: SetMember) -> None:
+        if not self.started:
+            self.order_refusal = "the node has not started"
+            return
+        outcome = apply_order(self.partition_map, order)
+        self.order_refusal = outcome.refusal
+        if outcome.new_map is not None:
+            self._install_and_announce(outcome.new_map)
+
+    def _rebalance(self) -> None:
+        """The rebalancer's turn (``kvstore/membership.py``): mark drained leavers removed, then move away
+        the partitions this node owns that the balanced layout puts elsewhere."""
+        if self.config.mode != "single":
+            return
+        finished = self._rebalancer.finished_leavers(self.partition_map)
+        if finished is not None:
+            self._install_and_announce(finished)
+        mover = self._mover
+        pending = [(p, target) for p, target in self._rebalancer.moves(self.partition_map) if p not in mover.moving]
+        for partition, target in pending:
+            effects = mover.start(self._now_ms, partition, target)
+            if mover.refusal is not None:
+                break  # refused for this node as a whole (busy, or moves refused under its fsync policy)
+            self._effects.extend(effects)
+        if pending and not mover.moving:
+            return  # moves are refused here (fsync "never"): nothing will change by looking again
+        self._arm_rebalance()  # more to do than could start now: look again in a while
+
+    def _arm_rebalance(self) -> None:
+        """Run the rebalancer in ``rebalance_interval_ms`` if it has anything to do here, unless it is due
+        already. Asked at start and on every change of the map; a balanced cluster has no timer."""
+        if self._rebalance_armed or not self.started or self.config.mode != "single":
+            return
+        partition_map = self.partition_map
+        if self._rebalancer.moves(partition_map) or self._rebalancer.finished_leavers(partition_map):
+            self._rebalance_armed = True
+            self._effects.append(SetTimer(REBALANCE_TIMER, self._now_ms + self._rebalance_interval_ms))
+
+    def _install_and_announce(self, partition_map: PartitionMap) -> None:
+        """Install a map this node changed itself (a membership order, a move's hand-over) and send it to every
+        node of the roster at once, so that routing, the rebalancers and the drains see it without waiting
+        for the next forward to find out."""
+        before = self.partition_map.epoch
+        self.install_map(partition_map)
+        current = self.partition_map
+        if current.epoch == before:
+            return
+        update = MapUpdate.of(current)
+        for peer in sorted(current.members + current.draining()):
+            if peer != self.node_id:
+                # Durable, as every map that leaves a node (see _heard_map_epoch).
+                self._effects.append(Send(Message(self.node_id, peer, NODE_PARTITION, update), True))
 
     # ------------------------------------------------------------ starting operations
 
@@ -484,11 +575,19 @@ class Node:
             self._timed_calls.discard(token)
             self._complete(token, self._not_here(partition))
 
+    def _known_peers(self) -> frozenset[str]:
+        roster = (m.node_id for m in self.partition_map.roster)
+        return frozenset((*roster, *self.config.node_ids)) - {self.node_id}
+
     def _heard_map_epoch(self, peer: str, epoch: int) -> None:
-        """A peer named its map epoch: one behind this node's is sent this node's map, once per epoch."""
+        """A peer named its map epoch: one behind this node's is sent this node's map, once per epoch (again after
+        ``MAP_RESEND_MS`` if the peer still names an older one)."""
         mine = self.partition_map.epoch
-        if epoch < mine and self._map_sent.get(peer) != mine:
-            self._map_sent[peer] = mine
+        if epoch >= mine:
+            return
+        sent = self._map_sent.get(peer)
+        if sent is None or sent[0] != mine or self._now_ms - sent[1] >= MAP_RESEND_MS:
+            self._map_sent[peer] = (mine, self._now_ms)
             update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
             # Durable under every policy: others act on a map (a move's source drops its copy on learning the
             # target installed it), so a map leaves only once this node cannot forget it in a crash.
@@ -582,7 +681,9 @@ def _redirect_failure(node_id: str, partition: int, redirect: Redirect) -> Failu
 
 def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
     """The config's map, merged with what this node learnt and stored before it last stopped."""
-    initial = PartitionMap.round_robin(config.node_ids, config.partitions)
+    founders = config.founding_nodes
+    addresses = tuple(config.address_text(node_id) for node_id in founders)
+    initial = PartitionMap.round_robin(founders, config.partitions, addresses=addresses)
     stored = storage.get_meta(MAP_META)
     if stored is None:
         return initial

@@ -8,6 +8,13 @@ epoch orders the first, and ``merge`` (per partition, the higher epoch wins) com
 a coordinator. ``epoch``, the map's version, is the membership epoch plus every partition's changes: it
 grows with every change and with every merge that learns one.
 
+Membership is in the map too, so it travels, merges and is kept exactly as the layout is: the ``roster``
+holds every node the cluster has known, each with its address, its state (``active``: takes partitions;
+``leaving``: gives its partitions away; ``removed``: gone, kept so an old copy of the map cannot bring it back)
+and its own version. Per node, the higher version wins a merge (a last-writer-wins register per member), so a
+join ordered at one node and a leave at another merge without losing either. Founding members are at version
+1; a node added later starts at 2, so the membership epoch, 1 plus every version step, counts its arrival.
+
 Placement: a new cluster starts from ``round_robin`` (partition ``p`` on nodes ``p, p+1, ...`` in config
 order: exactly balanced, the same on every node). A join or a leave changes it through
 ``partitioning.rebalance.balance``, which moves the fewest replicas, all to the joining node or from the
@@ -23,6 +30,7 @@ to clients; ``from_json`` refuses anything malformed, since a map may come from 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from partitioning.hash_partitioner import key_hash
@@ -32,24 +40,52 @@ MAX_PARTITIONS = 65536
 MAX_REPLICAS = 16
 MAX_MEMBERS = 1024
 MAX_NODE_ID_CHARS = 256
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+
+
+ACTIVE = "active"
+LEAVING = "leaving"
+REMOVED = "removed"
+MEMBER_STATES = (ACTIVE, LEAVING, REMOVED)
+# A later state of one version wins a tie: a removal is never undone by a concurrent copy of the same version.
+_STATE_RANK = {ACTIVE: 0, LEAVING: 1, REMOVED: 2}
+MAX_ADDRESS_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One node of the roster: where it listens (``host:port``, "" if not known), whether it takes partitions
+    (``active``), gives them away (``leaving``) or is gone (``removed``, kept so that an older copy of the map
+    cannot bring it back), and ``version``, bumped by every change of this entry."""
+
+    node_id: str
+    address: str
+    state: str
+    version: int
+
+    def newer(self, other: Member) -> Member:
+        """The entry that wins a merge: the higher version, then the later state, then the greater address."""
+        mine = (self.version, _STATE_RANK[self.state], self.address)
+        theirs = (other.version, _STATE_RANK[other.state], other.address)
+        return self if mine >= theirs else other
 
 
 class PartitionMap:
     """Immutable. ``replicas[p]``: the node ids holding partition p, preferred owner first; ``epochs[p]``:
-    how many times p's replicas were set (1 for the initial layout); ``members``: the cluster's nodes under
-    ``membership_epoch`` (a joining node is a member before it holds anything, a leaving one stays a member
-    until it holds nothing)."""
+    how many times p's replicas were set (1 for the initial layout); ``roster``: every node the cluster has
+    known, sorted by id, each with its own version (a per-member last-writer-wins register: changes to
+    different members made on different nodes merge without losing either). ``members`` are those not
+    removed; ``active`` those that take partitions. A node that holds a replica is never removed in effect:
+    ``holding_members`` counts it, and it gives its partitions away like a leaving one."""
 
-    __slots__ = ("epochs", "members", "membership_epoch", "replicas")
+    __slots__ = ("_active", "_by_id", "_members", "epochs", "replicas", "roster")
 
     def __init__(
         self,
         replicas: tuple[tuple[str, ...], ...],
         *,
         epochs: tuple[int, ...] | None = None,
-        members: tuple[str, ...] | None = None,
-        membership_epoch: int = 1,
+        roster: tuple[Member, ...] | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a partition map needs at least one partition")
@@ -65,76 +101,83 @@ class PartitionMap:
             raise ValueError(f"{len(epochs)} epochs for {len(replicas)} partitions")
         if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs):
             raise ValueError("every partition epoch must be an int of at least 1")
-        if isinstance(membership_epoch, bool) or not isinstance(membership_epoch, int) or membership_epoch < 1:
-            raise ValueError(f"the membership epoch must be an int of at least 1, not {membership_epoch!r}")
         holders = {node for nodes in replicas for node in nodes}
-        members = tuple(sorted(holders)) if members is None else tuple(members)
-        if len(set(members)) != len(members):
-            raise ValueError(f"members lists a node twice: {members}")
-        if not holders <= set(members):
-            raise ValueError(f"replicas on nodes that are not members: {sorted(holders - set(members))}")
+        if roster is None:
+            roster = tuple(Member(node_id, "", ACTIVE, 1) for node_id in sorted(holders))
+        roster = tuple(sorted(roster, key=lambda m: m.node_id))
+        if len(roster) > MAX_MEMBERS:
+            raise ValueError(f"a roster holds at most {MAX_MEMBERS} nodes, not {len(roster)}")
+        ids = tuple(m.node_id for m in roster)
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the roster lists a node twice: {ids}")
+        for m in roster:
+            _check_member(m)
+        if not holders <= set(ids):
+            raise ValueError(f"replicas on nodes that are not members: {sorted(holders - set(ids))}")
         self.replicas = replicas
         self.epochs = epochs
-        self.members = members
-        self.membership_epoch = membership_epoch
+        self.roster = roster
+        self._by_id = {m.node_id: m for m in roster}
+        self._members = tuple(m.node_id for m in roster if m.state != REMOVED)
+        self._active = tuple(m.node_id for m in roster if m.state == ACTIVE)
 
     # ------------------------------------------------------------ building
 
     @staticmethod
-    def round_robin(node_ids: tuple[str, ...], partitions: int, replication_factor: int = 1) -> PartitionMap:
+    def round_robin(
+        node_ids: tuple[str, ...],
+        partitions: int,
+        replication_factor: int = 1,
+        addresses: tuple[str, ...] | None = None,
+    ) -> PartitionMap:
         """Partition p on nodes p, p+1, ... (mod n), in the order given: the same map on every node."""
         if not node_ids:
             raise ValueError("no nodes to assign partitions to")
         if not 1 <= replication_factor <= len(node_ids):
             raise ValueError(f"replication factor {replication_factor} needs 1..{len(node_ids)} nodes")
+        addresses = addresses if addresses is not None else ("",) * len(node_ids)
+        if len(addresses) != len(node_ids):
+            raise ValueError(f"{len(addresses)} addresses for {len(node_ids)} nodes")
         n = len(node_ids)
         replicas = tuple(tuple(node_ids[(p + i) % n] for i in range(replication_factor)) for p in range(partitions))
-        return PartitionMap(replicas, members=tuple(node_ids))
+        roster = tuple(Member(node_id, a, ACTIVE, 1) for node_id, a in zip(node_ids, addresses, strict=True))
+        return PartitionMap(replicas, roster=roster)
 
     def with_replicas(self, partition: int, replicas: tuple[str, ...]) -> PartitionMap:
         """This map with ``partition`` on ``replicas`` (members all), its epoch one higher."""
-        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < len(self.replicas):
-            raise ValueError(f"partition must be an int in 0..{len(self.replicas) - 1}, not {partition!r}")
-        layout = list(self.replicas)
-        layout[partition] = tuple(replicas)
-        epochs = list(self.epochs)
-        epochs[partition] += 1
-        return PartitionMap(
-            tuple(layout),
-            epochs=tuple(epochs),
-            members=self.members,
-            membership_epoch=self.membership_epoch,
-        )
+        self._checked_partition(partition)
+        return self.with_entry(partition, replicas, self.epochs[partition] + 1)
 
     def with_entry(self, partition: int, replicas: tuple[str, ...], epoch: int) -> PartitionMap:
         """This map with ``partition`` on ``replicas`` at exactly ``epoch`` (a move's target installs the entry
         its source named, whatever its own map said of the partition before)."""
-        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < len(self.replicas):
-            raise ValueError(f"partition must be an int in 0..{len(self.replicas) - 1}, not {partition!r}")
+        self._checked_partition(partition)
         layout = list(self.replicas)
         layout[partition] = tuple(replicas)
         epochs = list(self.epochs)
         epochs[partition] = epoch
-        return PartitionMap(
-            tuple(layout),
-            epochs=tuple(epochs),
-            members=self.members,
-            membership_epoch=self.membership_epoch,
-        )
+        return PartitionMap(tuple(layout), epochs=tuple(epochs), roster=self.roster)
 
-    def with_members(self, members: tuple[str, ...]) -> PartitionMap:
-        """This map with ``members`` as the cluster's nodes, the membership epoch one higher."""
-        return PartitionMap(
-            self.replicas, epochs=self.epochs, members=tuple(members), membership_epoch=self.membership_epoch + 1
+    def with_member(self, node_id: str, state: str, address: str | None = None) -> PartitionMap:
+        """This map with ``node_id`` in ``state`` (and at ``address``, if given), its roster entry one version
+        higher: a join (``active``), a drain (``leaving``) or the end of one (``removed``)."""
+        old = self.member(node_id)
+        entry = Member(
+            node_id,
+            address if address is not None else (old.address if old else ""),
+            state,
+            # Version 1 is the founding roster's: a node added later starts at 2, so its arrival counts.
+            (old.version + 1) if old else 2,
         )
+        roster = (*tuple(m for m in self.roster if m.node_id != node_id), entry)
+        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster)
 
     def merge(self, other: PartitionMap) -> PartitionMap:
-        """What both maps know: per partition the entry with the higher epoch, and the newer membership.
+        """What both maps know: per partition the entry with the higher epoch, per member the newer entry.
 
         Two entries of one partition with one epoch and different replicas cannot both come from moves
         (only the owner hands a partition over, one change at a time); they are resolved the same way on
         every node all the same (the greater replica tuple), so maps converge whatever the order of merges.
-        A membership that leaves out a node still holding a replica is widened to it.
         """
         if other.partition_count != self.partition_count:
             raise ValueError(
@@ -151,19 +194,55 @@ class PartitionMap:
             else:
                 replicas.append(mine)
                 epochs.append(my_epoch)
-        newer = max(self, other, key=lambda m: (m.membership_epoch, m.members))
-        holders = {node for nodes in replicas for node in nodes}
-        members = newer.members + tuple(sorted(holders - set(newer.members)))
-        return PartitionMap(
-            tuple(replicas), epochs=tuple(epochs), members=members, membership_epoch=newer.membership_epoch
-        )
+        entries = {m.node_id: m for m in self.roster}
+        for m in other.roster:
+            entries[m.node_id] = entries[m.node_id].newer(m) if m.node_id in entries else m
+        return PartitionMap(tuple(replicas), epochs=tuple(epochs), roster=tuple(entries.values()))
+
+    def _checked_partition(self, partition: int) -> None:
+        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < len(self.replicas):
+            raise ValueError(f"partition must be an int in 0..{len(self.replicas) - 1}, not {partition!r}")
 
     # ------------------------------------------------------------ reading
+
+    @property
+    def membership_epoch(self) -> int:
+        """1 plus every change of every roster entry (a founding entry is at version 1, a later one starts at
+        2): grows with every change of membership, and merges add up what each side knew."""
+        return 1 + sum(m.version - 1 for m in self.roster)
 
     @property
     def epoch(self) -> int:
         """The map's version: the membership epoch plus every change of every partition."""
         return self.membership_epoch + sum(self.epochs) - len(self.epochs)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Nodes not removed (active and leaving), by id."""
+        return self._members
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Nodes that take partitions, by id."""
+        return self._active
+
+    def knows(self, node_id: str) -> bool:
+        """Whether ``node_id`` is in the roster at all (removed ones too: they may still forward and hand over)."""
+        return node_id in self._by_id
+
+    def member(self, node_id: str) -> Member | None:
+        return self._by_id.get(node_id)
+
+    def address_of(self, node_id: str) -> str:
+        """Where ``node_id`` listens, "" if the roster does not say."""
+        m = self._by_id.get(node_id)
+        return m.address if m is not None else ""
+
+    def draining(self) -> tuple[str, ...]:
+        """Nodes that hold a replica but do not take partitions (leaving, or removed while a move to them
+        was under way): each must give its partitions away."""
+        holders = {node for nodes in self.replicas for node in nodes}
+        return tuple(m.node_id for m in self.roster if m.state != ACTIVE and m.node_id in holders)
 
     @property
     def partition_count(self) -> int:
@@ -194,15 +273,10 @@ class PartitionMap:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PartitionMap):
             return NotImplemented
-        return (
-            self.replicas == other.replicas
-            and self.epochs == other.epochs
-            and self.members == other.members
-            and self.membership_epoch == other.membership_epoch
-        )
+        return self.replicas == other.replicas and self.epochs == other.epochs and self.roster == other.roster
 
     def __hash__(self) -> int:
-        return hash((self.replicas, self.epochs, self.members, self.membership_epoch))
+        return hash((self.replicas, self.epochs, self.roster))
 
     def __repr__(self) -> str:
         return f"PartitionMap(epoch={self.epoch}, partitions={self.partition_count}, members={list(self.members)})"
@@ -215,6 +289,9 @@ class PartitionMap:
             "epoch": self.epoch,
             "membership_epoch": self.membership_epoch,
             "members": list(self.members),
+            "roster": [
+                {"node": m.node_id, "address": m.address, "state": m.state, "version": m.version} for m in self.roster
+            ],
             "replicas": [list(r) for r in self.replicas],
             "epochs": list(self.epochs),
         }
@@ -226,7 +303,7 @@ class PartitionMap:
             raise ValueError(f"a partition map must be an object, not {type(doc).__name__}")
         if doc.get("version") != _FORMAT_VERSION:
             raise ValueError(f"unknown partition map version {doc.get('version')!r:.40}")
-        known = {"version", "epoch", "membership_epoch", "members", "replicas", "epochs"}
+        known = {"version", "epoch", "membership_epoch", "members", "roster", "replicas", "epochs"}
         unknown = sorted(str(k)[:40] for k in doc if k not in known)
         if unknown:
             raise ValueError(f"unknown partition map field(s): {', '.join(unknown[:5])}")
@@ -237,16 +314,35 @@ class PartitionMap:
         epochs_doc = doc.get("epochs")
         if not isinstance(epochs_doc, list):
             raise ValueError("epochs must be a list of ints")
-        members = _node_ids("members", doc.get("members"), MAX_MEMBERS)
-        result = PartitionMap(
-            replicas,
-            epochs=tuple(epochs_doc),
-            members=members,
-            membership_epoch=doc.get("membership_epoch"),  # type: ignore[arg-type]  # checked by __init__
-        )
+        roster_doc = doc.get("roster")
+        if not isinstance(roster_doc, list) or not 1 <= len(roster_doc) <= MAX_MEMBERS:
+            raise ValueError(f"roster must be a list of 1 to {MAX_MEMBERS} members")
+        roster = tuple(_member_from_json(entry) for entry in roster_doc)
+        result = PartitionMap(replicas, epochs=tuple(epochs_doc), roster=roster)
         if doc.get("epoch") != result.epoch:
             raise ValueError(f"the map's epoch {doc.get('epoch')!r:.40} does not match its partitions' epochs")
+        if "members" in doc and doc["members"] != list(result.members):
+            raise ValueError("members does not match the roster")
         return result
+
+
+def _member_from_json(entry: object) -> Member:
+    if not isinstance(entry, dict) or set(entry) != {"node", "address", "state", "version"}:
+        raise ValueError("a roster entry is an object of node, address, state and version")
+    member = Member(entry["node"], entry["address"], entry["state"], entry["version"])
+    _check_member(member)
+    return member
+
+
+def _check_member(m: Member) -> None:
+    if not isinstance(m.node_id, str) or not 1 <= len(m.node_id) <= MAX_NODE_ID_CHARS:
+        raise ValueError(f"a node id must be a str of 1 to {MAX_NODE_ID_CHARS} characters")
+    if not isinstance(m.address, str) or len(m.address) > MAX_ADDRESS_CHARS:
+        raise ValueError(f"{m.node_id}: an address must be a str of at most {MAX_ADDRESS_CHARS} characters")
+    if m.state not in MEMBER_STATES:
+        raise ValueError(f"{m.node_id}: state must be one of {MEMBER_STATES}, not {m.state!r:.40}")
+    if isinstance(m.version, bool) or not isinstance(m.version, int) or not 1 <= m.version < (1 << 62):
+        raise ValueError(f"{m.node_id}: a member's version must be a positive int, not {m.version!r:.40}")
 
 
 def _node_ids(what: str, doc: object, most: int) -> tuple[str, ...]:

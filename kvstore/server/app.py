@@ -22,7 +22,7 @@ from kvstore.server.metrics import NodeGauges, NodeMetrics
 from kvstore.server.peer import PeerInbox, PeerTransport
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.server.routes_admin import AdminRoutes, CopyRoutes, MoveRoutes
+from kvstore.server.routes_admin import AdminRoutes, CopyRoutes, MemberRoutes, MoveRoutes
 from kvstore.server.routes_cluster import ClusterRoutes
 from kvstore.server.routes_kv import KvRoutes
 from kvstore.storage.base import Storage
@@ -53,7 +53,12 @@ class NodeServer:
         self.faults = faults or FaultSwitch()
         self.node = Node(node_id, config, storage, random.Random(int.from_bytes(os.urandom(8), "big")))
         self.transport = PeerTransport(
-            node_id, config, self.faults, on_send_failed=self._send_failed, deliver_local=self._deliver_local
+            node_id,
+            config,
+            self.faults,
+            on_send_failed=self._send_failed,
+            deliver_local=self._deliver_local,
+            address_of=self.node.address_of,
         )
         clock = NodeClock(node_id, self.faults)
         self.pump = Pump(
@@ -86,10 +91,11 @@ class NodeServer:
         self.router = Router(self.metrics)
         KvRoutes(self.pump, config.limits).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
-        AdminRoutes(config, self.faults).register(self.router)
+        AdminRoutes(config, self.node, self.faults).register(self.router)
         CopyRoutes(config, self.node, storage, clock).register(self.router)
         MoveRoutes(config, self.node, self.pump).register(self.router)
-        inbox = PeerInbox(node_id, config, self.pump.deliver)
+        MemberRoutes(config, self.node, self.pump).register(self.router)
+        inbox = PeerInbox(node_id, config, self.pump.deliver, is_peer=self.node.is_peer)
         inbox.register(self.router)
         self._edge = EdgeServer(self.router.handle, self.router.admit, config, self.metrics, node_id)
 

@@ -27,6 +27,7 @@ from kvstore.server.routes_admin import (
 )
 from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT
 from kvstore.validation import MAX_TTL_MS
+from partitioning.partition_map import MEMBER_STATES
 
 # The server reads msgpack bodies under either name; it answers with MSGPACK_TYPE.
 _MSGPACK_ALIAS = "application/x-msgpack"
@@ -237,10 +238,23 @@ def _scan_query(limits: Limits) -> dict[str, Any]:
 def _cluster_view() -> dict[str, Any]:
     member = {
         "node_id": _STRING,
-        "address": {**_STRING, "description": "host:port"},
-        "url": _STRING,
-        "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "address": {**_STRING, "description": "host:port; empty if this node does not know it"},
+        "url": {"type": ["string", "null"], "description": "null if the address is not known"},
+        "state": {"enum": list(MEMBER_STATES), "description": "removed: listed only while it still holds data"},
+        "partitions": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "description": "The partitions it owns (is preferred owner of)",
+        },
     }
+    roster_entry = _object(
+        {
+            "node": _STRING,
+            "address": {**_STRING, "description": "host:port; empty if not known"},
+            "state": {"enum": list(MEMBER_STATES)},
+            "version": {"type": "integer", "minimum": 1, "description": "Bumped by every change of this entry"},
+        }
+    )
     return _object(
         {
             "node_id": _STRING,
@@ -250,6 +264,11 @@ def _cluster_view() -> dict[str, Any]:
             "engine": {"enum": list(STORAGE_ENGINES)},
             "epoch": {"type": "integer", "minimum": 1},
             "partitions": {"type": "integer", "minimum": 1},
+            "balanced": {
+                "type": "boolean",
+                "description": "The layout is where this node's rebalancer wants it and it sends no move now",
+            },
+            "moves_in_progress": {"type": "integer", "minimum": 0, "description": "Moves this node is sending"},
             "members": {
                 "type": "array",
                 # A peer this node last failed to reach is "down" and says why; no other member has an error.
@@ -271,14 +290,23 @@ def _cluster_view() -> dict[str, Any]:
             },
             "partition_map": _object(
                 {
-                    "version": {"const": 1},
+                    "version": {"const": 2},
                     "epoch": {
                         "type": "integer",
                         "minimum": 1,
                         "description": "The map's version: the membership epoch plus every partition's changes",
                     },
-                    "membership_epoch": {"type": "integer", "minimum": 1},
-                    "members": {"type": "array", "items": _STRING},
+                    "membership_epoch": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "1 plus every change of every roster entry",
+                    },
+                    "members": {"type": "array", "items": _STRING, "description": "Active and leaving nodes"},
+                    "roster": {
+                        "type": "array",
+                        "items": roster_entry,
+                        "description": "Every node the cluster has known, removed ones too, by id",
+                    },
                     "replicas": {
                         "type": "array",
                         "items": {"type": "array", "items": _STRING},

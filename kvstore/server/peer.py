@@ -51,6 +51,7 @@ from kvstore.server.http_codec import (
 )
 from kvstore.server.http_message import Request, Response
 from kvstore.server.router import Router
+from partitioning.partition_map import MAX_MEMBERS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ SIGNATURE_HEADER = "X-Kv-Signature"
 PEER_PATH = "/peer"
 # A sender stops adding messages to a batch once it is this large (one message always goes).
 PEER_BATCH_BYTES = 1 << 20
+# Peers a node keeps a sender for (a roster holds at most this many nodes).
+MAX_PEERS = MAX_MEMBERS
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -120,8 +123,12 @@ class PeerTransport:
         on_send_failed: Callable[[Message], None],
         *,
         deliver_local: Callable[[Message], None],
+        address_of: Callable[[str], str],
     ) -> None:
         self._node_id = node_id
+        # Where a node listens (the node's roster, else its config): peers are found as messages name them, so
+        # a node that joins at run time is reached like any other.
+        self._address_of = address_of
         self._secret = config.secret
         self._faults = faults
         self._on_send_failed = on_send_failed
@@ -133,7 +140,7 @@ class PeerTransport:
             total=config.timeouts.request_timeout_ms / 1000,
             sock_connect=config.timeouts.peer_connect_timeout_ms / 1000,
         )
-        self._peers = {a.node_id: _Peer(a) for a in config.nodes if a.node_id != node_id}
+        self._peers: dict[str, _Peer] = {}
         self._loop = asyncio.get_running_loop()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,10 +149,36 @@ class PeerTransport:
         self._session = send_once_session(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), timeout=self._timeout
         )
-        self._tasks = [
-            self._loop.create_task(self._drain(peer), name=f"peer-{self._node_id}-{peer.address.node_id}")
-            for peer in self._peers.values()
-        ]
+        for peer in self._peers.values():
+            self._start_sender(peer)
+
+    def _start_sender(self, peer: _Peer) -> None:
+        name = f"peer-{self._node_id}-{peer.address.node_id}"
+        self._tasks.append(self._loop.create_task(self._drain(peer), name=name))
+
+    def _peer(self, node_id: str) -> _Peer | None:
+        """The sender for ``node_id``, made (with its task) the first time a message names it, and pointed at
+        a new address if the roster moved it; None if nothing says where it listens."""
+        text = self._address_of(node_id)
+        peer = self._peers.get(node_id)
+        if peer is not None and (not text or text == f"{peer.address.host}:{peer.address.port}"):
+            return peer
+        if not text:
+            return None
+        try:
+            address = NodeAddress.parse(node_id, text)
+        except ValueError:
+            return None
+        if peer is not None:
+            peer.address = address
+            peer.url = address.url + PEER_PATH
+            return peer
+        if len(self._peers) >= MAX_PEERS:
+            return None
+        peer = self._peers[node_id] = _Peer(address)
+        if self._session is not None:
+            self._start_sender(peer)
+        return peer
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -169,9 +202,11 @@ class PeerTransport:
         if msg.dst == self._node_id:
             self._send_local(msg)
             return
-        peer = self._peers.get(msg.dst)
+        peer = self._peer(msg.dst)
         if peer is None:
-            log.error("node %s tried to send to unknown node %r; dropped", self._node_id, msg.dst)
+            # Nowhere to send it: certainly not delivered (reported on a later loop turn, not inside the step).
+            log.warning("node %s knows no address of %r; a message to it is dropped", self._node_id, msg.dst)
+            self._loop.call_soon(self._on_send_failed, msg)
             return
         delays = self._faults.policy.on_send(NodeClock.true_now_ms(), msg)
         delivery = _Delivery(msg, len(delays))
@@ -292,10 +327,17 @@ class PeerTransport:
 class PeerInbox:
     """The receiving side: ``POST /peer``."""
 
-    def __init__(self, node_id: str, config: ClusterConfig, deliver: Callable[[Message], None]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        config: ClusterConfig,
+        deliver: Callable[[Message], None],
+        is_peer: Callable[[str], bool],
+    ) -> None:
         self._node_id = node_id
         self._secret = config.secret
-        self._members = frozenset(config.node_ids) - {node_id}
+        # Whether a sender is another node of the cluster: its roster (which grows as nodes join) or its config.
+        self._is_peer = is_peer
         self._deliver = deliver
         self._limit_bytes = peer_body_limit_bytes(config.limits.max_value_bytes)
 
@@ -311,7 +353,8 @@ class PeerInbox:
 
     def _check_head(self, headers: CIMultiDict[str]) -> None:
         """A sender that is a member, a signature and a msgpack body, checked before the body is read."""
-        if headers.get(FROM_HEADER) not in self._members:
+        sender = headers.get(FROM_HEADER)
+        if sender is None or sender == self._node_id or not self._is_peer(sender):
             raise KvError(ErrorCode.UNAUTHORIZED, f"{FROM_HEADER} must name another member of the cluster")
         if SIGNATURE_HEADER not in headers:
             raise KvError(ErrorCode.UNAUTHORIZED, f"missing {SIGNATURE_HEADER}")

@@ -36,6 +36,7 @@ from kvstore.messages import (
     MovePartition,
     Result,
     SendFailed,
+    SetMember,
     Started,
     Synced,
     TimerFired,
@@ -176,8 +177,9 @@ class Pump:
         if self._failure is None:
             self._step(msg)
 
-    def move(self, order: MovePartition) -> None:
-        """An operator's order to move a partition (the admin route); the node says whether it started."""
+    def order(self, order: MovePartition | SetMember) -> None:
+        """An operator's order (an admin route): move a partition, or change membership. The node says in
+        ``order_refusal`` whether it did anything."""
         if self._failure is None:
             self._step(order)
 

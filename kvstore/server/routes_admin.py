@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from kvstore.config import ClusterConfig
 from kvstore.errors import ErrorCode, KvError
 from kvstore.faults import ChaosPolicy
-from kvstore.messages import MovePartition
+from kvstore.messages import MovePartition, SetMember
 from kvstore.node import Node
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
@@ -50,6 +50,8 @@ ADMIN_FAULTS_PATH = "/admin/faults"
 MAX_POLICY_BYTES = 256 * 1024
 ADMIN_MOVES_PATH = "/admin/moves"
 MAX_MOVE_BYTES = 4096
+ADMIN_MEMBERS_PATH = "/admin/members"
+MAX_MEMBER_BYTES = 4096
 
 ADMIN_COPIES_PREFIX = "/admin/copies/"
 ADMIN_COPIES_TEMPLATE = ADMIN_COPIES_PREFIX + "{partition}"
@@ -70,9 +72,9 @@ def authorize(headers: CIMultiDict[str], secret: bytes) -> None:
 
 
 class AdminRoutes:
-    def __init__(self, config: ClusterConfig, faults: FaultSwitch) -> None:
+    def __init__(self, config: ClusterConfig, node: Node, faults: FaultSwitch) -> None:
         self._token = config.secret.encode()
-        self._members = config.node_ids
+        self._node = node
         self._faults = faults
 
     def register(self, router: Router) -> None:
@@ -100,7 +102,8 @@ class AdminRoutes:
         authorize(request.headers, self._token)
         doc, _as_msgpack = read_document(request, MAX_POLICY_BYTES)
         try:
-            policy = ChaosPolicy.from_json(doc, random.Random(int.from_bytes(os.urandom(8), "big")), self._members)
+            rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+            policy = ChaosPolicy.from_json(doc, rng, self._node.known_nodes)
         except ValueError as exc:
             raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from exc
         self._faults.install(policy)
@@ -146,12 +149,60 @@ class MoveRoutes:
             raise KvError(ErrorCode.BAD_REQUEST, "move: target must be a node id")
         if not 0 <= partition < self._node.partition_map.partition_count:
             raise KvError(ErrorCode.BAD_REQUEST, f"move: no partition {show_int(partition)}")
-        self._pump.move(MovePartition(partition, target))
-        reason = self._node.move_refusal
+        self._pump.order(MovePartition(partition, target))
+        reason = self._node.order_refusal
         doc_out: dict[str, object] = {"node_id": self._node.node_id, "partition": partition, "target": target}
         doc_out["started"] = reason is None
         if reason is not None:
             doc_out["reason"] = reason
+        return encoded_response(doc_out, wants_msgpack(request))
+
+
+class MemberRoutes:
+    """``POST /admin/members``: an operator's membership order to this node (``kvstore/membership.py``).
+
+    ``{"node": "n4", "state": "active", "address": "127.0.0.1:7004"}`` admits a node (the address may be left
+    out for one the roster knows); ``{"node": "n2", "state": "leaving"}`` drains one. The answer is this node's
+    map epoch and the node's roster entry after the order; a refused order is a 400 naming why. The cluster
+    then moves partitions on its own: watch ``GET /cluster`` (``balanced``, the roster, the layout).
+    """
+
+    def __init__(self, config: ClusterConfig, node: Node, pump: Pump) -> None:
+        self._token = config.secret.encode()
+        self._node = node
+        self._pump = pump
+
+    def register(self, router: Router) -> None:
+        router.add(
+            "POST",
+            ADMIN_MEMBERS_PATH,
+            self.order,
+            internal=True,
+            max_body_bytes=wire_limit_bytes(MAX_MEMBER_BYTES),
+            check_head=lambda headers: authorize(headers, self._token),
+        )
+
+    async def order(self, request: Request, _: str) -> Response:
+        authorize(request.headers, self._token)
+        doc = read_document(request, MAX_MEMBER_BYTES)[0]
+        check_fields(doc, ("node", "state"), ("address",), "membership order")
+        node_id, state, address = doc["node"], doc["state"], doc.get("address", "")
+        for name, value in (("node", node_id), ("state", state), ("address", address)):
+            if not isinstance(value, str):
+                raise KvError(ErrorCode.BAD_REQUEST, f"membership order: {name} must be a string")
+        self._pump.order(SetMember(node_id, state, address))
+        reason = self._node.order_refusal
+        if reason is not None:
+            raise KvError(ErrorCode.BAD_REQUEST, f"membership order refused: {reason}")
+        partition_map = self._node.partition_map
+        entry = partition_map.member(node_id)
+        doc_out: dict[str, object] = {
+            "node_id": self._node.node_id,
+            "map_epoch": partition_map.epoch,
+            "member": None
+            if entry is None
+            else {"node": entry.node_id, "address": entry.address, "state": entry.state, "version": entry.version},
+        }
         return encoded_response(doc_out, wants_msgpack(request))
 
 

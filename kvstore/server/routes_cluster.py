@@ -50,16 +50,22 @@ class ClusterRoutes:
         partition_map = node.partition_map
         health = self._transport.health()
         members = []
-        for address in config.nodes:
+        for entry in partition_map.roster:
+            if entry.state == "removed" and not partition_map.partitions_of(entry.node_id):
+                continue
+            address = node.address_of(entry.node_id)
             member: dict[str, object] = {
-                "node_id": address.node_id,
-                "address": f"{address.host}:{address.port}",
-                "url": address.url,
-                "partitions": list(partition_map.owned_by(address.node_id)),
+                "node_id": entry.node_id,
+                "address": address,
+                "url": f"http://{address}" if address else None,
+                "state": entry.state,
+                "partitions": list(partition_map.owned_by(entry.node_id)),
             }
-            peer = health.get(address.node_id)
-            if peer is None:
+            peer = health.get(entry.node_id)
+            if entry.node_id == node.node_id:
                 member["health"] = "self"
+            elif peer is None:
+                member["health"] = "unknown"
             else:
                 member["health"] = peer.state
                 if peer.last_error is not None:
@@ -74,6 +80,9 @@ class ClusterRoutes:
             "epoch": partition_map.epoch,
             "partitions": partition_map.partition_count,
             "members": members,
+            # Whether this node's map is where its rebalancer wants it and it sends no move now.
+            "balanced": node.balanced,
+            "moves_in_progress": node.moves_in_progress,
             "partition_map": partition_map.to_json(),
             # What this node stores, per partition: each node reports its own.
             "partition_stats": [

@@ -59,7 +59,9 @@ async def test_send_failed_only_when_no_copy_of_a_duplicated_message_can_arrive(
     [second] = _sends(_request(n1, 3, 3, PutOp(_key_of(n1, "n2") + "x", b"w")))
     # The real transport, under a duplicating policy, with room for one queued message.
     failed: list[Message] = []
-    transport = PeerTransport("n1", config, FaultSwitch(_Duplicate()), failed.append, deliver_local=failed.append)
+    transport = PeerTransport("n1", config, FaultSwitch(_Duplicate()), failed.append, deliver_local=failed.append,
+        address_of=config.address_text,
+    )
     transport.send(first)
     await asyncio.sleep(0)
     # One copy is queued and may be delivered (and run): the other's failure must not make the op

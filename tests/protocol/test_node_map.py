@@ -110,6 +110,9 @@ def test_a_map_learnt_is_kept_across_a_restart() -> None:
     assert (again.partition_map, sorted(again.replicas)) == (newer, [2])
 
 
+ROSTER = (("n1", "", "active", 1), ("n2", "", "active", 1))
+
+
 def test_an_older_or_malformed_map_changes_nothing() -> None:
     n1 = started("n1")
     newer = moved(n1, 2, "n2")
@@ -117,9 +120,10 @@ def test_an_older_or_malformed_map_changes_nothing() -> None:
     n1.install_map(PartitionMap.round_robin(("n1", "n2"), 4))  # older: every partition at epoch 1
     n1.install_map(PartitionMap.round_robin(("n1", "n2"), 8))  # another partition count
     bad = [
-        MapUpdate(1, ("n1",), (("n2",),) * 4, (1,) * 4),  # replicas on a node that is no member
-        MapUpdate(1, ("n1", "n2"), (("n1",),) * 4, (1, 1)),  # epochs for two partitions of four
-        MapUpdate(0, ("n1", "n2"), (("n1",),) * 4, (1,) * 4),  # membership epoch 0
+        MapUpdate((("n1", "", "active", 1),), (("n2",),) * 4, (1,) * 4),  # replicas on a node that is no member
+        MapUpdate(ROSTER, (("n1",),) * 4, (1, 1)),  # epochs for two partitions of four
+        MapUpdate((("n1", "", "active", 0), ("n2", "", "active", 1)), (("n1",),) * 4, (1,) * 4),  # version 0
+        MapUpdate((("n1", "", "gone", 3), ("n2", "", "active", 1)), (("n1",),) * 4, (1,) * 4),  # no such state
     ]
     for update in bad:
         assert n1.step(9, Message("n2", "n1", NODE_PARTITION, update)) == []

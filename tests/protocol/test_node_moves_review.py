@@ -126,5 +126,5 @@ def test_no_move_starts_under_fsync_never() -> None:
     never = local_cluster(2, partitions=4, storage=StorageConfig(fsync="never"))
     net = Net(cfg=never)
     net.step("n1", MovePartition(P, "n2"))
-    assert net.nodes["n1"].move_refusal == 'moves need fsync "always" or "batch"'
+    assert net.nodes["n1"].order_refusal == 'moves need fsync "always" or "batch"'
     assert net.queue == [] and P in net.nodes["n1"].replicas

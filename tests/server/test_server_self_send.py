@@ -43,7 +43,9 @@ def transport(
     delivered: list[Message], failed: list[Message], *delays_ms: int, max_peer_queue: int = 100
 ) -> PeerTransport:
     config = local_cluster(2, partitions=4, limits=replace(Limits(), max_peer_queue=max_peer_queue))
-    return PeerTransport("n1", config, FaultSwitch(Delays(*delays_ms)), failed.append, deliver_local=delivered.append)
+    return PeerTransport("n1", config, FaultSwitch(Delays(*delays_ms)), failed.append, deliver_local=delivered.append,
+        address_of=config.address_text,
+    )
 
 
 async def test_a_message_to_oneself_is_delivered_after_a_codec_round_trip_not_inside_the_send() -> None:
@@ -108,7 +110,9 @@ async def test_a_node_receives_what_it_sends_itself_through_the_pump() -> None:
 
     failed: list[Message] = []
     config = local_cluster(2, partitions=4)
-    peer = PeerTransport("n1", config, FaultSwitch(), failed.append, deliver_local=deliver_local)
+    peer = PeerTransport("n1", config, FaultSwitch(), failed.append, deliver_local=deliver_local,
+        address_of=config.address_text,
+    )
     pump = Pump(node, MemoryStorage(), NodeClock("n1", FaultSwitch()), peer.send, fsync="always",
                 batch_interval_ms=10, max_inflight=10, request_timeout_ms=1000)
     pumps.append(pump)

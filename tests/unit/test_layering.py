@@ -12,6 +12,7 @@ CORE_MODULES = (
     "kvstore/node.py",
     "kvstore/forwarding.py",
     "kvstore/handoff.py",
+    "kvstore/membership.py",
     "kvstore/gather.py",
     "kvstore/state_machine.py",
     "kvstore/commands.py",

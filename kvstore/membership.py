@@ -1,0 +1,126 @@
+"""Membership orders and the rebalancer: who is in the cluster, and which partitions each member moves.
+
+Membership lives in the partition map's roster (``partitioning.partition_map.Member``: address, state and a
+version per node), so it travels, merges and is kept exactly as the layout is. An operator's ``SetMember``
+reaches any member, which applies it to its map and announces the result to every node of the roster:
+
+- ``active``: a join (or a re-join of a removed node). The joining node needs an address other nodes can
+  reach; it then gets partitions from the rebalancer.
+- ``leaving``: a drain. The node takes no more partitions and gives away those it holds. Once it holds none,
+  the lowest active member (or the leaving node itself) marks it ``removed``.
+
+Refused: an unknown state, a bad address, a leave of a node the roster does not name as a member, a leave
+that would leave no active member. A join of a node already active at that address changes nothing.
+
+The rebalancer runs on every member, every ``rebalance_interval_ms``: it computes
+``partitioning.rebalance.balance`` of its map over the active members (cached per map epoch) and starts a
+move of each partition *it owns* that the target layout puts elsewhere, as many as the mover takes at once.
+Because only an owner moves its own partitions, two members' views never order conflicting moves of one
+partition; where views differ for a while (a member has not heard of another's finished move), the greedy
+takes replicas from the most loaded nodes first, so a member rarely moves one of its own when another was
+meant to. ``balance`` stops once every active node holds its fair share within ``SLACK_PARTITIONS`` (at most
+half of it): a manual move that leaves the layout within that slack stays; one beyond it is undone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvstore.config import NodeAddress
+from kvstore.messages import SetMember
+from partitioning.partition_map import ACTIVE, LEAVING, REMOVED, PartitionMap
+from partitioning.rebalance import balance
+
+REBALANCE_TIMER = "rebalance"
+# How far from its fair share of partitions a node may be before the rebalancer moves one.
+SLACK_PARTITIONS = 1.5
+MAX_TOLERANCE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What a membership order did: the new map (None: nothing changed) or why it was refused."""
+
+    new_map: PartitionMap | None
+    refusal: str | None = None
+
+
+def apply_order(partition_map: PartitionMap, order: SetMember) -> Order:
+    """The map after ``order``, or the reason it is refused."""
+    node_id, state, address = order.node_id, order.state, order.address
+    if not isinstance(node_id, str) or not 1 <= len(node_id) <= 256:
+        return Order(None, "a node id is a str of 1 to 256 characters")
+    current = partition_map.member(node_id)
+    if state == ACTIVE:
+        if address:
+            try:
+                NodeAddress.parse(node_id, address)
+            except ValueError as exc:
+                return Order(None, str(exc))
+        elif current is None or not current.address:
+            return Order(None, f"{node_id} is not in the roster: a join needs its address ('host:port')")
+        if current is not None and current.state == ACTIVE and address in ("", current.address):
+            return Order(None)
+        return Order(partition_map.with_member(node_id, ACTIVE, address or None))
+    if state == LEAVING:
+        if current is None or current.state == REMOVED:
+            return Order(None, f"{node_id} is not a member of the cluster")
+        if current.state == LEAVING:
+            return Order(None)
+        if partition_map.active == (node_id,):
+            return Order(None, f"{node_id} is the last active member: the cluster would have nowhere to keep data")
+        return Order(partition_map.with_member(node_id, LEAVING))
+    return Order(None, f"state must be {ACTIVE!r} (join) or {LEAVING!r} (leave), not {state!r:.40}")
+
+
+class Rebalancer:
+    """One member's view of where partitions should be; see the module docstring."""
+
+    def __init__(self, node_id: str) -> None:
+        self._node_id = node_id
+        self._target_epoch = -1
+        self._target: dict[int, tuple[str, ...]] = {}
+
+    def target(self, partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
+        """The balanced layout for ``partition_map`` (the same map gives the same layout on every node)."""
+        if partition_map.epoch != self._target_epoch or not self._target:
+            self._target = _balanced(partition_map)
+            self._target_epoch = partition_map.epoch
+        return self._target
+
+    def balanced(self, partition_map: PartitionMap) -> bool:
+        """Whether this map needs no move: every partition where the balanced layout puts it."""
+        target = self.target(partition_map)
+        return all(target[p] == replicas for p, replicas in enumerate(partition_map.replicas))
+
+    def moves(self, partition_map: PartitionMap) -> list[tuple[int, str]]:
+        """(partition, target) for each partition this node owns that the balanced layout puts elsewhere."""
+        target = self.target(partition_map)
+        return [
+            (p, target[p][0])
+            for p, replicas in enumerate(partition_map.replicas)
+            if replicas[0] == self._node_id and target[p][0] != self._node_id
+        ]
+
+    def finished_leavers(self, partition_map: PartitionMap) -> PartitionMap | None:
+        """The map with every leaving node that holds nothing marked removed, if this node is the one to do it
+        (the leaving node itself, or the lowest active member); None if there is nothing to do."""
+        holders = {node for nodes in partition_map.replicas for node in nodes}
+        active = partition_map.active
+        updated = partition_map
+        for member in partition_map.roster:
+            if member.state != LEAVING or member.node_id in holders:
+                continue
+            if member.node_id == self._node_id or (active and active[0] == self._node_id):
+                updated = updated.with_member(member.node_id, REMOVED)
+        return None if updated is partition_map else updated
+
+
+def _balanced(partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
+    active = partition_map.active
+    if not active:
+        return partition_map.layout()  # nowhere to move anything: keep what there is
+    replicas = max(len(r) for r in partition_map.replicas)
+    share = partition_map.partition_count * min(replicas, len(active)) / len(active)
+    tolerance = min(SLACK_PARTITIONS / share, MAX_TOLERANCE)
+    return balance(partition_map.layout(), dict.fromkeys(active, 1.0), replicas, tolerance=tolerance)

@@ -15,8 +15,10 @@ process is alive and is a kvstore node: a dead or reused pid makes the entry sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +42,7 @@ from kvstore.config import (
     StorageConfig,
     local_cluster,
 )
+from partitioning.partition_map import ACTIVE, LEAVING, REMOVED
 
 DEFAULT_DIR = Path(".kvstore/cluster")
 CONFIG_NAME = "cluster.toml"
@@ -52,10 +55,19 @@ HEALTH_TIMEOUT_S = 1.0
 POLL_INTERVAL_S = 0.05
 LOG_TAIL_LINES = 20
 KEYS_METRIC = "kvstore_keys"
+# How long add_node and remove_node wait, by default, for the cluster to reach its new layout.
+MEMBERSHIP_TIMEOUT_S = 60.0
+# One admin request or GET /cluster to a node.
+ADMIN_TIMEOUT_S = 5.0
 
 
 class ClusterError(Exception):
     """A supervisor operation that cannot be done; the message says what to do instead."""
+
+
+class ClusterUsageError(ClusterError):
+    """An operation refused for what it was asked (an unknown node, the last active member...), not because
+    something failed: the command line gives it exit status 2."""
 
 
 # ---------------------------------------------------------------- state file
@@ -90,6 +102,9 @@ class ClusterState:
         if self.record(new.node_id) is None:
             return ClusterState((*self.nodes, new))
         return ClusterState(tuple(new if rec.node_id == new.node_id else rec for rec in self.nodes))
+
+    def without(self, node_id: str) -> ClusterState:
+        return ClusterState(tuple(rec for rec in self.nodes if rec.node_id != node_id))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -214,6 +229,11 @@ class NodeStatus:
     healthy: bool
     # Keys the node holds (its kvstore_keys gauge); None when it does not answer.
     key_count: int | None
+    # The node's state in the roster ("active", "leaving", "removed"; "none": not a member yet), as the node
+    # itself sees it, else as another running node does; None when no running node answers.
+    member_state: str | None = None
+    # Partitions the node owns, in the same view; None when no running node answers.
+    partitions: int | None = None
 
 
 class LocalCluster:
@@ -363,10 +383,14 @@ class LocalCluster:
     def status(self) -> list[NodeStatus]:
         state = self.state()
         out = []
+        views: dict[str, dict[str, Any]] = {}
         for node in self.config.nodes:
             rec = state.record(node.node_id)
             alive = rec is not None and self._pid_alive(rec.pid)
             healthy = alive and check_health(node.url)
+            view = cluster_view(node.url) if healthy else None
+            if view is not None:
+                views[node.node_id] = view
             out.append(
                 NodeStatus(
                     node_id=node.node_id,
@@ -377,7 +401,96 @@ class LocalCluster:
                     key_count=_key_count(node.url) if healthy else None,
                 )
             )
-        return out
+        return [dataclasses.replace(st, **_membership_of(st.node_id, views)) for st in out]
+
+    # ------------------------------------------------------------ membership
+
+    def add_node(self, timeout_s: float = MEMBERSHIP_TIMEOUT_S) -> str:
+        """Start one more node and have the cluster admit it; return its id once the new layout is in force.
+
+        The node gets the next unused id and a free port on 127.0.0.1, goes into ``[nodes]`` of cluster.toml
+        (``initial_nodes`` names the founders from then on, so the first layout stays what it was) and is
+        started; a running member is then told ``POST /admin/members {"state": "active"}``. It returns once
+        every running member's ``GET /cluster`` shows the same map epoch, ``balanced``, the new node active
+        and owning partitions (when there are at least as many partitions as active nodes). Until a member
+        has admitted it, any failure stops the new node and takes it out of the config again; a timeout
+        after that leaves it a member, and the error says what is still pending.
+        """
+        deadline = time.monotonic() + timeout_s
+        members = self._running_members()
+        if not members:
+            raise ClusterUsageError(
+                f"no node of {self.directory} is running to admit a new one (start them with: "
+                f"kvstore cluster up --detach --dir {self.directory})"
+            )
+        old_config = self.config
+        node_id = self._next_node_id(members)
+        node = NodeAddress(node_id, "127.0.0.1", pick_free_ports(1)[0])
+        self._save_config(
+            old_config.replace(nodes=(*old_config.nodes, node), initial_nodes=old_config.founding_nodes)
+        )
+        try:
+            self._spawn(node)
+            self._wait_healthy((node_id,), max(0.0, deadline - time.monotonic()))
+            order = {"node": node_id, "state": "active", "address": f"{node.host}:{node.port}"}
+            self._order_membership(order, members, deadline)
+        except BaseException:
+            if self.alive(node_id):
+                self._terminate([self._running_record(node_id).pid], grace_s=5.0)
+            self.state().without(node_id).save(self.state_path)
+            self._save_config(old_config)
+            raise
+        self._wait_until(
+            lambda: self._join_pending(node_id), deadline, timeout_s, f"{node_id} was admitted, but the new layout"
+        )
+        return node_id
+
+    def remove_node(self, node_id: str, timeout_s: float = MEMBERSHIP_TIMEOUT_S) -> None:
+        """Drain ``node_id`` and stop it once the cluster has moved its partitions away.
+
+        A running member is told ``POST /admin/members {"state": "leaving"}``; once every other running
+        member's ``GET /cluster`` shows the node removed (or not a member), holding no partition, the same
+        map epoch and ``balanced``, the node is stopped (SIGTERM, as ``stop``) and taken out of state.json and
+        of ``[nodes]`` in cluster.toml (``initial_nodes`` keeps naming the founders). Its log and data stay.
+        Refused: a node not in the config, one that is not running, the last active member.
+        """
+        deadline = time.monotonic() + timeout_s
+        if node_id not in self.config.node_ids:
+            raise ClusterUsageError(f"no node {node_id!r} in the cluster (nodes: {', '.join(self.config.node_ids)})")
+        if not self.alive(node_id):
+            raise ClusterUsageError(
+                f"node {node_id} is not running: a node drains by moving its partitions itself (start it with: "
+                f"kvstore cluster restart {node_id} --dir {self.directory})"
+            )
+        members = self._running_members()
+        for view in (cluster_view(n.url) for n in members):
+            if view is not None and _active(view) == [node_id]:
+                raise ClusterUsageError(
+                    f"{node_id} is the last active member: the cluster would have nowhere to keep its data"
+                )
+        # Told to another member if one runs: the leaving node may be the one that stops answering first.
+        others = [n for n in members if n.node_id != node_id]
+        ordered = others + [n for n in members if n.node_id == node_id]
+        self._order_membership({"node": node_id, "state": "leaving"}, ordered, deadline)
+        self._wait_until(
+            lambda: self._leave_pending(node_id), deadline, timeout_s, f"the drain of {node_id}"
+        )
+        self._terminate([self._running_record(node_id).pid], grace_s=10.0)
+        self.state().without(node_id).save(self.state_path)
+        self._save_config(
+            self.config.replace(
+                nodes=tuple(n for n in self.config.nodes if n.node_id != node_id),
+                initial_nodes=self.config.founding_nodes,
+            )
+        )
+
+    def partition_counts(self) -> dict[str, int]:
+        """Partitions each member owns, as the first running member that answers sees it ({} if none does)."""
+        for node in self._running_members():
+            view = cluster_view(node.url)
+            if view is not None:
+                return {m["node_id"]: len(m["partitions"]) for m in view["members"]}
+        return {}
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -388,6 +501,133 @@ class LocalCluster:
         self.down()
 
     # ------------------------------------------------------------ internals
+
+    def _save_config(self, config: ClusterConfig) -> None:
+        config.save(self.config_path)
+        self.config = config
+
+    def _running_members(self) -> list[NodeAddress]:
+        """Running nodes of the config, less those whose own map says they are no member (a node started
+        but never admitted, or one already removed)."""
+        state = self.state()
+        running = []
+        for node in self.config.nodes:
+            rec = state.record(node.node_id)
+            if rec is None or not self._pid_alive(rec.pid):
+                continue
+            view = cluster_view(node.url)
+            if view is not None and _roster_state(view, node.node_id) not in (ACTIVE, LEAVING):
+                continue
+            running.append(node)
+        return running
+
+    def _next_node_id(self, members: list[NodeAddress]) -> str:
+        """``n<k+1>`` past every id this cluster has used: its config, its founders, the roster (removed nodes
+        stay there) and the data directories, so a new node never inherits an old one's data or entry."""
+        used = set(self.config.node_ids) | set(self.config.initial_nodes)
+        for node in members:
+            view = cluster_view(node.url)
+            if view is not None:
+                used |= {m["node"] for m in view["partition_map"]["roster"]}
+        data_dir = Path(self.config.storage.data_dir)
+        if data_dir.is_dir():
+            used |= {p.name for p in data_dir.iterdir()}
+        numbers = [int(m.group(1)) for m in (re.fullmatch(r"n(\d+)", i) for i in used) if m is not None]
+        return f"n{max(numbers, default=0) + 1}"
+
+    def _order_membership(self, order: dict[str, str], members: list[NodeAddress], deadline: float) -> None:
+        """POST ``order`` to ``/admin/members`` of the first of ``members`` that takes it. A refusal (400) is
+        final; a member that cannot be reached or fails is passed over for the next, round after round, until
+        the deadline."""
+        body = json.dumps(order).encode()
+        failures: dict[str, str] = {}
+        while True:
+            for node in members:
+                request = urllib.request.Request(
+                    f"{node.url}/admin/members",
+                    data=body,
+                    method="POST",
+                    headers={"Authorization": f"Bearer {self.config.secret}", "Content-Type": "application/json"},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT_S) as resp:
+                        resp.read()
+                        return
+                except urllib.error.HTTPError as exc:
+                    message = _error_message(exc)
+                    if exc.code == 400 and not failures:
+                        raise ClusterUsageError(f"{node.node_id} refused: {message}") from None
+                    if exc.code == 400:
+                        # An earlier attempt may have been applied before its answer was lost: done if so.
+                        if self._order_in_effect(order):
+                            return
+                        raise ClusterUsageError(f"{node.node_id} refused: {message}") from None
+                    failures[node.node_id] = f"HTTP {exc.code}: {message}"
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    failures[node.node_id] = str(getattr(exc, "reason", exc))
+            if time.monotonic() > deadline:
+                shown = "; ".join(f"{n}: {why}" for n, why in failures.items())
+                raise ClusterError(f"no member took the order {order['state']} for {order['node']} ({shown})")
+            time.sleep(POLL_INTERVAL_S * 4)
+
+    def _order_in_effect(self, order: dict[str, str]) -> bool:
+        wanted = (ACTIVE,) if order["state"] == ACTIVE else (LEAVING, REMOVED, None)
+        views = [cluster_view(n.url) for n in self._running_members()]
+        return any(v is not None and _roster_state(v, order["node"]) in wanted for v in views)
+
+    def _wait_until(self, pending: Callable[[], list[str]], deadline: float, timeout_s: float, what: str) -> None:
+        while True:
+            left = pending()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{what} was not in force after {timeout_s:g} s; pending: " + "; ".join(left))
+            time.sleep(POLL_INTERVAL_S * 2)
+
+    def _views(self, nodes: list[NodeAddress], pending: list[str]) -> dict[str, dict[str, Any]]:
+        views = {}
+        for node in nodes:
+            view = cluster_view(node.url)
+            if view is None:
+                pending.append(f"{node.node_id} does not answer GET /cluster")
+            else:
+                views[node.node_id] = view
+        return views
+
+    def _join_pending(self, node_id: str) -> list[str]:
+        """What keeps ``node_id``'s join from being in force, per running member (empty: in force)."""
+        pending: list[str] = []
+        nodes = self._running_members()
+        if node_id not in (n.node_id for n in nodes):
+            nodes.append(self.config.node(node_id))  # its own map may not name it yet
+        views = self._views(nodes, pending)
+        for viewer, view in views.items():
+            state = _roster_state(view, node_id)
+            if state != ACTIVE:
+                pending.append(f"{viewer} sees {node_id} {state or 'not in the roster'}")
+            replicas = view["partition_map"]["replicas"]
+            if len(replicas) >= len(_active(view)) and not any(r[0] == node_id for r in replicas):
+                pending.append(f"{viewer}'s map gives {node_id} no partition yet")
+            pending.extend(_unbalanced(viewer, view))
+        pending.extend(_epochs_differ(views))
+        return pending
+
+    def _leave_pending(self, node_id: str) -> list[str]:
+        """What keeps ``node_id``'s drain from being done, per other running member (empty: done)."""
+        pending: list[str] = []
+        views = self._views([n for n in self._running_members() if n.node_id != node_id], pending)
+        if not views and not pending:
+            pending.append(f"no other member runs to take {node_id}'s partitions")
+        for viewer, view in views.items():
+            state = _roster_state(view, node_id)
+            if state not in (REMOVED, None):
+                pending.append(f"{viewer} sees {node_id} {state}")
+            held = [p for p, r in enumerate(view["partition_map"]["replicas"]) if node_id in r]
+            if held:
+                pending.append(f"{viewer}'s map gives {node_id} {len(held)} partition(s)")
+            pending.extend(_unbalanced(viewer, view))
+        pending.extend(_epochs_differ(views))
+        return pending
 
     def _running_record(self, node_id: str) -> NodeRecord:
         self.config.node(node_id)  # unknown ids get the config's error, which lists the known ones
@@ -461,6 +701,62 @@ def _signal(pid: int, sig: signal.Signals) -> None:
     # A process already gone is the goal of every signal sent here.
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def cluster_view(url: str) -> dict[str, Any] | None:
+    """The node's ``GET /cluster`` document (its view of the cluster), or None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/cluster", timeout=ADMIN_TIMEOUT_S) as resp:
+            doc = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("partition_map"), dict) else None
+
+
+def _roster_state(view: dict[str, Any], node_id: str) -> str | None:
+    """``node_id``'s state in the view's roster; None if the roster does not name it."""
+    for entry in view["partition_map"]["roster"]:
+        if entry["node"] == node_id:
+            return str(entry["state"])
+    return None
+
+
+def _active(view: dict[str, Any]) -> list[str]:
+    return [e["node"] for e in view["partition_map"]["roster"] if e["state"] == ACTIVE]
+
+
+def _unbalanced(viewer: str, view: dict[str, Any]) -> list[str]:
+    if view["balanced"]:
+        return []
+    return [f"{viewer} is not balanced ({view['moves_in_progress']} move(s) of its own in progress)"]
+
+
+def _epochs_differ(views: dict[str, dict[str, Any]]) -> list[str]:
+    epochs = {viewer: view["epoch"] for viewer, view in views.items()}
+    if len(set(epochs.values())) <= 1:
+        return []
+    return ["map epochs differ (" + ", ".join(f"{v} {e}" for v, e in epochs.items()) + ")"]
+
+
+def _membership_of(node_id: str, views: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``member_state`` and ``partitions`` of ``node_id`` for its NodeStatus: its own view, else another's."""
+    ordered = [views[node_id]] if node_id in views else []
+    ordered += [v for viewer, v in views.items() if viewer != node_id]
+    for view in ordered:
+        state = _roster_state(view, node_id)
+        if state is not None or view is views.get(node_id):
+            owned = sum(1 for r in view["partition_map"]["replicas"] if r[0] == node_id)
+            return {"member_state": state or "none", "partitions": owned}
+    return {}
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The message of a kvstore JSON error answer, else the HTTP reason."""
+    try:
+        doc = json.loads(exc.read())
+        return str(doc["error"]["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(exc.reason)
 
 
 def _key_count(url: str) -> int | None:

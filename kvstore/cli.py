@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any, BinaryIO, NoReturn
 
 from kvstore.client import Client
-from kvstore.cluster import DEFAULT_DIR, ClusterError, LocalCluster
+from kvstore.cluster import DEFAULT_DIR, MEMBERSHIP_TIMEOUT_S, ClusterError, ClusterUsageError, LocalCluster
 from kvstore.config import FSYNC_POLICIES, STORAGE_ENGINES, ConfigError
 from kvstore.errors import ErrorCode, KvError
 
@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KvError as exc:
         _fail(f"{exc.code.value}: {exc.message}")
         return exit_status(exc.code)
+    except ClusterUsageError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
     except (ClusterError, ConfigError, OSError) as exc:
         _fail(str(exc))
         return EXIT_NO
@@ -123,6 +126,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _client(args: argparse.Namespace) -> Client:
     urls = [u.rstrip("/") for u in args.url] if args.url else LocalCluster.open(args.dir).urls()
     for url in urls:
@@ -177,10 +190,11 @@ def _run_node(args: argparse.Namespace) -> int:
 def _add_cluster(subparsers: Any) -> None:
     cluster = subparsers.add_parser(
         "cluster",
-        help="Run a local cluster of node processes: up, status, kill, restart, down.",
+        help="Run a local cluster of node processes: up, status, kill, restart, add-node, remove-node, down.",
         description="Run a local cluster of node processes on this machine (127.0.0.1, free ports).",
         epilog=_examples("kvstore cluster up --detach --nodes 3", "kvstore cluster status",
-                         "kvstore cluster kill n2", "kvstore cluster restart n2", "kvstore cluster down"),
+                         "kvstore cluster kill n2", "kvstore cluster restart n2", "kvstore cluster add-node",
+                         "kvstore cluster remove-node n2", "kvstore cluster down"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = cluster.add_subparsers(title="actions", metavar="ACTION", required=True)
@@ -199,7 +213,8 @@ def _add_cluster(subparsers: Any) -> None:
     up.add_argument("--detach", action="store_true", help="leave the nodes running and return")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the nodes (default: 30)")
 
-    status = _command(actions, "status", "Show each node: pid, alive, healthy, keys held.",
+    status = _command(actions, "status", "Show each node: pid, alive, healthy, its state in the cluster's roster "
+                      "(active, leaving, removed; none: not admitted), partitions owned, keys held.",
                       ["kvstore cluster status --dir /tmp/kv"], _cluster_status)
     _add_dir(status)
 
@@ -212,6 +227,24 @@ def _add_cluster(subparsers: Any) -> None:
                        ["kvstore cluster restart n2"], _cluster_restart)
     restart.add_argument("node", help="node id, e.g. n2")
     _add_dir(restart)
+
+    add = _command(actions, "add-node", "Start one more node (the next id, a free port) and have the cluster admit "
+                   "it; return once every running member agrees on the new layout and is balanced, with the new node "
+                   "owning partitions.",
+                   ["kvstore cluster add-node", "kvstore cluster add-node --dir /tmp/kv --timeout 120"],
+                   _cluster_add_node)
+    _add_dir(add)
+    add.add_argument("--timeout", type=_positive_float, default=MEMBERSHIP_TIMEOUT_S,
+                     help=f"seconds to wait for the new layout (default: {MEMBERSHIP_TIMEOUT_S:g})")
+
+    remove = _command(actions, "remove-node", "Drain one node (the cluster moves its partitions to the others), then "
+                      "stop it and take it out of the config. Its log and data are kept.",
+                      ["kvstore cluster remove-node n2", "kvstore cluster remove-node n4 --dir /tmp/kv --timeout 120"],
+                      _cluster_remove_node)
+    remove.add_argument("node", help="node id, e.g. n2")
+    _add_dir(remove)
+    remove.add_argument("--timeout", type=_positive_float, default=MEMBERSHIP_TIMEOUT_S,
+                        help=f"seconds to wait for the drain (default: {MEMBERSHIP_TIMEOUT_S:g})")
 
     down = _command(actions, "down", "Stop every node (SIGTERM, then SIGKILL after a grace period). Data is kept "
                     "unless --purge.", ["kvstore cluster down", "kvstore cluster down --purge --dir /tmp/kv"],
@@ -274,13 +307,15 @@ def _watch(cluster: LocalCluster, interval_s: float = 1.0) -> None:
 def _cluster_status(args: argparse.Namespace) -> int:
     cluster = LocalCluster.open(args.dir)
     statuses = cluster.status()
-    print(f"{'node':<6} {'url':<24} {'pid':>8}  {'process':<8} {'health':<8} {'keys':>8}")
+    print(f"{'node':<6} {'url':<24} {'pid':>8}  {'process':<8} {'health':<8} {'member':<8} {'parts':>6} {'keys':>8}")
     for st in statuses:
         process = "alive" if st.alive else "dead"
         health = "ok" if st.healthy else "-"
         keys = "-" if st.key_count is None else str(st.key_count)
         pid = "-" if st.pid is None else str(st.pid)
-        print(f"{st.node_id:<6} {st.url:<24} {pid:>8}  {process:<8} {health:<8} {keys:>8}")
+        member = st.member_state or "-"
+        parts = "-" if st.partitions is None else str(st.partitions)
+        print(f"{st.node_id:<6} {st.url:<24} {pid:>8}  {process:<8} {health:<8} {member:<8} {parts:>6} {keys:>8}")
     healthy = sum(st.healthy for st in statuses)
     print(f"{healthy}/{len(statuses)} nodes healthy")
     return EXIT_OK if healthy == len(statuses) else EXIT_NO
@@ -297,6 +332,25 @@ def _cluster_restart(args: argparse.Namespace) -> int:
     cluster.restart(args.node)
     print(f"{args.node} restarted at {cluster.url(args.node)}")
     return EXIT_OK
+
+
+def _cluster_add_node(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.open(args.dir)
+    node_id = cluster.add_node(timeout_s=args.timeout)
+    print(f"{node_id}  {cluster.url(node_id)}  log: {cluster.log_path(node_id)}")
+    print(f"{node_id} joined; partitions owned: {_counts(cluster.partition_counts())}")
+    return EXIT_OK
+
+
+def _cluster_remove_node(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.open(args.dir)
+    cluster.remove_node(args.node, timeout_s=args.timeout)
+    print(f"{args.node} drained and stopped; partitions owned: {_counts(cluster.partition_counts())}")
+    return EXIT_OK
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{node} {count}" for node, count in sorted(counts.items())) or "unknown"
 
 
 def _cluster_down(args: argparse.Namespace) -> int:

@@ -77,8 +77,8 @@ class NodeServer:
             NodeGauges(
                 inflight=lambda: self.pump.outstanding,
                 held_effects=lambda: self.pump.held_effects,
-                peer_queues=self.transport.queue_depths,
-                peer_up=lambda: {p: h.state == "up" for p, h in self.transport.health().items()},
+                peer_queues=self._peer_queues,
+                peer_up=self._peer_up,
                 written_lsn=lambda: storage.written_lsn,
                 synced_lsn=lambda: storage.synced_lsn,
                 key_count=storage.key_count,
@@ -98,6 +98,18 @@ class NodeServer:
         inbox = PeerInbox(node_id, config, self.pump.deliver, is_peer=self.node.is_peer)
         inbox.register(self.router)
         self._edge = EdgeServer(self.router.handle, self.router.admit, config, self.metrics, node_id)
+
+    def _peers(self) -> list[str]:
+        return [p for p in self.node.known_nodes if p != self.node_id]
+
+    def _peer_queues(self) -> dict[str, int]:
+        """Every node this one knows, with what is queued for it (0 for one it never sent to)."""
+        depths = self.transport.queue_depths()
+        return {p: depths.get(p, 0) for p in self._peers()}
+
+    def _peer_up(self) -> dict[str, bool]:
+        health = self.transport.health()
+        return {p: p in health and health[p].state == "up" for p in self._peers()}
 
     @property
     def url(self) -> str:

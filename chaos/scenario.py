@@ -8,6 +8,8 @@ quiet_ms = 1000             # after healing every fault, before the final reads
 
 [cluster]
 nodes = 3
+founders = 3                # the first k nodes hold the first layout (default: every node); the others
+                            # boot as spares, which the nemesis "join" fault admits at run time
 mode = "single"
 fsync = "always"
 partitions = 16
@@ -53,11 +55,18 @@ class ScenarioError(ValueError):
 @dataclass(frozen=True)
 class ClusterSpec:
     nodes: int = 3
+    # The first ``founders`` nodes are the cluster's ``initial_nodes``; None: every node founds it.
+    founders: int | None = None
     mode: str = "single"
     fsync: str = "always"
     partitions: int = 16
     request_timeout_ms: int = 1000
     batch_interval_ms: int = 10
+
+    def initial_nodes(self, node_ids: tuple[str, ...]) -> tuple[str, ...]:
+        """``cluster.initial_nodes`` for a cluster of ``node_ids``: the first ``founders`` of them, or () (every
+        node founds the cluster)."""
+        return () if self.founders is None else node_ids[: self.founders]
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,10 @@ def _validate(s: Scenario, source: str) -> None:
     problems = []
     if s.cluster.nodes < 1:
         problems.append("[cluster] nodes must be at least 1")
+    founders = s.cluster.founders
+    if founders is not None and (isinstance(founders, bool) or not isinstance(founders, int)
+                                 or not 1 <= founders <= max(s.cluster.nodes, 1)):
+        problems.append(f"[cluster] founders must be an int in 1..nodes ({s.cluster.nodes}), not {founders!r:.40}")
     if s.cluster.mode not in MODES:
         problems.append(f"[cluster] mode must be one of {', '.join(MODES)}")
     if s.cluster.fsync not in FSYNC_POLICIES:

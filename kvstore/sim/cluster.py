@@ -17,6 +17,10 @@ commit). A sync with fsync (``always``, ``batch``) takes ``fsync_latency_ms`` of
 write-out of ``never`` takes none. After every sync the node is stepped ``Synced``. Every
 ``DISK_WRITEBACK_INTERVAL_MS`` each disk makes what the OS holds durable, as the kernel does. A crash
 keeps only the node's disk: a process crash keeps what was written out, a power loss only what is durable.
+
+Operator orders come off the heap like everything else: ``move`` gives ``MovePartition`` to the partition's
+server, ``join`` and ``leave`` give ``SetMember`` to the lowest active member that is up in ``view()`` (every
+live node's map merged); each is a trace event, and so is a refusal (``order-refused``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from kvstore.messages import (
     MovePartition,
     Result,
     SendFailed,
+    SetMember,
     Started,
     Synced,
     TimerFired,
@@ -53,6 +58,7 @@ from kvstore.sim.network import Latency, SimNetwork, Transmission
 from kvstore.sim.trace import Trace
 from kvstore.storage.base import SyncJob
 from kvstore.storage.simulated import CrashKind, SimStorage
+from partitioning.partition_map import ACTIVE, LEAVING, PartitionMap
 
 ResultCallback = Callable[[int, Result], None]
 _A = TypeVar("_A")
@@ -224,6 +230,44 @@ class SimCluster:
                 return f"move partition {partition} from {node_id} to {target}"
         return f"partition {partition}: no live node serves it to move"
 
+    def view(self) -> PartitionMap | None:
+        """What the live nodes know together: every live node's partition map merged (a merge keeps, per
+        partition and per roster entry, the newer one, so the order does not matter); None if all are down."""
+        merged: PartitionMap | None = None
+        for node_id in sorted(self._hosts):
+            node = self._hosts[node_id].node
+            if node is not None:
+                merged = node.partition_map if merged is None else merged.merge(node.partition_map)
+        return merged
+
+    def join(self, node_id: str) -> str:
+        """Admit ``node_id`` (a node of the config) at its config address: ``SetMember(node_id, "active",
+        "host:port")`` to the lowest active member that is up, by ``view()`` (else to a leaving member that
+        is up). What was done, in words; never raises for want of a live member."""
+        address = self.config.address_text(self._host(node_id).node_id)
+        return self._order_member(SetMember(node_id, ACTIVE, address), node_id)
+
+    def leave(self, node_id: str) -> str:
+        """Drain ``node_id``: ``SetMember(node_id, "leaving")`` to the lowest active member that is up (by
+        ``view()``; the leaving node itself may be the one). What was done, in words."""
+        self._host(node_id)
+        return self._order_member(SetMember(node_id, LEAVING), node_id)
+
+    def _order_member(self, order: SetMember, node_id: str) -> str:
+        what = f"{order.state} {node_id}" + (f" at {order.address}" if order.address else "")
+        view = self.view()
+        if view is None:
+            return f"{what}: no live node to give the order to"
+        # The active members first (by id), then the leaving ones: a member that is up, whichever.
+        members = (*view.active, *(n for n in view.members if n not in view.active))
+        up = [n for n in members if n in self._hosts and self._hosts[n].up]
+        if not up:
+            return f"{what}: no live member to give the order to"
+        to = up[0]
+        self._record(("member", self._queue.now_ms, to, node_id, order.state, order.address))
+        self._queue.push(self._queue.now_ms, self._on_order, self._hosts[to], order)
+        return f"{what} (ordered at {to})"
+
     # ------------------------------------------------------------ clients and workloads
 
     def submit(self, node_id: str, op: ClientOp, on_result: ResultCallback | None = None) -> int:
@@ -352,6 +396,16 @@ class SimCluster:
     def _on_input(self, host: NodeHost, inp: Input) -> None:
         if host.up:
             self._step(host, inp, self.node_clock_ms(host.node_id))
+
+    def _on_order(self, host: NodeHost, order: SetMember) -> None:
+        """An operator's membership order reaching its node; a refusal goes into the trace."""
+        if not host.up:
+            self._record(("order-lost", self._queue.now_ms, host.node_id, order.node_id, order.state))
+            return
+        self._step(host, order, self.node_clock_ms(host.node_id))
+        refusal = host.live_node().order_refusal
+        if refusal is not None:
+            self._record(("order-refused", self._queue.now_ms, host.node_id, order.node_id, refusal))
 
     def _on_sync_done(self, host: NodeHost, job: SyncJob) -> None:
         # A crash drops the host's job, and a restart starts a new one: an older job was lost with its life.

@@ -10,6 +10,22 @@ and clock faults to its ``ChaosPolicy``, after which the target is told the poli
 cluster pushes it to its nodes' admin routes). A crash is of the scenario's ``crash_kind``: "process"
 (kill -9: the OS keeps what the node wrote out) or "power" (only what reached the device survives; the
 simulator alone can do that).
+
+Instant faults act at their start and their end does nothing:
+
+- ``move``: a drawn partition to a drawn node, ordered at the node serving it. If the drawn node is not an
+  active member when the move strikes (a spare, or one that left), the move goes to the active member at
+  the drawn node's position in the config, modulo the active count, so that it is not refused for nothing.
+- ``join``: admits a configured node that is not an active member of the cluster's current view (a spare
+  that never joined, one leaving or one removed), at its config address. Which one: the action's ``pick``,
+  drawn when the schedule is made, modulo the candidates (in config order).
+- ``leave``: drains an active member (the same ``pick`` rule), but only while more than ``min_active``
+  (default 2) members are active, so the cluster keeps at least two nodes to move partitions between
+  (and never drains its last one, which the node would refuse anyway). With fewer it does nothing and
+  says so in the report.
+
+The current view (``ChaosTarget.roster``) is what the live nodes' partition maps say together, so those
+choices depend only on the seed and on the cluster's state: the simulator replays them exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ from chaos.faults import PARTITION_KINDS, ChaosPolicy, Delay, partition_grudge
 from chaos.report import FaultPeriod
 from kvstore.sim.cluster import CRASH_KINDS
 from kvstore.storage.simulated import CrashKind
+from partitioning.partition_map import ACTIVE
 
 FAULT_KINDS: tuple[str, ...] = (
     "crash",
@@ -34,9 +51,14 @@ FAULT_KINDS: tuple[str, ...] = (
     "clock-skew",
     "clock-drift",
     "move",
+    "join",
+    "leave",
 )
 # Faults that happen at an instant: their start acts, their end does nothing.
-INSTANT_FAULTS = frozenset({"move"})
+INSTANT_FAULTS = frozenset({"move", "join", "leave"})
+MEMBERSHIP_FAULTS = ("join", "leave")
+# A pick is drawn from 0..PICK_RANGE-1; taken modulo the candidates when the fault strikes.
+PICK_RANGE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,8 @@ class NemesisConfig:
     clock_offset_ms: int = 2000
     clock_drift_ppm: int = 100_000
     crash_kind: CrashKind = "process"
+    # A leave drains a member only while more than this many are active.
+    min_active: int = 2
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.faults if f not in FAULT_KINDS]
@@ -59,6 +83,8 @@ class NemesisConfig:
             raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
         if self.crash_kind not in CRASH_KINDS:
             raise ValueError(f"nemesis crash_kind must be one of {', '.join(CRASH_KINDS)}, got {self.crash_kind!r}")
+        if isinstance(self.min_active, bool) or not isinstance(self.min_active, int) or self.min_active < 1:
+            raise ValueError(f"nemesis min_active must be an int of at least 1, not {self.min_active!r:.40}")
         if self.interval_ms <= 0 or self.start_after_ms < 0:
             raise ValueError("nemesis interval_ms must be positive and start_after_ms not negative")
         for name in ("drop_probability", "duplicate_probability", "reorder_probability"):
@@ -76,6 +102,8 @@ class FaultAction:
     grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # For a move: the partition that moves (to ``node``).
     partition: int | None = None
+    # For a join or a leave: which candidate, modulo their number when the fault strikes.
+    pick: int | None = None
 
     def describe(self) -> str:
         if self.partition is not None:
@@ -118,6 +146,19 @@ class ChaosTarget(Protocol):
         """Have the node serving ``partition`` move it to ``target``; what was done, for the report."""
         ...
 
+    def roster(self) -> dict[str, str]:
+        """Node id -> roster state ("active", "leaving", "removed") in what the live nodes know together;
+        empty if no live node could say."""
+        ...
+
+    def join(self, node_id: str) -> str:
+        """Have a live member admit ``node_id`` at its configured address; what was done, for the report."""
+        ...
+
+    def leave(self, node_id: str) -> str:
+        """Have a live member drain ``node_id``; what was done, for the report."""
+        ...
+
 
 def plan(
     config: NemesisConfig, nodes: Sequence[str], duration_ms: int, rng: random.Random, partitions: int = 1
@@ -130,17 +171,20 @@ def plan(
         fault = rng.choice(config.faults)
         node = None
         partition = None
+        pick = None
         grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
         if fault in ("crash", "clock-skew", "clock-drift"):
             node = rng.choice(list(nodes))
         elif fault == "move":
             partition = rng.randrange(partitions)
             node = rng.choice(list(nodes))
+        elif fault in MEMBERSHIP_FAULTS:
+            pick = rng.randrange(PICK_RANGE)
         elif fault.startswith("partition-") and fault != "partition-isolate-leader":
             drawn = partition_grudge(fault.removeprefix("partition-"), nodes, rng)
             grudge = tuple((n, tuple(sorted(drawn[n]))) for n in sorted(drawn))
-        actions.append(FaultAction(at, True, fault, node, grudge, partition))
-        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge, partition))
+        actions.append(FaultAction(at, True, fault, node, grudge, partition, pick))
+        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge, partition, pick))
         at += 2 * config.interval_ms
     return actions
 
@@ -195,7 +239,9 @@ class Nemesis:
             return action.describe()
         if fault == "move":
             assert action.node is not None and action.partition is not None
-            return self.target.move(action.partition, action.node)
+            return self.target.move(action.partition, self._move_target(action.node))
+        if fault in MEMBERSHIP_FAULTS:
+            return self._membership(fault, action.pick or 0)
         if fault.startswith("partition-"):
             if fault == "partition-isolate-leader":
                 drawn = partition_grudge("isolate-leader", self.target.node_ids(), self.rng, self.target.leader())
@@ -229,6 +275,30 @@ class Nemesis:
             raise ValueError(f"unknown fault {fault!r}")
         self.target.policy_changed()
         return detail
+
+    def _move_target(self, drawn: str) -> str:
+        """``drawn`` if it is an active member (or nobody can say), else the active member at its position."""
+        nodes = list(self.target.node_ids())
+        roster = self.target.roster()
+        active = [n for n in nodes if roster.get(n) == ACTIVE]
+        if not active or drawn in active or drawn not in nodes:
+            return drawn
+        return active[nodes.index(drawn) % len(active)]
+
+    def _membership(self, fault: str, pick: int) -> str:
+        roster = self.target.roster()
+        if not roster:
+            return f"{fault}: no live node to ask who is a member"
+        nodes = list(self.target.node_ids())
+        active = [n for n in nodes if roster.get(n) == ACTIVE]
+        if fault == "join":
+            candidates = [n for n in nodes if roster.get(n) != ACTIVE]
+            if not candidates:
+                return "join: every configured node is an active member"
+            return self.target.join(candidates[pick % len(candidates)])
+        if len(active) <= self.config.min_active:
+            return f"leave: {len(active)} active member(s), and at least {self.config.min_active} stay"
+        return self.target.leave(active[pick % len(active)])
 
     def _stop(self, action: FaultAction) -> None:
         policy = self.target.policy

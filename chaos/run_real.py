@@ -16,6 +16,7 @@ import json
 import random
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -42,8 +43,9 @@ from kvstore.messages import (
     Result,
     ScanOp,
 )
-from kvstore.server.routes_admin import ADMIN_FAULTS_PATH, ADMIN_MOVES_PATH
+from kvstore.server.routes_admin import ADMIN_FAULTS_PATH, ADMIN_MEMBERS_PATH, ADMIN_MOVES_PATH
 from kvstore.storage.simulated import CrashKind
+from partitioning.partition_map import ACTIVE, LEAVING, PartitionMap
 
 Progress = Callable[[str], None]
 ADMIN_TIMEOUT_S = 5.0
@@ -62,7 +64,7 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
     )
     nodes = tuple(NodeAddress(n.node_id, "127.0.0.1", port) for n, port in zip(base.nodes, ports, strict=True))
-    return base.replace(nodes=nodes)
+    return base.replace(nodes=nodes, initial_nodes=spec.initial_nodes(base.node_ids))
 
 
 async def execute(client: AsyncClient, op: ClientOp) -> Result:
@@ -172,6 +174,52 @@ class _RealTarget:
                 return f"move partition {partition} from {node_id} to {target}"
         return f"partition {partition}: no live node started a move to {target}"
 
+    def view(self) -> PartitionMap | None:
+        """Every live node's map (``GET /cluster``) merged: what they know together; None if none answered."""
+        merged: PartitionMap | None = None
+        for node_id in self.node_ids():
+            if not self.is_up(node_id):
+                continue
+            try:
+                with urllib.request.urlopen(self.cluster.url(node_id) + "/cluster", timeout=ADMIN_TIMEOUT_S) as answer:
+                    seen = PartitionMap.from_json(json.loads(answer.read())["partition_map"])
+            except (OSError, ValueError, KeyError):
+                continue  # down in between, or an answer cut short: the others say what they know
+            merged = seen if merged is None else merged.merge(seen)
+        return merged
+
+    def roster(self) -> dict[str, str]:
+        view = self.view()
+        return {} if view is None else {m.node_id: m.state for m in view.roster}
+
+    def join(self, node_id: str) -> str:
+        address = self.cluster.config.address_text(node_id)
+        return self._order_member({"node": node_id, "state": ACTIVE, "address": address})
+
+    def leave(self, node_id: str) -> str:
+        return self._order_member({"node": node_id, "state": LEAVING})
+
+    def _order_member(self, order: dict[str, str]) -> str:
+        """``POST /admin/members`` to the lowest active member that is up (by ``view``), then the other live
+        members in turn until one answers; a leave may also go to the leaving node itself."""
+        node_id = order["node"]
+        what = f"{order['state']} {node_id}" + (f" at {order['address']}" if order.get("address") else "")
+        view = self.view()
+        if view is None:
+            return f"{what}: no live node to give the order to"
+        ordered = [*view.active, *(n for n in view.members if n not in view.active)]
+        for to in (n for n in ordered if n in self.node_ids() and self.is_up(n)):
+            try:
+                self._admin(to, "POST", ADMIN_MEMBERS_PATH, order)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 400:
+                    return f"{what}: refused at {to}: {_error_message(exc)}"
+                continue
+            except (OSError, ValueError):
+                continue  # a node going down in between: ask the next one
+            return f"{what} (ordered at {to})"
+        return f"{what}: no live member took the order"
+
     def _push(self, node_id: str) -> None:
         doc = self.policy.to_json()
         # Clock faults start at run-relative times; nodes measure them on the wall clock.
@@ -192,6 +240,15 @@ class _RealTarget:
             return body
 
 
+def _error_message(error: urllib.error.HTTPError) -> str:
+    """The message of a JSON error answer, or its status if it has none."""
+    try:
+        doc = json.loads(error.read())
+        return str(doc["error"]["message"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"HTTP {error.code}"
+
+
 class _RealRunner:
     def __init__(self, scenario: Scenario, cluster: LocalCluster, seed: int, progress: Progress) -> None:
         self.scenario = scenario
@@ -204,7 +261,8 @@ class _RealRunner:
         self.client_rng = random.Random(root.getrandbits(64))
         nemesis_rng = random.Random(root.getrandbits(64))
         self.policy = ChaosPolicy(random.Random(root.getrandbits(64)))
-        self.schedule = plan(scenario.nemesis, cluster.config.node_ids, scenario.duration_ms, nemesis_rng)
+        self.schedule = plan(scenario.nemesis, cluster.config.node_ids, scenario.duration_ms, nemesis_rng,
+                             scenario.cluster.partitions)
         self.started = time.monotonic()
         self.target = _RealTarget(cluster, self.policy, int(time.time() * 1000), self.started)
         self.nemesis = Nemesis(scenario.nemesis, self.target, nemesis_rng)
@@ -235,6 +293,7 @@ class _RealRunner:
             converged = await replica_convergence(
                 {n: self.cluster.url(n) for n in nodes}, self.cluster.config.secret, ADMIN_TIMEOUT_S
             )
+            view = await asyncio.to_thread(self.target.view)
             self.progress("final reads")
             for i, op in enumerate(self.workload.final_ops()):
                 process = self.next_process
@@ -253,6 +312,10 @@ class _RealRunner:
             "outcomes": dict(sorted(outcomes.items())),
             "wall_ms": self.now_ms(),
         }
+        if view is not None:
+            # As in the simulator's stats: completed hand-overs, and the roster after the heal.
+            stats["partition_changes"] = sum(view.epochs) - view.partition_count
+            stats["roster"] = {m.node_id: m.state for m in view.roster}
         return RunResult(s, self.seed, "real", history, self.nemesis.periods, checkers, stats,
                          describe_schedule(self.schedule))
 

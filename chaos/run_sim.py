@@ -94,7 +94,10 @@ def sim_convergence(cluster: SimCluster) -> dict[str, Any]:
     """The convergence verdict (``convergence.check_copies``) of a simulated cluster: every replica's copy of
     each partition with more than one, read straight from its node's storage, judged at the latest node clock."""
     nodes = cluster.node_ids()
-    replicas = cluster.node(nodes[0]).partition_map.replicas
+    # What every node knows together (the first node may have left the cluster and kept an old map).
+    view = cluster.view()
+    assert view is not None, "every node is up after the heal"
+    replicas = view.replicas
     copies = {
         (partition, node): cluster.storage(node).copy_of(partition)
         for partition in convergence.multi_copy_partitions(replicas)
@@ -105,7 +108,7 @@ def sim_convergence(cluster: SimCluster) -> dict[str, Any]:
 
 def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
     spec = scenario.cluster
-    return local_cluster(
+    config = local_cluster(
         spec.nodes,
         mode=spec.mode,
         partitions=spec.partitions,
@@ -113,6 +116,7 @@ def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
                               batch_interval_ms=spec.batch_interval_ms),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
     )
+    return config.replace(initial_nodes=spec.initial_nodes(config.node_ids))
 
 
 class _SimTarget:
@@ -145,6 +149,16 @@ class _SimTarget:
 
     def move(self, partition: int, target: str) -> str:
         return self.cluster.move(partition, target)
+
+    def roster(self) -> dict[str, str]:
+        view = self.cluster.view()
+        return {} if view is None else {m.node_id: m.state for m in view.roster}
+
+    def join(self, node_id: str) -> str:
+        return self.cluster.join(node_id)
+
+    def leave(self, node_id: str) -> str:
+        return self.cluster.leave(node_id)
 
 
 class _Client:
@@ -324,6 +338,8 @@ class _SimRunner:
     def _stats(self, history: History) -> dict[str, Any]:
         kinds = Counter((e.f, e.type) for e in history.events)
         st = self.cluster.stats
+        view = self.cluster.view()
+        assert view is not None, "every node is up after the heal"
         return {
             "ops": sum(n for (_, kind), n in kinds.items() if kind == "invoke"),
             "outcomes": dict(sorted((f"{f}:{kind}", n) for (f, kind), n in kinds.items() if kind != "invoke")),
@@ -332,6 +348,10 @@ class _SimRunner:
             "crashes": st.crashes,
             "syncs": st.syncs,
             "events": st.events,
+            # Hand-overs of a partition that completed (every one bumps the partition's epoch once), and the
+            # roster at the end, both as the nodes know them together.
+            "partition_changes": sum(view.epochs) - view.partition_count,
+            "roster": {m.node_id: m.state for m in view.roster},
             "trace_hash": self.cluster.trace_hash(),
         }
 

@@ -78,3 +78,27 @@ def test_partitions_move_under_faults_and_the_history_stays_valid(seed: int) -> 
     assert result.valid is True, (replay("register-moves.toml", seed), verdicts)
     moved = [p.detail for p in result.periods if p.kind == "move" and p.detail.startswith("move partition")]
     assert moved, "the schedule moved no partition"
+
+
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_nodes_join_and_leave_under_faults_and_the_history_stays_valid(seed: int) -> None:
+    name = "register-membership.toml"
+    result = run_in_sim(load(SCENARIOS / name), seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (replay(name, seed), verdicts)
+    assert result.checkers["lost-writes"]["lost_count"] == 0, replay(name, seed)
+    ordered = [(p.kind, p.detail) for p in result.periods if p.kind in ("join", "leave") and "ordered at" in p.detail]
+    assert {kind for kind, _ in ordered} == {"join", "leave"}, (replay(name, seed), ordered)
+    # Partitions changed hands (every hand-over bumps its partition's epoch once) and the roster changed.
+    assert result.stats["partition_changes"] >= 3, replay(name, seed)
+    roster = result.stats["roster"]
+    assert set(roster) >= {"n1", "n2", "n3"} and set(roster) != {"n1", "n2", "n3"}, roster
+    assert sum(state == "active" for state in roster.values()) >= 2, roster
+
+
+def test_joins_and_leaves_replay_from_the_seed() -> None:
+    scenario = load(SCENARIOS / "register-membership.toml")
+    first, second = run_in_sim(scenario, 2), run_in_sim(scenario, 2)
+    assert first.stats == second.stats
+    assert [p.detail for p in first.periods] == [p.detail for p in second.periods]
+    assert any(p.kind == "join" and "ordered at" in p.detail for p in first.periods)

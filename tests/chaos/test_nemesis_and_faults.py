@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from chaos.faults import PARTITION_KINDS, ChaosPolicy, Delay, partition_grudge
-from chaos.nemesis import FAULT_KINDS, FaultAction, Nemesis, NemesisConfig, plan
+from chaos.nemesis import FAULT_KINDS, PICK_RANGE, FaultAction, Nemesis, NemesisConfig, plan
+from chaos.scenario import ScenarioError, from_dict
 from kvstore.messages import GetOp, Message
 from kvstore.storage.simulated import CrashKind
 
@@ -113,6 +114,8 @@ class RecordingTarget:
         self.policy = ChaosPolicy(random.Random(0))
         self.down: set[str] = set()
         self.calls: list[tuple[str, str, str | None]] = []
+        # The roster the live nodes report: every node active unless a test says otherwise.
+        self.members: dict[str, str] = dict.fromkeys(NODES, "active")
 
     def node_ids(self) -> Sequence[str]:
         return NODES
@@ -141,6 +144,19 @@ class RecordingTarget:
         self.calls.append(("move", target, str(partition)))
         return f"moved {partition} to {target}"
 
+    def roster(self) -> dict[str, str]:
+        return dict(self.members)
+
+    def join(self, node_id: str) -> str:
+        self.calls.append(("join", node_id, None))
+        self.members[node_id] = "active"
+        return f"joined {node_id}"
+
+    def leave(self, node_id: str) -> str:
+        self.calls.append(("leave", node_id, None))
+        self.members[node_id] = "leaving"
+        return f"draining {node_id}"
+
 
 @pytest.mark.parametrize("kind", ["process", "power"])
 def test_crashes_are_of_the_configured_kind(kind: CrashKind) -> None:
@@ -163,3 +179,88 @@ def test_a_move_draws_a_partition_and_a_target_and_acts_at_its_start_only() -> N
     nemesis.apply(FaultAction(500, False, "move", "n3", partition=5))
     assert target.calls == [("move", "n3", "5")]
     assert [(p.kind, p.detail) for p in nemesis.periods] == [("move", "moved 5 to n3")]
+
+
+def test_joins_and_leaves_draw_a_pick_when_planned_and_act_at_their_start_only() -> None:
+    config = NemesisConfig(faults=("join", "leave"), interval_ms=500, start_after_ms=100)
+    actions = plan(config, NODES, 10_000, random.Random(3))
+    starts = [a for a in actions if a.start]
+    assert {a.fault for a in starts} == {"join", "leave"}
+    assert all(a.node is None and a.pick is not None and 0 <= a.pick < PICK_RANGE for a in starts)
+    assert len({a.pick for a in starts}) == len(starts), "picks are drawn, not fixed"
+    assert [a.pick for a in actions[::2]] == [a.pick for a in actions[1::2]]
+    target = RecordingTarget()
+    target.members = {"n1": "active", "n2": "active", "n3": "active"}  # n4 and n5 are spares
+    nemesis = Nemesis(config, target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "join", pick=7))  # candidates n4, n5: 7 % 2 picks n5
+    nemesis.apply(FaultAction(500, False, "join", pick=7))
+    assert target.calls == [("join", "n5", None)]
+    assert [(p.kind, p.detail) for p in nemesis.periods] == [("join", "joined n5")]
+
+
+def test_a_join_picks_a_node_that_is_not_active_leaving_and_removed_ones_included() -> None:
+    target = RecordingTarget()
+    target.members = {"n1": "active", "n2": "leaving", "n3": "active", "n4": "removed"}
+    nemesis = Nemesis(NemesisConfig(faults=("join",)), target, random.Random(1))
+    for pick in range(3):  # candidates in config order: n2, n4, n5
+        nemesis.apply(FaultAction(pick, True, "join", pick=pick))
+        nemesis.apply(FaultAction(pick, False, "join", pick=pick))
+        target.members = {"n1": "active", "n2": "leaving", "n3": "active", "n4": "removed"}
+    assert [c[1] for c in target.calls] == ["n2", "n4", "n5"]
+    target.members = dict.fromkeys(NODES, "active")
+    nemesis.apply(FaultAction(10, True, "join", pick=0))
+    assert nemesis.periods[-1].detail == "join: every configured node is an active member"
+    assert len(target.calls) == 3
+
+
+def test_a_leave_keeps_min_active_members() -> None:
+    target = RecordingTarget()
+    nemesis = Nemesis(NemesisConfig(faults=("leave",)), target, random.Random(1))
+    for at in range(5):
+        nemesis.apply(FaultAction(at, True, "leave", pick=0))  # always the lowest active member
+        nemesis.apply(FaultAction(at, False, "leave", pick=0))
+    # 5 active: three leave (n1, n2, n3), then two are left and no more is drained.
+    assert target.calls == [("leave", "n1", None), ("leave", "n2", None), ("leave", "n3", None)]
+    assert [m for m, state in target.members.items() if state == "active"] == ["n4", "n5"]
+    assert nemesis.periods[-1].detail == "leave: 2 active member(s), and at least 2 stay"
+    strict = Nemesis(NemesisConfig(faults=("leave",), min_active=4), RecordingTarget(), random.Random(1))
+    for at in range(2):
+        strict.apply(FaultAction(at, True, "leave", pick=3))
+        strict.apply(FaultAction(at, False, "leave", pick=3))
+    assert [p.detail for p in strict.periods] == ["draining n4", "leave: 4 active member(s), and at least 4 stay"]
+    with pytest.raises(ValueError, match="min_active must be an int of at least 1"):
+        NemesisConfig(min_active=0)
+
+
+def test_membership_faults_with_no_live_node_to_ask_do_nothing() -> None:
+    target = RecordingTarget()
+    target.members = {}
+    nemesis = Nemesis(NemesisConfig(faults=("join", "leave")), target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "join", pick=1))
+    nemesis.apply(FaultAction(1, True, "leave", pick=1))
+    nemesis.apply(FaultAction(1, False, "leave", pick=1))
+    assert target.calls == []
+    assert [p.detail for p in nemesis.periods] == ["join: no live node to ask who is a member",
+                                                   "leave: no live node to ask who is a member"]
+
+
+def test_a_move_to_a_node_that_is_not_active_goes_to_an_active_one() -> None:
+    target = RecordingTarget()
+    target.members = {"n1": "active", "n2": "leaving", "n3": "active"}
+    nemesis = Nemesis(NemesisConfig(faults=("move",)), target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "move", "n3", partition=1))  # active: as drawn
+    nemesis.apply(FaultAction(1, True, "move", "n2", partition=1))  # index 1 of 2 active -> n3
+    nemesis.apply(FaultAction(2, True, "move", "n5", partition=2))  # a spare, index 4 -> n1
+    assert target.calls == [("move", "n3", "1"), ("move", "n3", "1"), ("move", "n1", "2")]
+
+
+@pytest.mark.parametrize("founders", [0, 6, -1, True, "3"])
+def test_founders_is_checked_against_the_node_count(founders: object) -> None:
+    with pytest.raises(ScenarioError, match=r"bad\.toml: \[cluster\] founders must be an int in 1\.\.nodes \(5\)"):
+        from_dict({"cluster": {"nodes": 5, "founders": founders}}, "bad.toml")
+
+
+def test_founders_name_the_first_nodes() -> None:
+    spec = from_dict({"cluster": {"nodes": 5, "founders": 3}}, "ok.toml").cluster
+    assert spec.initial_nodes(("n1", "n2", "n3", "n4", "n5")) == ("n1", "n2", "n3")
+    assert from_dict({"cluster": {"nodes": 5}}, "ok.toml").cluster.initial_nodes(("n1", "n2")) == ()

@@ -102,3 +102,18 @@ def test_joins_and_leaves_replay_from_the_seed() -> None:
     assert first.stats == second.stats
     assert [p.detail for p in first.periods] == [p.detail for p in second.periods]
     assert any(p.kind == "join" and "ordered at" in p.detail for p in first.periods)
+
+
+def test_a_real_cluster_admits_and_drains_nodes_through_the_nemesis() -> None:
+    scenario = load(SCENARIOS / "register-membership.toml")
+    scenario = replace(scenario, duration_ms=4000, quiet_ms=1500,
+                       nemesis=replace(scenario.nemesis, faults=("join", "leave"), interval_ms=300))
+    result = run_on_real_cluster(scenario, seed=2)
+    assert result.driver == "real"
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, verdicts
+    ordered = [p.detail for p in result.periods if "ordered at" in p.detail]
+    assert any(d.startswith("active ") for d in ordered) and any(d.startswith("leaving ") for d in ordered), ordered
+    # The roster the nodes report after the run names a node admitted at run time, and partitions moved.
+    assert set(result.stats["roster"]) - {"n1", "n2", "n3"}, result.stats["roster"]
+    assert result.stats["partition_changes"] >= 1

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from kvstore.client import Client
-from kvstore.cluster import STATE_NAME, ClusterError, ClusterState, LocalCluster, node_process_alive, running_cluster
+from kvstore.cluster import (
+    STATE_NAME,
+    ClusterError,
+    ClusterState,
+    ClusterUsageError,
+    LocalCluster,
+    node_process_alive,
+    running_cluster,
+)
 from kvstore.errors import ErrorCode, KvError
 from partitioning.hash_partitioner import partition_for_key
 
@@ -71,3 +79,35 @@ def test_status_after_down_shows_every_node_stopped(tmp_path: Path) -> None:
         pids = [r.pid for r in cluster.state().nodes]
     assert [(s.alive, s.healthy) for s in LocalCluster.open(tmp_path).status()] == [(False, False), (False, False)]
     assert not any(node_process_alive(pid) for pid in pids)
+
+
+def test_add_and_remove_node_never_reuse_an_id_and_refuse_what_cannot_be_done(tmp_path: Path) -> None:
+    with running_cluster(tmp_path / "c", nodes=2, engine="sqlite", fsync="always") as cluster, Client(
+        cluster.urls(), timeout_s=5.0
+    ) as client:
+        for i in range(20):
+            client.put(f"k{i}", f"v{i}")
+        assert cluster.add_node(timeout_s=60) == "n3"
+        cluster.remove_node("n3", timeout_s=60)
+        assert cluster.config.node_ids == ("n1", "n2")
+        assert cluster.config.initial_nodes == ("n1", "n2")
+        # n3 stays in the roster as removed (and its data directory stays): the next node is n4.
+        assert cluster.add_node(timeout_s=60) == "n4"
+        assert [(s.node_id, s.member_state) for s in cluster.status()] == [
+            ("n1", "active"), ("n2", "active"), ("n4", "active"),
+        ]
+        assert sum(s.partitions or 0 for s in cluster.status()) == cluster.config.partitions
+        with pytest.raises(ClusterUsageError, match="no node 'n3'"):
+            cluster.remove_node("n3")
+        cluster.kill("n4")
+        with pytest.raises(ClusterUsageError, match="n4 is not running"):
+            cluster.remove_node("n4")
+        cluster.restart("n4")
+        cluster.remove_node("n1", timeout_s=60)
+        cluster.remove_node("n2", timeout_s=60)
+        with pytest.raises(ClusterUsageError, match="n4 is the last active member"):
+            cluster.remove_node("n4")
+        # Read through n4, the one node left: the client knows only the URLs it was given, n1 and n2.
+        with Client(cluster.urls(), timeout_s=5.0) as survivor:
+            values = [survivor.get(f"k{i}") for i in range(20)]
+        assert [v.value if v else None for v in values] == [f"v{i}".encode() for i in range(20)]

@@ -414,9 +414,11 @@ class LocalCluster:
         every running member's ``GET /cluster`` shows the same map epoch, ``balanced``, the new node active
         and owning partitions (when there are at least as many partitions as active nodes). Until a member
         has admitted it, any failure stops the new node and takes it out of the config again; a timeout
-        after that leaves it a member, and the error says what is still pending.
+        after that leaves it a member, and the error says what is still pending. Refused under fsync "never",
+        where nodes move no partition.
         """
         deadline = time.monotonic() + timeout_s
+        self._refuse_moves_never()
         members = self._running_members()
         if not members:
             raise ClusterUsageError(
@@ -452,11 +454,13 @@ class LocalCluster:
         member's ``GET /cluster`` shows the node removed (or not a member), holding no partition, the same
         map epoch and ``balanced``, the node is stopped (SIGTERM, as ``stop``) and taken out of state.json and
         of ``[nodes]`` in cluster.toml (``initial_nodes`` keeps naming the founders). Its log and data stay.
-        Refused: a node not in the config, one that is not running, the last active member.
+        Refused: a node not in the config, one that is not running, the last active member, and any drain
+        under fsync "never" (no partition moves then).
         """
         deadline = time.monotonic() + timeout_s
         if node_id not in self.config.node_ids:
             raise ClusterUsageError(f"no node {node_id!r} in the cluster (nodes: {', '.join(self.config.node_ids)})")
+        self._refuse_moves_never()
         if not self.alive(node_id):
             raise ClusterUsageError(
                 f"node {node_id} is not running: a node drains by moving its partitions itself (start it with: "
@@ -501,6 +505,13 @@ class LocalCluster:
         self.down()
 
     # ------------------------------------------------------------ internals
+
+    def _refuse_moves_never(self) -> None:
+        if self.config.storage.fsync == "never":
+            raise ClusterUsageError(
+                'this cluster runs fsync "never", under which nodes move no partition (a power loss could forget '
+                'that one was handed over), so no node can join or drain; use fsync "always" or "batch"'
+            )
 
     def _save_config(self, config: ClusterConfig) -> None:
         config.save(self.config_path)

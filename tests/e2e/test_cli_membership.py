@@ -159,3 +159,14 @@ def test_the_last_active_member_is_not_removed(cluster_dir: Path) -> None:
     assert "n1 is the last active member" in last.stderr.decode()
     state = ClusterState.load(cluster_dir / STATE_NAME)
     assert state is not None and node_process_alive(state.nodes[0].pid)
+
+
+def test_no_node_joins_or_drains_under_fsync_never(cluster_dir: Path) -> None:
+    d = str(cluster_dir)
+    up = kvstore("cluster", "up", "--detach", "--dir", d, "--nodes", "2", "--engine", "memory", "--fsync", "never")
+    assert up.returncode == 0, text(up)
+    for action in (["add-node"], ["remove-node", "n2"]):
+        refused = kvstore("cluster", *action, "--dir", d)
+        assert refused.returncode == 2, text(refused)
+        assert 'fsync "never"' in refused.stderr.decode()
+    assert ClusterConfig.load(cluster_dir / "cluster.toml").node_ids == ("n1", "n2")

@@ -340,6 +340,7 @@ class _SimRunner:
         st = self.cluster.stats
         view = self.cluster.view()
         assert view is not None, "every node is up after the heal"
+        nodes = [self.cluster.node(node_id) for node_id in self.cluster.node_ids()]
         return {
             "ops": sum(n for (_, kind), n in kinds.items() if kind == "invoke"),
             "outcomes": dict(sorted((f"{f}:{kind}", n) for (f, kind), n in kinds.items() if kind != "invoke")),
@@ -352,6 +353,9 @@ class _SimRunner:
             # roster at the end, both as the nodes know them together.
             "partition_changes": sum(view.epochs) - view.partition_count,
             "roster": {m.node_id: m.state for m in view.roster},
+            # After the quiet time and the final reads: every node holds that one map and its rebalancer has
+            # nothing left to move (liveness of the membership changes; no checker judges it).
+            "settled": all(node.partition_map == view and node.balanced for node in nodes),
             "trace_hash": self.cluster.trace_hash(),
         }
 

@@ -51,7 +51,7 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.http_session import send_once_session
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
 from kvstore.storage.base import Record, Sibling
-from partitioning.hash_partitioner import key_hash
+from partitioning.partition_map import PartitionMap
 
 MSGPACK_TYPE = "application/msgpack"
 _MSGPACK_HEADERS = {"Content-Type": MSGPACK_TYPE, "Accept": MSGPACK_TYPE}
@@ -71,22 +71,25 @@ _STALE_MAP_CODES = frozenset({ErrorCode.WRONG_EPOCH, ErrorCode.NOT_LEADER})
 
 @dataclass(frozen=True)
 class _Routes:
-    """What the client keeps of the partition map: each partition's owner URL (None: not known)."""
+    """What the client keeps of the partition map: the map itself (hash or range lookups, as the nodes do) and
+    each partition's owner URL (None: not known)."""
 
-    epoch: int
+    partition_map: PartitionMap
     owner_urls: tuple[str | None, ...]
 
+    @property
+    def epoch(self) -> int:
+        return self.partition_map.epoch
+
     def url_for(self, key: str) -> str | None:
-        return self.owner_urls[key_hash(key) % len(self.owner_urls)]
+        return self.owner_urls[self.partition_map.partition_for_key(key)]
 
     @staticmethod
     def of(doc: Mapping[str, Any]) -> _Routes:
+        """From a ``GET /cluster`` document; ValueError if its map is not a valid one."""
         urls = {m["node_id"]: str(m["url"]).rstrip("/") for m in doc["members"] if m.get("url")}
-        partition_map = doc["partition_map"]
-        owners = tuple(urls.get(replicas[0]) for replicas in partition_map["replicas"])
-        if not owners:
-            raise ValueError("a partition map without partitions")
-        return _Routes(int(partition_map["epoch"]), owners)
+        partition_map = PartitionMap.from_json(doc["partition_map"])
+        return _Routes(partition_map, tuple(urls.get(replicas[0]) for replicas in partition_map.replicas))
 
 
 # The admin route of replica copies (kvstore.server.routes_admin; the client does not import the server).

@@ -5,13 +5,21 @@
 name = "demo"
 secret = "change-me"          # shared secret that authenticates peer traffic (HMAC-SHA256)
 mode = "single"               # replication mode; "single" = one copy per key (the foundation)
-partitions = 64
+partitions = 64               # hash: the fixed partitions (vnodes) keys hash to; range: the slots ranges take
+partitioner = "hash"          # "hash" (key hash mod partitions) or "range" (sorted key ranges that split and merge)
 initial_nodes = ["n1", "n2"]  # who held the partitions when the cluster was made (default: every node);
                               # nodes added later join at run time (kvstore cluster add-node)
 
 [nodes]                       # node id = "host:port"; one cluster can span machines
 n1 = "127.0.0.1:7001"
 n2 = "127.0.0.1:7002"
+
+[ranges]                      # range mode only: a range splits past either split bound, neighbours merge
+split_keys = 100000           # below both merge bounds (each at most half its split bound)
+split_bytes = 67108864
+merge_keys = 25000
+merge_bytes = 16777216
+check_interval_ms = 1000
 
 [storage]
 engine = "sqlite"             # "sqlite" (durable) or "memory"
@@ -46,12 +54,15 @@ from typing import Any, Literal, cast
 import tomli_w
 
 from kvstore.toml_file import read_toml
+from partitioning.range_map import SplitPolicy
 
 log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "batch", "never"]
 StorageEngine = Literal["sqlite", "memory"]
 Mode = Literal["single"]
+Partitioner = Literal["hash", "range"]
+PARTITIONERS: tuple[str, ...] = ("hash", "range")
 
 FSYNC_POLICIES: tuple[str, ...] = ("always", "batch", "never")
 # Settings earlier versions read and this one ignores (with a warning), so that old files still load.
@@ -92,6 +103,21 @@ class StorageConfig:
     fsync: FsyncPolicy = "always"
     batch_interval_ms: int = 10
     data_dir: str = ".kvstore/data"
+
+
+@dataclass(frozen=True)
+class RangesConfig:
+    """Range mode's split and merge thresholds (``partitioning.range_map.SplitPolicy``) and how often an owner
+    looks at its ranges."""
+
+    split_keys: int = 100_000
+    split_bytes: int = 64 << 20
+    merge_keys: int = 25_000
+    merge_bytes: int = 16 << 20
+    check_interval_ms: int = 1000
+
+    def policy(self) -> SplitPolicy:
+        return SplitPolicy(self.split_keys, self.split_bytes, self.merge_keys, self.merge_bytes)
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,8 @@ class ClusterConfig:
     # The nodes the cluster was made with, which the first layout is built from; empty: every node. A node
     # added later is in ``nodes`` (so it can run) but not here: it joins at run time.
     initial_nodes: tuple[str, ...] = ()
+    partitioner: Partitioner = "hash"
+    ranges: RangesConfig = field(default_factory=RangesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -162,6 +190,14 @@ class ClusterConfig:
             raise ConfigError("cluster.initial_nodes must be a list of node ids")
         if len(set(self.initial_nodes)) != len(self.initial_nodes):
             raise ConfigError(f"cluster.initial_nodes lists a node twice: {list(self.initial_nodes)}")
+        if self.partitioner not in PARTITIONERS:
+            raise ConfigError(f"cluster.partitioner: {self.partitioner!r} is not one of {PARTITIONERS}")
+        try:
+            self.ranges.policy()
+        except ValueError as exc:
+            raise ConfigError(f"ranges: {exc}") from exc
+        if self.ranges.check_interval_ms <= 0:
+            raise ConfigError(f"ranges.check_interval_ms must be positive, got {self.ranges.check_interval_ms}")
         if self.partitions < 1:
             raise ConfigError("cluster.partitions must be at least 1")
         if self.storage.fsync not in FSYNC_POLICIES:
@@ -200,7 +236,7 @@ class ClusterConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ClusterConfig:
-        unknown = set(data) - {"cluster", "nodes", "storage", "limits", "timeouts"}
+        unknown = set(data) - {"cluster", "nodes", "ranges", "storage", "limits", "timeouts"}
         if unknown:
             raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
         cluster = _table(data, "cluster")
@@ -210,7 +246,9 @@ class ClusterConfig:
             if not isinstance(address, str):
                 raise ConfigError(f"nodes.{node_id}: expected a 'host:port' string")
             nodes.append(NodeAddress.parse(node_id, address))
-        kwargs = _fields_of(ClusterConfig, cluster, "cluster", skip={"nodes", "storage", "limits", "timeouts"})
+        kwargs = _fields_of(
+            ClusterConfig, cluster, "cluster", skip={"nodes", "ranges", "storage", "limits", "timeouts"}
+        )
         if "initial_nodes" in kwargs:
             initial = kwargs["initial_nodes"]
             if not isinstance(initial, list):
@@ -218,6 +256,7 @@ class ClusterConfig:
             kwargs["initial_nodes"] = tuple(initial)
         return ClusterConfig(
             nodes=tuple(nodes),
+            ranges=RangesConfig(**_fields_of(RangesConfig, _table(data, "ranges"), "ranges")),
             storage=StorageConfig(**_fields_of(StorageConfig, _retired(_table(data, "storage"), "storage"), "storage")),
             limits=Limits(**_fields_of(Limits, _table(data, "limits"), "limits")),
             timeouts=Timeouts(**_fields_of(Timeouts, _table(data, "timeouts"), "timeouts")),
@@ -235,9 +274,11 @@ class ClusterConfig:
                 "secret": self.secret,
                 "mode": self.mode,
                 "partitions": self.partitions,
+                "partitioner": self.partitioner,
                 **({"initial_nodes": list(self.initial_nodes)} if self.initial_nodes else {}),
             },
             "nodes": {n.node_id: f"{n.host}:{n.port}" for n in self.nodes},
+            "ranges": dataclasses.asdict(self.ranges),
             "storage": dataclasses.asdict(self.storage),
             "limits": dataclasses.asdict(self.limits),
             "timeouts": dataclasses.asdict(self.timeouts),

@@ -78,14 +78,17 @@ class GatherPart(Generic[T]):
 
 
 def scan_parts(
-    op: ScanOp, by_owner: dict[str, list[int]], target: T
+    op: ScanOp, by_owner: dict[str, list[int]], target: T, epoch_of: Callable[[int], int] | None = None
 ) -> list[tuple[str, ScanPartitionsOp, GatherPart[T]]]:
-    """One part per owner of ``by_owner`` (its partitions), in its order, gathered for ``target``."""
+    """One part per owner of ``by_owner`` (its partitions), in its order, gathered for ``target``; with
+    ``epoch_of`` (range mode), each part names its partitions' epochs."""
     gather = Gather(target, remaining=len(by_owner), slots=[], pages=[], scan_limit=op.limit)
-    return [
-        (owner, ScanPartitionsOp(tuple(partitions), op.start, op.end, op.limit), GatherPart(gather, ()))
-        for owner, partitions in by_owner.items()
-    ]
+    parts = []
+    for owner, partitions in by_owner.items():
+        epochs = () if epoch_of is None else tuple(epoch_of(p) for p in partitions)
+        part = ScanPartitionsOp(tuple(partitions), op.start, op.end, op.limit, epochs)
+        parts.append((owner, part, GatherPart(gather, ())))
+    return parts
 
 
 def batch_parts(

@@ -194,6 +194,11 @@ class Mover:
 
     # ------------------------------------------------------------ queries
 
+    @property
+    def receiving(self) -> set[int]:
+        """Partitions this node is receiving a copy of now."""
+        return set(self._incoming)
+
     def fenced(self, partition: int) -> bool:
         out = self.moving.get(partition)
         return out is not None and out.fenced

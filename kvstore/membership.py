@@ -35,6 +35,7 @@ REBALANCE_TIMER = "rebalance"
 # How far from its fair share of partitions a node may be before the rebalancer moves one.
 SLACK_PARTITIONS = 1.5
 MAX_TOLERANCE = 0.5
+LIVE_RANGE_WEIGHT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,17 @@ def _balanced(partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
     if not active:
         return partition_map.layout()  # nowhere to move anything: keep what there is
     replicas = max(len(r) for r in partition_map.replicas)
-    share = partition_map.partition_count * min(replicas, len(active)) / len(active)
-    tolerance = min(SLACK_PARTITIONS / share, MAX_TOLERANCE)
-    return balance(partition_map.layout(), dict.fromkeys(active, 1.0), replicas, tolerance=tolerance)
+    # Range mode: a range counts LIVE_RANGE_WEIGHT, a free slot 1 (free slots are spread too, so that every
+    # member has slots to split into); hash mode: every partition counts 1.
+    ranged = partition_map.ranges is not None
+    unit = LIVE_RANGE_WEIGHT if ranged else 1
+    sizes = {p: unit if partition_map.live(p) else 1 for p in range(partition_map.partition_count)}
+    share = sum(sizes.values()) * min(replicas, len(active)) / len(active)
+    tolerance = min(SLACK_PARTITIONS * unit / share, MAX_TOLERANCE)
+    return balance(
+        partition_map.layout(),
+        dict.fromkeys(active, 1.0),
+        replicas,
+        sizes=sizes if ranged else None,
+        tolerance=tolerance,
+    )

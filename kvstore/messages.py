@@ -231,6 +231,9 @@ class ScanPartitionsOp:
     start: str
     end: str | None
     limit: int
+    # Range mode: each partition's epoch in the sender's map. The owner refuses the scan (wrong_epoch) if one
+    # differs from its own, since a split or merge since changed the keys that partition holds.
+    epochs: tuple[int, ...] = ()
 
 
 @register
@@ -294,16 +297,18 @@ class MapUpdate:
     roster: tuple[tuple[str, str, str, int], ...]
     replicas: tuple[tuple[str, ...], ...]
     epochs: tuple[int, ...]
+    # Range mode: each slot's first key, None for a free slot; None in hash mode.
+    starts: tuple[str | None, ...] | None = None
 
     @staticmethod
     def of(partition_map: PartitionMap) -> MapUpdate:
         roster = tuple((m.node_id, m.address, m.state, m.version) for m in partition_map.roster)
-        return MapUpdate(roster, partition_map.replicas, partition_map.epochs)
+        return MapUpdate(roster, partition_map.replicas, partition_map.epochs, partition_map.starts)
 
     def to_map(self) -> PartitionMap:
         """The map it carries; ValueError if it is not a valid one."""
         roster = tuple(Member(*entry) for entry in self.roster)
-        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster)
+        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster, starts=self.starts)
 
 
 # ---------------------------------------------------------------- moves (kvstore/handoff.py)

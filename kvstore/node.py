@@ -40,6 +40,7 @@ must hold to the same rule.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -80,6 +81,7 @@ from kvstore.messages import (
     Synced,
     TimerFired,
 )
+from kvstore.ranges import RANGES_TIMER, RangeKeeper
 from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
 from kvstore.validation import check_op
@@ -183,6 +185,10 @@ class Node:
             moves_refused=None if config.storage.fsync != "never" else 'moves need fsync "always" or "batch"',
         )
         self._rebalancer = Rebalancer(node_id)
+        # Range mode: this node's splits and merges of the ranges it owns (kvstore/ranges.py).
+        self._range_keeper = (
+            RangeKeeper(node_id, storage, config.ranges.policy()) if config.partitioner == "range" else None
+        )
         self._rebalance_armed = False
         self._rebalance_interval_ms = config.timeouts.rebalance_interval_ms
         # Why the last operator order (a move, a membership change) did nothing; None if it did something.
@@ -240,9 +246,12 @@ class Node:
         ``wrong_epoch``, definitely, for a retry at the new owner); one it now holds is served from its storage,
         which a move fills before it flips the map. A map of another partition count is ignored."""
         current = self.partition_map
-        if incoming.partition_count != current.partition_count:
+        if incoming.partition_count != current.partition_count or incoming.partitioner != current.partitioner:
             return
-        merged = current.merge(incoming)
+        try:
+            merged = current.merge(incoming)
+        except ValueError:
+            return  # ranges that do not tile the key space together: a map no node could have made
         if merged == current:
             return
         self.partition_map = merged
@@ -305,6 +314,8 @@ class Node:
         self.started = True
         self._effects.extend(self._mover.on_started(self._now_ms))
         self._arm_rebalance()
+        if self._range_keeper is not None:
+            self._effects.append(SetTimer(RANGES_TIMER, self._now_ms + self.config.ranges.check_interval_ms))
         for partition in self.replicas:
             log = self.storage.log(partition)
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
@@ -382,6 +393,9 @@ class Node:
         elif key == REBALANCE_TIMER:
             self._rebalance_armed = False
             self._rebalance()
+        elif key == RANGES_TIMER and self._range_keeper is not None:
+            self._split_or_merge()
+            self._effects.append(SetTimer(RANGES_TIMER, self._now_ms + self.config.ranges.check_interval_ms))
 
     # ------------------------------------------------------------ membership and rebalancing
 
@@ -423,6 +437,15 @@ class Node:
             self._rebalance_armed = True
             self._effects.append(SetTimer(REBALANCE_TIMER, self._now_ms + self._rebalance_interval_ms))
 
+    def _split_or_merge(self) -> None:
+        """Range mode: one due split or merge of the ranges this node owns (``kvstore/ranges.py``), its records
+        moved between slots in this step, the new map installed and announced."""
+        assert self._range_keeper is not None
+        busy = self._mover.moving.keys() | self._mover.receiving
+        changed = self._range_keeper.turn(self.partition_map, busy)
+        if changed is not None:
+            self._install_and_announce(changed)
+
     def _install_and_announce(self, partition_map: PartitionMap) -> None:
         """Install a map this node changed itself (a membership order, a move's hand-over) and send it to every
         node of the roster at once, so that routing, the rebalancers and the drains see it without waiting
@@ -451,7 +474,7 @@ class Node:
         elif isinstance(op, ScanOp):
             self._start_scan(op, target)
         elif isinstance(op, ScanPartitionsOp):
-            self._deliver(target, self._local_scan(op.partitions, op.start, op.end, op.limit))
+            self._deliver(target, self._local_scan(op.partitions, op.start, op.end, op.limit, op.epochs))
         elif isinstance(op, (BatchGetOp, BatchPutOp)):
             self._start_batch(op, target)
         else:
@@ -498,8 +521,17 @@ class Node:
             self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
 
     def _start_scan(self, op: ScanOp, target: _Target) -> None:
-        by_owner = self._group_by_owner(range(self.partition_map.partition_count))
-        for owner, part, waiter in scan_parts(op, by_owner, target):
+        partition_map = self.partition_map
+        ranges = partition_map.ranges
+        if ranges is None:
+            by_owner = self._group_by_owner(range(partition_map.partition_count))
+            epoch_of = None
+        else:
+            # Only the ranges the scan overlaps; each part names their epochs, since a split or a merge since
+            # would change what a range holds.
+            by_owner = self._group_by_owner([r.partition for r in ranges.ranges_overlapping(op.start, op.end)])
+            epoch_of = partition_map.epoch_of
+        for owner, part, waiter in scan_parts(op, by_owner, target, epoch_of):
             token = self._wait(waiter)
             if owner == self.node_id:
                 self._complete(token, self._local_scan(part.partitions, op.start, op.end, op.limit))
@@ -619,16 +651,22 @@ class Node:
     def _owner_of_key(self, key: str) -> str:
         return self.partition_map.owner(self.partition_map.partition_for_key(key))
 
-    def _group_by_owner(self, partitions: range) -> dict[str, list[int]]:
+    def _group_by_owner(self, partitions: Iterable[int]) -> dict[str, list[int]]:
         by_owner: dict[str, list[int]] = {}
         for p in partitions:
             by_owner.setdefault(self.partition_map.owner(p), []).append(p)
         # Insertion order follows the partition numbers, so the grouping is the same on every run.
         return by_owner
 
-    def _local_scan(self, partitions: tuple[int, ...], start: str, end: str | None, limit: int) -> Result:
+    def _local_scan(
+        self, partitions: tuple[int, ...], start: str, end: str | None, limit: int, epochs: tuple[int, ...] = ()
+    ) -> Result:
         pages = []
-        for p in partitions:
+        partition_map = self.partition_map
+        for i, p in enumerate(partitions):
+            if epochs and 0 <= p < partition_map.partition_count and partition_map.epoch_of(p) != epochs[i]:
+                message = f"partition {p} changed since the scan was planned (epoch {partition_map.epoch_of(p)})"
+                return Failure.of(ErrorCode.WRONG_EPOCH, message + "; retry")
             replica = self.replicas.get(p)
             if replica is not None and self._mover.fenced(p):
                 return self._moving_away(p)
@@ -683,7 +721,10 @@ def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
     """The config's map, merged with what this node learnt and stored before it last stopped."""
     founders = config.founding_nodes
     addresses = tuple(config.address_text(node_id) for node_id in founders)
-    initial = PartitionMap.round_robin(founders, config.partitions, addresses=addresses)
+    if config.partitioner == "range":
+        initial = PartitionMap.range_initial(founders, config.partitions, addresses)
+    else:
+        initial = PartitionMap.round_robin(founders, config.partitions, addresses=addresses)
     stored = storage.get_meta(MAP_META)
     if stored is None:
         return initial
@@ -694,6 +735,11 @@ def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
         learnt = update.to_map()
     except ValueError as exc:
         raise ValueError(f"the stored partition map is not readable: {exc}") from exc
+    if learnt.partitioner != initial.partitioner:
+        raise ValueError(
+            f"the stored partition map is {learnt.partitioner}-partitioned but cluster.partitioner is "
+            f"{initial.partitioner}: a cluster keeps its partitioner"
+        )
     if learnt.partition_count != initial.partition_count:
         raise ValueError(
             f"the stored partition map has {learnt.partition_count} partitions but cluster.partitions is "

@@ -125,6 +125,8 @@ def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits) -> None:
         # A partition named twice would be scanned twice and its keys returned twice.
         if not op.partitions or len(set(op.partitions)) != len(op.partitions):
             raise KvError(ErrorCode.BAD_REQUEST, "a partition scan needs distinct partitions")
+        if op.epochs and len(op.epochs) != len(op.partitions):
+            raise KvError(ErrorCode.BAD_REQUEST, "a partition scan names one epoch per partition, or none")
     elif isinstance(op, (BatchGetOp, BatchPutOp)):
         entries = op.keys if isinstance(op, BatchGetOp) else op.items
         if not entries:

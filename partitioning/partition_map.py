@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitioning.hash_partitioner import key_hash
+from partitioning.range_map import RangeMap
 
 # Bound on what from_json accepts (a map may come from another node).
 MAX_PARTITIONS = 65536
@@ -78,7 +79,7 @@ class PartitionMap:
     removed; ``active`` those that take partitions. A node that holds a replica is never removed in effect:
     ``holding_members`` counts it, and it gives its partitions away like a leaving one."""
 
-    __slots__ = ("_active", "_by_id", "_members", "epochs", "replicas", "roster")
+    __slots__ = ("_active", "_by_id", "_members", "_ranges", "epochs", "replicas", "roster", "starts")
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class PartitionMap:
         *,
         epochs: tuple[int, ...] | None = None,
         roster: tuple[Member, ...] | None = None,
+        starts: tuple[str | None, ...] | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a partition map needs at least one partition")
@@ -99,6 +101,8 @@ class PartitionMap:
         epochs = epochs if epochs is not None else (1,) * len(replicas)
         if len(epochs) != len(replicas):
             raise ValueError(f"{len(epochs)} epochs for {len(replicas)} partitions")
+        if starts is not None and (not isinstance(starts, tuple) or len(starts) != len(replicas)):
+            raise ValueError("range mode needs one start (a key, or None for a free slot) per partition")
         if any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs):
             raise ValueError("every partition epoch must be an int of at least 1")
         holders = {node for nodes in replicas for node in nodes}
@@ -117,6 +121,8 @@ class PartitionMap:
         self.replicas = replicas
         self.epochs = epochs
         self.roster = roster
+        self.starts = starts
+        self._ranges = None if starts is None else _range_view(starts)
         self._by_id = {m.node_id: m for m in roster}
         self._members = tuple(m.node_id for m in roster if m.state != REMOVED)
         self._active = tuple(m.node_id for m in roster if m.state == ACTIVE)
@@ -143,6 +149,58 @@ class PartitionMap:
         roster = tuple(Member(node_id, a, ACTIVE, 1) for node_id, a in zip(node_ids, addresses, strict=True))
         return PartitionMap(replicas, roster=roster)
 
+    @staticmethod
+    def range_initial(
+        node_ids: tuple[str, ...], slots: int, addresses: tuple[str, ...] | None = None
+    ) -> PartitionMap:
+        """Range mode: ``slots`` partition slots placed round robin, slot 0 holding every key and the others free
+        (a split takes a free slot its owner holds). Splits then cut the key space as the data grows."""
+        layout = PartitionMap.round_robin(node_ids, slots, 1, addresses)
+        return PartitionMap(layout.replicas, roster=layout.roster, starts=("",) + (None,) * (slots - 1))
+
+    def with_split(self, partition: int, at_key: str, free_slot: int) -> PartitionMap:
+        """Range mode: ``partition``'s keys from ``at_key`` on go to ``free_slot`` (a free slot on the same
+        replicas); both epochs one higher. ValueError unless ``at_key`` lies strictly inside the range."""
+        ranges = self._range_mode()
+        self._checked_partition(partition)
+        self._checked_partition(free_slot)
+        if self.starts is None or self.starts[free_slot] is not None:
+            raise ValueError(f"slot {free_slot} is not free")
+        if self.replicas[free_slot] != self.replicas[partition]:
+            raise ValueError(f"slot {free_slot} is not on partition {partition}'s replicas")
+        r = ranges.range_of(partition)
+        if not (r.start < at_key and (r.end is None or at_key < r.end)):
+            raise ValueError(f"{at_key!r:.60} is not strictly inside partition {partition}'s range")
+        starts = list(self.starts)
+        starts[free_slot] = at_key
+        epochs = list(self.epochs)
+        epochs[partition] += 1
+        epochs[free_slot] += 1
+        return PartitionMap(self.replicas, epochs=tuple(epochs), roster=self.roster, starts=tuple(starts))
+
+    def with_merge(self, left: int, right: int) -> PartitionMap:
+        """Range mode: ``right`` (the range just after ``left``, on the same replicas) joins ``left`` and its
+        slot becomes free; both epochs one higher."""
+        ranges = self._range_mode()
+        self._checked_partition(left)
+        self._checked_partition(right)
+        if ranges.range_of(left).end is None or ranges.range_of(right).start != ranges.range_of(left).end:
+            raise ValueError(f"partition {right} is not the range right after partition {left}")
+        if self.replicas[left] != self.replicas[right]:
+            raise ValueError(f"partitions {left} and {right} are not on the same replicas")
+        assert self.starts is not None
+        starts = list(self.starts)
+        starts[right] = None
+        epochs = list(self.epochs)
+        epochs[left] += 1
+        epochs[right] += 1
+        return PartitionMap(self.replicas, epochs=tuple(epochs), roster=self.roster, starts=tuple(starts))
+
+    def _range_mode(self) -> RangeMap:
+        if self._ranges is None:
+            raise ValueError("a hash-partitioned map has no ranges")
+        return self._ranges
+
     def with_replicas(self, partition: int, replicas: tuple[str, ...]) -> PartitionMap:
         """This map with ``partition`` on ``replicas`` (members all), its epoch one higher."""
         self._checked_partition(partition)
@@ -156,7 +214,7 @@ class PartitionMap:
         layout[partition] = tuple(replicas)
         epochs = list(self.epochs)
         epochs[partition] = epoch
-        return PartitionMap(tuple(layout), epochs=tuple(epochs), roster=self.roster)
+        return PartitionMap(tuple(layout), epochs=tuple(epochs), roster=self.roster, starts=self.starts)
 
     def with_member(self, node_id: str, state: str, address: str | None = None) -> PartitionMap:
         """This map with ``node_id`` in ``state`` (and at ``address``, if given), its roster entry one version
@@ -170,7 +228,7 @@ class PartitionMap:
             (old.version + 1) if old else 2,
         )
         roster = (*tuple(m for m in self.roster if m.node_id != node_id), entry)
-        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster)
+        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster, starts=self.starts)
 
     def merge(self, other: PartitionMap) -> PartitionMap:
         """What both maps know: per partition the entry with the higher epoch, per member the newer entry.
@@ -179,25 +237,33 @@ class PartitionMap:
         (only the owner hands a partition over, one change at a time); they are resolved the same way on
         every node all the same (the greater replica tuple), so maps converge whatever the order of merges.
         """
-        if other.partition_count != self.partition_count:
+        if other.partition_count != self.partition_count or (other.starts is None) != (self.starts is None):
             raise ValueError(
-                f"cannot merge a map of {other.partition_count} partitions into one of {self.partition_count}"
+                f"cannot merge a {other.partitioner} map of {other.partition_count} partitions into a "
+                f"{self.partitioner} one of {self.partition_count}"
             )
         replicas: list[tuple[str, ...]] = []
         epochs: list[int] = []
-        for mine, my_epoch, theirs, their_epoch in zip(
-            self.replicas, self.epochs, other.replicas, other.epochs, strict=True
+        starts: list[str | None] = []
+        my_starts = self.starts or (None,) * len(self.replicas)
+        their_starts = other.starts or my_starts
+        for p, (mine, my_epoch, theirs, their_epoch) in enumerate(
+            zip(self.replicas, self.epochs, other.replicas, other.epochs, strict=True)
         ):
-            if (their_epoch, theirs) > (my_epoch, mine):
-                replicas.append(theirs)
-                epochs.append(their_epoch)
-            else:
-                replicas.append(mine)
-                epochs.append(my_epoch)
+            # A slot's start travels with its entry (range mode): the newer entry brings its own.
+            theirs_newer = (their_epoch, theirs, their_starts[p] or "") > (my_epoch, mine, my_starts[p] or "")
+            replicas.append(theirs if theirs_newer else mine)
+            epochs.append(their_epoch if theirs_newer else my_epoch)
+            starts.append(their_starts[p] if theirs_newer else my_starts[p])
         entries = {m.node_id: m for m in self.roster}
         for m in other.roster:
             entries[m.node_id] = entries[m.node_id].newer(m) if m.node_id in entries else m
-        return PartitionMap(tuple(replicas), epochs=tuple(epochs), roster=tuple(entries.values()))
+        return PartitionMap(
+            tuple(replicas),
+            epochs=tuple(epochs),
+            roster=tuple(entries.values()),
+            starts=None if self.starts is None else tuple(starts),
+        )
 
     def _checked_partition(self, partition: int) -> None:
         if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < len(self.replicas):
@@ -248,9 +314,33 @@ class PartitionMap:
     def partition_count(self) -> int:
         return len(self.replicas)
 
+    @property
+    def partitioner(self) -> str:
+        return "hash" if self._ranges is None else "range"
+
+    @property
+    def ranges(self) -> RangeMap | None:
+        """Range mode: the live slots as a ``RangeMap`` (lookups, scan plans, the split policy); None in hash
+        mode."""
+        return self._ranges
+
     def partition_for_key(self, key: str) -> int:
-        # hash_partitioner.partition_for_key inlined (a map always has a partition): one call per op less.
-        return key_hash(key) % len(self.replicas)
+        ranges = self._ranges
+        if ranges is None:
+            # hash_partitioner.partition_for_key inlined (a map always has a partition): one call per op less.
+            return key_hash(key) % len(self.replicas)
+        return ranges.partition_for_key(key)
+
+    def live(self, partition: int) -> bool:
+        """Whether ``partition`` holds keys: always in hash mode, a slot with a range in range mode."""
+        return self.starts is None or self.starts[partition] is not None
+
+    def live_partitions(self) -> tuple[int, ...]:
+        """The partitions that hold keys: every one in hash mode, the slots with a range in key order in range
+        mode."""
+        if self._ranges is None:
+            return tuple(range(len(self.replicas)))
+        return self._ranges.partitions
 
     def owner(self, partition: int) -> str:
         return self.replicas[partition][0]
@@ -273,10 +363,15 @@ class PartitionMap:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PartitionMap):
             return NotImplemented
-        return self.replicas == other.replicas and self.epochs == other.epochs and self.roster == other.roster
+        return (
+            self.replicas == other.replicas
+            and self.epochs == other.epochs
+            and self.roster == other.roster
+            and self.starts == other.starts
+        )
 
     def __hash__(self) -> int:
-        return hash((self.replicas, self.epochs, self.roster))
+        return hash((self.replicas, self.epochs, self.roster, self.starts))
 
     def __repr__(self) -> str:
         return f"PartitionMap(epoch={self.epoch}, partitions={self.partition_count}, members={list(self.members)})"
@@ -294,6 +389,7 @@ class PartitionMap:
             ],
             "replicas": [list(r) for r in self.replicas],
             "epochs": list(self.epochs),
+            **({} if self.starts is None else {"starts": list(self.starts)}),
         }
 
     @staticmethod
@@ -303,7 +399,7 @@ class PartitionMap:
             raise ValueError(f"a partition map must be an object, not {type(doc).__name__}")
         if doc.get("version") != _FORMAT_VERSION:
             raise ValueError(f"unknown partition map version {doc.get('version')!r:.40}")
-        known = {"version", "epoch", "membership_epoch", "members", "roster", "replicas", "epochs"}
+        known = {"version", "epoch", "membership_epoch", "members", "roster", "replicas", "epochs", "starts"}
         unknown = sorted(str(k)[:40] for k in doc if k not in known)
         if unknown:
             raise ValueError(f"unknown partition map field(s): {', '.join(unknown[:5])}")
@@ -318,12 +414,34 @@ class PartitionMap:
         if not isinstance(roster_doc, list) or not 1 <= len(roster_doc) <= MAX_MEMBERS:
             raise ValueError(f"roster must be a list of 1 to {MAX_MEMBERS} members")
         roster = tuple(_member_from_json(entry) for entry in roster_doc)
-        result = PartitionMap(replicas, epochs=tuple(epochs_doc), roster=roster)
+        starts_doc = doc.get("starts")
+        if starts_doc is not None and not isinstance(starts_doc, list):
+            raise ValueError("starts must be a list of keys or nulls")
+        starts = None if starts_doc is None else tuple(starts_doc)
+        result = PartitionMap(replicas, epochs=tuple(epochs_doc), roster=roster, starts=starts)
         if doc.get("epoch") != result.epoch:
             raise ValueError(f"the map's epoch {doc.get('epoch')!r:.40} does not match its partitions' epochs")
         if "members" in doc and doc["members"] != list(result.members):
             raise ValueError("members does not match the roster")
         return result
+
+
+def _range_view(starts: tuple[str | None, ...]) -> RangeMap:
+    """The live slots of a range-mode map as a RangeMap; ValueError unless their starts tile the key space."""
+    if not isinstance(starts, tuple):
+        raise ValueError("starts must be a tuple")
+    live: list[tuple[str, int]] = []
+    for p, start in enumerate(starts):
+        if start is None:
+            continue
+        if not isinstance(start, str):
+            raise ValueError(f"partition {p}: a start must be a key or None")
+        live.append((start, p))
+    live.sort()
+    if not live or live[0][0] != "":
+        raise ValueError("no range starts at the empty key: the ranges must cover every key")
+    split_points = tuple(start for start, _ in live[1:])
+    return RangeMap(split_points, tuple(p for _, p in live), len(starts))
 
 
 def _member_from_json(entry: object) -> Member:

@@ -14,6 +14,7 @@ from kvstore.client import AsyncClient, Client, _Routes
 from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
 from kvstore.server.inprocess import InProcessCluster, free_ports, loopback_config
+from partitioning.partition_map import PartitionMap
 
 
 @pytest.fixture
@@ -252,7 +253,7 @@ async def test_an_owner_that_cannot_be_reached_falls_back_to_the_given_nodes(clu
 
 
 def _routes_to(url: str, partitions: int) -> _Routes:
-    return _Routes(1, (url,) * partitions)
+    return _Routes(PartitionMap.round_robin(("n1",), partitions), (url,) * partitions)
 
 
 @pytest.fixture
@@ -266,7 +267,8 @@ async def moved_map(cluster: InProcessCluster) -> AsyncIterator[tuple[str, list[
     async def cluster_doc(request: web.Request) -> web.Response:
         seen.append("cluster")
         if seen.count("cluster") == 1:
-            doc = {"members": [{"node_id": "f", "url": fake_url}], "partition_map": {"epoch": 1, "replicas": [["f"]]}}
+            fake_map = PartitionMap.round_robin(("f",), 1).to_json()
+            doc = {"members": [{"node_id": "f", "url": fake_url}], "partition_map": fake_map}
         else:
             async with AsyncClient([cluster.url("n1")], route_by_map=False) as real:
                 doc = await real.cluster()

@@ -20,6 +20,10 @@ partition; where views differ for a while (a member has not heard of another's f
 takes replicas from the most loaded nodes first, so a member rarely moves one of its own when another was
 meant to. ``balance`` stops once every active node holds its fair share within ``SLACK_PARTITIONS`` (at most
 half of it): a manual move that leaves the layout within that slack stays; one beyond it is undone.
+
+Range mode: a range counts ``LIVE_RANGE_WEIGHT`` and a free slot 1 in the balance, and a member with two free
+slots or more gives one to an active member that has none, since only an owner's own free slot can take the
+upper half of its range in a split.
 """
 
 from __future__ import annotations
@@ -95,13 +99,27 @@ class Rebalancer:
         return all(target[p] == replicas for p, replicas in enumerate(partition_map.replicas))
 
     def moves(self, partition_map: PartitionMap) -> list[tuple[int, str]]:
-        """(partition, target) for each partition this node owns that the balanced layout puts elsewhere."""
+        """(partition, target) for each partition this node owns that the balanced layout puts elsewhere; in
+        range mode also one free slot of this node's for an active member that has none (it could not split)."""
         target = self.target(partition_map)
-        return [
+        moves = [
             (p, target[p][0])
             for p, replicas in enumerate(partition_map.replicas)
             if replicas[0] == self._node_id and target[p][0] != self._node_id
         ]
+        if partition_map.ranges is not None:
+            moves.extend(self._free_slot_moves(partition_map, {p for p, _ in moves}))
+        return moves
+
+    def _free_slot_moves(self, partition_map: PartitionMap, leaving: set[int]) -> list[tuple[int, str]]:
+        free: dict[str, list[int]] = {node: [] for node in partition_map.active}
+        for p, replicas in enumerate(partition_map.replicas):
+            if not partition_map.live(p) and replicas[0] in free and p not in leaving:
+                free[replicas[0]].append(p)
+        mine = free.get(self._node_id, [])
+        needy = [node for node, slots in free.items() if not slots]
+        # Keep one for this node's own next split.
+        return [(mine[-1], needy[0])] if len(mine) >= 2 and needy else []
 
     def finished_leavers(self, partition_map: PartitionMap) -> PartitionMap | None:
         """The map with every leaving node that holds nothing marked removed, if this node is the one to do it

@@ -21,7 +21,20 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kvstore.messages import CasOp, ClientOp, Failure, Found, GetOp, PutOp, Result, ScanOp, ScanPage, Written
+from kvstore.messages import (
+    CasOp,
+    ClientOp,
+    Deleted,
+    DeleteOp,
+    Failure,
+    Found,
+    GetOp,
+    PutOp,
+    Result,
+    ScanOp,
+    ScanPage,
+    Written,
+)
 from kvstore.sim.draws import below, between
 from kvstore.validation import prefix_range
 
@@ -112,10 +125,16 @@ class RegisterWorkload:
     kind = "register"
     default_checkers: tuple[str, ...] = ("linearizable", "lost-writes")
 
-    def __init__(self, keys: int = 5, read_fraction: float = 0.5, cas_fraction: float = 0.2) -> None:
+    def __init__(
+        self, keys: int = 5, read_fraction: float = 0.5, cas_fraction: float = 0.2, delete_fraction: float = 0.0
+    ) -> None:
+        if not 0 <= read_fraction + cas_fraction + delete_fraction <= 1:
+            raise ValueError("register workload: read, cas and delete fractions must add up to at most 1")
         self.keys = [f"r{i}" for i in range(keys)]
         self.read_fraction = read_fraction
         self.cas_fraction = cas_fraction
+        # Deletes make keys come and go (range mode merges ranges that empty); the checkers know "delete".
+        self.delete_fraction = delete_fraction
         self._next_value = 1
         self._last_planned: dict[str, int] = {}
 
@@ -124,6 +143,9 @@ class RegisterWorkload:
         roll = rng.random()
         if roll < self.read_fraction:
             return PlannedOp("read", key, None)
+        if roll >= 1 - self.delete_fraction:
+            self._last_planned.pop(key, None)
+            return PlannedOp("delete", key, None)
         value = self._next_value
         self._next_value += 1
         if roll < self.read_fraction + self.cas_fraction:
@@ -142,6 +164,12 @@ class RegisterWorkload:
         store_key = f"register/{op.key}"
         if op.f == "read":
             return (yield from _read_value(store_key, _int))
+        if op.f == "delete":
+            deleted = yield DeleteOp(store_key)
+            if isinstance(deleted, Deleted) or (isinstance(deleted, Failure) and deleted.code == "not_found"):
+                return "ok", None, None
+            assert isinstance(deleted, Failure), f"unexpected reply to a delete: {deleted!r}"
+            return _failed(deleted)
         if op.f == "write":
             result = yield PutOp(store_key, str(op.value).encode())
         else:

@@ -18,7 +18,21 @@ from chaos.workloads import (
     make_workload,
 )
 from kvstore.errors import ErrorCode
-from kvstore.messages import CasOp, ClientOp, Failure, Found, GetOp, PutOp, Result, ScanItem, ScanOp, ScanPage, Written
+from kvstore.messages import (
+    CasOp,
+    ClientOp,
+    Deleted,
+    DeleteOp,
+    Failure,
+    Found,
+    GetOp,
+    PutOp,
+    Result,
+    ScanItem,
+    ScanOp,
+    ScanPage,
+    Written,
+)
 
 
 def drive(gen: Execution, replies: list[Result]) -> tuple[list[ClientOp], Any]:
@@ -64,6 +78,25 @@ def test_register_plans_unique_values_and_plausible_cas() -> None:
         if op.f == "cas":
             assert op.value[0] == last.get(op.key)
         last[op.key] = op.value if op.f == "write" else op.value[1]
+
+
+def test_register_deletes_are_planned_at_their_fraction_and_reset_what_a_cas_expects() -> None:
+    w = RegisterWorkload(keys=1, read_fraction=0.0, cas_fraction=0.5, delete_fraction=0.25)
+    rng = random.Random(9)
+    ops = [w.next_op(rng) for _ in range(400)]
+    deletes = [op for op in ops if op.f == "delete"]
+    assert 60 < len(deletes) < 140 and all(op.value is None for op in deletes)
+    last: int | None = None
+    for op in ops:
+        if op.f == "cas":
+            assert op.value[0] == last
+        last = None if op.f == "delete" else (op.value if op.f == "write" else op.value[1])
+    requests, outcome = drive(w.execute(PlannedOp("delete", "r0", None)), [Deleted("register/r0", 4)])
+    assert requests == [DeleteOp("register/r0")] and outcome == ("ok", None, None)
+    assert drive(w.execute(PlannedOp("delete", "r0", None)), [NOT_FOUND])[1] == ("ok", None, None)
+    assert drive(w.execute(PlannedOp("delete", "r0", None)), [TIMEOUT])[1] == ("info", None, "timeout")
+    with pytest.raises(ValueError, match="add up"):
+        RegisterWorkload(read_fraction=0.6, cas_fraction=0.3, delete_fraction=0.2)
 
 
 def test_append_retries_refused_cas_and_stops_at_an_indefinite_one() -> None:

@@ -223,6 +223,12 @@ class Node:
         return len(self._mover.moving)
 
     @property
+    def range_changes(self) -> tuple[int, int]:
+        """Range mode: the splits and merges this node made since it started ((0, 0) in hash mode)."""
+        keeper = self._range_keeper
+        return (0, 0) if keeper is None else (keeper.splits, keeper.merges)
+
+    @property
     def known_nodes(self) -> tuple[str, ...]:
         """Every node this one may talk to (its roster and its config) and itself, by id."""
         return tuple(sorted(self._peers | {self.node_id}))

@@ -86,6 +86,7 @@ class NodeServer:
                 partition_stats=storage.partition_stats,
                 moves_in_progress=lambda: self.node.moves_in_progress,
                 move_stats=lambda: self.node.move_stats,
+                range_changes=lambda: self.node.range_changes,
             ),
         )
         self.router = Router(self.metrics)

@@ -54,7 +54,13 @@ class InProcessCluster:
 
     def key_on(self, node_id: str, stem: str) -> str:
         """The first key ``<stem>-<i>`` whose partition ``node_id`` owns."""
-        partition_map = PartitionMap.round_robin(self.config.node_ids, self.config.partitions)
+        # A running node's map (range mode, moves and joins change it); before any runs, the founders' layout.
+        running = next(iter(self.servers.values()), None)
+        partition_map = (
+            running.node.partition_map
+            if running is not None
+            else PartitionMap.round_robin(self.config.founding_nodes, self.config.partitions)
+        )
         for i in range(100 * self.config.partitions):
             key = f"{stem}-{i}"
             if partition_map.owner(partition_map.partition_for_key(key)) == node_id:

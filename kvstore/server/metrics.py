@@ -71,6 +71,8 @@ class NodeGauges:
     # Outgoing partition moves: how many run now, and what they did since the node started.
     moves_in_progress: Callable[[], int] = lambda: 0
     move_stats: Callable[[], MoveStats] = MoveStats
+    # Range mode: the splits and merges this node made since it started.
+    range_changes: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
 
 class NodeMetrics(Collector):
@@ -211,3 +213,10 @@ class NodeMetrics(Collector):
             "Time from start to hand-over, summed over completed moves",
             moves.completed_ms / 1000,
         )
+        splits, merges = g.range_changes()
+        changes = CounterMetricFamily(
+            "kvstore_range_changes", "Range splits and merges this node made (range mode)", labels=["kind"]
+        )
+        changes.add_metric(["split"], splits)
+        changes.add_metric(["merge"], merges)
+        yield changes

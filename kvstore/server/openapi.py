@@ -264,6 +264,7 @@ def _cluster_view() -> dict[str, Any]:
             "engine": {"enum": list(STORAGE_ENGINES)},
             "epoch": {"type": "integer", "minimum": 1},
             "partitions": {"type": "integer", "minimum": 1},
+            "partitioner": {"enum": ["hash", "range"]},
             "balanced": {
                 "type": "boolean",
                 "description": "The layout is where this node's rebalancer wants it and it sends no move now",
@@ -315,11 +316,32 @@ def _cluster_view() -> dict[str, Any]:
                     "epochs": {
                         "type": "array",
                         "items": {"type": "integer", "minimum": 1},
-                        "description": "Per partition, how many times its replicas were set",
+                        "description": "Per partition, how many times its replicas (or its range) were set",
                     },
-                }
+                },
+                {
+                    "starts": {
+                        "type": "array",
+                        "items": {"type": ["string", "null"]},
+                        "description": "Range mode only: each slot's first key, null for a free slot",
+                    },
+                },
             ),
-        }
+        },
+        {
+            "ranges": {
+                "type": "array",
+                "description": "Range mode only: the key ranges in key order, each [start, end) (end null: no bound)",
+                "items": _object(
+                    {
+                        "partition": {"type": "integer", "minimum": 0},
+                        "start": _STRING,
+                        "end": {"type": ["string", "null"]},
+                        "owner": _STRING,
+                    }
+                ),
+            },
+        },
     )
 
 

@@ -83,6 +83,7 @@ class ClusterRoutes:
             # Whether this node's map is where its rebalancer wants it and it sends no move now.
             "balanced": node.balanced,
             "moves_in_progress": node.moves_in_progress,
+            "partitioner": partition_map.partitioner,
             "partition_map": partition_map.to_json(),
             # What this node stores, per partition: each node reports its own.
             "partition_stats": [
@@ -90,6 +91,12 @@ class ClusterRoutes:
                 for p, (count, size_bytes) in self._storage.partition_stats().items()
             ],
         }
+        ranges = partition_map.ranges
+        if ranges is not None:
+            doc["ranges"] = [
+                {"partition": r.partition, "start": r.start, "end": r.end, "owner": partition_map.owner(r.partition)}
+                for r in ranges.ranges()
+            ]
         return encoded_response(doc, wants_msgpack(request))
 
     async def health(self, request: Request, _: str) -> Response:

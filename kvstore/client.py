@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -51,6 +51,7 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.http_session import send_once_session
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
 from kvstore.storage.base import Record, Sibling
+from kvstore.validation import prefix_range
 from partitioning.partition_map import PartitionMap
 
 MSGPACK_TYPE = "application/msgpack"
@@ -237,6 +238,27 @@ class AsyncClient:
         doc = response.document()
         items = tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"])
         return ScanPage(items, doc["truncated"])
+
+    async def scan_pages(
+        self, prefix: str | None = None, *, start: str | None = None, end: str | None = None, page_size: int = 1000
+    ) -> AsyncIterator[ScanPage]:
+        """Every key with ``prefix``, or in ``[start, end)``, in key order, a page of at most ``page_size`` at a
+        time: each page resumes where the last ended (the answer's ``next``), across partitions and ranges,
+        whatever splits, merges or moves happen between pages."""
+        if prefix is not None:
+            if start is not None or end is not None:
+                raise ValueError("give either prefix or start/end, not both")
+            start, end = prefix_range(prefix)
+        resume: str | None = start or ""
+        while resume is not None:
+            query = {"limit": str(page_size), "start": resume}
+            if end is not None:
+                query["end"] = end
+            response = await self._send("GET", "/scan", query=query, headers={"Accept": MSGPACK_TYPE}, idempotent=True)
+            doc = response.document()
+            items = tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"])
+            yield ScanPage(items, doc["truncated"])
+            resume = doc.get("next")
 
     async def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
         body = msgpack.packb({"get": list(keys)}, use_bin_type=True)

@@ -215,6 +215,10 @@ def _scan_page(as_msgpack: bool) -> dict[str, Any]:
         {
             "items": {"type": "array", "items": item},
             "truncated": {"type": "boolean", "description": "More keys in the range follow the last one"},
+            "next": {
+                "type": ["string", "null"],
+                "description": "The start of the next page (with the same end), or null when the scan is done",
+            },
         }
     )
 

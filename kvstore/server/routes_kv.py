@@ -143,7 +143,9 @@ class KvRoutes:
             raise _unexpected(result)
         as_msgpack = wants_msgpack(request)
         items = [{"key": i.key, **value_fields(i.value, as_msgpack), "version": i.version} for i in result.items]
-        return encoded_response({"items": items, "truncated": result.truncated}, as_msgpack)
+        # Where the next page starts: just after the last key (the smallest key greater than it).
+        resume = result.items[-1].key + "\x00" if result.truncated and result.items else None
+        return encoded_response({"items": items, "truncated": result.truncated, "next": resume}, as_msgpack)
 
     # ------------------------------------------------------------ /batch
 

@@ -60,6 +60,9 @@ async def test_ranges_split_spread_and_serve_every_key_in_order() -> None:
                 assert [item.key for item in page.items] == KEYS
                 page = await client.scan(start="user/0030", end="user/0050", limit=1000)
                 assert [item.key for item in page.items] == KEYS[30:50]
+                pages = [p async for p in client.scan_pages(prefix="user/", page_size=7)]
+                assert [item.key for p in pages for item in p.items] == KEYS
+                assert [len(p.items) for p in pages] == [7] * (len(KEYS) // 7) + [len(KEYS) % 7]
         splits = 0
         for node_id in cluster.servers:
             samples = local_samples(cluster, node_id)

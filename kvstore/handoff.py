@@ -472,7 +472,12 @@ class Mover:
         marker = MoveInstalled(incoming.source, installed.stream_id, installed.session)
         self._storage.put_meta(INSTALLED_META_PREFIX + str(p), codec.encode(marker))
         self._installed[p] = (installed.stream_id, installed.session)
-        self._install_map(self._get_map().with_entry(p, (self._node_id,), installed.stream_id + 1))
+        partition_map = self._get_map()
+        if not partition_map.knows(self._node_id):
+            # Admitted, but the order's map never reached this node (lost, or not synced before a crash): a
+            # placeholder entry below any real one (version 1) names it until the real one arrives.
+            partition_map = partition_map.with_placeholder(self._node_id)
+        self._install_map(partition_map.with_entry(p, (self._node_id,), installed.stream_id + 1))
 
     # ------------------------------------------------------------ helpers
 

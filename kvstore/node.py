@@ -115,6 +115,7 @@ _STREAM_TRAFFIC = (StreamChunk, StreamAck, StreamRestart, StreamDone)
 MAP_META = "partition_map"
 # A peer that goes on naming an older map epoch is sent the map again after this long (the last copy may be lost).
 MAP_RESEND_MS = 1000
+_WRONG_EPOCH = ErrorCode.WRONG_EPOCH.value
 # Synced carries nothing: one instance serves every replica.
 _SYNCED = ReplicaSynced()
 
@@ -350,6 +351,10 @@ class Node:
             except ValueError:
                 return  # not a valid map (a bug or another version): nothing to learn from it
             self.install_map(incoming)
+            if incoming.epoch < self.partition_map.epoch:
+                # The sender lacks something this node knows: tell it back (once; the merge it makes then
+                # equals this map or exceeds it, so this does not ping-pong).
+                self._send_map(msg.src)
             if self._mover.moving:
                 self._effects.extend(self._mover.on_map_changed())
         elif isinstance(body, _STREAM_TRAFFIC):
@@ -462,7 +467,7 @@ class Node:
         if current.epoch == before:
             return
         update = MapUpdate.of(current)
-        for peer in sorted(current.members + current.draining()):
+        for peer in sorted({*current.members, *current.draining()}):
             if peer != self.node_id:
                 # Durable, as every map that leaves a node (see _heard_map_epoch).
                 self._effects.append(Send(Message(self.node_id, peer, NODE_PARTITION, update), True))
@@ -620,9 +625,12 @@ class Node:
     def _heard_map_epoch(self, peer: str, epoch: int) -> None:
         """A peer named its map epoch: one behind this node's is sent this node's map, once per epoch (again after
         ``MAP_RESEND_MS`` if the peer still names an older one)."""
+        if epoch < self.partition_map.epoch:
+            self._send_map(peer)
+
+    def _send_map(self, peer: str) -> None:
+        """Send ``peer`` this node's map, unless it was sent this same map less than ``MAP_RESEND_MS`` ago."""
         mine = self.partition_map.epoch
-        if epoch >= mine:
-            return
         sent = self._map_sent.get(peer)
         if sent is None or sent[0] != mine or self._now_ms - sent[1] >= MAP_RESEND_MS:
             self._map_sent[peer] = (mine, self._now_ms)
@@ -709,6 +717,10 @@ class Node:
         if isinstance(target, _ToClient):
             self._effects.append(Reply(target.request_id, result, durable or self._always_durable))
         else:
+            if isinstance(result, Failure) and result.code == _WRONG_EPOCH:
+                # The peer routed by a map that is wrong here, whatever epoch it names: two maps that each know
+                # a change the other does not can have one epoch, and only this answer shows the difference.
+                self._send_map(target.src)
             self._effects.append(self._forwarder.answer(target, result, durable))
 
 

@@ -230,6 +230,14 @@ class PartitionMap:
         roster = (*tuple(m for m in self.roster if m.node_id != node_id), entry)
         return PartitionMap(self.replicas, epochs=self.epochs, roster=roster, starts=self.starts)
 
+    def with_placeholder(self, node_id: str) -> PartitionMap:
+        """This map naming ``node_id`` (active, no address) at version 1, below any entry a real order made, so
+        that any map that knows it replaces the placeholder; for a node admitted without having heard of it."""
+        if node_id in self._by_id:
+            return self
+        roster = (*self.roster, Member(node_id, "", ACTIVE, 1))
+        return PartitionMap(self.replicas, epochs=self.epochs, roster=roster, starts=self.starts)
+
     def merge(self, other: PartitionMap) -> PartitionMap:
         """What both maps know: per partition the entry with the higher epoch, per member the newer entry.
 

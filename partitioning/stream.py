@@ -34,9 +34,11 @@ they are behind the cursor, so a write to them marks them dirty and the later co
 
 Flow control and loss: at most ``window`` chunks are unacknowledged. Acknowledgements are *cumulative*
 (``StreamAck(seq)``: every chunk up to ``seq`` is applied), so a lost or reordered ack costs nothing the
-next one does not repair. A chunk unacknowledged for ``retry_ms`` is sent again; a chunk sent
-``max_retries`` times more without an acknowledgement fails the stream (``Failed``), so the owner can
-abandon the move instead of waiting forever. The receiver buffers at most ``window - 1`` chunks that
+next one does not repair. A chunk unacknowledged for ``retry_ms`` is sent again, and again after twice as
+long, up to 4 times ``retry_ms`` (``MAX_BACKOFF_SHIFT``) (TCP's retransmission back-off: a receiver that is only busy,
+say taking several moves at once, is not sent every chunk again each second); a chunk sent ``max_retries``
+times more without an acknowledgement fails the stream (``Failed``), so the owner can abandon the move
+instead of waiting forever. The receiver buffers at most ``window - 1`` chunks that
 arrive ahead of a gap (the sender never has more in flight) and drops nothing it has not applied or
 buffered; a duplicate is acknowledged again. Timers: the sender exposes ``next_deadline_ms()`` rather
 than emitting timer effects. There is only one kind of deadline (a retry), ``tick`` is safe to call at
@@ -153,6 +155,8 @@ INT64_MAX = 2**63 - 1
 CLOCK_BITS = 42  # ms: until the year 2109
 RANDOM_BITS = 20
 MAX_WINDOW = 1024
+# A resent chunk waits twice as long each time, up to 2 ** MAX_BACKOFF_SHIFT times retry_ms.
+MAX_BACKOFF_SHIFT = 2
 
 # ---------------------------------------------------------------- messages (peer to peer; register them
 # with the codec: ``items`` holds registered messages or None as payloads)
@@ -357,7 +361,11 @@ class StreamSender:
         """When ``tick`` has something to do (a retry), or None."""
         if self._state != "running" or not self._in_flight:
             return None
-        return min(f.sent_ms for f in self._in_flight.values()) + self._retry_ms
+        return min(f.sent_ms + self._wait_ms(f.resends) for f in self._in_flight.values())
+
+    def _wait_ms(self, resends: int) -> int:
+        """How long a chunk resent ``resends`` times waits for its acknowledgement before the next resend."""
+        return self._retry_ms << min(resends, MAX_BACKOFF_SHIFT)
 
     # ------------------------------------------------------------ inputs
 
@@ -431,12 +439,12 @@ class StreamSender:
             return []
         out: list[SenderEffect] = []
         for flight in self._in_flight.values():
-            if flight.sent_ms + self._retry_ms > now_ms:
+            if flight.sent_ms + self._wait_ms(flight.resends) > now_ms:
                 continue
             if flight.resends >= self._max_retries:
                 return self._fail(
                     f"chunk {flight.chunk.seq} not acknowledged after {flight.resends} resends "
-                    f"({self._retry_ms} ms apart)"
+                    f"({self._retry_ms} ms apart at first, backing off)"
                 )
             flight.resends += 1
             flight.sent_ms = now_ms

@@ -31,6 +31,7 @@ from kvstore.messages import (
     ForwardReply,
     Found,
     GetOp,
+    MapUpdate,
     Message,
     PutOp,
     Result,
@@ -77,7 +78,11 @@ def from_n2(node: Node, op: ClientOp | ScanPartitionsOp, partition: int = 0, for
 
 
 def answer_to_n2(node: Node, result: Result, partition: int = 0, forward_id: int = 5) -> list[Effect]:
-    return [Send(Message("n1", "n2", partition, ForwardReply(77, forward_id, node.incarnation, result)))]
+    answer = Send(Message("n1", "n2", partition, ForwardReply(77, forward_id, node.incarnation, result)))
+    if isinstance(result, Failure) and result.code == ErrorCode.WRONG_EPOCH.value:
+        # A wrong_epoch refusal comes with this node's map: the sender's map is wrong here, whatever its epoch.
+        return [Send(Message("n1", "n2", NODE_PARTITION, MapUpdate.of(node.partition_map)), True), answer]
+    return [answer]
 
 
 def request(node: Node, now_ms: int, request_id: int, op: ClientOp) -> list[Effect]:

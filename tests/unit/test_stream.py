@@ -595,12 +595,13 @@ def test_reordering_is_buffered_within_the_window() -> None:
 
 
 def test_retries_exhausted_fails_at_an_exact_time() -> None:
-    h = Harness(dataset(10), config=Config(retry_ms=100, max_retries=3), faults=Faults(drop=1.0))
+    h = Harness(dataset(10), config=Config(retry_ms=100, max_retries=4), faults=Faults(drop=1.0))
     h.run()
     assert isinstance(h.outcome, Failed)
-    assert "chunk 0 not acknowledged after 3 resends" in h.outcome.reason
-    # Sent at 0, resent at 100, 200 and 300, given up at 400.
-    assert h.now == 400
+    assert "chunk 0 not acknowledged after 4 resends" in h.outcome.reason
+    # Sent at 0, resent at 100, 300 (waiting 200), 700 (400) and 1100 (400: the back-off stops at 4x), given up
+    # at 1500.
+    assert h.now == 1500
     assert h.sender.failed and h.sender.next_deadline_ms() is None
     assert h.dest == {}
 
@@ -742,7 +743,8 @@ def test_tick_is_idempotent_before_the_deadline() -> None:
     assert h.sender.next_deadline_ms() == 100
     assert h.sender.tick(99) == []
     assert sent(h.sender.tick(100)) == [h.stats.chunks[0]]
-    assert h.sender.next_deadline_ms() == 200
+    assert h.sender.next_deadline_ms() == 300, "a resent chunk waits twice as long"
+    assert h.sender.tick(299) == []
 
 
 # ---------------------------------------------------------------- validation and the codec

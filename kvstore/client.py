@@ -77,6 +77,8 @@ class _Routes:
 
     partition_map: PartitionMap
     owner_urls: tuple[str | None, ...]
+    # Every member the map's document names: where to go when none of the given nodes answers any more.
+    member_urls: tuple[str, ...] = ()
 
     @property
     def epoch(self) -> int:
@@ -90,7 +92,8 @@ class _Routes:
         """From a ``GET /cluster`` document; ValueError if its map is not a valid one."""
         urls = {m["node_id"]: str(m["url"]).rstrip("/") for m in doc["members"] if m.get("url")}
         partition_map = PartitionMap.from_json(doc["partition_map"])
-        return _Routes(partition_map, tuple(urls.get(replicas[0]) for replicas in partition_map.replicas))
+        owners = tuple(urls.get(replicas[0]) for replicas in partition_map.replicas)
+        return _Routes(partition_map, owners, tuple(urls[node] for node in sorted(urls)))
 
 
 # The admin route of replica copies (kvstore.server.routes_admin; the client does not import the server).
@@ -162,6 +165,7 @@ class AsyncClient:
         self._preferred = 0
         self._route_by_map = route_by_map
         self._routes: _Routes | None = None
+        self._member_urls: tuple[str, ...] = ()
         # loop.time() before which the map is not read again (after a failed read).
         self._map_retry_at_s = 0.0
 
@@ -382,6 +386,7 @@ class AsyncClient:
             return None
         try:
             self._routes = _Routes.of(await self.cluster())
+            self._member_urls = self._routes.member_urls
         except (KvError, KeyError, TypeError, ValueError):
             # No map (an older node, a refusal, nobody up): the given nodes forward; try again in a while.
             self._map_retry_at_s = now_s + MAP_RETRY_S
@@ -411,6 +416,9 @@ class AsyncClient:
         bases: list[tuple[str, int | None]] = [(self._urls[i], i) for i in candidates]
         if first is not None:
             bases = [(first, None), *((b, i) for b, i in bases if b != first)]
+        # Then the members the last map named (nodes that joined since; the given ones may all have left).
+        tried = {b for b, _ in bases}
+        bases.extend((url, None) for url in self._member_urls if url not in tried)
         for base, index in bases:
             url = URL(base + target, encoded=True)
             try:

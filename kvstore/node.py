@@ -115,6 +115,8 @@ _STREAM_TRAFFIC = (StreamChunk, StreamAck, StreamRestart, StreamDone)
 MAP_META = "partition_map"
 # A peer that goes on naming an older map epoch is sent the map again after this long (the last copy may be lost).
 MAP_RESEND_MS = 1000
+# How soon the rebalancer looks again after this node changed its map (a move handed over, an order).
+REBALANCE_SOON_MS = 10
 _WRONG_EPOCH = ErrorCode.WRONG_EPOCH.value
 # Synced carries nothing: one instance serves every replica.
 _SYNCED = ReplicaSynced()
@@ -190,7 +192,8 @@ class Node:
         self._range_keeper = (
             RangeKeeper(node_id, storage, config.ranges.policy()) if config.partitioner == "range" else None
         )
-        self._rebalance_armed = False
+        # When the rebalance timer is due (None: not armed).
+        self._rebalance_due_ms: int | None = None
         self._rebalance_interval_ms = config.timeouts.rebalance_interval_ms
         # Why the last operator order (a move, a membership change) did nothing; None if it did something.
         self.order_refusal: str | None = None
@@ -239,8 +242,10 @@ class Node:
         return node_id in self._peers
 
     def address_of(self, node_id: str) -> str:
-        """Where ``node_id`` listens: its roster entry's address, else its config's; "" if neither says."""
-        return self.partition_map.address_of(node_id) or self.config.address_text(node_id)
+        """Where ``node_id`` listens: its config's address (what the operator controls: a node's port may have
+        changed since its roster entry was made), else its roster entry's (nodes added at run time); "" if
+        neither says."""
+        return self.config.address_text(node_id) or self.partition_map.address_of(node_id)
 
     @property
     def balanced(self) -> bool:
@@ -320,6 +325,12 @@ class Node:
     def _on_started(self) -> None:
         self.started = True
         self._effects.extend(self._mover.on_started(self._now_ms))
+        me = self.partition_map.member(self.node_id)
+        here = self.config.address_text(self.node_id)
+        if me is not None and me.state != "removed" and here and me.address != here:
+            # This node listens somewhere else than the roster says (its port was taken and re-picked): tell the
+            # nodes whose config does not name it.
+            self._install_and_announce(self.partition_map.with_member(self.node_id, me.state, here))
         self._arm_rebalance()
         if self._range_keeper is not None:
             self._effects.append(SetTimer(RANGES_TIMER, self._now_ms + self.config.ranges.check_interval_ms))
@@ -402,7 +413,7 @@ class Node:
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
         elif key == REBALANCE_TIMER:
-            self._rebalance_armed = False
+            self._rebalance_due_ms = None
             self._rebalance()
         elif key == RANGES_TIMER and self._range_keeper is not None:
             self._split_or_merge()
@@ -438,15 +449,20 @@ class Node:
             return  # moves are refused here (fsync "never"): nothing will change by looking again
         self._arm_rebalance()  # more to do than could start now: look again in a while
 
-    def _arm_rebalance(self) -> None:
-        """Run the rebalancer in ``rebalance_interval_ms`` if it has anything to do here, unless it is due
-        already. Asked at start and on every change of the map; a balanced cluster has no timer."""
-        if self._rebalance_armed or not self.started or self.config.mode != "single":
+    def _arm_rebalance(self, soon: bool = False) -> None:
+        """Run the rebalancer in ``rebalance_interval_ms`` (``soon``: in ``REBALANCE_SOON_MS``) if it has anything
+        to do here, unless it is due by then already. Asked at start and on every change of the map (soon after
+        a change this node made: a finished move frees room for the next one); a balanced cluster has no
+        timer."""
+        if not self.started or self.config.mode != "single":
+            return
+        at_ms = self._now_ms + (REBALANCE_SOON_MS if soon else self._rebalance_interval_ms)
+        if self._rebalance_due_ms is not None and self._rebalance_due_ms <= at_ms:
             return
         partition_map = self.partition_map
         if self._rebalancer.moves(partition_map) or self._rebalancer.finished_leavers(partition_map):
-            self._rebalance_armed = True
-            self._effects.append(SetTimer(REBALANCE_TIMER, self._now_ms + self._rebalance_interval_ms))
+            self._rebalance_due_ms = at_ms
+            self._effects.append(SetTimer(REBALANCE_TIMER, at_ms))
 
     def _split_or_merge(self) -> None:
         """Range mode: one due split or merge of the ranges this node owns (``kvstore/ranges.py``), its records
@@ -466,6 +482,7 @@ class Node:
         current = self.partition_map
         if current.epoch == before:
             return
+        self._arm_rebalance(soon=True)
         update = MapUpdate.of(current)
         for peer in sorted({*current.members, *current.draining()}):
             if peer != self.node_id:

@@ -241,6 +241,15 @@ async def test_without_routing_every_op_goes_to_the_given_node(cluster: InProces
     assert requests_served(cluster, "n1", "GET /cluster") == 0
 
 
+async def test_when_every_given_node_is_gone_the_members_of_the_last_map_serve(cluster: InProcessCluster) -> None:
+    key = cluster.key_on("n2", "survivor")
+    async with AsyncClient([cluster.url("n1")]) as c:
+        await c.get(key)  # reads the map, which names n2 too
+        await cluster.stop_node("n1")
+        assert await c.put(key, b"v") == Written(key, 1)
+        assert await c.get(key) == Found(key, b"v", 1)
+
+
 async def test_an_owner_that_cannot_be_reached_falls_back_to_the_given_nodes(cluster: InProcessCluster) -> None:
     key = cluster.key_on("n2", "fallback")
     async with AsyncClient([cluster.url("n1")]) as c:

@@ -145,3 +145,16 @@ def test_ops_waiting_on_a_dropped_partition_fail_definitely() -> None:
     )
     assert effects == [Reply(7, refused)]
     assert n1.inflight == 0
+
+
+def test_a_node_that_starts_at_another_address_than_its_roster_entry_announces_the_new_one() -> None:
+    storage = MemoryStorage()
+    n1 = started("n1", storage)
+    n1.install_map(n1.partition_map.with_member("n1", "active", "127.0.0.1:9999"))
+    assert n1.address_of("n1") == "127.0.0.1:7001", "the config's address comes first"
+    restarted = Node("n1", config(), storage, random.Random(2))
+    effects = restarted.step(5, Started())
+    entry = restarted.partition_map.member("n1")
+    assert entry is not None and (entry.address, entry.state, entry.version) == ("127.0.0.1:7001", "active", 3)
+    updates = [e for e in effects if isinstance(e, Send) and isinstance(e.msg.body, MapUpdate)]
+    assert [(u.msg.dst, u.durable, u.msg.body.to_map()) for u in updates] == [("n2", True, restarted.partition_map)]

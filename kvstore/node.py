@@ -115,6 +115,9 @@ _STREAM_TRAFFIC = (StreamChunk, StreamAck, StreamRestart, StreamDone)
 MAP_META = "partition_map"
 # A peer that goes on naming an older map epoch is sent the map again after this long (the last copy may be lost).
 MAP_RESEND_MS = 1000
+GOSSIP_TIMER = "gossip"
+# One map sent to one peer per tick, while a round of anti-entropy lasts.
+GOSSIP_INTERVAL_MS = 200
 # How soon the rebalancer looks again after this node changed its map (a move handed over, an order).
 REBALANCE_SOON_MS = 10
 _WRONG_EPOCH = ErrorCode.WRONG_EPOCH.value
@@ -192,6 +195,11 @@ class Node:
         self._range_keeper = (
             RangeKeeper(node_id, storage, config.ranges.policy()) if config.partitioner == "range" else None
         )
+        # Anti-entropy (_start_gossip): ticks left in this round, where the rotation over the peers stands, and
+        # whether the tick timer is set.
+        self._gossip_left = 0
+        self._gossip_cursor = 0
+        self._gossip_armed = False
         # When the rebalance timer is due (None: not armed).
         self._rebalance_due_ms: int | None = None
         self._rebalance_interval_ms = config.timeouts.rebalance_interval_ms
@@ -268,6 +276,7 @@ class Node:
             return
         self.partition_map = merged
         self._peers = self._known_peers()
+        self._start_gossip()
         self._arm_rebalance()
         self._forwarder.map_epoch = merged.epoch
         # Durable with the next sync: a restart keeps what it learnt.
@@ -325,6 +334,8 @@ class Node:
     def _on_started(self) -> None:
         self.started = True
         self._effects.extend(self._mover.on_started(self._now_ms))
+        # What this node learnt just before it stopped may not have been synced: compare maps with everyone.
+        self._start_gossip()
         me = self.partition_map.member(self.node_id)
         here = self.config.address_text(self.node_id)
         if me is not None and me.state != "removed" and here and me.address != here:
@@ -362,9 +373,11 @@ class Node:
             except ValueError:
                 return  # not a valid map (a bug or another version): nothing to learn from it
             self.install_map(incoming)
-            if incoming.epoch < self.partition_map.epoch:
-                # The sender lacks something this node knows: tell it back (once; the merge it makes then
-                # equals this map or exceeds it, so this does not ping-pong).
+            current = self.partition_map
+            shape = (current.partition_count, current.partitioner)
+            if (incoming.partition_count, incoming.partitioner) == shape and current != incoming:
+                # The sender lacks something this node knows: tell it back (the merge it makes then equals this
+                # map, unless it learnt more meanwhile, so this does not ping-pong).
                 self._send_map(msg.src)
             if self._mover.moving:
                 self._effects.extend(self._mover.on_map_changed())
@@ -412,6 +425,8 @@ class Node:
                 self._run_replica(partition, ReplicaTimerFired(replica_key))
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
+        elif key == GOSSIP_TIMER:
+            self._gossip()
         elif key == REBALANCE_TIMER:
             self._rebalance_due_ms = None
             self._rebalance()
@@ -634,6 +649,32 @@ class Node:
             del self._calls[token]
             self._timed_calls.discard(token)
             self._complete(token, self._not_here(partition))
+
+    def _start_gossip(self) -> None:
+        """Begin (or go on with) a round of anti-entropy: over the next ``len(peers)`` ticks of
+        ``GOSSIP_INTERVAL_MS``, send this node's map to each peer in turn. A peer whose map differs sends its own
+        back (``_on_message``), so a change that an announcement failed to carry anywhere (lost, or forgotten
+        in a crash before its sync) still reaches every node; a quiet cluster sends nothing."""
+        if not self.started:
+            return
+        self._gossip_left = len(self._peers)
+        if not self._gossip_armed and self._gossip_left:
+            self._gossip_armed = True
+            self._effects.append(SetTimer(GOSSIP_TIMER, self._now_ms + GOSSIP_INTERVAL_MS))
+
+    def _gossip(self) -> None:
+        self._gossip_armed = False
+        peers = sorted(self._peers)
+        if self._gossip_left <= 0 or not peers:
+            return
+        self._gossip_left -= 1
+        peer = peers[self._gossip_cursor % len(peers)]
+        self._gossip_cursor += 1
+        update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
+        self._effects.append(Send(update, True))  # durable, as every map that leaves a node
+        if self._gossip_left:
+            self._gossip_armed = True
+            self._effects.append(SetTimer(GOSSIP_TIMER, self._now_ms + GOSSIP_INTERVAL_MS))
 
     def _known_peers(self) -> frozenset[str]:
         roster = (m.node_id for m in self.partition_map.roster)

@@ -36,7 +36,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import Node
+from kvstore.node import GOSSIP_INTERVAL_MS, Node
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import SimDisk, SimStorage
 
@@ -105,8 +105,13 @@ class Pair:
 
 def test_started_starts_every_replica_which_arms_its_ttl_sweep() -> None:
     node = Node("n1", make_config(), MemoryStorage(), random.Random(1))
-    # n1 holds partitions 0 and 2; each replica purges its own expired keys.
-    assert node.step(50, Started()) == [SetTimer("p/0/ttl-sweep", 50 + 1000), SetTimer("p/2/ttl-sweep", 50 + 1000)]
+    # n1 holds partitions 0 and 2; each replica purges its own expired keys. A restarted node also compares maps
+    # with its peers (anti-entropy), one per gossip tick.
+    assert node.step(50, Started()) == [
+        SetTimer("gossip", 50 + GOSSIP_INTERVAL_MS),
+        SetTimer("p/0/ttl-sweep", 50 + 1000),
+        SetTimer("p/2/ttl-sweep", 50 + 1000),
+    ]
     assert node.started
 
 

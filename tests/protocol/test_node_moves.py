@@ -40,7 +40,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import Node
+from kvstore.node import MAP_RESEND_MS, Node
 from kvstore.storage.base import Record
 from kvstore.storage.simulated import SimDisk, SimStorage
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
@@ -418,6 +418,7 @@ def test_a_third_node_with_an_old_map_is_told_the_new_one_and_its_client_retries
         if not net.deliver_one() and not net.fire_next_timer():
             break
     assert net.nodes["n3"].partition_map.owner(P) == "n1"
+    net.now += MAP_RESEND_MS  # past the last map n1 sent n3 (lost above)
     answer = net.request("n3", GetOp(key))
     assert isinstance(answer, Failure) and answer.code == ErrorCode.WRONG_EPOCH.value
     net.run()  # the MapUpdate n1 sent after its answer

@@ -37,7 +37,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import Node
+from kvstore.node import GOSSIP_INTERVAL_MS, Node
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import SimDisk, SimStorage
 from replication import replica as rep
@@ -122,7 +122,7 @@ def test_started_gives_every_replica_what_its_storage_recovered() -> None:
     storage.sync()
     node = Node("n1", config(), SimStorage(disk), random.Random(1))
     replicas = {p: install(node, p) for p in (0, 2)}
-    assert node.step(5, Started()) == []
+    assert node.step(5, Started()) == [SetTimer("gossip", 5 + GOSSIP_INTERVAL_MS)]  # the replicas set no timer
     assert replicas[0].inputs == [(5, rep.ReplicaStarted(rep.Recovered(0, None, rep.LogBounds(0, 0, 0))))]
     assert replicas[2].inputs == [(5, rep.ReplicaStarted(rep.Recovered(1, b"term 3", rep.LogBounds(0, 0, 2))))]
 

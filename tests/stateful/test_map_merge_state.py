@@ -11,13 +11,8 @@ the target installs), and reads never go back: a read sent after a write was ack
 later one, with the version the write was acknowledged with. At the end, once the network is healed and quiet:
 every member has one map, balanced, and every acknowledged write is read back through every node.
 
-Two known bugs are kept out of reach while they stand (see tests/protocol/test_node_membership.py, the
-strict xfail tests ``test_a_join_completes_when_the_only_owner_that_must_move_missed_the_order`` and
-``test_maps_converge_when_quiet_after_two_joins_ordered_at_two_members_at_once``): a join whose moves are all
-one owner's stalls for good when that owner missed the order's map, and after two joins ordered at once a node
-can miss a move for good. So while ``KNOWN_BUGS_FIXED`` is False a map update is never dropped, a node loses
-power only when the map it holds is on its disk, and convergence is checked only after every node has read
-every key (whose forwards carry maps to stale nodes), not as soon as the network is quiet.
+Map updates are dropped and nodes lose power like any other message and any node: announcements that never
+arrive are made up for by the nodes' anti-entropy rounds, so the maps converge once the network is quiet.
 """
 
 from __future__ import annotations
@@ -29,22 +24,17 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, note, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from kvstore import codec
 from kvstore.config import StorageConfig, local_cluster
 from kvstore.errors import ErrorCode
-from kvstore.messages import ClientRequest, Failure, Found, GetOp, MapUpdate, PutOp, SetMember, Written
-from kvstore.node import MAP_META, _starting_map
-from kvstore.storage.memory import MemoryStorage
+from kvstore.messages import ClientRequest, Failure, Found, GetOp, PutOp, SetMember, Written
 from partitioning.partition_map import ACTIVE, LEAVING
 from tests.protocol.test_node_moves import Net
 
-KNOWN_BUGS_FIXED = False
 FOUNDERS = ("n1", "n2", "n3")
 NODES = ("n1", "n2", "n3", "n4", "n5")
 PARTITIONS = 8
 KEYS = tuple(f"key{i}" for i in range(6))
 CONFIG = local_cluster(5, partitions=PARTITIONS, storage=StorageConfig(fsync="always"), initial_nodes=FOUNDERS)
-FOUNDING = _starting_map(CONFIG, MemoryStorage())
 # Failures that say nothing about the key: the op did not happen (definite), or may have (timeout).
 EXPECTED_FAILURES = frozenset(
     code.value for code in (ErrorCode.WRONG_EPOCH, ErrorCode.UNAVAILABLE, ErrorCode.NOT_LEADER, ErrorCode.TIMEOUT)
@@ -128,19 +118,6 @@ class MembershipMachine(RuleBasedStateMachine):
             assert isinstance(result, Failure) and result.code == ErrorCode.NOT_FOUND.value, result
             assert entry.floor == 0, f"{entry.key} not found after a write acknowledged at version {entry.floor}"
 
-    def may_crash(self, node: str) -> bool:
-        """While the known bugs stand: only a node whose map is on its disk (one that forgets a map it learnt may
-        be a joiner that forgets its admission, or the owner whose moves a join waits for)."""
-        if KNOWN_BUGS_FIXED:
-            return True
-        stored = self.net.disks[node].durable_image.get_meta(MAP_META)
-        current = self.net.nodes[node].partition_map
-        if stored is None:
-            return current == FOUNDING
-        update = codec.decode(stored)
-        assert isinstance(update, MapUpdate)
-        return update.to_map() == current
-
     # ------------------------------------------------------------ rules
 
     @rule(at=st.sampled_from(NODES), joiner=st.sampled_from(("n4", "n5", "n4", "n5", *FOUNDERS)))
@@ -177,9 +154,8 @@ class MembershipMachine(RuleBasedStateMachine):
 
     @rule(pick=st.randoms(use_true_random=False))
     def drop(self, pick: random.Random) -> None:
-        candidates = [i for i, m in enumerate(self.net.queue) if KNOWN_BUGS_FIXED or not isinstance(m.body, MapUpdate)]
-        if candidates:
-            dropped = self.net.queue.pop(pick.choice(candidates))
+        if self.net.queue:
+            dropped = self.net.queue.pop(pick.randrange(len(self.net.queue)))
             note(f"{self.net.now}: dropped {type(dropped.body).__name__} {dropped.src}->{dropped.dst}")
 
     @rule(pick=st.randoms(use_true_random=False))
@@ -189,8 +165,6 @@ class MembershipMachine(RuleBasedStateMachine):
 
     @rule(node=st.sampled_from(NODES))
     def crash(self, node: str) -> None:
-        if not self.may_crash(node):
-            return
         note(f"{self.net.now}: power loss at {node}")
         # Its clients' requests are never answered now: their writes may or may not have happened.
         for request_id, entry in list(self.open.items()):
@@ -223,8 +197,7 @@ class MembershipMachine(RuleBasedStateMachine):
         net.run(max_steps=100000)
         self.collect()
         assert not self.open, f"never answered: {self.open}"
-        if KNOWN_BUGS_FIXED:
-            self.check_converged()
+        self.check_converged()
         # Every acknowledged write is read back through every node (a stale node learns the map by forwarding).
         for key, (value, version) in sorted(self.model.last.items()):
             later = self.model.uncertain[key]
@@ -237,15 +210,6 @@ class MembershipMachine(RuleBasedStateMachine):
                 assert (answer.value, answer.version) == (value, version) or (
                     answer.value in later and answer.version > version
                 ), (node, key, answer, value, version)
-        if not KNOWN_BUGS_FIXED:
-            # A member that missed an announcement learns the map when it forwards: a read of every key through
-            # every node makes each forward (a refusal, or an older epoch named, brings the map back).
-            for _ in range(2):
-                for key in KEYS:
-                    for node in NODES:
-                        net.request(node, GetOp(key))
-                net.run()
-        self.check_converged()
 
     def check_converged(self) -> None:
         """Every member (by what all nodes know together) holds all of the map, and is balanced."""

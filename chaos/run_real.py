@@ -58,6 +58,8 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
         spec.nodes,
         mode=spec.mode,
         partitions=spec.partitions,
+        partitioner=spec.partitioner,
+        ranges=spec.ranges_config(),
         secret=secret,
         storage=StorageConfig(engine="sqlite", fsync=spec.fsync, batch_interval_ms=spec.batch_interval_ms,  # type: ignore[arg-type]
                               data_dir=str(directory / "data")),

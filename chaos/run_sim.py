@@ -26,10 +26,11 @@ from chaos.scenario import Scenario
 from chaos.workloads import Execution, Outcome, PlannedOp, Workload, make_workload
 from kvstore.config import ClusterConfig, FsyncPolicy, StorageConfig, Timeouts, local_cluster
 from kvstore.messages import ClientOp, Result
+from kvstore.node import Node
 from kvstore.sim.cluster import SimCluster
 from kvstore.sim.draws import between
 from kvstore.storage.simulated import CrashKind
-from partitioning.partition_map import LEAVING
+from partitioning.partition_map import LEAVING, PartitionMap
 
 
 @dataclass
@@ -113,6 +114,8 @@ def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
         spec.nodes,
         mode=spec.mode,
         partitions=spec.partitions,
+        partitioner=spec.partitioner,
+        ranges=spec.ranges_config(),
         storage=StorageConfig(engine="memory", fsync=cast(FsyncPolicy, spec.fsync),
                               batch_interval_ms=spec.batch_interval_ms),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
@@ -359,7 +362,20 @@ class _SimRunner:
             # removed nodes are not announced maps: they learn one on their next forward, so they may lag.
             "settled": not any(m.state == LEAVING for m in view.roster)
             and all(node.partition_map == view and node.balanced for node in nodes if node.node_id in view.members),
+            **self._range_stats(view, nodes),
             "trace_hash": self.cluster.trace_hash(),
+        }
+
+    @staticmethod
+    def _range_stats(view: PartitionMap, nodes: list[Node]) -> dict[str, int]:
+        """Range mode: the ranges at the end, and the splits and merges the nodes made (since each last
+        started: a crash forgets a node's count, so these are at least what happened)."""
+        if view.ranges is None:
+            return {}
+        return {
+            "ranges": view.ranges.range_count,
+            "range_splits": sum(node.range_changes[0] for node in nodes),
+            "range_merges": sum(node.range_changes[1] for node in nodes),
         }
 
 

@@ -14,6 +14,8 @@ mode = "single"
 fsync = "always"
 partitions = 16
 request_timeout_ms = 1000
+partitioner = "hash"        # or "range": ranges split and merge at the [ranges] bounds given here
+ranges = { split_keys = 4, split_bytes = 65536, merge_keys = 2, merge_bytes = 32768, check_interval_ms = 200 }
 
 [workload]
 kind = "register"           # register | append | set | counter
@@ -44,7 +46,7 @@ from chaos.checkers import CHECKER_NAMES
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
 from chaos.workloads import WORKLOAD_KINDS
-from kvstore.config import FSYNC_POLICIES, MODES
+from kvstore.config import FSYNC_POLICIES, MODES, PARTITIONERS, RangesConfig
 from kvstore.toml_file import read_toml
 
 
@@ -62,6 +64,16 @@ class ClusterSpec:
     partitions: int = 16
     request_timeout_ms: int = 1000
     batch_interval_ms: int = 10
+    partitioner: str = "hash"
+    # Range mode's thresholds (kvstore.config.RangesConfig fields); the config's defaults where not given.
+    ranges: dict[str, int] = field(default_factory=dict)
+
+    def ranges_config(self) -> RangesConfig:
+        known = {f.name for f in fields(RangesConfig)}
+        unknown = sorted(set(self.ranges) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return RangesConfig(**self.ranges)
 
     def initial_nodes(self, node_ids: tuple[str, ...]) -> tuple[str, ...]:
         """``cluster.initial_nodes`` for a cluster of ``node_ids``: the first ``founders`` of them, or () (every
@@ -144,6 +156,12 @@ def _validate(s: Scenario, source: str) -> None:
     if founders is not None and (isinstance(founders, bool) or not isinstance(founders, int)
                                  or not 1 <= founders <= max(s.cluster.nodes, 1)):
         problems.append(f"[cluster] founders must be an int in 1..nodes ({s.cluster.nodes}), not {founders!r:.40}")
+    if s.cluster.partitioner not in PARTITIONERS:
+        problems.append(f"[cluster] partitioner must be one of {', '.join(PARTITIONERS)}")
+    try:
+        s.cluster.ranges_config().policy()
+    except (TypeError, ValueError) as exc:
+        problems.append(f"[cluster] ranges: {exc}")
     if s.cluster.mode not in MODES:
         problems.append(f"[cluster] mode must be one of {', '.join(MODES)}")
     if s.cluster.fsync not in FSYNC_POLICIES:

@@ -119,3 +119,16 @@ def test_a_real_cluster_admits_and_drains_nodes_through_the_nemesis() -> None:
     # The roster the nodes report after the run names a node admitted at run time, and partitions moved.
     assert set(result.stats["roster"]) - {"n1", "n2", "n3"}, result.stats["roster"]
     assert result.stats["partition_changes"] >= 1
+
+
+@pytest.mark.parametrize("seed", [1, 4, 5])
+def test_range_partitions_split_and_merge_under_faults_and_stay_linearizable(seed: int) -> None:
+    name = "register-ranges.toml"
+    result = run_in_sim(load(SCENARIOS / name), seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (replay(name, seed), verdicts)
+    assert result.checkers["lost-writes"]["lost_count"] == 0, replay(name, seed)
+    # The workload's writes split the first range, its deletes emptied ranges that merged, and ranges moved.
+    assert result.stats["range_splits"] >= 5 and result.stats["range_merges"] >= 1, (replay(name, seed), result.stats)
+    assert result.stats["ranges"] >= 3 and result.stats["partition_changes"] >= 10, result.stats
+    assert result.stats["settled"] is True, replay(name, seed)

@@ -42,6 +42,9 @@ def test_defaults_fill_what_is_left_out() -> None:
         ({"surprise": 1}, "unknown setting(s) surprise"),
         ({"workload": {"concurrency": 0}}, "concurrency"),
         ({"nemesis": {"crash_kind": "meteor"}}, "crash_kind must be one of process, power, got 'meteor'"),
+        ({"cluster": {"partitioner": "alphabet"}}, "partitioner must be one of hash, range"),
+        ({"cluster": {"ranges": {"split_keys": 4, "merge_keys": 3}}}, "merge thresholds must be at most half"),
+        ({"cluster": {"ranges": {"splitkeys": 4}}}, "ranges: unknown setting(s) splitkeys (known: check_interval_ms"),
     ],
 )
 def test_bad_scenarios_are_refused_with_the_field_named(data: dict[str, object], message: str) -> None:

@@ -51,6 +51,7 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
+from kvstore.map_gossip import GOSSIP_TIMER, MapGossip
 from kvstore.membership import REBALANCE_TIMER, Rebalancer, apply_order
 from kvstore.messages import (
     NODE_PARTITION,
@@ -113,11 +114,6 @@ _NODE_TRAFFIC = (Forward, ForwardReply, ForwardRefused, MapUpdate)
 _STREAM_TRAFFIC = (StreamChunk, StreamAck, StreamRestart, StreamDone)
 # The node's partition map, kept in storage's metadata once it differs from the one its config gives.
 MAP_META = "partition_map"
-# A peer that goes on naming an older map epoch is sent the map again after this long (the last copy may be lost).
-MAP_RESEND_MS = 1000
-GOSSIP_TIMER = "gossip"
-# One map sent to one peer per tick, while a round of anti-entropy lasts.
-GOSSIP_INTERVAL_MS = 200
 # How soon the rebalancer looks again after this node changed its map (a move handed over, an order).
 REBALANCE_SOON_MS = 10
 _WRONG_EPOCH = ErrorCode.WRONG_EPOCH.value
@@ -175,10 +171,8 @@ class Node:
             always_durable=self._always_durable,
         )
         self._forwarder.map_epoch = self.partition_map.epoch
-        # Per peer, the map epoch this node last sent it a MapUpdate of: one update per peer and epoch.
-        # Per peer, the map epoch this node last answered a stale message with and when: one MapUpdate per peer
-        # and epoch, again after MAP_RESEND_MS in case that one was lost.
-        self._map_sent: dict[str, tuple[int, int]] = {}
+        # How this node's map reaches the others (kvstore/map_gossip.py).
+        self._gossip = MapGossip(node_id)
         # Partition moves, both ends (kvstore/handoff.py).
         self._mover = Mover(
             node_id,
@@ -195,11 +189,6 @@ class Node:
         self._range_keeper = (
             RangeKeeper(node_id, storage, config.ranges.policy()) if config.partitioner == "range" else None
         )
-        # Anti-entropy (_start_gossip): ticks left in this round, where the rotation over the peers stands, and
-        # whether the tick timer is set.
-        self._gossip_left = 0
-        self._gossip_cursor = 0
-        self._gossip_armed = False
         # When the rebalance timer is due (None: not armed).
         self._rebalance_due_ms: int | None = None
         self._rebalance_interval_ms = config.timeouts.rebalance_interval_ms
@@ -276,7 +265,7 @@ class Node:
             return
         self.partition_map = merged
         self._peers = self._known_peers()
-        self._start_gossip()
+        self._effects.extend(self._gossip.start_round(self._now_ms, self._peers))
         self._arm_rebalance()
         self._forwarder.map_epoch = merged.epoch
         # Durable with the next sync: a restart keeps what it learnt.
@@ -335,7 +324,7 @@ class Node:
         self.started = True
         self._effects.extend(self._mover.on_started(self._now_ms))
         # What this node learnt just before it stopped may not have been synced: compare maps with everyone.
-        self._start_gossip()
+        self._effects.extend(self._gossip.start_round(self._now_ms, self._peers))
         me = self.partition_map.member(self.node_id)
         here = self.config.address_text(self.node_id)
         if me is not None and me.state != "removed" and here and me.address != here:
@@ -363,22 +352,17 @@ class Node:
         body = msg.body
         if isinstance(body, Forward):
             self._on_forward(msg.src, msg.partition, body)
-            self._heard_map_epoch(msg.src, body.map_epoch)
+            self._effects.extend(self._gossip.heard_epoch(self._now_ms, self.partition_map, msg.src, body.map_epoch))
         elif isinstance(body, (ForwardReply, ForwardRefused)):
             self._absorb(self._forwarder.on_answer(msg.src, body))
-            self._heard_map_epoch(msg.src, body.map_epoch)
+            self._effects.extend(self._gossip.heard_epoch(self._now_ms, self.partition_map, msg.src, body.map_epoch))
         elif isinstance(body, MapUpdate):
             try:
                 incoming = body.to_map()
             except ValueError:
                 return  # not a valid map (a bug or another version): nothing to learn from it
             self.install_map(incoming)
-            current = self.partition_map
-            shape = (current.partition_count, current.partitioner)
-            if (incoming.partition_count, incoming.partitioner) == shape and current != incoming:
-                # The sender lacks something this node knows: tell it back (the merge it makes then equals this
-                # map, unless it learnt more meanwhile, so this does not ping-pong).
-                self._send_map(msg.src)
+            self._effects.extend(self._gossip.received(self._now_ms, self.partition_map, incoming, msg.src))
             if self._mover.moving:
                 self._effects.extend(self._mover.on_map_changed())
         elif isinstance(body, _STREAM_TRAFFIC):
@@ -426,7 +410,7 @@ class Node:
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
         elif key == GOSSIP_TIMER:
-            self._gossip()
+            self._effects.extend(self._gossip.tick(self._now_ms, self.partition_map, self._peers))
         elif key == REBALANCE_TIMER:
             self._rebalance_due_ms = None
             self._rebalance()
@@ -498,11 +482,7 @@ class Node:
         if current.epoch == before:
             return
         self._arm_rebalance(soon=True)
-        update = MapUpdate.of(current)
-        for peer in sorted({*current.members, *current.draining()}):
-            if peer != self.node_id:
-                # Durable, as every map that leaves a node (see _heard_map_epoch).
-                self._effects.append(Send(Message(self.node_id, peer, NODE_PARTITION, update), True))
+        self._effects.extend(self._gossip.announce(current))
 
     # ------------------------------------------------------------ starting operations
 
@@ -650,52 +630,9 @@ class Node:
             self._timed_calls.discard(token)
             self._complete(token, self._not_here(partition))
 
-    def _start_gossip(self) -> None:
-        """Begin (or go on with) a round of anti-entropy: over the next ``len(peers)`` ticks of
-        ``GOSSIP_INTERVAL_MS``, send this node's map to each peer in turn. A peer whose map differs sends its own
-        back (``_on_message``), so a change that an announcement failed to carry anywhere (lost, or forgotten
-        in a crash before its sync) still reaches every node; a quiet cluster sends nothing."""
-        if not self.started:
-            return
-        self._gossip_left = len(self._peers)
-        if not self._gossip_armed and self._gossip_left:
-            self._gossip_armed = True
-            self._effects.append(SetTimer(GOSSIP_TIMER, self._now_ms + GOSSIP_INTERVAL_MS))
-
-    def _gossip(self) -> None:
-        self._gossip_armed = False
-        peers = sorted(self._peers)
-        if self._gossip_left <= 0 or not peers:
-            return
-        self._gossip_left -= 1
-        peer = peers[self._gossip_cursor % len(peers)]
-        self._gossip_cursor += 1
-        update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
-        self._effects.append(Send(update, True))  # durable, as every map that leaves a node
-        if self._gossip_left:
-            self._gossip_armed = True
-            self._effects.append(SetTimer(GOSSIP_TIMER, self._now_ms + GOSSIP_INTERVAL_MS))
-
     def _known_peers(self) -> frozenset[str]:
         roster = (m.node_id for m in self.partition_map.roster)
         return frozenset((*roster, *self.config.node_ids)) - {self.node_id}
-
-    def _heard_map_epoch(self, peer: str, epoch: int) -> None:
-        """A peer named its map epoch: one behind this node's is sent this node's map, once per epoch (again after
-        ``MAP_RESEND_MS`` if the peer still names an older one)."""
-        if epoch < self.partition_map.epoch:
-            self._send_map(peer)
-
-    def _send_map(self, peer: str) -> None:
-        """Send ``peer`` this node's map, unless it was sent this same map less than ``MAP_RESEND_MS`` ago."""
-        mine = self.partition_map.epoch
-        sent = self._map_sent.get(peer)
-        if sent is None or sent[0] != mine or self._now_ms - sent[1] >= MAP_RESEND_MS:
-            self._map_sent[peer] = (mine, self._now_ms)
-            update = Message(self.node_id, peer, NODE_PARTITION, MapUpdate.of(self.partition_map))
-            # Durable under every policy: others act on a map (a move's source drops its copy on learning the
-            # target installed it), so a map leaves only once this node cannot forget it in a crash.
-            self._effects.append(Send(update, True))
 
     def _moving_away(self, partition: int) -> Failure:
         out = self._mover.moving[partition]
@@ -778,7 +715,7 @@ class Node:
             if isinstance(result, Failure) and result.code == _WRONG_EPOCH:
                 # The peer routed by a map that is wrong here, whatever epoch it names: two maps that each know
                 # a change the other does not can have one epoch, and only this answer shows the difference.
-                self._send_map(target.src)
+                self._effects.extend(self._gossip.answer(self._now_ms, self.partition_map, target.src))
             self._effects.append(self._forwarder.answer(target, result, durable))
 
 

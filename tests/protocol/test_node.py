@@ -10,6 +10,7 @@ import pytest
 from kvstore.config import ClusterConfig, Limits, StorageConfig, local_cluster
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode
+from kvstore.map_gossip import GOSSIP_INTERVAL_MS
 from kvstore.messages import (
     NODE_PARTITION,
     BatchGetOp,
@@ -36,7 +37,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import GOSSIP_INTERVAL_MS, Node
+from kvstore.node import Node
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import SimDisk, SimStorage
 

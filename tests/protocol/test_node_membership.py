@@ -16,6 +16,7 @@ import pytest
 from kvstore.config import ClusterConfig, StorageConfig, local_cluster
 from kvstore.effects import Send
 from kvstore.errors import ErrorCode
+from kvstore.map_gossip import MAP_RESEND_MS
 from kvstore.membership import Rebalancer
 from kvstore.messages import (
     NODE_PARTITION,
@@ -37,7 +38,7 @@ from kvstore.messages import (
     Started,
     Written,
 )
-from kvstore.node import MAP_RESEND_MS, Node
+from kvstore.node import Node
 from kvstore.storage.memory import MemoryStorage
 from partitioning.partition_map import ACTIVE, LEAVING, REMOVED, Member, PartitionMap
 from tests.protocol.test_node_moves import Net, keys_in

@@ -20,6 +20,7 @@ from kvstore.config import ClusterConfig, StorageConfig, local_cluster
 from kvstore.effects import Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode
 from kvstore.handoff import FENCE_META_PREFIX, INSTALLED_META_PREFIX, MAX_OUTGOING_MOVES
+from kvstore.map_gossip import MAP_RESEND_MS
 from kvstore.messages import (
     ClientOp,
     ClientRequest,
@@ -40,7 +41,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import MAP_RESEND_MS, Node
+from kvstore.node import Node
 from kvstore.storage.base import Record
 from kvstore.storage.simulated import SimDisk, SimStorage
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart

@@ -18,6 +18,7 @@ from kvstore import codec
 from kvstore.config import ClusterConfig, StorageConfig, local_cluster
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode
+from kvstore.map_gossip import GOSSIP_INTERVAL_MS
 from kvstore.messages import (
     BatchPutOp,
     BatchResults,
@@ -37,7 +38,7 @@ from kvstore.messages import (
     TimerFired,
     Written,
 )
-from kvstore.node import GOSSIP_INTERVAL_MS, Node
+from kvstore.node import Node
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import SimDisk, SimStorage
 from replication import replica as rep

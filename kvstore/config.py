@@ -46,7 +46,9 @@ body_timeout_ms = 30000       # a request body not all received this long after 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -79,6 +81,19 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the field."""
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
+def _bracketed_ipv6(host: str) -> bool:
+    if not (host.startswith("[") and host.endswith("]")):
+        return False
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class NodeAddress:
     node_id: str
@@ -91,9 +106,13 @@ class NodeAddress:
 
     @staticmethod
     def parse(node_id: str, address: str) -> NodeAddress:
+        """``host:port``: a host name or IPv4 address (letters, digits, '.', '-', '_'), or an IPv6 address in
+        brackets, and a port 1..65535 in ASCII digits. Anything else would make a URL that points elsewhere
+        (``h/x:80``, ``x@y:80``) or none at all (``::1:80``)."""
         host, sep, port_text = address.rpartition(":")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(f"nodes.{node_id}: expected 'host:port', got {address!r}")
+        port_ok = port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536
+        if not sep or not port_ok or not (_HOST_NAME.fullmatch(host) or _bracketed_ipv6(host)):
+            raise ConfigError(f"nodes.{node_id}: expected 'host:port', got {address!r:.300}")
         return NodeAddress(node_id, host, int(port_text))
 
 

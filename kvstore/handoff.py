@@ -16,7 +16,8 @@ Source:
   ``epoch + 1``.
 - Payloads are ``MovedRecord`` (a stored record: tombstones and expired ones too; ``None`` for a key now
   absent) and, under the reserved key ``""`` (never a user key, and first in key order),
-  ``MovedPartitionState`` with the applied index, which the target sets so versions go on growing. ``""`` is
+  ``MovedPartitionState`` with the applied index, which the target sets so versions go on growing, and the
+  source's map, which the target merges before it installs (in range mode, splits it may not have heard of). ``""`` is
   read first in the snapshot and marked changed just before ``finish``, so the final phase carries the
   final index.
 - Writes go on while the stream runs: the node reports every write op it applied (``changed``). The TTL
@@ -73,6 +74,7 @@ stream's own windows and retries.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,6 +157,7 @@ class _Incoming:
     source: str
     receiver: StreamReceiver
     applied_index: int | None = None
+    source_map: MapUpdate | None = None
 
 
 class Mover:
@@ -294,7 +297,7 @@ class Mover:
             items: list[Item] = []
             size = 0
             if after is None:
-                items.append((STATE_KEY, MovedPartitionState(storage.log(p).applied_index())))
+                items.append((STATE_KEY, self._state_of(p)))
                 size = 16
                 after = STATE_KEY
                 if len(items) >= max_items:
@@ -313,7 +316,7 @@ class Mover:
             items: list[Item] = []
             for key in keys:
                 if key == STATE_KEY:
-                    items.append((key, MovedPartitionState(storage.log(p).applied_index())))
+                    items.append((key, self._state_of(p)))
                     continue
                 record = storage.get_stored(p, key)
                 items.append((key, None if record is None else MovedRecord.of(record)))
@@ -447,6 +450,7 @@ class Mover:
                 if key == STATE_KEY:
                     if isinstance(payload, MovedPartitionState):
                         incoming.applied_index = payload.applied_index
+                        incoming.source_map = payload.source_map
                 elif payload is None:
                     storage.remove(partition, key)
                 elif isinstance(payload, MovedRecord):
@@ -457,6 +461,7 @@ class Mover:
 
         def clear() -> None:
             incoming.applied_index = None
+            incoming.source_map = None
             self._clear(partition)
 
         window = self._stream_options.get("window", 8)
@@ -473,6 +478,12 @@ class Mover:
         self._storage.put_meta(INSTALLED_META_PREFIX + str(p), codec.encode(marker))
         self._installed[p] = (installed.stream_id, installed.session)
         partition_map = self._get_map()
+        if incoming.source_map is not None:
+            # What the source knew at its fence: in range mode, every split of this partition and of its
+            # neighbours that this node may not have heard of (installing over an older view of the ranges would
+            # serve the wrong keys, and the source adopts what is installed).
+            with contextlib.suppress(ValueError):
+                partition_map = partition_map.merge(incoming.source_map.to_map())
         if not partition_map.knows(self._node_id):
             # Admitted, but the order's map never reached this node (lost, or not synced before a crash): a
             # placeholder entry below any real one (version 1) names it until the real one arrives.
@@ -480,6 +491,10 @@ class Mover:
         self._install_map(partition_map.with_entry(p, (self._node_id,), installed.stream_id + 1))
 
     # ------------------------------------------------------------ helpers
+
+    def _state_of(self, partition: int) -> MovedPartitionState:
+        applied = self._storage.log(partition).applied_index()
+        return MovedPartitionState(applied, MapUpdate.of(self._get_map()))
 
     def _send(self, dst: str, partition: int, body: object, durable: bool) -> Send:
         return Send(Message(self._node_id, dst, partition, body), durable or self._always_durable)

@@ -8,7 +8,7 @@ cannot forget it in a crash. Four ways a map leaves (``MapGossip`` holds what ea
   merge) sends it at once to every member and every node still holding a replica;
 - *answer a stale peer*: a peer whose message names an older map epoch, or that a wrong_epoch refusal is about
   to reach (two maps that each know a change the other lacks can name one epoch), is sent this node's map,
-  once per peer and map epoch, again after ``MAP_RESEND_MS`` if it still lags (the last copy may be lost);
+  once per peer and map, again after ``MAP_RESEND_MS`` if it still lags (the last copy may be lost);
 - *answer a map*: a ``MapUpdate`` that lacks something this node knows is answered with this node's map (the
   merge the sender makes then equals it, unless it learnt more meanwhile, so this does not ping-pong);
 - *anti-entropy*: after every change of its map, and at start, the node sends its map to each peer in turn,
@@ -37,8 +37,9 @@ class MapGossip:
 
     def __init__(self, node_id: str) -> None:
         self._node_id = node_id
-        # Per peer, the map epoch it was last sent as an answer, and when.
-        self._answered: dict[str, tuple[int, int]] = {}
+        # Per peer, the map it was last sent as an answer, and when (the map, not its epoch: a merge of two roster
+        # changes of one version changes a map but not its epoch).
+        self._answered: dict[str, tuple[PartitionMap, int]] = {}
         # Anti-entropy: ticks left in this round, where the rotation over the peers stands, whether a tick is set.
         self._ticks_left = 0
         self._cursor = 0
@@ -58,11 +59,10 @@ class MapGossip:
 
     def answer(self, now_ms: int, partition_map: PartitionMap, peer: str) -> list[Effect]:
         """This node's map for ``peer``, unless it was sent the same map less than ``MAP_RESEND_MS`` ago."""
-        epoch = partition_map.epoch
         sent = self._answered.get(peer)
-        if sent is not None and sent[0] == epoch and now_ms - sent[1] < MAP_RESEND_MS:
+        if sent is not None and sent[0] == partition_map and now_ms - sent[1] < MAP_RESEND_MS:
             return []
-        self._answered[peer] = (epoch, now_ms)
+        self._answered[peer] = (partition_map, now_ms)
         return [self._send(peer, MapUpdate.of(partition_map))]
 
     def received(self, now_ms: int, partition_map: PartitionMap, incoming: PartitionMap, src: str) -> list[Effect]:

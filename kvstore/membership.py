@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from kvstore.config import NodeAddress
 from kvstore.messages import SetMember
-from partitioning.partition_map import ACTIVE, LEAVING, REMOVED, PartitionMap
+from partitioning.partition_map import ACTIVE, LEAVING, MAX_MEMBERS, REMOVED, PartitionMap
 from partitioning.rebalance import balance
 
 REBALANCE_TIMER = "rebalance"
@@ -57,6 +57,8 @@ def apply_order(partition_map: PartitionMap, order: SetMember) -> Order:
         return Order(None, "a node id is a str of 1 to 256 characters")
     current = partition_map.member(node_id)
     if state == ACTIVE:
+        if current is None and len(partition_map.roster) >= MAX_MEMBERS:
+            return Order(None, f"the roster is full: {MAX_MEMBERS} nodes have been members of this cluster")
         if address:
             try:
                 NodeAddress.parse(node_id, address)
@@ -83,14 +85,16 @@ class Rebalancer:
 
     def __init__(self, node_id: str) -> None:
         self._node_id = node_id
-        self._target_epoch = -1
+        # The map the target was computed for (equal maps give equal targets; a same-version merge of two roster
+        # changes can change a map without changing its epoch).
+        self._target_map: PartitionMap | None = None
         self._target: dict[int, tuple[str, ...]] = {}
 
     def target(self, partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
         """The balanced layout for ``partition_map`` (the same map gives the same layout on every node)."""
-        if partition_map.epoch != self._target_epoch or not self._target:
+        if partition_map != self._target_map or not self._target:
             self._target = _balanced(partition_map)
-            self._target_epoch = partition_map.epoch
+            self._target_map = partition_map
         return self._target
 
     def balanced(self, partition_map: PartitionMap) -> bool:
@@ -119,7 +123,27 @@ class Rebalancer:
         mine = free.get(self._node_id, [])
         needy = [node for node, slots in free.items() if not slots]
         # Keep one for this node's own next split.
-        return [(mine[-1], needy[0])] if len(mine) >= 2 and needy else []
+        if len(mine) < 2 or not needy:
+            return []
+        slot, to = mine[-1], needy[0]
+        after = partition_map.with_entry(slot, (to,), partition_map.epoch_of(slot) + 1)
+        # Only a gift the balance keeps: otherwise the rebalancers would move it back and forth for ever.
+        return [(slot, to)] if _balanced(after)[slot] == (to,) else []
+
+    def revived(self, partition_map: PartitionMap) -> PartitionMap | None:
+        """With no active member left (leaves of every member ordered at once at different nodes, each allowed by
+        what its map said), the lowest member becomes active again, so that the others have somewhere to give
+        their partitions; None if there is an active member or this node is not the lowest."""
+        members = partition_map.members
+        if partition_map.active or not members or members[0] != self._node_id:
+            return None
+        return partition_map.with_member(self._node_id, ACTIVE)
+
+    def changes(self, partition_map: PartitionMap) -> PartitionMap | None:
+        """The roster changes due at this node (a revival, drained leavers marked removed), or None."""
+        revived = self.revived(partition_map)
+        finished = self.finished_leavers(revived or partition_map)
+        return finished or revived
 
     def finished_leavers(self, partition_map: PartitionMap) -> PartitionMap | None:
         """The map with every leaving node that holds nothing marked removed, if this node is the one to do it

@@ -340,9 +340,13 @@ class MovedRecord:
 @register
 @dataclass(frozen=True)
 class MovedPartitionState:
-    """The partition's protocol state that moves with its records, carried under the reserved key ""."""
+    """The partition's protocol state that moves with its records, carried under the reserved key "" (read again
+    under the fence, so its last copy is the source's at the hand-over). ``source_map``: the source's map, which
+    the target merges before it installs the partition: in range mode the partition's start and its
+    neighbours' may have changed in splits the target has not heard of yet."""
 
     applied_index: int
+    source_map: MapUpdate | None = None
 
 
 @register

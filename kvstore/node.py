@@ -430,13 +430,14 @@ class Node:
             self._install_and_announce(outcome.new_map)
 
     def _rebalance(self) -> None:
-        """The rebalancer's turn (``kvstore/membership.py``): mark drained leavers removed, then move away
-        the partitions this node owns that the balanced layout puts elsewhere."""
+        """The rebalancer's turn (``kvstore/membership.py``): the roster changes due here (drained leavers marked
+        removed; this node active again if no member is), then move away the partitions this node owns that the
+        balanced layout puts elsewhere."""
         if self.config.mode != "single":
             return
-        finished = self._rebalancer.finished_leavers(self.partition_map)
-        if finished is not None:
-            self._install_and_announce(finished)
+        changed = self._rebalancer.changes(self.partition_map)
+        if changed is not None:
+            self._install_and_announce(changed)
         mover = self._mover
         pending = [(p, target) for p, target in self._rebalancer.moves(self.partition_map) if p not in mover.moving]
         for partition, target in pending:
@@ -459,7 +460,7 @@ class Node:
         if self._rebalance_due_ms is not None and self._rebalance_due_ms <= at_ms:
             return
         partition_map = self.partition_map
-        if self._rebalancer.moves(partition_map) or self._rebalancer.finished_leavers(partition_map):
+        if self._rebalancer.moves(partition_map) or self._rebalancer.changes(partition_map):
             self._rebalance_due_ms = at_ms
             self._effects.append(SetTimer(REBALANCE_TIMER, at_ms))
 

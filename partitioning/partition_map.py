@@ -259,7 +259,11 @@ class PartitionMap:
             zip(self.replicas, self.epochs, other.replicas, other.epochs, strict=True)
         ):
             # A slot's start travels with its entry (range mode): the newer entry brings its own.
-            theirs_newer = (their_epoch, theirs, their_starts[p] or "") > (my_epoch, mine, my_starts[p] or "")
+            theirs_newer = (their_epoch, theirs, _start_key(their_starts[p])) > (
+                my_epoch,
+                mine,
+                _start_key(my_starts[p]),
+            )
             replicas.append(theirs if theirs_newer else mine)
             epochs.append(their_epoch if theirs_newer else my_epoch)
             starts.append(their_starts[p] if theirs_newer else my_starts[p])
@@ -432,6 +436,11 @@ class PartitionMap:
         if "members" in doc and doc["members"] != list(result.members):
             raise ValueError("members does not match the roster")
         return result
+
+
+def _start_key(start: str | None) -> tuple[bool, str]:
+    """A slot's start for ordering two entries of one epoch: a free slot (None) before any start, "" included."""
+    return (start is not None, start or "")
 
 
 def _range_view(starts: tuple[str | None, ...]) -> RangeMap:

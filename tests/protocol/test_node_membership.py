@@ -439,10 +439,11 @@ def test_a_node_whose_map_misses_a_move_but_names_the_same_epoch_is_sent_the_map
     key = keys_in(net, 0, 1)[0]
     assert net.request("n3", PutOp(key, b"v")) == Written(key, 1)
     net.sync_all()
-    # n1 moves partition 0 to n2 and n3 misses every announcement of it; n4 moves partition 3 to n3 and n1 misses
-    # that one. n1 and n3 each know one change the other does not: both maps are at epoch 2.
+    # n1 moves partition 0 to n2 and n3 and n4 miss every map update of it; n4 moves partition 3 to n3 (its stream
+    # carries n4's map, which lacks the first move) and n1 misses that one. n1 and n3 each know one change the
+    # other does not: both maps are at epoch 2.
     net.step("n1", MovePartition(0, "n2"))
-    _run_losing_map_updates_to(net, "n3")
+    _run_losing_map_updates_to(net, "n3", "n4")
     net.step("n4", MovePartition(3, "n3"))
     _run_losing_map_updates_to(net, "n1", "n3")
     n1, n3 = net.nodes["n1"].partition_map, net.nodes["n3"].partition_map

@@ -1,5 +1,6 @@
-"""Review of membership and range mode, driven by hand through Node.step: each test shows one bug and is a
-strict xfail until it is fixed (the reason names the bug).
+"""Review of membership and range mode, driven by hand through Node.step: each test shows a bug a hostile review
+found (now fixed): a moved range installed into the target's stale view of the ranges, free slots moved back and
+forth for ever, a leave lost to a cached target, every member leaving at once, a join past the roster bound.
 
 Uses the hand-cranked network of tests/protocol/test_node_moves.py. Where a test needs a map announcement to be
 late (a dropped or delayed message, which the chaos faults make), it removes that MapUpdate from the queue and
@@ -7,8 +8,6 @@ delivers the rest by hand; everything is delivered afterwards, so the maps conve
 """
 
 from __future__ import annotations
-
-import pytest
 
 from kvstore.config import ClusterConfig, RangesConfig, StorageConfig, local_cluster
 from kvstore.messages import (
@@ -83,12 +82,6 @@ def move_keeping_n2_stale(net: Net, partition: int) -> None:
 # ---------------------------------------------------------------- range mode: a move installed into a stale map
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a move's target installs the slot's entry into its own map (with_entry keeps its stale start): a target "
-    "that has not heard of the split installs the split-off range as a free slot at a higher epoch, the source "
-    "adopts that entry, and every key of the range is lost",
-)
 def test_a_range_split_off_and_moved_before_the_target_heard_of_the_split_keeps_every_key() -> None:
     net = range_net(4)
     values = split_without_telling_n2(net)
@@ -102,12 +95,6 @@ def test_a_range_split_off_and_moved_before_the_target_heard_of_the_split_keeps_
         assert isinstance(found, Found) and found.value == value, (key, found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a move's target that missed a split of the moved range installs it into its stale map, where the range "
-    "still covers the split-off keys: it serves them from a copy that lacks them (two nodes serve one key), and a "
-    "write it acknowledges there is lost once the maps converge",
-)
 def test_a_target_that_missed_a_split_neither_serves_nor_loses_keys_of_the_split_off_range() -> None:
     net = range_net(6)
     values = split_without_telling_n2(net)
@@ -126,12 +113,6 @@ def test_a_target_that_missed_a_split_neither_serves_nor_loses_keys_of_the_split
 # ---------------------------------------------------------------- range mode: free slots moved back and forth
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rebalancer's free-slot rule (a member with two free slots gives one to a member with none) and "
-    "balance's tolerance undo each other: an empty cluster of 2 nodes and 4 slots moves one free slot back and "
-    "forth forever (about 75 moves a second, each one announced and gossiped)",
-)
 def test_an_empty_range_cluster_goes_quiet() -> None:
     net = range_net(4)
     advance(net, 3000)
@@ -144,12 +125,6 @@ def test_an_empty_range_cluster_goes_quiet() -> None:
 # ---------------------------------------------------------------- membership
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Rebalancer caches its target by map epoch; a leave merged over an address change of the same roster "
-    "version changes the map but not its epoch, so the leaver keeps the target computed while it was active, "
-    "reports balanced, and never drains",
-)
 def test_a_leave_that_merges_over_a_same_version_address_change_still_drains_the_node() -> None:
     net = cluster()
     written = write(net, 30, via=("n1", "n2", "n3"))
@@ -166,12 +141,6 @@ def test_a_leave_that_merges_over_a_same_version_address_change_still_drains_the
         assert net.request("n1", GetOp(key)) == Found(key, value, version)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_order refuses the leave of the last active member only by the map of the node that takes the "
-    "order: leaves of every member ordered at different members at once leave no active member, and no partition "
-    "can move anywhere again (every leave stays unfinished)",
-)
 def test_leaves_of_every_member_ordered_at_once_keep_an_active_member() -> None:
     net = cluster(partitions=4)
     for node_id in ("n1", "n2", "n3"):
@@ -183,13 +152,6 @@ def test_leaves_of_every_member_ordered_at_once_keep_an_active_member() -> None:
     assert m.active != (), [(member.node_id, member.state) for member in m.roster]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="removed members stay in the roster for good, so after MAX_MEMBERS nodes have ever been members a join "
-    "builds a roster over the bound and with_member raises ValueError out of Node.step (a 500 at POST "
-    "/admin/members) instead of a refusal",
-)
 def test_a_join_past_the_roster_bound_is_refused_not_raised() -> None:
     net = cluster(partitions=4)
     m = net.nodes["n2"].partition_map

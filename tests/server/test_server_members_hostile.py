@@ -1,5 +1,5 @@
 """Review of POST /admin/members with hostile input on in-process nodes: what it refuses, what it accepts, and what
-an accepted order does to the cluster. Each bug is a strict xfail until it is fixed."""
+an accepted order does to the cluster (addresses that are not a host and a port are refused)."""
 
 from __future__ import annotations
 
@@ -49,12 +49,6 @@ async def test_orders_that_are_not_orders_are_refused_and_change_nothing(
     assert two.servers["n1"].node.partition_map == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NodeAddress.parse only splits at the last ':' and checks the port: addresses no peer URL can be made of "
-    "('::1:80'), or whose URL names another host or path ('h/x:80', 'x@y:80', 'h?x:80'), or with spaces, are "
-    "admitted; the cluster then moves partitions to a node whose messages are dropped or sent elsewhere",
-)
 async def test_a_join_at_an_address_that_is_no_host_and_port_is_refused(
     two: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:

@@ -116,7 +116,9 @@ def test_forward_to_an_owner_that_crashes_with_it_on_the_wire_times_out_indefini
     cluster.run_until(TIMEOUT_MS)
     result = cluster.result(request_id)
     assert failure_code(result) == "timeout" and not ErrorCode.TIMEOUT.definite
-    assert cluster.stats.lost_to_crash == 1 and cluster.stats.send_failed == 0
+    # Lost with the crash and not reported (a SendFailed would have failed it unavailable, definitely); the
+    # nodes' map gossip to the crashed n2 is what fails to send.
+    assert cluster.stats.lost_to_crash == 1
 
 
 def test_requests_open_on_a_crashing_node_fail_indefinitely() -> None:

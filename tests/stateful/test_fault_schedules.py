@@ -65,7 +65,12 @@ def scenarios(
 
 
 def scenario_toml(scenario: Scenario) -> str:
-    return tomli_w.dumps(dataclasses.asdict(scenario))
+    return tomli_w.dumps(_without_none(dataclasses.asdict(scenario)))
+
+
+def _without_none(table: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no null: a setting that is None (its default, as ``[cluster] founders``) is left out."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in table.items() if v is not None}
 
 
 def replay_text(scenario: Scenario) -> str:

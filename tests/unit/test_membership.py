@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from kvstore.config import ConfigError, NodeAddress
 from kvstore.membership import Order, Rebalancer, apply_order
 from kvstore.messages import SetMember
 from partitioning.partition_map import ACTIVE, LEAVING, REMOVED, Member, PartitionMap
@@ -209,3 +210,18 @@ def test_the_target_is_cached_per_map_epoch_and_follows_a_new_map() -> None:
     # Within SLACK_PARTITIONS of the fair share of 3: the joiner gets 2, taken from the two most loaded.
     assert Counter(r[0] for r in target.values()) == {"n1": 3, "n2": 3, "n3": 4, "n4": 2}
     assert rebalancer.target(joined) is target
+
+
+@pytest.mark.parametrize(
+    "address", ["::1:80", "h/x:80", "x@y:80", "h?x:80", "h x:80", "host:\u0668\u0660", "host:0", "[nothost]:80", ":80"]
+)
+def test_an_address_that_is_not_a_host_and_a_port_is_refused(address: str) -> None:
+    with pytest.raises(ConfigError, match="expected 'host:port'"):
+        NodeAddress.parse("n4", address)
+
+
+@pytest.mark.parametrize(
+    ("address", "url"), [("[::1]:7004", "http://[::1]:7004"), ("db-4.local:80", "http://db-4.local:80")]
+)
+def test_host_names_ipv4_and_bracketed_ipv6_addresses_are_taken(address: str, url: str) -> None:
+    assert NodeAddress.parse("n4", address).url == url

@@ -123,7 +123,7 @@ def lookup_range_map(rng: random.Random) -> RangeMap:
 # --- 1. lookups
 
 
-def _ring_owner(ring: HashRing) -> LookupPass:
+def ring_owner(ring: HashRing) -> LookupPass:
     def run(keys: list[str]) -> None:
         owner = ring.owner
         for key in keys:
@@ -141,7 +141,7 @@ def _ring_preference(ring: HashRing, n: int) -> LookupPass:
     return run
 
 
-def _range_lookup(range_map: RangeMap) -> LookupPass:
+def range_lookup(range_map: RangeMap) -> LookupPass:
     def run(keys: list[str]) -> None:
         partition_for_key = range_map.partition_for_key
         for key in keys:
@@ -150,7 +150,7 @@ def _range_lookup(range_map: RangeMap) -> LookupPass:
     return run
 
 
-def _hash_placement(owners: tuple[str, ...]) -> LookupPass:
+def hash_placement(owners: tuple[str, ...]) -> LookupPass:
     def run(keys: list[str]) -> None:
         h, count = key_hash, len(owners)
         for key in keys:
@@ -165,7 +165,7 @@ def _hash_alone(keys: list[str]) -> None:
         h(key)
 
 
-def _dict_lookup(table: dict[str, int]) -> LookupPass:
+def dict_lookup(table: dict[str, Any]) -> LookupPass:
     def run(keys: list[str]) -> None:
         for key in keys:
             table[key]
@@ -173,7 +173,7 @@ def _dict_lookup(table: dict[str, int]) -> LookupPass:
     return run
 
 
-def _timed(run: LookupPass, keys: list[str], min_s: float) -> tuple[float, float]:
+def timed(run: LookupPass, keys: list[str], min_s: float) -> tuple[float, float]:
     """Wall and CPU ns per lookup over whole passes of ``keys``, repeated until ``min_s`` has passed."""
     passes = 0
     gc.collect()
@@ -193,11 +193,11 @@ def lookup_subjects(
 ) -> list[tuple[str, str, bool, LookupPass]]:
     """(name, label, uses key_hash, pass) of every subject; each is timed cold and, if hashed, warm."""
     return [
-        ("ring_owner", f"HashRing.owner, {len(ring.tokens):,} tokens", True, _ring_owner(ring)),
+        ("ring_owner", f"HashRing.owner, {len(ring.tokens):,} tokens", True, ring_owner(ring)),
         ("ring_preference_1", "HashRing.preference_list(key, 1)", True, _ring_preference(ring, 1)),
         ("ring_preference_3", "HashRing.preference_list(key, 3)", True, _ring_preference(ring, 3)),
-        ("range_map", f"RangeMap.partition_for_key, {range_map.range_count:,} ranges", False, _range_lookup(range_map)),
-        ("hash_placement", f"owners[key_hash(key) % {len(owners):,}]", True, _hash_placement(owners)),
+        ("range_map", f"RangeMap.partition_for_key, {range_map.range_count:,} ranges", False, range_lookup(range_map)),
+        ("hash_placement", f"owners[key_hash(key) % {len(owners):,}]", True, hash_placement(owners)),
         ("key_hash", "key_hash(key) alone", True, _hash_alone),
     ]
 
@@ -213,7 +213,7 @@ def measure_lookups(keys: list[str], runs: int, min_s: float, seed: int) -> dict
     range_build_s = time.perf_counter() - started
     owners = tuple(replicas[0] for replicas in assign_partitions(ring, PARTITIONS, 1))
     table = {key: key_hash(key) % PARTITIONS for key in keys}
-    reference = _dict_lookup(table)
+    reference = dict_lookup(table)
     warm = keys[:WARM_KEYS]
     cases: list[tuple[str, str, str, list[str], LookupPass]] = []
     for name, label, hashed, run in lookup_subjects(ring, range_map, owners):
@@ -227,10 +227,10 @@ def measure_lookups(keys: list[str], runs: int, min_s: float, seed: int) -> dict
     for r in range(runs):
         shift = r % len(cases)
         for name, _, temperature, case_keys, run in cases[shift:] + cases[:shift]:
-            ref_ns, ref_cpu_ns = _timed(reference, case_keys, min_s)
+            ref_ns, ref_cpu_ns = timed(reference, case_keys, min_s)
             if temperature == "warm":
                 run(case_keys)  # every key into the memo, untimed
-            ns, cpu_ns = _timed(run, case_keys, min_s)
+            ns, cpu_ns = timed(run, case_keys, min_s)
             s = samples[name]
             s["ns"].append(ns)
             s["cpu_ns"].append(cpu_ns)

@@ -70,15 +70,24 @@ import aiohttp
 import msgpack
 from http_node import BenchError
 from partition_move import disk_write_rate
-from partition_placement import MEMO_ENTRIES, _timed, lookup_range_map, lookup_ring, make_keys
+from partition_placement import (
+    MEMO_ENTRIES,
+    dict_lookup,
+    hash_placement,
+    lookup_range_map,
+    lookup_ring,
+    make_keys,
+    range_lookup,
+    ring_owner,
+    timed,
+)
 from report_format import filesystem_of, rounded
 
 from kvstore.client import MSGPACK_TYPE, AsyncClient
 from kvstore.cluster import ClusterError, LocalCluster
 from kvstore.messages import Found, Written
 from partitioning.hash_partitioner import key_hash
-from partitioning.hash_ring import HashRing, assign_partitions
-from partitioning.range_map import RangeMap
+from partitioning.hash_ring import assign_partitions
 
 PARTITIONS = 10_000
 LOOKUP_KEYS = 100_000
@@ -112,65 +121,30 @@ LookupPass = Callable[[list[str]], None]
 # --- 1. lookups
 
 
-def _dict_lookup(table: dict[str, Any]) -> LookupPass:
-    def run(keys: list[str]) -> None:
-        for key in keys:
-            table[key]
-
-    return run
-
-
-def _ring_owner(ring: HashRing) -> LookupPass:
-    def run(keys: list[str]) -> None:
-        owner = ring.owner
-        for key in keys:
-            owner(key)
-
-    return run
-
-
-def _hash_partition_owner(owners: tuple[str, ...]) -> LookupPass:
-    def run(keys: list[str]) -> None:
-        h, count = key_hash, len(owners)
-        for key in keys:
-            owners[h(key) % count]
-
-    return run
-
-
-def _range_partition(range_map: RangeMap) -> LookupPass:
-    def run(keys: list[str]) -> None:
-        partition_for_key = range_map.partition_for_key
-        for key in keys:
-            partition_for_key(key)
-
-    return run
-
-
 def measure_lookups(keys: list[str], runs: int, min_s: float, seed: int) -> dict[str, Any]:
     ring = lookup_ring()
     range_map = lookup_range_map(random.Random(f"{seed}:split-points"))
     owners = tuple(replicas[0] for replicas in assign_partitions(ring, PARTITIONS, 1))
-    reference = _dict_lookup({key: ring.owner(key) for key in keys})
+    reference = dict_lookup({key: ring.owner(key) for key in keys})
     subjects: list[tuple[str, str, str, LookupPass]] = [
         (
             "hash_ring",
             f"HashRing.owner(key), {len(ring.tokens):,} tokens ({len(ring.nodes)} nodes x "
             f"{len(ring.tokens) // len(ring.nodes)} vnodes)",
             "key -> node",
-            _ring_owner(ring),
+            ring_owner(ring),
         ),
         (
             "hash_partitions",
             f"owners[key_hash(key) % {len(owners):,}], partitions placed on that ring",
             "key -> node",
-            _hash_partition_owner(owners),
+            hash_placement(owners),
         ),
         (
             "range_map",
             f"RangeMap.partition_for_key(key), {range_map.range_count:,} ranges",
             "key -> partition",
-            _range_partition(range_map),
+            range_lookup(range_map),
         ),
     ]
     for _, _, _, run in subjects:
@@ -179,8 +153,8 @@ def measure_lookups(keys: list[str], runs: int, min_s: float, seed: int) -> dict
     for r in range(runs):
         shift = r % len(subjects)
         for name, _, _, run in subjects[shift:] + subjects[:shift]:
-            ref_ns, _ = _timed(reference, keys, min_s)
-            ns, _ = _timed(run, keys, min_s)
+            ref_ns, _ = timed(reference, keys, min_s)
+            ns, _ = timed(run, keys, min_s)
             samples[name]["ns"].append(ns)
             samples[name]["ref_ns"].append(ref_ns)
     rows = []

@@ -22,7 +22,7 @@ from kvstore.server.metrics import NodeGauges, NodeMetrics
 from kvstore.server.peer import PeerInbox, PeerTransport
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.server.routes_admin import AdminRoutes, CopyRoutes, MemberRoutes, MoveRoutes
+from kvstore.server.routes_admin import AdminRoutes, CopyRoutes, OrderRoutes
 from kvstore.server.routes_cluster import ClusterRoutes
 from kvstore.server.routes_kv import KvRoutes
 from kvstore.storage.base import Storage
@@ -94,8 +94,7 @@ class NodeServer:
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.node, self.faults).register(self.router)
         CopyRoutes(config, self.node, storage, clock).register(self.router)
-        MoveRoutes(config, self.node, self.pump).register(self.router)
-        MemberRoutes(config, self.node, self.pump).register(self.router)
+        OrderRoutes(config, self.node, self.pump).register(self.router)
         inbox = PeerInbox(node_id, config, self.pump.deliver, is_peer=self.node.is_peer)
         inbox.register(self.router)
         self._edge = EdgeServer(self.router.handle, self.router.admit, config, self.metrics, node_id)

@@ -115,12 +115,19 @@ class AdminRoutes:
         return json_response(self._current())
 
 
-class MoveRoutes:
-    """``POST /admin/moves``: move a partition to another node (``{"partition": p, "target": "n2"}``).
+class OrderRoutes:
+    """An operator's orders to this node, which it acts on in one step and answers at once.
 
-    The node that serves the partition starts the move and answers ``{"started": true}``; any other node, or
-    one that refuses (the partition is moving already, the target is no member...), answers
-    ``{"started": false, "reason": ...}``. A move runs on after the answer: watch ``GET /cluster``.
+    ``POST /admin/moves``: move a partition to another node (``{"partition": p, "target": "n2"}``). The node
+    that serves the partition starts the move and answers ``{"started": true}``; any other node, or one that
+    refuses (the partition is moving already, the target is no member...), answers ``{"started": false,
+    "reason": ...}``. A move runs on after the answer: watch ``GET /cluster``.
+
+    ``POST /admin/members``: a membership order (``kvstore/membership.py``). ``{"node": "n4", "state":
+    "active", "address": "127.0.0.1:7004"}`` admits a node (the address may be left out for one the roster
+    knows); ``{"node": "n2", "state": "leaving"}`` drains one. The answer is this node's map epoch and the
+    node's roster entry after the order; a refused order is a 400 naming why. The cluster then moves
+    partitions on its own: watch ``GET /cluster`` (``balanced``, the roster, the layout).
     """
 
     def __init__(self, config: ClusterConfig, node: Node, pump: Pump) -> None:
@@ -129,14 +136,18 @@ class MoveRoutes:
         self._pump = pump
 
     def register(self, router: Router) -> None:
-        router.add(
-            "POST",
-            ADMIN_MOVES_PATH,
-            self.move,
-            internal=True,
-            max_body_bytes=wire_limit_bytes(MAX_MOVE_BYTES),
-            check_head=lambda headers: authorize(headers, self._token),
-        )
+        for path, handler, limit_bytes in (
+            (ADMIN_MOVES_PATH, self.move, MAX_MOVE_BYTES),
+            (ADMIN_MEMBERS_PATH, self.order, MAX_MEMBER_BYTES),
+        ):
+            router.add(
+                "POST",
+                path,
+                handler,
+                internal=True,
+                max_body_bytes=wire_limit_bytes(limit_bytes),
+                check_head=lambda headers: authorize(headers, self._token),
+            )
 
     async def move(self, request: Request, _: str) -> Response:
         authorize(request.headers, self._token)
@@ -156,31 +167,6 @@ class MoveRoutes:
         if reason is not None:
             doc_out["reason"] = reason
         return encoded_response(doc_out, wants_msgpack(request))
-
-
-class MemberRoutes:
-    """``POST /admin/members``: an operator's membership order to this node (``kvstore/membership.py``).
-
-    ``{"node": "n4", "state": "active", "address": "127.0.0.1:7004"}`` admits a node (the address may be left
-    out for one the roster knows); ``{"node": "n2", "state": "leaving"}`` drains one. The answer is this node's
-    map epoch and the node's roster entry after the order; a refused order is a 400 naming why. The cluster
-    then moves partitions on its own: watch ``GET /cluster`` (``balanced``, the roster, the layout).
-    """
-
-    def __init__(self, config: ClusterConfig, node: Node, pump: Pump) -> None:
-        self._token = config.secret.encode()
-        self._node = node
-        self._pump = pump
-
-    def register(self, router: Router) -> None:
-        router.add(
-            "POST",
-            ADMIN_MEMBERS_PATH,
-            self.order,
-            internal=True,
-            max_body_bytes=wire_limit_bytes(MAX_MEMBER_BYTES),
-            check_head=lambda headers: authorize(headers, self._token),
-        )
 
     async def order(self, request: Request, _: str) -> Response:
         authorize(request.headers, self._token)

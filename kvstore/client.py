@@ -239,9 +239,7 @@ class AsyncClient:
         if end is not None:
             query["end"] = end
         response = await self._send("GET", "/scan", query=query, headers={"Accept": MSGPACK_TYPE}, idempotent=True)
-        doc = response.document()
-        items = tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"])
-        return ScanPage(items, doc["truncated"])
+        return _scan_page(response.document())
 
     async def scan_pages(
         self, prefix: str | None = None, *, start: str | None = None, end: str | None = None, page_size: int = 1000
@@ -260,8 +258,7 @@ class AsyncClient:
                 query["end"] = end
             response = await self._send("GET", "/scan", query=query, headers={"Accept": MSGPACK_TYPE}, idempotent=True)
             doc = response.document()
-            items = tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"])
-            yield ScanPage(items, doc["truncated"])
+            yield _scan_page(doc)
             resume = doc.get("next")
 
     async def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
@@ -442,6 +439,10 @@ class AsyncClient:
                 definite = False
         code = ErrorCode.UNAVAILABLE if definite else ErrorCode.TIMEOUT
         raise KvError(code, "no node answered: " + "; ".join(failures))
+
+
+def _scan_page(doc: Mapping[str, Any]) -> ScanPage:
+    return ScanPage(tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"]), doc["truncated"])
 
 
 def _record(doc: Mapping[str, Any]) -> Record:

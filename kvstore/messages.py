@@ -18,6 +18,7 @@ from kvstore.errors import ErrorCode
 from kvstore.storage.base import Record, Sibling
 from partitioning.partition_map import Member, PartitionMap
 from partitioning.stream import STREAM_MESSAGES
+from replication.raft_messages import RAFT_MESSAGES
 from replication.replica import LogEntry
 from replication.vclock import VectorClock
 
@@ -27,6 +28,8 @@ from replication.vclock import VectorClock
 register_all((LogEntry, VectorClock))
 # A move streams a partition with ``partitioning.stream``: its chunks and answers travel as message bodies.
 register_all(STREAM_MESSAGES)
+# Raft's peer messages (and its TransferLeader op) travel as message bodies of a partition's group.
+register_all(RAFT_MESSAGES)
 
 # Partition id used by messages that belong to the node as a whole rather than one partition.
 NODE_PARTITION = -1

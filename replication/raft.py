@@ -1,0 +1,858 @@
+"""RaftReplica: one partition's Raft group member (leader/follower replication), sans-IO.
+
+Follows etcd-io/raft closely: pre-vote and check-quorum, leadership transfer by ``TimeoutNow``, per-follower
+progress (probe / replicate / snapshot) with a bounded window of in-flight appends and a byte budget per
+append, fast back-off of the next index by a hint in every rejection, read-index reads, an empty entry at
+the start of every term. What differs is how it meets the node (``replication/replica.py``):
+
+- Time is ``now_ms``. Two timers: ``election`` (followers and candidates; re-armed lazily: a message from
+  the leader only moves ``_election_start``, and the timer, when it fires early, re-arms at the real
+  deadline) and ``heartbeat`` (the leader).
+- Durability is a mark on effects. Every ``SendTo`` of a step that wrote the hard state (a term or a vote)
+  is durable, so a vote never leaves before it is on disk, and so is every append acknowledgement: the
+  leader only counts what followers hold durably. The leader counts its own entries once
+  ``log.synced_through()`` covers them (the node steps ``Synced`` after every sync).
+- Client ops are ``ClientCall``: a write becomes a command appended to the log and is answered (durable)
+  with ``machine.apply``'s result once committed and applied here; a read waits for a read-index round.
+  ``TransferLeader`` (``raft_messages``) is the one op of its own.
+
+Answers other than the state machine's results (see ``raft_messages``): ``Redirect("not_leader", hint)``
+for any op this replica never executed and cannot (not the leader; a read accepted by a leader that
+stepped down before serving it): definite. ``RaftOutcomeUnknown`` for a write appended by a leader that
+stepped down before it saw it commit: indefinite. ``RaftRefused`` (definite) for ops refused at once.
+
+Log entry data: ``b""`` is the empty entry a leader appends at the start of its term; ``b"\\x01" + encoded
+command`` a client command. Other tags are reserved (configuration changes).
+
+Not done yet (issue 14's later parts): snapshot transfer. A follower that needs entries the leader
+compacted puts its progress into the ``snapshot`` state: the leader stops sending it appends (it still
+sends heartbeats, so the follower does not campaign) and lists it in ``followers_needing_snapshot()``,
+the hook a node will use to stream the partition and then call ``snapshot_sent``.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from replication.raft_messages import (
+    AppendEntries,
+    AppendReply,
+    Heartbeat,
+    HeartbeatReply,
+    RaftOutcomeUnknown,
+    RaftRefused,
+    RequestVote,
+    TimeoutNow,
+    TransferLeader,
+    TransferStarted,
+    VoteReply,
+)
+from replication.replica import (
+    Answer,
+    ClientCall,
+    LogEntry,
+    PartitionLog,
+    PeerMessage,
+    PeerUnreachable,
+    Redirect,
+    ReplicaEffect,
+    ReplicaInput,
+    ReplicaStarted,
+    SendTo,
+    StartTimer,
+    StateMachine,
+    StopTimer,
+    Synced,
+    TimerFired,
+)
+
+FOLLOWER = "follower"
+PRE_CANDIDATE = "pre-candidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+ELECTION_TIMER = "election"
+HEARTBEAT_TIMER = "heartbeat"
+
+PROBE = "probe"
+REPLICATE = "replicate"
+SNAPSHOT = "snapshot"
+
+ENTRY_COMMAND = 1
+_COMMAND_TAG = bytes([ENTRY_COMMAND])
+_INT64_MAX = 2**63 - 1
+_HARD_STATE = struct.Struct(">Bq")
+_HARD_STATE_VERSION = 1
+# What one apply pass reads from the log at a time (entries, not a limit on what is applied).
+_APPLY_BATCH_BYTES = 1 << 20
+
+
+def encode_hard_state(term: int, vote: str | None) -> bytes:
+    return _HARD_STATE.pack(_HARD_STATE_VERSION, term) + (b"" if vote is None else vote.encode())
+
+
+def decode_hard_state(data: bytes | None) -> tuple[int, str | None]:
+    """(term, vote) from stored hard state; ValueError for bytes no RaftReplica wrote."""
+    if data is None:
+        return 0, None
+    if len(data) < _HARD_STATE.size:
+        raise ValueError(f"raft hard state too short: {data!r}")
+    version, term = _HARD_STATE.unpack_from(data)
+    if version != _HARD_STATE_VERSION or term < 0:
+        raise ValueError(f"not a raft hard state: {data!r}")
+    vote = data[_HARD_STATE.size :].decode()
+    return term, (vote or None)
+
+
+def command_entry_data(encoded_command: bytes) -> bytes:
+    return _COMMAND_TAG + encoded_command
+
+
+def _is_index(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _INT64_MAX
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the leader knows of one follower (etcd-io/raft's ``Progress``)."""
+
+    match: int = 0
+    next: int = 1
+    state: str = PROBE
+    # Last index of each append sent in the replicate state and not yet acknowledged (oldest first).
+    inflight: deque[int] = field(default_factory=deque)
+    # In the probe state, one append is out: wait for its answer (or the next heartbeat's) before another.
+    probe_sent: bool = False
+    # Heard from since the last check-quorum round.
+    active: bool = False
+    # In the snapshot state: the snapshot point the follower needs (at least).
+    pending_snapshot: int = 0
+
+    def become_probe(self) -> None:
+        self.state, self.next, self.probe_sent = PROBE, self.match + 1, False
+        self.inflight.clear()
+
+    def become_replicate(self) -> None:
+        self.state, self.next = REPLICATE, self.match + 1
+        self.inflight.clear()
+
+
+class RaftReplica:
+    def __init__(
+        self,
+        partition: int,
+        node_id: str,
+        voters: tuple[str, ...],
+        machine: StateMachine,
+        log: PartitionLog,
+        rng: random.Random,
+        *,
+        learners: tuple[str, ...] = (),
+        election_timeout_ms: int = 1000,
+        heartbeat_interval_ms: int = 100,
+        max_append_bytes: int = 1 << 20,
+        max_inflight_appends: int = 64,
+        max_pending_proposals: int = 4096,
+        max_pending_reads: int = 4096,
+        compact_threshold: int = 10_000,
+        check_quorum: bool = True,
+        pre_vote: bool = True,
+    ) -> None:
+        if not voters or len(set(voters)) != len(voters) or set(voters) & set(learners):
+            raise ValueError(f"voters must be distinct, non-empty and not learners: {voters!r} / {learners!r}")
+        if node_id not in voters and node_id not in learners:
+            raise ValueError(f"{node_id!r} is neither a voter nor a learner of partition {partition}")
+        if not 0 < heartbeat_interval_ms < election_timeout_ms:
+            raise ValueError("need 0 < heartbeat_interval_ms < election_timeout_ms")
+        if max_inflight_appends < 1 or max_append_bytes < 1 or compact_threshold < 1:
+            raise ValueError("max_inflight_appends, max_append_bytes and compact_threshold must be positive")
+        self.partition = partition
+        self.node_id = node_id
+        self.voters = tuple(voters)
+        self.learners = tuple(learners)
+        self._members = frozenset(voters) | frozenset(learners)
+        self._quorum = len(voters) // 2 + 1
+        self._machine = machine
+        self._log = log
+        self._rng = rng
+        self._election_timeout = election_timeout_ms
+        self._heartbeat_interval = heartbeat_interval_ms
+        self._max_append_bytes = max_append_bytes
+        self._max_inflight = max_inflight_appends
+        self._max_pending_proposals = max_pending_proposals
+        self._max_pending_reads = max_pending_reads
+        self._compact_threshold = compact_threshold
+        self._check_quorum = check_quorum
+        self._pre_vote = pre_vote
+        # Per step.
+        self._now = 0
+        self._out: list[ReplicaEffect] = []
+        self._hard_state_written = False
+        self._recover()
+
+    # ------------------------------------------------------------ state (read-only for drivers and tests)
+
+    def _recover(self) -> None:
+        self.term, self.vote = decode_hard_state(self._log.hard_state())
+        self.role = FOLLOWER
+        self.leader: str | None = None
+        bounds = self._log.bounds()
+        # Everything applied was committed; nothing says more was (the commit index is not persisted).
+        self.applied = max(self._log.applied_index(), bounds.snapshot_index)
+        self.commit = self.applied
+        self._votes: dict[str, bool] = {}
+        self._election_start = self._now
+        self._randomized_timeout = self._random_timeout()
+        # Leader state.
+        self.progress: dict[str, Progress] = {}
+        self._term_start_index = 0
+        self._pending_writes: dict[int, tuple[int, int]] = {}  # index -> (token, term)
+        self._pending_reads: deque[tuple[int, object, int, int]] = deque()  # (token, op, read index, round)
+        self._round = 0
+        self._round_acks: dict[str, int] = {}
+        self._want_round = False
+        self._scan_round: int | None = None
+        self._want_broadcast = False
+        self._transferee: str | None = None
+        self._transfer_deadline = 0
+        self._quorum_check_at = 0
+
+    def status(self) -> dict[str, object]:
+        bounds = self._log.bounds()
+        return {
+            "role": self.role,
+            "term": self.term,
+            "vote": self.vote,
+            "leader": self.leader,
+            "commit": self.commit,
+            "applied": self.applied,
+            "first": bounds.first_index,
+            "last": bounds.last_index,
+        }
+
+    def followers_needing_snapshot(self) -> dict[str, int]:
+        """Followers the leader cannot catch up from its log: peer -> the snapshot point they need."""
+        return {p: pr.pending_snapshot for p, pr in self.progress.items() if pr.state == SNAPSHOT}
+
+    def snapshot_sent(self, now_ms: int, peer: str, index: int) -> list[ReplicaEffect]:
+        """The node installed this replica's state through ``index`` at ``peer``: replicate from there."""
+        self._begin(now_ms)
+        pr = self.progress.get(peer)
+        if self.role == LEADER and pr is not None and pr.state == SNAPSHOT and _is_index(index):
+            pr.match = max(pr.match, min(index, self._last_index()))
+            pr.become_probe()
+            self._send_append(peer, allow_empty=True)
+        return self._end()
+
+    def campaign(self, now_ms: int) -> list[ReplicaEffect]:
+        """Start an election now (pre-vote first, if enabled), as if the election timeout had passed."""
+        self._begin(now_ms)
+        if self.role != LEADER:
+            self._campaign(transfer=False)
+        return self._end()
+
+    # ------------------------------------------------------------ step
+
+    def step(self, now_ms: int, inp: ReplicaInput) -> list[ReplicaEffect]:
+        self._begin(now_ms)
+        if isinstance(inp, PeerMessage):
+            self._on_message(inp.src, inp.body)
+        elif isinstance(inp, ClientCall):
+            self._on_call(inp.token, inp.op)
+        elif isinstance(inp, Synced):
+            if self.role == LEADER:
+                self._maybe_commit()
+        elif isinstance(inp, TimerFired):
+            if inp.key == ELECTION_TIMER:
+                self._on_election_timer()
+            elif inp.key == HEARTBEAT_TIMER:
+                self._on_heartbeat_timer()
+        elif isinstance(inp, PeerUnreachable):
+            pr = self.progress.get(inp.dst) if self.role == LEADER else None
+            if pr is not None and pr.state == REPLICATE and isinstance(inp.body, AppendEntries):
+                pr.become_probe()
+        elif isinstance(inp, ReplicaStarted):
+            self._recover()
+            self._reset_election_timer()
+            if self._is_voter():
+                self._arm(ELECTION_TIMER, self._election_deadline())
+        return self._end()
+
+    def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:
+        # Only once a read-index round started after this term's first entry was applied has confirmed
+        # that this node still led: then no other leader's writes can be missing from what it applied.
+        if self.role != LEADER or self._scan_round is None or self._confirmed_round() < self._scan_round:
+            return Redirect("not_leader", None if self.role == LEADER else self.leader)
+        return self._machine.scan(now_ms, start, end, limit)
+
+    def _begin(self, now_ms: int) -> None:
+        self._now = now_ms
+        self._out = []
+        self._hard_state_written = False
+
+    def _end(self) -> list[ReplicaEffect]:
+        if self.role == LEADER:
+            if self._want_round:
+                self._start_read_round()
+            if self._want_broadcast:
+                self._want_broadcast = False
+                for peer in self.progress:
+                    self._send_appends(peer)
+            self._serve_reads()
+        out = self._out
+        if self._hard_state_written:
+            # Whatever this step sent may rest on the term or vote it wrote: nothing leaves before it is synced.
+            for effect in out:
+                if isinstance(effect, SendTo):
+                    effect.durable = True
+        self._out = []
+        return out
+
+    # ------------------------------------------------------------ helpers
+
+    def _last_index(self) -> int:
+        return self._log.bounds().last_index
+
+    def _last_term(self) -> int:
+        return self._log.term_at(self._last_index()) or 0
+
+    def _is_voter(self) -> bool:
+        return self.node_id in self.voters
+
+    def _send(self, dst: str, body: object, durable: bool = False) -> None:
+        self._out.append(SendTo(dst, body, durable))
+
+    def _arm(self, key: str, at_ms: int) -> None:
+        self._out.append(StartTimer(key, at_ms))
+
+    def _random_timeout(self) -> int:
+        return self._rng.randrange(self._election_timeout, 2 * self._election_timeout)
+
+    def _reset_election_timer(self) -> None:
+        self._election_start = self._now
+        self._randomized_timeout = self._random_timeout()
+
+    def _election_deadline(self) -> int:
+        return self._election_start + self._randomized_timeout
+
+    def _set_term_vote(self, term: int, vote: str | None) -> None:
+        if term != self.term or vote != self.vote:
+            self.term, self.vote = term, vote
+            self._log.set_hard_state(encode_hard_state(term, vote))
+            self._hard_state_written = True
+
+    def _in_lease(self) -> bool:
+        # Heard from a leader (or, as leader, from a quorum) within an election timeout.
+        if not self._check_quorum or self.leader is None:
+            return False
+        return self._now - self._election_start < self._election_timeout
+
+    # ------------------------------------------------------------ roles
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        was_leader = self.role == LEADER
+        if term != self.term:
+            self._set_term_vote(term, None)
+        self.role = FOLLOWER
+        self.leader = leader
+        self._votes = {}
+        self._reset_election_timer()
+        if was_leader:
+            self._step_down()
+            self._out.append(StopTimer(HEARTBEAT_TIMER))
+            if self._is_voter():
+                self._arm(ELECTION_TIMER, self._election_deadline())
+
+    def _step_down(self) -> None:
+        """Fail everything a leader had waiting: it can serve none of it any more."""
+        for index, (token, term) in sorted(self._pending_writes.items()):
+            message = f"lost leadership of partition {self.partition} before entry {index} of term {term} committed"
+            self._out.append(Answer(token, RaftOutcomeUnknown(index, term, message)))
+        for token, _, _, _ in self._pending_reads:
+            self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+        self._pending_writes.clear()
+        self._pending_reads.clear()
+        self.progress = {}
+        self._round_acks = {}
+        self._want_round = self._want_broadcast = False
+        self._scan_round = None
+        self._transferee = None
+
+    def _campaign(self, transfer: bool) -> None:
+        if not self._is_voter():
+            return
+        if self._pre_vote and not transfer:
+            self.role = PRE_CANDIDATE
+            self.leader = None
+            self._votes = {self.node_id: True}
+            self._reset_election_timer()
+            self._arm(ELECTION_TIMER, self._election_deadline())
+            if not self._tally():
+                self._request_votes(self.term + 1, pre_vote=True, transfer=False)
+            return
+        self._campaign_for_real(transfer)
+
+    def _campaign_for_real(self, transfer: bool) -> None:
+        self._set_term_vote(self.term + 1, self.node_id)
+        self.role = CANDIDATE
+        self.leader = None
+        self._votes = {self.node_id: True}
+        self._reset_election_timer()
+        self._arm(ELECTION_TIMER, self._election_deadline())
+        if not self._tally():
+            self._request_votes(self.term, pre_vote=False, transfer=transfer)
+
+    def _request_votes(self, term: int, pre_vote: bool, transfer: bool) -> None:
+        body = RequestVote(term, self._last_index(), self._last_term(), pre_vote, transfer)
+        for voter in self.voters:
+            if voter != self.node_id:
+                self._send(voter, body)
+
+    def _tally(self) -> bool:
+        """Count the votes of this (pre-)campaign; act on a decided outcome. True once decided."""
+        granted = sum(1 for v, ok in self._votes.items() if ok and v in self.voters)
+        rejected = sum(1 for v, ok in self._votes.items() if not ok and v in self.voters)
+        if granted >= self._quorum:
+            if self.role == PRE_CANDIDATE:
+                self._campaign_for_real(transfer=False)
+            else:
+                self._become_leader()
+            return True
+        if rejected >= self._quorum:
+            self._become_follower(self.term, None)
+            return True
+        return False
+
+    def _become_leader(self) -> None:
+        self.role = LEADER
+        self.leader = self.node_id
+        self._votes = {}
+        last = self._last_index()
+        self.progress = {p: Progress(next=last + 1) for p in sorted(self._members) if p != self.node_id}
+        self._round_acks = {}
+        self._scan_round = None
+        self._transferee = None
+        self._election_start = self._now  # the leader's lease starts now (see _in_lease)
+        self._quorum_check_at = self._now + self._election_timeout
+        self._out.append(StopTimer(ELECTION_TIMER))
+        self._arm(HEARTBEAT_TIMER, self._now + self._heartbeat_interval)
+        # The empty entry of the term: committing it commits every earlier entry (only entries of the
+        # current term are committed by counting), and reads wait for it.
+        self._term_start_index = last + 1
+        self._log.append([LogEntry(last + 1, self.term, b"")])
+        self._want_broadcast = True
+        self._maybe_commit()
+
+    # ------------------------------------------------------------ timers
+
+    def _on_election_timer(self) -> None:
+        if self.role == LEADER or not self._is_voter():
+            return
+        if self._now >= self._election_deadline():
+            self._campaign(transfer=False)
+        else:
+            self._arm(ELECTION_TIMER, self._election_deadline())
+
+    def _on_heartbeat_timer(self) -> None:
+        if self.role != LEADER:
+            return
+        if self._transferee is not None and self._now >= self._transfer_deadline:
+            self._transferee = None  # the target did not take over in time: serve again
+        if self._check_quorum and self._now >= self._quorum_check_at:
+            active = 1 + sum(1 for p, pr in self.progress.items() if pr.active and p in self.voters)
+            for pr in self.progress.values():
+                pr.active = False
+            if active < self._quorum:
+                self._become_follower(self.term, None)
+                return
+            self._election_start = self._now
+            self._quorum_check_at = self._now + self._election_timeout
+        self._arm(HEARTBEAT_TIMER, self._now + self._heartbeat_interval)
+        self._broadcast_heartbeats()
+
+    def _broadcast_heartbeats(self) -> None:
+        for peer, pr in self.progress.items():
+            self._send(peer, Heartbeat(self.term, min(pr.match, self.commit), self._round))
+
+    # ------------------------------------------------------------ client ops
+
+    def _on_call(self, token: int, op: object) -> None:
+        if self.role != LEADER:
+            self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+            return
+        if isinstance(op, TransferLeader):
+            self._transfer(token, op.target)
+            return
+        machine = self._machine
+        if machine.is_read(op):
+            if len(self._pending_reads) >= self._max_pending_reads:
+                self._out.append(Answer(token, RaftRefused("overloaded", "too many reads wait for a read index")))
+                return
+            read_index = max(self.commit, self._term_start_index)
+            self._pending_reads.append((token, op, read_index, self._round + 1))
+            self._want_round = True
+            return
+        if self._transferee is not None:
+            message = f"leadership of partition {self.partition} is moving to {self._transferee}; the op did not happen"
+            self._out.append(Answer(token, RaftRefused("transferring", message)))
+            return
+        if len(self._pending_writes) >= self._max_pending_proposals:
+            self._out.append(Answer(token, RaftRefused("overloaded", "too many writes wait to commit")))
+            return
+        command = machine.command(op, self._now)
+        index = self._last_index() + 1
+        self._log.append([LogEntry(index, self.term, command_entry_data(machine.encode_command(command)))])
+        self._pending_writes[index] = (token, self.term)
+        self._want_broadcast = True
+        self._maybe_commit()
+
+    def _transfer(self, token: int, target: object) -> None:
+        if target == self.node_id:
+            self._out.append(Answer(token, TransferStarted(self.node_id)))
+            return
+        if not isinstance(target, str) or target not in self.voters:
+            self._out.append(Answer(token, RaftRefused("bad_target", f"{target!r} is not a voter")))
+            return
+        self._transferee = target
+        self._transfer_deadline = self._now + self._election_timeout
+        pr = self.progress[target]
+        if pr.match == self._last_index():
+            self._send(target, TimeoutNow(self.term))
+        else:
+            self._send_append(target, allow_empty=False)
+        self._out.append(Answer(token, TransferStarted(target)))
+
+    def _start_read_round(self) -> None:
+        self._want_round = False
+        self._round += 1
+        if self._scan_round is None and self.applied >= self._term_start_index:
+            self._scan_round = self._round
+        self._broadcast_heartbeats()
+
+    def _confirmed_round(self) -> int:
+        """The latest read round a quorum of voters (this leader included) has acknowledged."""
+        acks = sorted(
+            (self._round if v == self.node_id else self._round_acks.get(v, 0) for v in self.voters), reverse=True
+        )
+        return acks[self._quorum - 1]
+
+    def _serve_reads(self) -> None:
+        reads = self._pending_reads
+        if not reads:
+            return
+        confirmed = self._confirmed_round()
+        machine = self._machine
+        while reads and reads[0][3] <= confirmed and reads[0][2] <= self.applied:
+            token, op, _, _ = reads.popleft()
+            self._out.append(Answer(token, machine.read(op, self._now)))
+
+    # ------------------------------------------------------------ peer messages
+
+    def _on_message(self, src: str, body: object) -> None:
+        if src == self.node_id or src not in self._members or not _well_formed(body):
+            return
+        assert isinstance(body, _PEER_MESSAGES)
+        term = body.term
+        if term > self.term:
+            if isinstance(body, RequestVote):
+                if not body.transfer and self._in_lease():
+                    return  # a leader is alive: a rejoining node must not depose it
+                if body.pre_vote:
+                    self._on_request_vote(src, body)  # a pre-vote changes no term
+                    return
+            elif isinstance(body, VoteReply) and body.pre_vote and body.granted:
+                self._on_vote_reply(src, body)  # the term is taken when the real campaign starts
+                return
+            from_leader = isinstance(body, (AppendEntries, Heartbeat))
+            self._become_follower(term, src if from_leader else None)
+        elif term < self.term:
+            if isinstance(body, (AppendEntries, Heartbeat)):
+                # A deposed leader (or one cut off and back): tell it the term so it steps down.
+                self._send(src, AppendReply(self.term, False, 0))
+            elif isinstance(body, RequestVote) and body.pre_vote:
+                self._send(src, VoteReply(self.term, False, True))
+            return
+        if isinstance(body, RequestVote):
+            self._on_request_vote(src, body)
+        elif isinstance(body, VoteReply):
+            self._on_vote_reply(src, body)
+        elif isinstance(body, (AppendEntries, Heartbeat, TimeoutNow)):
+            if self.role == LEADER:
+                return  # one leader per term: a peer cannot be leader of ours
+            if self.role != FOLLOWER or self.leader != src:
+                self._become_follower(self.term, src)
+            self._election_start = self._now
+            if isinstance(body, AppendEntries):
+                self._on_append(src, body)
+            elif isinstance(body, Heartbeat):
+                self._on_heartbeat(src, body)
+            else:
+                self._campaign(transfer=True)
+        elif self.role == LEADER:
+            pr = self.progress.get(src)
+            if pr is None:
+                return
+            pr.active = True
+            if isinstance(body, AppendReply):
+                self._on_append_reply(src, pr, body)
+            else:
+                self._on_heartbeat_reply(src, pr, body)
+
+    def _on_request_vote(self, src: str, body: RequestVote) -> None:
+        can_vote = (
+            self.vote == src or (self.vote is None and self.leader is None) or (body.pre_vote and body.term > self.term)
+        )
+        up_to_date = (body.last_term, body.last_index) >= (self._last_term(), self._last_index())
+        if can_vote and up_to_date:
+            if not body.pre_vote:
+                self._set_term_vote(self.term, src)
+                self._reset_election_timer()
+            self._send(src, VoteReply(body.term, True, body.pre_vote), durable=not body.pre_vote)
+        else:
+            self._send(src, VoteReply(self.term, False, body.pre_vote))
+
+    def _on_vote_reply(self, src: str, body: VoteReply) -> None:
+        if src not in self.voters:
+            return
+        if self.role == PRE_CANDIDATE and body.pre_vote:
+            if body.granted and body.term != self.term + 1:
+                return  # an answer to an earlier pre-campaign
+        elif not (self.role == CANDIDATE and not body.pre_vote and body.term == self.term):
+            return
+        self._votes.setdefault(src, body.granted)
+        self._tally()
+
+    def _on_append(self, src: str, body: AppendEntries) -> None:
+        if body.prev_index < self.commit:
+            # Everything up to the commit index matches any leader's log: say so, the leader moves on.
+            self._send(src, AppendReply(self.term, True, self.commit), durable=True)
+            return
+        log = self._log
+        if log.term_at(body.prev_index) != body.prev_term:
+            hint = min(body.prev_index, self._last_index())
+            hint_index, hint_term = self._find_conflict_by_term(hint, body.prev_term)
+            self._send(src, AppendReply(self.term, False, body.prev_index, hint_index, hint_term))
+            return
+        last_new = body.prev_index + len(body.entries)
+        for position, entry in enumerate(body.entries):
+            if log.term_at(entry.index) != entry.term:
+                if entry.index <= self.commit:
+                    return  # would rewrite a committed entry: no correct leader sends that
+                if entry.index <= self._last_index():
+                    log.truncate_suffix(entry.index)
+                log.append(body.entries[position:])
+                break
+        self._advance_commit(min(body.commit, last_new))
+        self._send(src, AppendReply(self.term, True, last_new), durable=True)
+
+    def _on_heartbeat(self, src: str, body: Heartbeat) -> None:
+        # The leader sends at most what this follower matched, so the log holds it.
+        self._advance_commit(min(body.commit, self._last_index()))
+        self._send(src, HeartbeatReply(self.term, body.round, self._last_index()))
+
+    def _advance_commit(self, index: int) -> None:
+        if index > self.commit:
+            self.commit = index
+            self._apply()
+
+    def _find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """The last index at or below ``index`` whose term is at most ``term``, and its term."""
+        log = self._log
+        snapshot_index = log.bounds().snapshot_index
+        while index > snapshot_index:
+            at = log.term_at(index)
+            if at is None or at <= term:
+                break
+            index -= 1
+        return index, log.term_at(index) or 0
+
+    # ------------------------------------------------------------ leader: replication
+
+    def _send_append(self, peer: str, allow_empty: bool) -> bool:
+        pr = self.progress[peer]
+        if pr.state == SNAPSHOT or (pr.state == PROBE and pr.probe_sent) or len(pr.inflight) >= self._max_inflight:
+            return False
+        log = self._log
+        bounds = log.bounds()
+        prev_index = pr.next - 1
+        prev_term = log.term_at(prev_index)
+        if prev_term is None or prev_index < bounds.snapshot_index:
+            # Compacted away: only a copy of the state machine can catch this follower up.
+            pr.state, pr.pending_snapshot = SNAPSHOT, bounds.snapshot_index
+            pr.inflight.clear()
+            return False
+        entries: list[LogEntry] = []
+        if pr.next <= bounds.last_index:
+            entries = log.entries(pr.next, bounds.last_index + 1, self._max_append_bytes)
+        if not entries and not allow_empty:
+            return False
+        self._send(peer, AppendEntries(self.term, prev_index, prev_term, tuple(entries), self.commit))
+        if pr.state == REPLICATE:
+            if entries:
+                pr.next = entries[-1].index + 1
+                pr.inflight.append(entries[-1].index)
+        else:
+            pr.probe_sent = True
+        return True
+
+    def _send_appends(self, peer: str) -> None:
+        while self._send_append(peer, allow_empty=False):
+            pass
+
+    def _on_append_reply(self, src: str, pr: Progress, body: AppendReply) -> None:
+        if body.success:
+            if body.index > self._last_index():
+                return  # acknowledges entries this leader never had: not from our term's log
+            was_paused = (pr.state == PROBE and pr.probe_sent) or len(pr.inflight) >= self._max_inflight
+            while pr.inflight and pr.inflight[0] <= body.index:
+                pr.inflight.popleft()
+            if body.index > pr.match:
+                pr.match = body.index
+                if pr.state == PROBE:
+                    pr.become_replicate()
+                pr.next = max(pr.next, body.index + 1)
+                if self._maybe_commit():
+                    was_paused = False  # the commit broadcast just carried the news to this follower
+            elif pr.state == PROBE:
+                pr.probe_sent = False
+            if src == self._transferee and pr.match == self._last_index():
+                self._send(src, TimeoutNow(self.term))
+            sent = self._send_append(src, allow_empty=was_paused)
+            while sent:
+                sent = self._send_append(src, allow_empty=False)
+            return
+        rejected = body.index
+        if pr.state == REPLICATE:
+            if rejected <= pr.match:
+                return  # stale
+            pr.become_probe()
+        elif pr.state == PROBE:
+            if rejected != pr.next - 1:
+                return  # an answer to an earlier probe
+            next_probe = body.hint_index
+            if body.hint_term > 0:
+                next_probe, _ = self._find_conflict_by_term(body.hint_index, body.hint_term)
+            pr.next = max(min(rejected, next_probe + 1), pr.match + 1)
+            pr.probe_sent = False
+        else:
+            return
+        self._send_append(src, allow_empty=True)
+
+    def _on_heartbeat_reply(self, src: str, pr: Progress, body: HeartbeatReply) -> None:
+        if body.round > self._round_acks.get(src, 0) and body.round <= self._round:
+            self._round_acks[src] = body.round
+        pr.probe_sent = False
+        if len(pr.inflight) >= self._max_inflight:
+            pr.inflight.popleft()  # an append (or its answer) was lost: let one more go
+        if pr.match < self._last_index():
+            self._send_append(src, allow_empty=True)
+
+    def _maybe_commit(self) -> bool:
+        log = self._log
+        last = self._last_index()
+        own = min(last, log.synced_through())
+        matches = sorted((own if v == self.node_id else self.progress[v].match for v in self.voters), reverse=True)
+        candidate = matches[self._quorum - 1]
+        if candidate > self.commit and log.term_at(candidate) == self.term:
+            self.commit = candidate
+            self._apply()
+            # Followers learn the new commit index from the next append or heartbeat; send it now.
+            for peer in self.progress:
+                self._send_append(peer, allow_empty=True)
+            return True
+        return False
+
+    # ------------------------------------------------------------ apply
+
+    def _apply(self) -> None:
+        log, machine = self._log, self._machine
+        while self.applied < self.commit:
+            batch = log.entries(self.applied + 1, self.commit + 1, _APPLY_BATCH_BYTES)
+            if not batch:
+                break  # the log ends below the commit index: cannot happen, but never spin
+            for entry in batch:
+                result: object = None
+                if entry.data:
+                    result = machine.apply(entry.index, machine.decode_command(entry.data[1:]))
+                self.applied = entry.index
+                waiting = self._pending_writes.pop(entry.index, None)
+                if waiting is not None:
+                    token, term = waiting
+                    if term == entry.term:
+                        self._out.append(Answer(token, result, durable=True))
+                    else:  # cannot happen while leading; kept so a token is never left unanswered
+                        self._out.append(Answer(token, RaftOutcomeUnknown(entry.index, term, "entry replaced")))
+        if self.role == LEADER and self._scan_round is None and self.applied >= self._term_start_index:
+            self._want_round = True  # confirm leadership once more, so scans can be served
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        log = self._log
+        applied = log.applied_index()
+        if applied - log.bounds().snapshot_index < self._compact_threshold:
+            return
+        through = applied
+        if self.role == LEADER:
+            # Keep what an active follower still needs; an inactive one may have to take a snapshot.
+            for pr in self.progress.values():
+                if pr.active and pr.state != SNAPSHOT:
+                    through = min(through, pr.match)
+        if through > log.bounds().snapshot_index and log.term_at(through) is not None:
+            log.compact_prefix(through)
+
+
+_PEER_MESSAGES = (RequestVote, VoteReply, AppendEntries, AppendReply, Heartbeat, HeartbeatReply, TimeoutNow)
+
+
+def _well_formed(body: object) -> bool:
+    """Whether a peer's message has the types and ranges this replica relies on (a peer is untrusted)."""
+    if isinstance(body, AppendEntries):
+        if not (
+            _is_index(body.term)
+            and _is_index(body.prev_index)
+            and _is_index(body.prev_term)
+            and _is_index(body.commit)
+            and type(body.entries) is tuple
+        ):
+            return False
+        expected, term = body.prev_index + 1, body.prev_term
+        for entry in body.entries:
+            if (
+                type(entry) is not LogEntry
+                or entry.index != expected
+                or not _is_index(entry.term)
+                or not term <= entry.term <= body.term
+                or type(entry.data) is not bytes
+                or (entry.data and entry.data[0] != ENTRY_COMMAND)
+            ):
+                return False
+            expected, term = expected + 1, entry.term
+        return expected - 1 <= _INT64_MAX
+    if isinstance(body, RequestVote):
+        return (
+            _is_index(body.term)
+            and _is_index(body.last_index)
+            and _is_index(body.last_term)
+            and type(body.pre_vote) is bool
+            and type(body.transfer) is bool
+        )
+    if isinstance(body, VoteReply):
+        return _is_index(body.term) and type(body.granted) is bool and type(body.pre_vote) is bool
+    if isinstance(body, AppendReply):
+        return (
+            _is_index(body.term)
+            and type(body.success) is bool
+            and _is_index(body.index)
+            and _is_index(body.hint_index)
+            and _is_index(body.hint_term)
+        )
+    if isinstance(body, Heartbeat):
+        return _is_index(body.term) and _is_index(body.commit) and _is_index(body.round)
+    if isinstance(body, HeartbeatReply):
+        return _is_index(body.term) and _is_index(body.round) and _is_index(body.last_index)
+    if isinstance(body, TimeoutNow):
+        return _is_index(body.term)
+    return False

@@ -1,0 +1,145 @@
+"""Raft's peer messages, its admin op and the results a ``RaftReplica`` answers with that are not the state
+machine's.
+
+Peer messages travel as ``PeerMessage`` bodies; the node registers ``RAFT_MESSAGES`` with the codec (this
+package cannot import kvstore). Every message carries the sender's term; the sender is the transport's
+``src``, never a field a peer could forge differently from the envelope.
+
+Results (``RaftRefused``, ``RaftOutcomeUnknown``, ``TransferStarted``) are handed to the node in ``Answer``
+and never travel: the node translates them (see each class) before anything leaves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replication.replica import LogEntry
+
+# ---------------------------------------------------------------- peer messages
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """A (pre-)candidate asks for a vote in ``term``. A pre-vote names the term it would campaign in and
+    changes nobody's state. ``transfer``: the campaign follows a ``TimeoutNow``, so a voter that heard from
+    the leader recently grants it anyway (the leader itself asked for it)."""
+
+    term: int
+    last_index: int
+    last_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReply:
+    term: int
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """The leader's entries after ``prev_index`` (whose term is ``prev_term``), and its commit index."""
+
+    term: int
+    prev_index: int
+    prev_term: int
+    entries: tuple[LogEntry, ...]
+    commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReply:
+    """``success``: the follower's log matches the leader's through ``index`` (durably: it is sent durable).
+    Otherwise ``index`` is the ``prev_index`` that did not match and ``hint_index``/``hint_term`` the
+    follower's last entry at or below it whose term is at most the leader's ``prev_term``: the leader skips
+    every index in between at once (etcd-io/raft's fast back-off)."""
+
+    term: int
+    success: bool
+    index: int
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Leadership and commit index (never above what the follower matched); ``round`` numbers the
+    leader's read-index confirmation round the reply counts towards."""
+
+    term: int
+    commit: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    term: int
+    round: int
+    # The follower's last index, so a leader that lost track of it (a dropped reply) probes again.
+    last_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: the leader caught the target up; it campaigns at once, without pre-vote."""
+
+    term: int
+
+
+# ---------------------------------------------------------------- admin op (a ClientCall op)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    """Ask the leader to hand leadership to voter ``target``. Answered ``TransferStarted`` (the leader sent
+    or will send ``TimeoutNow`` once the target caught up), ``RaftRefused`` or a ``Redirect``."""
+
+    target: str
+
+
+RAFT_MESSAGES: tuple[type, ...] = (
+    RequestVote,
+    VoteReply,
+    AppendEntries,
+    AppendReply,
+    Heartbeat,
+    HeartbeatReply,
+    TimeoutNow,
+    TransferLeader,
+)
+
+
+# ---------------------------------------------------------------- results (node-local, never on the wire)
+
+
+@dataclass(frozen=True, slots=True)
+class RaftRefused:
+    """Definite: the op was not executed and never will be. ``reason``:
+
+    - ``overloaded``: too many proposals or reads wait already (the node: ``overloaded``);
+    - ``transferring``: leadership is being handed over, proposals wait for the new leader (``unavailable``);
+    - ``bad_target``: a transfer to a node that is not a voter (a bad request).
+
+    A read a leader accepted but never served because it stepped down is answered ``Redirect("not_leader",
+    hint)`` instead: definite too, and the node may pass it on to the leader it names.
+    """
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaftOutcomeUnknown:
+    """Indefinite: the write is in the log at ``index`` of ``term`` but this replica stopped leading before
+    it saw it commit; it may still commit (the node: an indefinite ``timeout``)."""
+
+    index: int
+    term: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStarted:
+    target: str

@@ -1,0 +1,215 @@
+"""Data-driven interaction tests of RaftReplica, in the style of etcd-io/raft's ``testdata/*.txt``.
+
+Each file under ``testdata/`` is a sequence of blocks::
+
+    # comments
+    command args
+    ----
+    expected output (no blank lines)
+
+separated by blank lines. Set ``RAFT_REWRITE=1`` to rewrite every file's expected output with what the
+replicas do now (then read the diff). Commands (node ids are strings such as ``1``):
+
+- ``add-nodes N voters=(1,2,3) [learners=(4)] [pre-vote=false] [check-quorum=false] [inflight=K]
+  [compact=K] [max-append-bytes=K]``: a new group (N names every node, voters and learners);
+- ``campaign 1``; ``tick-election 1``; ``tick-heartbeat 1 [times]`` (each moves only that node's clock);
+- ``propose 1 put k v`` / ``propose 1 del k``; ``read 1 k``; ``transfer-leader 1 2``;
+- ``deliver-msgs [1 2 ...]``: every message in flight to those nodes (to all without arguments);
+  ``drop-msgs [1 ...]``: lose them instead;
+- ``process-ready [1 ...]``: sync the node's storage (held durable messages and answers leave), step ``Synced``;
+- ``stabilize``: process-ready and deliver everything until nothing moves;
+- ``partition 1 2 / 3`` (groups that cannot talk to each other; one group isolates it from the rest), ``heal``;
+- ``crash 2``: power loss and restart from what was synced;
+- ``status [1 ...]``, ``log 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from raft_env import Options, RaftEnv, describe_entry
+
+from kvstore.messages import DeleteOp, GetOp, PutOp
+from replication.raft import LEADER
+from replication.raft_messages import TransferLeader
+
+TESTDATA = Path(__file__).resolve().parent / "testdata"
+REWRITE = os.environ.get("RAFT_REWRITE") == "1"
+
+
+def _parse(text: str) -> list[tuple[list[str], str, list[str]]]:
+    """Blocks of (comment lines, command, expected output lines)."""
+    blocks: list[tuple[list[str], str, list[str]]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        comments: list[str] = []
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith("#")):
+            comments.append(lines[i])
+            i += 1
+        if i >= len(lines):
+            break
+        command = lines[i]
+        i += 1
+        if i >= len(lines) or lines[i] != "----":
+            raise ValueError(f"line {i + 1}: expected ---- after {command!r}")
+        i += 1
+        expected: list[str] = []
+        while i < len(lines) and lines[i].strip():
+            expected.append(lines[i])
+            i += 1
+        blocks.append((comments, command, expected))
+    return blocks
+
+
+def _ids(text: str) -> tuple[str, ...]:
+    match = re.fullmatch(r"\((.*)\)", text)
+    if match is None:
+        raise ValueError(f"expected (a,b,...), got {text!r}")
+    return tuple(x.strip() for x in match.group(1).split(",") if x.strip())
+
+
+class Runner:
+    def __init__(self) -> None:
+        self.env: RaftEnv | None = None
+
+    @property
+    def e(self) -> RaftEnv:
+        assert self.env is not None, "add-nodes first"
+        return self.env
+
+    def run(self, command: str) -> list[str]:
+        words = command.split()
+        name, args = words[0], words[1:]
+        if name == "add-nodes":
+            self._add_nodes(args)
+            return ["ok"]
+        env = self.e
+        env.out = []
+        if name == "campaign":
+            node = env.nodes[args[0]]
+            env.apply_effects(node, lambda: node.replica.campaign(node.clock))
+        elif name == "tick-election":
+            env.tick_election(args[0])
+        elif name == "tick-heartbeat":
+            for _ in range(int(args[1]) if len(args) > 1 else 1):
+                env.tick_heartbeat(args[0])
+        elif name == "propose":
+            op = PutOp(args[2], args[3].encode()) if args[1] == "put" else DeleteOp(args[2])
+            env.call(args[0], op)
+        elif name == "read":
+            env.call(args[0], GetOp(args[1]))
+        elif name == "transfer-leader":
+            env.call(args[0], TransferLeader(args[1]))
+        elif name == "deliver-msgs":
+            targets: list[str | None] = [*args] if args else [None]
+            for dst in targets:
+                env.deliver(dst)
+        elif name == "drop-msgs":
+            dropped = [m for m in env.network if not args or m[1] in args]
+            env.network = [m for m in env.network if m not in dropped]
+            env.out.append(f"dropped {len(dropped)} messages")
+        elif name == "process-ready":
+            for node_id in args or list(env.nodes):
+                env.sync(node_id)
+        elif name == "stabilize":
+            self._stabilize()
+        elif name == "partition":
+            groups = " ".join(args).split("/")
+            env.groups = {}
+            for number, group in enumerate(groups):
+                for node_id in group.split():
+                    env.groups[node_id] = number
+            if len(groups) == 1:  # the others form the second group
+                for node_id in env.nodes:
+                    env.groups.setdefault(node_id, 1)
+        elif name == "heal":
+            env.groups = {}
+        elif name == "crash":
+            env.crash(args[0])
+        elif name == "status":
+            for node_id in args or list(env.nodes):
+                self._status(node_id)
+        elif name == "log":
+            log = env.nodes[args[0]].storage.log(0)
+            bounds = log.bounds()
+            env.out.append(f"snapshot {bounds.snapshot_index}/{bounds.snapshot_term}")
+            for entry in log.entries(bounds.first_index, bounds.last_index + 1, 1 << 30):
+                env.out.append(f"{entry.index}/{entry.term} {describe_entry(entry.data)}")
+        else:
+            raise ValueError(f"unknown command {name!r}")
+        return env.out or ["ok"]
+
+    def _add_nodes(self, args: list[str]) -> None:
+        kv = dict(a.split("=", 1) for a in args[1:])
+        options = Options(voters=_ids(kv.pop("voters")))
+        if "learners" in kv:
+            options.learners = _ids(kv.pop("learners"))
+        options.pre_vote = kv.pop("pre-vote", "true") == "true"
+        options.check_quorum = kv.pop("check-quorum", "true") == "true"
+        options.max_inflight_appends = int(kv.pop("inflight", "4"))
+        options.compact_threshold = int(kv.pop("compact", "10000"))
+        options.max_append_bytes = int(kv.pop("max-append-bytes", str(1 << 20)))
+        if kv:
+            raise ValueError(f"unknown add-nodes options {kv}")
+        if int(args[0]) != len(options.voters) + len(options.learners):
+            raise ValueError("add-nodes N must count every voter and learner")
+        self.env = RaftEnv(options)
+
+    def _stabilize(self) -> None:
+        env = self.e
+        for _ in range(100):
+            moved = False
+            for node_id in env.nodes:
+                if env.needs_sync(node_id):
+                    env.out.append(f"> {node_id} synced")
+                    env.sync(node_id)
+                    moved = True
+            if env.network:
+                env.deliver()
+                moved = True
+            if not moved:
+                return
+        raise AssertionError("stabilize did not settle")
+
+    def _status(self, node_id: str) -> None:
+        env = self.e
+        replica = env.nodes[node_id].replica
+        s = replica.status()
+        env.out.append(
+            f"{node_id}: {s['role']} term={s['term']} vote={s['vote']} leader={s['leader']} "
+            f"commit={s['commit']} applied={s['applied']} log={s['first']}..{s['last']}"
+        )
+        if replica.role == LEADER:
+            for peer, pr in replica.progress.items():
+                env.out.append(
+                    f"  {peer}: {pr.state} match={pr.match} next={pr.next} inflight={len(pr.inflight)}"
+                    + (f" needs-snapshot={pr.pending_snapshot}" if pr.state == "snapshot" else "")
+                )
+
+
+@pytest.mark.parametrize("path", sorted(TESTDATA.glob("*.txt")), ids=lambda p: p.stem)
+def test_interaction(path: Path) -> None:
+    blocks = _parse(path.read_text())
+    runner = Runner()
+    rewritten: list[str] = []
+    failures: list[str] = []
+    for comments, command, expected in blocks:
+        actual = runner.run(command)
+        rewritten.extend([*comments, command, "----", *actual])
+        if actual != expected:
+            failures.append(
+                f"{path.name}: {command}\n--- expected\n" + "\n".join(expected) + "\n--- actual\n" + "\n".join(actual)
+            )
+    if REWRITE:
+        path.write_text("\n".join(rewritten).strip("\n") + "\n")
+        return
+    assert not failures, "\n\n".join(failures[:3])
+
+
+def test_parse_keeps_comments_and_blocks() -> None:
+    blocks = _parse("# c\nstatus\n----\nok\n\nlog 1\n----\nx\ny\n")
+    assert blocks == [(["# c"], "status", ["ok"]), ([""], "log 1", ["x", "y"])]

@@ -154,6 +154,7 @@ class RaftEnv:
         self.groups: dict[str, int] = {}
         self.answers: dict[int, object] = {}
         self.applied: dict[str, dict[int, object]] = {}
+        self.applied_everywhere: dict[int, object] = {}
         self.next_token = 1
         self.out: list[str] = []
         for node_id in (*options.voters, *options.learners):
@@ -166,8 +167,10 @@ class RaftEnv:
         applied = self.applied.setdefault(node_id, {})
 
         def on_apply(index: int, command: object) -> None:
-            # The same index must carry the same command in every life of every node.
+            # State machine safety: the same index carries the same command in every life of every node.
             applied.setdefault(index, command)
+            first = self.applied_everywhere.setdefault(index, command)
+            assert first == command, f"{node_id} applied {command!r} at {index}, another node {first!r}"
 
         o = self.options
         replica = RaftReplica(

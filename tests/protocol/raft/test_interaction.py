@@ -213,3 +213,46 @@ def test_interaction(path: Path) -> None:
 def test_parse_keeps_comments_and_blocks() -> None:
     blocks = _parse("# c\nstatus\n----\nok\n\nlog 1\n----\nx\ny\n")
     assert blocks == [(["# c"], "status", ["ok"]), ([""], "log 1", ["x", "y"])]
+
+
+def test_snapshot_hook_names_the_follower_and_resumes_after_the_node_sent_a_snapshot() -> None:
+    runner = Runner()
+    for _, command, _ in _parse((TESTDATA / "snapshot_hook.txt").read_text()):
+        runner.run(command)
+    env = runner.e
+    leader = env.nodes["1"].replica
+    assert leader.followers_needing_snapshot() == {"3": 4}
+    env.out = []
+    env.apply_effects(env.nodes["1"], lambda: leader.snapshot_sent(env.nodes["1"].clock, "3", 4))
+    assert leader.followers_needing_snapshot() == {}
+    assert env.out == ["1->3 App term=1 prev=4/1 commit=4 entries=[]"]
+
+
+def test_hostile_peer_bodies_are_ignored() -> None:
+    from replication.raft_messages import AppendEntries, AppendReply, Heartbeat, RequestVote, VoteReply
+    from replication.replica import LogEntry, PeerMessage
+
+    runner = Runner()
+    for command in ("add-nodes 3 voters=(1,2,3)", "campaign 1", "stabilize"):
+        runner.run(command)
+    env = runner.e
+    bodies: list[object] = [
+        AppendEntries(1, 1, 1, (LogEntry(3, 1, b""),), 1),  # a gap
+        AppendEntries(1, 1, 1, (LogEntry(2, 9, b""),), 1),  # an entry of a future term
+        AppendEntries(1, 1, 1, (LogEntry(2, 1, b"\x07junk"),), 1),  # an unknown entry kind
+        AppendEntries(-1, 0, 0, (), 0),
+        AppendEntries(1, 0, 0, ("x",), 0),  # type: ignore[arg-type]
+        AppendReply(1, True, 10**6),
+        AppendReply(True, True, 1),
+        Heartbeat(1, 2**64, 0),
+        RequestVote(1, -5, 0),
+        VoteReply("1", True),  # type: ignore[arg-type]
+        "not a message",
+        None,
+    ]
+    before = {n: node.replica.status() for n, node in env.nodes.items()}
+    for body in bodies:
+        for dst in ("1", "2"):
+            for src in ("1", "2", "3", "stranger"):
+                env.step(env.nodes[dst], PeerMessage(src, body))
+    assert {n: node.replica.status() for n, node in env.nodes.items()} == before

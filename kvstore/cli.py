@@ -293,10 +293,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def _watch(cluster: LocalCluster, interval_s: float = 1.0) -> None:
-    """Wait for Ctrl-C, reporting nodes that stop or come back (``cluster kill`` from another terminal)."""
+    """Wait for Ctrl-C, reporting nodes that stop or come back (``cluster kill`` from another terminal), and
+    nodes added from another terminal (``cluster add-node``), which Ctrl-C then stops too."""
     alive = {n: True for n in cluster.config.node_ids}
     while True:
         time.sleep(interval_s)
+        for record in cluster.state().nodes:
+            if record.node_id not in alive:
+                alive[record.node_id] = cluster.alive(record.node_id)
+                print(f"{record.node_id} was added ({record.url})")
         for node_id, was_alive in alive.items():
             now_alive = cluster.alive(node_id)
             if now_alive != was_alive:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from kvstore import cli
+from kvstore.cluster import ClusterState, NodeRecord
+from kvstore.config import local_cluster
 from kvstore.errors import ErrorCode
 
 
@@ -101,3 +103,41 @@ def test_put_of_an_unreadable_file_is_a_bad_request(tmp_path: Path, capsys: pyte
 def test_url_without_a_scheme_is_a_bad_request(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["get", "k", "--url", "127.0.0.1:7001"]) == 2
     assert "expected http://host:port" in capsys.readouterr().err
+
+
+def test_the_foreground_watch_reports_nodes_that_stop_come_back_or_are_added(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What each one-second look finds: n2 stops, n4 is added (from another terminal), n2 comes back.
+    looks = [
+        ({"n1", "n2", "n3"}, ("n1", "n2", "n3")),
+        ({"n1", "n3"}, ("n1", "n2", "n3")),
+        ({"n1", "n3", "n4"}, ("n1", "n2", "n3", "n4")),
+        ({"n1", "n2", "n3", "n4"}, ("n1", "n2", "n3", "n4")),
+    ]
+
+    class Cluster:
+        config = local_cluster(3)
+        look = 0
+
+        def alive(self, node_id: str) -> bool:
+            return node_id in looks[self.look][0]
+
+        def state(self) -> ClusterState:
+            return ClusterState(tuple(NodeRecord(n, 1, "127.0.0.1", 7000) for n in looks[self.look][1]))
+
+    cluster = Cluster()
+
+    def sleep(_: float) -> None:
+        if cluster.look == len(looks) - 1:
+            raise KeyboardInterrupt
+        cluster.look += 1
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    with pytest.raises(KeyboardInterrupt):
+        cli._watch(cluster)  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines() == [
+        "n2 stopped",
+        "n4 was added (http://127.0.0.1:7000)",
+        "n2 is running again",
+    ]

@@ -133,7 +133,7 @@ def test_the_foreground_watch_reports_nodes_that_stop_come_back_or_are_added(
             raise KeyboardInterrupt
         cluster.look += 1
 
-    monkeypatch.setattr(cli.time, "sleep", sleep)
+    monkeypatch.setattr("kvstore.cli.time.sleep", sleep)
     with pytest.raises(KeyboardInterrupt):
         cli._watch(cluster)  # type: ignore[arg-type]
     assert capsys.readouterr().out.splitlines() == [

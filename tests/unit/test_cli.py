@@ -28,8 +28,9 @@ ALL_COMMANDS = subcommand_paths(cli.build_parser())
 
 
 def test_every_documented_command_exists() -> None:
-    expected = {("demo",), ("node",), ("get",), ("put",), ("delete",), ("scan",), ("sim",), ("cluster",)}
-    expected |= {("cluster", a) for a in ("up", "status", "kill", "restart", "down")}
+    expected: set[tuple[str, ...]] = {("demo",), ("node",), ("get",), ("put",), ("delete",), ("scan",), ("sim",)}
+    expected |= {("cluster",)}
+    expected |= {("cluster", a) for a in ("up", "status", "kill", "restart", "down", "add-node", "remove-node")}
     assert expected <= set(ALL_COMMANDS)
 
 

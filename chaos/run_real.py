@@ -57,6 +57,7 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
     base = local_cluster(
         spec.nodes,
         mode=spec.mode,
+        replicas=spec.replicas,
         partitions=spec.partitions,
         partitioner=spec.partitioner,
         ranges=spec.ranges_config(),

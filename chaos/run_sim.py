@@ -113,6 +113,7 @@ def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
     config = local_cluster(
         spec.nodes,
         mode=spec.mode,
+        replicas=spec.replicas,
         partitions=spec.partitions,
         partitioner=spec.partitioner,
         ranges=spec.ranges_config(),
@@ -146,7 +147,14 @@ class _SimTarget:
         return self.cluster.is_up(node_id)
 
     def leader(self) -> str | None:
-        return None  # single-copy mode has no leader
+        """Leader mode: the live node leading the most partitions (None if none leads any, or single mode)."""
+        best, most = None, 0
+        for node_id in self.cluster.node_ids():
+            if self.cluster.is_up(node_id):
+                leads = self.cluster.node(node_id).leads()
+                if leads > most:
+                    best, most = node_id, leads
+        return best
 
     def policy_changed(self) -> None:
         pass  # the simulator consults the same policy object for every message

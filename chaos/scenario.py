@@ -10,7 +10,8 @@ quiet_ms = 1000             # after healing every fault, before the final reads
 nodes = 3
 founders = 3                # the first k nodes hold the first layout (default: every node); the others
                             # boot as spares, which the nemesis "join" fault admits at run time
-mode = "single"
+mode = "single"            # or "leader": each partition a Raft group of `replicas` nodes
+replicas = 3                # leader mode only (default 3)
 fsync = "always"
 partitions = 16
 request_timeout_ms = 1000
@@ -60,6 +61,8 @@ class ClusterSpec:
     # The first ``founders`` nodes are the cluster's ``initial_nodes``; None: every node founds it.
     founders: int | None = None
     mode: str = "single"
+    # Copies per partition (leader mode; None: the mode's default, 3 in leader mode, 1 in single).
+    replicas: int | None = None
     fsync: str = "always"
     partitions: int = 16
     request_timeout_ms: int = 1000
@@ -164,6 +167,17 @@ def _validate(s: Scenario, source: str) -> None:
         problems.append(f"[cluster] ranges: {exc}")
     if s.cluster.mode not in MODES:
         problems.append(f"[cluster] mode must be one of {', '.join(MODES)}")
+    replicas = s.cluster.replicas
+    if replicas is not None and (type(replicas) is not int or not 1 <= replicas <= (founders or s.cluster.nodes)):
+        problems.append(f"[cluster] replicas must be an int in 1..founders, not {replicas!r:.40}")
+    elif s.cluster.mode == "single" and replicas not in (None, 1):
+        problems.append('[cluster] replicas must be 1 or absent in single mode (mode = "leader" replicates)')
+    if s.cluster.mode == "leader":
+        unsupported = sorted({"move", "join", "leave"} & set(s.nemesis.faults))
+        if unsupported:
+            problems.append(f"[nemesis] {', '.join(unsupported)} need single mode (Raft groups do not change yet)")
+        if s.cluster.partitioner != "hash":
+            problems.append('[cluster] leader mode needs partitioner = "hash"')
     if s.cluster.fsync not in FSYNC_POLICIES:
         problems.append(f"[cluster] fsync must be one of {', '.join(FSYNC_POLICIES)}")
     if s.workload.kind not in WORKLOAD_KINDS:

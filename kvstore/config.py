@@ -4,7 +4,9 @@
 [cluster]
 name = "demo"
 secret = "change-me"          # shared secret that authenticates peer traffic (HMAC-SHA256)
-mode = "single"               # replication mode; "single" = one copy per key (the foundation)
+mode = "single"               # replication mode: "single" = one copy per key (the foundation);
+                              # "leader" = each partition a Raft group of `replicas` nodes
+replicas = 3                  # leader mode: copies per partition (1..founders; default 3); single: 1 or absent
 partitions = 64               # hash: the fixed partitions (vnodes) keys hash to; range: the slots ranges take
 partitioner = "hash"          # "hash" (key hash mod partitions) or "range" (sorted key ranges that split and merge)
 initial_nodes = ["n1", "n2"]  # who held the partitions when the cluster was made (default: every node);
@@ -37,6 +39,8 @@ max_headers = 100             # more: 431
 
 [timeouts]
 request_timeout_ms = 2000
+election_timeout_ms = 1000    # leader mode: a follower that hears no leader for 1-2x this campaigns
+heartbeat_interval_ms = 100   # leader mode: how often a leader tells its followers it is alive
 header_timeout_ms = 10000     # a request head not complete this long after it began: 408, closed
 keepalive_idle_timeout_ms = 75000  # an idle keep-alive connection is closed after this
 body_timeout_ms = 30000       # a request body not all received this long after its head: 408, closed
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "batch", "never"]
 StorageEngine = Literal["sqlite", "memory"]
-Mode = Literal["single"]
+Mode = Literal["single", "leader"]
 Partitioner = Literal["hash", "range"]
 PARTITIONERS: tuple[str, ...] = ("hash", "range")
 
@@ -74,7 +78,9 @@ RETIRED_SETTINGS: dict[str, dict[str, str]] = {
     },
 }
 STORAGE_ENGINES: tuple[str, ...] = ("sqlite", "memory")
-MODES: tuple[str, ...] = ("single",)
+MODES: tuple[str, ...] = ("single", "leader")
+# Copies per partition in leader mode when the config does not say.
+DEFAULT_LEADER_REPLICAS = 3
 
 
 class ConfigError(ValueError):
@@ -167,6 +173,11 @@ class Timeouts:
     ttl_sweep_interval_ms: int = 1000
     # How often each member compares the layout with the balanced one and moves partitions it owns.
     rebalance_interval_ms: int = 1000
+    # Leader mode (Raft): a follower that hears no leader for a random 1x..2x this campaigns; a leader
+    # that hears from no quorum for this long steps down.
+    election_timeout_ms: int = 1000
+    # Leader mode: how often a leader sends heartbeats (must be below election_timeout_ms).
+    heartbeat_interval_ms: int = 100
     # A request head (request line and headers) must be complete this long after its first byte, or
     # after the connection opened; a slow one is answered 408 and closed (slowloris).
     header_timeout_ms: int = 10_000
@@ -185,6 +196,8 @@ class ClusterConfig:
     name: str = "kvstore"
     secret: str = "kvstore-dev-secret"
     mode: Mode = "single"
+    # Copies of each partition: leader mode only (default DEFAULT_LEADER_REPLICAS); None: the mode's default.
+    replicas: int | None = None
     partitions: int = 64
     # The nodes the cluster was made with, which the first layout is built from; empty: every node. A node
     # added later is in ``nodes`` (so it can run) but not here: it joins at run time.
@@ -219,6 +232,7 @@ class ClusterConfig:
             raise ConfigError(f"ranges.check_interval_ms must be positive, got {self.ranges.check_interval_ms}")
         if self.partitions < 1:
             raise ConfigError("cluster.partitions must be at least 1")
+        self._check_replicas()
         if self.storage.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"storage.fsync: {self.storage.fsync!r} is not one of {FSYNC_POLICIES}")
         if self.storage.engine not in STORAGE_ENGINES:
@@ -228,6 +242,41 @@ class ClusterConfig:
                 value = getattr(section, f.name)
                 if isinstance(value, int) and value <= 0:
                     raise ConfigError(f"{_SECTION_NAMES[type(section)]}.{f.name} must be positive, got {value}")
+
+    def _check_replicas(self) -> None:
+        replicas = self.replicas
+        if replicas is not None and (type(replicas) is not int or replicas < 1):
+            raise ConfigError(f"cluster.replicas must be a positive int, got {replicas!r:.40}")
+        if self.mode == "single":
+            if replicas not in (None, 1):
+                raise ConfigError(
+                    f"cluster.replicas = {replicas}: single mode keeps one copy of each partition "
+                    '(use mode = "leader" for replicated partitions, or leave replicas out)'
+                )
+            return
+        founders = len(self.founding_nodes)
+        if self.replication_factor > founders:
+            raise ConfigError(
+                f"cluster.replicas = {self.replication_factor} needs at least as many founding nodes, "
+                f"but the cluster is founded by {founders}"
+            )
+        if self.partitioner != "hash":
+            raise ConfigError(
+                'cluster.partitioner = "range" is not supported in leader mode yet (splits and merges would change '
+                "Raft groups' members); use the hash partitioner"
+            )
+        if not self.timeouts.heartbeat_interval_ms < self.timeouts.election_timeout_ms:
+            raise ConfigError(
+                f"timeouts.heartbeat_interval_ms ({self.timeouts.heartbeat_interval_ms}) must be below "
+                f"timeouts.election_timeout_ms ({self.timeouts.election_timeout_ms})"
+            )
+
+    @property
+    def replication_factor(self) -> int:
+        """Copies of each partition in the founders' layout: ``replicas`` in leader mode (default 3), 1 in single."""
+        if self.mode == "single":
+            return 1
+        return DEFAULT_LEADER_REPLICAS if self.replicas is None else self.replicas
 
     @property
     def node_ids(self) -> tuple[str, ...]:
@@ -292,6 +341,7 @@ class ClusterConfig:
                 "name": self.name,
                 "secret": self.secret,
                 "mode": self.mode,
+                **({"replicas": self.replicas} if self.replicas is not None else {}),
                 "partitions": self.partitions,
                 "partitioner": self.partitioner,
                 **({"initial_nodes": list(self.initial_nodes)} if self.initial_nodes else {}),

@@ -88,6 +88,8 @@ from kvstore.storage.base import Storage
 from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
+from replication.raft import LEADER, RaftReplica
+from replication.raft_messages import RaftOutcomeUnknown, RaftRefused
 from replication.replica import (
     Answer,
     ClientCall,
@@ -151,6 +153,10 @@ class Node:
         # Who may send to this node: every node its roster knows (removed ones still forward and hand over),
         # and every node of its config (one added to the config talks before it is admitted).
         self._peers = self._known_peers()
+        self._leader_mode = config.mode == "leader"
+        # Leader mode: per partition, the node this one believes leads it (its own replicas' view after every
+        # step, and the hints of redirects). Ops for partitions held elsewhere go there, else to the owner.
+        self.leader_hints: dict[int, str] = {}
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -209,6 +215,19 @@ class Node:
                 self.storage.log(partition),
                 sweep_interval_ms=self.config.timeouts.ttl_sweep_interval_ms,
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
+            )
+        if self.config.mode == "leader":
+            timeouts = self.config.timeouts
+            return RaftReplica(
+                partition,
+                self.node_id,
+                self.partition_map.replicas[partition],
+                KvStateMachine(self.storage, partition),
+                self.storage.log(partition),
+                # A child generator per replica, drawn in partition order: the simulator stays deterministic.
+                random.Random(self._rng.getrandbits(64)),
+                election_timeout_ms=timeouts.election_timeout_ms,
+                heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
@@ -280,6 +299,29 @@ class Node:
                 recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
                 self._run_replica(partition, ReplicaStarted(recovered))
 
+    def leadership(self) -> list[dict[str, object]]:
+        """Leader mode, per partition: the leader this node knows of and, for a partition it holds, its replica's
+        role, term, commit and applied index, and on a leader each follower's match index and lag."""
+        out: list[dict[str, object]] = []
+        for partition in range(self.partition_map.partition_count):
+            entry: dict[str, object] = {"partition": partition, "leader": self.leader_hints.get(partition)}
+            replica = self.replicas.get(partition)
+            if isinstance(replica, RaftReplica):
+                entry.update(role=replica.role, term=replica.term, commit=replica.commit, applied=replica.applied)
+                if replica.role == LEADER:
+                    last = replica.status()["last"]
+                    assert isinstance(last, int)
+                    entry["followers"] = [
+                        {"node_id": peer, "match": pr.match, "lag": max(0, last - pr.match)}
+                        for peer, pr in sorted(replica.progress.items())
+                    ]
+            out.append(entry)
+        return out
+
+    def leads(self) -> int:
+        """How many partitions this node's replicas lead now."""
+        return sum(1 for r in self.replicas.values() if isinstance(r, RaftReplica) and r.role == LEADER)
+
     @property
     def inflight(self) -> int:
         return len(self._waiting)
@@ -309,6 +351,8 @@ class Node:
             if self.started and self.config.mode == "single":
                 self._effects.extend(self._mover.start(now_ms, inp.partition, inp.target))
                 self.order_refusal = self._mover.refusal
+            elif self.started:
+                self.order_refusal = f"moves are not supported in {self.config.mode} mode yet"
         elif isinstance(inp, SetMember):
             self._on_set_member(inp)
         else:
@@ -338,6 +382,12 @@ class Node:
             log = self.storage.log(partition)
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
             self._run_replica(partition, ReplicaStarted(recovered))
+        if self._leader_mode:
+            # The preferred owner is expected to lead: it campaigns at once rather than after an election
+            # timeout (pre-vote keeps a restarted one from disturbing a leader its peers still hear from).
+            for partition, replica in self.replicas.items():
+                if isinstance(replica, RaftReplica) and self.partition_map.owner(partition) == self.node_id:
+                    self._take_effects(partition, replica.campaign(self._expiry_clock_ms))
 
     def _on_client_request(self, req: ClientRequest) -> None:
         target = _ToClient(req.request_id)
@@ -423,6 +473,10 @@ class Node:
     def _on_set_member(self, order: SetMember) -> None:
         if not self.started:
             self.order_refusal = "the node has not started"
+            return
+        if self._leader_mode:
+            # Adding or removing a node changes Raft groups' members: a later part of issue 14.
+            self.order_refusal = "membership changes are not supported in leader mode yet"
             return
         outcome = apply_order(self.partition_map, order)
         self.order_refusal = outcome.refusal
@@ -517,7 +571,7 @@ class Node:
                 # Forwarded here by a map that has moved on: passing it on again could go round in circles.
                 self._complete(token, self._not_here(partition))
                 return
-            self._forward(token, partition_map.owner(partition), partition, op)
+            self._forward(token, self._route(partition), partition, op)
             return
         moving = self._mover.moving
         if moving and partition in moving:
@@ -579,7 +633,19 @@ class Node:
     def _run_replica(self, partition: int, inp: ReplicaInput) -> None:
         self._take_effects(partition, self.replicas[partition].step(self._expiry_clock_ms, inp))
 
+    def _route(self, partition: int) -> str:
+        """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner."""
+        hint = self.leader_hints.get(partition) if self._leader_mode else None
+        return hint if hint is not None else self.partition_map.owner(partition)
+
     def _take_effects(self, partition: int, effects: list[ReplicaEffect]) -> None:
+        if self._leader_mode:
+            # Learn who leads from the replica itself, after every step (and before its answers are acted on).
+            leader = getattr(self.replicas.get(partition), "leader", None)
+            if leader is not None:
+                self.leader_hints[partition] = leader
+            elif self.leader_hints.get(partition) == self.node_id:
+                del self.leader_hints[partition]  # this node stopped leading and knows of no other leader
         for effect in effects:
             if isinstance(effect, Answer):
                 self._on_answer(effect)
@@ -605,6 +671,8 @@ class Node:
         result = answer.result
         if isinstance(result, Redirect):
             self._redirected(token, call, result)
+        elif self._leader_mode and isinstance(result, (RaftOutcomeUnknown, RaftRefused)):
+            self._complete(token, _raft_failure(self.node_id, call[0], result))
         else:
             # Not typing.cast: a call per op. The replica's results are the state machine's, i.e. Results.
             self._complete(token, result, answer.durable)  # type: ignore[arg-type]
@@ -615,9 +683,22 @@ class Node:
             return
         target = waiter.gather.target if isinstance(waiter, GatherPart) else waiter
         leader = redirect.leader
+        partition = call[0]
+        if leader is not None and self._leader_mode:
+            self.leader_hints[partition] = leader
         # Passed on once, and only for this node's own clients: a forwarded op redirected again would travel
-        # in circles while leadership moves.
-        if redirect.reason == "not_leader" and leader in self._peers and isinstance(target, _ToClient):
+        # in circles while leadership moves. One exception (leader mode): an op forwarded here by a node that
+        # holds no replica of the partition, whose hint was stale, is passed on once more. The next hop then
+        # comes from this node, which holds one, so that node never passes it on again: at most two hops
+        # after the client's node (a layout never changes in leader mode, so every node agrees who holds it).
+        if redirect.reason == "not_leader" and leader in self._peers and (
+            isinstance(target, _ToClient)
+            or (
+                self._leader_mode
+                and isinstance(waiter, PeerWaiter)
+                and waiter.src not in self.partition_map.replicas[partition]
+            )
+        ):
             assert leader is not None
             self._forward(token, leader, *call)
             return
@@ -664,7 +745,8 @@ class Node:
     def _group_by_owner(self, partitions: Iterable[int]) -> dict[str, list[int]]:
         by_owner: dict[str, list[int]] = {}
         for p in partitions:
-            by_owner.setdefault(self.partition_map.owner(p), []).append(p)
+            # Leader mode: each partition's part goes to the leader this node knows of (a follower cannot scan).
+            by_owner.setdefault(self._route(p), []).append(p)
         # Insertion order follows the partition numbers, so the grouping is the same on every run.
         return by_owner
 
@@ -731,6 +813,18 @@ def _redirect_failure(node_id: str, partition: int, redirect: Redirect) -> Failu
     return Failure.of(ErrorCode.NOT_LEADER, message)
 
 
+def _raft_failure(node_id: str, partition: int, result: RaftOutcomeUnknown | RaftRefused) -> Failure:
+    """What a client is told of a Raft result that is not the state machine's."""
+    if isinstance(result, RaftOutcomeUnknown):
+        message = f"{node_id}: {result.message}; the write may still commit"
+        return Failure.of(ErrorCode.TIMEOUT, message)
+    if result.reason == "overloaded":
+        return Failure.of(ErrorCode.OVERLOADED, f"partition {partition} on {node_id}: {result.message}")
+    if result.reason == "transferring":
+        return Failure.of(ErrorCode.UNAVAILABLE, f"partition {partition} on {node_id}: {result.message}")
+    return Failure.of(ErrorCode.BAD_REQUEST, f"partition {partition} on {node_id}: {result.message}")
+
+
 def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
     """The config's map, merged with what this node learnt and stored before it last stopped."""
     founders = config.founding_nodes
@@ -738,7 +832,9 @@ def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
     if config.partitioner == "range":
         initial = PartitionMap.range_initial(founders, config.partitions, addresses)
     else:
-        initial = PartitionMap.round_robin(founders, config.partitions, addresses=addresses)
+        initial = PartitionMap.round_robin(
+            founders, config.partitions, replication_factor=config.replication_factor, addresses=addresses
+        )
     stored = storage.get_meta(MAP_META)
     if stored is None:
         return initial

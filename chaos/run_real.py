@@ -155,7 +155,23 @@ class _RealTarget:
         return node_id not in self._down
 
     def leader(self) -> str | None:
-        return None  # single-copy mode has no leader
+        """Leader mode: the live node that leads the most partitions by its own ``/cluster`` (None if none
+        says it leads any, or in single mode)."""
+        if self.cluster.config.mode != "leader":
+            return None
+        best, most = None, 0
+        for node_id in self.node_ids():
+            if not self.is_up(node_id):
+                continue
+            try:
+                with urllib.request.urlopen(self.cluster.url(node_id) + "/cluster", timeout=ADMIN_TIMEOUT_S) as answer:
+                    leadership = json.loads(answer.read()).get("leadership", [])
+                leads = sum(1 for entry in leadership if entry.get("role") == "leader")
+            except (OSError, ValueError, AttributeError):
+                continue  # down in between, or an answer cut short
+            if leads > most:
+                best, most = node_id, leads
+        return best
 
     def policy_changed(self) -> None:
         for node_id in self.node_ids():

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from kvstore.client import Client
 from kvstore.cluster import DEFAULT_DIR, MEMBERSHIP_TIMEOUT_S, ClusterError, ClusterUsageError, LocalCluster
-from kvstore.config import FSYNC_POLICIES, STORAGE_ENGINES, ConfigError
+from kvstore.config import FSYNC_POLICIES, MODES, STORAGE_ENGINES, ConfigError
 from kvstore.errors import ErrorCode, KvError
 
 EXIT_OK = 0
@@ -202,12 +202,17 @@ def _add_cluster(subparsers: Any) -> None:
     up = _command(actions, "up", "Start a local cluster and wait until every node answers /health; then stay in "
                   "the foreground until Ctrl-C (which stops the nodes), or return at once with --detach.",
                   ["kvstore cluster up --nodes 3 --fsync always", "kvstore cluster up --detach --base-port 7001",
+                   "kvstore cluster up --mode leader --replicas 3",
                    "kvstore cluster up --detach --dir /tmp/kv"],
                   _cluster_up)
     _add_dir(up)
     up.add_argument("--nodes", type=_positive_int, help="number of nodes (default: 3, or the existing cluster's)")
     up.add_argument("--fsync", choices=FSYNC_POLICIES, help="when writes reach the disk (default: always)")
     up.add_argument("--engine", choices=STORAGE_ENGINES, help="storage engine (default: sqlite)")
+    up.add_argument("--mode", choices=MODES,
+                    help="replication: single (one copy per partition, the default) or leader (Raft groups)")
+    up.add_argument("--replicas", type=_positive_int,
+                    help="leader mode: copies of each partition (default: 3; at most --nodes)")
     up.add_argument("--base-port", type=_positive_int,
                     help="listen on this port and the next ones (default: free ports the OS picks)")
     up.add_argument("--detach", action="store_true", help="leave the nodes running and return")
@@ -256,7 +261,8 @@ def _add_cluster(subparsers: Any) -> None:
 
 def _cluster_up(args: argparse.Namespace) -> int:
     cluster = LocalCluster.create(
-        args.dir, nodes=args.nodes, fsync=args.fsync, engine=args.engine, base_port=args.base_port
+        args.dir, nodes=args.nodes, fsync=args.fsync, engine=args.engine, base_port=args.base_port,
+        mode=args.mode, replicas=args.replicas,
     )
     if args.detach:
         cluster.up(timeout_s=args.timeout)  # stops what it started if it fails

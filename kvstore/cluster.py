@@ -36,8 +36,10 @@ from typing import Any
 
 from kvstore.config import (
     FSYNC_POLICIES,
+    MODES,
     STORAGE_ENGINES,
     ClusterConfig,
+    ConfigError,
     NodeAddress,
     StorageConfig,
     local_cluster,
@@ -258,6 +260,8 @@ class LocalCluster:
         fsync: str | None = None,
         engine: str | None = None,
         base_port: int | None = None,
+        mode: str | None = None,
+        replicas: int | None = None,
     ) -> LocalCluster:
         """Prepare ``directory`` for a cluster: a new config, or the existing one (same data, same ports
         when they are still free). Options given for an existing cluster must match it. Nodes listen on
@@ -266,7 +270,7 @@ class LocalCluster:
         _refuse_if_running(directory)
         config_path = directory / CONFIG_NAME
         if config_path.exists():
-            config = _reuse_config(ClusterConfig.load(config_path), nodes, fsync, engine)
+            config = _reuse_config(ClusterConfig.load(config_path), nodes, fsync, engine, mode, replicas)
         else:
             node_count = 3 if nodes is None else nodes
             if node_count < 1:
@@ -276,8 +280,16 @@ class LocalCluster:
                 fsync=_choice("--fsync", fsync or "always", FSYNC_POLICIES),
                 data_dir=str(directory / DATA_NAME),
             )
-            # Peer traffic is authenticated with the secret: each cluster gets its own.
-            config = local_cluster(node_count, storage=storage, secret=secrets.token_hex(16))
+            chosen_mode = _choice("--mode", mode or "single", MODES)
+            if replicas is not None and chosen_mode == "single":
+                raise ClusterError('--replicas needs --mode leader (single mode keeps one copy of each partition)')
+            try:
+                # Peer traffic is authenticated with the secret: each cluster gets its own.
+                config = local_cluster(
+                    node_count, storage=storage, secret=secrets.token_hex(16), mode=chosen_mode, replicas=replicas
+                )
+            except ConfigError as exc:
+                raise ClusterError(str(exc)) from exc
             config = _with_ports(config, pick_free_ports(node_count))
         if base_port is not None:
             config = _with_ports(config, consecutive_free_ports(base_port, len(config.nodes)))
@@ -813,10 +825,20 @@ def _with_ports(config: ClusterConfig, ports: list[int]) -> ClusterConfig:
     return config.replace(nodes=nodes)
 
 
-def _reuse_config(config: ClusterConfig, nodes: int | None, fsync: str | None, engine: str | None) -> ClusterConfig:
+def _reuse_config(
+    config: ClusterConfig,
+    nodes: int | None,
+    fsync: str | None,
+    engine: str | None,
+    mode: str | None = None,
+    replicas: int | None = None,
+) -> ClusterConfig:
     """The existing config with its ports refreshed where they are taken; options must not contradict it."""
-    given = {"--nodes": (nodes, len(config.nodes)), "--fsync": (fsync, config.storage.fsync),
-             "--engine": (engine, config.storage.engine)}
+    given: dict[str, tuple[object, object]] = {
+        "--nodes": (nodes, len(config.nodes)), "--fsync": (fsync, config.storage.fsync),
+        "--engine": (engine, config.storage.engine), "--mode": (mode, config.mode),
+        "--replicas": (replicas, config.replication_factor),
+    }
     for option, (wanted, existing) in given.items():
         if wanted is not None and wanted != existing:
             raise ClusterError(

@@ -274,6 +274,11 @@ def _cluster_view() -> dict[str, Any]:
                 "description": "The layout is where this node's rebalancer wants it and it sends no move now",
             },
             "moves_in_progress": {"type": "integer", "minimum": 0, "description": "Moves this node is sending"},
+            "replicas": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Copies of each partition in the founders' layout (1 in single mode)",
+            },
             "members": {
                 "type": "array",
                 # A peer this node last failed to reach is "down" and says why; no other member has an error.
@@ -333,6 +338,44 @@ def _cluster_view() -> dict[str, Any]:
             ),
         },
         {
+            "leadership": {
+                "type": "array",
+                "description": (
+                    "Leader mode only, per partition: the leader this node knows of and, for a partition this node "
+                    "holds, its replica's Raft state"
+                ),
+                "items": _object(
+                    {
+                        "partition": {"type": "integer", "minimum": 0},
+                        "leader": {"type": ["string", "null"], "description": "null: no leader known here"},
+                    },
+                    {
+                        "role": {"enum": ["follower", "pre-candidate", "candidate", "leader"]},
+                        "term": {"type": "integer", "minimum": 0},
+                        "commit": {"type": "integer", "minimum": 0, "description": "Highest index known committed"},
+                        "applied": {"type": "integer", "minimum": 0, "description": "Highest index applied here"},
+                        "followers": {
+                            "type": "array",
+                            "description": "On the leader: each other replica's progress",
+                            "items": _object(
+                                {
+                                    "node_id": _STRING,
+                                    "match": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "Highest index known held durably there",
+                                    },
+                                    "lag": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "Entries of the leader's log it does not hold yet",
+                                    },
+                                }
+                            ),
+                        },
+                    },
+                ),
+            },
             "ranges": {
                 "type": "array",
                 "description": "Range mode only: the key ranges in key order, each [start, end) (end null: no bound)",

@@ -83,6 +83,7 @@ class ClusterRoutes:
             # Whether this node's map is where its rebalancer wants it and it sends no move now.
             "balanced": node.balanced,
             "moves_in_progress": node.moves_in_progress,
+            "replicas": config.replication_factor,
             "partitioner": partition_map.partitioner,
             "partition_map": partition_map.to_json(),
             # What this node stores, per partition: each node reports its own.
@@ -91,6 +92,8 @@ class ClusterRoutes:
                 for p, (count, size_bytes) in self._storage.partition_stats().items()
             ],
         }
+        if config.mode == "leader":
+            doc["leadership"] = node.leadership()
         ranges = partition_map.ranges
         if ranges is not None:
             doc["ranges"] = [

@@ -1,0 +1,264 @@
+"""Node.step in leader mode: every partition a Raft group of three replicas, driven by hand.
+
+A hand-cranked network as in test_node_moves.py: messages go through the codec and arrive in order, a node
+syncs its storage after every step that wrote anything and is then stepped ``Synced`` (what a driver does;
+so every durable effect is covered), timers fire in time order when no message is in flight. A node that is
+down or cut off by a partition loses the messages sent to it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from kvstore import codec
+from kvstore.config import ClusterConfig, ConfigError, StorageConfig, local_cluster
+from kvstore.effects import Effect, Reply, Send, SetTimer
+from kvstore.errors import ErrorCode
+from kvstore.messages import (
+    ClientOp,
+    ClientRequest,
+    Failure,
+    Found,
+    GetOp,
+    Message,
+    MovePartition,
+    PutOp,
+    Result,
+    Started,
+    Synced,
+    TimerFired,
+    Written,
+)
+from kvstore.node import Node
+from kvstore.storage.simulated import SimDisk, SimStorage
+from replication.raft import LEADER, RaftReplica
+
+P = 0  # one partition: every key is in it; n1 is its preferred owner
+
+
+def leader_config(nodes: int = 3, replicas: int = 3) -> ClusterConfig:
+    return local_cluster(nodes, partitions=1, mode="leader", replicas=replicas, storage=StorageConfig(fsync="always"))
+
+
+@dataclass
+class Net:
+    cfg: ClusterConfig = field(default_factory=leader_config)
+    now: int = 0
+    nodes: dict[str, Node] = field(default_factory=dict)
+    disks: dict[str, SimDisk] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    # Pairs of nodes that cannot reach each other (both ways).
+    cut: set[frozenset[str]] = field(default_factory=set)
+    queue: list[Message] = field(default_factory=list)
+    timers: dict[str, dict[str, int]] = field(default_factory=dict)
+    replies: dict[int, Result] = field(default_factory=dict)
+    next_request: int = 1
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        for node_id in self.cfg.node_ids:
+            self.disks[node_id] = SimDisk()
+            self.boot(node_id)
+
+    def boot(self, node_id: str) -> None:
+        self.seed += 1
+        self.down.discard(node_id)
+        self.nodes[node_id] = Node(node_id, self.cfg, SimStorage(self.disks[node_id]), random.Random(self.seed))
+        self.timers[node_id] = {}
+        self.step(node_id, Started())
+
+    def crash(self, node_id: str) -> None:
+        self.disks[node_id].crash("process")
+        self.down.add(node_id)
+        self.timers[node_id] = {}
+
+    def partition(self, alone: str) -> None:
+        self.cut = {frozenset((alone, other)) for other in self.cfg.node_ids if other != alone}
+
+    def heal(self) -> None:
+        self.cut = set()
+
+    def step(self, node_id: str, inp: object) -> None:
+        node = self.nodes[node_id]
+        effects: list[Effect] = node.step(self.now, inp)  # type: ignore[arg-type]
+        storage = node.storage
+        synced = storage.written_lsn > storage.synced_lsn
+        if synced:
+            storage.sync()
+        for effect in effects:
+            if isinstance(effect, Send):
+                msg = codec.decode(codec.encode(effect.msg))
+                assert msg == effect.msg
+                self.queue.append(msg)
+            elif isinstance(effect, Reply):
+                self.replies[effect.request_id] = effect.result
+            elif isinstance(effect, SetTimer):
+                self.timers[node_id][effect.key] = effect.at_ms
+            else:
+                self.timers[node_id].pop(effect.key, None)
+        if synced:
+            self.step(node_id, Synced(storage.synced_lsn))
+
+    def deliver_all(self) -> None:
+        while self.queue:
+            msg = self.queue.pop(0)
+            if msg.dst in self.down or msg.src in self.down or frozenset((msg.src, msg.dst)) in self.cut:
+                continue
+            self.step(msg.dst, msg)
+
+    def run(self, ms: int) -> None:
+        """Deliver messages and fire timers in time order for ``ms`` of time."""
+        until = self.now + ms
+        while True:
+            self.deliver_all()
+            pending = [
+                (at, node_id, key)
+                for node_id, timers in self.timers.items()
+                if node_id not in self.down
+                for key, at in timers.items()
+            ]
+            if not pending or min(pending)[0] > until:
+                break
+            at, node_id, key = min(pending)
+            del self.timers[node_id][key]
+            self.now = max(self.now, at)
+            self.step(node_id, TimerFired(key))
+        self.now = until
+
+    def request(self, node_id: str, op: ClientOp) -> int:
+        rid = self.next_request
+        self.next_request += 1
+        self.step(node_id, ClientRequest(rid, op))
+        return rid
+
+    def call(self, node_id: str, op: ClientOp, within_ms: int = 3000) -> Result:
+        rid = self.request(node_id, op)
+        waited = 0
+        while rid not in self.replies and waited < within_ms:
+            self.run(10)
+            waited += 10
+        assert rid in self.replies, f"no answer to {op} at {node_id} within {within_ms} ms"
+        return self.replies[rid]
+
+    def replica(self, node_id: str) -> RaftReplica:
+        replica = self.nodes[node_id].replicas[P]
+        assert isinstance(replica, RaftReplica)
+        return replica
+
+    def leader(self) -> str | None:
+        leaders = [n for n in self.nodes if n not in self.down and self.replica_or_none(n) is not None
+                   and self.replica(n).role == LEADER]
+        # Several may think they lead (a deposed one not told yet): the one of the highest term.
+        return max(leaders, key=lambda n: self.replica(n).term, default=None)
+
+    def replica_or_none(self, node_id: str) -> RaftReplica | None:
+        replica = self.nodes[node_id].replicas.get(P)
+        return replica if isinstance(replica, RaftReplica) else None
+
+
+def value_of(result: Result) -> bytes | None:
+    assert isinstance(result, Found), result
+    return result.value
+
+
+def test_the_config_checks_mode_and_replicas() -> None:
+    assert leader_config().replication_factor == 3
+    assert local_cluster(3).replication_factor == 1
+    with pytest.raises(ConfigError, match="replicas = 4 needs at least as many founding nodes"):
+        local_cluster(3, mode="leader", replicas=4)
+    with pytest.raises(ConfigError, match="single mode keeps one copy"):
+        local_cluster(3, replicas=3)
+    with pytest.raises(ConfigError, match="positive int"):
+        local_cluster(3, mode="leader", replicas=0)
+    with pytest.raises(ConfigError, match="not one of"):
+        local_cluster(3, mode="leaderless")
+    cfg = ClusterConfig.from_dict({**leader_config().to_dict()})
+    assert cfg.mode == "leader" and cfg.replicas == 3
+
+
+def test_the_preferred_owner_leads_and_every_node_holds_a_replica() -> None:
+    net = Net()
+    net.run(500)
+    assert net.leader() == "n1"
+    assert all(net.nodes[n].partition_map.replicas[P] == ("n1", "n2", "n3") for n in net.nodes)
+    assert all(net.nodes[n].leader_hints[P] == "n1" for n in net.nodes)
+    # Moves are refused in leader mode, with a reason.
+    net.step("n1", MovePartition(P, "n2"))
+    assert net.nodes["n1"].order_refusal is not None and "leader mode" in net.nodes["n1"].order_refusal
+
+
+def test_a_write_through_a_follower_is_forwarded_and_acknowledged_once_committed() -> None:
+    net = Net()
+    net.run(500)
+    assert isinstance(net.call("n2", PutOp("k", b"v1")), Written)
+    # Acknowledged only once committed: a majority holds it and the leader applied it.
+    leader = net.replica("n1")
+    assert leader.commit >= 2 and leader.applied == leader.commit
+    assert sum(1 for pr in leader.progress.values() if pr.match >= leader.commit) >= 1
+    for node_id in ("n1", "n2", "n3"):
+        assert value_of(net.call(node_id, GetOp("k"))) == b"v1"
+
+
+def test_a_leader_crash_elects_a_new_leader_and_acknowledged_writes_stay_readable() -> None:
+    net = Net()
+    net.run(500)
+    for i in range(5):
+        assert isinstance(net.call("n1", PutOp(f"k{i}", f"v{i}".encode())), Written)
+    net.crash("n1")
+    net.run(4000)
+    new_leader = net.leader()
+    assert new_leader in ("n2", "n3")
+    for i in range(5):
+        assert value_of(net.call("n2", GetOp(f"k{i}"))) == f"v{i}".encode()
+    # The old leader comes back as a follower and catches up.
+    net.boot("n1")
+    assert isinstance(net.call("n3", PutOp("k0", b"after")), Written)
+    net.run(1000)
+    assert net.leader() == new_leader
+    assert value_of(net.call("n1", GetOp("k0"))) == b"after"
+
+
+def test_a_deposed_leader_cut_off_serves_no_stale_read() -> None:
+    net = Net()
+    net.run(500)
+    assert isinstance(net.call("n1", PutOp("k", b"old")), Written)
+    net.partition("n1")
+    net.run(4000)
+    assert net.leader() in ("n2", "n3")
+    assert isinstance(net.call("n2", PutOp("k", b"new")), Written)
+    # n1 may still believe it leads, or not: either way it must not answer the old value.
+    rid = net.request("n1", GetOp("k"))
+    net.run(3000)
+    answer = net.replies[rid]
+    assert isinstance(answer, Failure), answer
+    assert answer.code in (ErrorCode.NOT_LEADER.value, ErrorCode.TIMEOUT.value, ErrorCode.UNAVAILABLE.value)
+    net.heal()
+    net.run(2000)
+    assert value_of(net.call("n1", GetOp("k"))) == b"new"
+
+
+def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint() -> None:
+    net = Net(cfg=leader_config(nodes=4, replicas=3))
+    net.run(500)
+    assert net.nodes["n4"].replicas == {}
+    assert isinstance(net.call("n4", PutOp("k", b"v1")), Written)
+    assert value_of(net.call("n4", GetOp("k"))) == b"v1"
+    # Leadership moves away from the preferred owner n1, which n4 still routes to: n1, a follower now, passes
+    # n4's ops on once to the leader it knows.
+    net.crash("n1")
+    net.run(4000)
+    new_leader = net.leader()
+    assert new_leader in ("n2", "n3")
+    net.boot("n1")
+    net.run(1000)
+    assert net.leader() == new_leader and net.replica("n1").leader == new_leader
+    assert net.nodes["n4"].leader_hints.get(P) in (None, "n1")
+    # A read first: n4 learns n1's new incarnation from the refusal (a write refused so would be indefinite).
+    assert value_of(net.call("n4", GetOp("k"))) == b"v1"
+    assert isinstance(net.call("n4", PutOp("k", b"v2")), Written)
+    assert value_of(net.call("n4", GetOp("k"))) == b"v2"
+    assert net.replica(new_leader).applied >= 4
+

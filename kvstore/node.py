@@ -228,6 +228,8 @@ class Node:
                 random.Random(self._rng.getrandbits(64)),
                 election_timeout_ms=timeouts.election_timeout_ms,
                 heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
+                sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
+                sweep_max_keys=TTL_SWEEP_MAX_KEYS,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 

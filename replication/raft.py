@@ -15,6 +15,9 @@ the start of every term. What differs is how it meets the node (``replication/re
 - Client ops are ``ClientCall``: a write becomes a command appended to the log and is answered (durable)
   with ``machine.apply``'s result once committed and applied here; a read waits for a read-index round.
   ``TransferLeader`` (``raft_messages``) is the one op of its own.
+- Expired records (``sweep_interval_ms``): the leader alone sweeps, every interval, proposing
+  ``machine.purge_command`` as a log entry (one at a time, no client waits on it), so every replica purges
+  the same keys at the same index; a follower never purges on its own.
 
 Answers other than the state machine's results (see ``raft_messages``): ``Redirect("not_leader", hint)``
 for any op this replica never executed and cannot (not the leader; a read accepted by a leader that
@@ -76,6 +79,9 @@ LEADER = "leader"
 
 ELECTION_TIMER = "election"
 HEARTBEAT_TIMER = "heartbeat"
+# The leader's TTL sweep: its purge command goes through the log, so every replica purges the same keys at
+# the same index (the same key as SingleCopy's sweep, so a node treats both alike).
+SWEEP_TIMER = "ttl-sweep"
 
 PROBE = "probe"
 REPLICATE = "replicate"
@@ -160,6 +166,8 @@ class RaftReplica:
         compact_threshold: int = 10_000,
         check_quorum: bool = True,
         pre_vote: bool = True,
+        sweep_interval_ms: int | None = None,
+        sweep_max_keys: int = 1000,
     ) -> None:
         if not voters or len(set(voters)) != len(voters) or set(voters) & set(learners):
             raise ValueError(f"voters must be distinct, non-empty and not learners: {voters!r} / {learners!r}")
@@ -169,6 +177,8 @@ class RaftReplica:
             raise ValueError("need 0 < heartbeat_interval_ms < election_timeout_ms")
         if max_inflight_appends < 1 or max_append_bytes < 1 or compact_threshold < 1:
             raise ValueError("max_inflight_appends, max_append_bytes and compact_threshold must be positive")
+        if (sweep_interval_ms is not None and sweep_interval_ms < 1) or sweep_max_keys < 1:
+            raise ValueError("sweep_interval_ms (when given) and sweep_max_keys must be positive")
         self.partition = partition
         self.node_id = node_id
         self.voters = tuple(voters)
@@ -187,6 +197,8 @@ class RaftReplica:
         self._compact_threshold = compact_threshold
         self._check_quorum = check_quorum
         self._pre_vote = pre_vote
+        self._sweep_interval = sweep_interval_ms
+        self._sweep_max_keys = sweep_max_keys
         # Per step.
         self._now = 0
         self._out: list[ReplicaEffect] = []
@@ -210,6 +222,8 @@ class RaftReplica:
         self.progress: dict[str, Progress] = {}
         self._term_start_index = 0
         self._pending_writes: dict[int, tuple[int, int]] = {}  # index -> (token, term)
+        # The index of this leader's last purge command: no new one while it is not applied.
+        self._purge_index = 0
         self._pending_reads: deque[tuple[int, object, int, int]] = deque()  # (token, op, read index, round)
         self._round = 0
         self._round_acks: dict[str, int] = {}
@@ -270,6 +284,8 @@ class RaftReplica:
                 self._on_election_timer()
             elif inp.key == HEARTBEAT_TIMER:
                 self._on_heartbeat_timer()
+            elif inp.key == SWEEP_TIMER:
+                self._on_sweep_timer()
         elif isinstance(inp, PeerUnreachable):
             pr = self.progress.get(inp.dst) if self.role == LEADER else None
             if pr is not None and pr.state == REPLICATE and isinstance(inp.body, AppendEntries):
@@ -363,6 +379,8 @@ class RaftReplica:
         if was_leader:
             self._step_down()
             self._out.append(StopTimer(HEARTBEAT_TIMER))
+            if self._sweep_interval is not None:
+                self._out.append(StopTimer(SWEEP_TIMER))
             if self._is_voter():
                 self._arm(ELECTION_TIMER, self._election_deadline())
 
@@ -439,6 +457,9 @@ class RaftReplica:
         self._quorum_check_at = self._now + self._election_timeout
         self._out.append(StopTimer(ELECTION_TIMER))
         self._arm(HEARTBEAT_TIMER, self._now + self._heartbeat_interval)
+        self._purge_index = 0
+        if self._sweep_interval is not None:
+            self._arm(SWEEP_TIMER, self._now + self._sweep_interval)
         # The empty entry of the term: committing it commits every earlier entry (only entries of the
         # current term are committed by counting), and reads wait for it.
         self._term_start_index = last + 1
@@ -472,6 +493,24 @@ class RaftReplica:
             self._quorum_check_at = self._now + self._election_timeout
         self._arm(HEARTBEAT_TIMER, self._now + self._heartbeat_interval)
         self._broadcast_heartbeats()
+
+    def _on_sweep_timer(self) -> None:
+        """The leader proposes a purge of expired records; followers purge only what the log tells them to."""
+        if self.role != LEADER or self._sweep_interval is None:
+            return  # a timer left over from a leadership that ended: followers never sweep
+        self._arm(SWEEP_TIMER, self._now + self._sweep_interval)
+        if self._purge_index > self.applied or self._transferee is not None:
+            return  # the last purge is not applied yet (one at a time), or leadership is being handed over
+        if self.applied < self._term_start_index or len(self._pending_writes) >= self._max_pending_proposals:
+            return  # this term's first entry is not applied (the records may lag), or too much waits
+        command = self._machine.purge_command(self._now, self._sweep_max_keys)
+        if command is None:
+            return
+        index = self._last_index() + 1
+        self._log.append([LogEntry(index, self.term, command_entry_data(self._machine.encode_command(command)))])
+        self._purge_index = index
+        self._want_broadcast = True
+        self._maybe_commit()
 
     def _broadcast_heartbeats(self) -> None:
         for peer, pr in self.progress.items():

@@ -262,3 +262,22 @@ def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint(
     assert value_of(net.call("n4", GetOp("k"))) == b"v2"
     assert net.replica(new_leader).applied >= 4
 
+
+
+def test_an_expired_key_is_purged_from_every_replica_through_the_log() -> None:
+    net = Net()
+    net.run(500)
+    assert isinstance(net.call("n2", PutOp("ttl", b"v", ttl_ms=50)), Written)
+    assert isinstance(net.call("n2", PutOp("keep", b"v")), Written)
+    net.run(200)  # every follower has learnt the commit
+    assert all(net.nodes[n].storage.get_stored(P, "ttl") is not None for n in net.nodes)
+    before = {n: net.replica(n).applied for n in net.nodes}
+    net.run(net.cfg.timeouts.ttl_sweep_interval_ms + 500)
+    for node_id in net.nodes:
+        storage = net.nodes[node_id].storage
+        assert storage.get_stored(P, "ttl") is None, node_id
+        assert storage.get_stored(P, "keep") is not None, node_id
+        # Purged by an entry of the log, applied at the same index everywhere.
+        assert net.replica(node_id).applied > before[node_id]
+    assert len({net.replica(n).applied for n in net.nodes}) == 1
+    assert value_of(net.call("n1", GetOp("keep"))) == b"v"

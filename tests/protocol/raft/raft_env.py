@@ -86,6 +86,7 @@ class Options:
     max_inflight_appends: int = 4
     max_append_bytes: int = 1 << 20
     compact_threshold: int = 10_000
+    sweep_interval_ms: int | None = None
 
 
 def describe_entry(data: bytes) -> str:
@@ -188,6 +189,7 @@ class RaftEnv:
             compact_threshold=o.compact_threshold,
             check_quorum=o.check_quorum,
             pre_vote=o.pre_vote,
+            sweep_interval_ms=o.sweep_interval_ms,
         )
         node = SimNode(node_id, disk, storage, replica, incarnation=incarnation)
         log = storage.log(PARTITION)

@@ -14,7 +14,8 @@ the start of every term. What differs is how it meets the node (``replication/re
   ``log.synced_through()`` covers them (the node steps ``Synced`` after every sync).
 - Client ops are ``ClientCall``: a write becomes a command appended to the log and is answered (durable)
   with ``machine.apply``'s result once committed and applied here; a read waits for a read-index round.
-  ``TransferLeader`` (``raft_messages``) is the one op of its own.
+  ``TransferLeader`` (``raft_messages``) is an op of its own, and so is ``ScanRead``: a scan of the
+  partition, served through a read-index round exactly as a read is (so a cut-off leader never serves one).
 - Expired records (``sweep_interval_ms``): the leader alone sweeps, every interval, proposing
   ``machine.purge_command`` as a log entry (one at a time, no client waits on it), so every replica purges
   the same keys at the same index; a follower never purges on its own.
@@ -48,6 +49,7 @@ from replication.raft_messages import (
     RaftOutcomeUnknown,
     RaftRefused,
     RequestVote,
+    ScanRead,
     TimeoutNow,
     TransferLeader,
     TransferStarted,
@@ -298,8 +300,10 @@ class RaftReplica:
         return self._end()
 
     def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:
-        # Only once a read-index round started after this term's first entry was applied has confirmed
-        # that this node still led: then no other leader's writes can be missing from what it applied.
+        # The synchronous interface method. A node in leader mode scans with ``ScanRead`` instead, which is
+        # linearizable: this one may still serve a leader cut off since its last confirmed round, until it
+        # steps down (an election timeout at most). It serves only once a read-index round started after this
+        # term's first entry was applied has confirmed that this node still led.
         if self.role != LEADER or self._scan_round is None or self._confirmed_round() < self._scan_round:
             return Redirect("not_leader", None if self.role == LEADER else self.leader)
         return self._machine.scan(now_ms, start, end, limit)
@@ -526,7 +530,7 @@ class RaftReplica:
             self._transfer(token, op.target)
             return
         machine = self._machine
-        if machine.is_read(op):
+        if isinstance(op, ScanRead) or machine.is_read(op):
             if len(self._pending_reads) >= self._max_pending_reads:
                 self._out.append(Answer(token, RaftRefused("overloaded", "too many reads wait for a read index")))
                 return
@@ -586,7 +590,11 @@ class RaftReplica:
         machine = self._machine
         while reads and reads[0][3] <= confirmed and reads[0][2] <= self.applied:
             token, op, _, _ = reads.popleft()
-            self._out.append(Answer(token, machine.read(op, self._now)))
+            if isinstance(op, ScanRead):
+                result = machine.scan(self._now, op.start, op.end, op.limit)
+            else:
+                result = machine.read(op, self._now)
+            self._out.append(Answer(token, result))
 
     # ------------------------------------------------------------ peer messages
 

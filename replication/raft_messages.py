@@ -99,6 +99,18 @@ class TransferLeader:
     target: str
 
 
+@dataclass(frozen=True, slots=True)
+class ScanRead:
+    """Up to ``limit`` live records in ``[start, end)`` of the partition, served like a read: once a read-index
+    round confirmed that this replica still leads and it applied everything committed before the op arrived.
+    Answered asynchronously with the state machine's ``scan`` result, or a ``Redirect`` / ``RaftRefused``. A
+    node-local op (a ``ClientCall`` op): it never travels."""
+
+    start: str
+    end: str | None
+    limit: int
+
+
 RAFT_MESSAGES: tuple[type, ...] = (
     RequestVote,
     VoteReply,

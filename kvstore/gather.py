@@ -78,17 +78,35 @@ class GatherPart(Generic[T]):
 
 
 def scan_parts(
-    op: ScanOp, by_owner: dict[str, list[int]], target: T, epoch_of: Callable[[int], int] | None = None
+    op: ScanOp,
+    by_owner: dict[str, list[int]],
+    target: T,
+    epoch_of: Callable[[int], int] | None = None,
+    split: str | None = None,
 ) -> list[tuple[str, ScanPartitionsOp, GatherPart[T]]]:
     """One part per owner of ``by_owner`` (its partitions), in its order, gathered for ``target``; with
-    ``epoch_of`` (range mode), each part names its partitions' epochs."""
-    gather = Gather(target, remaining=len(by_owner), slots=[], pages=[], scan_limit=op.limit)
-    parts = []
+    ``epoch_of`` (range mode), each part names its partitions' epochs. The partitions of owner ``split`` get
+    one part each (leader mode: each local replica answers its partition's scan on its own, later)."""
+    pieces: list[tuple[str, list[int]]] = []
     for owner, partitions in by_owner.items():
+        if owner == split:
+            pieces.extend((owner, [p]) for p in partitions)
+        else:
+            pieces.append((owner, partitions))
+    gather = Gather(target, remaining=len(pieces), slots=[], pages=[], scan_limit=op.limit)
+    parts = []
+    for owner, partitions in pieces:
         epochs = () if epoch_of is None else tuple(epoch_of(p) for p in partitions)
         part = ScanPartitionsOp(tuple(partitions), op.start, op.end, op.limit, epochs)
         parts.append((owner, part, GatherPart(gather, ())))
     return parts
+
+
+def partition_scan_parts(partitions: tuple[int, ...], limit: int, target: T) -> list[tuple[int, GatherPart[T]]]:
+    """One part per partition of a partition scan, gathered for ``target`` (leader mode: each replica
+    answers its own partition's scan, later)."""
+    gather = Gather(target, remaining=len(partitions), slots=[], pages=[], scan_limit=limit)
+    return [(p, GatherPart(gather, ())) for p in partitions]
 
 
 def batch_parts(

@@ -5,9 +5,11 @@ Ops for partitions it holds go to the local replica (``replication.replica.Parti
 partition, built for the cluster's mode); the rest are forwarded to the owner
 (``kvstore/forwarding.py``: the incarnation handshake, the duplicate memory, the forward timers).
 Scans and batches fan out to every owner involved and are gathered back into one result
-(``kvstore/gather.py``). The node routes each input to the one that handles it and composes their
-effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition, its ``Answer``
-completes whoever waits on the token, its timers become node timers ``p/<partition>/<key>``.
+(``kvstore/gather.py``); in leader mode each partition this node scans is a part of its own, a ``ScanRead``
+its replica answers once a read-index round confirmed its leadership (so a cut-off leader serves no stale
+scan), while single mode scans its partitions at once. The node routes each input to the one that handles
+it and composes their effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition,
+its ``Answer`` completes whoever waits on the token, its timers become node timers ``p/<partition>/<key>``.
 
 Everything waiting for an answer is one entry in ``_waiting``, keyed by a token the node allocates:
 a client request, a forwarded request to answer, a part of a gather. Its size is bounded by
@@ -49,7 +51,7 @@ from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
-from kvstore.gather import GatherPart, batch_parts, merge_pages, scan_parts
+from kvstore.gather import GatherPart, batch_parts, merge_pages, partition_scan_parts, scan_parts
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
 from kvstore.map_gossip import GOSSIP_TIMER, MapGossip
 from kvstore.membership import REBALANCE_TIMER, Rebalancer, apply_order
@@ -89,7 +91,7 @@ from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
 from replication.raft import LEADER, RaftReplica
-from replication.raft_messages import RaftOutcomeUnknown, RaftRefused
+from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead
 from replication.replica import (
     Answer,
     ClientCall,
@@ -165,8 +167,9 @@ class Node:
         self.incarnation = rng.randrange(1, 1 << 63)
         self._next_token = 1
         self._waiting: dict[int, _Waiter] = {}
-        # Ops handed to a local replica and not answered yet: token -> (partition, op).
-        self._calls: dict[int, tuple[int, KeyOp]] = {}
+        # Ops handed to a local replica and not answered yet: token -> (partition, op). Leader mode hands a
+        # replica a ScanRead for each partition a scan covers here: it answers once its read index is confirmed.
+        self._calls: dict[int, tuple[int, KeyOp | ScanRead]] = {}
         # Those of them whose deadline timer runs: the step that made the call ended without an answer.
         self._timed_calls: set[int] = set()
         self._forwarder = Forwarder(
@@ -449,7 +452,10 @@ class Node:
             self._timed_calls.discard(token)
             call = self._calls.pop(token, None)
             if call is not None:
-                message = f"partition {call[0]} did not answer in time; the op may have happened"
+                if isinstance(call[1], ScanRead):
+                    message = f"partition {call[0]} did not answer a scan in time (its leader may be cut off)"
+                else:
+                    message = f"partition {call[0]} did not answer in time; the op may have happened"
                 self._complete(token, Failure.of(ErrorCode.TIMEOUT, message))
         elif key.startswith(REPLICA_TIMER_PREFIX):
             partition_text, _, replica_key = key[len(REPLICA_TIMER_PREFIX) :].partition("/")
@@ -554,7 +560,10 @@ class Node:
         elif isinstance(op, ScanOp):
             self._start_scan(op, target)
         elif isinstance(op, ScanPartitionsOp):
-            self._deliver(target, self._local_scan(op.partitions, op.start, op.end, op.limit, op.epochs))
+            if self._leader_mode:
+                self._start_partition_scan(op, target)
+            else:
+                self._deliver(target, self._local_scan(op.partitions, op.start, op.end, op.limit, op.epochs))
         elif isinstance(op, (BatchGetOp, BatchPutOp)):
             self._start_batch(op, target)
         else:
@@ -611,12 +620,43 @@ class Node:
             # would change what a range holds.
             by_owner = self._group_by_owner([r.partition for r in ranges.ranges_overlapping(op.start, op.end)])
             epoch_of = partition_map.epoch_of
-        for owner, part, waiter in scan_parts(op, by_owner, target, epoch_of):
+        # Leader mode: each partition this node scans is a part of its own, answered by its replica once a
+        # read-index round confirmed its leadership (single mode: one part for them all, answered at once).
+        split = self.node_id if self._leader_mode else None
+        for owner, part, waiter in scan_parts(op, by_owner, target, epoch_of, split):
             token = self._wait(waiter)
-            if owner == self.node_id:
-                self._complete(token, self._local_scan(part.partitions, op.start, op.end, op.limit))
-            else:
+            if owner != self.node_id:
                 self._forward(token, owner, NODE_PARTITION, part)
+            elif self._leader_mode:
+                self._scan_replica(token, part.partitions[0], ScanRead(op.start, op.end, op.limit))
+            else:
+                self._complete(token, self._local_scan(part.partitions, op.start, op.end, op.limit))
+
+    def _start_partition_scan(self, op: ScanPartitionsOp, target: _Target) -> None:
+        """Leader mode: a peer's scan of partitions it believes this node leads. Refused at once as a whole, as
+        ``_local_scan`` refuses it, if a partition is not held here or changed epoch; else each replica answers
+        its partition's part once its read index is confirmed."""
+        partition_map = self.partition_map
+        for i, p in enumerate(op.partitions):
+            if not 0 <= p < partition_map.partition_count or p not in self.replicas or (
+                op.epochs and partition_map.epoch_of(p) != op.epochs[i]
+            ):
+                # The synchronous path words the refusal (it stops at the first partition it cannot serve).
+                self._deliver(target, self._local_scan(op.partitions[: i + 1], op.start, op.end, 0, op.epochs))
+                return
+        read = ScanRead(op.start, op.end, op.limit)
+        for p, waiter in partition_scan_parts(op.partitions, op.limit, target):
+            self._scan_replica(self._wait(waiter), p, read)
+
+    def _scan_replica(self, token: int, partition: int, read: ScanRead) -> None:
+        """Hand partition ``partition``'s replica a scan, answered (``_on_answer``) through the token."""
+        replica = self.replicas.get(partition)
+        if replica is None:
+            self._complete(token, self._not_here(partition))
+            return
+        self._calls[token] = (partition, read)
+        self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, read)))
+        self._arm_call_timer(token)
 
     def _start_batch(self, op: BatchGetOp | BatchPutOp, target: _Target) -> None:
         remote, local = batch_parts(op, self._owner_of_key, self.node_id, target)
@@ -679,7 +719,7 @@ class Node:
             # Not typing.cast: a call per op. The replica's results are the state machine's, i.e. Results.
             self._complete(token, result, answer.durable)  # type: ignore[arg-type]
 
-    def _redirected(self, token: int, call: tuple[int, KeyOp], redirect: Redirect) -> None:
+    def _redirected(self, token: int, call: tuple[int, KeyOp | ScanRead], redirect: Redirect) -> None:
         waiter = self._waiting.get(token)
         if waiter is None:
             return
@@ -688,6 +728,11 @@ class Node:
         partition = call[0]
         if leader is not None and self._leader_mode:
             self.leader_hints[partition] = leader
+        op = call[1]
+        if isinstance(op, ScanRead):
+            # A scan part is not passed on: the scan fails (definitely) and the client retries it.
+            self._complete(token, _redirect_failure(self.node_id, partition, redirect))
+            return
         # Passed on once, and only for this node's own clients: a forwarded op redirected again would travel
         # in circles while leadership moves. One exception (leader mode): an op forwarded here by a node that
         # holds no replica of the partition, whose hint was stale, is passed on once more. The next hop then
@@ -702,7 +747,7 @@ class Node:
             )
         ):
             assert leader is not None
-            self._forward(token, leader, *call)
+            self._forward(token, leader, partition, op)
             return
         self._complete(token, _redirect_failure(self.node_id, call[0], redirect))
 

@@ -27,6 +27,8 @@ from kvstore.messages import (
     MovePartition,
     PutOp,
     Result,
+    ScanOp,
+    ScanPage,
     Started,
     Synced,
     TimerFired,
@@ -281,3 +283,67 @@ def test_an_expired_key_is_purged_from_every_replica_through_the_log() -> None:
         assert net.replica(node_id).applied > before[node_id]
     assert len({net.replica(n).applied for n in net.nodes}) == 1
     assert value_of(net.call("n1", GetOp("keep"))) == b"v"
+
+
+def scanned(result: Result) -> dict[str, bytes]:
+    assert isinstance(result, ScanPage), result
+    return {item.key: item.value for item in result.items}
+
+
+def test_a_healthy_leader_scans_every_acknowledged_write_through_a_read_index_round() -> None:
+    cfg = local_cluster(3, partitions=4, mode="leader", replicas=3, storage=StorageConfig(fsync="always"))
+    net = Net(cfg=cfg)
+    net.run(500)
+    written = {}
+    for i in range(12):
+        key, value = f"k{i:02}", f"v{i}".encode()
+        assert isinstance(net.call(f"n{i % 3 + 1}", PutOp(key, value)), Written)
+        written[key] = value
+    # No sleep between the last write and the scans: each part waits for its leader's read index.
+    for node_id in ("n1", "n2", "n3"):
+        assert scanned(net.call(node_id, ScanOp("", None, 100))) == written
+    page = net.call("n2", ScanOp("k03", "k07", 2))
+    assert isinstance(page, ScanPage) and [i.key for i in page.items] == ["k03", "k04"] and page.truncated
+    # Nothing is left waiting.
+    assert all(net.nodes[n].inflight == 0 for n in net.nodes)
+
+
+def test_a_cut_off_leader_that_has_not_stepped_down_serves_no_stale_scan() -> None:
+    net = Net()
+    net.run(500)
+    assert isinstance(net.call("n1", PutOp("k", b"old")), Written)
+    assert scanned(net.call("n1", ScanOp("", None, 10))) == {"k": b"old"}
+    net.partition("n1")
+    # n1 still believes it leads (check-quorum has not run yet), and has confirmed its leadership before.
+    assert net.replica("n1").role == LEADER
+    rid = net.request("n1", ScanOp("", None, 10))
+    assert rid not in net.replies  # not served from n1's state: it waits for a read-index round
+    net.run(4000)
+    assert net.leader() in ("n2", "n3")
+    assert isinstance(net.call("n2", PutOp("k", b"new")), Written)
+    net.run(net.cfg.timeouts.request_timeout_ms)
+    answer = net.replies[rid]
+    assert isinstance(answer, Failure), answer
+    assert answer.code in (ErrorCode.NOT_LEADER.value, ErrorCode.TIMEOUT.value)
+    assert net.nodes["n1"].inflight == 0
+    # Healed, n1 (a follower now) has its scan served by the new leader.
+    net.heal()
+    net.run(2000)
+    assert scanned(net.call("n1", ScanOp("", None, 10))) == {"k": b"new"}
+
+
+def test_a_scan_a_cut_off_leader_holds_times_out_when_it_never_steps_down() -> None:
+    net = Net()
+    net.run(500)
+    assert isinstance(net.call("n1", PutOp("k", b"v")), Written)
+    net.partition("n1")
+    rid = net.request("n1", ScanOp("", None, 10))
+    # Only n1's call timer fires: the leader never learns it lost its quorum, and the scan still ends.
+    node = net.nodes["n1"]
+    call_timers = [key for key in net.timers["n1"] if key.startswith("call/")]
+    assert len(call_timers) == 1
+    net.now = net.timers["n1"][call_timers[0]]
+    net.step("n1", TimerFired(call_timers[0]))
+    answer = net.replies[rid]
+    assert isinstance(answer, Failure) and answer.code == ErrorCode.TIMEOUT.value, answer
+    assert node.inflight == 0

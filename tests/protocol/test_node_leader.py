@@ -8,14 +8,12 @@ down or cut off by a partition loses the messages sent to it.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import pytest
 
-from kvstore import codec
 from kvstore.config import ClusterConfig, ConfigError, StorageConfig, local_cluster
-from kvstore.effects import Effect, Reply, Send, SetTimer
+from kvstore.effects import Effect
 from kvstore.errors import ErrorCode
 from kvstore.messages import (
     ClientOp,
@@ -23,20 +21,17 @@ from kvstore.messages import (
     Failure,
     Found,
     GetOp,
-    Message,
     MovePartition,
     PutOp,
     Result,
     ScanOp,
     ScanPage,
-    Started,
     Synced,
     TimerFired,
     Written,
 )
-from kvstore.node import Node
-from kvstore.storage.simulated import SimDisk, SimStorage
 from replication.raft import LEADER, RaftReplica
+from tests.protocol.test_node_moves import Net as MovesNet
 
 P = 0  # one partition: every key is in it; n1 is its preferred owner
 
@@ -46,33 +41,22 @@ def leader_config(nodes: int = 3, replicas: int = 3) -> ClusterConfig:
 
 
 @dataclass
-class Net:
+class Net(MovesNet):
+    """test_node_moves.py's network for leader mode: every step that wrote anything is synced and followed by
+    ``Synced`` (Raft counts its own entries only once durable), messages to a node that is down or cut off are
+    lost, and ``run`` fires timers in time order between deliveries."""
+
     cfg: ClusterConfig = field(default_factory=leader_config)
-    now: int = 0
-    nodes: dict[str, Node] = field(default_factory=dict)
-    disks: dict[str, SimDisk] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     # Pairs of nodes that cannot reach each other (both ways).
     cut: set[frozenset[str]] = field(default_factory=set)
-    queue: list[Message] = field(default_factory=list)
-    timers: dict[str, dict[str, int]] = field(default_factory=dict)
-    replies: dict[int, Result] = field(default_factory=dict)
-    next_request: int = 1
-    seed: int = 1
-
-    def __post_init__(self) -> None:
-        for node_id in self.cfg.node_ids:
-            self.disks[node_id] = SimDisk()
-            self.boot(node_id)
 
     def boot(self, node_id: str) -> None:
-        self.seed += 1
         self.down.discard(node_id)
-        self.nodes[node_id] = Node(node_id, self.cfg, SimStorage(self.disks[node_id]), random.Random(self.seed))
-        self.timers[node_id] = {}
-        self.step(node_id, Started())
+        super().boot(node_id)
 
     def crash(self, node_id: str) -> None:
+        """A process crash; the node stays down until ``boot``."""
         self.disks[node_id].crash("process")
         self.down.add(node_id)
         self.timers[node_id] = {}
@@ -83,26 +67,15 @@ class Net:
     def heal(self) -> None:
         self.cut = set()
 
-    def step(self, node_id: str, inp: object) -> None:
-        node = self.nodes[node_id]
-        effects: list[Effect] = node.step(self.now, inp)  # type: ignore[arg-type]
-        storage = node.storage
-        synced = storage.written_lsn > storage.synced_lsn
-        if synced:
+    def step(self, node_id: str, inp: object) -> list[Effect]:
+        storage = self.nodes[node_id].storage
+        synced_before = storage.synced_lsn
+        effects = super().step(node_id, inp)
+        if storage.written_lsn > storage.synced_lsn:
             storage.sync()
-        for effect in effects:
-            if isinstance(effect, Send):
-                msg = codec.decode(codec.encode(effect.msg))
-                assert msg == effect.msg
-                self.queue.append(msg)
-            elif isinstance(effect, Reply):
-                self.replies[effect.request_id] = effect.result
-            elif isinstance(effect, SetTimer):
-                self.timers[node_id][effect.key] = effect.at_ms
-            else:
-                self.timers[node_id].pop(effect.key, None)
-        if synced:
+        if storage.synced_lsn > synced_before:
             self.step(node_id, Synced(storage.synced_lsn))
+        return effects
 
     def deliver_all(self) -> None:
         while self.queue:
@@ -111,7 +84,7 @@ class Net:
                 continue
             self.step(msg.dst, msg)
 
-    def run(self, ms: int) -> None:
+    def run_for(self, ms: int) -> None:
         """Deliver messages and fire timers in time order for ``ms`` of time."""
         until = self.now + ms
         while True:
@@ -130,17 +103,17 @@ class Net:
             self.step(node_id, TimerFired(key))
         self.now = until
 
-    def request(self, node_id: str, op: ClientOp) -> int:
+    def submit(self, node_id: str, op: ClientOp) -> int:
         rid = self.next_request
         self.next_request += 1
         self.step(node_id, ClientRequest(rid, op))
         return rid
 
     def call(self, node_id: str, op: ClientOp, within_ms: int = 3000) -> Result:
-        rid = self.request(node_id, op)
+        rid = self.submit(node_id, op)
         waited = 0
         while rid not in self.replies and waited < within_ms:
-            self.run(10)
+            self.run_for(10)
             waited += 10
         assert rid in self.replies, f"no answer to {op} at {node_id} within {within_ms} ms"
         return self.replies[rid]
@@ -183,7 +156,7 @@ def test_the_config_checks_mode_and_replicas() -> None:
 
 def test_the_preferred_owner_leads_and_every_node_holds_a_replica() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     assert net.leader() == "n1"
     assert all(net.nodes[n].partition_map.replicas[P] == ("n1", "n2", "n3") for n in net.nodes)
     assert all(net.nodes[n].leader_hints[P] == "n1" for n in net.nodes)
@@ -194,7 +167,7 @@ def test_the_preferred_owner_leads_and_every_node_holds_a_replica() -> None:
 
 def test_a_write_through_a_follower_is_forwarded_and_acknowledged_once_committed() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     assert isinstance(net.call("n2", PutOp("k", b"v1")), Written)
     # Acknowledged only once committed: a majority holds it and the leader applied it.
     leader = net.replica("n1")
@@ -206,11 +179,11 @@ def test_a_write_through_a_follower_is_forwarded_and_acknowledged_once_committed
 
 def test_a_leader_crash_elects_a_new_leader_and_acknowledged_writes_stay_readable() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     for i in range(5):
         assert isinstance(net.call("n1", PutOp(f"k{i}", f"v{i}".encode())), Written)
     net.crash("n1")
-    net.run(4000)
+    net.run_for(4000)
     new_leader = net.leader()
     assert new_leader in ("n2", "n3")
     for i in range(5):
@@ -218,44 +191,44 @@ def test_a_leader_crash_elects_a_new_leader_and_acknowledged_writes_stay_readabl
     # The old leader comes back as a follower and catches up.
     net.boot("n1")
     assert isinstance(net.call("n3", PutOp("k0", b"after")), Written)
-    net.run(1000)
+    net.run_for(1000)
     assert net.leader() == new_leader
     assert value_of(net.call("n1", GetOp("k0"))) == b"after"
 
 
 def test_a_deposed_leader_cut_off_serves_no_stale_read() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     assert isinstance(net.call("n1", PutOp("k", b"old")), Written)
     net.partition("n1")
-    net.run(4000)
+    net.run_for(4000)
     assert net.leader() in ("n2", "n3")
     assert isinstance(net.call("n2", PutOp("k", b"new")), Written)
     # n1 may still believe it leads, or not: either way it must not answer the old value.
-    rid = net.request("n1", GetOp("k"))
-    net.run(3000)
+    rid = net.submit("n1", GetOp("k"))
+    net.run_for(3000)
     answer = net.replies[rid]
     assert isinstance(answer, Failure), answer
     assert answer.code in (ErrorCode.NOT_LEADER.value, ErrorCode.TIMEOUT.value, ErrorCode.UNAVAILABLE.value)
     net.heal()
-    net.run(2000)
+    net.run_for(2000)
     assert value_of(net.call("n1", GetOp("k"))) == b"new"
 
 
 def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint() -> None:
     net = Net(cfg=leader_config(nodes=4, replicas=3))
-    net.run(500)
+    net.run_for(500)
     assert net.nodes["n4"].replicas == {}
     assert isinstance(net.call("n4", PutOp("k", b"v1")), Written)
     assert value_of(net.call("n4", GetOp("k"))) == b"v1"
     # Leadership moves away from the preferred owner n1, which n4 still routes to: n1, a follower now, passes
     # n4's ops on once to the leader it knows.
     net.crash("n1")
-    net.run(4000)
+    net.run_for(4000)
     new_leader = net.leader()
     assert new_leader in ("n2", "n3")
     net.boot("n1")
-    net.run(1000)
+    net.run_for(1000)
     assert net.leader() == new_leader and net.replica("n1").leader == new_leader
     assert net.nodes["n4"].leader_hints.get(P) in (None, "n1")
     # A read first: n4 learns n1's new incarnation from the refusal (a write refused so would be indefinite).
@@ -268,13 +241,13 @@ def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint(
 
 def test_an_expired_key_is_purged_from_every_replica_through_the_log() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     assert isinstance(net.call("n2", PutOp("ttl", b"v", ttl_ms=50)), Written)
     assert isinstance(net.call("n2", PutOp("keep", b"v")), Written)
-    net.run(200)  # every follower has learnt the commit
+    net.run_for(200)  # every follower has learnt the commit
     assert all(net.nodes[n].storage.get_stored(P, "ttl") is not None for n in net.nodes)
     before = {n: net.replica(n).applied for n in net.nodes}
-    net.run(net.cfg.timeouts.ttl_sweep_interval_ms + 500)
+    net.run_for(net.cfg.timeouts.ttl_sweep_interval_ms + 500)
     for node_id in net.nodes:
         storage = net.nodes[node_id].storage
         assert storage.get_stored(P, "ttl") is None, node_id
@@ -293,7 +266,7 @@ def scanned(result: Result) -> dict[str, bytes]:
 def test_a_healthy_leader_scans_every_acknowledged_write_through_a_read_index_round() -> None:
     cfg = local_cluster(3, partitions=4, mode="leader", replicas=3, storage=StorageConfig(fsync="always"))
     net = Net(cfg=cfg)
-    net.run(500)
+    net.run_for(500)
     written = {}
     for i in range(12):
         key, value = f"k{i:02}", f"v{i}".encode()
@@ -310,34 +283,34 @@ def test_a_healthy_leader_scans_every_acknowledged_write_through_a_read_index_ro
 
 def test_a_cut_off_leader_that_has_not_stepped_down_serves_no_stale_scan() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     assert isinstance(net.call("n1", PutOp("k", b"old")), Written)
     assert scanned(net.call("n1", ScanOp("", None, 10))) == {"k": b"old"}
     net.partition("n1")
     # n1 still believes it leads (check-quorum has not run yet), and has confirmed its leadership before.
     assert net.replica("n1").role == LEADER
-    rid = net.request("n1", ScanOp("", None, 10))
+    rid = net.submit("n1", ScanOp("", None, 10))
     assert rid not in net.replies  # not served from n1's state: it waits for a read-index round
-    net.run(4000)
+    net.run_for(4000)
     assert net.leader() in ("n2", "n3")
     assert isinstance(net.call("n2", PutOp("k", b"new")), Written)
-    net.run(net.cfg.timeouts.request_timeout_ms)
+    net.run_for(net.cfg.timeouts.request_timeout_ms)
     answer = net.replies[rid]
     assert isinstance(answer, Failure), answer
     assert answer.code in (ErrorCode.NOT_LEADER.value, ErrorCode.TIMEOUT.value)
     assert net.nodes["n1"].inflight == 0
     # Healed, n1 (a follower now) has its scan served by the new leader.
     net.heal()
-    net.run(2000)
+    net.run_for(2000)
     assert scanned(net.call("n1", ScanOp("", None, 10))) == {"k": b"new"}
 
 
 def test_a_scan_a_cut_off_leader_holds_times_out_when_it_never_steps_down() -> None:
     net = Net()
-    net.run(500)
+    net.run_for(500)
     assert isinstance(net.call("n1", PutOp("k", b"v")), Written)
     net.partition("n1")
-    rid = net.request("n1", ScanOp("", None, 10))
+    rid = net.submit("n1", ScanOp("", None, 10))
     # Only n1's call timer fires: the leader never learns it lost its quorum, and the scan still ends.
     node = net.nodes["n1"]
     call_timers = [key for key in net.timers["n1"] if key.startswith("call/")]

@@ -429,6 +429,8 @@ class Node:
         if isinstance(msg.body, _STREAM_TRAFFIC):
             return  # a move's stream retries on its own timer
         if isinstance(msg.body, _NODE_TRAFFIC):
+            if self._leader_mode and isinstance(msg.body, Forward):
+                self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerUnreachable(msg.dst, msg.body))
@@ -679,6 +681,23 @@ class Node:
         """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner."""
         hint = self.leader_hints.get(partition) if self._leader_mode else None
         return hint if hint is not None else self.partition_map.owner(partition)
+
+    def _route_around(self, unreachable: str) -> None:
+        """Leader mode: a forward to ``unreachable`` could not be sent at all. Every partition this node holds no
+        replica of and routes there is routed to the next replica of its group instead (which passes the op on
+        to the leader it knows): a hint to a node that died would otherwise send every op to it for ever. The
+        partitions this node holds learn their leader from their own replica."""
+        partition_map = self.partition_map
+        for partition in range(partition_map.partition_count):
+            if partition in self.replicas or self._route(partition) != unreachable:
+                continue
+            group = partition_map.replicas[partition]
+            after = group.index(unreachable) + 1 if unreachable in group else 0
+            rotated = [node for node in group[after:] + group[:after] if node != unreachable]
+            if rotated:
+                self.leader_hints[partition] = rotated[0]
+            else:
+                self.leader_hints.pop(partition, None)
 
     def _take_effects(self, partition: int, effects: list[ReplicaEffect]) -> None:
         if self._leader_mode:

@@ -26,6 +26,7 @@ from kvstore.messages import (
     Result,
     ScanOp,
     ScanPage,
+    SendFailed,
     Synced,
     TimerFired,
     Written,
@@ -237,6 +238,27 @@ def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint(
     assert value_of(net.call("n4", GetOp("k"))) == b"v2"
     assert net.replica(new_leader).applied >= 4
 
+
+
+def test_a_node_without_a_replica_routes_around_a_leader_it_cannot_reach() -> None:
+    net = Net(cfg=leader_config(nodes=4, replicas=3))
+    net.run_for(500)
+    assert isinstance(net.call("n4", PutOp("k", b"v1")), Written)
+    assert net.nodes["n4"].leader_hints.get(P) in (None, "n1")
+    net.crash("n1")  # and stays down: n4's forwards to it cannot even be sent
+    net.run_for(4000)
+    new_leader = net.leader()
+    assert new_leader in ("n2", "n3")
+    rid = net.submit("n4", GetOp("k"))
+    [forward] = [m for m in net.queue if m.src == "n4" and m.dst == "n1"]
+    net.queue.remove(forward)
+    net.step("n4", SendFailed(forward))  # what the transport reports for a refused connection
+    failed = net.replies.pop(rid)
+    assert isinstance(failed, Failure) and failed.code == ErrorCode.UNAVAILABLE.value  # definite: retry
+    assert net.nodes["n4"].leader_hints[P] == "n2", "the next replica of the group"
+    # The retry reaches the group: n2 serves it or passes it on once to the leader.
+    assert value_of(net.call("n4", GetOp("k"))) == b"v1"
+    assert isinstance(net.call("n4", PutOp("k", b"v2")), Written)
 
 
 def test_an_expired_key_is_purged_from_every_replica_through_the_log() -> None:

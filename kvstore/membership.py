@@ -87,14 +87,17 @@ class Rebalancer:
         self._node_id = node_id
         # The map the target was computed for (equal maps give equal targets; a same-version merge of two roster
         # changes can change a map without changing its epoch).
+        # Both are asked several times per map (when the node arms its timer, then on its turn).
         self._target_map: PartitionMap | None = None
         self._target: dict[int, tuple[str, ...]] = {}
+        self._moves: list[tuple[int, str]] | None = None
 
     def target(self, partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
         """The balanced layout for ``partition_map`` (the same map gives the same layout on every node)."""
         if partition_map != self._target_map or not self._target:
             self._target = _balanced(partition_map)
             self._target_map = partition_map
+            self._moves = None
         return self._target
 
     def balanced(self, partition_map: PartitionMap) -> bool:
@@ -106,14 +109,16 @@ class Rebalancer:
         """(partition, target) for each partition this node owns that the balanced layout puts elsewhere; in
         range mode also one free slot of this node's for an active member that has none (it could not split)."""
         target = self.target(partition_map)
-        moves = [
-            (p, target[p][0])
-            for p, replicas in enumerate(partition_map.replicas)
-            if replicas[0] == self._node_id and target[p][0] != self._node_id
-        ]
-        if partition_map.ranges is not None:
-            moves.extend(self._free_slot_moves(partition_map, {p for p, _ in moves}))
-        return moves
+        if self._moves is None:
+            moves = [
+                (p, target[p][0])
+                for p, replicas in enumerate(partition_map.replicas)
+                if replicas[0] == self._node_id and target[p][0] != self._node_id
+            ]
+            if partition_map.ranges is not None:
+                moves.extend(self._free_slot_moves(partition_map, {p for p, _ in moves}))
+            self._moves = moves
+        return list(self._moves)
 
     def _free_slot_moves(self, partition_map: PartitionMap, leaving: set[int]) -> list[tuple[int, str]]:
         free: dict[str, list[int]] = {node: [] for node in partition_map.active}

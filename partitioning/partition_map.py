@@ -171,12 +171,7 @@ class PartitionMap:
         r = ranges.range_of(partition)
         if not (r.start < at_key and (r.end is None or at_key < r.end)):
             raise ValueError(f"{at_key!r:.60} is not strictly inside partition {partition}'s range")
-        starts = list(self.starts)
-        starts[free_slot] = at_key
-        epochs = list(self.epochs)
-        epochs[partition] += 1
-        epochs[free_slot] += 1
-        return PartitionMap(self.replicas, epochs=tuple(epochs), roster=self.roster, starts=tuple(starts))
+        return self._with_start(free_slot, at_key, also_bumped=partition)
 
     def with_merge(self, left: int, right: int) -> PartitionMap:
         """Range mode: ``right`` (the range just after ``left``, on the same replicas) joins ``left`` and its
@@ -188,12 +183,17 @@ class PartitionMap:
             raise ValueError(f"partition {right} is not the range right after partition {left}")
         if self.replicas[left] != self.replicas[right]:
             raise ValueError(f"partitions {left} and {right} are not on the same replicas")
+        return self._with_start(right, None, also_bumped=left)
+
+    def _with_start(self, slot: int, start: str | None, also_bumped: int) -> PartitionMap:
+        """This range-mode map with ``slot`` starting at ``start`` (None: free), the epochs of ``slot`` and of
+        the range whose extent that changes (``also_bumped``) one higher."""
         assert self.starts is not None
         starts = list(self.starts)
-        starts[right] = None
+        starts[slot] = start
         epochs = list(self.epochs)
-        epochs[left] += 1
-        epochs[right] += 1
+        epochs[slot] += 1
+        epochs[also_bumped] += 1
         return PartitionMap(self.replicas, epochs=tuple(epochs), roster=self.roster, starts=tuple(starts))
 
     def _range_mode(self) -> RangeMap:

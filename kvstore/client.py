@@ -353,20 +353,17 @@ class AsyncClient:
         idempotent: bool = False,
     ) -> _Response:
         """``_send``, first to the owner of ``key``'s partition when the map names it."""
-        routes = await self._current_routes()
-        owner = routes.url_for(key) if routes is not None else None
-        response = await self._send(
-            method, path, query=query, body=body, headers=headers, idempotent=idempotent, first=owner
-        )
-        if routes is not None and response.status == 503 and self._stale_map(response):
-            # The map moved on, and the refusal is definite: read the map again and send once more.
-            self._routes = None
-            self._map_retry_at_s = 0.0
+        for attempt in range(2):
             routes = await self._current_routes()
             owner = routes.url_for(key) if routes is not None else None
             response = await self._send(
                 method, path, query=query, body=body, headers=headers, idempotent=idempotent, first=owner
             )
+            if attempt or routes is None or response.status != 503 or not self._stale_map(response):
+                break
+            # The map moved on, and the refusal is definite: read the map again and send once more.
+            self._routes = None
+            self._map_retry_at_s = 0.0
         return response
 
     @staticmethod

@@ -97,6 +97,13 @@ class KvStateMachine:
             return DeleteCommand(at_ms, op.key)
         raise TypeError(f"not a write op: {op!r}")
 
+    def early_result(self, command: object, index: int) -> object | None:
+        # A put's result is its version, the index: known before apply. A delete's (did the key exist?) and a
+        # compare-and-set's depend on the records, so they are answered on apply.
+        if type(command) is PutCommand:
+            return Written(command.key, index)
+        return None
+
     def purge_command(self, now_ms: int, max_keys: int) -> PurgeCommand | None:
         at_ms = now_ms if now_ms <= INT64_MAX else INT64_MAX
         keys = self._storage.expired_keys(self._partition, at_ms, max_keys)

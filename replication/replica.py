@@ -118,6 +118,11 @@ class StateMachine(Protocol):
         index atomically with what it writes; a command that writes nothing need not record it."""
         ...
 
+    def early_result(self, command: object, index: int) -> object | None:
+        """The result of ``command`` as the one at ``index``, for a write acknowledged before it is applied
+        (``semi-sync``, ``async``); None when the result depends on the records (then it waits for apply)."""
+        ...
+
     def purge_command(self, now_ms: int, max_keys: int) -> object | None:
         """A command purging up to ``max_keys`` records expired (or tombstones purgeable) at ``now_ms``."""
         ...
@@ -154,10 +159,33 @@ class ReplicaStarted:
     recovered: Recovered
 
 
+# When a write is acknowledged (``ClientCall.replication``). Every setting commits an entry the same way (a
+# majority of voters holds it); they differ in when the client hears of it:
+# - ``sync``: once committed and applied here (the default: an acknowledged write survives any minority);
+# - ``semi-sync``: once the leader and at least one follower hold it durably;
+# - ``async``: once the leader holds it durably. A failover can lose what was acknowledged.
+# A write whose result depends on the records (``StateMachine.early_result`` gives None) always waits for apply.
+REPLICATION_SETTINGS = ("sync", "semi-sync", "async")
+# How a read is served (``ClientCall.read``):
+# - ``read-index``: on the leader, once a round of heartbeats confirmed it still leads (linearizable);
+# - ``lease``: on the leader at once while its lease holds (linearizable within the clock-drift bound),
+#   else as ``read-index``;
+# - ``unsafe``: on the leader at once, from its local state, with no check (may be stale);
+# - ``stale``: on any replica at once, from its local state (``max_staleness_ms`` bounds how old).
+READ_MODES = ("read-index", "lease", "unsafe", "stale")
+
+
 @dataclass(slots=True)
 class ClientCall:
     token: int
     op: object
+    replication: str = "sync"
+    read: str = "read-index"
+    # ``stale`` reads: the most the replica's state may lag behind the leader's (None: any lag).
+    max_staleness_ms: int | None = None
+    # A session's last position seen in this partition: a read is served only from a state that applied at
+    # least this index (read-your-writes, monotonic reads).
+    min_index: int = 0
 
 
 @dataclass(slots=True)
@@ -212,6 +240,9 @@ class Answer:
     token: int
     result: object
     durable: bool = False
+    # The partition's log position the answer reflects (0 if none): a write's entry index, the applied index
+    # a read was served from. A session keeps the highest it saw (``ClientCall.min_index``).
+    position: int = 0
 
 
 @dataclass(slots=True)

@@ -53,6 +53,8 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, partition_scan_parts, scan_parts
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
+from kvstore.leader_balance import LEADER_BALANCE_TIMER, handbacks
+from kvstore.leader_wait import LEADER_WAIT_TIMER, LeaderWait
 from kvstore.map_gossip import GOSSIP_TIMER, MapGossip
 from kvstore.membership import REBALANCE_TIMER, Rebalancer, apply_order
 from kvstore.messages import (
@@ -91,7 +93,7 @@ from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
 from replication.raft import LEADER, RaftReplica
-from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead
+from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead, TransferLeader
 from replication.replica import (
     Answer,
     ClientCall,
@@ -159,6 +161,8 @@ class Node:
         # Leader mode: per partition, the node this one believes leads it (its own replicas' view after every
         # step, and the hints of redirects). Ops for partitions held elsewhere go there, else to the owner.
         self.leader_hints: dict[int, str] = {}
+        # Leader mode: ops held while their partition elects a leader.
+        self._leader_wait = LeaderWait()
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -393,6 +397,7 @@ class Node:
             for partition, replica in self.replicas.items():
                 if isinstance(replica, RaftReplica) and self.partition_map.owner(partition) == self.node_id:
                     self._take_effects(partition, replica.campaign(self._expiry_clock_ms))
+            self._effects.append(SetTimer(LEADER_BALANCE_TIMER, self._now_ms + self._rebalance_interval_ms))
 
     def _on_client_request(self, req: ClientRequest) -> None:
         target = _ToClient(req.request_id)
@@ -474,6 +479,10 @@ class Node:
         elif key == REBALANCE_TIMER:
             self._rebalance_due_ms = None
             self._rebalance()
+        elif key == LEADER_WAIT_TIMER:
+            self._end_leader_waits()
+        elif key == LEADER_BALANCE_TIMER:
+            self._hand_back_leadership()
         elif key == RANGES_TIMER and self._range_keeper is not None:
             self._split_or_merge()
             self._effects.append(SetTimer(RANGES_TIMER, self._now_ms + self.config.ranges.check_interval_ms))
@@ -598,6 +607,9 @@ class Node:
                 self._effects.extend(self._mover.changed(self._now_ms, partition, op.key))
                 self._arm_call_timer(token)
                 return
+        self._call_replica(replica, partition, token, op)
+
+    def _call_replica(self, replica: PartitionReplica, partition: int, token: int, op: KeyOp) -> None:
         calls = self._calls
         calls[token] = (partition, op)
         self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, op)))
@@ -640,8 +652,10 @@ class Node:
         its partition's part once its read index is confirmed."""
         partition_map = self.partition_map
         for i, p in enumerate(op.partitions):
-            if not 0 <= p < partition_map.partition_count or p not in self.replicas or (
-                op.epochs and partition_map.epoch_of(p) != op.epochs[i]
+            if (
+                not 0 <= p < partition_map.partition_count
+                or p not in self.replicas
+                or (op.epochs and partition_map.epoch_of(p) != op.epochs[i])
             ):
                 # The synchronous path words the refusal (it stops at the first partition it cannot serve).
                 self._deliver(target, self._local_scan(op.partitions[: i + 1], op.start, op.end, 0, op.epochs))
@@ -700,6 +714,7 @@ class Node:
                 self.leader_hints.pop(partition, None)
 
     def _take_effects(self, partition: int, effects: list[ReplicaEffect]) -> None:
+        leader = None
         if self._leader_mode:
             # Learn who leads from the replica itself, after every step (and before its answers are acted on).
             leader = getattr(self.replicas.get(partition), "leader", None)
@@ -719,6 +734,39 @@ class Node:
                 self._effects.append(SetTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}", at_ms))
             else:
                 self._effects.append(CancelTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}"))
+        if leader is not None and self._leader_wait.holds(partition):
+            self._release_held(partition, leader)
+
+    def _release_held(self, partition: int, leader: str) -> None:
+        """The partition has a leader again: its held ops go to the replica here if it leads, else on to it."""
+        replica = self.replicas.get(partition)
+        for token, op in self._leader_wait.release(partition):
+            if token not in self._waiting:
+                continue
+            key_op = cast(KeyOp, op)
+            if leader == self.node_id and replica is not None:
+                self._call_replica(replica, partition, token, key_op)
+            else:
+                self._redirected(token, (partition, key_op), Redirect("not_leader", leader))
+
+    def _end_leader_waits(self) -> None:
+        expired, next_at = self._leader_wait.expire(self._now_ms)
+        for partition, token in expired:
+            message = f"partition {partition} elected no leader {self.node_id} knows of in time; the op did not happen"
+            self._complete(token, Failure.of(ErrorCode.NOT_LEADER, message))
+        if next_at is not None:
+            self._effects.append(SetTimer(LEADER_WAIT_TIMER, next_at))
+
+    def _hand_back_leadership(self) -> None:
+        """Leader spread (``kvstore/leader_balance.py``): hand partitions back to their caught-up preferred owners."""
+        for partition, owner in handbacks(self.node_id, self.partition_map, self.replicas):
+            token = self._next_token  # nobody waits on the answer: the next look shows whether it worked
+            self._next_token += 1
+            self._take_effects(
+                partition,
+                self.replicas[partition].step(self._expiry_clock_ms, ClientCall(token, TransferLeader(owner))),
+            )
+        self._effects.append(SetTimer(LEADER_BALANCE_TIMER, self._now_ms + self._rebalance_interval_ms))
 
     def _on_answer(self, answer: Answer) -> None:
         token = answer.token
@@ -757,21 +805,34 @@ class Node:
         # holds no replica of the partition, whose hint was stale, is passed on once more. The next hop then
         # comes from this node, which holds one, so that node never passes it on again: at most two hops
         # after the client's node (a layout never changes in leader mode, so every node agrees who holds it).
-        if redirect.reason == "not_leader" and leader in self._peers and (
-            isinstance(target, _ToClient)
-            or (
-                self._leader_mode
-                and isinstance(waiter, PeerWaiter)
-                and waiter.src not in self.partition_map.replicas[partition]
+        if (
+            redirect.reason == "not_leader"
+            and leader in self._peers
+            and (
+                isinstance(target, _ToClient)
+                or (
+                    self._leader_mode
+                    and isinstance(waiter, PeerWaiter)
+                    and waiter.src not in self.partition_map.replicas[partition]
+                )
             )
         ):
             assert leader is not None
             self._forward(token, leader, partition, op)
             return
+        if redirect.reason == "not_leader" and leader is None and self._leader_mode and partition in self.replicas:
+            # An election is under way: hold the op until a leader is known, for a bounded time.
+            wait_ms = self._request_timeout_ms if isinstance(waiter, _ToClient) else self._request_timeout_ms // 2
+            at_ms = self._leader_wait.hold(self._now_ms, wait_ms, partition, token, op)
+            if at_ms is not None:
+                self._effects.append(SetTimer(LEADER_WAIT_TIMER, at_ms))
+            return
         self._complete(token, _redirect_failure(self.node_id, call[0], redirect))
 
     def _drop_replica(self, partition: int) -> None:
         del self.replicas[partition]
+        for token, _ in self._leader_wait.release(partition):
+            self._complete(token, self._not_here(partition))
         orphaned = [token for token, (p, _) in self._calls.items() if p == partition]
         for token in orphaned:
             del self._calls[token]

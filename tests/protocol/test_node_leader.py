@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from kvstore.config import ClusterConfig, ConfigError, StorageConfig, local_cluster
+from kvstore.config import ClusterConfig, ConfigError, StorageConfig, Timeouts, local_cluster
 from kvstore.effects import Effect
 from kvstore.errors import ErrorCode
 from kvstore.messages import (
@@ -37,8 +37,19 @@ from tests.protocol.test_node_moves import Net as MovesNet
 P = 0  # one partition: every key is in it; n1 is its preferred owner
 
 
-def leader_config(nodes: int = 3, replicas: int = 3) -> ClusterConfig:
-    return local_cluster(nodes, partitions=1, mode="leader", replicas=replicas, storage=StorageConfig(fsync="always"))
+def leader_config(nodes: int = 3, replicas: int = 3, timeouts: Timeouts | None = None) -> ClusterConfig:
+    return local_cluster(
+        nodes,
+        partitions=1,
+        mode="leader",
+        replicas=replicas,
+        storage=StorageConfig(fsync="always"),
+        timeouts=timeouts or Timeouts(),
+    )
+
+
+# Leader spread off: a leader hands no partition back to its preferred owner within any test's time.
+NO_SPREAD = Timeouts(rebalance_interval_ms=10_000_000)
 
 
 @dataclass
@@ -125,8 +136,11 @@ class Net(MovesNet):
         return replica
 
     def leader(self) -> str | None:
-        leaders = [n for n in self.nodes if n not in self.down and self.replica_or_none(n) is not None
-                   and self.replica(n).role == LEADER]
+        leaders = [
+            n
+            for n in self.nodes
+            if n not in self.down and self.replica_or_none(n) is not None and self.replica(n).role == LEADER
+        ]
         # Several may think they lead (a deposed one not told yet): the one of the highest term.
         return max(leaders, key=lambda n: self.replica(n).term, default=None)
 
@@ -193,8 +207,12 @@ def test_a_leader_crash_elects_a_new_leader_and_acknowledged_writes_stay_readabl
     net.boot("n1")
     assert isinstance(net.call("n3", PutOp("k0", b"after")), Written)
     net.run_for(1000)
-    assert net.leader() == new_leader
+    assert net.replica("n1").applied >= net.replica(new_leader).commit
     assert value_of(net.call("n1", GetOp("k0"))) == b"after"
+    # Leader spread: the caught-up preferred owner is handed its partition back.
+    net.run_for(2000)
+    assert net.leader() == "n1"
+    assert value_of(net.call("n2", GetOp("k1"))) == b"v1"
 
 
 def test_a_deposed_leader_cut_off_serves_no_stale_read() -> None:
@@ -217,7 +235,7 @@ def test_a_deposed_leader_cut_off_serves_no_stale_read() -> None:
 
 
 def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint() -> None:
-    net = Net(cfg=leader_config(nodes=4, replicas=3))
+    net = Net(cfg=leader_config(nodes=4, replicas=3, timeouts=NO_SPREAD))
     net.run_for(500)
     assert net.nodes["n4"].replicas == {}
     assert isinstance(net.call("n4", PutOp("k", b"v1")), Written)
@@ -237,7 +255,6 @@ def test_a_node_without_a_replica_forwards_to_the_leader_even_with_a_stale_hint(
     assert isinstance(net.call("n4", PutOp("k", b"v2")), Written)
     assert value_of(net.call("n4", GetOp("k"))) == b"v2"
     assert net.replica(new_leader).applied >= 4
-
 
 
 def test_a_node_without_a_replica_routes_around_a_leader_it_cannot_reach() -> None:
@@ -342,3 +359,45 @@ def test_a_scan_a_cut_off_leader_holds_times_out_when_it_never_steps_down() -> N
     answer = net.replies[rid]
     assert isinstance(answer, Failure) and answer.code == ErrorCode.TIMEOUT.value, answer
     assert node.inflight == 0
+
+
+def test_an_op_arriving_during_an_election_waits_for_the_new_leader() -> None:
+    # A client's op waits up to the request timeout: long enough here for any election to end.
+    net = Net(cfg=leader_config(timeouts=Timeouts(request_timeout_ms=8000, rebalance_interval_ms=10_000_000)))
+    net.run_for(500)
+    assert isinstance(net.call("n2", PutOp("k", b"v1")), Written)
+    net.crash("n1")
+    net.crash("n3")
+    # n2 stops hearing from n1 and campaigns, alone: it knows no leader. An op submitted now is held, not
+    # refused, and served once n3 is back and the election is over.
+    for _ in range(400):
+        if net.replica("n2").leader is None:
+            break
+        net.run_for(10)
+    assert net.replica("n2").leader is None
+    rid = net.submit("n2", PutOp("k", b"v2"))
+    net.run_for(100)
+    assert rid not in net.replies
+    net.boot("n3")
+    net.run_for(5000)
+    assert isinstance(net.replies[rid], Written), net.replies[rid]
+    assert value_of(net.call("n3", GetOp("k"))) == b"v2"
+
+
+def test_an_op_held_without_a_leader_fails_definitely_when_its_wait_ends() -> None:
+    net = Net(cfg=leader_config(timeouts=NO_SPREAD))
+    net.run_for(500)
+    net.crash("n1")
+    net.crash("n3")  # n2 alone can elect nobody
+    for _ in range(400):
+        if net.replica("n2").leader is None:
+            break
+        net.run_for(10)
+    assert net.replica("n2").leader is None
+    rid = net.submit("n2", GetOp("k"))
+    net.run_for(1900)
+    assert rid not in net.replies  # a client's op is held for the request timeout
+    net.run_for(200)
+    failed = net.replies[rid]
+    assert isinstance(failed, Failure) and failed.code == ErrorCode.NOT_LEADER.value, failed
+    assert "elected no leader" in failed.message

@@ -233,6 +233,7 @@ class Node:
                 heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
                 sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
+                lease_drift_ms=self.config.replication.lease_drift_ms,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 

@@ -24,6 +24,7 @@ CORE_MODULES = (
     "kvstore/codec.py",
     "kvstore/errors.py",
     "kvstore/validation.py",
+    "kvstore/session.py",
     "kvstore/faults.py",
     "kvstore/storage/base.py",
     "kvstore/storage/memory.py",

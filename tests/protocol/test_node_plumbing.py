@@ -29,8 +29,8 @@ from kvstore.messages import (
 )
 from replication.raft import RaftReplica
 from replication.replica import Answer, ClientCall, ReplicaEffect, ReplicaInput
-from tests.protocol.test_node_leader import P
 from tests.protocol.test_node_leader import Net as LeaderNet
+from tests.protocol.test_node_leader import P
 
 
 class Recorder:

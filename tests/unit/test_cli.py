@@ -173,7 +173,7 @@ def test_the_settings_reach_the_cluster(capsys: pytest.CaptureFixture[str]) -> N
         async with InProcessCluster(loopback_config(1)) as running:
             url = running.url("n1")
             return [
-                await asyncio.to_thread(cli.main, argv + ["--url", url])
+                await asyncio.to_thread(cli.main, [*argv, "--url", url])
                 for argv in (["put", "k", "v", "--replication", "sync"], ["get", "k", "--consistency", "linearizable"],
                              ["get", "k", "--consistency", "stale"])
             ]

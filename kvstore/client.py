@@ -259,13 +259,10 @@ class AsyncClient:
         }
         if ttl_ms is not None:
             body["ttl_ms"] = ttl_ms
+        if replication is not None:
+            body["replication"] = replication
         response = await self._send_key(
-            key,
-            "POST",
-            key_path("cas", key),
-            query=_replication_query(replication),
-            body=msgpack.packb(body, use_bin_type=True),
-            headers=_MSGPACK_HEADERS,
+            key, "POST", key_path("cas", key), body=msgpack.packb(body, use_bin_type=True), headers=_MSGPACK_HEADERS
         )
         doc = response.document()
         if "deleted" in doc:
@@ -326,9 +323,11 @@ class AsyncClient:
             if len(item) > 2 and item[2] is not None:
                 entry["ttl_ms"] = item[2]
             entries.append(entry)
-        body = msgpack.packb({"put": entries}, use_bin_type=True)
-        query = _replication_query(replication)
-        response = await self._send("POST", "/batch", query=query, body=body, headers=_MSGPACK_HEADERS)
+        doc: dict[str, object] = {"put": entries}
+        if replication is not None:
+            doc["replication"] = replication
+        body = msgpack.packb(doc, use_bin_type=True)
+        response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS)
         return [Written(e["key"], e["version"]) if e["ok"] else _failure(e) for e in response.document()["results"]]
 
     # ------------------------------------------------------------ cluster

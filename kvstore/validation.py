@@ -101,9 +101,9 @@ def check_scan_limit(limit: object, limits: Limits) -> None:
 
 # The largest stale-read bound: a day. A larger one means "any lag", which leaving the bound out says.
 MAX_STALENESS_MS = 24 * 3600 * 1000
-# What single mode serves anyway: every op there is applied and read at once, on the one copy.
-_SINGLE_MODE_READS = ("", "linearizable", "read-index")
-_SINGLE_MODE_WRITES = ("", "sync")
+# What single mode serves anyway (every op there is applied and read at once, on the one copy); "" is the default.
+SINGLE_MODE_READS = ("linearizable", "read-index")
+SINGLE_MODE_WRITES = ("sync",)
 
 
 def check_read_settings(consistency: object, max_staleness_ms: object, min_index: object, leader_mode: bool) -> None:
@@ -117,7 +117,7 @@ def check_read_settings(consistency: object, max_staleness_ms: object, min_index
             raise KvError(ErrorCode.BAD_REQUEST, "max_staleness_ms bounds stale reads only (consistency=stale)")
     if type(min_index) is not int or not 0 <= min_index <= MAX_POSITION:
         raise KvError(ErrorCode.BAD_REQUEST, f"a session position must be 0..{MAX_POSITION}")
-    if not leader_mode and consistency not in _SINGLE_MODE_READS:
+    if not leader_mode and consistency and consistency not in SINGLE_MODE_READS:
         raise KvError(ErrorCode.BAD_REQUEST, f"consistency={consistency} needs leader mode (single mode reads at once)")
 
 
@@ -125,7 +125,7 @@ def check_replication(replication: object, leader_mode: bool) -> None:
     """A write's replication setting (``PutOp.replication``): valid, and meaningful in the mode."""
     if replication != "" and replication not in REPLICATION_SETTINGS:
         raise KvError(ErrorCode.BAD_REQUEST, f"replication must be one of {', '.join(REPLICATION_SETTINGS)}")
-    if not leader_mode and replication not in _SINGLE_MODE_WRITES:
+    if not leader_mode and replication and replication not in SINGLE_MODE_WRITES:
         message = f"replication={replication} needs leader mode (single mode writes one copy)"
         raise KvError(ErrorCode.BAD_REQUEST, message)
 

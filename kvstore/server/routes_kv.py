@@ -10,13 +10,14 @@ rounded up to a whole millisecond); CAS and batch puts take ``"ttl_ms"`` in the 
 query are ASCII decimals ("1.5", "1e-3"; not "1_000", " 1", "inf" or other scripts' digits) and query
 values must percent-decode to UTF-8: anything else is a definite ``bad_request``, never a guess.
 
-Replication settings (leader mode; single mode takes only the values it serves anyway):
-``PUT/DELETE /kv/{key}``, ``POST /cas/{key}`` and ``POST /batch`` (puts) take
-``?replication=sync|semi-sync|async``; ``GET /kv/{key}`` takes
-``?consistency=linearizable|read-index|lease|unsafe|stale`` and, with ``stale``, ``&max_staleness_ms=N``. The node
-checks the values (``kvstore.validation.check_op``). Sessions (``kvstore/session.py``): a key op may carry
-``X-Kv-Session``; a GET is then served from a state at least as new as the token's position in the key's
-partition, and every answer to a key op carries the token advanced by the answer's position.
+Replication settings (leader mode; single mode takes only the values it serves anyway), where the TTL goes:
+``PUT/DELETE /kv/{key}?replication=sync|semi-sync|async``, ``"replication"`` in a CAS body and beside a batch's
+``"put"``; ``GET /kv/{key}?consistency=linearizable|read-index|lease|unsafe|stale`` and, with ``stale``,
+``&max_staleness_ms=N``. The node checks the values (``kvstore.validation.check_op``).
+
+Sessions (``kvstore/session.py``): a key op may carry ``X-Kv-Session``; a GET is then served from a state at
+least as new as the token's position in the key's partition, and every answer to a key op carries the token
+advanced by the answer's position.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from kvstore.server.http_codec import (
     query_params,
     read_body,
     read_document,
+    refuse_query,
     structured_body_limit_bytes,
     value_fields,
     value_from,
@@ -146,10 +148,11 @@ class KvRoutes:
     # ------------------------------------------------------------ /cas/{key}
 
     async def cas(self, request: Request, key: str) -> Response:
-        replication = _replication(request)
+        refuse_query(request)
         positions = _session(request)
         doc, _ = read_document(request, self._structured_limit_bytes)
-        check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding"), "cas")
+        check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding", "replication"), "cas")
+        replication = _replication_field(doc)
         encoding = doc.get("encoding", "utf-8")
         if encoding not in _ENCODINGS:
             raise KvError(ErrorCode.BAD_REQUEST, f"encoding must be one of {', '.join(_ENCODINGS)}")
@@ -189,10 +192,14 @@ class KvRoutes:
     # ------------------------------------------------------------ /batch
 
     async def batch(self, request: Request, _param: str) -> Response:
-        replication = _replication(request)
+        refuse_query(request)
         doc, _as_msgpack = read_document(request, self._structured_limit_bytes)
-        if len(doc) != 1 or not ({"get", "put"} & doc.keys()):
-            raise KvError(ErrorCode.BAD_REQUEST, 'batch body must be {"get": [keys]} or {"put": [entries]}')
+        # The puts' replication setting travels beside them; a batch get has none.
+        replication = _replication_field(doc) if "put" in doc else ""
+        fields = doc.keys() - {"replication"} if "put" in doc else doc.keys()
+        if len(fields) != 1 or not ({"get", "put"} & fields):
+            message = 'batch body must be {"get": [keys]} or {"put": [entries]} (and "replication" with a put)'
+            raise KvError(ErrorCode.BAD_REQUEST, message)
         entries = doc.get("get", doc.get("put"))
         if not isinstance(entries, list):
             raise KvError(ErrorCode.BAD_REQUEST, "batch entries must be a list")
@@ -200,8 +207,6 @@ class KvRoutes:
             raise KvError(ErrorCode.TOO_LARGE, f"a batch holds at most {self._limits.max_batch_keys} entries")
         op: BatchGetOp | BatchPutOp
         if "get" in doc:
-            if replication:
-                raise KvError(ErrorCode.BAD_REQUEST, "replication applies to writes: a batch get takes none")
             op = BatchGetOp(tuple(entries))
             keys = op.keys
         else:
@@ -242,6 +247,14 @@ def _ttl_ms(params: dict[str, str]) -> int | None:
 def _replication(request: Request) -> str:
     """A write route's ``?replication=`` ("" when not given: the cluster's setting)."""
     return query_params(request, ("replication",)).get("replication", "") if request.query_string else ""
+
+
+def _replication_field(doc: dict[str, Any]) -> str:
+    """A structured write's ``"replication"`` field ("" when absent: the cluster's setting)."""
+    replication = doc.get("replication", "")
+    if not isinstance(replication, str):
+        raise KvError(ErrorCode.BAD_REQUEST, "replication must be a string")
+    return replication
 
 
 def _session(request: Request) -> session.Positions:

@@ -56,14 +56,20 @@ async def test_single_mode_takes_the_settings_it_serves_anyway(
     for consistency in ("linearizable", "read-index"):
         async with http.get(f"{url}/kv/k?consistency={consistency}") as response:
             assert response.status == 200 and await response.read() == b"v"
-    async with http.post(f"{url}/cas/k?replication=sync", json={"expected": "v", "new": "w"}) as response:
+    cas = {"expected": "v", "new": "w", "replication": "sync"}
+    async with http.post(f"{url}/cas/k", json=cas) as response:
         assert response.status == 200
-    async with http.post(f"{url}/batch?replication=sync", json={"put": [{"key": "b", "value": "1"}]}) as response:
+    async with http.post(f"{url}/cas/k", json={**cas, "replication": 1}) as response:
+        assert "replication must be a string" in await refusal(response)
+    puts = [{"key": "b", "value": "1"}]
+    async with http.post(f"{url}/batch", json={"put": puts, "replication": "sync"}) as response:
         assert response.status == 200
-    async with http.post(f"{url}/batch?replication=async", json={"put": [{"key": "b", "value": "1"}]}) as response:
+    async with http.post(f"{url}/batch", json={"put": puts, "replication": "async"}) as response:
         assert "put[0]: replication=async needs leader mode" in await refusal(response)
-    async with http.post(f"{url}/batch?replication=sync", json={"get": ["b"]}) as response:
-        assert "replication applies to writes" in await refusal(response)
+    async with http.post(f"{url}/batch", json={"get": ["b"], "replication": "sync"}) as response:
+        assert "batch body must be" in await refusal(response)
+    async with http.post(f"{url}/batch?replication=sync", json={"put": puts}) as response:
+        assert "unknown query parameter" in await refusal(response)
     async with http.delete(f"{url}/kv/k?replication=sync") as response:
         assert response.status == 200
 

@@ -63,7 +63,7 @@ async def test_a_session_sends_its_token_and_keeps_the_highest_positions(scripte
         ("PUT", "replication=semi-sync", None),
         ("GET", "consistency=stale&max_staleness_ms=100", "0:5"),
         ("DELETE", "replication=async", "1:3,0:5"),
-        ("POST", "replication=sync", "0:5,1:3"),
+        ("POST", "", "0:5,1:3"),
     ]
 
 

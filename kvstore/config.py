@@ -228,6 +228,28 @@ class ReplicationConfig:
         return replication or self.writes
 
 
+def check_replication(settings: ReplicationConfig, mode: str, election_timeout_ms: int) -> None:
+    """ConfigError unless ``settings`` are valid for a cluster in ``mode`` (chaos scenarios check theirs here too)."""
+    if settings.writes not in REPLICATION_SETTINGS:
+        raise ConfigError(f"replication.writes: {settings.writes!r:.40} is not one of {REPLICATION_SETTINGS}")
+    if settings.reads not in READ_MODES:
+        raise ConfigError(f"replication.reads: {settings.reads!r:.40} is not one of {READ_MODES}")
+    if type(settings.lease_drift_ms) is not int:
+        raise ConfigError(f"replication.lease_drift_ms: expected int, got {settings.lease_drift_ms!r:.40}")
+    if mode == "single":
+        if settings != ReplicationConfig():
+            raise ConfigError(
+                "[replication] settings need leader mode: single mode keeps one copy, written and read at once "
+                '(use mode = "leader", or leave [replication] out)'
+            )
+        return
+    if not 0 < settings.lease_drift_ms < election_timeout_ms:
+        raise ConfigError(
+            f"replication.lease_drift_ms ({settings.lease_drift_ms}) must be positive and below "
+            f"timeouts.election_timeout_ms ({election_timeout_ms})"
+        )
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     nodes: tuple[NodeAddress, ...]
@@ -272,7 +294,7 @@ class ClusterConfig:
         if self.partitions < 1:
             raise ConfigError("cluster.partitions must be at least 1")
         self._check_replicas()
-        self._check_replication()
+        check_replication(self.replication, self.mode, self.timeouts.election_timeout_ms)
         if self.storage.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"storage.fsync: {self.storage.fsync!r} is not one of {FSYNC_POLICIES}")
         if self.storage.engine not in STORAGE_ENGINES:
@@ -309,26 +331,6 @@ class ClusterConfig:
             raise ConfigError(
                 f"timeouts.heartbeat_interval_ms ({self.timeouts.heartbeat_interval_ms}) must be below "
                 f"timeouts.election_timeout_ms ({self.timeouts.election_timeout_ms})"
-            )
-
-    def _check_replication(self) -> None:
-        settings = self.replication
-        if settings.writes not in REPLICATION_SETTINGS:
-            raise ConfigError(f"replication.writes: {settings.writes!r} is not one of {REPLICATION_SETTINGS}")
-        if settings.reads not in READ_MODES:
-            raise ConfigError(f"replication.reads: {settings.reads!r} is not one of {READ_MODES}")
-        if self.mode == "single":
-            if settings != ReplicationConfig():
-                raise ConfigError(
-                    "[replication] settings need leader mode: single mode keeps one copy, written and read at once "
-                    '(use mode = "leader", or leave [replication] out)'
-                )
-            return
-        election_timeout_ms = self.timeouts.election_timeout_ms
-        if not 0 < settings.lease_drift_ms < election_timeout_ms:
-            raise ConfigError(
-                f"replication.lease_drift_ms ({settings.lease_drift_ms}) must be positive and below "
-                f"timeouts.election_timeout_ms ({election_timeout_ms})"
             )
 
     @property

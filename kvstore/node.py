@@ -22,6 +22,12 @@ forwarded once to the leader the replica names, if it names another member; othe
 op a peer forwarded here, so that ops never travel in circles) it fails with a definite ``not_leader`` or
 ``wrong_epoch``.
 
+Leader mode settings: an op's replication setting, read consistency, staleness bound and session position
+are resolved against the cluster's ``[replication]`` table into the ``ClientCall`` (``_client_call``), and the
+replica's ``Answer.position`` travels back with the result (``Reply.position``, through ``ForwardReply`` from
+another node). A stale read is served by this node's replica of the partition, whatever its role, else
+forwarded to the partition's holders in turn (``_route_key_op``); a redirect of it goes to the leader.
+
 Moves (``single`` mode): ``MovePartition(p, target)`` at ``p``'s owner streams ``p`` to ``target``; ``Mover``
 (``kvstore/handoff.py``) holds every transition of both ends. The node hands it the stream messages, the
 ``move/<p>`` timers and ``Started``, reports every write op it applied to a moving partition, holds back the

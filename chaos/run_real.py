@@ -65,6 +65,7 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
         storage=StorageConfig(engine="sqlite", fsync=spec.fsync, batch_interval_ms=spec.batch_interval_ms,  # type: ignore[arg-type]
                               data_dir=str(directory / "data")),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
+        replication=scenario.replication,
     )
     nodes = tuple(NodeAddress(n.node_id, "127.0.0.1", port) for n, port in zip(base.nodes, ports, strict=True))
     return base.replace(nodes=nodes, initial_nodes=spec.initial_nodes(base.node_ids))

@@ -120,6 +120,7 @@ def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
         storage=StorageConfig(engine="memory", fsync=cast(FsyncPolicy, spec.fsync),
                               batch_interval_ms=spec.batch_interval_ms),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
+        replication=scenario.replication,
     )
     return config.replace(initial_nodes=spec.initial_nodes(config.node_ids))
 

@@ -31,10 +31,18 @@ faults = ["crash"]          # see chaos.nemesis.FAULT_KINDS
 interval_ms = 1000
 crash_kind = "process"      # "process" (kill -9; the default) or "power" (unsynced writes lost; simulator only)
 
+[replication]                # leader mode: the cluster's [replication] table (kvstore.config.ReplicationConfig)
+writes = "sync"              # "sync" | "semi-sync" | "async"
+reads = "read-index"         # "read-index" | "lease" | "unsafe" | "stale"
+lease_drift_ms = 100
+
 [checkers]
 names = ["linearizable", "lost-writes"]   # default: the workload's own
 time_limit_s = 30
 ```
+
+The ``[replication]`` table goes to the cluster config of both the simulated and the real run, so one
+scenario swept over its settings compares them under the same faults.
 """
 
 from __future__ import annotations
@@ -47,7 +55,16 @@ from chaos.checkers import CHECKER_NAMES
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
 from chaos.workloads import WORKLOAD_KINDS
-from kvstore.config import FSYNC_POLICIES, MODES, PARTITIONERS, RangesConfig
+from kvstore.config import (
+    FSYNC_POLICIES,
+    MODES,
+    PARTITIONERS,
+    ConfigError,
+    RangesConfig,
+    ReplicationConfig,
+    Timeouts,
+    check_replication,
+)
 from kvstore.toml_file import read_toml
 
 
@@ -111,6 +128,7 @@ class Scenario:
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     nemesis: NemesisConfig = field(default_factory=NemesisConfig)
     checkers: CheckerSpec = field(default_factory=CheckerSpec)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
 
 def _build(cls: type, table: Any, where: str, convert: dict[str, Any] | None = None) -> Any:
@@ -131,7 +149,7 @@ def _build(cls: type, table: Any, where: str, convert: dict[str, Any] | None = N
 
 
 def from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
-    tables = {"cluster", "workload", "nemesis", "checkers"}
+    tables = {"cluster", "workload", "nemesis", "checkers", "replication"}
     top = {k: v for k, v in data.items() if k not in tables}
     if "name" not in top:
         top["name"] = Path(source).stem
@@ -141,10 +159,9 @@ def from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
         nemesis = _build(NemesisConfig, data.get("nemesis", {}), f"{source} [nemesis]",
                          {"faults": tuple, "delay": Delay.from_json})
         checkers = _build(CheckerSpec, data.get("checkers", {}), f"{source} [checkers]", {"names": tuple})
-        scenario: Scenario = _build(
-            Scenario, {**top, "cluster": cluster, "workload": workload, "nemesis": nemesis, "checkers": checkers},
-            source,
-        )
+        replication = _build(ReplicationConfig, data.get("replication", {}), f"{source} [replication]")
+        parts = {"cluster": cluster, "workload": workload, "nemesis": nemesis, "checkers": checkers}
+        scenario: Scenario = _build(Scenario, {**top, **parts, "replication": replication}, source)
     except ScenarioError:
         raise
     _validate(scenario, source)
@@ -178,6 +195,11 @@ def _validate(s: Scenario, source: str) -> None:
             problems.append(f"[nemesis] {', '.join(unsupported)} need single mode (Raft groups do not change yet)")
         if s.cluster.partitioner != "hash":
             problems.append('[cluster] leader mode needs partitioner = "hash"')
+    try:
+        # Both runs build their cluster with the default election timeout.
+        check_replication(s.replication, s.cluster.mode, Timeouts().election_timeout_ms)
+    except ConfigError as exc:
+        problems.append(str(exc))
     if s.cluster.fsync not in FSYNC_POLICIES:
         problems.append(f"[cluster] fsync must be one of {', '.join(FSYNC_POLICIES)}")
     if s.workload.kind not in WORKLOAD_KINDS:

@@ -24,8 +24,9 @@ from typing import Any, BinaryIO, NoReturn
 
 from kvstore.client import Client
 from kvstore.cluster import DEFAULT_DIR, MEMBERSHIP_TIMEOUT_S, ClusterError, ClusterUsageError, LocalCluster
-from kvstore.config import FSYNC_POLICIES, MODES, STORAGE_ENGINES, ConfigError
+from kvstore.config import CONSISTENCY_LEVELS, FSYNC_POLICIES, MODES, STORAGE_ENGINES, ConfigError
 from kvstore.errors import ErrorCode, KvError
+from replication.replica import REPLICATION_SETTINGS
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -377,14 +378,19 @@ def _cluster_down(args: argparse.Namespace) -> int:
 
 def _add_get(subparsers: Any) -> None:
     sub = _command(subparsers, "get", "Print a key's value (the exact bytes). Exit 1 if the key does not exist.",
-                   ["kvstore get user/42", "kvstore get user/42 --url http://127.0.0.1:7001 > value.bin"], _get)
+                   ["kvstore get user/42", "kvstore get user/42 --url http://127.0.0.1:7001 > value.bin",
+                    "kvstore get user/42 --consistency stale --max-staleness-ms 500"], _get)
     sub.add_argument("key")
+    sub.add_argument("--consistency", choices=CONSISTENCY_LEVELS,
+                     help="how the read is served (leader mode; default: the cluster's replication.reads)")
+    sub.add_argument("--max-staleness-ms", type=_positive_int,
+                     help="with --consistency stale: the most the serving replica may lag behind")
     _add_target(sub)
 
 
 def _get(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        found = client.get(args.key)
+        found = client.get(args.key, consistency=args.consistency, max_staleness_ms=args.max_staleness_ms)
     if found is None:
         raise KvError(ErrorCode.NOT_FOUND, f"key {args.key!r} does not exist")
     _write_value(found.value, sys.stdout.buffer)
@@ -400,13 +406,19 @@ def _add_put(subparsers: Any) -> None:
     source.add_argument("value", nargs="?", help="the value as text; - reads it from stdin")
     source.add_argument("--file", type=Path, help="read the value from this file (- for stdin)")
     sub.add_argument("--ttl-ms", type=_positive_int, help="expire the key after this many milliseconds")
+    _add_replication(sub)
     _add_target(sub)
+
+
+def _add_replication(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replication", choices=REPLICATION_SETTINGS,
+                        help="when the write is acknowledged (leader mode; default: the cluster's replication.writes)")
 
 
 def _put(args: argparse.Namespace) -> int:
     value = _read_value(args.value, args.file)
     with _client(args) as client:
-        written = client.put(args.key, value, ttl_ms=args.ttl_ms)
+        written = client.put(args.key, value, ttl_ms=args.ttl_ms, replication=args.replication)
     print(f"ok: {args.key} = {len(value)} bytes (version {written.version})")
     return EXIT_OK
 
@@ -427,12 +439,13 @@ def _add_delete(subparsers: Any) -> None:
     sub = _command(subparsers, "delete", "Delete a key (deleting a missing key is not an error).",
                    ["kvstore delete user/42"], _delete)
     sub.add_argument("key")
+    _add_replication(sub)
     _add_target(sub)
 
 
 def _delete(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        deleted = client.delete(args.key)
+        deleted = client.delete(args.key, replication=args.replication)
     print(f"ok: {args.key} deleted" if deleted.existed else f"ok: {args.key} did not exist")
     return EXIT_OK
 

@@ -29,6 +29,14 @@ also move on after any transport failure (it has no effect). A write whose conne
 was sent is never retried: it raises ``KvError`` ``timeout`` (indefinite). When no node can be reached
 at all, the error is ``unavailable`` (definite).
 
+Leader mode settings: ``get(key, consistency=..., max_staleness_ms=...)`` names how a read is served
+(``linearizable``, ``read-index``, ``lease``, ``unsafe``, ``stale``; the bound only with ``stale``), ``put``,
+``delete``, ``cas`` and ``batch_put`` take ``replication=`` (``sync``, ``semi-sync``, ``async``); left out, the
+cluster's ``[replication]`` settings apply. With ``session=True`` the client keeps the ``X-Kv-Session`` token
+(``kvstore/session.py``), sends it with every key op and merges every answer's into it: its reads then see its
+own writes and never go back in time, whichever replica serves them. ``session_token`` is the token, which a
+new client may start from (``session_token=``).
+
 ``Client`` runs one ``AsyncClient`` on a private event loop thread, so there is one implementation.
 """
 
@@ -47,6 +55,7 @@ import aiohttp
 import msgpack
 from yarl import URL
 
+from kvstore import session as session_tokens
 from kvstore.errors import ErrorCode, KvError
 from kvstore.http_session import send_once_session
 from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
@@ -154,8 +163,16 @@ class _Response:
 
 class AsyncClient:
     def __init__(
-        self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, route_by_map: bool = True
+        self,
+        urls: Sequence[str] | str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        route_by_map: bool = True,
+        session: bool = False,
+        session_token: str = "",
     ) -> None:
+        # The session's positions (None: no session); a bad starting token is a ValueError here, not a 400 later.
+        self._positions: session_tokens.Positions | None = _parse_token(session_token) if session else None
         self._urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self._urls:
             raise ValueError("at least one node URL is needed")
@@ -172,6 +189,11 @@ class AsyncClient:
     async def __aenter__(self) -> Self:
         return self
 
+    @property
+    def session_token(self) -> str:
+        """The session's ``X-Kv-Session`` token ("" without a session, or before any answer)."""
+        return "" if self._positions is None else session_tokens.render(self._positions)
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -184,8 +206,15 @@ class AsyncClient:
 
     # ------------------------------------------------------------ keys
 
-    async def get(self, key: str) -> Found | None:
-        response = await self._send_key(key, "GET", key_path("kv", key), idempotent=True)
+    async def get(
+        self, key: str, *, consistency: str | None = None, max_staleness_ms: int | None = None
+    ) -> Found | None:
+        query = {}
+        if consistency is not None:
+            query["consistency"] = consistency
+        if max_staleness_ms is not None:
+            query["max_staleness_ms"] = str(max_staleness_ms)
+        response = await self._send_key(key, "GET", key_path("kv", key), query=query, idempotent=True)
         if response.status == 200:
             expires = response.headers.get("X-Kv-Expires-At-Ms")
             version = int(response.headers["X-Kv-Version"])
@@ -195,21 +224,34 @@ class AsyncClient:
             return None
         raise error
 
-    async def put(self, key: str, value: Value, *, ttl_ms: int | None = None) -> Written:
-        query = None if ttl_ms is None else {"ttl_ms": str(ttl_ms)}
+    async def put(
+        self, key: str, value: Value, *, ttl_ms: int | None = None, replication: str | None = None
+    ) -> Written:
+        query = _replication_query(replication)
+        if ttl_ms is not None:
+            query["ttl_ms"] = str(ttl_ms)
         response = await self._send_key(
             key, "PUT", key_path("kv", key), query=query, body=_as_bytes(value), headers={"Accept": MSGPACK_TYPE}
         )
         doc = response.document()
         return Written(doc["key"], doc["version"])
 
-    async def delete(self, key: str) -> Deleted:
-        response = await self._send_key(key, "DELETE", key_path("kv", key), headers={"Accept": MSGPACK_TYPE})
+    async def delete(self, key: str, *, replication: str | None = None) -> Deleted:
+        query = _replication_query(replication)
+        response = await self._send_key(
+            key, "DELETE", key_path("kv", key), query=query, headers={"Accept": MSGPACK_TYPE}
+        )
         doc = response.document()
         return Deleted(doc["key"], doc["deleted"])
 
     async def cas(
-        self, key: str, expected: Value | None, new: Value | None, *, ttl_ms: int | None = None
+        self,
+        key: str,
+        expected: Value | None,
+        new: Value | None,
+        *,
+        ttl_ms: int | None = None,
+        replication: str | None = None,
     ) -> Written | Deleted:
         body: dict[str, object] = {
             "expected": None if expected is None else _as_bytes(expected),
@@ -217,6 +259,8 @@ class AsyncClient:
         }
         if ttl_ms is not None:
             body["ttl_ms"] = ttl_ms
+        if replication is not None:
+            body["replication"] = replication
         response = await self._send_key(
             key, "POST", key_path("cas", key), body=msgpack.packb(body, use_bin_type=True), headers=_MSGPACK_HEADERS
         )
@@ -272,14 +316,17 @@ class AsyncClient:
                 results.append(_failure(entry))
         return results
 
-    async def batch_put(self, items: Sequence[PutItem]) -> list[Written | Failure]:
+    async def batch_put(self, items: Sequence[PutItem], *, replication: str | None = None) -> list[Written | Failure]:
         entries = []
         for item in items:
             entry: dict[str, object] = {"key": item[0], "value": _as_bytes(item[1])}
             if len(item) > 2 and item[2] is not None:
                 entry["ttl_ms"] = item[2]
             entries.append(entry)
-        body = msgpack.packb({"put": entries}, use_bin_type=True)
+        doc: dict[str, object] = {"put": entries}
+        if replication is not None:
+            doc["replication"] = replication
+        body = msgpack.packb(doc, use_bin_type=True)
         response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS)
         return [Written(e["key"], e["version"]) if e["ok"] else _failure(e) for e in response.document()["results"]]
 
@@ -352,7 +399,10 @@ class AsyncClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool = False,
     ) -> _Response:
-        """``_send``, first to the owner of ``key``'s partition when the map names it."""
+        """``_send``, first to the owner of ``key``'s partition when the map names it; with the session's token,
+        if any, which takes in the one the answer carries."""
+        if self._positions:
+            headers = {**(headers or {}), session_tokens.SESSION_HEADER: session_tokens.render(self._positions)}
         for attempt in range(2):
             routes = await self._current_routes()
             owner = routes.url_for(key) if routes is not None else None
@@ -364,7 +414,19 @@ class AsyncClient:
             # The map moved on, and the refusal is definite: read the map again and send once more.
             self._routes = None
             self._map_retry_at_s = 0.0
+        if self._positions is not None:
+            self._keep_session(response)
         return response
+
+    def _keep_session(self, response: _Response) -> None:
+        token = response.headers.get(session_tokens.SESSION_HEADER)
+        if token is None:
+            return
+        try:
+            # Merged, not replaced: answers to concurrent ops of one session arrive in any order.
+            self._positions = session_tokens.merge(session_tokens.parse(token), self._positions or {})
+        except session_tokens.SessionTokenError:
+            return  # a node's bug, and the op itself succeeded: the session keeps what it knew
 
     @staticmethod
     def _stale_map(response: _Response) -> bool:
@@ -438,6 +500,17 @@ class AsyncClient:
         raise KvError(code, "no node answered: " + "; ".join(failures))
 
 
+def _replication_query(replication: str | None) -> dict[str, str]:
+    return {} if replication is None else {"replication": replication}
+
+
+def _parse_token(token: str) -> session_tokens.Positions:
+    try:
+        return session_tokens.parse(token)
+    except session_tokens.SessionTokenError as exc:
+        raise ValueError(f"session_token: {exc}") from None
+
+
 def _scan_page(doc: Mapping[str, Any]) -> ScanPage:
     return ScanPage(tuple(ScanItem(i["key"], i["value"], i["version"]) for i in doc["items"]), doc["truncated"])
 
@@ -456,9 +529,17 @@ class Client:
     """The synchronous client: every call runs the ``AsyncClient`` method on a private loop thread."""
 
     def __init__(
-        self, urls: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, route_by_map: bool = True
+        self,
+        urls: Sequence[str] | str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        route_by_map: bool = True,
+        session: bool = False,
+        session_token: str = "",
     ) -> None:
-        self._async = AsyncClient(urls, timeout_s=timeout_s, route_by_map=route_by_map)
+        self._async = AsyncClient(
+            urls, timeout_s=timeout_s, route_by_map=route_by_map, session=session, session_token=session_token
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kvstore-client", daemon=True)
         self._thread.start()
@@ -482,19 +563,29 @@ class Client:
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
-    def get(self, key: str) -> Found | None:
-        return self._run(self._async.get(key))
+    @property
+    def session_token(self) -> str:
+        return self._async.session_token
 
-    def put(self, key: str, value: Value, *, ttl_ms: int | None = None) -> Written:
-        return self._run(self._async.put(key, value, ttl_ms=ttl_ms))
+    def get(self, key: str, *, consistency: str | None = None, max_staleness_ms: int | None = None) -> Found | None:
+        return self._run(self._async.get(key, consistency=consistency, max_staleness_ms=max_staleness_ms))
 
-    def delete(self, key: str) -> Deleted:
-        return self._run(self._async.delete(key))
+    def put(self, key: str, value: Value, *, ttl_ms: int | None = None, replication: str | None = None) -> Written:
+        return self._run(self._async.put(key, value, ttl_ms=ttl_ms, replication=replication))
+
+    def delete(self, key: str, *, replication: str | None = None) -> Deleted:
+        return self._run(self._async.delete(key, replication=replication))
 
     def cas(
-        self, key: str, expected: Value | None, new: Value | None, *, ttl_ms: int | None = None
+        self,
+        key: str,
+        expected: Value | None,
+        new: Value | None,
+        *,
+        ttl_ms: int | None = None,
+        replication: str | None = None,
     ) -> Written | Deleted:
-        return self._run(self._async.cas(key, expected, new, ttl_ms=ttl_ms))
+        return self._run(self._async.cas(key, expected, new, ttl_ms=ttl_ms, replication=replication))
 
     def scan(
         self, prefix: str | None = None, *, start: str | None = None, end: str | None = None, limit: int = 1000
@@ -504,8 +595,8 @@ class Client:
     def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
         return self._run(self._async.batch_get(keys))
 
-    def batch_put(self, items: Sequence[PutItem]) -> list[Written | Failure]:
-        return self._run(self._async.batch_put(items))
+    def batch_put(self, items: Sequence[PutItem], *, replication: str | None = None) -> list[Written | Failure]:
+        return self._run(self._async.batch_put(items, replication=replication))
 
     def cluster(self) -> dict[str, Any]:
         return self._run(self._async.cluster())

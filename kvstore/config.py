@@ -44,7 +44,16 @@ heartbeat_interval_ms = 100   # leader mode: how often a leader tells its follow
 header_timeout_ms = 10000     # a request head not complete this long after it began: 408, closed
 keepalive_idle_timeout_ms = 75000  # an idle keep-alive connection is closed after this
 body_timeout_ms = 30000       # a request body not all received this long after its head: 408, closed
+
+[replication]                 # leader mode only (single mode: leave out, or the defaults)
+writes = "sync"               # when a write is acknowledged: "sync" (committed and applied), "semi-sync"
+                              # (the leader and one follower hold it durably), "async" (the leader does)
+reads = "read-index"          # how a GET is served: "read-index" | "lease" | "unsafe" | "stale"
+lease_drift_ms = 100          # the clock-drift bound lease reads assume; below timeouts.election_timeout_ms
 ```
+
+Requests may override `writes` (``?replication=``) and `reads` (``?consistency=``) one by one
+(``kvstore/server/routes_kv.py``); ``ReplicationConfig.read_mode`` and ``write_mode`` resolve what an op names.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ import tomli_w
 
 from kvstore.toml_file import read_toml
 from partitioning.range_map import SplitPolicy
+from replication.replica import READ_MODES, REPLICATION_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +200,56 @@ class Timeouts:
     body_timeout_ms: int = 30_000
 
 
+# What a GET may ask for (``GetOp.consistency``): a read mode, or "linearizable", the cluster's linearizable one.
+CONSISTENCY_LEVELS: tuple[str, ...] = ("linearizable", *READ_MODES)
+# The read modes that are linearizable; "linearizable" resolves to ``reads`` if it is one, else the first.
+LINEARIZABLE_READS: tuple[str, ...] = ("read-index", "lease")
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    """Leader mode's defaults for when writes are acknowledged and how reads are served
+    (``replication.replica.REPLICATION_SETTINGS``, ``READ_MODES``), and the clock drift lease reads assume."""
+
+    writes: str = "sync"
+    reads: str = "read-index"
+    lease_drift_ms: int = 100
+
+    def read_mode(self, consistency: str) -> str:
+        """The read mode a GET asking for ``consistency`` is served with ("": the cluster's ``reads``)."""
+        if not consistency:
+            return self.reads
+        if consistency == "linearizable":
+            return self.reads if self.reads in LINEARIZABLE_READS else LINEARIZABLE_READS[0]
+        return consistency
+
+    def write_mode(self, replication: str) -> str:
+        """The replication setting a write asking for ``replication`` uses ("": the cluster's ``writes``)."""
+        return replication or self.writes
+
+
+def check_replication(settings: ReplicationConfig, mode: str, election_timeout_ms: int) -> None:
+    """ConfigError unless ``settings`` are valid for a cluster in ``mode`` (chaos scenarios check theirs here too)."""
+    if settings.writes not in REPLICATION_SETTINGS:
+        raise ConfigError(f"replication.writes: {settings.writes!r:.40} is not one of {REPLICATION_SETTINGS}")
+    if settings.reads not in READ_MODES:
+        raise ConfigError(f"replication.reads: {settings.reads!r:.40} is not one of {READ_MODES}")
+    if type(settings.lease_drift_ms) is not int:
+        raise ConfigError(f"replication.lease_drift_ms: expected int, got {settings.lease_drift_ms!r:.40}")
+    if mode == "single":
+        if settings != ReplicationConfig():
+            raise ConfigError(
+                "[replication] settings need leader mode: single mode keeps one copy, written and read at once "
+                '(use mode = "leader", or leave [replication] out)'
+            )
+        return
+    if not 0 < settings.lease_drift_ms < election_timeout_ms:
+        raise ConfigError(
+            f"replication.lease_drift_ms ({settings.lease_drift_ms}) must be positive and below "
+            f"timeouts.election_timeout_ms ({election_timeout_ms})"
+        )
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     nodes: tuple[NodeAddress, ...]
@@ -207,6 +267,7 @@ class ClusterConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -233,6 +294,7 @@ class ClusterConfig:
         if self.partitions < 1:
             raise ConfigError("cluster.partitions must be at least 1")
         self._check_replicas()
+        check_replication(self.replication, self.mode, self.timeouts.election_timeout_ms)
         if self.storage.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"storage.fsync: {self.storage.fsync!r} is not one of {FSYNC_POLICIES}")
         if self.storage.engine not in STORAGE_ENGINES:
@@ -304,7 +366,7 @@ class ClusterConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ClusterConfig:
-        unknown = set(data) - {"cluster", "nodes", "ranges", "storage", "limits", "timeouts"}
+        unknown = set(data) - {"cluster", "nodes", "ranges", "storage", "limits", "timeouts", "replication"}
         if unknown:
             raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
         cluster = _table(data, "cluster")
@@ -315,7 +377,7 @@ class ClusterConfig:
                 raise ConfigError(f"nodes.{node_id}: expected a 'host:port' string")
             nodes.append(NodeAddress.parse(node_id, address))
         kwargs = _fields_of(
-            ClusterConfig, cluster, "cluster", skip={"nodes", "ranges", "storage", "limits", "timeouts"}
+            ClusterConfig, cluster, "cluster", skip={"nodes", "ranges", "storage", "limits", "timeouts", "replication"}
         )
         if "initial_nodes" in kwargs:
             initial = kwargs["initial_nodes"]
@@ -328,6 +390,9 @@ class ClusterConfig:
             storage=StorageConfig(**_fields_of(StorageConfig, _retired(_table(data, "storage"), "storage"), "storage")),
             limits=Limits(**_fields_of(Limits, _table(data, "limits"), "limits")),
             timeouts=Timeouts(**_fields_of(Timeouts, _table(data, "timeouts"), "timeouts")),
+            replication=ReplicationConfig(
+                **_fields_of(ReplicationConfig, _table(data, "replication"), "replication")
+            ),
             **kwargs,
         )
 
@@ -351,6 +416,7 @@ class ClusterConfig:
             "storage": dataclasses.asdict(self.storage),
             "limits": dataclasses.asdict(self.limits),
             "timeouts": dataclasses.asdict(self.timeouts),
+            "replication": dataclasses.asdict(self.replication),
         }
 
     def to_toml(self) -> str:

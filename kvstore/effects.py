@@ -37,6 +37,9 @@ class Reply:
     request_id: int
     result: Result
     durable: bool = False
+    # The partition log position the result reflects (``replication.replica.Answer.position``; 0: none), which
+    # the HTTP layer adds to the client's session token.
+    position: int = 0
 
 
 @dataclass(slots=True)

@@ -74,6 +74,8 @@ class Done:
 
     token: int
     result: Result
+    # The partition log position the result reflects (``ForwardReply.position``).
+    position: int = 0
 
 
 @dataclass(slots=True)
@@ -91,13 +93,13 @@ class _DuplicateFilter:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        # The result and whether it had to wait for a sync; None while the forward is still running.
-        self._results: OrderedDict[tuple[str, int, int], tuple[Result, bool] | None] = OrderedDict()
+        # The result, whether it had to wait for a sync and its log position; None while the forward still runs.
+        self._results: OrderedDict[tuple[str, int, int], tuple[Result, bool, int] | None] = OrderedDict()
         # Per sender incarnation, the highest forward id forgotten: anything at or below it is too old.
         self._floor: OrderedDict[tuple[str, int], int] = OrderedDict()
 
-    def admit(self, src: str, incarnation: int, forward_id: int) -> tuple[bool, tuple[Result, bool] | None]:
-        """(True, (result, durable) or None while still running) if already received or too old to tell;
+    def admit(self, src: str, incarnation: int, forward_id: int) -> tuple[bool, tuple[Result, bool, int] | None]:
+        """(True, (result, durable, position) or None while still running) if already received or too old to tell;
         else (False, None), and the forward is remembered as running from now on."""
         key = (src, incarnation, forward_id)
         results = self._results
@@ -123,10 +125,10 @@ class _DuplicateFilter:
             if len(floors) > capacity:
                 floors.popitem(last=False)
 
-    def finish(self, src: str, incarnation: int, forward_id: int, result: Result, durable: bool) -> None:
+    def finish(self, src: str, incarnation: int, forward_id: int, result: Result, durable: bool, position: int) -> None:
         key = (src, incarnation, forward_id)
         if key in self._results:
-            self._results[key] = (result, durable)
+            self._results[key] = (result, durable, position)
 
 
 class Forwarder:
@@ -166,7 +168,8 @@ class Forwarder:
         if isinstance(answer, ForwardRefused) or src not in self._peer_incarnations:
             self._peer_incarnations[src] = answer.owner_incarnation
         if isinstance(answer, ForwardReply):
-            return self._end(answer.forward_id, _checked_answer(src, out.op, answer.result))
+            checked = _checked_answer(src, out.op, answer.result)
+            return self._end(answer.forward_id, checked, answer.position if checked is answer.result else 0)
         if out.target_incarnation == 0 or _read_only(out.op):
             return [self._send(answer.forward_id, out)]
         return self._end(
@@ -196,9 +199,9 @@ class Forwarder:
         forward = Forward(self._incarnation, token, out.target_incarnation, out.op, self.map_epoch)
         return Send(Message(self._node_id, out.dst, out.partition, forward), self._always_durable)
 
-    def _end(self, token: int, result: Result) -> list[Effect | Done]:
+    def _end(self, token: int, result: Result, position: int = 0) -> list[Effect | Done]:
         del self._outgoing[token]
-        return [CancelTimer(FORWARD_TIMER_PREFIX + str(token)), Done(token, result)]
+        return [CancelTimer(FORWARD_TIMER_PREFIX + str(token)), Done(token, result, position)]
 
     # ------------------------------------------------------------ answering end
 
@@ -219,11 +222,14 @@ class Forwarder:
                 return None if remembered is None else self.answer(target, *remembered)
         return target
 
-    def answer(self, target: PeerWaiter, result: Result, durable: bool = False) -> Send:
-        """The answer to a forward this node ran; ``durable``: the result may leave only once synced."""
+    def answer(self, target: PeerWaiter, result: Result, durable: bool = False, position: int = 0) -> Send:
+        """The answer to a forward this node ran; ``durable``: the result may leave only once synced;
+        ``position``: the partition log position it reflects."""
         if target.remember:
-            self._duplicates.finish(target.src, target.incarnation, target.forward_id, result, durable)
-        reply = ForwardReply(target.incarnation, target.forward_id, self._incarnation, result, self.map_epoch)
+            self._duplicates.finish(target.src, target.incarnation, target.forward_id, result, durable, position)
+        reply = ForwardReply(
+            target.incarnation, target.forward_id, self._incarnation, result, self.map_epoch, position
+        )
         return Send(Message(self._node_id, target.src, target.partition, reply), durable or self._always_durable)
 
 

@@ -85,16 +85,28 @@ def _dict_eq(self: object, other: object) -> object:
 @_fast_init
 @dataclass(frozen=True)
 class GetOp:
+    """Read ``key``. Leader mode: ``consistency`` is a ``kvstore.config.CONSISTENCY_LEVELS`` entry ("": the
+    cluster's ``replication.reads``), ``max_staleness_ms`` bounds a ``stale`` read's lag (None: any), and
+    ``min_index`` is the session's position in the key's partition (a read is served from a state at least as
+    new). Single mode serves every read at once, as the defaults say."""
+
     key: str
+    consistency: str = ""
+    max_staleness_ms: int | None = None
+    min_index: int = 0
 
 
 @register
 @_fast_init
 @dataclass(frozen=True)
 class PutOp:
+    """Write ``key``. ``replication`` (leader mode) is a ``replication.replica.REPLICATION_SETTINGS`` entry, when the
+    write is acknowledged ("": the cluster's ``replication.writes``); a batch put names it on each item."""
+
     key: str
     value: bytes
     ttl_ms: int | None = None
+    replication: str = ""
 
 
 @register
@@ -102,6 +114,7 @@ class PutOp:
 @dataclass(frozen=True)
 class DeleteOp:
     key: str
+    replication: str = ""
 
 
 @register
@@ -117,6 +130,7 @@ class CasOp:
     expected: bytes | None
     new: bytes | None
     ttl_ms: int | None = None
+    replication: str = ""
 
 
 @register
@@ -263,13 +277,15 @@ class Forward:
 @_fast_init
 @dataclass(frozen=True)
 class ForwardReply:
-    """The result of a forward; ``incarnation`` echoes the sender's, ``owner_incarnation`` is the replier's."""
+    """The result of a forward; ``incarnation`` echoes the sender's, ``owner_incarnation`` is the replier's.
+    ``position``: the partition log position the result reflects (``Answer.position``; 0: none)."""
 
     incarnation: int
     forward_id: int
     owner_incarnation: int
     result: Result
     map_epoch: int = 1
+    position: int = 0
 
 
 @register

@@ -22,6 +22,12 @@ forwarded once to the leader the replica names, if it names another member; othe
 op a peer forwarded here, so that ops never travel in circles) it fails with a definite ``not_leader`` or
 ``wrong_epoch``.
 
+Leader mode settings: an op's replication setting, read consistency, staleness bound and session position
+are resolved against the cluster's ``[replication]`` table into the ``ClientCall`` (``_client_call``), and the
+replica's ``Answer.position`` travels back with the result (``Reply.position``, through ``ForwardReply`` from
+another node). A stale read is served by this node's replica of the partition, whatever its role, else
+forwarded to the partition's holders in turn (``_route_key_op``); a redirect of it goes to the leader.
+
 Moves (``single`` mode): ``MovePartition(p, target)`` at ``p``'s owner streams ``p`` to ``target``; ``Mover``
 (``kvstore/handoff.py``) holds every transition of both ends. The node hands it the stream messages, the
 ``move/<p>`` timers and ``Started``, reports every write op it applied to a moving partition, holds back the
@@ -163,6 +169,8 @@ class Node:
         self.leader_hints: dict[int, str] = {}
         # Leader mode: ops held while their partition elects a leader.
         self._leader_wait = LeaderWait()
+        # Leader mode: how many stale reads this node sent away, which picks the replica the next one goes to.
+        self._stale_turn = 0
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -237,6 +245,7 @@ class Node:
                 heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
                 sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
+                lease_drift_ms=self.config.replication.lease_drift_ms,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
@@ -562,7 +571,7 @@ class Node:
 
     def _start(self, op: ClientOp | ScanPartitionsOp, target: _Target) -> None:
         try:
-            check_op(op, self._limits)
+            check_op(op, self._limits, self._leader_mode)
         except KvError as exc:
             self._deliver(target, Failure.of(exc.code, exc.message))
             return
@@ -593,7 +602,7 @@ class Node:
                 # Forwarded here by a map that has moved on: passing it on again could go round in circles.
                 self._complete(token, self._not_here(partition))
                 return
-            self._forward(token, self._route(partition), partition, op)
+            self._forward(token, self._route_key_op(partition, op), partition, op)
             return
         moving = self._mover.moving
         if moving and partition in moving:
@@ -603,7 +612,7 @@ class Node:
             if not isinstance(op, GetOp):
                 # A write: the stream must send the key again once it is applied.
                 self._calls[token] = (partition, op)
-                self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, op)))
+                self._take_effects(partition, replica.step(self._expiry_clock_ms, self._client_call(token, op)))
                 self._effects.extend(self._mover.changed(self._now_ms, partition, op.key))
                 self._arm_call_timer(token)
                 return
@@ -612,11 +621,31 @@ class Node:
     def _call_replica(self, replica: PartitionReplica, partition: int, token: int, op: KeyOp) -> None:
         calls = self._calls
         calls[token] = (partition, op)
-        self._take_effects(partition, replica.step(self._expiry_clock_ms, ClientCall(token, op)))
+        self._take_effects(partition, replica.step(self._expiry_clock_ms, self._client_call(token, op)))
         if token in calls:
             # Not answered in this step: it waits, and nothing waits forever.
             self._timed_calls.add(token)
             self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
+
+    def _client_call(self, token: int, op: KeyOp) -> ClientCall:
+        """What the replica is asked: the op, and in leader mode the settings it names, resolved against the
+        cluster's (``ReplicationConfig.read_mode``/``write_mode``). Single mode has one way to do each."""
+        if not self._leader_mode:
+            return ClientCall(token, op)
+        settings = self.config.replication
+        if isinstance(op, GetOp):
+            read = settings.read_mode(op.consistency)
+            return ClientCall(token, op, read=read, max_staleness_ms=op.max_staleness_ms, min_index=op.min_index)
+        return ClientCall(token, op, replication=settings.write_mode(op.replication))
+
+    def _route_key_op(self, partition: int, op: KeyOp) -> str:
+        """Where a key op for a partition held elsewhere goes: a stale read to a replica of the partition (any of
+        them may serve it, so they take turns), everything else to the leader (``_route``)."""
+        if self._leader_mode and isinstance(op, GetOp) and self.config.replication.read_mode(op.consistency) == "stale":
+            group = self.partition_map.replicas[partition]
+            self._stale_turn += 1
+            return group[self._stale_turn % len(group)]
+        return self._route(partition)
 
     def _arm_call_timer(self, token: int) -> None:
         if token in self._calls:
@@ -784,7 +813,7 @@ class Node:
             self._complete(token, _raft_failure(self.node_id, call[0], result))
         else:
             # Not typing.cast: a call per op. The replica's results are the state machine's, i.e. Results.
-            self._complete(token, result, answer.durable)  # type: ignore[arg-type]
+            self._complete(token, result, answer.durable, answer.position)  # type: ignore[arg-type]
 
     def _redirected(self, token: int, call: tuple[int, KeyOp | ScanRead], redirect: Redirect) -> None:
         waiter = self._waiting.get(token)
@@ -903,11 +932,13 @@ class Node:
         """Take the forwarder's effects: its ``Done(token, result)`` completes a token."""
         for effect in effects:
             if isinstance(effect, Done):
-                self._complete(effect.token, effect.result)
+                self._complete(effect.token, effect.result, position=effect.position)
             else:
                 self._effects.append(effect)
 
-    def _complete(self, token: int, result: Result, durable: bool = False) -> None:
+    def _complete(self, token: int, result: Result, durable: bool = False, position: int = 0) -> None:
+        """Hand ``result`` to whoever waits on ``token``; ``position``: the partition log position it reflects
+        (``Answer.position``), which a gathered result, spanning partitions, does not carry."""
         waiter = self._waiting.pop(token, None)
         if waiter is None:
             return
@@ -916,17 +947,17 @@ class Node:
             if final is not None:
                 self._deliver(waiter.gather.target, final, waiter.gather.durable)
         else:
-            self._deliver(waiter, result, durable)
+            self._deliver(waiter, result, durable, position)
 
-    def _deliver(self, target: _Target, result: Result, durable: bool = False) -> None:
+    def _deliver(self, target: _Target, result: Result, durable: bool = False, position: int = 0) -> None:
         if isinstance(target, _ToClient):
-            self._effects.append(Reply(target.request_id, result, durable or self._always_durable))
+            self._effects.append(Reply(target.request_id, result, durable or self._always_durable, position))
         else:
             if isinstance(result, Failure) and result.code == _WRONG_EPOCH:
                 # The peer routed by a map that is wrong here, whatever epoch it names: two maps that each know
                 # a change the other does not can have one epoch, and only this answer shows the difference.
                 self._effects.extend(self._gossip.answer(self._now_ms, self.partition_map, target.src))
-            self._effects.append(self._forwarder.answer(target, result, durable))
+            self._effects.append(self._forwarder.answer(target, result, durable, position))
 
 
 def _redirect_failure(node_id: str, partition: int, redirect: Redirect) -> Failure:

@@ -12,7 +12,7 @@ import math
 import re
 from decimal import Context, Decimal
 
-from kvstore.config import Limits
+from kvstore.config import CONSISTENCY_LEVELS, Limits
 from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.messages import (
     BatchGetOp,
@@ -25,6 +25,8 @@ from kvstore.messages import (
     ScanOp,
     ScanPartitionsOp,
 )
+from kvstore.session import MAX_POSITION
+from replication.replica import REPLICATION_SETTINGS
 
 # Numbers longer than this are not echoed back in error messages, only their size.
 _SHOWN_DIGITS = 24
@@ -97,20 +99,62 @@ def check_scan_limit(limit: object, limits: Limits) -> None:
         raise KvError(ErrorCode.BAD_REQUEST, f"scan limit must be 1..{limits.max_scan_limit}")
 
 
-def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits) -> None:
-    """Raise ``KvError`` if ``op`` breaks a limit; the node refuses such an op before doing anything.
+# The largest stale-read bound: a day. A larger one means "any lag", which leaving the bound out says.
+MAX_STALENESS_MS = 24 * 3600 * 1000
+# What single mode serves anyway (every op there is applied and read at once, on the one copy); "" is the default.
+SINGLE_MODE_READS = ("linearizable", "read-index")
+SINGLE_MODE_WRITES = ("sync",)
+
+
+def check_read_settings(consistency: object, max_staleness_ms: object, min_index: object, leader_mode: bool) -> None:
+    """A GET's consistency, staleness bound and session position (``GetOp``): valid, and meaningful in the mode."""
+    if consistency != "" and consistency not in CONSISTENCY_LEVELS:
+        raise KvError(ErrorCode.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
+    if max_staleness_ms is not None:
+        if type(max_staleness_ms) is not int or not 0 < max_staleness_ms <= MAX_STALENESS_MS:
+            raise KvError(ErrorCode.BAD_REQUEST, f"max_staleness_ms must be 1..{MAX_STALENESS_MS}")
+        if consistency != "stale":
+            raise KvError(ErrorCode.BAD_REQUEST, "max_staleness_ms bounds stale reads only (consistency=stale)")
+    if type(min_index) is not int or not 0 <= min_index <= MAX_POSITION:
+        raise KvError(ErrorCode.BAD_REQUEST, f"a session position must be 0..{MAX_POSITION}")
+    if not leader_mode and consistency and consistency not in SINGLE_MODE_READS:
+        raise KvError(ErrorCode.BAD_REQUEST, f"consistency={consistency} needs leader mode (single mode reads at once)")
+
+
+def check_replication(replication: object, leader_mode: bool) -> None:
+    """A write's replication setting (``PutOp.replication``): valid, and meaningful in the mode."""
+    if replication != "" and replication not in REPLICATION_SETTINGS:
+        raise KvError(ErrorCode.BAD_REQUEST, f"replication must be one of {', '.join(REPLICATION_SETTINGS)}")
+    if not leader_mode and replication and replication not in SINGLE_MODE_WRITES:
+        message = f"replication={replication} needs leader mode (single mode writes one copy)"
+        raise KvError(ErrorCode.BAD_REQUEST, message)
+
+
+def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits, leader_mode: bool = False) -> None:
+    """Raise ``KvError`` if ``op`` breaks a limit or asks for a setting the cluster's mode does not have
+    (``leader_mode``); the node refuses such an op before doing anything.
 
     Types are not checked here beyond what a limit needs: client ops are built by the HTTP layer and
     peer ops are type-checked by the codec.
     """
-    if isinstance(op, (GetOp, DeleteOp)):
+    if isinstance(op, GetOp):
         check_key(op.key, limits)
+        if op.consistency or op.max_staleness_ms is not None or op.min_index:
+            check_read_settings(op.consistency, op.max_staleness_ms, op.min_index, leader_mode)
+    elif isinstance(op, DeleteOp):
+        check_key(op.key, limits)
+        if op.replication:
+            check_replication(op.replication, leader_mode)
     elif isinstance(op, PutOp):
         check_key(op.key, limits)
         check_value(op.value, limits)
         check_ttl_ms(op.ttl_ms)
+        if op.replication:
+            check_replication(op.replication, leader_mode)
     elif isinstance(op, CasOp):
         check_key(op.key, limits)
+        if op.replication:
+            check_replication(op.replication, leader_mode)
         if op.expected is not None:
             check_value(op.expected, limits)
         if op.new is not None:
@@ -137,7 +181,7 @@ def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits) -> None:
         for index, entry in enumerate(entries):
             try:
                 if isinstance(entry, PutOp):
-                    check_op(entry, limits)
+                    check_op(entry, limits, leader_mode)
                 else:
                     check_key(entry, limits)
             except KvError as exc:

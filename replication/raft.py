@@ -170,6 +170,7 @@ class RaftReplica:
         pre_vote: bool = True,
         sweep_interval_ms: int | None = None,
         sweep_max_keys: int = 1000,
+        lease_drift_ms: int = 100,
     ) -> None:
         if not voters or len(set(voters)) != len(voters) or set(voters) & set(learners):
             raise ValueError(f"voters must be distinct, non-empty and not learners: {voters!r} / {learners!r}")
@@ -198,6 +199,7 @@ class RaftReplica:
         self._max_pending_reads = max_pending_reads
         self._compact_threshold = compact_threshold
         self._check_quorum = check_quorum
+        self.lease_drift_ms = lease_drift_ms
         self._pre_vote = pre_vote
         self._sweep_interval = sweep_interval_ms
         self._sweep_max_keys = sweep_max_keys

@@ -90,7 +90,9 @@ class NodeServer:
             ),
         )
         self.router = Router(self.metrics)
-        KvRoutes(self.pump, config.limits).register(self.router)
+        # Looked up per request: the node replaces its map as it learns.
+        partition_of = lambda key: self.node.partition_map.partition_for_key(key)  # noqa: E731
+        KvRoutes(self.pump, config.limits, partition_of).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.node, self.faults).register(self.router)
         CopyRoutes(config, self.node, storage, clock).register(self.router)

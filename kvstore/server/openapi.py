@@ -8,6 +8,8 @@ documented parameter): the parameters and body fields listed are the ones a rout
 else is (request objects are ``additionalProperties: false``); every status a route can answer is
 listed, each with the error codes it can carry; and where a response has alternative shapes
 (``oneOf``), each shape has required fields the others forbid, so a response matches exactly one.
+The replication settings a request may name are the ones the node's mode serves: every value in leader
+mode, only the defaults in single mode (``build_openapi(..., leader_mode=)``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from kvstore.config import FSYNC_POLICIES, MODES, STORAGE_ENGINES, Limits
+from kvstore.config import CONSISTENCY_LEVELS, FSYNC_POLICIES, MODES, STORAGE_ENGINES, Limits
 from kvstore.errors import ErrorCode
 from kvstore.server.http_codec import JSON_TYPE, MSGPACK_TYPE, OCTET_TYPE
 from kvstore.server.router import Route
@@ -26,8 +28,10 @@ from kvstore.server.routes_admin import (
     MAX_COPY_PAGE_BYTES,
 )
 from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT
-from kvstore.validation import MAX_TTL_MS
+from kvstore.session import MAX_SESSION_BYTES, SESSION_HEADER
+from kvstore.validation import MAX_STALENESS_MS, MAX_TTL_MS, SINGLE_MODE_READS, SINGLE_MODE_WRITES
 from partitioning.partition_map import MEMBER_STATES
+from replication.replica import REPLICATION_SETTINGS
 
 # The server reads msgpack bodies under either name; it answers with MSGPACK_TYPE.
 _MSGPACK_ALIAS = "application/x-msgpack"
@@ -105,6 +109,57 @@ _TTL_MS = {"type": "integer", "minimum": 1, "maximum": MAX_TTL_MS, "description"
 _BODY_TTL_MS = {"ttl_ms": {"oneOf": [_TTL_MS, {"type": "null"}]}}
 
 
+_SESSION_TOKEN = {
+    "type": "string",
+    "maxLength": MAX_SESSION_BYTES,
+    "pattern": r"^(?:[0-9]{1,10}:[0-9]{1,19}(?:,[0-9]{1,10}:[0-9]{1,19})*)?$",
+    "description": (
+        "The session's highest log position per partition (`partition:index`, comma-separated, the partition used "
+        "last first; an index at most 2^63-1). Opaque to clients: send back the last one received."
+    ),
+}
+_SESSION_PARAMETER = {
+    "name": SESSION_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "A session token: a read is served from a state at least as new as its position for the key",
+    "schema": _SESSION_TOKEN,
+}
+_SESSION_ANSWER = {
+    SESSION_HEADER: {
+        "schema": _SESSION_TOKEN,
+        "description": "The request's token advanced by this answer's position (absent while it knows none)",
+    }
+}
+
+
+def _replication(leader_mode: bool) -> dict[str, Any]:
+    values = REPLICATION_SETTINGS if leader_mode else SINGLE_MODE_WRITES
+    return {
+        "enum": list(values),
+        "description": "When the write is acknowledged (leader mode; default: the cluster's replication.writes)",
+    }
+
+
+def _read_query(leader_mode: bool) -> dict[str, Any]:
+    """``consistency``, and in leader mode ``max_staleness_ms`` with ``consistency=stale`` only."""
+    description = "How the read is served (default: the cluster's replication.reads)"
+    if not leader_mode:
+        return _object({}, {"consistency": {"enum": list(SINGLE_MODE_READS), "description": description}})
+    staleness = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_STALENESS_MS,
+        "description": "The most the serving replica's state may lag behind the leader's",
+    }
+    fresh = [level for level in CONSISTENCY_LEVELS if level != "stale"]
+    return _one_of(
+        _object({}, {"consistency": {"enum": fresh, "description": description}}),
+        _object({"consistency": {"const": "stale", "description": "Any replica, from its own state"}},
+                {"max_staleness_ms": staleness}),
+    )
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     """All of a route's query parameters as one object, each property one parameter (form style,
     exploded): so the schema can say which combinations are allowed and that no other is."""
@@ -144,12 +199,17 @@ def _errors(codes: Iterable[ErrorCode]) -> dict[str, Any]:
     }
 
 
-def _ok(description: str, schema: dict[str, Any], msgpack_schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON, or msgpack when the request says ``Accept: application/msgpack``."""
-    return {
+def _ok(
+    description: str, schema: dict[str, Any], msgpack_schema: dict[str, Any] | None = None, session: bool = False
+) -> dict[str, Any]:
+    """JSON, or msgpack when the request says ``Accept: application/msgpack``; ``session``: with the session header."""
+    ok: dict[str, Any] = {
         "description": description,
         "content": {JSON_TYPE: {"schema": schema}, MSGPACK_TYPE: {"schema": msgpack_schema or schema}},
     }
+    if session:
+        ok["headers"] = _SESSION_ANSWER
+    return ok
 
 
 def _structured_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -161,11 +221,11 @@ def _structured_body(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cas_body() -> dict[str, Any]:
+def _cas_body(leader_mode: bool) -> dict[str, Any]:
     def branch(encoding: dict[str, Any], value: dict[str, Any], required: bool) -> dict[str, Any]:
         # expected null: the key must be absent; new null: delete it.
         fields = {"expected": {"oneOf": [{"type": "null"}, value]}, "new": {"oneOf": [value, {"type": "null"}]}}
-        optional: dict[str, Any] = _BODY_TTL_MS
+        optional: dict[str, Any] = {**_BODY_TTL_MS, "replication": _replication(leader_mode)}
         if required:
             return _object({**fields, "encoding": encoding}, optional)
         return _object(fields, {**optional, "encoding": encoding})
@@ -183,7 +243,7 @@ def _cas_body() -> dict[str, Any]:
     }
 
 
-def _batch_body(limits: Limits) -> dict[str, Any]:
+def _batch_body(limits: Limits, leader_mode: bool) -> dict[str, Any]:
     def entries(item: dict[str, Any]) -> dict[str, Any]:
         return {"type": "array", "items": item, "minItems": 1, "maxItems": limits.max_batch_keys}
 
@@ -192,7 +252,8 @@ def _batch_body(limits: Limits) -> dict[str, Any]:
         _object({"key": key, "value": {"type": "string", "description": "UTF-8 text (or bin in msgpack)"}}, ttl),
         _object({"key": key, "value_b64": _BASE64}, ttl),
     )
-    return _one_of(_object({"get": entries(key)}), _object({"put": entries(put_entry)}))
+    puts = _object({"put": entries(put_entry)}, {"replication": _replication(leader_mode)})
+    return _one_of(_object({"get": entries(key)}), puts)
 
 
 def _batch_results(as_msgpack: bool) -> dict[str, Any]:
@@ -447,7 +508,7 @@ def _copy_query(limits: Limits) -> dict[str, Any]:
     return _object({}, {"after": after, "limit": limit})
 
 
-def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
+def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict[str, Any]]:
     key_param = {
         "name": "key",
         "in": "path",
@@ -460,14 +521,18 @@ def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
     return {
         ("GET", "/kv/{key}"): {
             "summary": "Read a key",
-            "description": no_query,
-            "parameters": [key_param],
+            "parameters": [
+                key_param,
+                _query("read", _read_query(leader_mode), "How the read is served"),
+                _SESSION_PARAMETER,
+            ],
             "responses": {
                 "200": {
                     "description": "The raw value",
                     "headers": {
                         "X-Kv-Version": {"required": True, "schema": _VERSION},
                         "X-Kv-Expires-At-Ms": {"schema": _EXPIRES_AT_MS, "description": "Only with a TTL"},
+                        **_SESSION_ANSWER,
                     },
                     "content": {OCTET_TYPE: {"schema": {"type": "string", "contentMediaType": OCTET_TYPE}}},
                 },
@@ -492,12 +557,15 @@ def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
                                 "description": "Time to live in seconds, rounded up to a whole millisecond",
                                 "examples": [1.5],
                             },
+                            "replication": _replication(leader_mode),
                         },
                         "additionalProperties": False,
-                        "maxProperties": 1,
+                        "not": {"required": ["ttl", "ttl_ms"]},
                     },
-                    "A time to live, in whole milliseconds (`ttl_ms`) or in seconds (`ttl`); at most one",
+                    "A time to live, in whole milliseconds (`ttl_ms`) or in seconds (`ttl`), at most one; and when "
+                    "the write is acknowledged",
                 ),
+                _SESSION_PARAMETER,
             ],
             "requestBody": {
                 "required": False,
@@ -507,21 +575,33 @@ def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
                 # No schema: any bytes under any media type are a value.
                 "content": {"*/*": {}},
             },
-            "responses": {"200": _ok("Written", _WRITTEN), **_errors((*key_errors, *_BODY))},
+            "responses": {"200": _ok("Written", _WRITTEN, session=True), **_errors((*key_errors, *_BODY))},
         },
         ("DELETE", "/kv/{key}"): {
             "summary": "Delete a key",
-            "description": no_query,
-            "parameters": [key_param],
-            "responses": {"200": _ok("`deleted` says whether the key existed", _DELETED), **_errors(key_errors)},
+            "parameters": [
+                key_param,
+                _query(
+                    "replication",
+                    _object({}, {"replication": _replication(leader_mode)}),
+                    "When the delete is acknowledged",
+                ),
+                _SESSION_PARAMETER,
+            ],
+            "responses": {
+                "200": _ok("`deleted` says whether the key existed", _DELETED, session=True),
+                **_errors(key_errors),
+            },
         },
         ("POST", "/cas/{key}"): {
             "summary": "Compare and set: write `new` only if the current value is `expected` (null: absent)",
             "description": no_query,
-            "parameters": [key_param],
-            "requestBody": _structured_body(_cas_body()),
+            "parameters": [key_param, _SESSION_PARAMETER],
+            "requestBody": _structured_body(_cas_body(leader_mode)),
             "responses": {
-                "200": _ok("Written (`new` was a value) or deleted (`new` was null)", _one_of(_WRITTEN, _DELETED)),
+                "200": _ok(
+                    "Written (`new` was a value) or deleted (`new` was null)", _one_of(_WRITTEN, _DELETED), session=True
+                ),
                 **_errors((*key_errors, *_BODY, ErrorCode.PRECONDITION_FAILED)),
             },
         },
@@ -539,7 +619,7 @@ def _operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/batch"): {
             "summary": 'Many gets ({"get": [keys]}) or puts ({"put": [{"key", "value" | "value_b64", "ttl_ms"?}]})',
             "description": f"{no_query}. Each entry succeeds or fails on its own.",
-            "requestBody": _structured_body(_batch_body(limits)),
+            "requestBody": _structured_body(_batch_body(limits, leader_mode)),
             "responses": {
                 "200": _ok("One result per entry, in order", _batch_results(False), _batch_results(True)),
                 **_errors((*_ALWAYS, ErrorCode.BAD_KEY, *_BODY, *_NODE)),
@@ -634,9 +714,10 @@ _INFO_DESCRIPTION = (
 )
 
 
-def build_openapi(routes: list[Route], limits: Limits | None = None) -> dict[str, Any]:
-    """The description of ``routes`` (internal ones left out), with the bounds of ``limits``."""
-    operations = _operations(limits or Limits())
+def build_openapi(routes: list[Route], limits: Limits | None = None, leader_mode: bool = False) -> dict[str, Any]:
+    """The description of ``routes`` (internal ones left out), with the bounds of ``limits`` and the replication
+    settings of the mode."""
+    operations = _operations(limits or Limits(), leader_mode)
     paths: dict[str, dict[str, Any]] = {}
     for route in sorted(routes, key=lambda r: (r.template, r.method)):
         if route.internal:

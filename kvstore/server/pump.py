@@ -3,7 +3,8 @@
 Every input (client requests, peer messages, timers, failed sends) goes through ``_step`` on the event
 loop thread, so the node sees them one at a time. A client request is stepped inline by the HTTP
 handler that received it: when the node answers at once (a local read, or any local op when nothing
-waits for an fsync), ``submit`` returns the result directly and no future is created.
+waits for an fsync), ``submit`` returns the node's ``Reply`` directly and no future is created. A ``Reply``
+carries the result and the partition log position it reflects (what a session token keeps).
 
 Durability (see ``kvstore.effects``): a ``Send`` or ``Reply`` marked ``durable`` is held until
 storage is synced up to the ``written_lsn`` of the step that made it, under every fsync policy;
@@ -102,8 +103,8 @@ class Pump:
         self._next_request_id = 1
         # The request being stepped inline by ``submit`` and its answer, when the node answers at once.
         self._inline_request_id = 0
-        self._inline_result: Result | None = None
-        self._waiters: dict[int, tuple[asyncio.Future[Result], asyncio.TimerHandle]] = {}
+        self._inline_reply: Reply | None = None
+        self._waiters: dict[int, tuple[asyncio.Future[Reply], asyncio.TimerHandle]] = {}
         # (written_lsn of the step, effect): durable Sends and Replies waiting for a sync, in step order.
         self._held: deque[tuple[int, Send | Reply]] = deque()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -145,12 +146,12 @@ class Pump:
         """Sends and Replies waiting for a sync before they may leave."""
         return len(self._held)
 
-    def submit(self, op: ClientOp) -> Result | asyncio.Future[Result]:
-        """Step a client request now; its result, or a future for it when the answer must wait."""
+    def submit(self, op: ClientOp) -> Reply | asyncio.Future[Reply]:
+        """Step a client request now; the node's reply, or a future for it when the answer must wait."""
         if self._failure is not None:
-            return self._failure
+            return Reply(0, self._failure)
         if len(self._waiters) >= self._max_inflight:
-            return Failure.of(ErrorCode.OVERLOADED, "too many requests waiting for an answer; retry later")
+            return Reply(0, Failure.of(ErrorCode.OVERLOADED, "too many requests waiting for an answer; retry later"))
         request_id = self._next_request_id
         self._next_request_id += 1
         self._inline_request_id = request_id
@@ -158,19 +159,19 @@ class Pump:
             self._step(ClientRequest(request_id, op))
         finally:
             self._inline_request_id = 0
-            result, self._inline_result = self._inline_result, None
-        if result is not None:
-            return result
-        future: asyncio.Future[Result] = self._loop.create_future()
+            reply, self._inline_reply = self._inline_reply, None
+        if reply is not None:
+            return reply
+        future: asyncio.Future[Reply] = self._loop.create_future()
         guard = self._loop.call_later(self._guard_timeout_s, self._expire, request_id)
         self._waiters[request_id] = (future, guard)
         return future
 
     async def execute(self, op: ClientOp) -> Result:
-        result = self.submit(op)
-        if isinstance(result, asyncio.Future):
-            return await result
-        return result
+        reply = self.submit(op)
+        if isinstance(reply, asyncio.Future):
+            reply = await reply
+        return reply.result
 
     def deliver(self, msg: Message) -> None:
         """A peer message, already authenticated by the transport."""
@@ -214,26 +215,27 @@ class Pump:
             self._send(effect.msg)
             return
         if effect.request_id == self._inline_request_id:
-            self._inline_result = effect.result
+            self._inline_reply = effect
             return
         waiter = self._waiters.pop(effect.request_id, None)
         if waiter is not None:
             future, guard = waiter
             guard.cancel()
             if not future.done():
-                future.set_result(effect.result)
+                future.set_result(effect)
 
     def _expire(self, request_id: int) -> None:
         waiter = self._waiters.pop(request_id, None)
         if waiter is not None and not waiter[0].done():
-            waiter[0].set_result(Failure.of(ErrorCode.TIMEOUT, "no answer in time; the op may have happened"))
+            failure = Failure.of(ErrorCode.TIMEOUT, "no answer in time; the op may have happened")
+            waiter[0].set_result(Reply(request_id, failure))
 
     def _fail_waiters(self, failure: Failure) -> None:
         waiters, self._waiters = self._waiters, {}
         for future, guard in waiters.values():
             guard.cancel()
             if not future.done():
-                future.set_result(failure)
+                future.set_result(Reply(0, failure))
 
     def _set_timer(self, timer: SetTimer) -> None:
         old = self._timers.pop(timer.key, None)

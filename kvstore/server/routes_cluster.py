@@ -122,5 +122,6 @@ class ClusterRoutes:
         refuse_query(request)
         if self._openapi_body is None:
             assert self._router is not None, "routes used before register()"
-            self._openapi_body = json.dumps(build_openapi(self._router.routes, self._config.limits), indent=1).encode()
+            doc = build_openapi(self._router.routes, self._config.limits, self._config.mode == "leader")
+            self._openapi_body = json.dumps(doc, indent=1).encode()
         return Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})

@@ -9,14 +9,26 @@ TTLs: ``PUT /kv/{key}?ttl_ms=N`` (whole milliseconds) or ``?ttl=S`` (seconds, ma
 rounded up to a whole millisecond); CAS and batch puts take ``"ttl_ms"`` in the body. Numbers in a
 query are ASCII decimals ("1.5", "1e-3"; not "1_000", " 1", "inf" or other scripts' digits) and query
 values must percent-decode to UTF-8: anything else is a definite ``bad_request``, never a guess.
+
+Replication settings (leader mode; single mode takes only the values it serves anyway), where the TTL goes:
+``PUT/DELETE /kv/{key}?replication=sync|semi-sync|async``, ``"replication"`` in a CAS body and beside a batch's
+``"put"``; ``GET /kv/{key}?consistency=linearizable|read-index|lease|unsafe|stale`` and, with ``stale``,
+``&max_staleness_ms=N``. The node checks the values (``kvstore.validation.check_op``).
+
+Sessions (``kvstore/session.py``): a key op may carry ``X-Kv-Session``; a GET is then served from a state at
+least as new as the token's position in the key's partition, and every answer to a key op carries the token
+advanced by the answer's position.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+from kvstore import session
 from kvstore.config import Limits
+from kvstore.effects import Reply
 from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import (
     BatchGetOp,
@@ -61,9 +73,11 @@ _ENCODINGS = ("utf-8", "base64")
 
 
 class KvRoutes:
-    def __init__(self, pump: Pump, limits: Limits) -> None:
+    def __init__(self, pump: Pump, limits: Limits, partition_of: Callable[[str], int]) -> None:
         self._pump = pump
         self._limits = limits
+        # The partition a key maps to (the node's map): where a session token keeps the key's position.
+        self._partition_of = partition_of
         self._structured_limit_bytes = structured_body_limit_bytes(limits.max_value_bytes)
 
     def register(self, router: Router) -> None:
@@ -76,56 +90,84 @@ class KvRoutes:
         router.add("POST", "/batch", self.batch, max_body_bytes=structured_bytes)
 
     async def _run(self, op: ClientOp) -> Result:
-        result = self._pump.submit(op)
-        if isinstance(result, asyncio.Future):
-            result = await result
-        return result
+        return (await self._reply(op)).result
+
+    async def _reply(self, op: ClientOp) -> Reply:
+        reply = self._pump.submit(op)
+        if isinstance(reply, asyncio.Future):
+            reply = await reply
+        return reply
 
     # ------------------------------------------------------------ /kv/{key}
 
     async def get(self, request: Request, key: str) -> Response:
-        refuse_query(request)
-        result = await self._run(GetOp(key))
+        params = query_params(request, ("consistency", "max_staleness_ms")) if request.query_string else {}
+        staleness = params.get("max_staleness_ms")
+        max_staleness_ms = None if staleness is None else parse_whole_number(staleness, "max_staleness_ms")
+        positions = _session(request)
+        min_index = positions.get(self._partition_of(key), 0) if positions else 0
+        reply = await self._reply(GetOp(key, params.get("consistency", ""), max_staleness_ms, min_index))
+        result = reply.result
         if isinstance(result, Found):
             headers = {"Content-Type": OCTET_TYPE, "X-Kv-Version": str(result.version)}
             if result.expires_at_ms is not None:
                 headers["X-Kv-Expires-At-Ms"] = str(result.expires_at_ms)
-            return Response(body=result.value, headers=headers)
+            return self._with_session(Response(body=result.value, headers=headers), positions, key, reply)
         raise _unexpected(result)
 
     async def put(self, request: Request, key: str) -> Response:
-        ttl_ms = _ttl_ms(query_params(request, ("ttl", "ttl_ms"))) if request.query_string else None
+        params = query_params(request, ("ttl", "ttl_ms", "replication")) if request.query_string else {}
+        ttl_ms = _ttl_ms(params)
         value = read_body(request, self._limits.max_value_bytes)
-        result = await self._run(PutOp(key, value, ttl_ms))
+        positions = _session(request)
+        reply = await self._reply(PutOp(key, value, ttl_ms, params.get("replication", "")))
+        result = reply.result
         if isinstance(result, Written):
-            return encoded_response({"key": result.key, "version": result.version}, wants_msgpack(request))
+            response = encoded_response({"key": result.key, "version": result.version}, wants_msgpack(request))
+            return self._with_session(response, positions, key, reply)
         raise _unexpected(result)
 
     async def delete(self, request: Request, key: str) -> Response:
-        refuse_query(request)
-        result = await self._run(DeleteOp(key))
+        replication = _replication(request)
+        positions = _session(request)
+        reply = await self._reply(DeleteOp(key, replication))
+        result = reply.result
         if isinstance(result, Deleted):
-            return encoded_response({"key": result.key, "deleted": result.existed}, wants_msgpack(request))
+            response = encoded_response({"key": result.key, "deleted": result.existed}, wants_msgpack(request))
+            return self._with_session(response, positions, key, reply)
         raise _unexpected(result)
+
+    def _with_session(self, response: Response, positions: session.Positions, key: str, reply: Reply) -> Response:
+        """``response`` carrying the request's session token advanced by the answer's position (no header while
+        the session knows no position: single mode answers none)."""
+        if positions or reply.position > 0:
+            advanced = session.advance(positions, self._partition_of(key), reply.position)
+            response.headers[session.SESSION_HEADER] = session.render(advanced)
+        return response
 
     # ------------------------------------------------------------ /cas/{key}
 
     async def cas(self, request: Request, key: str) -> Response:
         refuse_query(request)
+        positions = _session(request)
         doc, _ = read_document(request, self._structured_limit_bytes)
-        check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding"), "cas")
+        check_fields(doc, ("expected", "new"), ("ttl_ms", "encoding", "replication"), "cas")
+        replication = _replication_field(doc)
         encoding = doc.get("encoding", "utf-8")
         if encoding not in _ENCODINGS:
             raise KvError(ErrorCode.BAD_REQUEST, f"encoding must be one of {', '.join(_ENCODINGS)}")
         expected = None if doc["expected"] is None else value_from(doc["expected"], encoding, "expected")
         new = None if doc["new"] is None else value_from(doc["new"], encoding, "new")
-        result = await self._run(CasOp(key, expected, new, optional_int(doc, "ttl_ms")))
+        reply = await self._reply(CasOp(key, expected, new, optional_int(doc, "ttl_ms"), replication))
+        result = reply.result
         as_msgpack = wants_msgpack(request)
         if isinstance(result, Written):
-            return encoded_response({"key": result.key, "version": result.version}, as_msgpack)
-        if isinstance(result, Deleted):
-            return encoded_response({"key": result.key, "deleted": result.existed}, as_msgpack)
-        raise _unexpected(result)
+            response = encoded_response({"key": result.key, "version": result.version}, as_msgpack)
+        elif isinstance(result, Deleted):
+            response = encoded_response({"key": result.key, "deleted": result.existed}, as_msgpack)
+        else:
+            raise _unexpected(result)
+        return self._with_session(response, positions, key, reply)
 
     # ------------------------------------------------------------ /scan
 
@@ -152,8 +194,12 @@ class KvRoutes:
     async def batch(self, request: Request, _param: str) -> Response:
         refuse_query(request)
         doc, _as_msgpack = read_document(request, self._structured_limit_bytes)
-        if len(doc) != 1 or not ({"get", "put"} & doc.keys()):
-            raise KvError(ErrorCode.BAD_REQUEST, 'batch body must be {"get": [keys]} or {"put": [entries]}')
+        # The puts' replication setting travels beside them; a batch get has none.
+        replication = _replication_field(doc) if "put" in doc else ""
+        fields = doc.keys() - {"replication"} if "put" in doc else doc.keys()
+        if len(fields) != 1 or not ({"get", "put"} & fields):
+            message = 'batch body must be {"get": [keys]} or {"put": [entries]} (and "replication" with a put)'
+            raise KvError(ErrorCode.BAD_REQUEST, message)
         entries = doc.get("get", doc.get("put"))
         if not isinstance(entries, list):
             raise KvError(ErrorCode.BAD_REQUEST, "batch entries must be a list")
@@ -164,7 +210,7 @@ class KvRoutes:
             op = BatchGetOp(tuple(entries))
             keys = op.keys
         else:
-            op = BatchPutOp(tuple(_put_entry(entry, i) for i, entry in enumerate(entries)))
+            op = BatchPutOp(tuple(_put_entry(entry, i, replication) for i, entry in enumerate(entries)))
             keys = tuple(item.key for item in op.items)
         result = await self._run(op)
         if not isinstance(result, BatchResults):
@@ -198,7 +244,31 @@ def _ttl_ms(params: dict[str, str]) -> int | None:
     return None
 
 
-def _put_entry(entry: Any, index: int) -> PutOp:
+def _replication(request: Request) -> str:
+    """A write route's ``?replication=`` ("" when not given: the cluster's setting)."""
+    return query_params(request, ("replication",)).get("replication", "") if request.query_string else ""
+
+
+def _replication_field(doc: dict[str, Any]) -> str:
+    """A structured write's ``"replication"`` field ("" when absent: the cluster's setting)."""
+    replication = doc.get("replication", "")
+    if not isinstance(replication, str):
+        raise KvError(ErrorCode.BAD_REQUEST, "replication must be a string")
+    return replication
+
+
+def _session(request: Request) -> session.Positions:
+    """The request's ``X-Kv-Session`` token (empty when it has none); ``bad_request`` if it is not a token."""
+    tokens = request.headers.getall(session.SESSION_HEADER, [])
+    if len(tokens) > 1:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{session.SESSION_HEADER} is given twice")
+    try:
+        return session.parse(tokens[0]) if tokens else {}
+    except session.SessionTokenError as exc:
+        raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+
+def _put_entry(entry: Any, index: int, replication: str) -> PutOp:
     where = f"put[{index}]"
     if not isinstance(entry, dict):
         raise KvError(ErrorCode.BAD_REQUEST, f"{where} must be an object")
@@ -208,7 +278,7 @@ def _put_entry(entry: Any, index: int) -> PutOp:
         value = value_from(entry["value_b64"], "base64", f"{where}.value_b64")
     else:
         value = value_from(entry["value"], "utf-8", f"{where}.value")
-    return PutOp(entry["key"], value, optional_int(entry, "ttl_ms"))
+    return PutOp(entry["key"], value, optional_int(entry, "ttl_ms"), replication)
 
 
 def _batch_entry(key: str, result: Result, as_msgpack: bool) -> dict[str, object]:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from chaos.run_real import real_cluster_config
+from chaos.run_sim import sim_cluster_config
 from chaos.scenario import ScenarioError, check_real_cluster, from_dict, load
+from kvstore.config import ReplicationConfig
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -70,3 +73,28 @@ def test_a_power_loss_is_a_simulator_only_crash() -> None:
     for path in sorted(SCENARIOS.glob("*.toml")):
         if path != SCENARIOS / "register-crash-fsync-never.toml":
             check_real_cluster(load(path), str(path))
+
+
+def test_the_replication_table_goes_to_both_runs_cluster_configs(tmp_path: Path) -> None:
+    table = {"writes": "semi-sync", "reads": "lease", "lease_drift_ms": 50}
+    scenario = from_dict({"cluster": {"mode": "leader"}, "replication": table}, "sweep.toml")
+    assert scenario.replication == ReplicationConfig("semi-sync", "lease", 50)
+    assert sim_cluster_config(scenario).replication == ReplicationConfig("semi-sync", "lease", 50)
+    assert real_cluster_config(scenario, tmp_path, "s").replication == ReplicationConfig("semi-sync", "lease", 50)
+    assert from_dict({}, "plain.toml").replication == ReplicationConfig()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"cluster": {"mode": "leader"}, "replication": {"writes": "quorum"}}, "replication.writes: 'quorum' is not"),
+        ({"cluster": {"mode": "leader"}, "replication": {"lease_drift_ms": 1000}}, "must be positive and below"),
+        ({"cluster": {"mode": "leader"}, "replication": {"lease_drift_ms": "100"}}, "expected int, got '100'"),
+        ({"replication": {"reads": "stale"}}, "[replication] settings need leader mode"),
+        ({"replication": {"fast": True}}, "[replication]: unknown setting(s) fast"),
+    ],
+)
+def test_bad_replication_tables_are_refused(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ScenarioError, match=r"bad\.toml") as info:
+        from_dict(data, "bad.toml")
+    assert message in str(info.value)

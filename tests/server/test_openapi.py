@@ -9,6 +9,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import jsonschema_rs
@@ -81,6 +82,30 @@ def test_bounds_come_from_the_limits_given() -> None:
         7,
         7,
     ]
+
+
+def test_the_replication_settings_are_the_modes() -> None:
+    single = build_openapi(CLIENT_ROUTES)["paths"]
+    leader = build_openapi(CLIENT_ROUTES, leader_mode=True)["paths"]
+    read = single["/kv/{key}"]["get"]["parameters"][1]["schema"]
+    assert read["properties"] == {"consistency": {"enum": ["linearizable", "read-index"], "description": ANY}}
+    fresh, stale = leader["/kv/{key}"]["get"]["parameters"][1]["schema"]["oneOf"]
+    assert fresh["properties"]["consistency"]["enum"] == ["linearizable", "read-index", "lease", "unsafe"]
+    assert stale["required"] == ["consistency"] and stale["properties"]["consistency"]["const"] == "stale"
+    assert set(stale["properties"]) == {"consistency", "max_staleness_ms"}
+    for paths, settings in ((single, ["sync"]), (leader, ["sync", "semi-sync", "async"])):
+        put = paths["/kv/{key}"]["put"]["parameters"][1]["schema"]["properties"]["replication"]
+        delete = paths["/kv/{key}"]["delete"]["parameters"][1]["schema"]["properties"]["replication"]
+        cas = paths["/cas/{key}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        batch = paths["/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][1]
+        for schema in (put, delete, *(branch["properties"]["replication"] for branch in cas),
+                       batch["properties"]["replication"]):
+            assert schema["enum"] == settings
+    # Every key op takes and answers a session token.
+    for method, path in (("get", "/kv/{key}"), ("put", "/kv/{key}"), ("delete", "/kv/{key}"), ("post", "/cas/{key}")):
+        operation = single[path][method]
+        assert any(p["name"] == "X-Kv-Session" and p["in"] == "header" for p in operation["parameters"])
+        assert "X-Kv-Session" in operation["responses"]["200"]["headers"]
 
 
 async def _unused(request: Any, param: str) -> Any:
@@ -424,9 +449,9 @@ async def test_query_combinations_the_description_excludes_are_refused(
     mismatches: list[str] = []
     put = described["paths"]["/kv/{key}"]["put"]
     ttl = put["parameters"][1]["schema"]
-    assert ttl["maxProperties"] == 1 and set(ttl["properties"]) == {"ttl", "ttl_ms"}
+    assert ttl["not"] == {"required": ["ttl", "ttl_ms"]} and set(ttl["properties"]) == {"ttl", "ttl_ms", "replication"}
     probe = Probe(node, http, "PUT", "/kv/{key}", put, mismatches)
-    await probe.accepts({"ttl": "1.5"})
+    await probe.accepts({"ttl": "1.5", "replication": "sync"})
     await probe.refuses({"ttl": "1.5", "ttl_ms": "1500"})
 
     scan = described["paths"]["/scan"]["get"]

@@ -18,7 +18,7 @@ from driver_stub import StubNode
 
 from kvstore import flush_policy
 from kvstore.config import FsyncPolicy, StorageConfig, local_cluster
-from kvstore.effects import Effect
+from kvstore.effects import Effect, Reply
 from kvstore.errors import ErrorCode
 from kvstore.flush_policy import EARLY_FLUSH_EVENTS
 from kvstore.messages import (
@@ -109,7 +109,7 @@ class Rig:
     sent: list[tuple[Message, int]]
     fatal: list[BaseException]
 
-    def released_at(self, result: Result | asyncio.Future[Result]) -> list[int]:
+    def released_at(self, result: Reply | asyncio.Future[Reply]) -> list[int]:
         """The synced LSN at the moment a held answer is released (filled in when it is)."""
         assert isinstance(result, asyncio.Future), f"expected the answer to wait for a sync, got {result!r}"
         seen: list[int] = []
@@ -169,9 +169,14 @@ async def sync_started(rig: Rig) -> None:
     assert await asyncio.to_thread(rig.journal.running.wait, HANG_S), "no sync started"
 
 
-async def resolved(result: Result | asyncio.Future[Result]) -> Result:
-    assert isinstance(result, asyncio.Future), f"expected the answer to wait for a sync, got {result!r}"
-    return await asyncio.wait_for(result, HANG_S)
+async def resolved(reply: Reply | asyncio.Future[Reply]) -> Result:
+    assert isinstance(reply, asyncio.Future), f"expected the answer to wait for a sync, got {reply!r}"
+    return (await asyncio.wait_for(reply, HANG_S)).result
+
+
+def at_once(reply: Reply | asyncio.Future[Reply]) -> Result:
+    assert isinstance(reply, Reply), f"expected an answer at once, got {reply!r}"
+    return reply.result
 
 
 # ---------------------------------------------------------------- the durability contract
@@ -195,8 +200,8 @@ async def test_a_durable_reply_waits_for_the_sync_of_its_step_which_starts_at_on
 @pytest.mark.parametrize("fsync", POLICIES)
 async def test_unmarked_effects_leave_at_once_with_writes_pending(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
     rig = make_rig(fsync)
-    assert rig.pump.submit(PutOp("free/a", b"")) == Written("free/a", 1)
-    assert rig.pump.submit(PutOp("sendfree/n2/b", b"")) == Written("sendfree/n2/b", 1)
+    assert at_once(rig.pump.submit(PutOp("free/a", b""))) == Written("free/a", 1)
+    assert at_once(rig.pump.submit(PutOp("sendfree/n2/b", b""))) == Written("sendfree/n2/b", 1)
     assert rig.sent == [(Message("n1", "n2", 0, GetOp("b")), 0)]
     assert rig.storage.synced_lsn == 0
 
@@ -204,7 +209,7 @@ async def test_unmarked_effects_leave_at_once_with_writes_pending(make_rig: Make
 @pytest.mark.parametrize("fsync", POLICIES)
 async def test_a_durable_send_leaves_only_after_its_sync(make_rig: MakeRig, fsync: FsyncPolicy) -> None:
     rig = make_rig(fsync)
-    assert rig.pump.submit(PutOp("send/n2/a", b"")) == Written("send/n2/a", 1)  # the reply is unmarked
+    assert at_once(rig.pump.submit(PutOp("send/n2/a", b""))) == Written("send/n2/a", 1)  # the reply is unmarked
     await sync_started(rig)
     assert rig.sent == [] and rig.pump.held_effects == 1
     rig.journal.gate.set()
@@ -223,7 +228,7 @@ async def test_a_read_waits_for_unsynced_writes_and_not_once_they_are_synced(
     rig.journal.gate.set()
     assert isinstance(await resolved(read), Found)
     assert released == [1]
-    assert isinstance(rig.pump.submit(GetOp("a")), Found)  # nothing unsynced: at once
+    assert isinstance(at_once(rig.pump.submit(GetOp("a"))), Found)  # nothing unsynced: at once
 
 
 @pytest.mark.parametrize("fsync", POLICIES)
@@ -270,7 +275,7 @@ async def test_always_syncs_a_write_nothing_waits_for(make_rig: MakeRig) -> None
 async def test_batch_syncs_every_interval_with_nothing_waiting(make_rig: MakeRig) -> None:
     rig = make_rig("batch", batch_interval_ms=5)
     rig.journal.gate.set()
-    assert rig.pump.submit(PutOp("free/a", b"")) == Written("free/a", 1)
+    assert at_once(rig.pump.submit(PutOp("free/a", b""))) == Written("free/a", 1)
     await wait_until(lambda: rig.storage.synced_lsn == 1)
     assert rig.journal.batches == [1]
 
@@ -304,7 +309,7 @@ def test_the_schedule_of_each_policy() -> None:
 async def test_waiting_requests_are_bounded(make_rig: MakeRig) -> None:
     rig = make_rig("always", max_inflight=2)
     futures = [rig.pump.submit(PutOp(f"dur/o{i}", b"")) for i in range(2)]
-    refused = rig.pump.submit(PutOp("dur/o9", b""))
+    refused = at_once(rig.pump.submit(PutOp("dur/o9", b"")))
     assert isinstance(refused, Failure)
     assert refused.error_code is ErrorCode.OVERLOADED
     rig.journal.gate.set()
@@ -332,7 +337,7 @@ async def test_a_failed_sync_is_fatal_and_never_reported_as_success(make_rig: Ma
     assert result.error_code is ErrorCode.INTERNAL
     assert [str(e) for e in rig.fatal] == ["disk on fire"]
     assert rig.sent == [] and rig.node.synced() == []
-    later = rig.pump.submit(GetOp("anything"))
+    later = at_once(rig.pump.submit(GetOp("anything")))
     assert isinstance(later, Failure)
     assert later.error_code is ErrorCode.INTERNAL
 
@@ -347,13 +352,13 @@ async def test_a_node_that_fails_on_synced_stops_the_pump(make_rig: MakeRig) -> 
         return step(now_ms, inp)
 
     rig.node.step = broken  # type: ignore[method-assign]
-    waiting = rig.pump.submit(PutOp("send/n2/a", b""))  # answered at once; its send waits
+    waiting = at_once(rig.pump.submit(PutOp("send/n2/a", b"")))  # answered at once; its send waits
     assert waiting == Written("send/n2/a", 1)
     held = rig.pump.submit(GetOp("a"))
     rig.journal.gate.set()
     assert isinstance(await resolved(held), Found)  # released by the sync, before the node failed
     await wait_until(lambda: bool(rig.fatal))
-    later = rig.pump.submit(GetOp("a"))
+    later = at_once(rig.pump.submit(GetOp("a")))
     assert isinstance(later, Failure) and later.error_code is ErrorCode.INTERNAL
     assert "Synced" in later.message
 
@@ -366,7 +371,7 @@ async def test_close_syncs_and_answers_what_is_held(make_rig: MakeRig) -> None:
     await rig.pump.close()
     assert await resolved(pending) == Written("dur/c", 1)
     assert rig.storage.synced_lsn == 2
-    refused = rig.pump.submit(GetOp("c"))
+    refused = at_once(rig.pump.submit(GetOp("c")))
     assert isinstance(refused, Failure)
     assert refused.error_code is ErrorCode.UNAVAILABLE
 
@@ -384,11 +389,13 @@ async def test_the_node_answers_a_put_after_its_sync_only_under_always(fsync: Fs
                 batch_interval_ms=LONG_INTERVAL_MS, max_inflight=10, request_timeout_ms=2000)
     pump.start()
     try:
-        result = pump.submit(PutOp("k", b"v"))
+        reply = pump.submit(PutOp("k", b"v"))
         if fsync == "always":
-            assert isinstance(result, asyncio.Future) and not result.done()
+            assert isinstance(reply, asyncio.Future) and not reply.done()
             journal.gate.set()
-            result = await resolved(result)
+            result = await resolved(reply)
+        else:
+            result = at_once(reply)
         assert isinstance(result, Written)
     finally:
         journal.gate.set()

@@ -118,7 +118,7 @@ async def test_a_node_receives_what_it_sends_itself_through_the_pump() -> None:
     pumps.append(pump)
     pump.start()
     try:
-        assert pump.submit(PutOp("k", b"v")) == Written("k", 1)
+        assert pump.submit(PutOp("k", b"v")) == Reply(1, Written("k", 1))
         await wait_until(lambda: node.received)
         assert node.received == [MSG] and failed == []
     finally:

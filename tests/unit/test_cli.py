@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from kvstore import cli
 from kvstore.cluster import ClusterState, NodeRecord
 from kvstore.config import local_cluster
 from kvstore.errors import ErrorCode
+from kvstore.server.inprocess import InProcessCluster, loopback_config
 
 
 def subcommand_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -142,3 +144,41 @@ def test_the_foreground_watch_reports_nodes_that_stop_come_back_or_are_added(
         "n4 was added (http://127.0.0.1:7000)",
         "n2 is running again",
     ]
+
+
+def test_get_and_writes_parse_their_replication_settings() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["get", "k", "--consistency", "stale", "--max-staleness-ms", "250"])
+    assert (args.consistency, args.max_staleness_ms) == ("stale", 250)
+    args = parser.parse_args(["get", "k"])
+    assert (args.consistency, args.max_staleness_ms) == (None, None)
+    assert parser.parse_args(["put", "k", "v", "--replication", "semi-sync"]).replication == "semi-sync"
+    assert parser.parse_args(["delete", "k", "--replication", "async"]).replication == "async"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["get", "k", "--consistency", "eventual"], ["get", "k", "--max-staleness-ms", "0"],
+     ["put", "k", "v", "--replication", "quorum"]],
+)
+def test_bad_replication_settings_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_the_settings_reach_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    async def scenario() -> list[int]:
+        async with InProcessCluster(loopback_config(1)) as running:
+            url = running.url("n1")
+            return [
+                await asyncio.to_thread(cli.main, [*argv, "--url", url])
+                for argv in (["put", "k", "v", "--replication", "sync"], ["get", "k", "--consistency", "linearizable"],
+                             ["get", "k", "--consistency", "stale"])
+            ]
+
+    assert asyncio.run(scenario()) == [0, 0, 2]
+    captured = capsys.readouterr()
+    assert captured.out == "ok: k = 1 bytes (version 1)\nv"
+    assert "consistency=stale needs leader mode" in captured.err

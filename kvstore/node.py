@@ -48,7 +48,7 @@ from typing import cast
 
 from kvstore import codec
 from kvstore.config import ClusterConfig
-from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
+from kvstore.effects import CancelTimer, Effect, Reply, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, partition_scan_parts, scan_parts
@@ -74,6 +74,7 @@ from kvstore.messages import (
     Message,
     MovePartition,
     PutOp,
+    RaftBatch,
     Result,
     ScanOp,
     ScanPage,
@@ -84,13 +85,14 @@ from kvstore.messages import (
     Synced,
     TimerFired,
 )
+from kvstore.raft_batching import RAFT_TICK_TIMER, HeartbeatTicker, RaftOutbox, batch_items
 from kvstore.ranges import RANGES_TIMER, RangeKeeper
 from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
 from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
-from replication.raft import LEADER, RaftReplica
+from replication.raft import HEARTBEAT_TIMER, LEADER, RaftReplica
 from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead
 from replication.replica import (
     Answer,
@@ -105,6 +107,7 @@ from replication.replica import (
     ReplicaStarted,
     SendTo,
     StartTimer,
+    StopTimer,
 )
 from replication.replica import Synced as ReplicaSynced
 from replication.replica import TimerFired as ReplicaTimerFired
@@ -204,6 +207,10 @@ class Node:
         # Why the last operator order (a move, a membership change) did nothing; None if it did something.
         self.order_refusal: str | None = None
         self._effects: list[Effect] = []
+        # Leader mode's multi-Raft transport (kvstore/raft_batching.py): the replicas' messages of a step leave
+        # as one envelope per peer, and one node timer ticks every leader's heartbeat.
+        self._raft_out = RaftOutbox(node_id)
+        self._heartbeats = HeartbeatTicker(config.timeouts.heartbeat_interval_ms)
         self._now_ms = 0
         # The latest time this node has seen. Replicas get this clock, so TTL expiry is judged on it and a
         # clock that steps back (a skew fault ending, NTP) cannot bring an expired key back.
@@ -362,6 +369,8 @@ class Node:
             self._on_set_member(inp)
         else:
             raise TypeError(f"not a node input: {inp!r}")
+        # Whatever the replicas sent in this step leaves now, one envelope per peer (and durability).
+        effects.extend(self._raft_out.flush())
         assert len(self._waiting) <= self._waiting_slack + len(self.partition_map.replicas), (
             "in-flight table exceeded its bound"
         )
@@ -422,8 +431,11 @@ class Node:
                 self._effects.extend(self._mover.on_map_changed())
         elif isinstance(body, _STREAM_TRAFFIC):
             self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
-        elif msg.partition in self.replicas:
-            self._run_replica(msg.partition, PeerMessage(msg.src, body))
+        elif isinstance(body, RaftBatch):
+            replicas = self.replicas
+            for partition, item in batch_items(msg, body):
+                if partition in replicas:
+                    self._run_replica(partition, PeerMessage(msg.src, item))
 
     def _on_send_failed(self, msg: Message) -> None:
         if isinstance(msg.body, _STREAM_TRAFFIC):
@@ -432,8 +444,11 @@ class Node:
             if self._leader_mode and isinstance(msg.body, Forward):
                 self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
-        elif msg.partition in self.replicas:
-            self._run_replica(msg.partition, PeerUnreachable(msg.dst, msg.body))
+        elif isinstance(msg.body, RaftBatch):
+            replicas = self.replicas
+            for partition, item in batch_items(msg, msg.body):
+                if partition in replicas:
+                    self._run_replica(partition, PeerUnreachable(msg.dst, item))
 
     def _on_forward(self, src: str, partition: int, fwd: Forward) -> None:
         received = self._forwarder.receive(src, partition, fwd)
@@ -467,6 +482,12 @@ class Node:
                 self._effects.append(SetTimer(key, self._now_ms + self.config.timeouts.ttl_sweep_interval_ms))
             elif partition in self.replicas:
                 self._run_replica(partition, ReplicaTimerFired(replica_key))
+        elif key == RAFT_TICK_TIMER:
+            heartbeat = ReplicaTimerFired(HEARTBEAT_TIMER)
+            for partition in self._heartbeats.fire(self._now_ms):
+                if partition in self.replicas:
+                    self._run_replica(partition, heartbeat)
+            self._effects.extend(self._heartbeats.rearm())
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
         elif key == GOSSIP_TIMER:
@@ -711,12 +732,17 @@ class Node:
             if isinstance(effect, Answer):
                 self._on_answer(effect)
             elif isinstance(effect, SendTo):
-                msg = Message(self.node_id, effect.dst, partition, effect.body)
-                self._effects.append(Send(msg, effect.durable or self._always_durable))
+                # Leaves at the end of the step, in one envelope with the step's other messages to that peer.
+                self._raft_out.add(effect.dst, effect.durable or self._always_durable, partition, effect.body)
             elif isinstance(effect, StartTimer):
                 # The replica counts on the expiry clock, the driver on the node clock: keep the delay.
                 at_ms = effect.at_ms - self._expiry_clock_ms + self._now_ms
-                self._effects.append(SetTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}", at_ms))
+                if effect.key == HEARTBEAT_TIMER and self._leader_mode:
+                    self._effects.extend(self._heartbeats.start(partition, at_ms))
+                else:
+                    self._effects.append(SetTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}", at_ms))
+            elif isinstance(effect, StopTimer) and effect.key == HEARTBEAT_TIMER and self._leader_mode:
+                self._heartbeats.stop(partition)
             else:
                 self._effects.append(CancelTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}"))
 

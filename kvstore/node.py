@@ -8,8 +8,14 @@ Scans and batches fan out to every owner involved and are gathered back into one
 (``kvstore/gather.py``); in leader mode each partition this node scans is a part of its own, a ``ScanRead``
 its replica answers once a read-index round confirmed its leadership (so a cut-off leader serves no stale
 scan), while single mode scans its partitions at once. The node routes each input to the one that handles
-it and composes their effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition,
+it and composes their effects: a replica's ``SendTo`` becomes a ``(partition, body)`` item of a ``RaftBatch``,
 its ``Answer`` completes whoever waits on the token, its timers become node timers ``p/<partition>/<key>``.
+
+Multi-Raft transport (``kvstore/raft_batching.py``): the replicas' messages of one step leave at its end as one
+``RaftBatch`` envelope per (peer, durable) pair; an envelope received is unpacked item by item into its
+partitions' replicas in one step (so their answers coalesce again), and one that could not be sent is each
+item's ``PeerUnreachable``. Every leader's ``heartbeat`` timer is the node's one ``raft-tick``, so a node's
+leaders heartbeat together: at rest, peer traffic does not grow with the number of partitions.
 
 Everything waiting for an answer is one entry in ``_waiting``, keyed by a token the node allocates:
 a client request, a forwarded request to answer, a part of a gather. Its size is bounded by

@@ -70,6 +70,10 @@ def keys_of(net: Net, partitions: tuple[int, ...]) -> list[str]:
     return [found[p] for p in partitions]
 
 
+def heartbeat_from_n1(net: Net, partition: int) -> Heartbeat:
+    return Heartbeat(raft(net, "n1", partition).term, 0, 0)
+
+
 def test_one_node_timer_heartbeats_every_group_it_leads_in_one_envelope_per_peer() -> None:
     net = six_groups()
     assert [p for p, r in net.nodes["n1"].replicas.items() if isinstance(r, RaftReplica) and r.role == LEADER] == [
@@ -109,6 +113,20 @@ def test_a_step_that_writes_to_several_groups_sends_their_appends_in_one_envelop
     assert isinstance(result, BatchResults) and all(isinstance(r, Written) for r in result.results), result
 
 
+def test_durable_replies_leave_apart_from_the_others_which_do_not_wait_for_the_sync() -> None:
+    net = six_groups()
+    net.submit("n1", PutOp(keys_of(net, (3,))[0], b"v"))
+    [to_n2] = [m for m in net.queue if m.dst == "n2"]
+    net.queue.remove(to_n2)
+    [append] = to_n2.body.items
+    assert append[0] == 3 and isinstance(append[1], AppendEntries)
+    mixed = RaftBatch(((0, heartbeat_from_n1(net, 0)), append))
+    effects = net.step("n2", Message("n1", "n2", NODE_PARTITION, mixed))
+    sends = [(e.durable, [(p, type(body)) for p, body in e.msg.body.items]) for e in effects if isinstance(e, Send)]
+    # The acknowledgement of the append waits for the sync (fsync "batch"); the heartbeat's reply does not.
+    assert sorted(sends) == [(False, [(0, HeartbeatReply)]), (True, [(3, AppendReply)])]
+
+
 def test_an_envelope_that_could_not_be_sent_is_each_item_replicas_unreachable_peer() -> None:
     net = six_groups()
     assert all(raft(net, "n1", p).progress["n2"].state == REPLICATE for p in LED_BY_N1)
@@ -119,10 +137,6 @@ def test_an_envelope_that_could_not_be_sent_is_each_item_replicas_unreachable_pe
     # Each group's leader learnt that its append never arrived: it probes n2 again, and n3 is untouched.
     assert [raft(net, "n1", p).progress["n2"].state for p in LED_BY_N1] == [PROBE, PROBE]
     assert [raft(net, "n1", p).progress["n3"].state for p in LED_BY_N1] == [REPLICATE, REPLICATE]
-
-
-def heartbeat_from_n1(net: Net, partition: int) -> Heartbeat:
-    return Heartbeat(raft(net, "n1", partition).term, 0, 0)
 
 
 def test_a_hostile_envelope_is_checked_item_by_item_and_never_raises() -> None:

@@ -438,10 +438,8 @@ class Node:
         elif isinstance(body, _STREAM_TRAFFIC):
             self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
         elif isinstance(body, RaftBatch):
-            replicas = self.replicas
-            for partition, item in batch_items(msg, body):
-                if partition in replicas:
-                    self._run_replica(partition, PeerMessage(msg.src, item))
+            for partition, item in batch_items(msg, body, self.replicas):
+                self._run_replica(partition, PeerMessage(msg.src, item))
 
     def _on_send_failed(self, msg: Message) -> None:
         if isinstance(msg.body, _STREAM_TRAFFIC):
@@ -451,10 +449,8 @@ class Node:
                 self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif isinstance(msg.body, RaftBatch):
-            replicas = self.replicas
-            for partition, item in batch_items(msg, msg.body):
-                if partition in replicas:
-                    self._run_replica(partition, PeerUnreachable(msg.dst, item))
+            for partition, item in batch_items(msg, msg.body, self.replicas):
+                self._run_replica(partition, PeerUnreachable(msg.dst, item))
 
     def _on_forward(self, src: str, partition: int, fwd: Forward) -> None:
         received = self._forwarder.receive(src, partition, fwd)

@@ -15,14 +15,15 @@ coalesces them:
   heartbeat replies coalesce too. An envelope holds at most ``MAX_BATCH_ITEMS`` items and about
   ``MAX_BATCH_BYTES`` of log entries (one append alone may exceed it): past that the outbox starts another.
 - ``batch_items``: what a receiver takes from an envelope. An envelope over the bound, or not sent as node
-  traffic, is dropped whole; a malformed item is dropped alone. Items for partitions the node does not hold
-  are the node's to ignore; each body is checked by its replica, as any peer message is.
+  traffic, is dropped whole; a malformed item, or one for a partition the node does not hold, is dropped
+  alone. Each body is then checked by its replica, as any peer message is.
 
 A failed send of an envelope (``SendFailed``) is each item's ``PeerUnreachable`` for its replica.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 from kvstore.effects import Send, SetTimer
@@ -136,13 +137,15 @@ class RaftOutbox:
         return Send(Message(self._node_id, dst, NODE_PARTITION, RaftBatch(tuple(envelope.items))), durable)
 
 
-def batch_items(msg: Message, batch: RaftBatch) -> list[tuple[int, object]]:
-    """The well-formed ``(partition, body)`` items of a received envelope, in order; none if the envelope is
-    over the bound or was not sent as node traffic. Whether the partition is held is the node's to check."""
+def batch_items(msg: Message, batch: RaftBatch, held: Container[int]) -> list[tuple[int, object]]:
+    """The well-formed ``(partition, body)`` items of a received envelope for partitions in ``held``, in order;
+    none if the envelope is over the bound or was not sent as node traffic."""
     items = batch.items
     if msg.partition != NODE_PARTITION or type(items) is not tuple or len(items) > MAX_BATCH_ITEMS:
         return []
-    return [item for item in items if type(item) is tuple and len(item) == 2 and type(item[0]) is int]
+    return [
+        item for item in items if type(item) is tuple and len(item) == 2 and type(item[0]) is int and item[0] in held
+    ]
 
 
 def _size_bytes(body: object) -> int:

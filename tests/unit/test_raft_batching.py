@@ -86,8 +86,9 @@ def test_an_envelope_past_its_item_or_byte_bound_continues_in_another() -> None:
     assert items_by_envelope(outbox.flush()) == [("n2", False, [0]), ("n2", False, [1]), ("n2", False, [2, 3])]
 
 
-def test_a_received_envelope_yields_its_well_formed_items_only() -> None:
+def test_a_received_envelope_yields_its_well_formed_items_for_held_partitions_only() -> None:
     beat = Heartbeat(1, 0, 0)
-    batch = RaftBatch(((0, beat), (1,), ("2", beat), (False, beat), 3, (4, beat)))  # type: ignore[arg-type]
-    assert batch_items(Message("n2", "n1", NODE_PARTITION, batch), batch) == [(0, beat), (4, beat)]
-    assert batch_items(Message("n2", "n1", 0, batch), batch) == []
+    batch = RaftBatch(((0, beat), (1,), ("2", beat), (False, beat), 3, (4, beat), (5, beat)))  # type: ignore[arg-type]
+    held = {0, 1, 2, 3, 4}
+    assert batch_items(Message("n2", "n1", NODE_PARTITION, batch), batch, held) == [(0, beat), (4, beat)]
+    assert batch_items(Message("n2", "n1", 0, batch), batch, held) == []

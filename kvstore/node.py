@@ -8,14 +8,16 @@ Scans and batches fan out to every owner involved and are gathered back into one
 (``kvstore/gather.py``); in leader mode each partition this node scans is a part of its own, a ``ScanRead``
 its replica answers once a read-index round confirmed its leadership (so a cut-off leader serves no stale
 scan), while single mode scans its partitions at once. The node routes each input to the one that handles
-it and composes their effects: a replica's ``SendTo`` becomes a ``(partition, body)`` item of a ``RaftBatch``,
-its ``Answer`` completes whoever waits on the token, its timers become node timers ``p/<partition>/<key>``.
+it and composes their effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition
+(in leader mode, an item of an envelope: below), its ``Answer`` completes whoever waits on the token, its
+timers become node timers ``p/<partition>/<key>``.
 
-Multi-Raft transport (``kvstore/raft_batching.py``): the replicas' messages of one step leave at its end as one
-``RaftBatch`` envelope per (peer, durable) pair; an envelope received is unpacked item by item into its
-partitions' replicas in one step (so their answers coalesce again), and one that could not be sent is each
-item's ``PeerUnreachable``. Every leader's ``heartbeat`` timer is the node's one ``raft-tick``, so a node's
-leaders heartbeat together: at rest, peer traffic does not grow with the number of partitions.
+Multi-Raft transport (leader mode, ``kvstore/raft_batching.py``): the replicas' messages of one step leave at
+its end as one ``RaftBatch`` envelope of ``(partition, body)`` items per (peer, durable) pair; an envelope
+received is unpacked item by item into its partitions' replicas in one step (so their answers coalesce
+again), and one that could not be sent is each item's ``PeerUnreachable``. Every leader's ``heartbeat`` timer
+is the node's one ``raft-tick``, so a node's leaders heartbeat together: at rest, peer traffic does not grow
+with the number of partitions.
 
 Everything waiting for an answer is one entry in ``_waiting``, keyed by a token the node allocates:
 a client request, a forwarded request to answer, a part of a gather. Its size is bounded by
@@ -54,7 +56,7 @@ from typing import cast
 
 from kvstore import codec
 from kvstore.config import ClusterConfig
-from kvstore.effects import CancelTimer, Effect, Reply, SetTimer
+from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, partition_scan_parts, scan_parts
@@ -440,6 +442,8 @@ class Node:
         elif isinstance(body, RaftBatch):
             for partition, item in batch_items(msg, body, self.replicas):
                 self._run_replica(partition, PeerMessage(msg.src, item))
+        elif msg.partition in self.replicas:
+            self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
     def _on_send_failed(self, msg: Message) -> None:
         if isinstance(msg.body, _STREAM_TRAFFIC):
@@ -451,6 +455,8 @@ class Node:
         elif isinstance(msg.body, RaftBatch):
             for partition, item in batch_items(msg, msg.body, self.replicas):
                 self._run_replica(partition, PeerUnreachable(msg.dst, item))
+        elif msg.partition in self.replicas:
+            self._run_replica(msg.partition, PeerUnreachable(msg.dst, msg.body))
 
     def _on_forward(self, src: str, partition: int, fwd: Forward) -> None:
         received = self._forwarder.receive(src, partition, fwd)
@@ -734,8 +740,12 @@ class Node:
             if isinstance(effect, Answer):
                 self._on_answer(effect)
             elif isinstance(effect, SendTo):
-                # Leaves at the end of the step, in one envelope with the step's other messages to that peer.
-                self._raft_out.add(effect.dst, effect.durable or self._always_durable, partition, effect.body)
+                durable = effect.durable or self._always_durable
+                if self._leader_mode:
+                    # Leaves at the end of the step, in one envelope with the step's other messages to that peer.
+                    self._raft_out.add(effect.dst, durable, partition, effect.body)
+                else:
+                    self._effects.append(Send(Message(self.node_id, effect.dst, partition, effect.body), durable))
             elif isinstance(effect, StartTimer):
                 # The replica counts on the expiry clock, the driver on the node clock: keep the delay.
                 at_ms = effect.at_ms - self._expiry_clock_ms + self._now_ms

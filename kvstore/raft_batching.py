@@ -123,8 +123,8 @@ class RaftOutbox:
             envelope.size_bytes += size_bytes
 
     def flush(self) -> list[Send]:
-        """Every envelope of the step, in the order their first items were sent (per destination and
-        durability, the items' order is the replicas'); the outbox is empty after."""
+        """Every envelope of the step; per destination and durability, the envelopes and their items are in the
+        order the replicas sent them. The outbox is empty after."""
         if not self._open:
             return []
         out = self._full

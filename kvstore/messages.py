@@ -330,6 +330,17 @@ class MapUpdate:
         return PartitionMap(self.replicas, epochs=self.epochs, roster=roster, starts=self.starts)
 
 
+@register
+@_fast_init
+@dataclass(frozen=True)
+class RaftBatch:
+    """Leader mode: every replica message one node's step sent to one peer, as ``(partition, body)`` items in the
+    order the replicas sent them (``kvstore/raft_batching.py``). Travels as node traffic (``NODE_PARTITION``);
+    the receiver hands each item to its partition's replica as if it had come alone."""
+
+    items: tuple[tuple[int, object], ...]
+
+
 # ---------------------------------------------------------------- moves (kvstore/handoff.py)
 
 

@@ -8,8 +8,16 @@ Scans and batches fan out to every owner involved and are gathered back into one
 (``kvstore/gather.py``); in leader mode each partition this node scans is a part of its own, a ``ScanRead``
 its replica answers once a read-index round confirmed its leadership (so a cut-off leader serves no stale
 scan), while single mode scans its partitions at once. The node routes each input to the one that handles
-it and composes their effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition,
-its ``Answer`` completes whoever waits on the token, its timers become node timers ``p/<partition>/<key>``.
+it and composes their effects: a replica's ``SendTo`` becomes a ``Send`` of a ``Message`` for its partition
+(in leader mode, an item of an envelope: below), its ``Answer`` completes whoever waits on the token, its
+timers become node timers ``p/<partition>/<key>``.
+
+Multi-Raft transport (leader mode, ``kvstore/raft_batching.py``): the replicas' messages of one step leave at
+its end as one ``RaftBatch`` envelope of ``(partition, body)`` items per (peer, durable) pair; an envelope
+received is unpacked item by item into its partitions' replicas in one step (so their answers coalesce
+again), and one that could not be sent is each item's ``PeerUnreachable``. Every leader's ``heartbeat`` timer
+is the node's one ``raft-tick``, so a node's leaders heartbeat together: at rest, peer traffic does not grow
+with the number of partitions.
 
 Everything waiting for an answer is one entry in ``_waiting``, keyed by a token the node allocates:
 a client request, a forwarded request to answer, a part of a gather. Its size is bounded by
@@ -82,6 +90,7 @@ from kvstore.messages import (
     Message,
     MovePartition,
     PutOp,
+    RaftBatch,
     Result,
     ScanOp,
     ScanPage,
@@ -92,13 +101,14 @@ from kvstore.messages import (
     Synced,
     TimerFired,
 )
+from kvstore.raft_batching import RAFT_TICK_TIMER, HeartbeatTicker, RaftOutbox, batch_items
 from kvstore.ranges import RANGES_TIMER, RangeKeeper
 from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
 from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
-from replication.raft import LEADER, RaftReplica
+from replication.raft import HEARTBEAT_TIMER, LEADER, RaftReplica
 from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead, TransferLeader
 from replication.replica import (
     Answer,
@@ -113,6 +123,7 @@ from replication.replica import (
     ReplicaStarted,
     SendTo,
     StartTimer,
+    StopTimer,
 )
 from replication.replica import Synced as ReplicaSynced
 from replication.replica import TimerFired as ReplicaTimerFired
@@ -216,6 +227,10 @@ class Node:
         # Why the last operator order (a move, a membership change) did nothing; None if it did something.
         self.order_refusal: str | None = None
         self._effects: list[Effect] = []
+        # Leader mode's multi-Raft transport (kvstore/raft_batching.py): the replicas' messages of a step leave
+        # as one envelope per peer, and one node timer ticks every leader's heartbeat.
+        self._raft_out = RaftOutbox(node_id)
+        self._heartbeats = HeartbeatTicker(config.timeouts.heartbeat_interval_ms)
         self._now_ms = 0
         # The latest time this node has seen. Replicas get this clock, so TTL expiry is judged on it and a
         # clock that steps back (a skew fault ending, NTP) cannot bring an expired key back.
@@ -375,6 +390,8 @@ class Node:
             self._on_set_member(inp)
         else:
             raise TypeError(f"not a node input: {inp!r}")
+        # Whatever the replicas sent in this step leaves now, one envelope per peer (and durability).
+        effects.extend(self._raft_out.flush())
         assert len(self._waiting) <= self._waiting_slack + len(self.partition_map.replicas), (
             "in-flight table exceeded its bound"
         )
@@ -436,6 +453,9 @@ class Node:
                 self._effects.extend(self._mover.on_map_changed())
         elif isinstance(body, _STREAM_TRAFFIC):
             self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
+        elif isinstance(body, RaftBatch):
+            for partition, item in batch_items(msg, body, self.replicas):
+                self._run_replica(partition, PeerMessage(msg.src, item))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
@@ -446,6 +466,9 @@ class Node:
             if self._leader_mode and isinstance(msg.body, Forward):
                 self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
+        elif isinstance(msg.body, RaftBatch):
+            for partition, item in batch_items(msg, msg.body, self.replicas):
+                self._run_replica(partition, PeerUnreachable(msg.dst, item))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerUnreachable(msg.dst, msg.body))
 
@@ -481,6 +504,12 @@ class Node:
                 self._effects.append(SetTimer(key, self._now_ms + self.config.timeouts.ttl_sweep_interval_ms))
             elif partition in self.replicas:
                 self._run_replica(partition, ReplicaTimerFired(replica_key))
+        elif key == RAFT_TICK_TIMER:
+            heartbeat = ReplicaTimerFired(HEARTBEAT_TIMER)
+            for partition in self._heartbeats.fire(self._now_ms):
+                if partition in self.replicas:
+                    self._run_replica(partition, heartbeat)
+            self._effects.extend(self._heartbeats.rearm())
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
         elif key == GOSSIP_TIMER:
@@ -755,12 +784,21 @@ class Node:
             if isinstance(effect, Answer):
                 self._on_answer(effect)
             elif isinstance(effect, SendTo):
-                msg = Message(self.node_id, effect.dst, partition, effect.body)
-                self._effects.append(Send(msg, effect.durable or self._always_durable))
+                durable = effect.durable or self._always_durable
+                if self._leader_mode:
+                    # Leaves at the end of the step, in one envelope with the step's other messages to that peer.
+                    self._raft_out.add(effect.dst, durable, partition, effect.body)
+                else:
+                    self._effects.append(Send(Message(self.node_id, effect.dst, partition, effect.body), durable))
             elif isinstance(effect, StartTimer):
                 # The replica counts on the expiry clock, the driver on the node clock: keep the delay.
                 at_ms = effect.at_ms - self._expiry_clock_ms + self._now_ms
-                self._effects.append(SetTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}", at_ms))
+                if effect.key == HEARTBEAT_TIMER and self._leader_mode:
+                    self._effects.extend(self._heartbeats.start(partition, at_ms))
+                else:
+                    self._effects.append(SetTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}", at_ms))
+            elif isinstance(effect, StopTimer) and effect.key == HEARTBEAT_TIMER and self._leader_mode:
+                self._heartbeats.stop(partition)
             else:
                 self._effects.append(CancelTimer(f"{REPLICA_TIMER_PREFIX}{partition}/{effect.key}"))
         if leader is not None and self._leader_wait.holds(partition):

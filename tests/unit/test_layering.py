@@ -16,6 +16,7 @@ CORE_MODULES = (
     "kvstore/map_gossip.py",
     "kvstore/ranges.py",
     "kvstore/gather.py",
+    "kvstore/raft_batching.py",
     "kvstore/state_machine.py",
     "kvstore/commands.py",
     "kvstore/messages.py",

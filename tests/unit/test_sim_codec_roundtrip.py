@@ -31,6 +31,7 @@ from kvstore.messages import (
     MoveFence,
     MoveInstalled,
     PutOp,
+    RaftBatch,
     ScanItem,
     ScanOp,
     ScanPage,
@@ -38,6 +39,8 @@ from kvstore.messages import (
     Written,
 )
 from partitioning.stream import StreamChunk
+from replication.raft_messages import AppendEntries, Heartbeat, HeartbeatReply
+from replication.replica import LogEntry
 
 EXAMPLES: list[object] = [
     GetOp("k"),
@@ -72,6 +75,14 @@ EXAMPLES: list[object] = [
     ScanPartitionsOp((0,), "", "zz", 1),
     Message("n1", "n2", 5, Forward(1, 1, 0, GetOp("k"))),
     Message("n2", "n1", NODE_PARTITION, ForwardReply(1, 1, 2, Failure.of(ErrorCode.OVERLOADED, "busy"))),
+    RaftBatch(()),
+    Message(
+        "n1",
+        "n2",
+        NODE_PARTITION,
+        RaftBatch(((0, Heartbeat(3, 7, 2)), (5, AppendEntries(3, 7, 2, (LogEntry(8, 3, b"\x01c"),), 7)))),
+    ),
+    Message("n2", "n1", NODE_PARTITION, RaftBatch(((63, HeartbeatReply(3, 2, 9)),))),
     MovedRecord(b"v", 3, None, b"", ()),
     MovedRecord(None, 4, 99, b"ctx", ((b"s", 2, b""), (None, 1, b"c"))),
     MovedPartitionState(7),

@@ -92,6 +92,7 @@ from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
 from replication.raft import LEADER, RaftReplica
 from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead
+from replication.raft_stats import RaftStats
 from replication.replica import (
     Answer,
     ClientCall,
@@ -159,6 +160,8 @@ class Node:
         # Leader mode: per partition, the node this one believes leads it (its own replicas' view after every
         # step, and the hints of redirects). Ops for partitions held elsewhere go there, else to the owner.
         self.leader_hints: dict[int, str] = {}
+        # Leader mode: elections, leadership changes and commit latency of every Raft replica here (for /metrics).
+        self.raft_stats = RaftStats()
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -233,6 +236,7 @@ class Node:
                 heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
                 sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
+                stats=self.raft_stats,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 

@@ -25,6 +25,9 @@ LEADER_WAIT_S = 30.0
 POLL_S = 0.05
 SCRAPE_TIMEOUT_S = 5.0
 MESSAGES_METRIC = "kvstore_peer_messages_sent_total"
+BATCHES_METRIC = "kvstore_peer_batches_sent_total"
+# The pseudo-kind under which ``peer_traffic`` reports the POST /peer batches that carried the messages.
+BATCHES = "batches"
 
 
 class BenchError(RuntimeError):
@@ -85,8 +88,9 @@ def wait_for_leaders(urls: dict[str, str], timeout_s: float = LEADER_WAIT_S) -> 
         time.sleep(POLL_S)
 
 
-def messages_sent(url: str) -> dict[str, int]:
-    """A node's peer messages sent since it started, by kind (``kvstore_peer_messages_sent_total``)."""
+def peer_traffic(url: str) -> dict[str, int]:
+    """A node's peer messages sent since it started, by kind (``kvstore_peer_messages_sent_total``), and under
+    ``BATCHES`` the POST /peer requests that carried them."""
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=SCRAPE_TIMEOUT_S) as response:
             text = response.read().decode()
@@ -97,14 +101,16 @@ def messages_sent(url: str) -> dict[str, int]:
         for sample in family.samples:
             if sample.name == MESSAGES_METRIC:
                 counts[sample.labels["kind"]] = int(sample.value)
+            elif sample.name == BATCHES_METRIC:
+                counts[BATCHES] = int(sample.value)
     return counts
 
 
-def cluster_messages_sent(urls: dict[str, str]) -> dict[str, int]:
-    """Every node's peer messages sent, summed by kind."""
+def cluster_peer_traffic(urls: dict[str, str]) -> dict[str, int]:
+    """Every node's ``peer_traffic``, summed by kind."""
     total: dict[str, int] = {}
     for url in urls.values():
-        for kind, count in messages_sent(url).items():
+        for kind, count in peer_traffic(url).items():
             total[kind] = total.get(kind, 0) + count
     return total
 

@@ -26,7 +26,8 @@ per-run ratios to etcd. Target: those puts/s at least etcd's (ratio >= 1) at a p
 Messages: every node counts the peer messages it sends, by kind (``kvstore_peer_messages_sent_total``). Per
 measurement, the cluster's messages (every kind, heartbeats included) divided by the writes acknowledged.
 At rest: after the last measurement of a cluster and ``--rest-settle`` idle seconds, the cluster's messages per
-second over ``--rest`` seconds, in total and for ``Heartbeat`` and ``HeartbeatReply``.
+second over ``--rest`` seconds, in total and for ``Heartbeat`` and ``HeartbeatReply``, and the ``POST /peer``
+requests per second that carried them (a batch per peer whenever its sender finds messages queued).
 
 Exits 1 when a server cannot start, refuses a setting or a load run fails, 0 otherwise (target met or not).
 """
@@ -55,9 +56,10 @@ from typing import Any, Protocol
 
 import aiohttp
 from leader_cluster import (
+    BATCHES,
     BenchError,
     LeaderView,
-    cluster_messages_sent,
+    cluster_peer_traffic,
     difference,
     start_leader_cluster,
     wait_for_leaders,
@@ -179,12 +181,12 @@ async def _phase(target: Target, clients: int, settings: Settings, seconds: floa
 def measure(target: Target, clients: int, settings: Settings, urls: dict[str, str] | None) -> Sample:
     """Warm up, then measure; with ``urls`` (kvstore) also the cluster's messages per acknowledged write."""
     asyncio.run(_phase(target, clients, settings, settings.warmup_s))
-    before = cluster_messages_sent(urls) if urls else {}
+    before = cluster_peer_traffic(urls) if urls else {}
     latencies_s, errors, elapsed_s = asyncio.run(_phase(target, clients, settings, settings.duration_s))
     per_write = None
     if urls:
-        sent = sum(difference(cluster_messages_sent(urls), before).values())
-        per_write = sent / len(latencies_s)
+        sent = difference(cluster_peer_traffic(urls), before)
+        per_write = (sum(sent.values()) - sent.get(BATCHES, 0)) / len(latencies_s)
     latencies_s.sort()
     return Sample(
         puts_per_s=len(latencies_s) / elapsed_s,
@@ -209,15 +211,16 @@ def check_setting(target: Target, replication: str) -> None:
 
 
 def rest_rate(urls: dict[str, str], settings: Settings) -> dict[str, float]:
-    """The cluster's peer messages per second while no client writes: total and heartbeat kinds."""
+    """The cluster's peer messages per second while no client writes: total, heartbeat kinds, and the POST /peer
+    batches that carried them."""
     time.sleep(settings.rest_settle_s)
-    before = cluster_messages_sent(urls)
+    before = cluster_peer_traffic(urls)
     started = time.monotonic()
     time.sleep(settings.rest_s)
-    sent = difference(cluster_messages_sent(urls), before)
+    sent = difference(cluster_peer_traffic(urls), before)
     elapsed_s = time.monotonic() - started
-    rates = {"total": sum(sent.values()) / elapsed_s}
-    rates.update({kind: sent.get(kind, 0) / elapsed_s for kind in HEARTBEAT_KINDS})
+    rates = {"total": (sum(sent.values()) - sent.get(BATCHES, 0)) / elapsed_s}
+    rates.update({kind: sent.get(kind, 0) / elapsed_s for kind in (*HEARTBEAT_KINDS, BATCHES)})
     return rates
 
 
@@ -424,7 +427,7 @@ def render(report: dict[str, Any]) -> str:
     for fsync, rates in report["at_rest"].items():
         lines.append(
             f"  fsync={fsync}: {rates['total']:.0f} total, {rates['Heartbeat']:.0f} Heartbeat, "
-            f"{rates['HeartbeatReply']:.0f} HeartbeatReply"
+            f"{rates['HeartbeatReply']:.0f} HeartbeatReply, in {rates[BATCHES]:.0f} POST /peer batches"
         )
     lines.append("")
     if not report["targets"]:

@@ -68,8 +68,8 @@ from leader_cluster import (
 from report_format import filesystem_of, rounded
 
 from kvstore.cluster import ClusterError, pick_free_ports
+from replication.replica import REPLICATION_SETTINGS
 
-REPLICATION_SETTINGS = ("sync", "semi-sync", "async")
 FSYNC_POLICIES = ("always", "batch")
 CLIENT_COUNTS = (1, 50)
 ETCD = "etcd"

@@ -324,7 +324,7 @@ def measure_all(
                     check_setting(kv_target, replication)
                 for run in range(args.runs):
                     for clients in args.clients:
-                        # etcd beside the first cluster only: the ratio is to kvstore with fsync "always".
+                        # etcd beside the first cluster only ("always" unless --fsync says otherwise).
                         plan: list[tuple[RowKey, Target, dict[str, str] | None]] = []
                         if etcd is not None and fsync == args.fsync[0]:
                             plan.append(((ETCD, "always", "-", clients), etcd, None))
@@ -376,7 +376,8 @@ def summarize(samples: dict[RowKey, list[Sample]]) -> list[dict[str, Any]]:
         if system != ETCD:
             row["messages_per_write"] = statistics.median(s.messages_per_write or 0.0 for s in runs)
             if reference is not None:
-                # Paired by run where both were measured in it (etcd only beside the first fsync policy).
+                # Paired by run number: the same run for the first fsync policy's cluster, which etcd ran beside;
+                # a later policy's run i is set against etcd's run i, measured a minute or two before it.
                 pairs = list(zip(runs, reference, strict=False))
                 row["ratio_to_etcd"] = statistics.median(k.puts_per_s / e.puts_per_s for k, e in pairs)
                 row["p50_ratio_to_etcd"] = statistics.median(k.p50_ms / e.p50_ms for k, e in pairs if e.p50_ms > 0)

@@ -110,6 +110,7 @@ from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
 from replication.raft import HEARTBEAT_TIMER, LEADER, RaftReplica
 from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead, TransferLeader
+from replication.raft_stats import RaftStats
 from replication.replica import (
     Answer,
     ClientCall,
@@ -182,6 +183,8 @@ class Node:
         self._leader_wait = LeaderWait()
         # Leader mode: how many stale reads this node sent away, which picks the replica the next one goes to.
         self._stale_turn = 0
+        # Leader mode: elections, leadership changes and commit latency of every Raft replica here (for /metrics).
+        self.raft_stats = RaftStats()
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -261,6 +264,7 @@ class Node:
                 sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
                 lease_drift_ms=self.config.replication.lease_drift_ms,
+                stats=self.raft_stats,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 

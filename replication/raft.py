@@ -55,6 +55,7 @@ from replication.raft_messages import (
     TransferStarted,
     VoteReply,
 )
+from replication.raft_stats import RaftStats, ReplicaStats
 from replication.replica import (
     Answer,
     ClientCall,
@@ -171,6 +172,7 @@ class RaftReplica:
         sweep_interval_ms: int | None = None,
         sweep_max_keys: int = 1000,
         lease_drift_ms: int = 100,
+        stats: RaftStats | None = None,
     ) -> None:
         if not voters or len(set(voters)) != len(voters) or set(voters) & set(learners):
             raise ValueError(f"voters must be distinct, non-empty and not learners: {voters!r} / {learners!r}")
@@ -203,6 +205,7 @@ class RaftReplica:
         self._pre_vote = pre_vote
         self._sweep_interval = sweep_interval_ms
         self._sweep_max_keys = sweep_max_keys
+        self._stats = ReplicaStats(stats if stats is not None else RaftStats())
         # Per step.
         self._now = 0
         self._out: list[ReplicaEffect] = []
@@ -383,6 +386,7 @@ class RaftReplica:
         self._votes = {}
         self._reset_election_timer()
         if was_leader:
+            self._stats.not_leading()
             self._step_down()
             self._out.append(StopTimer(HEARTBEAT_TIMER))
             if self._sweep_interval is not None:
@@ -409,6 +413,7 @@ class RaftReplica:
         if not self._is_voter():
             return
         if self._pre_vote and not transfer:
+            self._stats.campaign(pre_vote=True)
             self.role = PRE_CANDIDATE
             self.leader = None
             self._votes = {self.node_id: True}
@@ -420,6 +425,7 @@ class RaftReplica:
         self._campaign_for_real(transfer)
 
     def _campaign_for_real(self, transfer: bool) -> None:
+        self._stats.campaign(pre_vote=False)
         self._set_term_vote(self.term + 1, self.node_id)
         self.role = CANDIDATE
         self.leader = None
@@ -451,6 +457,7 @@ class RaftReplica:
         return False
 
     def _become_leader(self) -> None:
+        self._stats.leading()
         self.role = LEADER
         self.leader = self.node_id
         self._votes = {}
@@ -551,6 +558,7 @@ class RaftReplica:
         index = self._last_index() + 1
         self._log.append([LogEntry(index, self.term, command_entry_data(machine.encode_command(command)))])
         self._pending_writes[index] = (token, self.term)
+        self._stats.appended(index, self._now)
         self._want_broadcast = True
         self._maybe_commit()
 
@@ -807,6 +815,7 @@ class RaftReplica:
         candidate = matches[self._quorum - 1]
         if candidate > self.commit and log.term_at(candidate) == self.term:
             self.commit = candidate
+            self._stats.committed(candidate, self._now)
             self._apply()
             # Followers learn the new commit index from the next append or heartbeat; send it now.
             for peer in self.progress:

@@ -87,6 +87,12 @@ class NodeServer:
                 moves_in_progress=lambda: self.node.moves_in_progress,
                 move_stats=lambda: self.node.move_stats,
                 range_changes=lambda: self.node.range_changes,
+                peer_messages_sent=lambda: self.transport.sent_by_kind,
+                peer_batches_sent=lambda: self.transport.batches_sent,
+                raft_messages_sent=lambda: self.transport.raft_items_by_kind,
+                raft_stats=lambda: self.node.raft_stats if config.mode == "leader" else None,
+                leaders_held=self.node.leads,
+                follower_lag=self._follower_lag,
             ),
         )
         self.router = Router(self.metrics)
@@ -112,6 +118,16 @@ class NodeServer:
     def _peer_up(self) -> dict[str, bool]:
         health = self.transport.health()
         return {p: p in health and health[p].state == "up" for p in self._peers()}
+
+    def _follower_lag(self) -> dict[str, int]:
+        """Per follower node, its largest lag over the partitions this node leads."""
+        lag: dict[str, int] = {}
+        for entry in self.node.leadership():
+            followers = entry.get("followers", ())
+            assert isinstance(followers, list | tuple)
+            for follower in followers:
+                lag[follower["node_id"]] = max(lag.get(follower["node_id"], 0), follower["lag"])
+        return lag
 
     @property
     def url(self) -> str:

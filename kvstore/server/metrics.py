@@ -6,6 +6,9 @@ scraped, through a collector registered on a per-node ``CollectorRegistry``. Gau
 requests, held effects, peer queues, storage LSNs, key count, open connections) are read from their
 owners at scrape time, so they cost nothing between scrapes. The HTTP edge (``http_server.py``) counts
 what never reaches the router: malformed requests, refused connections and request heads that timed out.
+The peer transport counts the messages it sends, by kind, and the batches they go in. In leader mode the
+node's ``RaftStats`` (``replication/raft_stats.py``) gives elections, leadership changes and commit latency,
+and the replicas give, at scrape time, the partitions led here and each follower's lag.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from kvstore.handoff import MoveStats
+from replication.raft_stats import COMMIT_LATENCY_BUCKETS_MS, RaftStats
 
 # Upper bounds of the latency buckets, in seconds.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -73,6 +77,16 @@ class NodeGauges:
     move_stats: Callable[[], MoveStats] = MoveStats
     # Range mode: the splits and merges this node made since it started.
     range_changes: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    # Peer messages sent, by kind, and the POST /peer batches that carried them.
+    peer_messages_sent: Callable[[], Mapping[str, int]] = dict
+    peer_batches_sent: Callable[[], int] = lambda: 0
+    # Leader mode: the Raft messages carried in those envelopes, by kind.
+    raft_messages_sent: Callable[[], Mapping[str, int]] = dict
+    # Leader mode only (None otherwise): the Raft counters, the partitions led here, and per follower node the
+    # largest lag (leader's last index - follower's match) over the partitions this node leads.
+    raft_stats: Callable[[], RaftStats | None] = lambda: None
+    leaders_held: Callable[[], int] = lambda: 0
+    follower_lag: Callable[[], Mapping[str, int]] = dict
 
 
 class NodeMetrics(Collector):
@@ -220,3 +234,66 @@ class NodeMetrics(Collector):
         changes.add_metric(["split"], splits)
         changes.add_metric(["merge"], merges)
         yield changes
+        sent = CounterMetricFamily(
+            "kvstore_peer_messages_sent",
+            "Messages sent to other nodes, by kind (before fault injection)",
+            labels=["kind"],
+        )
+        for kind, count in sorted(g.peer_messages_sent().items()):
+            sent.add_metric([kind], count)
+        yield sent
+        carried = CounterMetricFamily(
+            "kvstore_raft_messages_sent",
+            "Raft messages sent to other nodes inside RaftBatch envelopes, by kind (leader mode)",
+            labels=["kind"],
+        )
+        for kind, count in sorted(g.raft_messages_sent().items()):
+            carried.add_metric([kind], count)
+        yield carried
+        yield CounterMetricFamily(
+            "kvstore_peer_batches_sent",
+            "POST /peer requests sent (each carries a batch of messages)",
+            g.peer_batches_sent(),
+        )
+        raft = g.raft_stats()
+        if raft is not None:
+            yield from _raft_families(raft, g.leaders_held(), g.follower_lag())
+
+
+def _raft_families(raft: RaftStats, leaders_held: int, follower_lag: Mapping[str, int]) -> Iterator[Metric]:
+    elections = CounterMetricFamily(
+        "kvstore_raft_elections_started",
+        "Campaigns started by this node's Raft replicas: pre_vote (asks whether it could win, changes no term) "
+        "and vote (a real election in a new term)",
+        labels=["kind"],
+    )
+    elections.add_metric(["pre_vote"], raft.pre_votes_started)
+    elections.add_metric(["vote"], raft.elections_started)
+    yield elections
+    changes = CounterMetricFamily(
+        "kvstore_raft_leader_changes",
+        "Times a replica on this node became leader of its partition (became) or stopped leading it (stopped)",
+        labels=["change"],
+    )
+    changes.add_metric(["became"], raft.became_leader)
+    changes.add_metric(["stopped"], raft.stopped_leading)
+    yield changes
+    latency = HistogramMetricFamily(
+        "kvstore_raft_commit_latency_seconds",
+        "Leader: time from appending a client write to its log until the write is committed",
+    )
+    cumulative, buckets = 0, []
+    for bound_ms, count in zip((*COMMIT_LATENCY_BUCKETS_MS, None), raft.commit_latency_counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound_ms is None else repr(bound_ms / 1000), cumulative))
+    latency.add_metric([], buckets, raft.commit_latency_sum_ms / 1000)
+    yield latency
+    yield GaugeMetricFamily("kvstore_raft_leaders", "Partitions whose Raft group this node leads now", leaders_held)
+    lag = GaugeMetricFamily(
+        "kvstore_raft_follower_lag_entries",
+        "Per follower node: the largest (leader last index - follower match) over the partitions led here",
+        labels=["follower"],
+    )
+    for follower, entries in sorted(follower_lag.items()):
+        lag.add_metric([follower], entries)
+    yield lag

@@ -403,8 +403,8 @@ class RaftReplica:
     def _on_boot(self) -> None:
         # A voter that acknowledged a leader's heartbeat and then restarted has forgotten it: were it to vote at
         # once, a new leader could win inside the old one's lease. Where leases are on (every replica of a group
-        # is configured alike), a voter that has been in a term refuses (pre-)votes for one election timeout
-        # after boot, as if it had just heard from a leader.
+        # is configured alike), a voter that has been in a term neither grants (pre-)votes nor campaigns (the node
+        # campaigns at boot) for one election timeout after boot, as if it had just heard from a leader.
         if self._lease_drift is not None and self._check_quorum and self.term > 0:
             self._boot_vote_block_until = self._now + self._election_timeout
 
@@ -449,6 +449,10 @@ class RaftReplica:
 
     def _campaign(self, transfer: bool) -> None:
         if not self._is_voter():
+            return
+        if not transfer and self._now < self._boot_vote_block_until:
+            # Its own vote too would be one inside a lease it may have acknowledged before it restarted.
+            self._arm(ELECTION_TIMER, self._boot_vote_block_until)
             return
         if self._pre_vote and not transfer:
             self.role = PRE_CANDIDATE

@@ -165,11 +165,11 @@ class RaftEnv:
         self.next_token = 1
         self.out: list[str] = []
         for node_id in (*options.voters, *options.learners):
-            self.nodes[node_id] = self._boot(node_id, SimDisk(), 0)
+            self.nodes[node_id] = self._boot(node_id, SimDisk(), 0, 0)
 
     # ------------------------------------------------------------ nodes
 
-    def _boot(self, node_id: str, disk: SimDisk, incarnation: int) -> SimNode:
+    def _boot(self, node_id: str, disk: SimDisk, incarnation: int, clock: int) -> SimNode:
         storage = SimStorage(disk)
         applied = self.applied.setdefault(node_id, {})
 
@@ -200,7 +200,8 @@ class RaftEnv:
             max_pending_proposals=o.max_pending_proposals,
             max_pending_reads=o.max_pending_reads,
         )
-        node = SimNode(node_id, disk, storage, replica, incarnation=incarnation)
+        # The node's clock goes on across the crash: the replica boots at the time it restarts.
+        node = SimNode(node_id, disk, storage, replica, clock=clock, incarnation=incarnation)
         log = storage.log(PARTITION)
         recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
         self.step(node, ReplicaStarted(recovered))
@@ -211,9 +212,7 @@ class RaftEnv:
         old = self.nodes[node_id]
         old.disk.crash("power")
         self.out.append(f"{node_id} crashed")
-        node = self._boot(node_id, old.disk, old.incarnation + 1)
-        node.clock = old.clock
-        self.nodes[node_id] = node
+        self.nodes[node_id] = self._boot(node_id, old.disk, old.incarnation + 1, old.clock)
 
     def step(self, node: SimNode, inp: ReplicaInput) -> None:
         self.apply_effects(node, lambda: node.replica.step(node.clock, inp))

@@ -12,10 +12,30 @@ the start of every term. What differs is how it meets the node (``replication/re
   is durable, so a vote never leaves before it is on disk, and so is every append acknowledgement: the
   leader only counts what followers hold durably. The leader counts its own entries once
   ``log.synced_through()`` covers them (the node steps ``Synced`` after every sync).
-- Client ops are ``ClientCall``: a write becomes a command appended to the log and is answered (durable)
-  with ``machine.apply``'s result once committed and applied here; a read waits for a read-index round.
+- Client ops are ``ClientCall``: a write becomes a command appended to the log. Every write commits the same
+  way (a majority of voters holds it durably); ``replication`` says when its client hears of it: ``sync``
+  once committed and applied here, with ``machine.apply``'s result; ``semi-sync`` once a voting follower
+  acknowledged the entry (its match reached it), and ``async`` in the step that appends it, both with
+  ``machine.early_result`` and marked durable (released once the leader's own copy is synced). A write
+  whose early result is None, and a semi-sync one on a group of one voter, is answered as ``sync``. Only an
+  early-answered write that never committed can be lost (a failover before a majority held it); nothing
+  answers a token twice. The log runs at most ``max_pending_proposals`` entries ahead of the commit index.
   ``TransferLeader`` (``raft_messages``) is an op of its own, and so is ``ScanRead``: a scan of the
-  partition, served through a read-index round exactly as a read is (so a cut-off leader never serves one).
+  partition, served like a read (with a read mode, a session position; so a cut-off leader never serves
+  one under ``read-index``).
+- Reads (``read``): ``read-index`` waits for a heartbeat round a quorum acknowledged and for the commit
+  index of its arrival to be applied. ``lease`` is served at once while the leader's lease holds (see
+  ``_lease_holds``: from the send time of the latest round a quorum acknowledged, for an election timeout
+  less ``lease_drift_ms``, once this term's first entry is applied, never in a term that saw a transfer
+  begin; ``lease_drift_ms=None`` turns leases off), else as ``read-index``. The lease rests on
+  check-quorum's vote refusal; with leases on, a voter that restarted also neither votes nor campaigns for
+  an election timeout after boot. ``unsafe`` is served at once from the leader's applied state, no check.
+  ``stale`` is served at once by any replica, leader, follower or learner; with ``max_staleness_ms``, only
+  while its staleness (``_staleness_ms``) is within it: a follower answers ``Redirect("not_leader")``
+  otherwise, a leader serves it as ``read-index``. Any read waits until the replica applied the session's
+  ``min_index`` (at most ``max_pending_reads`` reads wait); a position beyond a follower's log goes to the
+  leader (``Redirect``), one beyond the leader's log is refused (``bad_request``). ``Answer.position``: a
+  write's entry index, the applied index a read was served from.
 - Expired records (``sweep_interval_ms``): the leader alone sweeps, every interval, proposing
   ``machine.purge_command`` as a log entry (one at a time, no client waits on it), so every replica purges
   the same keys at the same index; a follower never purges on its own.

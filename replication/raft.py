@@ -231,7 +231,7 @@ class RaftReplica:
         self._sweep_interval = sweep_interval_ms
         self._sweep_max_keys = sweep_max_keys
         self._lease_drift = lease_drift_ms
-        # A restarted voter refuses (pre-)votes until then (see ``_on_boot``).
+        # A restarted voter neither grants (pre-)votes nor campaigns until then (see ``_on_boot``).
         self._boot_vote_block_until = 0
         # Per step.
         self._now = 0
@@ -684,13 +684,17 @@ class RaftReplica:
 
     def _staleness_ms(self) -> int | None:
         """How far this replica's applied state may lag behind the partition's committed state, in ms; None
-        when unknown (never in touch since boot). A leader: now minus the send time of the latest heartbeat
-        round a quorum acknowledged (until then nobody else committed anything and this leader applies what it
-        commits at once). Any other replica: now minus the last time it had applied everything its leader had
-        committed when the leader sent a message it received. Neither counts the message's transit time, and a
-        follower cut off with a deposed leader trusts it until that leader steps down (check-quorum: at most
-        two election timeouts)."""
-        since = self._quorum_confirmed_at if self.role == LEADER else self._fresh_at
+        when unknown. A leader: now minus the send time of the latest heartbeat round a quorum acknowledged,
+        once this term's first entry is applied (unknown before): up to that time no other leader was elected,
+        and this leader had applied everything committed before it. Any other replica: now minus the last time
+        it had applied everything its leader had committed, at an entry of the leader's term, when the leader
+        sent a message this replica received (unknown if never since boot). Neither counts the message's
+        transit time, and a follower cut off with a deposed leader trusts it until that leader steps down
+        (check-quorum: within two election timeouts)."""
+        if self.role == LEADER:
+            since = self._quorum_confirmed_at if self.applied >= self._term_start_index else None
+        else:
+            since = self._fresh_at
         return None if since is None else max(0, self._now - since)
 
     def _fresh_enough(self, max_staleness_ms: int | None) -> bool:
@@ -879,7 +883,9 @@ class RaftReplica:
         self._send(src, HeartbeatReply(self.term, body.round, self._last_index()))
 
     def _note_fresh(self, leader_commit: int) -> None:
-        if self.applied >= leader_commit:
+        # Only a commit index at an entry of the leader's own term covers what earlier leaders committed (a new
+        # leader's commit index lags until its first entry commits).
+        if self.applied >= leader_commit and self._log.term_at(leader_commit) == self.term:
             self._fresh_at = self._now
 
     def _advance_commit(self, index: int) -> None:

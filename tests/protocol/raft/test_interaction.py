@@ -270,6 +270,7 @@ def test_hostile_peer_bodies_are_ignored() -> None:
         AppendReply(1, True, 10**6),
         AppendReply(True, True, 1),
         Heartbeat(1, 2**64, 0),
+        Heartbeat(1, 1, 0, -1),  # a negative leader commit
         RequestVote(1, -5, 0),
         VoteReply("1", True),  # type: ignore[arg-type]
         "not a message",
@@ -281,3 +282,31 @@ def test_hostile_peer_bodies_are_ignored() -> None:
             for src in ("1", "2", "3", "stranger"):
                 env.step(env.nodes[dst], PeerMessage(src, body))
     assert {n: node.replica.status() for n, node in env.nodes.items()} == before
+
+
+def test_calls_naming_settings_no_replica_can_honour_are_refused_on_every_role() -> None:
+    from replication.raft_messages import RaftRefused
+    from replication.replica import Answer, ClientCall
+
+    runner = Runner()
+    for command in ("add-nodes 3 voters=(1,2,3)", "campaign 1", "stabilize"):
+        runner.run(command)
+    env = runner.e
+    calls = [
+        ClientCall(1, PutOp("k", b"v"), replication="quorum"),
+        ClientCall(2, PutOp("k", b"v"), replication=None),  # type: ignore[arg-type]
+        ClientCall(3, GetOp("k"), read="linearizable"),
+        ClientCall(4, GetOp("k"), read="stale", max_staleness_ms=-1),
+        ClientCall(5, GetOp("k"), read="stale", max_staleness_ms=True),  # type: ignore[arg-type]
+        ClientCall(6, GetOp("k"), min_index=-3),
+        ClientCall(7, GetOp("k"), min_index="3"),  # type: ignore[arg-type]
+        ClientCall(8, GetOp("k"), min_index=2**64),
+    ]
+    for node_id in ("1", "2"):
+        node = env.nodes[node_id]
+        for call in calls:
+            effects = node.replica.step(node.clock, call)
+            assert len(effects) == 1
+            answer = effects[0]
+            assert isinstance(answer, Answer) and answer.token == call.token
+            assert isinstance(answer.result, RaftRefused) and answer.result.reason == "bad_request"

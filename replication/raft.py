@@ -657,11 +657,13 @@ class RaftReplica:
             else:  # this replica's log may lag: the leader's holds every position
                 self._out.append(Answer(token, Redirect("not_leader", self.leader)))
             return
-        if len(self._pending_reads) + len(self._waiting_reads) >= self._max_pending_reads:
+        at_once = mode in ("stale", "unsafe") or (mode == "lease" and self._lease_holds())
+        must_wait = not at_once or call.min_index > self.applied
+        if must_wait and len(self._pending_reads) + len(self._waiting_reads) >= self._max_pending_reads:
             self._out.append(Answer(token, RaftRefused("overloaded", "too many reads wait")))
             return
-        if mode in ("stale", "unsafe") or (mode == "lease" and self._lease_holds()):
-            heapq.heappush(self._waiting_reads, (call.min_index, token, op))
+        if at_once:
+            heapq.heappush(self._waiting_reads, (call.min_index, token, op))  # served at the end of this step
             return
         read_index = max(self.commit, self._term_start_index, call.min_index)
         self._pending_reads.append((token, op, read_index, self._round + 1))

@@ -12,10 +12,30 @@ the start of every term. What differs is how it meets the node (``replication/re
   is durable, so a vote never leaves before it is on disk, and so is every append acknowledgement: the
   leader only counts what followers hold durably. The leader counts its own entries once
   ``log.synced_through()`` covers them (the node steps ``Synced`` after every sync).
-- Client ops are ``ClientCall``: a write becomes a command appended to the log and is answered (durable)
-  with ``machine.apply``'s result once committed and applied here; a read waits for a read-index round.
+- Client ops are ``ClientCall``: a write becomes a command appended to the log. Every write commits the same
+  way (a majority of voters holds it durably); ``replication`` says when its client hears of it: ``sync``
+  once committed and applied here, with ``machine.apply``'s result; ``semi-sync`` once a voting follower
+  acknowledged the entry (its match reached it), and ``async`` in the step that appends it, both with
+  ``machine.early_result`` and marked durable (released once the leader's own copy is synced). A write
+  whose early result is None, and a semi-sync one on a group of one voter, is answered as ``sync``. Only an
+  early-answered write that never committed can be lost (a failover before a majority held it); nothing
+  answers a token twice. The log runs at most ``max_pending_proposals`` entries ahead of the commit index.
   ``TransferLeader`` (``raft_messages``) is an op of its own, and so is ``ScanRead``: a scan of the
-  partition, served through a read-index round exactly as a read is (so a cut-off leader never serves one).
+  partition, served like a read (with a read mode, a session position; so a cut-off leader never serves
+  one under ``read-index``).
+- Reads (``read``): ``read-index`` waits for a heartbeat round a quorum acknowledged and for the commit
+  index of its arrival to be applied. ``lease`` is served at once while the leader's lease holds (see
+  ``_lease_holds``: from the send time of the latest round a quorum acknowledged, for an election timeout
+  less ``lease_drift_ms``, once this term's first entry is applied, never in a term that saw a transfer
+  begin; ``lease_drift_ms=None`` turns leases off), else as ``read-index``. The lease rests on
+  check-quorum's vote refusal; with leases on, a voter that restarted also neither votes nor campaigns for
+  an election timeout after boot. ``unsafe`` is served at once from the leader's applied state, no check.
+  ``stale`` is served at once by any replica, leader, follower or learner; with ``max_staleness_ms``, only
+  while its staleness (``_staleness_ms``) is within it: a follower answers ``Redirect("not_leader")``
+  otherwise, a leader serves it as ``read-index``. Any read waits until the replica applied the session's
+  ``min_index`` (at most ``max_pending_reads`` reads wait); a position beyond a follower's log goes to the
+  leader (``Redirect``), one beyond the leader's log is refused (``bad_request``). ``Answer.position``: a
+  write's entry index, the applied index a read was served from.
 - Expired records (``sweep_interval_ms``): the leader alone sweeps, every interval, proposing
   ``machine.purge_command`` as a log entry (one at a time, no client waits on it), so every replica purges
   the same keys at the same index; a follower never purges on its own.
@@ -36,6 +56,7 @@ the hook a node will use to stream the partition and then call ``snapshot_sent``
 
 from __future__ import annotations
 
+import heapq
 import random
 import struct
 from collections import deque
@@ -57,6 +78,8 @@ from replication.raft_messages import (
 )
 from replication.raft_stats import RaftStats, ReplicaStats
 from replication.replica import (
+    READ_MODES,
+    REPLICATION_SETTINGS,
     Answer,
     ClientCall,
     LogEntry,
@@ -97,6 +120,9 @@ _HARD_STATE = struct.Struct(">Bq")
 _HARD_STATE_VERSION = 1
 # What one apply pass reads from the log at a time (entries, not a limit on what is applied).
 _APPLY_BATCH_BYTES = 1 << 20
+# Heartbeat rounds a leader remembers the send time of while no quorum acknowledged them; dropping the oldest
+# only makes the lease and the staleness measure more conservative.
+_MAX_UNCONFIRMED_ROUNDS = 64
 
 
 def encode_hard_state(term: int, vote: str | None) -> bytes:
@@ -171,7 +197,7 @@ class RaftReplica:
         pre_vote: bool = True,
         sweep_interval_ms: int | None = None,
         sweep_max_keys: int = 1000,
-        lease_drift_ms: int = 100,
+        lease_drift_ms: int | None = None,
         stats: RaftStats | None = None,
     ) -> None:
         if not voters or len(set(voters)) != len(voters) or set(voters) & set(learners):
@@ -184,6 +210,8 @@ class RaftReplica:
             raise ValueError("max_inflight_appends, max_append_bytes and compact_threshold must be positive")
         if (sweep_interval_ms is not None and sweep_interval_ms < 1) or sweep_max_keys < 1:
             raise ValueError("sweep_interval_ms (when given) and sweep_max_keys must be positive")
+        if lease_drift_ms is not None and not 0 <= lease_drift_ms < election_timeout_ms:
+            raise ValueError("need 0 <= lease_drift_ms < election_timeout_ms (or no lease_drift_ms: no leases)")
         self.partition = partition
         self.node_id = node_id
         self.voters = tuple(voters)
@@ -201,11 +229,13 @@ class RaftReplica:
         self._max_pending_reads = max_pending_reads
         self._compact_threshold = compact_threshold
         self._check_quorum = check_quorum
-        self.lease_drift_ms = lease_drift_ms
         self._pre_vote = pre_vote
         self._sweep_interval = sweep_interval_ms
         self._sweep_max_keys = sweep_max_keys
         self._stats = ReplicaStats(stats if stats is not None else RaftStats())
+        self._lease_drift = lease_drift_ms
+        # A restarted voter neither grants (pre-)votes nor campaigns until then (see ``_on_boot``).
+        self._boot_vote_block_until = 0
         # Per step.
         self._now = 0
         self._out: list[ReplicaEffect] = []
@@ -229,10 +259,26 @@ class RaftReplica:
         self.progress: dict[str, Progress] = {}
         self._term_start_index = 0
         self._pending_writes: dict[int, tuple[int, int]] = {}  # index -> (token, term)
+        # Pending ``semi-sync`` writes answered once a voting follower holds them: index -> early result, in
+        # index order (a subset of ``_pending_writes``).
+        self._semi_sync_writes: dict[int, object] = {}
         # The index of this leader's last purge command: no new one while it is not applied.
         self._purge_index = 0
         self._pending_reads: deque[tuple[int, object, int, int]] = deque()  # (token, op, read index, round)
+        # Reads that need no (more) round, waiting for the applied index to reach theirs: a heap of
+        # (index, token, op), served in index order (any role: ``stale`` reads wait on followers too).
+        self._waiting_reads: list[tuple[int, int, object]] = []
         self._round = 0
+        # (round, send time) of this term's heartbeat rounds no quorum acknowledged yet, oldest first.
+        self._round_sent: deque[tuple[int, int]] = deque()
+        # The send time of the latest round a quorum acknowledged in this term (the lease starts there).
+        self._quorum_confirmed_at: int | None = None
+        # A leadership transfer began in this term: no lease until the term ends (a late ``TimeoutNow`` may
+        # still start an election that voters grant inside the lease).
+        self._transfer_begun = False
+        # Follower: the last time it had applied everything its leader had committed when the leader sent a
+        # message it received (see ``_staleness_ms``).
+        self._fresh_at: int | None = None
         self._round_acks: dict[str, int] = {}
         self._want_round = False
         self._scan_round: int | None = None
@@ -282,7 +328,7 @@ class RaftReplica:
         if isinstance(inp, PeerMessage):
             self._on_message(inp.src, inp.body)
         elif isinstance(inp, ClientCall):
-            self._on_call(inp.token, inp.op)
+            self._on_call(inp)
         elif isinstance(inp, Synced):
             if self.role == LEADER:
                 self._maybe_commit()
@@ -302,6 +348,7 @@ class RaftReplica:
             self._reset_election_timer()
             if self._is_voter():
                 self._arm(ELECTION_TIMER, self._election_deadline())
+                self._on_boot()
         return self._end()
 
     def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:
@@ -326,6 +373,7 @@ class RaftReplica:
                 self._want_broadcast = False
                 for peer in self.progress:
                     self._send_appends(peer)
+        if self._pending_reads or self._waiting_reads:
             self._serve_reads()
         out = self._out
         if self._hard_state_written:
@@ -375,6 +423,14 @@ class RaftReplica:
             return False
         return self._now - self._election_start < self._election_timeout
 
+    def _on_boot(self) -> None:
+        # A voter that acknowledged a leader's heartbeat and then restarted has forgotten it: were it to vote at
+        # once, a new leader could win inside the old one's lease. Where leases are on (every replica of a group
+        # is configured alike), a voter that has been in a term neither grants (pre-)votes nor campaigns (the node
+        # campaigns at boot) for one election timeout after boot, as if it had just heard from a leader.
+        if self._lease_drift is not None and self._check_quorum and self.term > 0:
+            self._boot_vote_block_until = self._now + self._election_timeout
+
     # ------------------------------------------------------------ roles
 
     def _become_follower(self, term: int, leader: str | None) -> None:
@@ -401,16 +457,26 @@ class RaftReplica:
             self._out.append(Answer(token, RaftOutcomeUnknown(index, term, message)))
         for token, _, _, _ in self._pending_reads:
             self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+        for _, token, _ in sorted(self._waiting_reads):
+            self._out.append(Answer(token, Redirect("not_leader", self.leader)))
         self._pending_writes.clear()
+        self._semi_sync_writes.clear()
         self._pending_reads.clear()
+        self._waiting_reads.clear()
         self.progress = {}
         self._round_acks = {}
+        self._round_sent.clear()
+        self._quorum_confirmed_at = None
         self._want_round = self._want_broadcast = False
         self._scan_round = None
         self._transferee = None
 
     def _campaign(self, transfer: bool) -> None:
         if not self._is_voter():
+            return
+        if not transfer and self._now < self._boot_vote_block_until:
+            # Its own vote too would be one inside a lease it may have acknowledged before it restarted.
+            self._arm(ELECTION_TIMER, self._boot_vote_block_until)
             return
         if self._pre_vote and not transfer:
             self._stats.campaign(pre_vote=True)
@@ -464,6 +530,9 @@ class RaftReplica:
         last = self._last_index()
         self.progress = {p: Progress(next=last + 1) for p in sorted(self._members) if p != self.node_id}
         self._round_acks = {}
+        self._round_sent.clear()
+        self._quorum_confirmed_at = None
+        self._transfer_begun = False
         self._scan_round = None
         self._transferee = None
         self._election_start = self._now  # the leader's lease starts now (see _in_lease)
@@ -505,7 +574,10 @@ class RaftReplica:
             self._election_start = self._now
             self._quorum_check_at = self._now + self._election_timeout
         self._arm(HEARTBEAT_TIMER, self._now + self._heartbeat_interval)
-        self._broadcast_heartbeats()
+        if self._lease_drift is not None:
+            self._start_read_round()  # every heartbeat is a round whose acknowledgements extend the lease
+        else:
+            self._broadcast_heartbeats()
 
     def _on_sweep_timer(self) -> None:
         """The leader proposes a purge of expired records; followers purge only what the log tells them to."""
@@ -527,40 +599,119 @@ class RaftReplica:
 
     def _broadcast_heartbeats(self) -> None:
         for peer, pr in self.progress.items():
-            self._send(peer, Heartbeat(self.term, min(pr.match, self.commit), self._round))
+            self._send(peer, Heartbeat(self.term, min(pr.match, self.commit), self._round, self.commit))
 
     # ------------------------------------------------------------ client ops
 
-    def _on_call(self, token: int, op: object) -> None:
+    def _on_call(self, call: ClientCall) -> None:
+        token, op = call.token, call.op
+        problem = _call_problem(call)
+        if problem is not None:
+            self._out.append(Answer(token, RaftRefused("bad_request", problem)))
+            return
+        machine = self._machine
+        if isinstance(op, ScanRead) or (not isinstance(op, TransferLeader) and machine.is_read(op)):
+            self._on_read(call)
+            return
         if self.role != LEADER:
             self._out.append(Answer(token, Redirect("not_leader", self.leader)))
             return
         if isinstance(op, TransferLeader):
             self._transfer(token, op.target)
             return
-        machine = self._machine
-        if isinstance(op, ScanRead) or machine.is_read(op):
-            if len(self._pending_reads) >= self._max_pending_reads:
-                self._out.append(Answer(token, RaftRefused("overloaded", "too many reads wait for a read index")))
-                return
-            read_index = max(self.commit, self._term_start_index)
-            self._pending_reads.append((token, op, read_index, self._round + 1))
-            self._want_round = True
-            return
         if self._transferee is not None:
             message = f"leadership of partition {self.partition} is moving to {self._transferee}; the op did not happen"
             self._out.append(Answer(token, RaftRefused("transferring", message)))
             return
-        if len(self._pending_writes) >= self._max_pending_proposals:
+        if self._last_index() - self.commit >= self._max_pending_proposals:
+            # Bounds how far the log runs ahead of the commit index, also for writes acknowledged early.
             self._out.append(Answer(token, RaftRefused("overloaded", "too many writes wait to commit")))
             return
         command = machine.command(op, self._now)
         index = self._last_index() + 1
         self._log.append([LogEntry(index, self.term, command_entry_data(machine.encode_command(command)))])
-        self._pending_writes[index] = (token, self.term)
         self._stats.appended(index, self._now)
+        # With no other voter, nobody but this leader can acknowledge: semi-sync is sync.
+        early_allowed = call.replication == "async" or (call.replication == "semi-sync" and len(self.voters) > 1)
+        early = machine.early_result(command, index) if early_allowed else None
+        if early is not None and call.replication == "async":
+            # Released once this leader's own entry is synced; it may still be lost by a failover.
+            self._out.append(Answer(token, early, durable=True, position=index))
+        else:
+            self._pending_writes[index] = (token, self.term)
+            if early is not None:
+                self._semi_sync_writes[index] = early
         self._want_broadcast = True
         self._maybe_commit()
+
+    def _on_read(self, call: ClientCall) -> None:
+        token, op, mode = call.token, call.op, call.read
+        leading = self.role == LEADER
+        if mode == "stale" and not self._fresh_enough(call.max_staleness_ms):
+            if not leading:
+                self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+                return
+            mode = "read-index"  # the leader confirms it leads instead: then its state is not stale at all
+        elif mode != "stale" and not leading:
+            self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+            return
+        if call.min_index > self._last_index():
+            if leading:
+                message = (
+                    f"position {call.min_index} is beyond partition {self.partition}'s log (last {self._last_index()}):"
+                    " it was never written here, or was an unreplicated write a failover lost"
+                )
+                self._out.append(Answer(token, RaftRefused("bad_request", message)))
+            else:  # this replica's log may lag: the leader's holds every position
+                self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+            return
+        at_once = mode in ("stale", "unsafe") or (mode == "lease" and self._lease_holds())
+        must_wait = not at_once or call.min_index > self.applied
+        if must_wait and len(self._pending_reads) + len(self._waiting_reads) >= self._max_pending_reads:
+            self._out.append(Answer(token, RaftRefused("overloaded", "too many reads wait")))
+            return
+        if at_once:
+            heapq.heappush(self._waiting_reads, (call.min_index, token, op))  # served at the end of this step
+            return
+        read_index = max(self.commit, self._term_start_index, call.min_index)
+        self._pending_reads.append((token, op, read_index, self._round + 1))
+        self._want_round = True
+
+    def _lease_holds(self) -> bool:
+        """Whether no other leader can exist now, so this leader's applied state is linearizable: a quorum
+        acknowledged a heartbeat this leader sent at ``_quorum_confirmed_at``, and each of those voters refuses
+        (pre-)votes for an election timeout after receiving it (``_in_lease``, the boot window). The lease is
+        shortened by ``lease_drift_ms``, the most the clocks may drift apart within an election timeout."""
+        confirmed_at = self._quorum_confirmed_at
+        return (
+            self._lease_drift is not None
+            and self._check_quorum
+            and confirmed_at is not None
+            and not self._transfer_begun
+            and self.applied >= self._term_start_index
+            and self._now < confirmed_at + self._election_timeout - self._lease_drift
+        )
+
+    def _staleness_ms(self) -> int | None:
+        """How far this replica's applied state may lag behind the partition's committed state, in ms; None
+        when unknown. A leader: now minus the send time of the latest heartbeat round a quorum acknowledged,
+        once this term's first entry is applied (unknown before): up to that time no other leader was elected,
+        and this leader had applied everything committed before it. Any other replica: now minus the last time
+        it had applied everything its leader had committed, at an entry of the leader's term, when the leader
+        sent a message this replica received (unknown if never since boot). Neither counts the message's
+        transit time, and a follower cut off with a deposed leader trusts it until that leader steps down
+        (check-quorum: within two election timeouts)."""
+        if self.role == LEADER:
+            since = self._quorum_confirmed_at if self.applied >= self._term_start_index else None
+        else:
+            since = self._fresh_at
+        return None if since is None else max(0, self._now - since)
+
+    def _fresh_enough(self, max_staleness_ms: int | None) -> bool:
+        if max_staleness_ms is None:
+            return True
+        staleness = self._staleness_ms()
+        return staleness is not None and staleness <= max_staleness_ms
 
     def _transfer(self, token: int, target: object) -> None:
         if target == self.node_id:
@@ -570,6 +721,7 @@ class RaftReplica:
             self._out.append(Answer(token, RaftRefused("bad_target", f"{target!r} is not a voter")))
             return
         self._transferee = target
+        self._transfer_begun = True
         self._transfer_deadline = self._now + self._election_timeout
         pr = self.progress[target]
         if pr.match == self._last_index():
@@ -583,6 +735,10 @@ class RaftReplica:
         self._round += 1
         if self._scan_round is None and self.applied >= self._term_start_index:
             self._scan_round = self._round
+        self._round_sent.append((self._round, self._now))
+        if len(self._round_sent) > _MAX_UNCONFIRMED_ROUNDS:
+            self._round_sent.popleft()
+        self._note_confirmed()  # a leader with no other voter confirms its round at once
         self._broadcast_heartbeats()
 
     def _confirmed_round(self) -> int:
@@ -592,19 +748,42 @@ class RaftReplica:
         )
         return acks[self._quorum - 1]
 
-    def _serve_reads(self) -> None:
-        reads = self._pending_reads
-        if not reads:
+    def _note_confirmed(self) -> None:
+        """Move ``_quorum_confirmed_at`` to the send time of the latest round a quorum acknowledged."""
+        sent = self._round_sent
+        if not sent:
             return
         confirmed = self._confirmed_round()
+        while sent and sent[0][0] <= confirmed:
+            _, self._quorum_confirmed_at = sent.popleft()
+
+    def _serve_reads(self) -> None:
+        reads, waiting = self._pending_reads, self._waiting_reads
+        if reads:
+            confirmed = self._confirmed_round()
+            while reads and reads[0][3] <= confirmed:
+                token, op, read_index, _ = reads.popleft()
+                heapq.heappush(waiting, (read_index, token, op))
         machine = self._machine
-        while reads and reads[0][3] <= confirmed and reads[0][2] <= self.applied:
-            token, op, _, _ = reads.popleft()
+        while waiting and waiting[0][0] <= self.applied:
+            _, token, op = heapq.heappop(waiting)
             if isinstance(op, ScanRead):
                 result = machine.scan(self._now, op.start, op.end, op.limit)
             else:
                 result = machine.read(op, self._now)
-            self._out.append(Answer(token, result))
+            self._out.append(Answer(token, result, position=self.applied))
+
+    def _drop_unreachable_reads(self) -> None:
+        """A follower's log lost its suffix: reads waiting for a position it no longer holds go to the leader."""
+        last = self._last_index()
+        waiting = self._waiting_reads
+        if not waiting or max(index for index, _, _ in waiting) <= last:
+            return
+        for index, token, _ in sorted(waiting):
+            if index > last:
+                self._out.append(Answer(token, Redirect("not_leader", self.leader)))
+        self._waiting_reads = [read for read in waiting if read[0] <= last]
+        heapq.heapify(self._waiting_reads)
 
     # ------------------------------------------------------------ peer messages
 
@@ -615,8 +794,8 @@ class RaftReplica:
         term = body.term
         if term > self.term:
             if isinstance(body, RequestVote):
-                if not body.transfer and self._in_lease():
-                    return  # a leader is alive: a rejoining node must not depose it
+                if not body.transfer and (self._in_lease() or self._now < self._boot_vote_block_until):
+                    return  # a leader is alive (or may be): a rejoining node must not depose it
                 if body.pre_vote:
                     self._on_request_vote(src, body)  # a pre-vote changes no term
                     return
@@ -644,8 +823,10 @@ class RaftReplica:
             self._election_start = self._now
             if isinstance(body, AppendEntries):
                 self._on_append(src, body)
+                self._note_fresh(body.commit)
             elif isinstance(body, Heartbeat):
                 self._on_heartbeat(src, body)
+                self._note_fresh(body.leader_commit)
             else:
                 self._campaign(transfer=True)
         elif self.role == LEADER:
@@ -701,6 +882,7 @@ class RaftReplica:
                 if entry.index <= self._last_index():
                     log.truncate_suffix(entry.index)
                 log.append(body.entries[position:])
+                self._drop_unreachable_reads()
                 break
         self._advance_commit(min(body.commit, last_new))
         self._send(src, AppendReply(self.term, True, last_new), durable=True)
@@ -709,6 +891,12 @@ class RaftReplica:
         # The leader sends at most what this follower matched, so the log holds it.
         self._advance_commit(min(body.commit, self._last_index()))
         self._send(src, HeartbeatReply(self.term, body.round, self._last_index()))
+
+    def _note_fresh(self, leader_commit: int) -> None:
+        # Only a commit index at an entry of the leader's own term covers what earlier leaders committed (a new
+        # leader's commit index lags until its first entry commits).
+        if self.applied >= leader_commit and self._log.term_at(leader_commit) == self.term:
+            self._fresh_at = self._now
 
     def _advance_commit(self, index: int) -> None:
         if index > self.commit:
@@ -768,6 +956,8 @@ class RaftReplica:
                 pr.inflight.popleft()
             if body.index > pr.match:
                 pr.match = body.index
+                if self._semi_sync_writes and src in self.voters:
+                    self._answer_semi_sync(pr.match)
                 if pr.state == PROBE:
                     pr.become_replicate()
                 pr.next = max(pr.next, body.index + 1)
@@ -798,9 +988,22 @@ class RaftReplica:
             return
         self._send_append(src, allow_empty=True)
 
+    def _answer_semi_sync(self, match: int) -> None:
+        """A voting follower durably holds this leader's log through ``match``: answer the semi-sync writes
+        up to there with their early results (released once the leader's own copy is synced too)."""
+        semi = self._semi_sync_writes
+        while semi:
+            index = next(iter(semi))
+            if index > match:
+                return
+            early = semi.pop(index)
+            token, _ = self._pending_writes.pop(index)
+            self._out.append(Answer(token, early, durable=True, position=index))
+
     def _on_heartbeat_reply(self, src: str, pr: Progress, body: HeartbeatReply) -> None:
         if body.round > self._round_acks.get(src, 0) and body.round <= self._round:
             self._round_acks[src] = body.round
+            self._note_confirmed()
         pr.probe_sent = False
         if len(pr.inflight) >= self._max_inflight:
             pr.inflight.popleft()  # an append (or its answer) was lost: let one more go
@@ -838,9 +1041,10 @@ class RaftReplica:
                 self.applied = entry.index
                 waiting = self._pending_writes.pop(entry.index, None)
                 if waiting is not None:
+                    self._semi_sync_writes.pop(entry.index, None)
                     token, term = waiting
                     if term == entry.term:
-                        self._out.append(Answer(token, result, durable=True))
+                        self._out.append(Answer(token, result, durable=True, position=entry.index))
                     else:  # cannot happen while leading; kept so a token is never left unanswered
                         self._out.append(Answer(token, RaftOutcomeUnknown(entry.index, term, "entry replaced")))
         if self.role == LEADER and self._scan_round is None and self.applied >= self._term_start_index:
@@ -860,6 +1064,19 @@ class RaftReplica:
                     through = min(through, pr.match)
         if through > log.bounds().snapshot_index and log.term_at(through) is not None:
             log.compact_prefix(through)
+
+
+def _call_problem(call: ClientCall) -> str | None:
+    """Why a client's call names settings no replica can honour (None: it does not)."""
+    if type(call.replication) is not str or call.replication not in REPLICATION_SETTINGS:
+        return f"unknown replication setting {call.replication!r}: one of {', '.join(REPLICATION_SETTINGS)}"
+    if type(call.read) is not str or call.read not in READ_MODES:
+        return f"unknown read mode {call.read!r}: one of {', '.join(READ_MODES)}"
+    if call.max_staleness_ms is not None and not _is_index(call.max_staleness_ms):
+        return f"max_staleness_ms must be a non-negative integer, not {call.max_staleness_ms!r}"
+    if not _is_index(call.min_index):
+        return f"min_index must be a non-negative integer, not {call.min_index!r}"
+    return None
 
 
 _PEER_MESSAGES = (RequestVote, VoteReply, AppendEntries, AppendReply, Heartbeat, HeartbeatReply, TimeoutNow)
@@ -908,7 +1125,9 @@ def _well_formed(body: object) -> bool:
             and _is_index(body.hint_term)
         )
     if isinstance(body, Heartbeat):
-        return _is_index(body.term) and _is_index(body.commit) and _is_index(body.round)
+        return (
+            _is_index(body.term) and _is_index(body.commit) and _is_index(body.round) and _is_index(body.leader_commit)
+        )
     if isinstance(body, HeartbeatReply):
         return _is_index(body.term) and _is_index(body.round) and _is_index(body.last_index)
     if isinstance(body, TimeoutNow):

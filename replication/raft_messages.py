@@ -66,11 +66,13 @@ class AppendReply:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Leadership and commit index (never above what the follower matched); ``round`` numbers the
-    leader's read-index confirmation round the reply counts towards."""
+    leader's read-index confirmation round the reply counts towards. ``leader_commit`` is the leader's own
+    commit index, uncapped: a follower that applied through it knows how fresh its state is (``stale`` reads)."""
 
     term: int
     commit: int
     round: int
+    leader_commit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +132,14 @@ RAFT_MESSAGES: tuple[type, ...] = (
 class RaftRefused:
     """Definite: the op was not executed and never will be. ``reason``:
 
-    - ``overloaded``: too many proposals or reads wait already (the node: ``overloaded``);
+    - ``overloaded``: the leader's log runs ``max_pending_proposals`` entries ahead of its commit index, or
+      ``max_pending_reads`` reads wait already (the node: ``overloaded``);
     - ``transferring``: leadership is being handed over, proposals wait for the new leader (``unavailable``);
-    - ``bad_target``: a transfer to a node that is not a voter (a bad request).
+    - ``bad_target``: a transfer to a node that is not a voter (a bad request);
+    - ``bad_request``: the ``ClientCall`` names an unknown ``replication`` setting or ``read`` mode, or a
+      negative (or non-integer) ``max_staleness_ms`` or ``min_index``; or, on the leader, a ``min_index``
+      beyond its log's last index (a position never written in this partition, or an ``async``/``semi-sync``
+      write a failover lost): no replica could serve it (a bad request).
 
     A read a leader accepted but never served because it stepped down is answered ``Redirect("not_leader",
     hint)`` instead: definite too, and the node may pass it on to the leader it names.

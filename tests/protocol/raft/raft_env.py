@@ -87,6 +87,11 @@ class Options:
     max_append_bytes: int = 1 << 20
     compact_threshold: int = 10_000
     sweep_interval_ms: int | None = None
+    lease_drift_ms: int | None = None
+    max_pending_proposals: int = 4096
+    max_pending_reads: int = 4096
+    # Show each answer's position (``Answer.position``) in the output.
+    positions: bool = False
 
 
 def describe_entry(data: bytes) -> str:
@@ -154,16 +159,17 @@ class RaftEnv:
         # Each node's group; two nodes in different groups cannot talk. Empty: no partition.
         self.groups: dict[str, int] = {}
         self.answers: dict[int, object] = {}
+        self.positions: dict[int, int] = {}
         self.applied: dict[str, dict[int, object]] = {}
         self.applied_everywhere: dict[int, object] = {}
         self.next_token = 1
         self.out: list[str] = []
         for node_id in (*options.voters, *options.learners):
-            self.nodes[node_id] = self._boot(node_id, SimDisk(), 0)
+            self.nodes[node_id] = self._boot(node_id, SimDisk(), 0, 0)
 
     # ------------------------------------------------------------ nodes
 
-    def _boot(self, node_id: str, disk: SimDisk, incarnation: int) -> SimNode:
+    def _boot(self, node_id: str, disk: SimDisk, incarnation: int, clock: int) -> SimNode:
         storage = SimStorage(disk)
         applied = self.applied.setdefault(node_id, {})
 
@@ -190,8 +196,12 @@ class RaftEnv:
             check_quorum=o.check_quorum,
             pre_vote=o.pre_vote,
             sweep_interval_ms=o.sweep_interval_ms,
+            lease_drift_ms=o.lease_drift_ms,
+            max_pending_proposals=o.max_pending_proposals,
+            max_pending_reads=o.max_pending_reads,
         )
-        node = SimNode(node_id, disk, storage, replica, incarnation=incarnation)
+        # The node's clock goes on across the crash: the replica boots at the time it restarts.
+        node = SimNode(node_id, disk, storage, replica, clock=clock, incarnation=incarnation)
         log = storage.log(PARTITION)
         recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
         self.step(node, ReplicaStarted(recovered))
@@ -202,9 +212,7 @@ class RaftEnv:
         old = self.nodes[node_id]
         old.disk.crash("power")
         self.out.append(f"{node_id} crashed")
-        node = self._boot(node_id, old.disk, old.incarnation + 1)
-        node.clock = old.clock
-        self.nodes[node_id] = node
+        self.nodes[node_id] = self._boot(node_id, old.disk, old.incarnation + 1, old.clock)
 
     def step(self, node: SimNode, inp: ReplicaInput) -> None:
         self.apply_effects(node, lambda: node.replica.step(node.clock, inp))
@@ -226,15 +234,23 @@ class RaftEnv:
                 else:
                     self.network.append((node.node_id, effect.dst, effect.body))
             elif isinstance(effect, Answer):
-                self.out.append(f"{node.node_id} answered #{effect.token}: {describe_result(effect.result)}")
+                line = f"{node.node_id} answered #{effect.token}: {describe_result(effect.result)}"
+                if self.options.positions:
+                    line += f" at {effect.position}" + (" [durable]" if effect.durable else "")
+                self.out.append(line)
                 if effect.durable and must_wait:
                     node.held.append((lsn, effect))
                 else:
-                    self.answers[effect.token] = effect.result
+                    self.release(effect)
             elif isinstance(effect, StartTimer):
                 node.timers[effect.key] = effect.at_ms
             elif isinstance(effect, StopTimer):
                 node.timers.pop(effect.key, None)
+
+    def release(self, answer: Answer) -> None:
+        """The answer reaches its client."""
+        self.answers[answer.token] = answer.result
+        self.positions[answer.token] = answer.position
 
     def sync(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -250,7 +266,7 @@ class RaftEnv:
             elif isinstance(effect, SendTo):
                 self.network.append((node_id, effect.dst, effect.body))
             else:
-                self.answers[effect.token] = effect.result
+                self.release(effect)
         node.held = still
         self.step(node, Synced())
 
@@ -280,10 +296,18 @@ class RaftEnv:
 
     # ------------------------------------------------------------ clients and timers
 
-    def call(self, node_id: str, op: object) -> int:
+    def call(
+        self,
+        node_id: str,
+        op: object,
+        replication: str = "sync",
+        read: str = "read-index",
+        max_staleness_ms: int | None = None,
+        min_index: int = 0,
+    ) -> int:
         token = self.next_token
         self.next_token += 1
-        self.step(self.nodes[node_id], ClientCall(token, op))
+        self.step(self.nodes[node_id], ClientCall(token, op, replication, read, max_staleness_ms, min_index))
         return token
 
     def fire(self, node_id: str, key: str) -> bool:

@@ -11,9 +11,13 @@ separated by blank lines. Set ``RAFT_REWRITE=1`` to rewrite every file's expecte
 replicas do now (then read the diff). Commands (node ids are strings such as ``1``):
 
 - ``add-nodes N voters=(1,2,3) [learners=(4)] [pre-vote=false] [check-quorum=false] [inflight=K]
-  [compact=K] [max-append-bytes=K]``: a new group (N names every node, voters and learners);
+  [compact=K] [max-append-bytes=K] [lease-drift=MS] [max-proposals=K] [max-reads=K] [positions=true]``: a new
+  group (N names every node, voters and learners; ``positions=true`` shows each answer's position and
+  durable mark);
 - ``campaign 1``; ``tick-election 1``; ``tick-heartbeat 1 [times]`` (each moves only that node's clock);
-- ``propose 1 put k v`` / ``propose 1 del k``; ``read 1 k``; ``transfer-leader 1 2``;
+  ``advance-clock 1 MS`` (moves node 1's clock, fires nothing);
+- ``propose 1 put k v [replication=async]`` / ``propose 1 del k``; ``read 1 k [mode=lease]
+  [max-staleness=MS] [min-index=N]``; ``transfer-leader 1 2``;
 - ``deliver-msgs [1 2 ...]``: every message in flight to those nodes (to all without arguments);
   ``drop-msgs [1 ...]``: lose them instead;
 - ``process-ready [1 ...]``: sync the node's storage (held durable messages and answers leave), step ``Synced``;
@@ -97,11 +101,27 @@ class Runner:
         elif name == "tick-heartbeat":
             for _ in range(int(args[1]) if len(args) > 1 else 1):
                 env.tick_heartbeat(args[0])
+        elif name == "advance-clock":
+            env.nodes[args[0]].clock += int(args[1])
         elif name == "propose":
-            op = PutOp(args[2], args[3].encode()) if args[1] == "put" else DeleteOp(args[2])
-            env.call(args[0], op)
+            plain = [a for a in args if "=" not in a]
+            settings = dict(a.split("=", 1) for a in args if "=" in a)
+            op = PutOp(plain[2], plain[3].encode()) if plain[1] == "put" else DeleteOp(plain[2])
+            env.call(plain[0], op, replication=settings.pop("replication", "sync"))
+            if settings:
+                raise ValueError(f"unknown propose settings {settings}")
         elif name == "read":
-            env.call(args[0], GetOp(args[1]))
+            settings = dict(a.split("=", 1) for a in args[2:])
+            staleness = settings.pop("max-staleness", None)
+            env.call(
+                args[0],
+                GetOp(args[1]),
+                read=settings.pop("mode", "read-index"),
+                max_staleness_ms=None if staleness is None else int(staleness),
+                min_index=int(settings.pop("min-index", "0")),
+            )
+            if settings:
+                raise ValueError(f"unknown read settings {settings}")
         elif name == "transfer-leader":
             env.call(args[0], TransferLeader(args[1]))
         elif name == "deliver-msgs":
@@ -153,6 +173,11 @@ class Runner:
         options.max_inflight_appends = int(kv.pop("inflight", "4"))
         options.compact_threshold = int(kv.pop("compact", "10000"))
         options.max_append_bytes = int(kv.pop("max-append-bytes", str(1 << 20)))
+        drift = kv.pop("lease-drift", None)
+        options.lease_drift_ms = None if drift is None else int(drift)
+        options.max_pending_proposals = int(kv.pop("max-proposals", "4096"))
+        options.max_pending_reads = int(kv.pop("max-reads", "4096"))
+        options.positions = kv.pop("positions", "false") == "true"
         if kv:
             raise ValueError(f"unknown add-nodes options {kv}")
         if int(args[0]) != len(options.voters) + len(options.learners):
@@ -245,6 +270,7 @@ def test_hostile_peer_bodies_are_ignored() -> None:
         AppendReply(1, True, 10**6),
         AppendReply(True, True, 1),
         Heartbeat(1, 2**64, 0),
+        Heartbeat(1, 1, 0, -1),  # a negative leader commit
         RequestVote(1, -5, 0),
         VoteReply("1", True),  # type: ignore[arg-type]
         "not a message",
@@ -256,3 +282,31 @@ def test_hostile_peer_bodies_are_ignored() -> None:
             for src in ("1", "2", "3", "stranger"):
                 env.step(env.nodes[dst], PeerMessage(src, body))
     assert {n: node.replica.status() for n, node in env.nodes.items()} == before
+
+
+def test_calls_naming_settings_no_replica_can_honour_are_refused_on_every_role() -> None:
+    from replication.raft_messages import RaftRefused
+    from replication.replica import Answer, ClientCall
+
+    runner = Runner()
+    for command in ("add-nodes 3 voters=(1,2,3)", "campaign 1", "stabilize"):
+        runner.run(command)
+    env = runner.e
+    calls = [
+        ClientCall(1, PutOp("k", b"v"), replication="quorum"),
+        ClientCall(2, PutOp("k", b"v"), replication=None),  # type: ignore[arg-type]
+        ClientCall(3, GetOp("k"), read="linearizable"),
+        ClientCall(4, GetOp("k"), read="stale", max_staleness_ms=-1),
+        ClientCall(5, GetOp("k"), read="stale", max_staleness_ms=True),  # type: ignore[arg-type]
+        ClientCall(6, GetOp("k"), min_index=-3),
+        ClientCall(7, GetOp("k"), min_index="3"),  # type: ignore[arg-type]
+        ClientCall(8, GetOp("k"), min_index=2**64),
+    ]
+    for node_id in ("1", "2"):
+        node = env.nodes[node_id]
+        for call in calls:
+            effects = node.replica.step(node.clock, call)
+            assert len(effects) == 1
+            answer = effects[0]
+            assert isinstance(answer, Answer) and answer.token == call.token
+            assert isinstance(answer.result, RaftRefused) and answer.result.reason == "bad_request"

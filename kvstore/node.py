@@ -170,7 +170,9 @@ class Node:
         self._waiting_slack = config.limits.max_inflight + config.limits.max_batch_keys
         self._request_timeout_ms = config.timeouts.request_timeout_ms
         # Under "always" a client is told only what survives a crash, so every Send and Reply waits for a sync.
-        self._always_durable = config.storage.fsync == "always"
+        # Leader mode: Raft marks what must be durable itself (votes, append acknowledgements, early answers) and
+        # answers a write only once a majority holds it durably, so no blanket rule delays its other messages.
+        self._always_durable = config.storage.fsync == "always" and config.mode != "leader"
         self.partition_map = _starting_map(config, storage)
         # Who may send to this node: every node its roster knows (removed ones still forward and hand over),
         # and every node of its config (one added to the config talks before it is admitted).

@@ -1044,7 +1044,9 @@ class RaftReplica:
                     self._semi_sync_writes.pop(entry.index, None)
                     token, term = waiting
                     if term == entry.term:
-                        self._out.append(Answer(token, result, durable=True, position=entry.index))
+                        # Not durable: committed means a majority holds the entry durably, so the answer
+                        # need not wait for this apply's records to be synced (a crash re-applies the log).
+                        self._out.append(Answer(token, result, position=entry.index))
                     else:  # cannot happen while leading; kept so a token is never left unanswered
                         self._out.append(Answer(token, RaftOutcomeUnknown(entry.index, term, "entry replaced")))
         if self.role == LEADER and self._scan_round is None and self.applied >= self._term_start_index:

@@ -83,8 +83,11 @@ def apply_order(partition_map: PartitionMap, order: SetMember) -> Order:
 class Rebalancer:
     """One member's view of where partitions should be; see the module docstring."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, replication_factor: int | None = None) -> None:
         self._node_id = node_id
+        # Leader mode: how many replicas a partition has (its map entry may list a learner on top while a group
+        # changes); None: as many as the map's partitions have (single mode).
+        self._replication_factor = replication_factor
         # The map the target was computed for (equal maps give equal targets; a same-version merge of two roster
         # changes can change a map without changing its epoch).
         # Both are asked several times per map (when the node arms its timer, then on its turn).
@@ -95,7 +98,7 @@ class Rebalancer:
     def target(self, partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
         """The balanced layout for ``partition_map`` (the same map gives the same layout on every node)."""
         if partition_map != self._target_map or not self._target:
-            self._target = _balanced(partition_map)
+            self._target = _balanced(partition_map, self._replication_factor)
             self._target_map = partition_map
             self._moves = None
         return self._target
@@ -164,11 +167,11 @@ class Rebalancer:
         return None if updated is partition_map else updated
 
 
-def _balanced(partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
+def _balanced(partition_map: PartitionMap, replication_factor: int | None = None) -> dict[int, tuple[str, ...]]:
     active = partition_map.active
     if not active:
         return partition_map.layout()  # nowhere to move anything: keep what there is
-    replicas = max(len(r) for r in partition_map.replicas)
+    replicas = replication_factor or max(len(r) for r in partition_map.replicas)
     # Range mode: a range counts LIVE_RANGE_WEIGHT, a free slot 1 (free slots are spread too, so that every
     # member has slots to split into); hash mode: every partition counts 1.
     ranged = partition_map.ranges is not None

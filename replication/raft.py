@@ -620,6 +620,12 @@ class RaftReplica:
     def config(self) -> Configuration:
         return self._config
 
+    @property
+    def config_settled(self) -> bool:
+        """Whether this replica leads and its configuration is the group's latest: it applied its term's first
+        entry (so every change of earlier terms) and no change of its own waits to be applied."""
+        return self.role == LEADER and self.applied >= max(self._term_start_index, self._conf_change_index)
+
     def _set_config(self, config: Configuration) -> None:
         self._config = config
         self.voters = config.voters

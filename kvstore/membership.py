@@ -104,9 +104,10 @@ class Rebalancer:
         return self._target
 
     def balanced(self, partition_map: PartitionMap) -> bool:
-        """Whether this map needs no move: every partition where the balanced layout puts it."""
+        """Whether this map needs no move: every partition where the balanced layout puts it (on the same nodes:
+        in leader mode the order of a group's members is the order they joined, and its leader leads)."""
         target = self.target(partition_map)
-        return all(target[p] == replicas for p, replicas in enumerate(partition_map.replicas))
+        return all(set(target[p]) == set(replicas) for p, replicas in enumerate(partition_map.replicas))
 
     def moves(self, partition_map: PartitionMap) -> list[tuple[int, str]]:
         """(partition, target) for each partition this node owns that the balanced layout puts elsewhere; in

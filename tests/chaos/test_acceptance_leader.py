@@ -57,3 +57,24 @@ def test_leader_mode_under_power_crashes_is_valid(seed: int) -> None:
     verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
     assert result.valid is True, (seed, verdicts)
     assert result.checkers["lost-writes"]["lost_count"] == 0, seed
+
+
+MEMBERSHIP = "register-leader-membership.toml"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_nodes_join_and_leave_a_leader_mode_cluster_under_faults_and_the_history_stays_valid(seed: int) -> None:
+    """Raft groups change one step at a time (learner, promotion, removal; a leaving leader hands over first) while
+    crashes, partitions and message faults strike: linearizable, nothing acknowledged lost, copies converge, and by
+    the end every member holds one balanced map and no node is still leaving."""
+    result = run_in_sim(load(SCENARIOS / MEMBERSHIP), seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (replay(MEMBERSHIP, seed), verdicts)
+    assert result.checkers["lost-writes"]["lost_count"] == 0, replay(MEMBERSHIP, seed)
+    assert result.checkers["convergence"]["valid"] is True, replay(MEMBERSHIP, seed)
+    ordered = {p.kind for p in result.periods if p.kind in ("join", "leave") and "ordered at" in p.detail}
+    assert ordered == {"join", "leave"}, replay(MEMBERSHIP, seed)
+    roster = result.stats["roster"]
+    assert set(roster) != {"n1", "n2", "n3"}, roster
+    assert result.stats["partition_changes"] >= 8, replay(MEMBERSHIP, seed)
+    assert result.stats["settled"] is True, replay(MEMBERSHIP, seed)

@@ -21,6 +21,11 @@ takes replicas from the most loaded nodes first, so a member rarely moves one of
 meant to. ``balance`` stops once every active node holds its fair share within ``SLACK_PARTITIONS`` (at most
 half of it): a manual move that leaves the layout within that slack stays; one beyond it is undone.
 
+Leader mode: nothing moves. The target is computed with the configured replica count (a group's map entry lists
+a learner on top while it changes), and each partition's leader steps its Raft group toward it
+(``kvstore/group_changes.py``); a partition is where the target wants it when it is on the same nodes, in any
+order.
+
 Range mode: a range counts ``LIVE_RANGE_WEIGHT`` and a free slot 1 in the balance, and a member with two free
 slots or more gives one to an active member that has none, since only an owner's own free slot can take the
 upper half of its range in a split.

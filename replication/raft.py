@@ -35,7 +35,9 @@ hard state keeps the configuration of the last applied change, so a restart or a
 receive the log and answer vote requests (the candidate counts them only once its configuration makes them
 voters, as etcd-io/raft does, so a promotion a learner has not applied yet cannot block an election), but never
 campaign and never count towards a commit. A leader that applies its own removal sends ``TimeoutNow`` to the
-voter holding most of its log (if it holds the removal) and steps down.
+voter holding most of its log (if it holds the removal) and steps down. A replica follows appends and heartbeats
+from any node (its own configuration may lag the group's until it applied the log), but takes vote requests,
+votes and ``TimeoutNow`` only from members.
 
 Not done yet (issue 14's later parts): snapshot transfer. A follower that needs entries the leader
 compacted puts its progress into the ``snapshot`` state: the leader stops sending it appends (it still
@@ -722,7 +724,12 @@ class RaftReplica:
     # ------------------------------------------------------------ peer messages
 
     def _on_message(self, src: str, body: object) -> None:
-        if src == self.node_id or src not in self._members or not _well_formed(body):
+        if src == self.node_id or not _well_formed(body):
+            return
+        if src not in self._members and not isinstance(body, (AppendEntries, Heartbeat)):
+            # Only members campaign and vote here. A leader's messages count from anyone: this replica's
+            # configuration may lag the group's (a new learner's guess, a node added again with an old one), and
+            # one leader per term holds whatever its configuration.
             return
         assert isinstance(body, _PEER_MESSAGES)
         term = body.term

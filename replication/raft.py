@@ -646,8 +646,7 @@ class RaftReplica:
             refusal = RaftRefused("change_pending", message)
         elif (reason := self.config.refusal(change)) is not None:
             refusal = RaftRefused("bad_change", reason)
-        elif change.action == PROMOTE and self.progress[change.node].match < self.commit:
-            match = self.progress[change.node].match
+        elif change.action == PROMOTE and (match := self._match_of(change.node)) < self.commit:
             refusal = RaftRefused("not_caught_up", f"{change.node} holds {match} of {self.commit} committed entries")
         elif len(self._pending_writes) >= self._max_pending_proposals:
             refusal = RaftRefused("overloaded", "too many writes wait to commit")
@@ -660,6 +659,10 @@ class RaftReplica:
         self._conf_change_index = index
         self._want_broadcast = True
         self._maybe_commit()
+
+    def _match_of(self, node: str) -> int:
+        pr = self.progress.get(node)
+        return 0 if pr is None else pr.match
 
     def _apply_change(self, index: int, change: ChangeReplicas) -> Configuration:
         """The change at ``index`` takes effect here, and the hard state keeps the configuration it made."""

@@ -78,3 +78,19 @@ def test_nodes_join_and_leave_a_leader_mode_cluster_under_faults_and_the_history
     assert set(roster) != {"n1", "n2", "n3"}, roster
     assert result.stats["partition_changes"] >= 8, replay(MEMBERSHIP, seed)
     assert result.stats["settled"] is True, replay(MEMBERSHIP, seed)
+
+
+def test_a_real_leader_mode_cluster_admits_and_drains_nodes_through_the_nemesis() -> None:
+    scenario = load(SCENARIOS / MEMBERSHIP)
+    scenario = replace(scenario, duration_ms=5000, quiet_ms=3000,
+                       nemesis=replace(scenario.nemesis, faults=("join", "leave"), interval_ms=500))
+    result = run_on_real_cluster(scenario, seed=2)
+    assert result.driver == "real"
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, verdicts
+    assert result.checkers["lost-writes"]["lost_count"] == 0
+    ordered = [p.detail for p in result.periods if "ordered at" in p.detail]
+    assert any(d.startswith("active ") for d in ordered) and any(d.startswith("leaving ") for d in ordered), ordered
+    # A node admitted at run time is in the roster the nodes report, and groups changed.
+    assert set(result.stats["roster"]) - {"n1", "n2", "n3"}, result.stats["roster"]
+    assert result.stats["partition_changes"] >= 1

@@ -94,3 +94,17 @@ def test_a_real_leader_mode_cluster_admits_and_drains_nodes_through_the_nemesis(
     # A node admitted at run time is in the roster the nodes report, and groups changed.
     assert set(result.stats["roster"]) - {"n1", "n2", "n3"}, result.stats["roster"]
     assert result.stats["partition_changes"] >= 1
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_leader_mode_joins_and_leaves_under_power_crashes_are_valid(seed: int) -> None:
+    """The membership scenario with power crashes: a configuration is kept in the hard state with the change that
+    made it, so a node that loses what it had not synced replays the changes after it from the log."""
+    scenario = load(SCENARIOS / MEMBERSHIP)
+    scenario = replace(scenario, name="register-leader-membership-power",
+                       nemesis=replace(scenario.nemesis, crash_kind="power"))
+    result = run_in_sim(scenario, seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (seed, verdicts)
+    assert result.checkers["lost-writes"]["lost_count"] == 0, seed
+    assert result.stats["settled"] is True, seed

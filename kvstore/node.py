@@ -555,7 +555,7 @@ class Node:
         if repaired is not None:
             self._install_and_announce(repaired)
         for partition, call in calls:
-            if partition in self.replicas:
+            if partition in self.replicas:  # the repaired map may have dropped it (its call was forgotten then)
                 self._run_replica(partition, call)
         self._arm_rebalance()  # a learner catching up, a refused step: look again in a while
 

@@ -190,9 +190,8 @@ def _validate(s: Scenario, source: str) -> None:
     elif s.cluster.mode == "single" and replicas not in (None, 1):
         problems.append('[cluster] replicas must be 1 or absent in single mode (mode = "leader" replicates)')
     if s.cluster.mode == "leader":
-        unsupported = sorted({"move", "join", "leave"} & set(s.nemesis.faults))
-        if unsupported:
-            problems.append(f"[nemesis] {', '.join(unsupported)} need single mode (Raft groups do not change yet)")
+        if "move" in s.nemesis.faults:
+            problems.append("[nemesis] move needs single mode (in leader mode replicas change by join and leave)")
         if s.cluster.partitioner != "hash":
             problems.append('[cluster] leader mode needs partitioner = "hash"')
     try:

@@ -629,7 +629,7 @@ class LocalCluster:
             if state != ACTIVE:
                 pending.append(f"{viewer} sees {node_id} {state or 'not in the roster'}")
             replicas = view["partition_map"]["replicas"]
-            if len(replicas) >= len(_active(view)) and not any(r[0] == node_id for r in replicas):
+            if len(replicas) >= len(_active(view)) and not any(node_id in r for r in replicas):
                 pending.append(f"{viewer}'s map gives {node_id} no partition yet")
             pending.extend(_unbalanced(viewer, view))
         pending.extend(_epochs_differ(views))

@@ -21,6 +21,11 @@ takes replicas from the most loaded nodes first, so a member rarely moves one of
 meant to. ``balance`` stops once every active node holds its fair share within ``SLACK_PARTITIONS`` (at most
 half of it): a manual move that leaves the layout within that slack stays; one beyond it is undone.
 
+Leader mode: nothing moves. The target is computed with the configured replica count (a group's map entry lists
+a learner on top while it changes), and each partition's leader steps its Raft group toward it
+(``kvstore/group_changes.py``); a partition is where the target wants it when it is on the same nodes, in any
+order.
+
 Range mode: a range counts ``LIVE_RANGE_WEIGHT`` and a free slot 1 in the balance, and a member with two free
 slots or more gives one to an active member that has none, since only an owner's own free slot can take the
 upper half of its range in a split.
@@ -83,8 +88,11 @@ def apply_order(partition_map: PartitionMap, order: SetMember) -> Order:
 class Rebalancer:
     """One member's view of where partitions should be; see the module docstring."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, replication_factor: int | None = None) -> None:
         self._node_id = node_id
+        # Leader mode: how many replicas a partition has (its map entry may list a learner on top while a group
+        # changes); None: as many as the map's partitions have (single mode).
+        self._replication_factor = replication_factor
         # The map the target was computed for (equal maps give equal targets; a same-version merge of two roster
         # changes can change a map without changing its epoch).
         # Both are asked several times per map (when the node arms its timer, then on its turn).
@@ -95,15 +103,16 @@ class Rebalancer:
     def target(self, partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
         """The balanced layout for ``partition_map`` (the same map gives the same layout on every node)."""
         if partition_map != self._target_map or not self._target:
-            self._target = _balanced(partition_map)
+            self._target = _balanced(partition_map, self._replication_factor)
             self._target_map = partition_map
             self._moves = None
         return self._target
 
     def balanced(self, partition_map: PartitionMap) -> bool:
-        """Whether this map needs no move: every partition where the balanced layout puts it."""
+        """Whether this map needs no move: every partition where the balanced layout puts it (on the same nodes:
+        in leader mode the order of a group's members is the order they joined, and its leader leads)."""
         target = self.target(partition_map)
-        return all(target[p] == replicas for p, replicas in enumerate(partition_map.replicas))
+        return all(set(target[p]) == set(replicas) for p, replicas in enumerate(partition_map.replicas))
 
     def moves(self, partition_map: PartitionMap) -> list[tuple[int, str]]:
         """(partition, target) for each partition this node owns that the balanced layout puts elsewhere; in
@@ -164,11 +173,11 @@ class Rebalancer:
         return None if updated is partition_map else updated
 
 
-def _balanced(partition_map: PartitionMap) -> dict[int, tuple[str, ...]]:
+def _balanced(partition_map: PartitionMap, replication_factor: int | None = None) -> dict[int, tuple[str, ...]]:
     active = partition_map.active
     if not active:
         return partition_map.layout()  # nowhere to move anything: keep what there is
-    replicas = max(len(r) for r in partition_map.replicas)
+    replicas = replication_factor or max(len(r) for r in partition_map.replicas)
     # Range mode: a range counts LIVE_RANGE_WEIGHT, a free slot 1 (free slots are spread too, so that every
     # member has slots to split into); hash mode: every partition counts 1.
     ranged = partition_map.ranges is not None

@@ -66,6 +66,7 @@ from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
 from kvstore.forwarding import FORWARD_TIMER_PREFIX, Done, Forwarder, PeerWaiter
 from kvstore.gather import GatherPart, batch_parts, merge_pages, partition_scan_parts, scan_parts
+from kvstore.group_changes import GroupChanger
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
 from kvstore.leader_balance import LEADER_BALANCE_TIMER, handbacks
 from kvstore.leader_wait import LEADER_WAIT_TIMER, LeaderWait
@@ -174,6 +175,10 @@ class Node:
         # answers a write only once a majority holds it durably, so no blanket rule delays its other messages.
         self._always_durable = config.storage.fsync == "always" and config.mode != "leader"
         self.partition_map = _starting_map(config, storage)
+        # Leader mode: a node holds a voter of a partition's group from the start only where the founders' layout
+        # puts it; anywhere else it was added later, as a learner (its stored configuration, once it has one,
+        # says what it became).
+        self._founding_layout = _initial_map(config).replicas
         # Who may send to this node: every node its roster knows (removed ones still forward and hand over),
         # and every node of its config (one added to the config talks before it is admitted).
         self._peers = self._known_peers()
@@ -221,7 +226,9 @@ class Node:
             # Under "never" nothing is fsynced: a power loss could forget a fence after the target installed.
             moves_refused=None if config.storage.fsync != "never" else 'moves need fsync "always" or "batch"',
         )
-        self._rebalancer = Rebalancer(node_id)
+        self._rebalancer = Rebalancer(node_id, config.replication_factor if self._leader_mode else None)
+        # Leader mode: the membership changes of the groups this node leads (kvstore/group_changes.py).
+        self._group_changer = GroupChanger(node_id)
         # Range mode: this node's splits and merges of the ranges it owns (kvstore/ranges.py).
         self._range_keeper = (
             RangeKeeper(node_id, storage, config.ranges.policy()) if config.partitioner == "range" else None
@@ -253,14 +260,20 @@ class Node:
             )
         if self.config.mode == "leader":
             timeouts = self.config.timeouts
+            voters = self.partition_map.replicas[partition]
+            learners: tuple[str, ...] = ()
+            others = tuple(n for n in voters if n != self.node_id)
+            if self.node_id not in self._founding_layout[partition] and others:
+                voters, learners = others, (self.node_id,)
             return RaftReplica(
                 partition,
                 self.node_id,
-                self.partition_map.replicas[partition],
+                voters,
                 KvStateMachine(self.storage, partition),
                 self.storage.log(partition),
                 # A child generator per replica, drawn in partition order: the simulator stays deterministic.
                 random.Random(self._rng.getrandbits(64)),
+                learners=learners,
                 election_timeout_ms=timeouts.election_timeout_ms,
                 heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
                 sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
@@ -391,7 +404,11 @@ class Node:
                 self._effects.extend(self._mover.start(now_ms, inp.partition, inp.target))
                 self.order_refusal = self._mover.refusal
             elif self.started:
-                self.order_refusal = f"moves are not supported in {self.config.mode} mode yet"
+                # Leader mode: a partition's replicas change through its Raft group, driven by the rebalancer.
+                self.order_refusal = (
+                    "moves are not supported in leader mode: add or remove nodes (POST /admin/members) and the "
+                    "partitions' leaders re-replicate them"
+                )
         elif isinstance(inp, SetMember):
             self._on_set_member(inp)
         else:
@@ -537,10 +554,6 @@ class Node:
         if not self.started:
             self.order_refusal = "the node has not started"
             return
-        if self._leader_mode:
-            # Adding or removing a node changes Raft groups' members: a later part of issue 14.
-            self.order_refusal = "membership changes are not supported in leader mode yet"
-            return
         outcome = apply_order(self.partition_map, order)
         self.order_refusal = outcome.refusal
         if outcome.new_map is not None:
@@ -550,11 +563,12 @@ class Node:
         """The rebalancer's turn (``kvstore/membership.py``): the roster changes due here (drained leavers marked
         removed; this node active again if no member is), then move away the partitions this node owns that the
         balanced layout puts elsewhere."""
-        if self.config.mode != "single":
-            return
         changed = self._rebalancer.changes(self.partition_map)
         if changed is not None:
             self._install_and_announce(changed)
+        if self._leader_mode:
+            self._change_groups()
+            return
         mover = self._mover
         pending = [(p, target) for p, target in self._rebalancer.moves(self.partition_map) if p not in mover.moving]
         for partition, target in pending:
@@ -571,15 +585,37 @@ class Node:
         to do here, unless it is due by then already. Asked at start and on every change of the map (soon after
         a change this node made: a finished move frees room for the next one); a balanced cluster has no
         timer."""
-        if not self.started or self.config.mode != "single":
+        if not self.started:
             return
         at_ms = self._now_ms + (REBALANCE_SOON_MS if soon else self._rebalance_interval_ms)
         if self._rebalance_due_ms is not None and self._rebalance_due_ms <= at_ms:
             return
         partition_map = self.partition_map
-        if self._rebalancer.moves(partition_map) or self._rebalancer.changes(partition_map):
+        if self._leader_mode:
+            target = self._rebalancer.target(partition_map)
+            work = self._group_changer.due(partition_map, target, self.replicas)
+        else:
+            work = bool(self._rebalancer.moves(partition_map))
+        if work or self._rebalancer.changes(partition_map):
             self._rebalance_due_ms = at_ms
             self._effects.append(SetTimer(REBALANCE_TIMER, at_ms))
+
+    def _change_groups(self) -> None:
+        """Leader mode: the next membership change of each group this node leads that the balanced layout wants
+        elsewhere (``kvstore/group_changes.py``); the map made to say what the groups are where it lags."""
+        target = self._rebalancer.target(self.partition_map)
+        repaired, calls = self._group_changer.turn(self.partition_map, target, self.replicas, self._new_token)
+        if repaired is not None:
+            self._install_and_announce(repaired)
+        for partition, call in calls:
+            if partition in self.replicas:  # the repaired map may have dropped it (its call was forgotten then)
+                self._run_replica(partition, call)
+        self._arm_rebalance()  # a learner catching up, a refused step: look again in a while
+
+    def _new_token(self) -> int:
+        token = self._next_token
+        self._next_token += 1
+        return token
 
     def _split_or_merge(self) -> None:
         """Range mode: one due split or merge of the ranges this node owns (``kvstore/ranges.py``), its records
@@ -783,6 +819,8 @@ class Node:
             # Learn who leads from the replica itself, after every step (and before its answers are acted on).
             leader = getattr(self.replicas.get(partition), "leader", None)
             if leader is not None:
+                if leader == self.node_id and self.leader_hints.get(partition) != self.node_id:
+                    self._arm_rebalance(soon=True)  # a new leader drives its group's changes
                 self.leader_hints[partition] = leader
             elif self.leader_hints.get(partition) == self.node_id:
                 del self.leader_hints[partition]  # this node stopped leading and knows of no other leader
@@ -843,6 +881,11 @@ class Node:
 
     def _on_answer(self, answer: Answer) -> None:
         token = answer.token
+        if self._group_changer.owns(token):
+            changed = self._group_changer.answered(token, answer.result, self.partition_map)
+            if changed is not None:
+                self._install_and_announce(changed)
+            return
         call = self._calls.pop(token, None)
         if call is None:
             return  # timed out already (or never asked): whoever waited has had its answer
@@ -906,6 +949,7 @@ class Node:
         del self.replicas[partition]
         for token, _ in self._leader_wait.release(partition):
             self._complete(token, self._not_here(partition))
+        self._group_changer.forget(partition)
         orphaned = [token for token, (p, _) in self._calls.items() if p == partition]
         for token in orphaned:
             del self._calls[token]
@@ -1027,16 +1071,20 @@ def _raft_failure(node_id: str, partition: int, result: RaftOutcomeUnknown | Raf
     return Failure.of(ErrorCode.BAD_REQUEST, f"partition {partition} on {node_id}: {result.message}")
 
 
-def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
-    """The config's map, merged with what this node learnt and stored before it last stopped."""
+def _initial_map(config: ClusterConfig) -> PartitionMap:
+    """The founders' map: where every node starts."""
     founders = config.founding_nodes
     addresses = tuple(config.address_text(node_id) for node_id in founders)
     if config.partitioner == "range":
-        initial = PartitionMap.range_initial(founders, config.partitions, addresses)
-    else:
-        initial = PartitionMap.round_robin(
-            founders, config.partitions, replication_factor=config.replication_factor, addresses=addresses
-        )
+        return PartitionMap.range_initial(founders, config.partitions, addresses)
+    return PartitionMap.round_robin(
+        founders, config.partitions, replication_factor=config.replication_factor, addresses=addresses
+    )
+
+
+def _starting_map(config: ClusterConfig, storage: Storage) -> PartitionMap:
+    """The config's map, merged with what this node learnt and stored before it last stopped."""
+    initial = _initial_map(config)
     stored = storage.get_meta(MAP_META)
     if stored is None:
         return initial

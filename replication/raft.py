@@ -46,7 +46,18 @@ stepped down before serving it): definite. ``RaftOutcomeUnknown`` for a write ap
 stepped down before it saw it commit: indefinite. ``RaftRefused`` (definite) for ops refused at once.
 
 Log entry data: ``b""`` is the empty entry a leader appends at the start of its term; ``b"\\x01" + encoded
-command`` a client command. Other tags are reserved (configuration changes).
+command`` a client command; ``b"\\x02" + encoded change`` a configuration change (``raft_membership``).
+
+Membership (``raft_membership``): the admin op ``ChangeReplicas`` adds a learner, promotes a caught-up learner
+(its match at least the leader's commit) or removes a member, one change at a time (refused ``change_pending``
+until the last one, or this term's first entry, is applied). A change takes effect where it is applied; the
+hard state keeps the configuration of the last applied change, so a restart or a compaction keeps it. Learners
+receive the log and answer vote requests (the candidate counts them only once its configuration makes them
+voters, as etcd-io/raft does, so a promotion a learner has not applied yet cannot block an election), but never
+campaign and never count towards a commit. A leader that applies its own removal sends ``TimeoutNow`` to the
+voter holding most of its log (if it holds the removal) and steps down. A replica follows appends and heartbeats
+from any node (its own configuration may lag the group's until it applied the log), but takes vote requests,
+votes and ``TimeoutNow`` only from members.
 
 Not done yet (issue 14's later parts): snapshot transfer. A follower that needs entries the leader
 compacted puts its progress into the ``snapshot`` state: the leader stops sending it appends (it still
@@ -62,6 +73,16 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
+from replication.raft_membership import (
+    PROMOTE,
+    ChangeReplicas,
+    Configuration,
+    decode_change,
+    decode_configuration,
+    encode_change,
+    encode_configuration,
+    well_formed_change,
+)
 from replication.raft_messages import (
     AppendEntries,
     AppendReply,
@@ -114,10 +135,15 @@ REPLICATE = "replicate"
 SNAPSHOT = "snapshot"
 
 ENTRY_COMMAND = 1
+ENTRY_CONF_CHANGE = 2
 _COMMAND_TAG = bytes([ENTRY_COMMAND])
+_CONF_CHANGE_TAG = bytes([ENTRY_CONF_CHANGE])
 _INT64_MAX = 2**63 - 1
 _HARD_STATE = struct.Struct(">Bq")
+# Version 1: term, vote. Version 2: term, vote (length-prefixed), the configuration as of the last applied change.
 _HARD_STATE_VERSION = 1
+_HARD_STATE_WITH_CONFIG = 2
+_VOTE_LENGTH = struct.Struct(">H")
 # What one apply pass reads from the log at a time (entries, not a limit on what is applied).
 _APPLY_BATCH_BYTES = 1 << 20
 # Heartbeat rounds a leader remembers the send time of while no quorum acknowledged them; dropping the oldest
@@ -125,21 +151,30 @@ _APPLY_BATCH_BYTES = 1 << 20
 _MAX_UNCONFIRMED_ROUNDS = 64
 
 
-def encode_hard_state(term: int, vote: str | None) -> bytes:
-    return _HARD_STATE.pack(_HARD_STATE_VERSION, term) + (b"" if vote is None else vote.encode())
+def encode_hard_state(term: int, vote: str | None, config: Configuration | None = None) -> bytes:
+    if config is None:
+        return _HARD_STATE.pack(_HARD_STATE_VERSION, term) + (b"" if vote is None else vote.encode())
+    raw_vote = b"" if vote is None else vote.encode()
+    head = _HARD_STATE.pack(_HARD_STATE_WITH_CONFIG, term) + _VOTE_LENGTH.pack(len(raw_vote)) + raw_vote
+    return head + encode_configuration(config)
 
 
-def decode_hard_state(data: bytes | None) -> tuple[int, str | None]:
-    """(term, vote) from stored hard state; ValueError for bytes no RaftReplica wrote."""
+def decode_hard_state(data: bytes | None) -> tuple[int, str | None, Configuration | None]:
+    """(term, vote, configuration or None) from stored hard state; ValueError for bytes no RaftReplica wrote."""
     if data is None:
-        return 0, None
+        return 0, None, None
     if len(data) < _HARD_STATE.size:
         raise ValueError(f"raft hard state too short: {data!r}")
     version, term = _HARD_STATE.unpack_from(data)
-    if version != _HARD_STATE_VERSION or term < 0:
+    if version not in (_HARD_STATE_VERSION, _HARD_STATE_WITH_CONFIG) or term < 0:
         raise ValueError(f"not a raft hard state: {data!r}")
-    vote = data[_HARD_STATE.size :].decode()
-    return term, (vote or None)
+    if version == _HARD_STATE_VERSION:
+        vote = data[_HARD_STATE.size :].decode()
+        return term, (vote or None), None
+    (length,) = _VOTE_LENGTH.unpack_from(data, _HARD_STATE.size)
+    at = _HARD_STATE.size + _VOTE_LENGTH.size
+    vote = data[at : at + length].decode()
+    return term, (vote or None), decode_configuration(data[at + length :])
 
 
 def command_entry_data(encoded_command: bytes) -> bytes:
@@ -214,10 +249,8 @@ class RaftReplica:
             raise ValueError("need 0 <= lease_drift_ms < election_timeout_ms (or no lease_drift_ms: no leases)")
         self.partition = partition
         self.node_id = node_id
-        self.voters = tuple(voters)
-        self.learners = tuple(learners)
-        self._members = frozenset(voters) | frozenset(learners)
-        self._quorum = len(voters) // 2 + 1
+        # The configuration until the log says otherwise (the hard state keeps the one of the last applied change).
+        self._initial_config = Configuration(tuple(voters), tuple(learners))
         self._machine = machine
         self._log = log
         self._rng = rng
@@ -245,7 +278,8 @@ class RaftReplica:
     # ------------------------------------------------------------ state (read-only for drivers and tests)
 
     def _recover(self) -> None:
-        self.term, self.vote = decode_hard_state(self._log.hard_state())
+        self.term, self.vote, stored_config = decode_hard_state(self._log.hard_state())
+        self._set_config(stored_config or self._initial_config)
         self.role = FOLLOWER
         self.leader: str | None = None
         bounds = self._log.bounds()
@@ -286,6 +320,8 @@ class RaftReplica:
         self._transferee: str | None = None
         self._transfer_deadline = 0
         self._quorum_check_at = 0
+        # The index of this leader's last configuration change: no new one while it is not applied.
+        self._conf_change_index = 0
 
     def status(self) -> dict[str, object]:
         bounds = self._log.bounds()
@@ -298,6 +334,8 @@ class RaftReplica:
             "applied": self.applied,
             "first": bounds.first_index,
             "last": bounds.last_index,
+            "voters": self.voters,
+            "learners": self.learners,
         }
 
     def followers_needing_snapshot(self) -> dict[str, int]:
@@ -366,6 +404,8 @@ class RaftReplica:
         self._hard_state_written = False
 
     def _end(self) -> list[ReplicaEffect]:
+        if self.role == LEADER and not self._is_voter():
+            self._become_follower(self.term, None)  # it applied its own removal (see _apply_change)
         if self.role == LEADER:
             if self._want_round:
                 self._start_read_round()
@@ -414,8 +454,11 @@ class RaftReplica:
     def _set_term_vote(self, term: int, vote: str | None) -> None:
         if term != self.term or vote != self.vote:
             self.term, self.vote = term, vote
-            self._log.set_hard_state(encode_hard_state(term, vote))
-            self._hard_state_written = True
+            self._write_hard_state()
+
+    def _write_hard_state(self) -> None:
+        self._log.set_hard_state(encode_hard_state(self.term, self.vote, self.config))
+        self._hard_state_written = True
 
     def _in_lease(self) -> bool:
         # Heard from a leader (or, as leader, from a quorum) within an election timeout.
@@ -545,6 +588,8 @@ class RaftReplica:
         # The empty entry of the term: committing it commits every earlier entry (only entries of the
         # current term are committed by counting), and reads wait for it.
         self._term_start_index = last + 1
+        # A change of an earlier term may be in the log, not applied yet: none before this term's first entry is.
+        self._conf_change_index = last + 1
         self._log.append([LogEntry(last + 1, self.term, b"")])
         self._want_broadcast = True
         self._maybe_commit()
@@ -618,6 +663,9 @@ class RaftReplica:
             return
         if isinstance(op, TransferLeader):
             self._transfer(token, op.target)
+            return
+        if isinstance(op, ChangeReplicas):
+            self._propose_change(token, op)
             return
         if self._transferee is not None:
             message = f"leadership of partition {self.partition} is moving to {self._transferee}; the op did not happen"
@@ -730,6 +778,86 @@ class RaftReplica:
             self._send_append(target, allow_empty=False)
         self._out.append(Answer(token, TransferStarted(target)))
 
+    # ------------------------------------------------------------ configuration changes (raft_membership)
+
+    @property
+    def config(self) -> Configuration:
+        return self._config
+
+    @property
+    def config_settled(self) -> bool:
+        """Whether this replica leads and its configuration is the group's latest: it applied its term's first
+        entry (so every change of earlier terms) and no change of its own waits to be applied."""
+        return self.role == LEADER and self.applied >= max(self._term_start_index, self._conf_change_index)
+
+    def _set_config(self, config: Configuration) -> None:
+        self._config = config
+        self.voters = config.voters
+        self.learners = config.learners
+        self._members = frozenset(config.members)
+        self._quorum = len(config.voters) // 2 + 1
+
+    def _propose_change(self, token: int, change: ChangeReplicas) -> None:
+        refusal: RaftRefused | None = None
+        if not well_formed_change(change):
+            refusal = RaftRefused("bad_change", f"not a configuration change: {change!r:.200}")
+        elif self._transferee is not None:
+            refusal = RaftRefused("transferring", f"leadership of partition {self.partition} is moving")
+        elif self._conf_change_index > self.applied:
+            message = f"partition {self.partition} applies change {self._conf_change_index} first; retry later"
+            refusal = RaftRefused("change_pending", message)
+        elif (reason := self.config.refusal(change)) is not None:
+            refusal = RaftRefused("bad_change", reason)
+        elif change.action == PROMOTE and (match := self._match_of(change.node)) < self.commit:
+            refusal = RaftRefused("not_caught_up", f"{change.node} holds {match} of {self.commit} committed entries")
+        elif len(self._pending_writes) >= self._max_pending_proposals:
+            refusal = RaftRefused("overloaded", "too many writes wait to commit")
+        if refusal is not None:
+            self._out.append(Answer(token, refusal))
+            return
+        index = self._last_index() + 1
+        self._log.append([LogEntry(index, self.term, _CONF_CHANGE_TAG + encode_change(change))])
+        self._pending_writes[index] = (token, self.term)
+        self._conf_change_index = index
+        self._want_broadcast = True
+        self._maybe_commit()
+
+    def _match_of(self, node: str) -> int:
+        pr = self.progress.get(node)
+        return 0 if pr is None else pr.match
+
+    def _apply_change(self, index: int, change: ChangeReplicas) -> Configuration:
+        """The change at ``index`` takes effect here, and the hard state keeps the configuration it made."""
+        if index <= self.config.index:
+            return self.config  # applied again after a restart: the stored configuration has it already
+        was_voter = self._is_voter()
+        self._set_config(self.config.changed(change, index))
+        self._write_hard_state()
+        if self.role == LEADER:
+            last = self._last_index()
+            for node in self.config.members:
+                if node != self.node_id and node not in self.progress:
+                    self.progress[node] = Progress(next=last + 1)
+            for node in [p for p in self.progress if p not in self._members]:
+                del self.progress[node]
+                self._round_acks.pop(node, None)
+            if self._transferee is not None and self._transferee not in self.voters:
+                self._transferee = None
+            if not self._is_voter():
+                self._hand_over_after_removal(index)
+        elif self._is_voter() and not was_voter:
+            self._reset_election_timer()  # promoted: it may campaign from now on
+            self._arm(ELECTION_TIMER, self._election_deadline())
+        return self.config
+
+    def _hand_over_after_removal(self, index: int) -> None:
+        """This leader applied its own removal; it steps down at the end of the step. The voter holding the most
+        of its log campaigns at once if it holds the removal: sent before the commit that tells the others, which
+        then no longer take messages from this node."""
+        best = max(sorted(self.voters), key=lambda v: self.progress[v].match)
+        if self.progress[best].match >= index:
+            self._send(best, TimeoutNow(self.term))
+
     def _start_read_round(self) -> None:
         self._want_round = False
         self._round += 1
@@ -788,7 +916,12 @@ class RaftReplica:
     # ------------------------------------------------------------ peer messages
 
     def _on_message(self, src: str, body: object) -> None:
-        if src == self.node_id or src not in self._members or not _well_formed(body):
+        if src == self.node_id or not _well_formed(body):
+            return
+        if src not in self._members and not isinstance(body, (AppendEntries, Heartbeat)):
+            # Only members campaign and vote here. A leader's messages count from anyone: this replica's
+            # configuration may lag the group's (a new learner's guess, a node added again with an old one), and
+            # one leader per term holds whatever its configuration.
             return
         assert isinstance(body, _PEER_MESSAGES)
         term = body.term
@@ -963,6 +1096,8 @@ class RaftReplica:
                 pr.next = max(pr.next, body.index + 1)
                 if self._maybe_commit():
                     was_paused = False  # the commit broadcast just carried the news to this follower
+                if src not in self.progress:
+                    return  # the commit applied src's removal
             elif pr.state == PROBE:
                 pr.probe_sent = False
             if src == self._transferee and pr.match == self._last_index():
@@ -1036,7 +1171,9 @@ class RaftReplica:
                 break  # the log ends below the commit index: cannot happen, but never spin
             for entry in batch:
                 result: object = None
-                if entry.data:
+                if entry.data[:1] == _CONF_CHANGE_TAG:
+                    result = self._apply_change(entry.index, decode_change(entry.data[1:]))
+                elif entry.data:
                     result = machine.apply(entry.index, machine.decode_command(entry.data[1:]))
                 self.applied = entry.index
                 waiting = self._pending_writes.pop(entry.index, None)
@@ -1084,6 +1221,18 @@ def _call_problem(call: ClientCall) -> str | None:
 _PEER_MESSAGES = (RequestVote, VoteReply, AppendEntries, AppendReply, Heartbeat, HeartbeatReply, TimeoutNow)
 
 
+def _well_formed_data(data: bytes) -> bool:
+    if not data or data[0] == ENTRY_COMMAND:
+        return True
+    if data[0] != ENTRY_CONF_CHANGE:
+        return False
+    try:
+        decode_change(data[1:])
+    except ValueError:
+        return False
+    return True
+
+
 def _well_formed(body: object) -> bool:
     """Whether a peer's message has the types and ranges this replica relies on (a peer is untrusted)."""
     if isinstance(body, AppendEntries):
@@ -1103,7 +1252,7 @@ def _well_formed(body: object) -> bool:
                 or not _is_index(entry.term)
                 or not term <= entry.term <= body.term
                 or type(entry.data) is not bytes
-                or (entry.data and entry.data[0] != ENTRY_COMMAND)
+                or not _well_formed_data(entry.data)
             ):
                 return False
             expected, term = expected + 1, entry.term

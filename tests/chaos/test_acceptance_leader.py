@@ -57,3 +57,54 @@ def test_leader_mode_under_power_crashes_is_valid(seed: int) -> None:
     verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
     assert result.valid is True, (seed, verdicts)
     assert result.checkers["lost-writes"]["lost_count"] == 0, seed
+
+
+MEMBERSHIP = "register-leader-membership.toml"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_nodes_join_and_leave_a_leader_mode_cluster_under_faults_and_the_history_stays_valid(seed: int) -> None:
+    """Raft groups change one step at a time (learner, promotion, removal; a leaving leader hands over first) while
+    crashes, partitions and message faults strike: linearizable, nothing acknowledged lost, copies converge, and by
+    the end every member holds one balanced map and no node is still leaving."""
+    result = run_in_sim(load(SCENARIOS / MEMBERSHIP), seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (replay(MEMBERSHIP, seed), verdicts)
+    assert result.checkers["lost-writes"]["lost_count"] == 0, replay(MEMBERSHIP, seed)
+    assert result.checkers["convergence"]["valid"] is True, replay(MEMBERSHIP, seed)
+    ordered = {p.kind for p in result.periods if p.kind in ("join", "leave") and "ordered at" in p.detail}
+    assert ordered == {"join", "leave"}, replay(MEMBERSHIP, seed)
+    roster = result.stats["roster"]
+    assert set(roster) != {"n1", "n2", "n3"}, roster
+    assert result.stats["partition_changes"] >= 8, replay(MEMBERSHIP, seed)
+    assert result.stats["settled"] is True, replay(MEMBERSHIP, seed)
+
+
+def test_a_real_leader_mode_cluster_admits_and_drains_nodes_through_the_nemesis() -> None:
+    scenario = load(SCENARIOS / MEMBERSHIP)
+    scenario = replace(scenario, duration_ms=5000, quiet_ms=3000,
+                       nemesis=replace(scenario.nemesis, faults=("join", "leave"), interval_ms=500))
+    result = run_on_real_cluster(scenario, seed=2)
+    assert result.driver == "real"
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, verdicts
+    assert result.checkers["lost-writes"]["lost_count"] == 0
+    ordered = [p.detail for p in result.periods if "ordered at" in p.detail]
+    assert any(d.startswith("active ") for d in ordered) and any(d.startswith("leaving ") for d in ordered), ordered
+    # A node admitted at run time is in the roster the nodes report, and groups changed.
+    assert set(result.stats["roster"]) - {"n1", "n2", "n3"}, result.stats["roster"]
+    assert result.stats["partition_changes"] >= 1
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_leader_mode_joins_and_leaves_under_power_crashes_are_valid(seed: int) -> None:
+    """The membership scenario with power crashes: a configuration is kept in the hard state with the change that
+    made it, so a node that loses what it had not synced replays the changes after it from the log."""
+    scenario = load(SCENARIOS / MEMBERSHIP)
+    scenario = replace(scenario, name="register-leader-membership-power",
+                       nemesis=replace(scenario.nemesis, crash_kind="power"))
+    result = run_in_sim(scenario, seed)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, (seed, verdicts)
+    assert result.checkers["lost-writes"]["lost_count"] == 0, seed
+    assert result.stats["settled"] is True, seed

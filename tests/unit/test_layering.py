@@ -13,6 +13,7 @@ CORE_MODULES = (
     "kvstore/forwarding.py",
     "kvstore/handoff.py",
     "kvstore/membership.py",
+    "kvstore/group_changes.py",
     "kvstore/map_gossip.py",
     "kvstore/ranges.py",
     "kvstore/gather.py",

@@ -18,7 +18,8 @@ from kvstore.commands import DeleteCommand, PutCommand
 from kvstore.messages import Deleted, Failure, Found, Written
 from kvstore.state_machine import KvStateMachine
 from kvstore.storage.simulated import SimDisk, SimStorage
-from replication.raft import ELECTION_TIMER, HEARTBEAT_TIMER, LEADER, RaftReplica
+from replication.raft import ELECTION_TIMER, ENTRY_CONF_CHANGE, HEARTBEAT_TIMER, LEADER, RaftReplica
+from replication.raft_membership import Configuration, decode_change
 from replication.raft_messages import (
     AppendEntries,
     AppendReply,
@@ -97,6 +98,9 @@ class Options:
 def describe_entry(data: bytes) -> str:
     if not data:
         return "noop"
+    if data[0] == ENTRY_CONF_CHANGE:
+        change = decode_change(data[1:])
+        return f"conf {change.action} {change.node}"
     command = codec.decode(data[1:])
     if isinstance(command, PutCommand):
         return f"put {command.key} {command.value.decode(errors='replace')}"
@@ -146,6 +150,8 @@ def describe_result(result: object) -> str:
         return f"refused {result.reason}"
     if isinstance(result, TransferStarted):
         return f"transfer-started {result.target}"
+    if isinstance(result, Configuration):
+        return f"config voters=({','.join(result.voters)}) learners=({','.join(result.learners)})@{result.index}"
     return repr(result)
 
 
@@ -164,10 +170,19 @@ class RaftEnv:
         self.applied_everywhere: dict[int, object] = {}
         self.next_token = 1
         self.out: list[str] = []
+        # The configuration each node's replica is built with (a node added later starts as a learner).
+        self.initial: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         for node_id in (*options.voters, *options.learners):
+            self.initial[node_id] = (options.voters, options.learners)
             self.nodes[node_id] = self._boot(node_id, SimDisk(), 0, 0)
 
     # ------------------------------------------------------------ nodes
+
+    def add_node(self, node_id: str, voters: tuple[str, ...]) -> None:
+        """A new node with an empty log, a learner of a group it believes has ``voters``, started now."""
+        self.initial[node_id] = (voters, (node_id,))
+        now = max((node.clock for node in self.nodes.values()), default=0)
+        self.nodes[node_id] = self._boot(node_id, SimDisk(), 0, now)
 
     def _boot(self, node_id: str, disk: SimDisk, incarnation: int, clock: int) -> SimNode:
         storage = SimStorage(disk)
@@ -180,14 +195,15 @@ class RaftEnv:
             assert first == command, f"{node_id} applied {command!r} at {index}, another node {first!r}"
 
         o = self.options
+        voters, learners = self.initial[node_id]
         replica = RaftReplica(
             PARTITION,
             node_id,
-            o.voters,
+            voters,
             RecordingMachine(storage, on_apply),
             storage.log(PARTITION),
             random.Random(f"{self.seed}/{node_id}/{incarnation}"),
-            learners=o.learners,
+            learners=learners,
             election_timeout_ms=o.election_timeout_ms,
             heartbeat_interval_ms=o.heartbeat_interval_ms,
             max_inflight_appends=o.max_inflight_appends,

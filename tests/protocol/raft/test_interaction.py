@@ -18,6 +18,9 @@ replicas do now (then read the diff). Commands (node ids are strings such as ``1
   ``advance-clock 1 MS`` (moves node 1's clock, fires nothing);
 - ``propose 1 put k v [replication=async]`` / ``propose 1 del k``; ``read 1 k [mode=lease]
   [max-staleness=MS] [min-index=N]``; ``transfer-leader 1 2``;
+- ``change 1 add_learner|promote|remove 4``: propose a configuration change at 1;
+  ``boot 4 voters=(1,2,3)``: a new node with an empty log, a learner of the group it believes has those voters;
+  ``config [1 ...]``: each node's configuration (voters, learners, the index of the change that made it);
 - ``deliver-msgs [1 2 ...]``: every message in flight to those nodes (to all without arguments);
   ``drop-msgs [1 ...]``: lose them instead;
 - ``process-ready [1 ...]``: sync the node's storage (held durable messages and answers leave), step ``Synced``;
@@ -38,6 +41,7 @@ from raft_env import Options, RaftEnv, describe_entry
 
 from kvstore.messages import DeleteOp, GetOp, PutOp
 from replication.raft import LEADER
+from replication.raft_membership import ChangeReplicas
 from replication.raft_messages import TransferLeader
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"
@@ -124,6 +128,14 @@ class Runner:
                 raise ValueError(f"unknown read settings {settings}")
         elif name == "transfer-leader":
             env.call(args[0], TransferLeader(args[1]))
+        elif name == "change":
+            env.call(args[0], ChangeReplicas(args[1], args[2]))
+        elif name == "boot":
+            env.add_node(args[0], _ids(args[1].removeprefix("voters=")))
+        elif name == "config":
+            for node_id in args or list(env.nodes):
+                c = env.nodes[node_id].replica.config
+                env.out.append(f"{node_id}: voters=({','.join(c.voters)}) learners=({','.join(c.learners)})@{c.index}")
         elif name == "deliver-msgs":
             targets: list[str | None] = [*args] if args else [None]
             for dst in targets:
@@ -265,6 +277,9 @@ def test_hostile_peer_bodies_are_ignored() -> None:
         AppendEntries(1, 1, 1, (LogEntry(3, 1, b""),), 1),  # a gap
         AppendEntries(1, 1, 1, (LogEntry(2, 9, b""),), 1),  # an entry of a future term
         AppendEntries(1, 1, 1, (LogEntry(2, 1, b"\x07junk"),), 1),  # an unknown entry kind
+        AppendEntries(1, 1, 1, (LogEntry(2, 1, b"\x02\x09x"),), 1),  # a configuration change of no known kind
+        AppendEntries(1, 1, 1, (LogEntry(2, 1, b"\x02\x00"),), 1),  # one that names no node
+        AppendEntries(1, 1, 1, (LogEntry(2, 1, b"\x02\x00\xff"),), 1),  # a node id that is not UTF-8
         AppendEntries(-1, 0, 0, (), 0),
         AppendEntries(1, 0, 0, ("x",), 0),  # type: ignore[arg-type]
         AppendReply(1, True, 10**6),

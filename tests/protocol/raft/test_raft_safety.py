@@ -5,9 +5,11 @@ synced), with clients writing and reading through whichever node they pick.
 Checked after every event: election safety (one leader per term), leader completeness (a new leader holds
 every entry anyone saw committed), commit agreement (no two nodes commit different entries at an index),
 state machine safety (``RaftEnv`` asserts every apply against every other node's); periodically log
-matching. Client histories: every acknowledged write is the committed command at its version, a read
+matching. With spares, the group's members change too: the leader is asked, now and then, to add a node as a
+learner, promote a learner or remove a member (removed nodes may be added again later, with what they kept).
+Client histories: every acknowledged write is the committed command at its version, a read
 returns a committed write no older than any write acknowledged (or value read) before the read began;
-after the faults end, every acknowledged write is still there on every node.
+after the faults end, every acknowledged write is still there on every node of the final group.
 
 Two variants: with leases on, half the reads are ``lease`` reads and are held to the same check (the
 simulation's clocks never drift apart, well within the drift bound); with some writes ``async``, those are
@@ -27,6 +29,7 @@ from kvstore.commands import PutCommand
 from kvstore.errors import ErrorCode
 from kvstore.messages import Failure, Found, GetOp, PutOp, Written
 from replication.raft import LEADER
+from replication.raft_membership import ADD_LEARNER, PROMOTE, REMOVE, ChangeReplicas
 
 KEYS = ("a", "b", "c")
 
@@ -42,7 +45,9 @@ class Op:
 
 
 class SafetyRun:
-    def __init__(self, seed: int, size: int, lease_reads: bool = False, async_writes: bool = False) -> None:
+    def __init__(
+        self, seed: int, size: int, lease_reads: bool = False, async_writes: bool = False, spares: int = 0
+    ) -> None:
         self.rng = random.Random(seed)
         ids = tuple(str(i) for i in range(1, size + 1))
         options = Options(voters=ids, election_timeout_ms=300, heartbeat_interval_ms=50, max_inflight_appends=3)
@@ -52,6 +57,11 @@ class SafetyRun:
         self.lease_reads = lease_reads
         self.async_writes = async_writes
         self.env = RaftEnv(options, seed)
+        # Nodes outside the group at first: each believes itself a learner of the founders' group until added.
+        self.spares = spares
+        for i in range(size + 1, size + spares + 1):
+            self.env.add_node(str(i), ids)
+        self.changes = 0
         self.now = 0
         self.seq = 0  # the order of client events: invocations and completions
         self.ops: dict[int, Op] = {}
@@ -65,6 +75,7 @@ class SafetyRun:
         self.immediate_reads = 0
         self.next_value = 0
         self.was_leader: dict[str, tuple[str, int]] = {}
+        self.final_members: tuple[str, ...] = ()
 
     # ------------------------------------------------------------ events
 
@@ -107,6 +118,8 @@ class SafetyRun:
                 env.groups = {}
         elif roll < 0.955:
             env.crash(rng.choice(list(env.nodes)))
+        elif roll < 0.97 and self.spares:
+            self.change_members()
         if self.lease_reads and len(env.leaders()) > 1 and rng.random() < 0.3:
             self.get(self.pick_reader(), rng.choice(KEYS))  # a client that keeps reading from a deposed leader
         self.collect()
@@ -138,6 +151,22 @@ class SafetyRun:
         self.now = max(self.now, at)
         self.sync_clocks()
         env.fire(node_id, key)
+
+    def change_members(self) -> None:
+        """Ask the leader of the highest term for one change of its group (it may refuse: one at a time)."""
+        leaders = self.env.leaders()
+        if not leaders:
+            return
+        leader = max(leaders, key=lambda n: self.env.nodes[n].replica.term)
+        config = self.env.nodes[leader].replica.config
+        choices = [ChangeReplicas(ADD_LEARNER, n) for n in self.env.nodes if n not in config.members]
+        choices += [ChangeReplicas(PROMOTE, n) for n in config.learners]
+        choices += [ChangeReplicas(REMOVE, n) for n in config.learners]
+        if len(config.voters) > 2:
+            choices += [ChangeReplicas(REMOVE, n) for n in config.voters]
+        if choices:
+            self.env.call(leader, self.rng.choice(choices))
+            self.changes += 1
 
     def put(self, node_id: str, key: str) -> None:
         self.next_value += 1
@@ -252,17 +281,19 @@ class SafetyRun:
             env.out.clear()
             leaders = env.leaders()
             if leaders and not env.network:
-                leader = env.nodes[leaders[0]]
+                leader = env.nodes[max(leaders, key=lambda n: env.nodes[n].replica.term)]
                 r = leader.replica
                 if leader.storage.log(PARTITION).term_at(r.commit) == r.term and all(
-                    n.replica.applied == r.commit for n in env.nodes.values()
+                    env.nodes[n].replica.applied == r.commit for n in r.config.members
                 ):
+                    self.final_members = r.config.members
                     return
         raise AssertionError("the cluster did not settle once the faults ended")
 
     def check_final(self) -> None:
         self.check_log_matching()
-        for node_id, node in self.env.nodes.items():
+        for node_id in self.final_members:
+            node = self.env.nodes[node_id]
             for key in KEYS:
                 versions = [v for k, _, v in self.acked if k == key]
                 record = node.storage.get_stored(PARTITION, key)
@@ -272,8 +303,10 @@ class SafetyRun:
                     )
 
 
-def _run(seed: int, size: int, events: int, lease_reads: bool = False, async_writes: bool = False) -> SafetyRun:
-    run = SafetyRun(seed, size, lease_reads, async_writes)
+def _run(
+    seed: int, size: int, events: int, lease_reads: bool = False, async_writes: bool = False, spares: int = 0
+) -> SafetyRun:
+    run = SafetyRun(seed, size, lease_reads, async_writes, spares)
     for i in range(events):
         run.event()
         if i % 100 == 0:
@@ -293,6 +326,14 @@ def test_three_replicas_stay_safe(seed: int) -> None:
 def test_five_replicas_stay_safe(seed: int) -> None:
     run = _run(seed, 5, 4000)
     assert run.leader_of_term, "no leader was ever elected"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_group_whose_members_change_stays_safe(seed: int) -> None:
+    run = _run(seed, 3, 4000, spares=2)
+    assert run.leader_of_term, "no leader was ever elected"
+    # Not vacuous: changes were applied (the configuration's index is the last applied change's).
+    assert max(node.replica.config.index for node in run.env.nodes.values()) > 0
 
 
 def test_the_simulation_commits_and_answers_writes() -> None:

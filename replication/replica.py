@@ -5,7 +5,7 @@ partition: ``step(now_ms, input) -> list[effect]``. The replica never does IO. W
 two injected objects:
 
 - a ``PartitionLog``: the partition's own durable log (append, read a range within a byte budget, term at
-  an index, truncate a suffix, compact a prefix), its hard state (opaque bytes: a term and a vote, a
+  an index, truncate a suffix, compact a prefix, install a snapshot point received from a leader), its hard state (opaque bytes: a term and a vote, a
   ballot, whatever the protocol keeps) and its applied index. Every change is *written* at once and
   *synced* later by the driver's group commit, which one fsync serves for every partition on the node;
 - a ``StateMachine``: the data itself. The protocol turns a client op into a *command* once, where it is
@@ -84,6 +84,13 @@ class PartitionLog(Protocol):
     def compact_prefix(self, through_index: int) -> None:
         """Drop entries up to ``through_index``, which becomes the snapshot point; it must be applied already
         (the state machine's records are the snapshot) and held by the log (ValueError otherwise)."""
+        ...
+
+    def install_snapshot(self, index: int, term: int) -> None:
+        """Replace the log by a snapshot point received from the leader: no entries, ``snapshot_index = index``
+        of term ``term``, applied index ``index``. The caller replaces the state machine's records in the same
+        step, so one sync makes both durable (never a mix). ValueError if ``index`` is below the applied index
+        or the snapshot point (a snapshot never takes a replica back)."""
         ...
 
     def synced_through(self) -> int:

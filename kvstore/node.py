@@ -74,6 +74,7 @@ from kvstore.messages import (
     Message,
     MovePartition,
     PutOp,
+    RaftSnapshotPart,
     Result,
     ScanOp,
     ScanPage,
@@ -84,6 +85,7 @@ from kvstore.messages import (
     Synced,
     TimerFired,
 )
+from kvstore.raft_snapshots import SNAPSHOT_TIMER, TICK_MS, RaftSnapshots
 from kvstore.ranges import RANGES_TIMER, RangeKeeper
 from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
@@ -159,6 +161,19 @@ class Node:
         # Leader mode: per partition, the node this one believes leads it (its own replicas' view after every
         # step, and the hints of redirects). Ops for partitions held elsewhere go there, else to the owner.
         self.leader_hints: dict[int, str] = {}
+        # Leader mode: snapshot transfers to followers behind compaction, both ends (kvstore/raft_snapshots.py).
+        # Built before the replicas: a leader's state machine reports what it applies to the transfers.
+        self.snapshots = RaftSnapshots(
+            node_id,
+            storage,
+            rng,
+            replicas=lambda: self.replicas,
+            clock=lambda: self._now_ms,
+            replica_clock=lambda: self._expiry_clock_ms,
+            replica_effects=self._take_effects,
+            emit=lambda effects: self._effects.extend(effects),
+            always_durable=self._always_durable,
+        )
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -225,7 +240,7 @@ class Node:
                 partition,
                 self.node_id,
                 self.partition_map.replicas[partition],
-                KvStateMachine(self.storage, partition),
+                self.snapshots.machine(partition),
                 self.storage.log(partition),
                 # A child generator per replica, drawn in partition order: the simulator stays deterministic.
                 random.Random(self._rng.getrandbits(64)),
@@ -233,6 +248,7 @@ class Node:
                 heartbeat_interval_ms=timeouts.heartbeat_interval_ms,
                 sweep_interval_ms=timeouts.ttl_sweep_interval_ms,
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
+                compact_threshold=self._limits.raft_compact_entries,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
@@ -388,6 +404,7 @@ class Node:
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
             self._run_replica(partition, ReplicaStarted(recovered))
         if self._leader_mode:
+            self._effects.append(SetTimer(SNAPSHOT_TIMER, self._now_ms + TICK_MS))
             # The preferred owner is expected to lead: it campaigns at once rather than after an election
             # timeout (pre-vote keeps a restarted one from disturbing a leader its peers still hear from).
             for partition, replica in self.replicas.items():
@@ -422,12 +439,15 @@ class Node:
                 self._effects.extend(self._mover.on_map_changed())
         elif isinstance(body, _STREAM_TRAFFIC):
             self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
+        elif isinstance(body, RaftSnapshotPart):
+            if self._leader_mode:
+                self._effects.extend(self.snapshots.on_message(self._now_ms, msg.src, msg.partition, body))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
     def _on_send_failed(self, msg: Message) -> None:
-        if isinstance(msg.body, _STREAM_TRAFFIC):
-            return  # a move's stream retries on its own timer
+        if isinstance(msg.body, (*_STREAM_TRAFFIC, RaftSnapshotPart)):
+            return  # a move's stream retries on its own timer, a snapshot transfer on its tick
         if isinstance(msg.body, _NODE_TRAFFIC):
             if self._leader_mode and isinstance(msg.body, Forward):
                 self._route_around(msg.dst)
@@ -469,6 +489,8 @@ class Node:
                 self._run_replica(partition, ReplicaTimerFired(replica_key))
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
+        elif key == SNAPSHOT_TIMER and self._leader_mode:
+            self._effects.extend(self.snapshots.on_tick(self._now_ms))
         elif key == GOSSIP_TIMER:
             self._effects.extend(self._gossip.tick(self._now_ms, self.partition_map, self._peers))
         elif key == REBALANCE_TIMER:

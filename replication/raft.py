@@ -276,9 +276,13 @@ class RaftReplica:
         self._begin(now_ms)
         pr = self.progress.get(peer)
         if self.role == LEADER and pr is not None and pr.state == SNAPSHOT and _is_index(index):
+            # The follower holds ``index`` durably (it acknowledged the install once synced): its match is known,
+            # so replicate at once. Probing from it would never leave the probe state, since an answer that only
+            # repeats the match index does not count as progress.
             pr.match = max(pr.match, min(index, self._last_index()))
-            pr.become_probe()
-            self._send_append(peer, allow_empty=True)
+            pr.become_replicate()
+            if self._send_append(peer, allow_empty=True):
+                self._send_appends(peer)
         return self._end()
 
     def campaign(self, now_ms: int) -> list[ReplicaEffect]:

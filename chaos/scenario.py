@@ -47,7 +47,7 @@ from chaos.checkers import CHECKER_NAMES
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
 from chaos.workloads import WORKLOAD_KINDS
-from kvstore.config import FSYNC_POLICIES, MODES, PARTITIONERS, RangesConfig
+from kvstore.config import FSYNC_POLICIES, MODES, PARTITIONERS, Limits, RangesConfig
 from kvstore.toml_file import read_toml
 
 
@@ -70,6 +70,9 @@ class ClusterSpec:
     partitioner: str = "hash"
     # Range mode's thresholds (kvstore.config.RangesConfig fields); the config's defaults where not given.
     ranges: dict[str, int] = field(default_factory=dict)
+    # Leader mode: applied entries a Raft log keeps before it compacts (``limits.raft_compact_entries``); a low
+    # value makes followers that were down or cut off catch up by snapshot.
+    raft_compact_entries: int = Limits().raft_compact_entries
 
     def ranges_config(self) -> RangesConfig:
         known = {f.name for f in fields(RangesConfig)}

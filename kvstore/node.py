@@ -27,6 +27,11 @@ Moves (``single`` mode): ``MovePartition(p, target)`` at ``p``'s owner streams `
 ``move/<p>`` timers and ``Started``, reports every write op it applied to a moving partition, holds back the
 TTL sweep of a moving partition, and fails every op for a fenced partition ``unavailable`` (definite).
 
+Snapshots (``leader`` mode): ``RaftSnapshots`` (``kvstore/raft_snapshots.py``) sends a partition's records to a
+follower behind its leader's log compaction and installs them at the follower. The node builds each leader-mode
+replica with its watched state machine (which reports applied keys to running transfers), hands it the
+``RaftSnapshotPart`` messages and the ``raft-snapshots`` timer, and takes the replica effects it produces.
+
 Durability: under ``fsync = "always"`` every ``Send`` and ``Reply`` is marked durable (a client is told
 only what survives a crash); under every policy, an answer a replica marks durable is carried durable to
 the ``Reply`` or ``Send`` that passes its result on, through a gather too (a gathered result is durable

@@ -12,10 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvstore.config import ClusterConfig, Limits
-from kvstore.effects import Effect
-from kvstore.messages import BatchPutOp, BatchResults, DeleteOp, GetOp, KeyOp, Message, PutOp, RaftSnapshotPart, Written
+from kvstore.effects import Effect, Send
+from kvstore.messages import (
+    BatchPutOp,
+    BatchResults,
+    DeleteOp,
+    Found,
+    GetOp,
+    KeyOp,
+    Message,
+    PutOp,
+    RaftSnapshotPart,
+    SnapshotPoint,
+    Written,
+)
 from kvstore.storage.base import Record
-from partitioning.stream import StreamChunk
+from partitioning.stream import StreamAck, StreamChunk, StreamDone
 from replication.raft import SNAPSHOT
 from replication.replica import LogBounds
 from tests.protocol.test_node_leader import Net as LeaderNet
@@ -174,3 +186,27 @@ def test_a_follower_that_crashes_mid_transfer_starts_over_and_installs_a_whole_c
     assert net.log_bounds("n3").snapshot_index > before[1].last_index
     assert net.records("n3") == net.records("n1")
     assert net.replica("n3").applied == net.replica("n1").applied
+
+
+def test_hostile_snapshot_messages_are_ignored_and_never_raise() -> None:
+    net = Net()
+    net.run_for(500)
+    term = net.replica("n2").term
+    chunk = StreamChunk(term, 1, 0, -1, "snapshot", (("", SnapshotPoint(99, term)), ("k", Found("k", b"v", 1))), True)
+    before = (net.records("n2"), net.log_bounds("n2"), net.replica("n2").applied)
+    bodies: list[object] = [
+        RaftSnapshotPart(term, Found("k", b"v", 1)),  # not a stream message
+        RaftSnapshotPart("1", chunk),  # type: ignore[arg-type]  # a term that is not an int
+        RaftSnapshotPart(term, StreamAck(term, 1, 0)),  # an answer to a transfer n2 never sent
+        RaftSnapshotPart(term, StreamDone(term, 1)),
+    ]
+    for body in bodies:
+        for partition in (P, 7, -1):
+            assert net.step("n2", Message("n1", "n2", partition, body)) == []
+    # A chunk from a node that does not lead n2's term, for n2's partition: never staged.
+    assert net.step("n2", Message("n3", "n2", P, RaftSnapshotPart(term, chunk))) == []
+    # From the leader: taken, but an item that is not a record is skipped; the snapshot point 99 is past
+    # n2's commit index, so the copy (holding no record) is installed and acknowledged.
+    effects = net.step("n2", Message("n1", "n2", P, RaftSnapshotPart(term, chunk)))
+    assert (net.records("n2"), net.log_bounds("n2").snapshot_index) == ({}, 99) != before[:2]
+    assert [type(e.msg.body.body).__name__ for e in effects if isinstance(e, Send)] == ["StreamDone"]

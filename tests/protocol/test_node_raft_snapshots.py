@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvstore.config import ClusterConfig, Limits
+from kvstore.config import ClusterConfig, Limits, StorageConfig, local_cluster
 from kvstore.effects import Effect, Send
 from kvstore.messages import (
     BatchPutOp,
@@ -28,7 +28,7 @@ from kvstore.messages import (
 )
 from kvstore.storage.base import Record
 from partitioning.stream import StreamAck, StreamChunk, StreamDone
-from replication.raft import SNAPSHOT
+from replication.raft import LEADER, SNAPSHOT
 from replication.replica import LogBounds
 from tests.protocol.test_node_leader import Net as LeaderNet
 from tests.protocol.test_node_leader import P, leader_config, value_of
@@ -210,3 +210,34 @@ def test_hostile_snapshot_messages_are_ignored_and_never_raise() -> None:
     effects = net.step("n2", Message("n1", "n2", P, RaftSnapshotPart(term, chunk)))
     assert (net.records("n2"), net.log_bounds("n2").snapshot_index) == ({}, 99) != before[:2]
     assert [type(e.msg.body.body).__name__ for e in effects if isinstance(e, Send)] == ["StreamDone"]
+
+
+def test_a_node_sends_at_most_its_bound_of_transfers_at_once_and_finishes_them_all() -> None:
+    cfg = dataclasses.replace(
+        local_cluster(3, partitions=6, mode="leader", replicas=3, storage=StorageConfig(fsync="always")),
+        limits=Limits(raft_compact_entries=COMPACT_ENTRIES),
+    )
+    net = Net(cfg=cfg)
+    net.run_for(500)
+    led = [p for p in range(6) if net.nodes["n1"].replicas[p].role == LEADER]  # type: ignore[attr-defined]
+    assert len(led) == 2
+    net.nodes["n1"].snapshots._max_outgoing = 1
+    net.crash("n3")
+    net.run_for(2500)
+    partition_map = net.nodes["n1"].partition_map
+    keys = [k for k in (f"key{i:04}" for i in range(400)) if partition_map.partition_for_key(k) in led][:40]
+    for key in keys:
+        assert isinstance(net.call("n1", PutOp(key, b"v")), Written)
+    most = 0
+
+    def watch(_: int) -> None:
+        nonlocal most
+        most = max(most, len(net.nodes["n1"].snapshots.sending))
+
+    net.on_chunk = watch
+    net.boot("n3")
+    net.run_for(5000)
+    assert most == 1 and net.nodes["n1"].snapshots.completed == 2
+    for p in led:
+        assert net.nodes["n3"].storage.copy_of(p) == net.nodes["n1"].storage.copy_of(p)
+        assert net.nodes["n3"].storage.log(p).bounds().snapshot_index > 0

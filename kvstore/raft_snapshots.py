@@ -42,6 +42,11 @@ Follower side:
   staged ones and calls ``PartitionLog.install_snapshot`` in the same step, so one sync makes them durable
   together, then steps ``SnapshotInstalled``. The stream's ``StreamDone`` is durable: the leader counts the
   follower at the snapshot index only once the install is on disk.
+
+Bounds: at most ``max_outgoing`` senders per node, each holding the stream's window; one staged copy per
+partition, of at most ``max_staged_bytes``. The final phase ends once the keys written during one round trip
+fit in one chunk, so a partition written faster than that (more than ``max_chunk_items`` keys per round trip)
+keeps its transfer in the final phase until the load drops.
 """
 
 from __future__ import annotations
@@ -87,12 +92,11 @@ class WatchedMachine(KvStateMachine):
 
     def __init__(self, storage: Storage, partition: int, on_applied: Callable[[int, object], None]) -> None:
         super().__init__(storage, partition)
-        self._partition_id = partition
         self._on_applied = on_applied
 
     def apply(self, index: int, command: object) -> object:
         result = super().apply(index, command)
-        self._on_applied(self._partition_id, command)
+        self._on_applied(self._partition, command)
         return result
 
 
@@ -150,7 +154,7 @@ class RaftSnapshots:
         self._stream_options = dict(stream_options or {})
         self._outgoing: dict[tuple[int, str], _Outgoing] = {}
         self._incoming: dict[int, _Incoming] = {}
-        # Transfers that completed (the follower installed) since the node started: tests and metrics read it.
+        # Transfers that completed (the follower installed) since the node started (the simulator's stats).
         self.completed = 0
 
     @property

@@ -31,13 +31,15 @@ from kvstore.messages import (
     MoveFence,
     MoveInstalled,
     PutOp,
+    RaftSnapshotPart,
     ScanItem,
     ScanOp,
     ScanPage,
     ScanPartitionsOp,
+    SnapshotPoint,
     Written,
 )
-from partitioning.stream import StreamChunk
+from partitioning.stream import StreamChunk, StreamDone
 
 EXAMPLES: list[object] = [
     GetOp("k"),
@@ -89,6 +91,14 @@ EXAMPLES: list[object] = [
             "snapshot",
             (("", MovedPartitionState(7)), ("k", MovedRecord(b"v", 3, None, b"", ())), ("d", None)),
         ),
+    ),
+    SnapshotPoint(41, 3),
+    RaftSnapshotPart(3, StreamDone(3, 2**40)),
+    Message(
+        "n1",
+        "n3",
+        0,
+        RaftSnapshotPart(3, StreamChunk(3, 2**40, 0, -1, "snapshot", (("", SnapshotPoint(41, 3)), ("d", None)))),
     ),
 ]
 

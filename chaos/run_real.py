@@ -31,7 +31,7 @@ from chaos.scenario import Scenario, check_real_cluster
 from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
 from kvstore.client import AsyncClient, ReplicaCopy
 from kvstore.cluster import CONFIG_NAME, LocalCluster, pick_free_ports
-from kvstore.config import ClusterConfig, NodeAddress, StorageConfig, Timeouts, local_cluster
+from kvstore.config import ClusterConfig, Limits, NodeAddress, StorageConfig, Timeouts, local_cluster
 from kvstore.errors import ErrorCode, KvError
 from kvstore.messages import (
     CasOp,
@@ -66,6 +66,7 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
                               data_dir=str(directory / "data")),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
         replication=scenario.replication,
+        limits=Limits(raft_compact_entries=spec.raft_compact_entries),
     )
     nodes = tuple(NodeAddress(n.node_id, "127.0.0.1", port) for n, port in zip(base.nodes, ports, strict=True))
     return base.replace(nodes=nodes, initial_nodes=spec.initial_nodes(base.node_ids))

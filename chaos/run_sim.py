@@ -24,7 +24,7 @@ from chaos.nemesis import FaultAction, Nemesis, describe_schedule, plan
 from chaos.report import FaultPeriod
 from chaos.scenario import Scenario
 from chaos.workloads import Execution, Outcome, PlannedOp, Workload, make_workload
-from kvstore.config import ClusterConfig, FsyncPolicy, StorageConfig, Timeouts, local_cluster
+from kvstore.config import ClusterConfig, FsyncPolicy, Limits, StorageConfig, Timeouts, local_cluster
 from kvstore.messages import ClientOp, Result
 from kvstore.node import Node
 from kvstore.sim.cluster import SimCluster
@@ -121,6 +121,7 @@ def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
                               batch_interval_ms=spec.batch_interval_ms),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
         replication=scenario.replication,
+        limits=Limits(raft_compact_entries=spec.raft_compact_entries),
     )
     return config.replace(initial_nodes=spec.initial_nodes(config.node_ids))
 
@@ -372,6 +373,9 @@ class _SimRunner:
             "settled": not any(m.state == LEAVING for m in view.roster)
             and all(node.partition_map == view and node.balanced for node in nodes if node.node_id in view.members),
             **self._range_stats(view, nodes),
+            # Leader mode: snapshot transfers to followers behind compaction that completed (since each sender
+            # last started, so at least this many).
+            "raft_snapshots": sum(node.snapshots.completed for node in nodes),
             "trace_hash": self.cluster.trace_hash(),
         }
 

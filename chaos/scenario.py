@@ -60,6 +60,7 @@ from kvstore.config import (
     MODES,
     PARTITIONERS,
     ConfigError,
+    Limits,
     RangesConfig,
     ReplicationConfig,
     Timeouts,
@@ -87,6 +88,9 @@ class ClusterSpec:
     partitioner: str = "hash"
     # Range mode's thresholds (kvstore.config.RangesConfig fields); the config's defaults where not given.
     ranges: dict[str, int] = field(default_factory=dict)
+    # Leader mode: applied entries a Raft log keeps before it compacts (``limits.raft_compact_entries``); a low
+    # value makes followers that were down or cut off catch up by snapshot.
+    raft_compact_entries: int = Limits().raft_compact_entries
 
     def ranges_config(self) -> RangesConfig:
         known = {f.name for f in fields(RangesConfig)}

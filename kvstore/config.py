@@ -36,6 +36,7 @@ max_client_connections = 1024 # past it only /peer, /health and /metrics are ser
 max_request_line_bytes = 8192 # longer request target: 414
 max_header_bytes = 8190       # longest header line (name and value); longer: 431
 max_headers = 100             # more: 431
+raft_compact_entries = 10000  # leader mode: applied entries a Raft log keeps before it compacts
 
 [timeouts]
 request_timeout_ms = 2000
@@ -173,6 +174,9 @@ class Limits:
     # The longest header line, name and value (Apache's LimitRequestFieldSize); 431 past it.
     max_header_bytes: int = 8190
     max_headers: int = 100
+    # Leader mode: a replica compacts its Raft log once this many applied entries are held; a follower that
+    # needs compacted entries is sent a snapshot (kvstore/raft_snapshots.py).
+    raft_compact_entries: int = 10_000
 
 
 @dataclass(frozen=True)

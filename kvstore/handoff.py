@@ -291,42 +291,12 @@ class Mover:
 
     def _start_sender(self, now_ms: int, out: _Outgoing) -> list[Effect]:
         p = out.partition
-        storage = self._storage
-
-        def read_page(after: str | None, max_items: int, max_bytes: int) -> tuple[Sequence[Item], bool]:
-            items: list[Item] = []
-            size = 0
-            if after is None:
-                items.append((STATE_KEY, self._state_of(p)))
-                size = 16
-                after = STATE_KEY
-                if len(items) >= max_items:
-                    return items, False
-            limit = max_items - len(items)
-            records = storage.records_after(p, after, limit)
-            for key, record in records:
-                item_size = record_size(key, record)
-                if items and size + item_size > max_bytes:
-                    return items, False
-                items.append((key, MovedRecord.of(record)))
-                size += item_size
-            return items, len(records) < limit
-
-        def read_keys(keys: list[str]) -> Sequence[Item]:
-            items: list[Item] = []
-            for key in keys:
-                if key == STATE_KEY:
-                    items.append((key, self._state_of(p)))
-                    continue
-                record = storage.get_stored(p, key)
-                items.append((key, None if record is None else MovedRecord.of(record)))
-            return items
-
+        read_page, read_keys = partition_readers(self._storage, p, lambda: self._state_of(p))
         sender = StreamSender(
             out.epoch,
             read_page=read_page,
             read_keys=read_keys,
-            size_of=_size_of,
+            size_of=item_size,
             rng=self._rng,
             **self._stream_options,
         )
@@ -356,7 +326,7 @@ class Mover:
         for effect in produced:
             if isinstance(effect, SendMessage):
                 if isinstance(effect.message, StreamChunk):
-                    self.stats.bytes_sent += sum(_size_of(item) for item in effect.message.items)
+                    self.stats.bytes_sent += sum(item_size(item) for item in effect.message.items)
                 msg = Message(self._node_id, out.target, p, effect.message)
                 effects.append(Send(msg, out.fenced or effect.durable or self._always_durable))
             elif isinstance(effect, Complete):
@@ -509,7 +479,46 @@ class Mover:
                 storage.remove(partition, key)
 
 
-def _size_of(item: Item) -> int:
+def partition_readers(
+    storage: Storage, partition: int, state: Callable[[], object]
+) -> tuple[Callable[[str | None, int, int], tuple[Sequence[Item], bool]], Callable[[list[str]], Sequence[Item]]]:
+    """A ``StreamSender``'s ``read_page`` and ``read_keys`` over ``partition``'s stored records (``MovedRecord``;
+    None for an absent key), with ``state()`` under the reserved key ``STATE_KEY``, first in key order."""
+
+    def read_page(after: str | None, max_items: int, max_bytes: int) -> tuple[Sequence[Item], bool]:
+        items: list[Item] = []
+        size = 0
+        if after is None:
+            items.append((STATE_KEY, state()))
+            size = 16
+            after = STATE_KEY
+            if len(items) >= max_items:
+                return items, False
+        limit = max_items - len(items)
+        records = storage.records_after(partition, after, limit)
+        for key, record in records:
+            size_of_record = record_size(key, record)
+            if items and size + size_of_record > max_bytes:
+                return items, False
+            items.append((key, MovedRecord.of(record)))
+            size += size_of_record
+        return items, len(records) < limit
+
+    def read_keys(keys: list[str]) -> Sequence[Item]:
+        items: list[Item] = []
+        for key in keys:
+            if key == STATE_KEY:
+                items.append((key, state()))
+                continue
+            record = storage.get_stored(partition, key)
+            items.append((key, None if record is None else MovedRecord.of(record)))
+        return items
+
+    return read_page, read_keys
+
+
+def item_size(item: Item) -> int:
+    """What one streamed item weighs against a chunk's byte budget."""
     key, payload = item
     if isinstance(payload, MovedRecord):
         size = len(key) + len(payload.context) + (0 if payload.value is None else len(payload.value))

@@ -400,6 +400,26 @@ class MoveInstalled:
     session: int
 
 
+@register
+@dataclass(frozen=True)
+class SnapshotPoint:
+    """Leader mode: the Raft entry (index and term) a streamed snapshot is the partition's state as of, under the
+    reserved key "" (read again after every apply while the stream runs, so its last copy is the snapshot's)."""
+
+    index: int
+    term: int
+
+
+@register
+@dataclass(frozen=True)
+class RaftSnapshotPart:
+    """Leader mode: one stream message (``partitioning.stream``) of a snapshot transfer between a partition's
+    leader and a follower, with the leader's term: a follower takes chunks only from the leader of its term."""
+
+    term: int
+    body: object
+
+
 # ---------------------------------------------------------------- inputs to Node.step
 
 

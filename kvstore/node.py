@@ -41,6 +41,11 @@ Moves (``single`` mode): ``MovePartition(p, target)`` at ``p``'s owner streams `
 ``move/<p>`` timers and ``Started``, reports every write op it applied to a moving partition, holds back the
 TTL sweep of a moving partition, and fails every op for a fenced partition ``unavailable`` (definite).
 
+Snapshots (``leader`` mode): ``RaftSnapshots`` (``kvstore/raft_snapshots.py``) sends a partition's records to a
+follower behind its leader's log compaction and installs them at the follower. The node builds each leader-mode
+replica with its watched state machine (which reports applied keys to running transfers), hands it the
+``RaftSnapshotPart`` messages and the ``raft-snapshots`` timer, and takes the replica effects it produces.
+
 Durability: under ``fsync = "always"`` every ``Send`` and ``Reply`` is marked durable (a client is told
 only what survives a crash); under every policy, an answer a replica marks durable is carried durable to
 the ``Reply`` or ``Send`` that passes its result on, through a gather too (a gathered result is durable
@@ -92,6 +97,7 @@ from kvstore.messages import (
     MovePartition,
     PutOp,
     RaftBatch,
+    RaftSnapshotPart,
     Result,
     ScanOp,
     ScanPage,
@@ -103,6 +109,7 @@ from kvstore.messages import (
     TimerFired,
 )
 from kvstore.raft_batching import RAFT_TICK_TIMER, HeartbeatTicker, RaftOutbox, batch_items
+from kvstore.raft_snapshots import SNAPSHOT_TIMER, TICK_MS, RaftSnapshots
 from kvstore.ranges import RANGES_TIMER, RangeKeeper
 from kvstore.state_machine import KvStateMachine
 from kvstore.storage.base import Storage
@@ -192,6 +199,19 @@ class Node:
         self._stale_turn = 0
         # Leader mode: elections, leadership changes and commit latency of every Raft replica here (for /metrics).
         self.raft_stats = RaftStats()
+        # Leader mode: snapshot transfers to followers behind compaction, both ends (kvstore/raft_snapshots.py).
+        # Built before the replicas: a leader's state machine reports what it applies to the transfers.
+        self.snapshots = RaftSnapshots(
+            node_id,
+            storage,
+            rng,
+            replicas=lambda: self.replicas,
+            clock=lambda: self._now_ms,
+            replica_clock=lambda: self._expiry_clock_ms,
+            replica_effects=self._take_effects,
+            emit=lambda effects: self._effects.extend(effects),
+            always_durable=self._always_durable,
+        )
         self.replicas: dict[int, PartitionReplica] = {
             p: self._build_replica(p) for p in self.partition_map.partitions_of(node_id)
         }
@@ -269,7 +289,7 @@ class Node:
                 partition,
                 self.node_id,
                 voters,
-                KvStateMachine(self.storage, partition),
+                self.snapshots.machine(partition),
                 self.storage.log(partition),
                 # A child generator per replica, drawn in partition order: the simulator stays deterministic.
                 random.Random(self._rng.getrandbits(64)),
@@ -280,6 +300,7 @@ class Node:
                 sweep_max_keys=TTL_SWEEP_MAX_KEYS,
                 lease_drift_ms=self.config.replication.lease_drift_ms,
                 stats=self.raft_stats,
+                compact_threshold=self._limits.raft_compact_entries,
             )
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
@@ -441,6 +462,7 @@ class Node:
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
             self._run_replica(partition, ReplicaStarted(recovered))
         if self._leader_mode:
+            self._effects.append(SetTimer(SNAPSHOT_TIMER, self._now_ms + TICK_MS))
             # The preferred owner is expected to lead: it campaigns at once rather than after an election
             # timeout (pre-vote keeps a restarted one from disturbing a leader its peers still hear from).
             for partition, replica in self.replicas.items():
@@ -479,12 +501,15 @@ class Node:
         elif isinstance(body, RaftBatch):
             for partition, item in batch_items(msg, body, self.replicas):
                 self._run_replica(partition, PeerMessage(msg.src, item))
+        elif isinstance(body, RaftSnapshotPart):
+            if self._leader_mode:
+                self._effects.extend(self.snapshots.on_message(self._now_ms, msg.src, msg.partition, body))
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
     def _on_send_failed(self, msg: Message) -> None:
-        if isinstance(msg.body, _STREAM_TRAFFIC):
-            return  # a move's stream retries on its own timer
+        if isinstance(msg.body, (*_STREAM_TRAFFIC, RaftSnapshotPart)):
+            return  # a move's stream retries on its own timer, a snapshot transfer on its tick
         if isinstance(msg.body, _NODE_TRAFFIC):
             if self._leader_mode and isinstance(msg.body, Forward):
                 self._route_around(msg.dst)
@@ -535,6 +560,8 @@ class Node:
             self._effects.extend(self._heartbeats.rearm())
         elif key.startswith(MOVE_TIMER_PREFIX):
             self._effects.extend(self._mover.on_timer(self._now_ms, key))
+        elif key == SNAPSHOT_TIMER and self._leader_mode:
+            self._effects.extend(self.snapshots.on_tick(self._now_ms))
         elif key == GOSSIP_TIMER:
             self._effects.extend(self._gossip.tick(self._now_ms, self.partition_map, self._peers))
         elif key == REBALANCE_TIMER:

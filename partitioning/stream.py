@@ -334,6 +334,12 @@ class StreamSender:
         return self._state == "failed"
 
     @property
+    def sealed(self) -> bool:
+        """The last chunk is made: the receiver's copy will be the partition as of then, so writes after it need
+        no report (a restart starts over, unsealed, and they must be reported again)."""
+        return self._last_seq is not None
+
+    @property
     def unacked(self) -> int:
         """Chunks sent and not yet acknowledged (never more than ``window``)."""
         return len(self._in_flight)

@@ -59,10 +59,14 @@ voter holding most of its log (if it holds the removal) and steps down. A replic
 from any node (its own configuration may lag the group's until it applied the log), but takes vote requests,
 votes and ``TimeoutNow`` only from members.
 
-Not done yet (issue 14's later parts): snapshot transfer. A follower that needs entries the leader
-compacted puts its progress into the ``snapshot`` state: the leader stops sending it appends (it still
-sends heartbeats, so the follower does not campaign) and lists it in ``followers_needing_snapshot()``,
-the hook a node will use to stream the partition and then call ``snapshot_sent``.
+Snapshots (the transfer itself is the node's, ``kvstore/raft_snapshots.py``): a follower that needs entries the
+leader compacted puts its progress into the ``snapshot`` state: the leader stops sending it appends (it still
+sends heartbeats, so the follower does not campaign) and lists it in ``followers_needing_snapshot()``. The
+leader's node streams the records as of ``snapshot_point()`` to it; the follower's node stages them while
+``snapshot_source(src, term)`` holds (``src`` leads this follower's current term), installs them only if
+``snapshot_needed(index, term)`` (past its commit index, and not an entry its log already holds) and steps
+``SnapshotInstalled``, which moves commit and applied to the snapshot index. Once the follower acknowledged
+the install, the leader's node calls ``snapshot_sent`` and replication goes on from the log.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ from replication.replica import (
     ReplicaInput,
     ReplicaStarted,
     SendTo,
+    SnapshotInstalled,
     StartTimer,
     StateMachine,
     StopTimer,
@@ -342,14 +347,31 @@ class RaftReplica:
         """Followers the leader cannot catch up from its log: peer -> the snapshot point they need."""
         return {p: pr.pending_snapshot for p, pr in self.progress.items() if pr.state == SNAPSHOT}
 
+    def snapshot_point(self) -> tuple[int, int]:
+        """(index, term) of the last entry applied here: the state machine's records are the state as of it."""
+        return self.applied, self._log.term_at(self.applied) or 0
+
+    def snapshot_source(self, src: str, term: int) -> bool:
+        """Whether a snapshot ``src`` streams under ``term`` may be taken: ``src`` leads this follower's term."""
+        return self.role == FOLLOWER and self.term == term and self.leader == src and src != self.node_id
+
+    def snapshot_needed(self, index: int, term: int) -> bool:
+        """Whether a snapshot at ``index`` (of ``term``) brings anything: past the commit index (a stale or
+        duplicate one is not), and not an entry the log already holds (the log then catches up by appends)."""
+        return _is_index(index) and index > self.commit and self._log.term_at(index) != term
+
     def snapshot_sent(self, now_ms: int, peer: str, index: int) -> list[ReplicaEffect]:
         """The node installed this replica's state through ``index`` at ``peer``: replicate from there."""
         self._begin(now_ms)
         pr = self.progress.get(peer)
         if self.role == LEADER and pr is not None and pr.state == SNAPSHOT and _is_index(index):
+            # The follower holds ``index`` durably (it acknowledged the install once synced): its match is known,
+            # so replicate at once. Probing from it would never leave the probe state, since an answer that only
+            # repeats the match index does not count as progress.
             pr.match = max(pr.match, min(index, self._last_index()))
-            pr.become_probe()
-            self._send_append(peer, allow_empty=True)
+            pr.become_replicate()
+            if self._send_append(peer, allow_empty=True):
+                self._send_appends(peer)
         return self._end()
 
     def campaign(self, now_ms: int) -> list[ReplicaEffect]:
@@ -381,6 +403,10 @@ class RaftReplica:
             pr = self.progress.get(inp.dst) if self.role == LEADER else None
             if pr is not None and pr.state == REPLICATE and isinstance(inp.body, AppendEntries):
                 pr.become_probe()
+        elif isinstance(inp, SnapshotInstalled):
+            # The log starts after the snapshot point now, and the records are the state as of it.
+            if inp.index > self.commit:
+                self.commit = self.applied = inp.index
         elif isinstance(inp, ReplicaStarted):
             self._recover()
             self._reset_election_timer()

@@ -5,9 +5,10 @@ partition: ``step(now_ms, input) -> list[effect]``. The replica never does IO. W
 two injected objects:
 
 - a ``PartitionLog``: the partition's own durable log (append, read a range within a byte budget, term at
-  an index, truncate a suffix, compact a prefix), its hard state (opaque bytes: a term and a vote, a
-  ballot, whatever the protocol keeps) and its applied index. Every change is *written* at once and
-  *synced* later by the driver's group commit, which one fsync serves for every partition on the node;
+  an index, truncate a suffix, compact a prefix, install a snapshot point received from a leader), its hard
+  state (opaque bytes: a term and a vote, a ballot, whatever the protocol keeps) and its applied index. Every
+  change is *written* at once and *synced* later by the driver's group commit, which one fsync serves for
+  every partition on the node;
 - a ``StateMachine``: the data itself. The protocol turns a client op into a *command* once, where it is
   ordered (``command`` fixes everything apply needs: an absolute expiry, the time the command judges
   expiry at), and applies commands in order (``apply``), so that every replica applying the same
@@ -16,8 +17,9 @@ two injected objects:
 
 Inputs: ``ReplicaStarted`` (first, after every boot, with what storage recovered), ``ClientCall`` (an op
 to execute, answered with ``Answer`` carrying the same token), ``PeerMessage``, ``PeerUnreachable``
-(the transport could deliver no copy of a message this replica sent), ``TimerFired`` and ``Synced``
-(storage became more durable: ask the log what ``synced_through`` is now).
+(the transport could deliver no copy of a message this replica sent), ``TimerFired``, ``Synced``
+(storage became more durable: ask the log what ``synced_through`` is now) and ``SnapshotInstalled`` (the node
+installed a snapshot its leader streamed: commit and apply move to its index).
 
 Effects: ``SendTo`` (a peer message for the same partition on another node), ``Answer``, ``StartTimer`` /
 ``StopTimer`` (keys are local to the replica). ``SendTo`` and ``Answer`` may be marked ``durable``: the
@@ -84,6 +86,13 @@ class PartitionLog(Protocol):
     def compact_prefix(self, through_index: int) -> None:
         """Drop entries up to ``through_index``, which becomes the snapshot point; it must be applied already
         (the state machine's records are the snapshot) and held by the log (ValueError otherwise)."""
+        ...
+
+    def install_snapshot(self, index: int, term: int) -> None:
+        """Replace the log by a snapshot point received from the leader: no entries, ``snapshot_index = index``
+        of term ``term``, applied index ``index``. The caller replaces the state machine's records in the same
+        step, so one sync makes both durable (never a mix). ValueError if ``index`` is below the applied index
+        or the snapshot point (a snapshot never takes a replica back)."""
         ...
 
     def synced_through(self) -> int:
@@ -212,7 +221,16 @@ class Synced:
     """Storage is more durable than before: ``PartitionLog.synced_through`` may have moved."""
 
 
-ReplicaInput = ReplicaStarted | ClientCall | PeerMessage | PeerUnreachable | TimerFired | Synced
+@dataclass(frozen=True, slots=True)
+class SnapshotInstalled:
+    """The node replaced this replica's records and log with a snapshot streamed from its leader: the state as of
+    entry ``index`` (of term ``term``), installed with ``PartitionLog.install_snapshot`` in this same step."""
+
+    index: int
+    term: int
+
+
+ReplicaInput = ReplicaStarted | ClientCall | PeerMessage | PeerUnreachable | TimerFired | Synced | SnapshotInstalled
 
 
 # ---------------------------------------------------------------- effects

@@ -59,7 +59,7 @@ class SingleCopy:
             return []
         if isinstance(inp, ReplicaStarted):
             return [StartTimer(SWEEP_TIMER, now_ms + self._sweep_interval_ms)]
-        # PeerMessage, PeerUnreachable, Synced: a single copy talks to nobody and answers at once.
+        # PeerMessage, PeerUnreachable, Synced, SnapshotInstalled: a single copy talks to nobody and answers at once.
         return []
 
     def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:

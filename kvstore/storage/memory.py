@@ -255,6 +255,30 @@ class PartitionLogState:
             # No unsynced mark: compaction drops nothing above the snapshot point, where the logs are compared.
             storage._unsynced.append(LogCompacted(lsn, self._partition, through_index, term))
 
+    def install_snapshot(self, index: int, term: int) -> None:
+        _check_index("index", index)
+        _check_index("term", term)
+        if term < 0 or index < max(self._snapshot_index, self._applied_index):
+            raise ValueError(
+                f"partition {self._partition}: cannot install snapshot ({index}, term {term}) below the snapshot "
+                f"point {self._snapshot_index} or the applied index {self._applied_index}, or of a negative term"
+            )
+        # Recorded as the events a sync already knows, in one step: drop every entry, move the snapshot point
+        # (past the end of the log), move the applied index. One job carries them all, in one transaction.
+        storage = self._storage
+        if self._entries:
+            first = self._snapshot_index + 1
+            self._entries.clear()
+            lsn = storage._next_lsn()
+            if storage._unsynced is not None:
+                storage._unsynced.append(LogTruncated(lsn, self._partition, first))
+        if (index, term) != (self._snapshot_index, self._snapshot_term):
+            self._compact(index, term)
+            lsn = storage._next_lsn()
+            if storage._unsynced is not None:
+                storage._unsynced.append(LogCompacted(lsn, self._partition, index, term))
+        self._set_applied_index(index)
+
     def set_hard_state(self, value: bytes) -> None:
         if type(value) is not bytes:
             raise TypeError(f"hard state must be bytes, got {type(value).__name__}")

@@ -12,6 +12,7 @@ CORE_MODULES = (
     "kvstore/node.py",
     "kvstore/forwarding.py",
     "kvstore/handoff.py",
+    "kvstore/raft_snapshots.py",
     "kvstore/membership.py",
     "kvstore/group_changes.py",
     "kvstore/map_gossip.py",

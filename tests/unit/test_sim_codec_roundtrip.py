@@ -32,13 +32,15 @@ from kvstore.messages import (
     MoveInstalled,
     PutOp,
     RaftBatch,
+    RaftSnapshotPart,
     ScanItem,
     ScanOp,
     ScanPage,
     ScanPartitionsOp,
+    SnapshotPoint,
     Written,
 )
-from partitioning.stream import StreamChunk
+from partitioning.stream import StreamChunk, StreamDone
 from replication.raft_messages import AppendEntries, Heartbeat, HeartbeatReply
 from replication.replica import LogEntry
 
@@ -100,6 +102,14 @@ EXAMPLES: list[object] = [
             "snapshot",
             (("", MovedPartitionState(7)), ("k", MovedRecord(b"v", 3, None, b"", ())), ("d", None)),
         ),
+    ),
+    SnapshotPoint(41, 3),
+    RaftSnapshotPart(3, StreamDone(3, 2**40)),
+    Message(
+        "n1",
+        "n3",
+        0,
+        RaftSnapshotPart(3, StreamChunk(3, 2**40, 0, -1, "snapshot", (("", SnapshotPoint(41, 3)), ("d", None)))),
     ),
 ]
 

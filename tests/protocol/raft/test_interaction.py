@@ -27,6 +27,9 @@ replicas do now (then read the diff). Commands (node ids are strings such as ``1
 - ``stabilize``: process-ready and deliver everything until nothing moves;
 - ``partition 1 2 / 3`` (groups that cannot talk to each other; one group isolates it from the rest), ``heal``;
 - ``crash 2``: power loss and restart from what was synced;
+- ``install-snapshot 3 from=1``: what the nodes' snapshot transfer does, by hand: 3 takes 1's records as of
+  ``snapshot_point()`` if 1 leads its term and it needs them (``SnapshotInstalled``), and 1 is told
+  (``snapshot_sent``);
 - ``status [1 ...]``, ``log 1``.
 """
 
@@ -37,12 +40,13 @@ import re
 from pathlib import Path
 
 import pytest
-from raft_env import Options, RaftEnv, describe_entry
+from raft_env import PARTITION, Options, RaftEnv, describe_entry
 
 from kvstore.messages import DeleteOp, GetOp, PutOp
 from replication.raft import LEADER
 from replication.raft_membership import ChangeReplicas
 from replication.raft_messages import TransferLeader
+from replication.replica import SnapshotInstalled
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"
 REWRITE = os.environ.get("RAFT_REWRITE") == "1"
@@ -160,6 +164,8 @@ class Runner:
                     env.groups.setdefault(node_id, 1)
         elif name == "heal":
             env.groups = {}
+        elif name == "install-snapshot":
+            self._install_snapshot(args[0], args[1].removeprefix("from="))
         elif name == "crash":
             env.crash(args[0])
         elif name == "status":
@@ -195,6 +201,26 @@ class Runner:
         if int(args[0]) != len(options.voters) + len(options.learners):
             raise ValueError("add-nodes N must count every voter and learner")
         self.env = RaftEnv(options)
+
+    def _install_snapshot(self, follower_id: str, leader_id: str) -> None:
+        """What the nodes' snapshot transfer does, by hand: the follower takes the leader's records as of its
+        snapshot point if the leader leads its term and it needs them, and the leader is told it was sent."""
+        env = self.e
+        leader, follower = env.nodes[leader_id], env.nodes[follower_id]
+        index, term = leader.replica.snapshot_point()
+        source = follower.replica.snapshot_source(leader_id, leader.replica.term)
+        needed = follower.replica.snapshot_needed(index, term)
+        env.out.append(f"snapshot {index}/{term} from {leader_id}: source={source} needed={needed}")
+        if not (source and needed):
+            return
+        storage = follower.storage
+        for key, _ in storage.copy_of(PARTITION):
+            storage.remove(PARTITION, key)
+        for key, record in leader.storage.copy_of(PARTITION):
+            storage.write(PARTITION, key, record)
+        storage.log(PARTITION).install_snapshot(index, term)
+        env.step(follower, SnapshotInstalled(index, term))
+        env.apply_effects(leader, lambda: leader.replica.snapshot_sent(leader.clock, follower_id, index))
 
     def _stabilize(self) -> None:
         env = self.e

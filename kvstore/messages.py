@@ -408,6 +408,9 @@ class SnapshotPoint:
 
     index: int
     term: int
+    # The group's configuration as of ``index`` (``raft_membership.encode_configuration``): the follower adopts it
+    # with the records, since the changes that made it may be among the entries the snapshot replaces.
+    config: bytes = b""
 
 
 @register

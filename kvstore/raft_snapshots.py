@@ -346,7 +346,7 @@ class RaftSnapshots:
             if storage.get_stored(partition, key) != record:
                 storage.write(partition, key, record)
         log.install_snapshot(point.index, point.term)
-        installed = replica.step(self._replica_clock(), SnapshotInstalled(point.index, point.term))
+        installed = replica.step(self._replica_clock(), SnapshotInstalled(point.index, point.term, point.config))
         self._replica_effects(partition, installed)
         return True
 

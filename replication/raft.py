@@ -347,9 +347,10 @@ class RaftReplica:
         """Followers the leader cannot catch up from its log: peer -> the snapshot point they need."""
         return {p: pr.pending_snapshot for p, pr in self.progress.items() if pr.state == SNAPSHOT}
 
-    def snapshot_point(self) -> tuple[int, int]:
-        """(index, term) of the last entry applied here: the state machine's records are the state as of it."""
-        return self.applied, self._log.term_at(self.applied) or 0
+    def snapshot_point(self) -> tuple[int, int, bytes]:
+        """(index, term) of the last entry applied here (the state machine's records are the state as of it), and
+        the configuration as of it (changes take effect when applied), encoded."""
+        return self.applied, self._log.term_at(self.applied) or 0, encode_configuration(self.config)
 
     def snapshot_source(self, src: str, term: int) -> bool:
         """Whether a snapshot ``src`` streams under ``term`` may be taken: ``src`` leads this follower's term."""
@@ -404,9 +405,11 @@ class RaftReplica:
             if pr is not None and pr.state == REPLICATE and isinstance(inp.body, AppendEntries):
                 pr.become_probe()
         elif isinstance(inp, SnapshotInstalled):
-            # The log starts after the snapshot point now, and the records are the state as of it.
+            # The log starts after the snapshot point now, and the records are the state as of it; so is the
+            # configuration, whose changes may be among the entries the snapshot replaced.
             if inp.index > self.commit:
                 self.commit = self.applied = inp.index
+                self._adopt_snapshot_config(inp.index, inp.config)
         elif isinstance(inp, ReplicaStarted):
             self._recover()
             self._reset_election_timer()
@@ -816,6 +819,21 @@ class RaftReplica:
         entry (so every change of earlier terms) and no change of its own waits to be applied."""
         return self.role == LEADER and self.applied >= max(self._term_start_index, self._conf_change_index)
 
+    def _adopt_snapshot_config(self, index: int, encoded: object) -> None:
+        if type(encoded) is not bytes or not encoded:
+            return  # a snapshot from a leader that sent no configuration: the log's changes still apply
+        try:
+            config = decode_configuration(encoded)
+        except ValueError:
+            return
+        if self.config.index < config.index <= index:
+            was_voter = self._is_voter()
+            self._set_config(config)
+            self._write_hard_state()
+            if self._is_voter() and not was_voter:
+                self._reset_election_timer()  # promoted within the snapshot: it may campaign from now on
+                self._arm(ELECTION_TIMER, self._election_deadline())
+
     def _set_config(self, config: Configuration) -> None:
         self._config = config
         self.voters = config.voters
@@ -1125,7 +1143,12 @@ class RaftReplica:
                 if src not in self.progress:
                     return  # the commit applied src's removal
             elif pr.state == PROBE:
-                pr.probe_sent = False
+                if body.index == pr.match:
+                    # The probe found where the logs match, though nothing new was acknowledged (etcd-io/raft:
+                    # ``Match == m.Index`` in probe): replicate from there, or the probing never ends.
+                    pr.become_replicate()
+                else:
+                    pr.probe_sent = False
             if src == self._transferee and pr.match == self._last_index():
                 self._send(src, TimeoutNow(self.term))
             sent = self._send_append(src, allow_empty=was_paused)

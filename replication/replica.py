@@ -228,6 +228,9 @@ class SnapshotInstalled:
 
     index: int
     term: int
+    # The protocol's own configuration as of ``index``, as the leader's replica gave it (opaque to the node; the
+    # replica checks it): the changes that made it may be among the entries the snapshot replaces.
+    config: object = None
 
 
 ReplicaInput = ReplicaStarted | ClientCall | PeerMessage | PeerUnreachable | TimerFired | Synced | SnapshotInstalled

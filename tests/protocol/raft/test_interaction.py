@@ -207,7 +207,7 @@ class Runner:
         snapshot point if the leader leads its term and it needs them, and the leader is told it was sent."""
         env = self.e
         leader, follower = env.nodes[leader_id], env.nodes[follower_id]
-        index, term = leader.replica.snapshot_point()
+        index, term, config = leader.replica.snapshot_point()
         source = follower.replica.snapshot_source(leader_id, leader.replica.term)
         needed = follower.replica.snapshot_needed(index, term)
         env.out.append(f"snapshot {index}/{term} from {leader_id}: source={source} needed={needed}")
@@ -219,7 +219,7 @@ class Runner:
         for key, record in leader.storage.copy_of(PARTITION):
             storage.write(PARTITION, key, record)
         storage.log(PARTITION).install_snapshot(index, term)
-        env.step(follower, SnapshotInstalled(index, term))
+        env.step(follower, SnapshotInstalled(index, term, config))
         env.apply_effects(leader, lambda: leader.replica.snapshot_sent(leader.clock, follower_id, index))
 
     def _stabilize(self) -> None:

@@ -41,7 +41,7 @@ def test_defaults_fill_what_is_left_out() -> None:
         ({"duration_ms": 0}, "duration_ms must be positive"),
         ({"surprise": 1}, "unknown setting(s) surprise"),
         ({"workload": {"concurrency": 0}}, "concurrency"),
-        ({"nemesis": {"crash_kind": "meteor"}}, "crash_kind must be one of process, power, got 'meteor'"),
+        ({"nemesis": {"crash_kind": "meteor"}}, "crash_kind must be one of process, power, mixed, got 'meteor'"),
         ({"cluster": {"partitioner": "alphabet"}}, "partitioner must be one of hash, range"),
         ({"cluster": {"ranges": {"split_keys": 4, "merge_keys": 3}}}, "merge thresholds must be at most half"),
         ({"cluster": {"ranges": {"splitkeys": 4}}}, "ranges: unknown setting(s) splitkeys (known: check_interval_ms"),

@@ -34,6 +34,7 @@ crash_kind = "process"      # "process" (kill -9; the default) or "power" (unsyn
 [checkers]
 names = ["linearizable", "lost-writes"]   # default: the workload's own
 time_limit_s = 30
+expect = "valid"            # or an anomaly the run must show: "lost-writes", "stale-reads" (chaos.checkers.expected)
 ```
 """
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.checkers import CHECKER_NAMES
+from chaos.checkers.expected import EXPECTATIONS, VALID
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
 from chaos.workloads import WORKLOAD_KINDS
@@ -98,6 +100,11 @@ class WorkloadSpec:
 class CheckerSpec:
     names: tuple[str, ...] = ()
     time_limit_s: float = 30.0
+    expect: str = VALID
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"expect must be one of {', '.join(EXPECTATIONS)}, not {self.expect!r:.40}")
 
 
 @dataclass(frozen=True)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from chaos.scenario import ScenarioError, check_real_cluster, from_dict, load
+from scenario_files import NEEDS_REPLICATION_SETTINGS, SCENARIOS, load_or_skip
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+# Power losses: only the simulator can play them.
+SIMULATOR_ONLY = ("register-crash-fsync-never.toml", "register-leader-faults.toml")
 
 
-def test_every_shipped_scenario_loads() -> None:
-    files = sorted(SCENARIOS.glob("*.toml"))
-    assert len(files) >= 5
-    for path in files:
-        scenario = load(path)
-        assert scenario.name == path.stem
-        assert scenario.description
+SHIPPED = sorted(path.name for path in SCENARIOS.glob("*.toml"))
+
+
+def test_the_shipped_scenarios_are_there() -> None:
+    assert len(SHIPPED) >= 5 and set(NEEDS_REPLICATION_SETTINGS) <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_scenario_loads(name: str) -> None:
+    scenario = load_or_skip(name)
+    assert scenario.name == name.removesuffix(".toml")
+    assert scenario.description
 
 
 def test_defaults_fill_what_is_left_out() -> None:
@@ -67,6 +72,12 @@ def test_a_power_loss_is_a_simulator_only_crash() -> None:
     assert never.nemesis.crash_kind == "power"  # so it keeps showing what fsync=never loses
     with pytest.raises(ScenarioError, match=r"never\.toml: \[nemesis\] crash_kind = 'power' needs the simulator"):
         check_real_cluster(never, "never.toml")
-    for path in sorted(SCENARIOS.glob("*.toml")):
-        if path != SCENARIOS / "register-crash-fsync-never.toml":
-            check_real_cluster(load(path), str(path))
+    faults = load(SCENARIOS / "register-leader-faults.toml")
+    assert faults.nemesis.crash_kind == "mixed"  # process crashes and power losses
+    with pytest.raises(ScenarioError, match=r"crash_kind = 'mixed' needs the simulator"):
+        check_real_cluster(faults, "faults.toml")
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n not in SIMULATOR_ONLY])
+def test_the_other_shipped_scenarios_can_run_on_a_real_cluster(name: str) -> None:
+    check_real_cluster(load_or_skip(name), name)

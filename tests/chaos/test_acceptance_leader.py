@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from scenario_files import SCENARIOS, load_or_skip, replay
 
 from chaos.run_real import run_on_real_cluster
 from chaos.run_sim import run_in_sim
 from chaos.scenario import load
-from scenario_files import SCENARIOS, load_or_skip, replay
 
 NAME = "register-leader.toml"
 FAULTS = "register-leader-faults.toml"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from scenario_files import NEEDS_REPLICATION_SETTINGS, SCENARIOS, load_or_skip
 
 from chaos.scenario import ScenarioError, check_real_cluster, from_dict, load
-from scenario_files import NEEDS_REPLICATION_SETTINGS, SCENARIOS, load_or_skip
 
 # Power losses: only the simulator can play them.
 SIMULATOR_ONLY = ("register-crash-fsync-never.toml", "register-leader-faults.toml")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from scenario_files import NEEDS_REPLICATION_SETTINGS, SCENARIOS, load_or_skip
 

@@ -29,7 +29,8 @@ ops = 0                     # stop after this many ops (they must finish within 
 [nemesis]
 faults = ["crash"]          # see chaos.nemesis.FAULT_KINDS
 interval_ms = 1000
-crash_kind = "process"      # "process" (kill -9; the default) or "power" (unsynced writes lost; simulator only)
+crash_kind = "process"      # "process" (kill -9; the default), "power" (unsynced writes lost; simulator only), or
+                            # "mixed" (each crash drawn as one of the two; simulator only)
 
 [checkers]
 names = ["linearizable", "lost-writes"]   # default: the workload's own

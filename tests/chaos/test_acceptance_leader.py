@@ -55,6 +55,17 @@ def test_leader_faults_strike_the_busiest_leader() -> None:
     assert len(isolated) == 1, details
 
 
+def test_leader_faults_replay_exactly_from_their_seed() -> None:
+    """Which node a leader fault strikes depends on the cluster's state, which the seed decides."""
+    scenario = load(SCENARIOS / FAULTS)
+    scenario = replace(scenario, duration_ms=6000,
+                       nemesis=replace(scenario.nemesis, faults=("kill-leader", "partition-isolate-leader")))
+    first, second = run_in_sim(scenario, 7), run_in_sim(scenario, 7)
+    assert first.stats["trace_hash"] == second.stats["trace_hash"]
+    assert [(p.start_ms, p.detail) for p in first.periods] == [(p.start_ms, p.detail) for p in second.periods]
+    assert [e.to_json() for e in first.history.events] == [e.to_json() for e in second.history.events]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_async_replication_loses_writes_when_leaders_die_and_the_checker_counts_them(seed: int) -> None:
     name = "register-leader-async.toml"

@@ -3,7 +3,7 @@
 The schedule alternates, as Jepsen's does: quiet for ``interval_ms``, then one fault (drawn from the
 scenario's list) for ``interval_ms``, then its end, and so on until the run's duration. Every choice
 (which fault, which node, which partition) is drawn from the nemesis rng when the schedule is made, so a
-seed names the whole schedule; only "isolate the leader" looks at the cluster when it strikes.
+seed names the whole schedule; only the faults aimed at leaders look at the cluster when they strike.
 
 Targets are the simulator and real clusters alike (``ChaosTarget``): crashes go to the target, message
 and clock faults to its ``ChaosPolicy``, after which the target is told the policy changed (a real

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
-from chaos.checkers import combine, convergence, expected, run_checkers
+from chaos.checkers import convergence, expected, run_checkers
 from chaos.faults import ChaosPolicy
 from chaos.history import Event, History
 from chaos.leaders import pick_leader
@@ -47,8 +47,8 @@ class RunResult:
 
     @property
     def valid(self) -> bool | str:
-        # A check that had nothing to compare neither passes nor fails the run.
-        return combine([r.get("valid") for r in self.checkers.values() if r.get("valid") != convergence.SKIPPED])
+        """Every checker valid (one that had nothing to compare neither passes nor fails the run)."""
+        return expected.judge(expected.VALID, self.checkers).met
 
     @property
     def outcome(self) -> expected.Outcome:

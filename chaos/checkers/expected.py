@@ -23,14 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chaos.checkers import combine
+from chaos.checkers import combine, convergence
 
 VALID = "valid"
 LOST_WRITES = "lost-writes"
 STALE_READS = "stale-reads"
 EXPECTATIONS: tuple[str, ...] = (VALID, LOST_WRITES, STALE_READS)
-# A check whose copies were all alone neither passes nor fails a run (convergence.SKIPPED).
-_SKIPPED = "skipped"
 # The checkers an expected anomaly is allowed to fail.
 _MAY_FAIL: dict[str, frozenset[str]] = {
     VALID: frozenset(),
@@ -65,7 +63,8 @@ def judge(expect: str, checkers: Mapping[str, Mapping[str, Any]]) -> Outcome:
     if expect not in EXPECTATIONS:
         raise ValueError(f"unknown expectation {expect!r} (known: {', '.join(EXPECTATIONS)})")
     found = anomalies(checkers)
-    verdicts = {name: r.get("valid") for name, r in checkers.items() if r.get("valid") != _SKIPPED}
+    # A check that had nothing to compare neither passes nor fails a run.
+    verdicts = {name: r.get("valid") for name, r in checkers.items() if r.get("valid") != convergence.SKIPPED}
     others = combine([v for name, v in verdicts.items() if name not in _MAY_FAIL[expect]])
     if expect == VALID:
         return Outcome(expect, others, found)

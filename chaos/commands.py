@@ -1,7 +1,13 @@
 """`kvstore check`, `kvstore chaos run` and `kvstore sim`: the chaos layer's command-line entry points.
 
 Exit codes, for the first two: 0 all valid; 1 any invalid; 2 bad input, or (with nothing invalid) any
-unknown. `kvstore sim` exits 1 only for a history found invalid under ``fsync = "always"``, or a broken run.
+unknown. For `kvstore chaos run` "valid" means as its scenario expects (``[checkers] expect``): a scenario
+that shows an anomaly passes a seed when the checkers find that anomaly. `kvstore sim` exits 1 only for a
+history found invalid under ``fsync = "always"``, or a broken run.
+
+`kvstore chaos run SCENARIO --seeds A..B --no-report` is the sweep: one line per seed, then the counts
+(valid, invalid, unknown; for an expected anomaly how many seeds showed it and the anomalies found in all),
+then the replay command of every seed that did not go as expected.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from chaos import scenario as scenario_file
-from chaos.checkers import counter, linearizable, lost_writes, sets
+from chaos.checkers import counter, expected, linearizable, lost_writes, sets
+from chaos.checkers.expected import Outcome
 from chaos.history import HistoryError, load
 from chaos.nemesis import NemesisConfig
 from chaos.report import write_report
@@ -116,7 +123,7 @@ def add_chaos_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real", action="store_true", help="run against a real local cluster, not the simulator")
     parser.add_argument("--out", default="reports", metavar="DIR", help="where reports go (default: reports/)")
     parser.add_argument("--no-report", action="store_true",
-                        help="sweeps: write a report only for seeds that are not valid")
+                        help="sweeps: write a report only for seeds that do not go as the scenario expects")
 
 
 def _report_dir(out: str, name: str, driver: str, seed: int | None) -> Path:
@@ -147,29 +154,55 @@ def run_chaos(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = 
         def run(seed: int) -> RunResult:
             return run_in_sim(scenario, seed)
     verdicts: list[Any] = []
+    outcomes: list[Outcome] = []
+    unexpected: list[str] = []
     started = time.monotonic()
     for seed in seeds:
         t0 = time.monotonic()
         result = run(seed)
-        verdict = result.valid
+        verdict, outcome = result.valid, result.outcome
         verdicts.append(verdict)
+        outcomes.append(outcome)
         label = verdict_label(verdict).lower() if verdict is True else verdict_label(verdict)
+        if outcome.expect != expected.VALID:
+            label += f", {_as_expected(outcome.met)} ({outcome.expect}): {outcome.describe()}"
         report = ""
-        if not args.no_report or verdict is not True:
+        if not args.no_report or outcome.met is not True:
             html = write_report(_report_dir(args.out, scenario.name, result.driver, seed), result.history,
                                 result.periods, result.to_json())
             report = f"  report: {html}"
         print(f"seed {seed}: {label}  {result.stats['ops']} ops, {time.monotonic() - t0:.2f} s{report}", file=out,
               flush=True)
-        if verdict is not True:
+        if outcome.met is not True:
             bad = ", ".join(f"{name}={r.get('valid')}" for name, r in result.checkers.items())
             replay = replay_command(args.scenario, seed) + (" --real" if args.real else "")
-            print(f"  seed={seed} {bad}; replay: {replay}", file=out, flush=True)
+            unexpected.append(f"seed={seed} {bad}; replay: {replay}")
+            print(f"  {unexpected[-1]}", file=out, flush=True)
+    print(sweep_summary(scenario.name, verdicts, outcomes, time.monotonic() - started), file=out)
+    for line in unexpected:
+        print(f"  {line}", file=out)
+    return exit_code([o.met for o in outcomes])
+
+
+def _as_expected(met: bool | str) -> str:
+    return "as expected" if met is True else "NOT as expected" if met is False else "unknown"
+
+
+def sweep_summary(name: str, verdicts: list[Any], outcomes: list[Outcome], elapsed_s: float) -> str:
+    """The counts of a sweep: valid/invalid/unknown seeds and, for an expected anomaly, the seeds that showed
+    it and the anomalies found in all of them; then how many seeds went otherwise than expected."""
     valid = sum(1 for v in verdicts if v is True)
     invalid = sum(1 for v in verdicts if v is False)
-    print(f"{scenario.name}: {len(seeds)} seed(s) in {time.monotonic() - started:.1f} s: {valid} valid, "
-          f"{invalid} invalid, {len(seeds) - valid - invalid} unknown", file=out)
-    return exit_code(verdicts)
+    line = (f"{name}: {len(verdicts)} seed(s) in {elapsed_s:.1f} s: {valid} valid, {invalid} invalid, "
+            f"{len(verdicts) - valid - invalid} unknown")
+    expect = outcomes[0].expect if outcomes else expected.VALID
+    if expect != expected.VALID:
+        shown = sum(1 for o in outcomes if o.met is True)
+        totals = {kind: sum(o.anomalies[kind] for o in outcomes) for kind in outcomes[0].anomalies}
+        found = ", ".join(f"{n} {kind}" for kind, n in totals.items())
+        line += f"; expected {expect}: shown by {shown} of {len(outcomes)} seed(s) ({found} in all)"
+    missed = sum(1 for o in outcomes if o.met is not True)
+    return line + (f"; {missed} seed(s) not as expected:" if missed else "; every seed as expected")
 
 
 # ---------------------------------------------------------------- kvstore sim

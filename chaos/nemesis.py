@@ -3,13 +3,22 @@
 The schedule alternates, as Jepsen's does: quiet for ``interval_ms``, then one fault (drawn from the
 scenario's list) for ``interval_ms``, then its end, and so on until the run's duration. Every choice
 (which fault, which node, which partition) is drawn from the nemesis rng when the schedule is made, so a
-seed names the whole schedule; only "isolate the leader" looks at the cluster when it strikes.
+seed names the whole schedule; only the faults aimed at leaders look at the cluster when they strike.
 
 Targets are the simulator and real clusters alike (``ChaosTarget``): crashes go to the target, message
 and clock faults to its ``ChaosPolicy``, after which the target is told the policy changed (a real
 cluster pushes it to its nodes' admin routes). A crash is of the scenario's ``crash_kind``: "process"
-(kill -9: the OS keeps what the node wrote out) or "power" (only what reached the device survives; the
-simulator alone can do that).
+(kill -9: the OS keeps what the node wrote out), "power" (only what reached the device survives; the
+simulator alone can do that) or "mixed" (each crash drawn as one or the other when the schedule is made).
+
+Faults aimed at leaders (leader mode) pick their node when they strike, from what the live nodes say of
+their own replicas (``chaos.leaders``): the leader of partition ``leader_partition`` if the scenario names
+one, else the node that leads the most partitions.
+
+- ``partition-isolate-leader``: cuts that node off from every other node until the fault ends (a random
+  node when nobody leads).
+- ``kill-leader``: crashes that node (of the crash kind above) and restarts it when the fault ends; with no
+  leader it does nothing and says so in the report.
 
 Instant faults act at their start and their end does nothing:
 
@@ -43,6 +52,7 @@ from partitioning.partition_map import ACTIVE
 
 FAULT_KINDS: tuple[str, ...] = (
     "crash",
+    "kill-leader",
     *(f"partition-{k}" for k in PARTITION_KINDS),
     "delay",
     "drop",
@@ -59,6 +69,8 @@ INSTANT_FAULTS = frozenset({"move", "join", "leave"})
 MEMBERSHIP_FAULTS = ("join", "leave")
 # A pick is drawn from 0..PICK_RANGE-1; taken modulo the candidates when the fault strikes.
 PICK_RANGE = 1 << 30
+MIXED_CRASHES = "mixed"
+CRASH_CHOICES: tuple[str, ...] = (*CRASH_KINDS, MIXED_CRASHES)
 
 
 @dataclass(frozen=True)
@@ -73,16 +85,22 @@ class NemesisConfig:
     reorder_ms: int = 50
     clock_offset_ms: int = 2000
     clock_drift_ppm: int = 100_000
-    crash_kind: CrashKind = "process"
+    # "process", "power", or "mixed": each crash drawn as one of the two when the schedule is made.
+    crash_kind: str = "process"
     # A leave drains a member only while more than this many are active.
     min_active: int = 2
+    # Leader-aimed faults strike the leader of this partition; None: the node leading the most partitions.
+    leader_partition: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.faults if f not in FAULT_KINDS]
         if unknown:
             raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}")
-        if self.crash_kind not in CRASH_KINDS:
-            raise ValueError(f"nemesis crash_kind must be one of {', '.join(CRASH_KINDS)}, got {self.crash_kind!r}")
+        if self.crash_kind not in CRASH_CHOICES:
+            raise ValueError(f"nemesis crash_kind must be one of {', '.join(CRASH_CHOICES)}, got {self.crash_kind!r}")
+        partition = self.leader_partition
+        if partition is not None and (type(partition) is not int or partition < 0):
+            raise ValueError(f"nemesis leader_partition must be a partition number (int >= 0), not {partition!r:.40}")
         if isinstance(self.min_active, bool) or not isinstance(self.min_active, int) or self.min_active < 1:
             raise ValueError(f"nemesis min_active must be an int of at least 1, not {self.min_active!r:.40}")
         if self.interval_ms <= 0 or self.start_after_ms < 0:
@@ -104,12 +122,17 @@ class FaultAction:
     partition: int | None = None
     # For a join or a leave: which candidate, modulo their number when the fault strikes.
     pick: int | None = None
+    # For a crash or kill-leader under mixed crashes: the kind drawn; None: the scenario's crash_kind.
+    crash_kind: CrashKind | None = None
 
     def describe(self) -> str:
+        kind = f" ({self.crash_kind})" if self.crash_kind is not None else ""
         if self.partition is not None:
             return f"{self.fault} partition {self.partition} to {self.node}"
         if self.node is not None:
-            return f"{self.fault} {self.node}"
+            return f"{self.fault} {self.node}{kind}"
+        if kind:
+            return f"{self.fault}{kind}"
         if self.grudge:
             cut = ", ".join(f"{n}x{'/'.join(srcs)}" for n, srcs in self.grudge if srcs)
             return f"{self.fault} ({cut})"
@@ -135,8 +158,9 @@ class ChaosTarget(Protocol):
     def is_up(self, node_id: str) -> bool:
         ...
 
-    def leader(self) -> str | None:
-        """The node a leader-based mode considers leader; None in modes without one."""
+    def leader(self, partition: int | None) -> str | None:
+        """Leader mode: the live node leading ``partition``, or (None) the one leading the most partitions, by
+        ``chaos.leaders.pick_leader`` over what the live nodes say; None if none leads (or in single mode)."""
         ...
 
     def policy_changed(self) -> None:
@@ -172,7 +196,10 @@ def plan(
         node = None
         partition = None
         pick = None
+        crash_kind: CrashKind | None = None
         grudge: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        if fault in ("crash", "kill-leader") and config.crash_kind == MIXED_CRASHES:
+            crash_kind = rng.choice(CRASH_KINDS)
         if fault in ("crash", "clock-skew", "clock-drift"):
             node = rng.choice(list(nodes))
         elif fault == "move":
@@ -183,8 +210,8 @@ def plan(
         elif fault.startswith("partition-") and fault != "partition-isolate-leader":
             drawn = partition_grudge(fault.removeprefix("partition-"), nodes, rng)
             grudge = tuple((n, tuple(sorted(drawn[n]))) for n in sorted(drawn))
-        actions.append(FaultAction(at, True, fault, node, grudge, partition, pick))
-        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge, partition, pick))
+        actions.append(FaultAction(at, True, fault, node, grudge, partition, pick, crash_kind))
+        actions.append(FaultAction(at + config.interval_ms, False, fault, node, grudge, partition, pick, crash_kind))
         at += 2 * config.interval_ms
     return actions
 
@@ -197,6 +224,8 @@ class Nemesis:
     # Faults that have ended, and those still active (keyed by fault and node).
     ended: list[FaultPeriod] = field(default_factory=list)
     _open: dict[tuple[str, str | None], FaultPeriod] = field(default_factory=dict)
+    # The node a kill-leader crashed, to restart when the fault ends (its action names no node).
+    _killed: dict[str, str] = field(default_factory=dict)
 
     @property
     def periods(self) -> list[FaultPeriod]:
@@ -235,8 +264,10 @@ class Nemesis:
             assert action.node is not None
             if not self.target.is_up(action.node):
                 return f"{action.node} already down"
-            self.target.crash(action.node, self.config.crash_kind)
+            self.target.crash(action.node, self._crash_kind(action))
             return action.describe()
+        if fault == "kill-leader":
+            return self._kill_leader(action)
         if fault == "move":
             assert action.node is not None and action.partition is not None
             return self.target.move(action.partition, self._move_target(action.node))
@@ -244,7 +275,8 @@ class Nemesis:
             return self._membership(fault, action.pick or 0)
         if fault.startswith("partition-"):
             if fault == "partition-isolate-leader":
-                drawn = partition_grudge("isolate-leader", self.target.node_ids(), self.rng, self.target.leader())
+                leader = self.target.leader(self.config.leader_partition)
+                drawn = partition_grudge("isolate-leader", self.target.node_ids(), self.rng, leader)
                 grudge = {n: set(srcs) for n, srcs in drawn.items()}
             else:
                 grudge = {n: set(srcs) for n, srcs in action.grudge}
@@ -276,6 +308,23 @@ class Nemesis:
         self.target.policy_changed()
         return detail
 
+    def _crash_kind(self, action: FaultAction) -> CrashKind:
+        if action.crash_kind is not None:
+            return action.crash_kind
+        # A mixed crash kind is drawn into every crash action when planned, so this is one of CRASH_KINDS.
+        return CRASH_KINDS[CRASH_KINDS.index(self.config.crash_kind)]
+
+    def _kill_leader(self, action: FaultAction) -> str:
+        partition = self.config.leader_partition
+        whose = "the most partitions" if partition is None else f"partition {partition}"
+        leader = self.target.leader(partition)
+        if leader is None:
+            return f"kill-leader: no live node leads {whose}"
+        kind = self._crash_kind(action)
+        self.target.crash(leader, kind)
+        self._killed[action.fault] = leader
+        return f"kill-leader {leader} (leads {whose}; {kind} crash)"
+
     def _move_target(self, drawn: str) -> str:
         """``drawn`` if it is an active member (or nobody can say), else the active member at its position."""
         nodes = list(self.target.node_ids())
@@ -305,10 +354,10 @@ class Nemesis:
         fault = action.fault
         if fault in INSTANT_FAULTS:
             return
-        if fault == "crash":
-            assert action.node is not None
-            if not self.target.is_up(action.node):
-                self.target.restart(action.node)
+        if fault in ("crash", "kill-leader"):
+            node = action.node if fault == "crash" else self._killed.pop(fault, None)
+            if node is not None and not self.target.is_up(node):
+                self.target.restart(node)
             return
         if fault.startswith("partition-"):
             policy.heal()

@@ -25,6 +25,7 @@ from typing import Any
 
 from chaos.checkers import convergence
 from chaos.faults import ChaosPolicy
+from chaos.leaders import pick_leader
 from chaos.nemesis import Nemesis, describe_schedule, plan
 from chaos.run_sim import Recorder, RunResult, all_checkers
 from chaos.scenario import Scenario, check_real_cluster
@@ -156,24 +157,22 @@ class _RealTarget:
     def is_up(self, node_id: str) -> bool:
         return node_id not in self._down
 
-    def leader(self) -> str | None:
-        """Leader mode: the live node that leads the most partitions by its own ``/cluster`` (None if none
-        says it leads any, or in single mode)."""
+    def leader(self, partition: int | None) -> str | None:
+        """By each live node's own ``/cluster`` ``leadership``."""
         if self.cluster.config.mode != "leader":
             return None
-        best, most = None, 0
+        said: dict[str, list[dict[str, Any]]] = {}
         for node_id in self.node_ids():
             if not self.is_up(node_id):
                 continue
             try:
                 with urllib.request.urlopen(self.cluster.url(node_id) + "/cluster", timeout=ADMIN_TIMEOUT_S) as answer:
                     leadership = json.loads(answer.read()).get("leadership", [])
-                leads = sum(1 for entry in leadership if entry.get("role") == "leader")
             except (OSError, ValueError, AttributeError):
                 continue  # down in between, or an answer cut short
-            if leads > most:
-                best, most = node_id, leads
-        return best
+            if isinstance(leadership, list):
+                said[node_id] = [entry for entry in leadership if isinstance(entry, dict)]
+        return pick_leader(said, partition)
 
     def policy_changed(self) -> None:
         for node_id in self.node_ids():

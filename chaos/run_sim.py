@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
-from chaos.checkers import combine, convergence, run_checkers
+from chaos.checkers import convergence, expected, run_checkers
 from chaos.faults import ChaosPolicy
 from chaos.history import Event, History
+from chaos.leaders import pick_leader
 from chaos.nemesis import FaultAction, Nemesis, describe_schedule, plan
 from chaos.report import FaultPeriod
 from chaos.scenario import Scenario
@@ -46,15 +47,24 @@ class RunResult:
 
     @property
     def valid(self) -> bool | str:
-        # A check that had nothing to compare neither passes nor fails the run.
-        return combine([r.get("valid") for r in self.checkers.values() if r.get("valid") != convergence.SKIPPED])
+        """Every checker valid (one that had nothing to compare neither passes nor fails the run)."""
+        return expected.judge(expected.VALID, self.checkers).met
+
+    @property
+    def outcome(self) -> expected.Outcome:
+        """The run judged against what its scenario expects (``[checkers] expect``): valid, or an anomaly."""
+        return expected.judge(self.scenario.checkers.expect, self.checkers)
 
     def to_json(self) -> dict[str, Any]:
+        outcome = self.outcome
         return {
             "scenario": self.scenario.name,
             "seed": self.seed,
             "driver": self.driver,
             "valid": self.valid,
+            "expect": outcome.expect,
+            "as_expected": outcome.met,
+            "anomalies": outcome.anomalies,
             "checkers": self.checkers,
             "stats": self.stats,
             "schedule": self.schedule,
@@ -148,15 +158,9 @@ class _SimTarget:
     def is_up(self, node_id: str) -> bool:
         return self.cluster.is_up(node_id)
 
-    def leader(self) -> str | None:
-        """Leader mode: the live node leading the most partitions (None if none leads any, or single mode)."""
-        best, most = None, 0
-        for node_id in self.cluster.node_ids():
-            if self.cluster.is_up(node_id):
-                leads = self.cluster.node(node_id).leads()
-                if leads > most:
-                    best, most = node_id, leads
-        return best
+    def leader(self, partition: int | None) -> str | None:
+        live = [node_id for node_id in self.cluster.node_ids() if self.cluster.is_up(node_id)]
+        return pick_leader({node_id: self.cluster.node(node_id).leadership() for node_id in live}, partition)
 
     def policy_changed(self) -> None:
         pass  # the simulator consults the same policy object for every message

@@ -29,7 +29,8 @@ ops = 0                     # stop after this many ops (they must finish within 
 [nemesis]
 faults = ["crash"]          # see chaos.nemesis.FAULT_KINDS
 interval_ms = 1000
-crash_kind = "process"      # "process" (kill -9; the default) or "power" (unsynced writes lost; simulator only)
+crash_kind = "process"      # "process" (kill -9; the default), "power" (unsynced writes lost; simulator only), or
+                            # "mixed" (each crash drawn as one of the two; simulator only)
 
 [replication]                # leader mode: the cluster's [replication] table (kvstore.config.ReplicationConfig)
 writes = "sync"              # "sync" | "semi-sync" | "async"
@@ -39,6 +40,7 @@ lease_drift_ms = 100
 [checkers]
 names = ["linearizable", "lost-writes"]   # default: the workload's own
 time_limit_s = 30
+expect = "valid"            # or an anomaly the run must show: "lost-writes", "stale-reads" (chaos.checkers.expected)
 ```
 
 The ``[replication]`` table goes to the cluster config of both the simulated and the real run, so one
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.checkers import CHECKER_NAMES
+from chaos.checkers.expected import EXPECTATIONS, VALID
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
 from chaos.workloads import WORKLOAD_KINDS
@@ -119,6 +122,11 @@ class WorkloadSpec:
 class CheckerSpec:
     names: tuple[str, ...] = ()
     time_limit_s: float = 30.0
+    expect: str = VALID
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"expect must be one of {', '.join(EXPECTATIONS)}, not {self.expect!r:.40}")
 
 
 @dataclass(frozen=True)

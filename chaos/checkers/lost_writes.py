@@ -9,8 +9,11 @@ Nothing overwrote ``w`` in between that the read could be showing instead, so ``
 which is what modes that are allowed to lose writes, like async replication, are measured by.)
 
 A read that shows an older value is only *stale* if ``w`` itself shows up again in a read that began
-after it ended (or in the final state): then ``w`` was not lost, that read lagged. A write that is
-overwritten after vanishing still counts as lost, since its effect disappeared. Modes that serve stale
+after it ended (or in the final state): then ``w`` was not lost, that read lagged. Stale reads are
+counted too (``stale_reads``, each read once, with the newer write it missed): they do not make this
+check fail, since a lagging read loses nothing, but they are what unsafe leader reads are measured by
+(the linearizability checker rejects them). A write that is overwritten after vanishing still counts
+as lost, since its effect disappeared. Modes that serve stale
 reads by design (follower reads, sloppy quorums) should be judged with ``final_only=True``: then only
 the final observation of each key (the final state, or the last read) can prove a write lost.
 
@@ -48,11 +51,24 @@ class LostWrite:
         }
 
 
+@dataclass(frozen=True)
+class StaleRead:
+    key: Any
+    read: Op
+    # An acknowledged write that completed before the read began, and that a later observation shows.
+    missed: Op
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "read": self.read.invoke.to_json(), "seen": self.read.value,
+                "missed": self.missed.invoke.to_json()}
+
+
 @dataclass
 class LostWritesResult:
     valid: bool
     acknowledged: int
     lost: list[LostWrite] = field(default_factory=list)
+    stale: list[StaleRead] = field(default_factory=list)
     # Keys skipped because their written values are not unique (a read cannot name its write).
     ambiguous_keys: list[Any] = field(default_factory=list)
 
@@ -62,6 +78,8 @@ class LostWritesResult:
             "acknowledged_writes": self.acknowledged,
             "lost_count": len(self.lost),
             "lost": [w.to_json() for w in self.lost[:50]],
+            "stale_read_count": len(self.stale),
+            "stale_reads": [r.to_json() for r in self.stale[:50]],
             "ambiguous_keys": self.ambiguous_keys,
         }
 
@@ -104,6 +122,7 @@ def check(history: History, final_values: Mapping[Any, Any] | None = None, final
         if final_only:
             observations = sorted(observations, key=lambda o: o[0])[-1:]
         lost_here: dict[int, LostWrite] = {}
+        stale_here: dict[int, StaleRead] = {}
         for began, value, read in observations:
             ended = _FINAL if read is None else _complete_or_never(read)
             if value is None and key in deleted_keys:
@@ -122,9 +141,13 @@ def check(history: History, final_values: Mapping[Any, Any] | None = None, final
                 if invoked <= older_than or invoked in lost_here:
                     continue
                 if last_seen.get(acked_values[i], -1) > ended:
-                    continue  # seen again later: this read was stale, the write was not lost
+                    # Seen again later: the write was not lost, this read was stale (the final state never is).
+                    if read is not None and read.invoke.index not in stale_here:
+                        stale_here[read.invoke.index] = StaleRead(key, read, acked[i])
+                    continue
                 lost_here[invoked] = LostWrite(key, acked[i], read, value)
         result.lost.extend(lost_here[i] for i in sorted(lost_here))
+        result.stale.extend(stale_here[i] for i in sorted(stale_here))
     result.valid = not result.lost
     return result
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from chaos.faults import PARTITION_KINDS, ChaosPolicy, Delay, partition_grudge
+from chaos.leaders import current_leaders, pick_leader
 from chaos.nemesis import FAULT_KINDS, PICK_RANGE, FaultAction, Nemesis, NemesisConfig, plan
 from chaos.scenario import ScenarioError, from_dict
 from kvstore.messages import GetOp, Message
@@ -116,6 +117,8 @@ class RecordingTarget:
         self.calls: list[tuple[str, str, str | None]] = []
         # The roster the live nodes report: every node active unless a test says otherwise.
         self.members: dict[str, str] = dict.fromkeys(NODES, "active")
+        # Who leads, per partition asked about (None: the node leading the most); nobody unless a test says.
+        self.leaders: dict[int | None, str] = {}
 
     def node_ids(self) -> Sequence[str]:
         return NODES
@@ -134,8 +137,9 @@ class RecordingTarget:
     def is_up(self, node_id: str) -> bool:
         return node_id not in self.down
 
-    def leader(self) -> str | None:
-        return None
+    def leader(self, partition: int | None) -> str | None:
+        self.calls.append(("leader", str(partition), None))
+        return self.leaders.get(partition)
 
     def policy_changed(self) -> None:
         pass
@@ -264,3 +268,67 @@ def test_founders_name_the_first_nodes() -> None:
     spec = from_dict({"cluster": {"nodes": 5, "founders": 3}}, "ok.toml").cluster
     assert spec.initial_nodes(("n1", "n2", "n3", "n4", "n5")) == ("n1", "n2", "n3")
     assert from_dict({"cluster": {"nodes": 5}}, "ok.toml").cluster.initial_nodes(("n1", "n2")) == ()
+
+
+def test_kill_leader_crashes_the_busiest_leader_and_restarts_it_at_the_end() -> None:
+    target = RecordingTarget()
+    target.leaders = {None: "n3"}
+    nemesis = Nemesis(NemesisConfig(faults=("kill-leader",), crash_kind="power"), target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "kill-leader"))
+    target.leaders = {None: "n1"}  # a new leader by the end: the killed one is restarted, not the new one
+    nemesis.apply(FaultAction(500, False, "kill-leader"))
+    assert target.calls == [("leader", "None", None), ("crash", "n3", "power"), ("restart", "n3", None)]
+    assert [p.detail for p in nemesis.periods] == ["kill-leader n3 (leads the most partitions; power crash)"]
+
+
+def test_leader_faults_aim_at_the_leader_of_a_chosen_partition() -> None:
+    target = RecordingTarget()
+    target.leaders = {None: "n1", 5: "n2"}
+    nemesis = Nemesis(NemesisConfig(faults=("kill-leader", "partition-isolate-leader"), leader_partition=5), target,
+                      random.Random(1))
+    nemesis.apply(FaultAction(0, True, "kill-leader"))
+    nemesis.apply(FaultAction(1, False, "kill-leader"))
+    assert target.calls == [("leader", "5", None), ("crash", "n2", "process"), ("restart", "n2", None)]
+    nemesis.apply(FaultAction(2, True, "partition-isolate-leader"))
+    assert target.policy.on_send(0, msg("n2", "n4")) == () and target.policy.on_send(0, msg("n5", "n2")) == ()
+    assert target.policy.on_send(0, msg("n1", "n4")) == (0,)
+    nemesis.apply(FaultAction(3, False, "partition-isolate-leader"))
+    assert target.policy.on_send(0, msg("n2", "n4")) == (0,)
+    with pytest.raises(ValueError, match="leader_partition must be a partition number"):
+        NemesisConfig(leader_partition=-1)
+
+
+def test_kill_leader_with_no_leader_does_nothing_and_says_so() -> None:
+    target = RecordingTarget()
+    nemesis = Nemesis(NemesisConfig(faults=("kill-leader",), leader_partition=2), target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "kill-leader"))
+    nemesis.apply(FaultAction(500, False, "kill-leader"))
+    assert target.calls == [("leader", "2", None)]
+    assert [p.detail for p in nemesis.periods] == ["kill-leader: no live node leads partition 2"]
+
+
+def test_mixed_crashes_draw_each_crash_kind_when_planned() -> None:
+    config = NemesisConfig(faults=("crash", "kill-leader"), crash_kind="mixed", interval_ms=100, start_after_ms=0)
+    actions = plan(config, NODES, 10_000, random.Random(4))
+    assert {a.crash_kind for a in actions} == {"process", "power"}
+    assert [a.crash_kind for a in actions[::2]] == [a.crash_kind for a in actions[1::2]]
+    assert all(a.crash_kind is None for a in plan(NemesisConfig(faults=("crash",)), NODES, 10_000, random.Random(4)))
+    target = RecordingTarget()
+    nemesis = Nemesis(config, target, random.Random(1))
+    nemesis.apply(FaultAction(0, True, "crash", "n4", crash_kind="power"))
+    assert target.calls == [("crash", "n4", "power")]
+    assert nemesis.periods[0].detail == "crash n4 (power)"
+
+
+def test_the_leader_is_the_highest_term_claim_per_partition() -> None:
+    said = {
+        # n1 was cut off and still claims partitions 0 and 1 in term 2; n2 leads 0 in term 3.
+        "n1": [{"partition": 0, "role": "leader", "term": 2}, {"partition": 1, "role": "leader", "term": 2}],
+        "n2": [{"partition": 0, "role": "leader", "term": 3}, {"partition": 2, "role": "leader", "term": 1},
+               {"partition": 1, "role": "follower", "term": 2}],
+        "n3": [{"partition": 2, "role": "follower", "term": 1}, {"partition": 3, "leader": "n2"}],
+    }
+    assert current_leaders(said) == {0: "n2", 1: "n1", 2: "n2"}
+    assert pick_leader(said, None) == "n2"
+    assert pick_leader(said, 1) == "n1" and pick_leader(said, 3) is None
+    assert pick_leader({"n1": [], "n2": []}, None) is None

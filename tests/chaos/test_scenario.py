@@ -5,22 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from scenario_files import REPLICATION_SETTINGS_SCENARIOS, SCENARIOS, load_shipped
 
 from chaos.run_real import real_cluster_config
 from chaos.run_sim import sim_cluster_config
 from chaos.scenario import ScenarioError, check_real_cluster, from_dict, load
 from kvstore.config import ReplicationConfig
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+# Power losses: only the simulator can play them.
+SIMULATOR_ONLY = ("register-crash-fsync-never.toml", "register-leader-faults.toml")
 
 
-def test_every_shipped_scenario_loads() -> None:
-    files = sorted(SCENARIOS.glob("*.toml"))
-    assert len(files) >= 5
-    for path in files:
-        scenario = load(path)
-        assert scenario.name == path.stem
-        assert scenario.description
+SHIPPED = sorted(path.name for path in SCENARIOS.glob("*.toml"))
+
+
+def test_the_shipped_scenarios_are_there() -> None:
+    assert len(SHIPPED) >= 5 and set(REPLICATION_SETTINGS_SCENARIOS) <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_scenario_loads(name: str) -> None:
+    scenario = load_shipped(name)
+    assert scenario.name == name.removesuffix(".toml")
+    assert scenario.description
 
 
 def test_defaults_fill_what_is_left_out() -> None:
@@ -44,7 +51,7 @@ def test_defaults_fill_what_is_left_out() -> None:
         ({"duration_ms": 0}, "duration_ms must be positive"),
         ({"surprise": 1}, "unknown setting(s) surprise"),
         ({"workload": {"concurrency": 0}}, "concurrency"),
-        ({"nemesis": {"crash_kind": "meteor"}}, "crash_kind must be one of process, power, got 'meteor'"),
+        ({"nemesis": {"crash_kind": "meteor"}}, "crash_kind must be one of process, power, mixed, got 'meteor'"),
         ({"cluster": {"partitioner": "alphabet"}}, "partitioner must be one of hash, range"),
         ({"cluster": {"mode": "leader"}, "nemesis": {"faults": ["move"]}}, "move needs single mode"),
         ({"cluster": {"ranges": {"split_keys": 4, "merge_keys": 3}}}, "merge thresholds must be at most half"),
@@ -71,9 +78,15 @@ def test_a_power_loss_is_a_simulator_only_crash() -> None:
     assert never.nemesis.crash_kind == "power"  # so it keeps showing what fsync=never loses
     with pytest.raises(ScenarioError, match=r"never\.toml: \[nemesis\] crash_kind = 'power' needs the simulator"):
         check_real_cluster(never, "never.toml")
-    for path in sorted(SCENARIOS.glob("*.toml")):
-        if path != SCENARIOS / "register-crash-fsync-never.toml":
-            check_real_cluster(load(path), str(path))
+    faults = load(SCENARIOS / "register-leader-faults.toml")
+    assert faults.nemesis.crash_kind == "mixed"  # process crashes and power losses
+    with pytest.raises(ScenarioError, match=r"crash_kind = 'mixed' needs the simulator"):
+        check_real_cluster(faults, "faults.toml")
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n not in SIMULATOR_ONLY])
+def test_the_other_shipped_scenarios_can_run_on_a_real_cluster(name: str) -> None:
+    check_real_cluster(load_shipped(name), name)
 
 
 def test_the_replication_table_goes_to_both_runs_cluster_configs(tmp_path: Path) -> None:

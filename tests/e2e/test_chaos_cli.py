@@ -49,17 +49,38 @@ def test_check_unknown_when_out_of_time(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["valid"] == "unknown"
 
 
-def test_chaos_run_writes_a_report_and_prints_the_replay_command(tmp_path: Path) -> None:
+def test_chaos_run_writes_a_report_and_counts_an_expected_anomaly_as_passing(tmp_path: Path) -> None:
     scenario = str(ROOT / "scenarios" / "register-crash-fsync-never.toml")
     result = kvstore("chaos", "run", scenario, "--seed", "3", "--out", str(tmp_path))
     out = result.stdout.decode()
-    assert result.returncode == 1, text(result)
-    assert "seed 3: INVALID" in out
-    assert f"replay: kvstore chaos run {scenario} --seed 3" in out
+    assert result.returncode == 0, text(result)
+    assert "seed 3: INVALID, as expected (lost-writes): " in out and "every seed as expected" in out
+    assert "expected lost-writes: shown by 1 of 1 seed(s)" in out
     folder = tmp_path / "register-crash-fsync-never" / "sim-seed-3"
     assert {p.name for p in folder.iterdir()} == {"history.jsonl", "result.json", "report.html"}
     saved = json.loads((folder / "result.json").read_text())
     assert saved["valid"] is False and saved["checkers"]["lost-writes"]["lost_count"] > 0
+    assert (saved["expect"], saved["as_expected"]) == ("lost-writes", True)
+    assert saved["anomalies"]["lost-writes"] == saved["checkers"]["lost-writes"]["lost_count"]
+
+
+def test_a_sweep_prints_the_replay_command_of_every_unexpected_seed(tmp_path: Path) -> None:
+    # fsync=always loses nothing, so a scenario that expects lost writes from it fails every seed.
+    scenario = tmp_path / "expects-loss.toml"
+    text_of = (ROOT / "scenarios" / "register-crash.toml").read_text()
+    scenario.write_text(text_of.replace('name = "register-crash"', 'name = "expects-loss"')
+                        .replace("[checkers]\n", '[checkers]\nexpect = "lost-writes"\n'))
+    result = kvstore("chaos", "run", str(scenario), "--seeds", "1..2", "--no-report", "--out", str(tmp_path / "r"))
+    out = result.stdout.decode()
+    assert result.returncode == 1, text(result)
+    assert "seed 1: valid, NOT as expected (lost-writes): no anomaly" in out
+    assert "2 valid, 0 invalid, 0 unknown; expected lost-writes: shown by 0 of 2 seed(s)" in out
+    summary = out[out.index("expects-loss: 2 seed(s)"):]
+    assert "2 seed(s) not as expected:" in summary
+    for seed in (1, 2):
+        assert f"replay: kvstore chaos run {scenario} --seed {seed}" in summary
+    # A report for each seed that went otherwise than expected, even with --no-report.
+    assert {p.name for p in (tmp_path / "r" / "expects-loss").iterdir()} == {"sim-seed-1", "sim-seed-2"}
 
 
 def test_chaos_sweep_of_seeds(tmp_path: Path) -> None:

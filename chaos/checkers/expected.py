@@ -1,0 +1,79 @@
+"""What a scenario expects its checkers to find, and whether a run found it.
+
+Most scenarios expect a valid history. Some exist to show an anomaly that a setting allows, and a run of
+them passes when the checkers find that anomaly (a sweep counts such a seed as expected, not as a failure):
+
+- ``valid``: every checker valid (one that had nothing to compare is left out).
+- ``lost-writes``: the lost-writes checker names at least one lost acknowledged write (``fsync = "never"``
+  under power loss, ``async`` replication under leader crashes). Losing writes also breaks
+  linearizability, so that checker may fail too; every other checker must be valid.
+- ``stale-reads``: the history is not linearizable (unsafe leader reads on a cut-off leader, with writes that
+  lose nothing: the scenarios that expect it replicate ``sync``, which the valid sweeps hold linearizable).
+  The linearizability checker is the one that finds every stale read; the lost-writes checker counts the
+  ones it can name (a read that missed an acknowledged write seen again later), and counts as lost a missed
+  write that was overwritten before anyone read it again, so that checker may fail too; every other
+  checker must be valid.
+
+A run whose checkers leave the answer open (a verdict "unknown") is neither: the verdict is "unknown". An
+expected anomaly needs its checkers in the scenario's list (``lost-writes``, and ``linearizable`` for stale
+reads); without them it is never found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chaos.checkers import combine, convergence
+
+VALID = "valid"
+LOST_WRITES = "lost-writes"
+STALE_READS = "stale-reads"
+EXPECTATIONS: tuple[str, ...] = (VALID, LOST_WRITES, STALE_READS)
+# The checkers an expected anomaly is allowed to fail.
+_MAY_FAIL: dict[str, frozenset[str]] = {
+    VALID: frozenset(),
+    LOST_WRITES: frozenset({"lost-writes", "linearizable"}),
+    STALE_READS: frozenset({"lost-writes", "linearizable"}),
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A run judged against its scenario's expectation."""
+
+    expect: str
+    # True: what the scenario expects; False: not; "unknown": a checker could not decide.
+    met: bool | str
+    # The anomalies found, by kind: "lost-writes" and "stale-reads" counts (0 when none).
+    anomalies: dict[str, int]
+
+    def describe(self) -> str:
+        """The anomalies found, e.g. "12 lost-writes, 3 stale-reads", or "no anomaly"."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.anomalies.items() if n) or "no anomaly"
+
+
+def anomalies(checkers: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Lost acknowledged writes and stale reads counted by the lost-writes checker (0 if it did not run)."""
+    lost = checkers.get("lost-writes", {})
+    return {LOST_WRITES: int(lost.get("lost_count", 0)), STALE_READS: int(lost.get("stale_read_count", 0))}
+
+
+def judge(expect: str, checkers: Mapping[str, Mapping[str, Any]]) -> Outcome:
+    """Whether ``checkers`` (each checker's JSON verdict) show what ``expect`` says."""
+    if expect not in EXPECTATIONS:
+        raise ValueError(f"unknown expectation {expect!r} (known: {', '.join(EXPECTATIONS)})")
+    found = anomalies(checkers)
+    # A check that had nothing to compare neither passes nor fails a run.
+    verdicts = {name: r.get("valid") for name, r in checkers.items() if r.get("valid") != convergence.SKIPPED}
+    others = combine([v for name, v in verdicts.items() if name not in _MAY_FAIL[expect]])
+    if expect == VALID:
+        return Outcome(expect, others, found)
+    shown: bool | str
+    if expect == LOST_WRITES:
+        shown = found[LOST_WRITES] > 0
+    else:
+        linearizable = verdicts.get("linearizable")
+        shown = "unknown" if linearizable == "unknown" else linearizable is False
+    return Outcome(expect, combine([others, shown]), found)

@@ -78,13 +78,15 @@ def test_async_replication_loses_writes_when_leaders_die_and_the_checker_counts_
     assert result.checkers["convergence"]["valid"] is True, replay(name, seed)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# Seeds whose cuts overlap the old leader's last moments with the new leader's first writes (about 60% of seeds
+# do; the sweep in BENCHMARKS.md counts them).
+@pytest.mark.parametrize("seed", [1, 2, 4])
 def test_unsafe_reads_on_a_cut_off_leader_are_stale_and_caught(seed: int) -> None:
     name = "register-leader-unsafe-reads.toml"
     result = run_in_sim(load_shipped(name), seed)
     outcome = result.outcome
     assert outcome.met is True, (replay(name, seed), outcome.describe())
-    assert result.checkers["linearizable"]["valid"] is False
+    assert result.checkers["linearizable"]["valid"] is False, replay(name, seed)
     assert result.checkers["lost-writes"]["stale_read_count"] > 0, replay(name, seed)
 
 

@@ -59,7 +59,10 @@ class PeerLink(asyncio.Protocol, Generic[T]):
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[T] = deque()
         self._parser = httptools.HttpResponseParser(self)
+        # Bytes of the answer being parsed, as the parser hands them over (exact), and bytes read since the last
+        # whole answer (catches what the parser holds unfinished, such as a header that never ends).
         self._answer_bytes = 0
+        self._unfinished_bytes = 0
         self._paused = False
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -70,10 +73,7 @@ class PeerLink(asyncio.Protocol, Generic[T]):
     def ready(self) -> bool:
         """Whether a request may be written now."""
         return (
-            self._transport is not None
-            and not self._closed
-            and not self._paused
-            and len(self._waiting) < MAX_PIPELINED
+            self._transport is not None and not self._closed and not self._paused and len(self._waiting) < MAX_PIPELINED
         )
 
     @property
@@ -115,13 +115,13 @@ class PeerLink(asyncio.Protocol, Generic[T]):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._answer_bytes += len(data)
+        self._unfinished_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
             self._drop()
             return
-        if self._answer_bytes > MAX_ANSWER_BYTES:
+        if self._unfinished_bytes > MAX_ANSWER_BYTES:
             self._drop()
 
     def eof_received(self) -> bool:
@@ -133,12 +133,27 @@ class PeerLink(asyncio.Protocol, Generic[T]):
         if not self._waiting:
             # An answer to nothing we asked: the peer is not speaking HTTP to us.
             raise httptools.HttpParserError("unsolicited answer")
+        self._answer_bytes = 0
+
+    def on_status(self, status: bytes) -> None:
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+
+    def on_body(self, body: bytes) -> None:
+        self._count(len(body))
+
+    def _count(self, size: int) -> None:
+        self._answer_bytes += size
+        if self._answer_bytes > MAX_ANSWER_BYTES:
+            raise httptools.HttpParserError("answer too large")
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
         keep_alive = self._parser.should_keep_alive()
         tag = self._waiting.popleft()
-        self._answer_bytes = 0
+        self._unfinished_bytes = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -1,13 +1,15 @@
 """Peer transport: node messages as msgpack batches over keep-alive HTTP, authenticated with HMAC.
 
 Sending: ``send`` asks the fault policy the message's fate (deliver after some delay, drop, or several
-copies), then appends it to the destination's bounded queue. One sender task per peer drains its queue,
-packing everything queued (up to ``PEER_BATCH_BYTES``) into one ``POST /peer`` on a shared
-``ClientSession``, so connections are reused and a burst costs one round trip.
+copies), then appends it to the destination's bounded queue. At the end of the loop turn everything queued
+for a peer (up to ``PEER_BATCH_BYTES`` a request) is written as one ``POST /peer`` on the one keep-alive
+connection to that peer (``peer_link.PeerLink``), without waiting for the answers to earlier requests
+(pipelined, ``MAX_PIPELINED`` deep); what the link cannot take yet stays queued until an answer comes back.
+A request is written once and never resent.
 
-A batch that could not even be connected (refused, connect timeout) was certainly not delivered: each
-of its messages is reported back as ``SendFailed``. Any other failure may or may not have delivered
-it, so it is dropped and the node's own timeouts cover it.
+Messages queued for a peer that cannot even be connected (refused, connect timeout) were certainly not
+delivered: each is reported back as ``SendFailed``. A request whose connection ends before its answer may
+or may not have delivered it, so it is dropped and the node's own timeouts cover it.
 
 A message to this node itself never touches the network, but is treated as the simulator treats it: the
 fault policy decides its copies and delays, and each copy crosses the codec (encoded when sent, decoded
@@ -30,14 +32,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import msgpack
 from multidict import CIMultiDict
 
 from kvstore import codec
 from kvstore.config import ClusterConfig, NodeAddress
 from kvstore.errors import ErrorCode, KvError
-from kvstore.http_session import send_once_session
 from kvstore.messages import Message, RaftBatch
 from kvstore.server.clock import NodeClock
 from kvstore.server.faults import FaultSwitch
@@ -50,6 +50,7 @@ from kvstore.server.http_codec import (
     wire_limit_bytes,
 )
 from kvstore.server.http_message import Request, Response
+from kvstore.server.peer_link import PeerLink, request_head
 from kvstore.server.router import Router
 from partitioning.partition_map import MAX_MEMBERS
 
@@ -65,7 +66,14 @@ MAX_PEERS = MAX_MEMBERS
 
 
 def sign(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return sign_bytes(secret.encode(), body)
+
+
+def sign_bytes(secret: bytes, body: bytes) -> str:
+    # Not hmac.digest: that one-shot call gives up the interpreter lock whatever the size, and a busy sync
+    # thread then holds the loop up to a switch interval (5 ms) per batch. An HMAC object keeps the lock for
+    # small bodies (a peer batch is 500 bytes at p50 under load).
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def peer_body_limit_bytes(max_value_bytes: int) -> int:
@@ -106,12 +114,19 @@ class _Delivery:
 class _Peer:
     def __init__(self, address: NodeAddress) -> None:
         self.address = address
-        self.url = address.url + PEER_PATH
         self.queue: deque[_Delivery] = deque()
-        self.ready = asyncio.Event()
         self.health = PeerHealth()
         # Copies waiting out a fault delay, bounded like the queue.
         self.delayed = 0
+        # The connection, once one is made; a task making one.
+        self.link: PeerLink[list[_Delivery]] | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        # A flush is scheduled for the end of this loop turn.
+        self.flush_due = False
+
+    @property
+    def host(self) -> str:
+        return self.address.host.strip("[]")
 
 
 class PeerTransport:
@@ -129,21 +144,18 @@ class PeerTransport:
         # Where a node listens (the node's roster, else its config): peers are found as messages name them, so
         # a node that joins at run time is reached like any other.
         self._address_of = address_of
-        self._secret = config.secret
+        self._secret = config.secret.encode()
         self._faults = faults
         self._on_send_failed = on_send_failed
         self._deliver_local = deliver_local
         # Copies of messages to this node waiting for their delivery, bounded like a peer's queue.
         self._local_pending = 0
         self._max_queue = config.limits.max_peer_queue
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.timeouts.request_timeout_ms / 1000,
-            sock_connect=config.timeouts.peer_connect_timeout_ms / 1000,
-        )
+        self._answer_timeout_s = config.timeouts.request_timeout_ms / 1000
+        self._connect_timeout_s = config.timeouts.peer_connect_timeout_ms / 1000
         self._peers: dict[str, _Peer] = {}
         self._loop = asyncio.get_running_loop()
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
         # Messages handed to the transport for another node, by kind (the body's class), before any fault
         # policy: what the protocols cost in messages (/metrics). Kinds are this code's classes: bounded.
         self.sent_by_kind: dict[str, int] = {}
@@ -153,19 +165,13 @@ class PeerTransport:
         self.raft_items_by_kind: dict[str, int] = {}
 
     async def start(self) -> None:
-        self._session = send_once_session(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), timeout=self._timeout
-        )
+        self._started = True
         for peer in self._peers.values():
-            self._start_sender(peer)
-
-    def _start_sender(self, peer: _Peer) -> None:
-        name = f"peer-{self._node_id}-{peer.address.node_id}"
-        self._tasks.append(self._loop.create_task(self._drain(peer), name=name))
+            self._flush(peer)
 
     def _peer(self, node_id: str) -> _Peer | None:
-        """The sender for ``node_id``, made (with its task) the first time a message names it, and pointed at
-        a new address if the roster moved it; None if nothing says where it listens."""
+        """The sender for ``node_id``, made the first time a message names it, and pointed at a new address
+        if the roster moved it; None if nothing says where it listens."""
         text = self._address_of(node_id)
         peer = self._peers.get(node_id)
         if peer is not None and (not text or text == f"{peer.address.host}:{peer.address.port}"):
@@ -178,23 +184,25 @@ class PeerTransport:
             return None
         if peer is not None:
             peer.address = address
-            peer.url = address.url + PEER_PATH
+            # What is written on the old address's connection settles as that connection ends.
+            if peer.link is not None:
+                peer.link.close()
+                peer.link = None
             return peer
         if len(self._peers) >= MAX_PEERS:
             return None
         peer = self._peers[node_id] = _Peer(address)
-        if self._session is not None:
-            self._start_sender(peer)
         return peer
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._session is not None:
-            await self._session.close()
+        self._started = False
+        for peer in self._peers.values():
+            if peer.connecting is not None:
+                peer.connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await peer.connecting
+            if peer.link is not None:
+                peer.link.close()
 
     def health(self) -> dict[str, PeerHealth]:
         return {node_id: peer.health for node_id, peer in self._peers.items()}
@@ -271,21 +279,65 @@ class PeerTransport:
             self._loop.call_soon(delivery.settle, False, self._on_send_failed)
             return
         peer.queue.append(delivery)
-        peer.ready.set()
+        if not peer.flush_due:
+            # At the end of this loop turn, so that every message the turn's steps queue shares one request.
+            peer.flush_due = True
+            self._loop.call_soon(self._flush, peer)
 
-    async def _drain(self, peer: _Peer) -> None:
-        while True:
-            await peer.ready.wait()
-            peer.ready.clear()
-            while peer.queue:
-                batch, body = self._take_batch(peer)
-                if not batch:
-                    continue
-                try:
-                    await self._post(peer, batch, body)
-                except Exception:
-                    # A bug must not silently end this peer's only sender; its messages are lost.
-                    log.exception("sending to %s failed unexpectedly", peer.address.node_id)
+    def _flush(self, peer: _Peer) -> None:
+        """Write what is queued for ``peer`` as requests while its link takes them; connect first if need be."""
+        peer.flush_due = False
+        if not self._started:
+            return
+        link = peer.link
+        if link is None or link.closed:
+            peer.link = None
+            if peer.queue and peer.connecting is None:
+                peer.connecting = self._loop.create_task(self._connect(peer), name=f"peer-{peer.address.node_id}")
+            return
+        while peer.queue and link.ready:
+            batch, body = self._take_batch(peer)
+            if batch:
+                self._post(peer, link, batch, body)
+
+    async def _connect(self, peer: _Peer) -> None:
+        address = peer.address
+        try:
+            _, link = await asyncio.wait_for(
+                self._loop.create_connection(lambda: self._new_link(peer), peer.host, address.port),
+                self._connect_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            # Certainly not delivered: every message queued for the peer is reported, as a refused POST was.
+            peer.connecting = None
+            peer.health.failed(f"cannot connect: {exc!r}")
+            queued, peer.queue = list(peer.queue), deque()
+            for delivery in queued:
+                delivery.settle(False, self._on_send_failed)
+            return
+        peer.connecting = None
+        if peer.address is not address or not self._started:
+            link.close()
+        else:
+            peer.link = link
+        self._flush(peer)
+
+    def _new_link(self, peer: _Peer) -> PeerLink[list[_Delivery]]:
+        def answered(batch: list[_Delivery], status: int) -> None:
+            self._answered(peer, batch, status)
+
+        def closed(batches: list[list[_Delivery]]) -> None:
+            if batches:
+                peer.health.failed("the connection ended before the peer answered")
+            # Each request may have reached the peer: its messages may have been delivered.
+            for batch in batches:
+                for delivery in batch:
+                    delivery.settle(True, self._on_send_failed)
+            if peer.queue and not peer.flush_due:
+                peer.flush_due = True
+                self._loop.call_soon(self._flush, peer)
+
+        return PeerLink(answered, closed, lambda: self._flush(peer), self._answer_timeout_s)
 
     def _take_batch(self, peer: _Peer) -> tuple[list[_Delivery], bytes]:
         batch: list[_Delivery] = []
@@ -304,29 +356,18 @@ class PeerTransport:
         header = msgpack.Packer().pack_array_header(len(parts))
         return batch, header + b"".join(parts)
 
-    async def _post(self, peer: _Peer, batch: list[_Delivery], body: bytes) -> None:
-        assert self._session is not None, "transport used before start()"
+    def _post(self, peer: _Peer, link: PeerLink[list[_Delivery]], batch: list[_Delivery], body: bytes) -> None:
         headers = {
             "Content-Type": MSGPACK_TYPE,
             FROM_HEADER: self._node_id,
-            SIGNATURE_HEADER: sign(self._secret, body),
+            SIGNATURE_HEADER: sign_bytes(self._secret, body),
         }
+        address = peer.address
+        head = request_head(f"{address.host}:{address.port}", PEER_PATH, headers, len(body))
         self.batches_sent += 1
-        try:
-            async with self._session.post(peer.url, data=body, headers=headers) as response:
-                await response.read()
-                status = response.status
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            peer.health.failed(f"cannot connect: {exc}")
-            for delivery in batch:
-                delivery.settle(False, self._on_send_failed)
-            return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The request may have reached the peer: its messages may have been delivered.
-            peer.health.failed(f"send failed: {exc!r}")
-            for delivery in batch:
-                delivery.settle(True, self._on_send_failed)
-            return
+        link.post(head, body, batch)
+
+    def _answered(self, peer: _Peer, batch: list[_Delivery], status: int) -> None:
         # The inbox refuses a batch (4xx) before delivering any of it, and the HTTP edge answers 503
         # only to a request it did not pass on; any other answer may follow a delivery.
         delivered = not (400 <= status < 500 or status == 503)

@@ -2,7 +2,8 @@
 
 Most tests drive it with driver_stub's node (each op's key names its effects: ``dur/``, ``free/``,
 ``send/``, ``sendfree/``, ``bulk/``), whose steps write to a stub storage (only the durability cursor)
-and return durable and unmarked effects, and whose sync jobs block until the test opens their gate.
+and return durable and unmarked effects, and whose sync jobs block until the test opens their gate. A gated
+job must run on the worker thread (``inline_sync_events=0``): one the loop ran itself would block the test.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class GatedJournal:
     gate: threading.Event = field(default_factory=threading.Event)
     running: threading.Event = field(default_factory=threading.Event)
     batches: list[int] = field(default_factory=list)
+    # The thread each job ran on.
+    threads: list[str] = field(default_factory=list)
     fail: bool = False
 
     def job(self, events: Sequence[object], up_to_lsn: int) -> SyncJob:
@@ -69,6 +72,7 @@ class GatedJob:
     up_to_lsn: int
 
     def run(self) -> None:
+        self.journal.threads.append(threading.current_thread().name)
         self.journal.running.set()
         assert self.journal.gate.wait(timeout=30), "the test never opened the gate"
         if self.journal.fail:
@@ -131,6 +135,7 @@ async def make_rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRig]:
         max_inflight: int = 100,
         request_timeout_ms: int = 2000,
         batch_interval_ms: int = LONG_INTERVAL_MS,
+        inline_sync_events: int = 0,
     ) -> Rig:
         journal = GatedJournal()
         storage = StubStorage(journal)
@@ -147,6 +152,7 @@ async def make_rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MakeRig]:
             max_inflight=max_inflight,
             request_timeout_ms=request_timeout_ms,
             on_fatal=fatal.append,
+            inline_sync_events=inline_sync_events,
         )
         pump.start()
         rig = Rig(pump, node, storage, journal, sent, fatal)
@@ -292,6 +298,29 @@ async def test_early_flush_bounds_what_is_held_unsynced(make_rig: MakeRig, fsync
     await wait_until(lambda: rig.storage.synced_lsn == EARLY_FLUSH_EVENTS)
 
 
+async def test_a_small_sync_runs_on_the_loop_thread_and_a_large_one_on_the_worker(make_rig: MakeRig) -> None:
+    rig = make_rig("always", inline_sync_events=4)
+    rig.journal.gate.set()
+    loop_thread = threading.current_thread().name
+    assert await rig.pump.execute(PutOp("dur/a", b"")) == Written("dur/a", 1)
+    assert rig.journal.threads == [loop_thread]
+    await rig.pump.execute(PutOp("bulk/5", b""))
+    await wait_until(lambda: rig.storage.synced_lsn == 6)
+    assert rig.journal.batches == [1, 5]
+    assert rig.journal.threads[1] != loop_thread and rig.journal.threads[1].startswith("sync-n1")
+
+
+async def test_an_inline_sync_lets_ready_work_go_first_and_share_it(make_rig: MakeRig) -> None:
+    # Two writes stepped in the same loop turn as the one that woke the flusher share its commit.
+    rig = make_rig("always", inline_sync_events=64)
+    rig.journal.gate.set()
+    first = rig.pump.submit(PutOp("dur/a", b""))
+    asyncio.get_running_loop().call_soon(rig.pump.submit, PutOp("dur/b", b""))
+    assert isinstance(first, asyncio.Future)
+    await first
+    assert rig.journal.batches == [2]
+
+
 def test_the_schedule_of_each_policy() -> None:
     assert flush_policy.FlushSchedule.of("always", 10) == flush_policy.FlushSchedule(None, fsync=True)
     assert flush_policy.FlushSchedule.of("batch", 10) == flush_policy.FlushSchedule(10, fsync=True)
@@ -386,7 +415,8 @@ async def test_the_node_answers_a_put_after_its_sync_only_under_always(fsync: Fs
     storage = MemoryStorage(journal)
     node = Node("n1", config, storage, random.Random(7))
     pump = Pump(node, storage, NodeClock("n1", FaultSwitch()), lambda _: None, fsync=fsync,
-                batch_interval_ms=LONG_INTERVAL_MS, max_inflight=10, request_timeout_ms=2000)
+                batch_interval_ms=LONG_INTERVAL_MS, max_inflight=10, request_timeout_ms=2000,
+                inline_sync_events=0)
     pump.start()
     try:
         reply = pump.submit(PutOp("k", b"v"))

@@ -4,7 +4,10 @@ A driver starts a sync (``prepare_sync`` / ``SyncJob.run`` / ``complete_sync``) 
 and none is running; writes made while one runs wait for the next (group commit):
 
 - a durable ``Send`` or ``Reply`` waits for the writes of its step (every policy, see ``kvstore.effects``);
-- under ``always``, as soon as anything is written;
+- under ``always``, as soon as anything is written; in leader mode (``records_from_log``), as soon as a log
+  entry, hard state or node metadata is written: the records and applied index an apply writes can be
+  rebuilt from the log (a crash re-applies it), so they ride along with the next sync instead of costing one
+  of their own (an apply per write would double the fsyncs a write waits behind);
 - under ``batch`` every ``batch_interval_ms``, under ``never`` every ``NEVER_FLUSH_INTERVAL_MS``;
 - under ``batch`` and ``never``, early, once ``EARLY_FLUSH_EVENTS`` writes are pending, so what a node
   holds unsynced stays bounded.
@@ -35,17 +38,22 @@ class FlushSchedule:
     interval_ms: int | None
     # Whether a sync makes its writes durable on the device (fsync) or only writes them out to the OS.
     fsync: bool
+    # Leader mode: records are rebuilt from the log, so under "always" only log writes call for a sync at once.
+    records_from_log: bool = False
 
     @classmethod
-    def of(cls, policy: FsyncPolicy, batch_interval_ms: int) -> FlushSchedule:
+    def of(cls, policy: FsyncPolicy, batch_interval_ms: int, records_from_log: bool = False) -> FlushSchedule:
         if policy == "always":
-            return cls(None, fsync=True)
+            return cls(None, fsync=True, records_from_log=records_from_log)
         if policy == "batch":
-            return cls(batch_interval_ms, fsync=True)
-        return cls(NEVER_FLUSH_INTERVAL_MS, fsync=False)
+            return cls(batch_interval_ms, fsync=True, records_from_log=records_from_log)
+        return cls(NEVER_FLUSH_INTERVAL_MS, fsync=False, records_from_log=records_from_log)
 
-    def sync_now(self, pending_writes: int, durable_waiting: bool) -> bool:
-        """Whether to start a sync at once (rather than at the next interval), given what is pending."""
+    def sync_now(self, pending_writes: int, durable_waiting: bool, log_pending: bool = True) -> bool:
+        """Whether to start a sync at once (rather than at the next interval), given what is pending:
+        ``log_pending`` says whether a log entry, hard state or metadata is among the pending writes."""
         if pending_writes <= 0:
             return False
-        return durable_waiting or self.interval_ms is None or pending_writes >= EARLY_FLUSH_EVENTS
+        if durable_waiting or pending_writes >= EARLY_FLUSH_EVENTS:
+            return True
+        return self.interval_ms is None and (log_pending or not self.records_from_log)

@@ -71,6 +71,7 @@ class NodeServer:
             max_inflight=config.limits.max_inflight,
             request_timeout_ms=config.timeouts.request_timeout_ms,
             on_fatal=on_fatal,
+            records_from_log=config.mode == "leader",
         )
         self.metrics = NodeMetrics(
             node_id,

@@ -78,6 +78,9 @@ class SyncedStorage(Protocol):
     def written_lsn(self) -> int: ...
 
     @property
+    def written_log_lsn(self) -> int: ...
+
+    @property
     def synced_lsn(self) -> int: ...
 
     def prepare_sync(self) -> SyncJob | None: ...
@@ -99,12 +102,13 @@ class Pump:
         request_timeout_ms: int,
         on_fatal: Callable[[BaseException], None] | None = None,
         inline_sync_events: int = INLINE_SYNC_EVENTS,
+        records_from_log: bool = False,
     ) -> None:
         self._node = node
         self._storage = storage
         self._clock = clock
         self._send = send
-        self._schedule = FlushSchedule.of(fsync, batch_interval_ms)
+        self._schedule = FlushSchedule.of(fsync, batch_interval_ms, records_from_log)
         interval_ms = self._schedule.interval_ms
         self._flush_interval_s = None if interval_ms is None else interval_ms / 1000
         self._max_inflight = max_inflight
@@ -219,7 +223,7 @@ class Pump:
                 handle = self._timers.pop(effect.key, None)
                 if handle is not None:
                     handle.cancel()
-        if self._schedule.sync_now(pending_writes, durable_waiting=bool(self._held)):
+        if self._schedule.sync_now(pending_writes, bool(self._held), storage.written_log_lsn > storage.synced_lsn):
             self._wake.set()
 
     def _release(self, effect: Reply | Send) -> None:
@@ -291,7 +295,8 @@ class Pump:
                     return
             # Durable effects of steps taken while this sync ran wait for the next one (group commit).
             storage = self._storage
-            if self._schedule.sync_now(storage.written_lsn - storage.synced_lsn, durable_waiting=bool(self._held)):
+            pending_writes = storage.written_lsn - storage.synced_lsn
+            if self._schedule.sync_now(pending_writes, bool(self._held), storage.written_log_lsn > storage.synced_lsn):
                 self._wake.set()
 
     async def _wait_for_work(self) -> None:

@@ -128,7 +128,9 @@ class SimCluster:
         self.seed = seed
         self.config = config
         self.fsync_latency_ms = fsync_latency_ms
-        self._flush = FlushSchedule.of(config.storage.fsync, config.storage.batch_interval_ms)
+        self._flush = FlushSchedule.of(
+            config.storage.fsync, config.storage.batch_interval_ms, records_from_log=config.mode == "leader"
+        )
         self._root_rng = random.Random(seed)
         self._faults: FaultPolicy = fault_policy if fault_policy is not None else NoFaults()
         self.network = SimNetwork(self.child_rng(), self._faults, latency, link_latency)
@@ -477,7 +479,7 @@ class SimCluster:
                     self._reply(host, effect)
             else:
                 self._apply_timer_effect(host, effect, clock_ms)
-        if pending_writes > 0 and self._flush.sync_now(pending_writes, durable_waiting=host.held_count > 0):
+        if pending_writes > 0 and self._flush.sync_now(pending_writes, host.held_count > 0, host.log_pending()):
             self._start_sync(host)
 
     def _apply_timer_effect(self, host: NodeHost, effect: Effect, clock_ms: int) -> None:
@@ -548,7 +550,7 @@ class SimCluster:
             self._execute(host, effect)
         self._step(host, Synced(storage.synced_lsn), self.node_clock_ms(host.node_id))
         # Durable effects of steps taken while this sync ran wait for the next one (group commit).
-        if self._flush.sync_now(host.pending_writes(), durable_waiting=host.held_count > 0):
+        if self._flush.sync_now(host.pending_writes(), host.held_count > 0, host.log_pending()):
             self._start_sync(host)
 
     def _schedule_flush_tick(self, host: NodeHost) -> None:

@@ -65,6 +65,11 @@ class NodeHost:
         storage = self.live_storage()
         return storage.written_lsn - storage.synced_lsn
 
+    def log_pending(self) -> bool:
+        """Whether a log entry, hard state or metadata is among the writes not yet synced."""
+        storage = self.live_storage()
+        return storage.written_log_lsn > storage.synced_lsn
+
     def hold(self, written_lsn: int, effect: Outbound) -> None:
         """Keep ``effect`` until storage is synced up to ``written_lsn``."""
         if len(self._held) >= self._max_held_effects:

@@ -227,6 +227,11 @@ class Storage(Protocol):
     def written_lsn(self) -> int: ...
 
     @property
+    def written_log_lsn(self) -> int:
+        """The LSN of the last change that is not a record write or removal or an applied index."""
+        ...
+
+    @property
     def synced_lsn(self) -> int: ...
 
     def prepare_sync(self) -> SyncJob | None:

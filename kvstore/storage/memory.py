@@ -349,6 +349,7 @@ class MemoryStorage:
         self._logs: dict[int, PartitionLogState] = {}
         self._meta: dict[str, bytes] = {}
         self._lsn = 0
+        self._log_lsn = 0
         self._synced_lsn = 0
         self._journal = journal
         # Written but not yet handed to a sync job; only kept when there is a journal to hand them to.
@@ -501,6 +502,7 @@ class MemoryStorage:
         if type(name) is not str or type(value) is not bytes:
             raise TypeError(f"put_meta expects (str, bytes), got ({name!r}, {type(value).__name__})")
         self._lsn += 1
+        self._log_lsn = self._lsn
         self._meta[name] = value
         if self._unsynced is not None:
             self._unsynced.append(MetaWritten(self._lsn, name, value))
@@ -513,6 +515,12 @@ class MemoryStorage:
     @property
     def written_lsn(self) -> int:
         return self._lsn
+
+    @property
+    def written_log_lsn(self) -> int:
+        """The LSN of the last change that is not a record or an applied index: a log entry, a truncation, a
+        compaction, a snapshot point, hard state or metadata (what a replicated protocol cannot rebuild)."""
+        return self._log_lsn
 
     @property
     def synced_lsn(self) -> int:
@@ -564,7 +572,9 @@ class MemoryStorage:
     # ------------------------------------------------------------ internals
 
     def _next_lsn(self) -> int:
+        # Every log, hard-state and snapshot change takes its LSN here: see ``written_log_lsn``.
         self._lsn += 1
+        self._log_lsn = self._lsn
         return self._lsn
 
     def _store(self, partition: int, key: str, record: Record) -> None:

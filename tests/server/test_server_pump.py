@@ -89,6 +89,10 @@ class StubStorage:
         self.synced_lsn = 0
         self._prepared_lsn = 0
 
+    @property
+    def written_log_lsn(self) -> int:
+        return 0  # records only
+
     def write(self, partition: int, key: str, record: Record) -> None:
         self.written_lsn += 1
 
@@ -330,6 +334,16 @@ def test_the_schedule_of_each_policy() -> None:
     assert never.sync_now(1, durable_waiting=True)
     assert not never.sync_now(EARLY_FLUSH_EVENTS - 1, durable_waiting=False)
     assert never.sync_now(EARLY_FLUSH_EVENTS, durable_waiting=False)
+
+
+def test_leader_mode_syncs_at_once_under_always_only_for_what_the_log_cannot_rebuild() -> None:
+    always = flush_policy.FlushSchedule.of("always", 10, records_from_log=True)
+    assert always.sync_now(1, durable_waiting=False, log_pending=True)  # a log entry, a vote, metadata
+    assert not always.sync_now(3, durable_waiting=False, log_pending=False)  # records an apply wrote
+    assert always.sync_now(3, durable_waiting=True, log_pending=False)  # unless a durable effect waits on them
+    assert always.sync_now(EARLY_FLUSH_EVENTS, durable_waiting=False, log_pending=False)  # bounded
+    single = flush_policy.FlushSchedule.of("always", 10)
+    assert single.sync_now(1, durable_waiting=False, log_pending=False)  # single mode: records are the data
 
 
 # ---------------------------------------------------------------- bounds and failures

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.messages import Found, Message, RaftSnapshotPart, SnapshotPoint
+from kvstore.messages import NODE_PARTITION, Found, Message, RaftBatch, RaftSnapshotPart, SnapshotPoint
 from partitioning.stream import StreamChunk
-from tests.protocol.test_node_raft_snapshots import Net as SnapshotNet
+from replication.raft_messages import RequestVote, TimeoutNow
+from tests.protocol.test_node_leader import Net as LeaderNet
 from tests.protocol.test_node_leader import P
+from tests.protocol.test_node_raft_snapshots import Net as SnapshotNet
 
 
 @pytest.mark.xfail(
@@ -29,3 +31,29 @@ def test_a_snapshot_point_with_a_term_that_is_not_an_int_is_ignored(bad_term: ob
     # From the leader of n2's term: the chunk is taken, and its point must be refused, not crash the node.
     net.step("n2", Message("n1", "n2", P, RaftSnapshotPart(term, chunk)))
     assert (net.records("n2"), net.log_bounds("n2")) == before
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="raft._well_formed takes a term of INT64_MAX (_is_index); the replica adopts it and its next campaign's "
+    "term + 1 overflows int64: struct.error in encode_hard_state out of Node.step (TimeoutNow), or a pre-vote "
+    "RequestVote the codec cannot encode (RequestVote)",
+)
+@pytest.mark.parametrize(
+    "body",
+    [TimeoutNow(INT64_MAX), RequestVote(INT64_MAX, INT64_MAX, INT64_MAX)],
+    ids=["timeout-now", "request-vote"],
+)
+def test_a_peer_naming_the_largest_term_never_makes_a_replica_raise(body: object) -> None:
+    net = LeaderNet()
+    net.run_for(500)
+    net.crash("n1")
+    net.crash("n3")
+    net.run_for(1500)  # n2 stops hearing from its leader: no lease keeps it from taking a vote request
+    # Node traffic from a member of the group (a buggy or corrupted peer), then time for n2 to campaign.
+    net.step("n2", Message("n1", "n2", NODE_PARTITION, RaftBatch(((P, body),))))
+    net.run_for(3000)
+    assert net.replica("n2").term <= INT64_MAX

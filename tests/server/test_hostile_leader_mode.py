@@ -13,6 +13,7 @@ import pytest
 from server_support import error_of
 
 from kvstore import session
+from kvstore.config import ReplicationConfig
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 from kvstore.session import SESSION_HEADER
 
@@ -51,3 +52,19 @@ async def test_a_read_that_finds_nothing_still_advances_the_session(
         assert response.status == 404
         assert (await error_of(response))["code"] == "not_found"
         assert session.parse(response.headers.get(SESSION_HEADER, "")).get(0, 0) >= deleted_at
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="validation.check_read_settings takes max_staleness_ms only with consistency=stale spelled out: with the "
+    "cluster's [replication] reads = 'stale', a GET that names no consistency is served stale, yet its bound is "
+    "refused with 400",
+)
+async def test_a_staleness_bound_is_taken_when_the_cluster_reads_stale_by_default(http: aiohttp.ClientSession) -> None:
+    config = loopback_config(3, mode="leader", partitions=1, replication=ReplicationConfig(reads="stale"))
+    async with InProcessCluster(config) as cluster:
+        url = cluster.url("n2")
+        await written_token(http, f"{url}/kv/k")
+        async with http.get(f"{url}/kv/k?max_staleness_ms=60000") as response:
+            assert response.status == 200, await response.text()
+            assert await response.read() == b"v"

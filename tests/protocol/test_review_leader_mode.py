@@ -1,4 +1,4 @@
-"""Review of leader mode at the node: odd peer input, held ops, snapshots. Driven by hand, deterministic.
+"""Review of leader mode at the node: odd peer input, held ops, snapshots, membership. Driven by hand, deterministic.
 
 Each xfail here is a bug the review found; the test asserts the right behaviour and passes once it is fixed.
 """

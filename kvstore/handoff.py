@@ -174,6 +174,7 @@ class Mover:
         always_durable: bool,
         stream_options: dict[str, int] | None = None,
         moves_refused: str | None = None,
+        clear_unheld: bool = True,
     ) -> None:
         self._node_id = node_id
         self._storage = storage
@@ -184,6 +185,9 @@ class Mover:
         self._stream_options = dict(stream_options or {})
         # Why this node starts no move at all (None: it does); it still receives them.
         self._moves_refused = moves_refused
+        # Whether a restart clears the records of partitions the map does not put here (partial copies of moves).
+        # Leader mode keeps them: they go with the partition's Raft log and applied index, which stay too.
+        self._clear_unheld = clear_unheld
         # Outgoing moves by partition: the node checks ``partition in moving`` on every op, so it is public.
         self.moving: dict[int, _Outgoing] = {}
         self._incoming: dict[int, _Incoming] = {}
@@ -270,10 +274,11 @@ class Mover:
             out = _Outgoing(partition, fence.target, fence.epoch, None, fenced=True, started_ms=now_ms)
             self.moving[partition] = out
             effects.extend(self._start_sender(now_ms, out))
-        held = set(partition_map.partitions_of(self._node_id))
-        for partition in self._storage.partitions():
-            if partition not in held:
-                self._clear(partition)
+        if self._clear_unheld:
+            held = set(partition_map.partitions_of(self._node_id))
+            for partition in self._storage.partitions():
+                if partition not in held:
+                    self._clear(partition)
         return effects
 
     def on_map_changed(self) -> list[Effect]:

@@ -25,19 +25,19 @@ class LeaderWait:
     def holds(self, partition: int) -> bool:
         return partition in self._held
 
-    def hold(self, now_ms: int, wait_ms: int, partition: int, token: int, op: object) -> int | None:
-        """Hold ``op`` for ``wait_ms``; the time to arm ``LEADER_WAIT_TIMER`` at if it is not armed early enough,
-        else None."""
-        deadline = now_ms + wait_ms
+    def hold(self, deadline: int, partition: int, token: int, op: object) -> int | None:
+        """Hold ``op`` until ``deadline``; the time to arm ``LEADER_WAIT_TIMER`` at if it is not armed early
+        enough, else None."""
         self._held.setdefault(partition, []).append((token, op, deadline))
         if self._timer_at is None or deadline < self._timer_at:
             self._timer_at = deadline
             return deadline
         return None
 
-    def release(self, partition: int) -> list[tuple[int, object]]:
-        """Every op held for ``partition`` (its leader is known now, or it left this node), oldest first."""
-        return [(token, op) for token, op, _ in self._held.pop(partition, ())]
+    def release(self, partition: int) -> list[tuple[int, object, int]]:
+        """Every op held for ``partition`` (its leader is known now, or it left this node), oldest first, with
+        its deadline (the rest of its time goes with it)."""
+        return list(self._held.pop(partition, ()))
 
     def expire(self, now_ms: int) -> tuple[list[tuple[int, int]], int | None]:
         """The (partition, token) pairs whose wait ended, and when to fire the timer next (None: nothing held)."""

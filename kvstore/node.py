@@ -224,7 +224,8 @@ class Node:
         # replica a ScanRead for each partition a scan covers here: it answers once its read index is confirmed.
         self._calls: dict[int, tuple[int, KeyOp | ScanRead]] = {}
         # Those of them whose deadline timer runs: the step that made the call ended without an answer.
-        self._timed_calls: set[int] = set()
+        # token -> the deadline its timer fires at (an op held for a leader after its replica refused it keeps it).
+        self._timed_calls: dict[int, int] = {}
         self._forwarder = Forwarder(
             node_id,
             self.incarnation,
@@ -245,6 +246,9 @@ class Node:
             always_durable=self._always_durable,
             # Under "never" nothing is fsynced: a power loss could forget a fence after the target installed.
             moves_refused=None if config.storage.fsync != "never" else 'moves need fsync "always" or "batch"',
+            # Leader mode: a node out of a partition's group keeps its records with the log and applied index
+            # they go with (added back, it resumes from them); clearing the records alone would lose data.
+            clear_unheld=config.mode != "leader",
         )
         self._rebalancer = Rebalancer(node_id, config.replication_factor if self._leader_mode else None)
         # Leader mode: the membership changes of the groups this node leads (kvstore/group_changes.py).
@@ -499,8 +503,13 @@ class Node:
         elif isinstance(body, _STREAM_TRAFFIC):
             self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
         elif isinstance(body, RaftBatch):
-            for partition, item in batch_items(msg, body, self.replicas):
+            items = batch_items(msg, body, self.replicas)
+            for partition, item in items:
                 self._run_replica(partition, PeerMessage(msg.src, item))
+            if type(body.items) is tuple and len(items) < len(body.items) and msg.partition == NODE_PARTITION:
+                # Raft traffic for a group this node is not in by its map: the sender's map says otherwise (a node
+                # that missed every announcement of its addition). Sending it this map gets the fuller one back.
+                self._effects.extend(self._gossip.answer(self._now_ms, self.partition_map, msg.src))
         elif isinstance(body, RaftSnapshotPart):
             if self._leader_mode:
                 self._effects.extend(self.snapshots.on_message(self._now_ms, msg.src, msg.partition, body))
@@ -536,7 +545,7 @@ class Node:
             self._absorb(self._forwarder.on_timer(key))
         elif key.startswith(CALL_TIMER_PREFIX):
             token = int(key[len(CALL_TIMER_PREFIX) :])
-            self._timed_calls.discard(token)
+            self._timed_calls.pop(token, None)
             call = self._calls.pop(token, None)
             if call is not None:
                 if isinstance(call[1], ScanRead):
@@ -669,7 +678,7 @@ class Node:
 
     def _start(self, op: ClientOp | ScanPartitionsOp, target: _Target) -> None:
         try:
-            check_op(op, self._limits, self._leader_mode)
+            check_op(op, self._limits, self._leader_mode, self.config.replication.reads)
         except KvError as exc:
             self._deliver(target, Failure.of(exc.code, exc.message))
             return
@@ -716,14 +725,17 @@ class Node:
                 return
         self._call_replica(replica, partition, token, op)
 
-    def _call_replica(self, replica: PartitionReplica, partition: int, token: int, op: KeyOp) -> None:
+    def _call_replica(
+        self, replica: PartitionReplica, partition: int, token: int, op: KeyOp, deadline_ms: int | None = None
+    ) -> None:
         calls = self._calls
         calls[token] = (partition, op)
         self._take_effects(partition, replica.step(self._expiry_clock_ms, self._client_call(token, op)))
         if token in calls:
             # Not answered in this step: it waits, and nothing waits forever.
-            self._timed_calls.add(token)
-            self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
+            at_ms = self._now_ms + self._request_timeout_ms if deadline_ms is None else deadline_ms
+            self._timed_calls[token] = at_ms
+            self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), at_ms))
 
     def _client_call(self, token: int, op: KeyOp) -> ClientCall:
         """What the replica is asked: the op, and in leader mode the settings it names, resolved against the
@@ -747,8 +759,9 @@ class Node:
 
     def _arm_call_timer(self, token: int) -> None:
         if token in self._calls:
-            self._timed_calls.add(token)
-            self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), self._now_ms + self._request_timeout_ms))
+            at_ms = self._now_ms + self._request_timeout_ms
+            self._timed_calls[token] = at_ms
+            self._effects.append(SetTimer(CALL_TIMER_PREFIX + str(token), at_ms))
 
     def _start_scan(self, op: ScanOp, target: _Target) -> None:
         partition_map = self.partition_map
@@ -878,12 +891,12 @@ class Node:
     def _release_held(self, partition: int, leader: str) -> None:
         """The partition has a leader again: its held ops go to the replica here if it leads, else on to it."""
         replica = self.replicas.get(partition)
-        for token, op in self._leader_wait.release(partition):
+        for token, op, until_ms in self._leader_wait.release(partition):
             if token not in self._waiting:
                 continue
             key_op = cast(KeyOp, op)
             if leader == self.node_id and replica is not None:
-                self._call_replica(replica, partition, token, key_op)
+                self._call_replica(replica, partition, token, key_op, until_ms)
             else:
                 self._redirected(token, (partition, key_op), Redirect("not_leader", leader))
 
@@ -917,19 +930,23 @@ class Node:
         if call is None:
             return  # timed out already (or never asked): whoever waited has had its answer
         timed_calls = self._timed_calls
+        deadline_ms = None
         if timed_calls and token in timed_calls:
-            timed_calls.remove(token)
+            deadline_ms = timed_calls.pop(token)
             self._effects.append(CancelTimer(CALL_TIMER_PREFIX + str(token)))
         result = answer.result
         if isinstance(result, Redirect):
-            self._redirected(token, call, result)
+            self._redirected(token, call, result, deadline_ms)
         elif self._leader_mode and isinstance(result, (RaftOutcomeUnknown, RaftRefused)):
             self._complete(token, _raft_failure(self.node_id, call[0], result))
         else:
             # Not typing.cast: a call per op. The replica's results are the state machine's, i.e. Results.
             self._complete(token, result, answer.durable, answer.position)  # type: ignore[arg-type]
 
-    def _redirected(self, token: int, call: tuple[int, KeyOp | ScanRead], redirect: Redirect) -> None:
+    def _redirected(
+        self, token: int, call: tuple[int, KeyOp | ScanRead], redirect: Redirect, deadline_ms: int | None = None
+    ) -> None:
+        """``deadline_ms``: when the op's call timer would have fired (None: the replica answered at once)."""
         waiter = self._waiting.get(token)
         if waiter is None:
             return
@@ -966,21 +983,27 @@ class Node:
         if redirect.reason == "not_leader" and leader is None and self._leader_mode and partition in self.replicas:
             # An election is under way: hold the op until a leader is known, for a bounded time.
             wait_ms = self._request_timeout_ms if isinstance(waiter, _ToClient) else self._request_timeout_ms // 2
-            at_ms = self._leader_wait.hold(self._now_ms, wait_ms, partition, token, op)
-            if at_ms is not None:
-                self._effects.append(SetTimer(LEADER_WAIT_TIMER, at_ms))
-            return
+            until_ms = self._now_ms + wait_ms
+            if deadline_ms is not None:
+                # The op waited at the replica already (a read at a leader that then stepped down): the hold
+                # takes what is left of its time, never a second request timeout.
+                until_ms = min(until_ms, deadline_ms)
+            if until_ms > self._now_ms:
+                at_ms = self._leader_wait.hold(until_ms, partition, token, op)
+                if at_ms is not None:
+                    self._effects.append(SetTimer(LEADER_WAIT_TIMER, at_ms))
+                return
         self._complete(token, _redirect_failure(self.node_id, call[0], redirect))
 
     def _drop_replica(self, partition: int) -> None:
         del self.replicas[partition]
-        for token, _ in self._leader_wait.release(partition):
+        for token, _, _ in self._leader_wait.release(partition):
             self._complete(token, self._not_here(partition))
         self._group_changer.forget(partition)
         orphaned = [token for token, (p, _) in self._calls.items() if p == partition]
         for token in orphaned:
             del self._calls[token]
-            self._timed_calls.discard(token)
+            self._timed_calls.pop(token, None)
             self._complete(token, self._not_here(partition))
 
     def _known_peers(self) -> frozenset[str]:

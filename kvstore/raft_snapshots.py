@@ -54,6 +54,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from kvstore.commands import CasCommand, DeleteCommand, PurgeCommand, PutCommand
 from kvstore.effects import Effect, Send, SetTimer
@@ -297,7 +298,7 @@ class RaftSnapshots:
             staged = incoming.staged
             for key, payload in items:
                 if key == STATE_KEY:
-                    if isinstance(payload, SnapshotPoint):
+                    if _well_formed_point(payload):
                         incoming.point = payload
                     continue
                 old = staged.pop(key, None)
@@ -359,3 +360,15 @@ class RaftSnapshots:
     def _send(self, dst: str, partition: int, term: int, effect: SendMessage) -> Send:
         msg = Message(self._node_id, dst, partition, RaftSnapshotPart(term, effect.message))
         return Send(msg, effect.durable or self._always_durable)
+
+
+def _well_formed_point(payload: object) -> TypeGuard[SnapshotPoint]:
+    """A snapshot point a leader could have sent: the codec checks a message's class, not its fields' types."""
+    return (
+        isinstance(payload, SnapshotPoint)
+        and type(payload.index) is int
+        and type(payload.term) is int
+        and 0 <= payload.index < 2**63
+        and 0 <= payload.term < 2**63
+        and type(payload.config) is bytes
+    )

@@ -106,14 +106,21 @@ SINGLE_MODE_READS = ("linearizable", "read-index")
 SINGLE_MODE_WRITES = ("sync",)
 
 
-def check_read_settings(consistency: object, max_staleness_ms: object, min_index: object, leader_mode: bool) -> None:
-    """A GET's consistency, staleness bound and session position (``GetOp``): valid, and meaningful in the mode."""
+def check_read_settings(
+    consistency: object,
+    max_staleness_ms: object,
+    min_index: object,
+    leader_mode: bool,
+    default_reads: str = "read-index",
+) -> None:
+    """A GET's consistency, staleness bound and session position (``GetOp``): valid, and meaningful in the mode.
+    ``default_reads``: how the cluster serves a read that names no consistency (its ``[replication] reads``)."""
     if consistency != "" and consistency not in CONSISTENCY_LEVELS:
         raise KvError(ErrorCode.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
     if max_staleness_ms is not None:
         if type(max_staleness_ms) is not int or not 0 < max_staleness_ms <= MAX_STALENESS_MS:
             raise KvError(ErrorCode.BAD_REQUEST, f"max_staleness_ms must be 1..{MAX_STALENESS_MS}")
-        if consistency != "stale":
+        if (consistency or default_reads) != "stale":
             raise KvError(ErrorCode.BAD_REQUEST, "max_staleness_ms bounds stale reads only (consistency=stale)")
     if type(min_index) is not int or not 0 <= min_index <= MAX_POSITION:
         raise KvError(ErrorCode.BAD_REQUEST, f"a session position must be 0..{MAX_POSITION}")
@@ -130,7 +137,9 @@ def check_replication(replication: object, leader_mode: bool) -> None:
         raise KvError(ErrorCode.BAD_REQUEST, message)
 
 
-def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits, leader_mode: bool = False) -> None:
+def check_op(
+    op: ClientOp | ScanPartitionsOp, limits: Limits, leader_mode: bool = False, default_reads: str = "read-index"
+) -> None:
     """Raise ``KvError`` if ``op`` breaks a limit or asks for a setting the cluster's mode does not have
     (``leader_mode``); the node refuses such an op before doing anything.
 
@@ -140,7 +149,7 @@ def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits, leader_mode: bool 
     if isinstance(op, GetOp):
         check_key(op.key, limits)
         if op.consistency or op.max_staleness_ms is not None or op.min_index:
-            check_read_settings(op.consistency, op.max_staleness_ms, op.min_index, leader_mode)
+            check_read_settings(op.consistency, op.max_staleness_ms, op.min_index, leader_mode, default_reads)
     elif isinstance(op, DeleteOp):
         check_key(op.key, limits)
         if op.replication:
@@ -181,7 +190,7 @@ def check_op(op: ClientOp | ScanPartitionsOp, limits: Limits, leader_mode: bool 
         for index, entry in enumerate(entries):
             try:
                 if isinstance(entry, PutOp):
-                    check_op(entry, limits, leader_mode)
+                    check_op(entry, limits, leader_mode, default_reads)
                 else:
                     check_key(entry, limits)
             except KvError as exc:
@@ -257,4 +266,3 @@ def decode_base64(text: object, field: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except binascii.Error as exc:
         raise KvError(ErrorCode.BAD_REQUEST, f"{field} is not valid base64") from exc
-

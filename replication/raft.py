@@ -190,6 +190,11 @@ def _is_index(value: object) -> bool:
     return type(value) is int and 0 <= value <= _INT64_MAX
 
 
+def _is_term(value: object) -> bool:
+    """A term a peer may name: one below the largest, so a campaign's next term still fits the hard state."""
+    return type(value) is int and 0 <= value < _INT64_MAX
+
+
 @dataclass(slots=True)
 class Progress:
     """What the leader knows of one follower (etcd-io/raft's ``Progress``)."""
@@ -1223,7 +1228,14 @@ class RaftReplica:
                 if entry.data[:1] == _CONF_CHANGE_TAG:
                     result = self._apply_change(entry.index, decode_change(entry.data[1:]))
                 elif entry.data:
-                    result = machine.apply(entry.index, machine.decode_command(entry.data[1:]))
+                    try:
+                        command = machine.decode_command(entry.data[1:])
+                    except ValueError as exc:
+                        # Only a faulty peer's append carries one; every replica fails to decode the same bytes,
+                        # so every replica skips it alike, and none crashes on it at every restart.
+                        result = RaftRefused("bad_entry", f"entry {entry.index} holds no command: {exc}")
+                    else:
+                        result = machine.apply(entry.index, command)
                 self.applied = entry.index
                 waiting = self._pending_writes.pop(entry.index, None)
                 if waiting is not None:
@@ -1286,7 +1298,7 @@ def _well_formed(body: object) -> bool:
     """Whether a peer's message has the types and ranges this replica relies on (a peer is untrusted)."""
     if isinstance(body, AppendEntries):
         if not (
-            _is_index(body.term)
+            _is_term(body.term)
             and _is_index(body.prev_index)
             and _is_index(body.prev_term)
             and _is_index(body.commit)
@@ -1308,17 +1320,17 @@ def _well_formed(body: object) -> bool:
         return expected - 1 <= _INT64_MAX
     if isinstance(body, RequestVote):
         return (
-            _is_index(body.term)
+            _is_term(body.term)
             and _is_index(body.last_index)
             and _is_index(body.last_term)
             and type(body.pre_vote) is bool
             and type(body.transfer) is bool
         )
     if isinstance(body, VoteReply):
-        return _is_index(body.term) and type(body.granted) is bool and type(body.pre_vote) is bool
+        return _is_term(body.term) and type(body.granted) is bool and type(body.pre_vote) is bool
     if isinstance(body, AppendReply):
         return (
-            _is_index(body.term)
+            _is_term(body.term)
             and type(body.success) is bool
             and _is_index(body.index)
             and _is_index(body.hint_index)
@@ -1326,10 +1338,10 @@ def _well_formed(body: object) -> bool:
         )
     if isinstance(body, Heartbeat):
         return (
-            _is_index(body.term) and _is_index(body.commit) and _is_index(body.round) and _is_index(body.leader_commit)
+            _is_term(body.term) and _is_index(body.commit) and _is_index(body.round) and _is_index(body.leader_commit)
         )
     if isinstance(body, HeartbeatReply):
-        return _is_index(body.term) and _is_index(body.round) and _is_index(body.last_index)
+        return _is_term(body.term) and _is_index(body.round) and _is_index(body.last_index)
     if isinstance(body, TimeoutNow):
-        return _is_index(body.term)
+        return _is_term(body.term)
     return False

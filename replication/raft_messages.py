@@ -140,6 +140,8 @@ class RaftRefused:
       negative (or non-integer) ``max_staleness_ms`` or ``min_index``; or, on the leader, a ``min_index``
       beyond its log's last index (a position never written in this partition, or an ``async``/``semi-sync``
       write a failover lost): no replica could serve it (a bad request).
+    - ``bad_entry``: the committed entry the write would be answered by holds no decodable command (only a faulty
+      peer's append carries one): every replica skips it alike.
 
     A read a leader accepted but never served because it stepped down is answered ``Redirect("not_leader",
     hint)`` instead: definite too, and the node may pass it on to the leader it names.

@@ -51,6 +51,7 @@ from kvstore.server.http_codec import (
     OCTET_TYPE,
     check_fields,
     encoded_response,
+    error_response,
     failure_error,
     optional_int,
     query_params,
@@ -113,7 +114,7 @@ class KvRoutes:
             if result.expires_at_ms is not None:
                 headers["X-Kv-Expires-At-Ms"] = str(result.expires_at_ms)
             return self._with_session(Response(body=result.value, headers=headers), positions, key, reply)
-        raise _unexpected(result)
+        return self._failed(result, positions, key, reply)
 
     async def put(self, request: Request, key: str) -> Response:
         params = query_params(request, ("ttl", "ttl_ms", "replication")) if request.query_string else {}
@@ -136,6 +137,15 @@ class KvRoutes:
             response = encoded_response({"key": result.key, "deleted": result.existed}, wants_msgpack(request))
             return self._with_session(response, positions, key, reply)
         raise _unexpected(result)
+
+    def _failed(self, result: Result, positions: session.Positions, key: str, reply: Reply) -> Response:
+        """The error response for ``result``. An answer a replica served (a read that found nothing, a CAS whose
+        precondition failed) has a position, and the session advances by it as by a success: a session that saw
+        a delete must never read the deleted value again."""
+        error = _unexpected(result)
+        if reply.position <= 0:
+            raise error
+        return self._with_session(error_response(error), positions, key, reply)
 
     def _with_session(self, response: Response, positions: session.Positions, key: str, reply: Reply) -> Response:
         """``response`` carrying the request's session token advanced by the answer's position (no header while
@@ -166,7 +176,7 @@ class KvRoutes:
         elif isinstance(result, Deleted):
             response = encoded_response({"key": result.key, "deleted": result.existed}, as_msgpack)
         else:
-            raise _unexpected(result)
+            return self._failed(result, positions, key, reply)
         return self._with_session(response, positions, key, reply)
 
     # ------------------------------------------------------------ /scan

@@ -1,6 +1,6 @@
 """Review of leader mode's HTTP surface: what a client sends and what it must get back.
 
-Each xfail here is a bug the review found; the test asserts the right behaviour and passes once it is fixed.
+Each test here is a bug a hostile review found, fixed since: it asserts the right behaviour.
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ async def written_token(http: aiohttp.ClientSession, url: str) -> str:
     raise AssertionError(f"no leader took {url}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="routes_kv.get (and cas) add X-Kv-Session only on success: a 404 read drops the read's position, "
-    "so a session that saw a delete can later read the deleted value at a lagging replica",
-)
 async def test_a_read_that_finds_nothing_still_advances_the_session(
     leader_cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
@@ -54,12 +49,6 @@ async def test_a_read_that_finds_nothing_still_advances_the_session(
         assert session.parse(response.headers.get(SESSION_HEADER, "")).get(0, 0) >= deleted_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation.check_read_settings takes max_staleness_ms only with consistency=stale spelled out: with the "
-    "cluster's [replication] reads = 'stale', a GET that names no consistency is served stale, yet its bound is "
-    "refused with 400",
-)
 async def test_a_staleness_bound_is_taken_when_the_cluster_reads_stale_by_default(http: aiohttp.ClientSession) -> None:
     config = loopback_config(3, mode="leader", partitions=1, replication=ReplicationConfig(reads="stale"))
     async with InProcessCluster(config) as cluster:

@@ -80,7 +80,7 @@ def test_async_replication_loses_writes_when_leaders_die_and_the_checker_counts_
 
 # Seeds whose cuts overlap the old leader's last moments with the new leader's first writes (about 60% of seeds
 # do; the sweep in BENCHMARKS.md counts them).
-@pytest.mark.parametrize("seed", [1, 2, 4])
+@pytest.mark.parametrize("seed", [2, 4, 8])
 def test_unsafe_reads_on_a_cut_off_leader_are_stale_and_caught(seed: int) -> None:
     name = "register-leader-unsafe-reads.toml"
     result = run_in_sim(load_shipped(name), seed)

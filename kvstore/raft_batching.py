@@ -148,6 +148,22 @@ def batch_items(msg: Message, batch: RaftBatch, held: Container[int]) -> list[tu
     ]
 
 
+def names_unheld(batch: RaftBatch, held: Container[int], partition_count: int) -> bool:
+    """Whether a well-formed item of the envelope is for one of the cluster's partitions that is not in ``held``:
+    the sender believes this node is in a group its map does not put it in."""
+    items = batch.items
+    if type(items) is not tuple or len(items) > MAX_BATCH_ITEMS:
+        return False
+    return any(
+        type(item) is tuple
+        and len(item) == 2
+        and type(item[0]) is int
+        and 0 <= item[0] < partition_count
+        and item[0] not in held
+        for item in items
+    )
+
+
 def _size_bytes(body: object) -> int:
     """About what ``body`` adds to an envelope: its log entries' data, plus a fixed cost."""
     if isinstance(body, AppendEntries):

@@ -1181,13 +1181,16 @@ class RaftReplica:
         """A voting follower durably holds this leader's log through ``match``: answer the semi-sync writes
         up to there with their early results (released once the leader's own copy is synced too)."""
         semi = self._semi_sync_writes
+        synced = self._log.synced_through()
         while semi:
             index = next(iter(semi))
             if index > match:
                 return
             early = semi.pop(index)
             token, _ = self._pending_writes.pop(index)
-            self._out.append(Answer(token, early, durable=True, position=index))
+            # Waits for a sync only while this leader's own copy is not durable yet (a sync of other writes
+            # would otherwise delay it: an apply's records, since the commit may have moved in this step).
+            self._out.append(Answer(token, early, durable=index > synced, position=index))
 
     def _on_heartbeat_reply(self, src: str, pr: Progress, body: HeartbeatReply) -> None:
         if body.round > self._round_acks.get(src, 0) and body.round <= self._round:

@@ -78,7 +78,7 @@ def test_async_replication_loses_writes_when_leaders_die_and_the_checker_counts_
     assert result.checkers["convergence"]["valid"] is True, replay(name, seed)
 
 
-# Seeds whose cuts overlap the old leader's last moments with the new leader's first writes (about 60% of seeds
+# Seeds whose cuts overlap the old leader's last moments with the new leader's first writes (about 40% of seeds
 # do; the sweep in BENCHMARKS.md counts them).
 @pytest.mark.parametrize("seed", [2, 4, 8])
 def test_unsafe_reads_on_a_cut_off_leader_are_stale_and_caught(seed: int) -> None:

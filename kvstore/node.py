@@ -108,7 +108,7 @@ from kvstore.messages import (
     Synced,
     TimerFired,
 )
-from kvstore.raft_batching import RAFT_TICK_TIMER, HeartbeatTicker, RaftOutbox, batch_items, names_unheld
+from kvstore.raft_batching import RAFT_TICK_TIMER, HeartbeatTicker, RaftOutbox, batch_items, sort_items
 from kvstore.raft_snapshots import SNAPSHOT_TIMER, TICK_MS, RaftSnapshots
 from kvstore.ranges import RANGES_TIMER, RangeKeeper
 from kvstore.state_machine import KvStateMachine
@@ -503,11 +503,10 @@ class Node:
         elif isinstance(body, _STREAM_TRAFFIC):
             self._effects.extend(self._mover.on_message(self._now_ms, msg.src, msg.partition, body))
         elif isinstance(body, RaftBatch):
-            for partition, item in batch_items(msg, body, self.replicas):
+            items, unheld = sort_items(msg, body, self.replicas, self.partition_map.partition_count)
+            for partition, item in items:
                 self._run_replica(partition, PeerMessage(msg.src, item))
-            if msg.partition == NODE_PARTITION and names_unheld(
-                body, self.replicas, self.partition_map.partition_count
-            ):
+            if unheld:
                 # Raft traffic for a group this node is not in by its map: the sender's map says otherwise (a node
                 # that missed every announcement of its addition). Sending it this map gets the fuller one back.
                 self._effects.extend(self._gossip.answer(self._now_ms, self.partition_map, msg.src))

@@ -16,7 +16,8 @@ coalesces them:
   ``MAX_BATCH_BYTES`` of log entries (one append alone may exceed it): past that the outbox starts another.
 - ``batch_items``: what a receiver takes from an envelope. An envelope over the bound, or not sent as node
   traffic, is dropped whole; a malformed item, or one for a partition the node does not hold, is dropped
-  alone. Each body is then checked by its replica, as any peer message is.
+  alone. Each body is then checked by its replica, as any peer message is. ``sort_items`` also says, in
+  the same pass, whether an item named a partition of the cluster the node does not hold.
 
 A failed send of an envelope (``SendFailed``) is each item's ``PeerUnreachable`` for its replica.
 """
@@ -140,28 +141,27 @@ class RaftOutbox:
 def batch_items(msg: Message, batch: RaftBatch, held: Container[int]) -> list[tuple[int, object]]:
     """The well-formed ``(partition, body)`` items of a received envelope for partitions in ``held``, in order;
     none if the envelope is over the bound or was not sent as node traffic."""
+    return sort_items(msg, batch, held, 0)[0]
+
+
+def sort_items(
+    msg: Message, batch: RaftBatch, held: Container[int], partition_count: int
+) -> tuple[list[tuple[int, object]], bool]:
+    """``batch_items``, and in the same pass whether a well-formed item is for one of the cluster's
+    ``partition_count`` partitions that is not in ``held``: the sender believes this node is in a group its map
+    does not put it in."""
     items = batch.items
     if msg.partition != NODE_PARTITION or type(items) is not tuple or len(items) > MAX_BATCH_ITEMS:
-        return []
-    return [
-        item for item in items if type(item) is tuple and len(item) == 2 and type(item[0]) is int and item[0] in held
-    ]
-
-
-def names_unheld(batch: RaftBatch, held: Container[int], partition_count: int) -> bool:
-    """Whether a well-formed item of the envelope is for one of the cluster's partitions that is not in ``held``:
-    the sender believes this node is in a group its map does not put it in."""
-    items = batch.items
-    if type(items) is not tuple or len(items) > MAX_BATCH_ITEMS:
-        return False
-    return any(
-        type(item) is tuple
-        and len(item) == 2
-        and type(item[0]) is int
-        and 0 <= item[0] < partition_count
-        and item[0] not in held
-        for item in items
-    )
+        return [], False
+    taken: list[tuple[int, object]] = []
+    unheld = False
+    for item in items:
+        if type(item) is tuple and len(item) == 2 and type(item[0]) is int:
+            if item[0] in held:
+                taken.append(item)
+            elif 0 <= item[0] < partition_count:
+                unheld = True
+    return taken, unheld
 
 
 def _size_bytes(body: object) -> int:

@@ -4,19 +4,13 @@ checkers catch the lost writes of fsync=never, in the simulator; the same scenar
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from scenario_files import SCENARIOS, replay, run_real_joins_and_leaves
 
 from chaos.run_real import run_on_real_cluster
-from chaos.run_sim import replay_command, run_in_sim
+from chaos.run_sim import run_in_sim
 from chaos.scenario import load
-
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-
-
-def replay(name: str, seed: int) -> str:
-    return f"seed={seed}; replay: {replay_command(str(SCENARIOS / name), seed)}"
 
 
 @pytest.mark.parametrize("seed", range(1, 9))
@@ -109,15 +103,7 @@ def test_joins_and_leaves_replay_from_the_seed() -> None:
 
 
 def test_a_real_cluster_admits_and_drains_nodes_through_the_nemesis() -> None:
-    scenario = load(SCENARIOS / "register-membership.toml")
-    scenario = replace(scenario, duration_ms=4000, quiet_ms=1500,
-                       nemesis=replace(scenario.nemesis, faults=("join", "leave"), interval_ms=300))
-    result = run_on_real_cluster(scenario, seed=2)
-    assert result.driver == "real"
-    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
-    assert result.valid is True, verdicts
-    ordered = [p.detail for p in result.periods if "ordered at" in p.detail]
-    assert any(d.startswith("active ") for d in ordered) and any(d.startswith("leaving ") for d in ordered), ordered
+    result = run_real_joins_and_leaves("register-membership.toml", duration_ms=4000, quiet_ms=1500, interval_ms=300)
     # The roster the nodes report after the run names a node admitted at run time, and partitions moved.
     assert set(result.stats["roster"]) - {"n1", "n2", "n3"}, result.stats["roster"]
     assert result.stats["partition_changes"] >= 1

@@ -909,14 +909,10 @@ class Node:
             self._effects.append(SetTimer(LEADER_WAIT_TIMER, next_at))
 
     def _hand_back_leadership(self) -> None:
-        """Leader spread (``kvstore/leader_balance.py``): hand partitions back to their caught-up preferred owners."""
+        """Leader spread (``kvstore/leader_balance.py``): hand partitions back to their preferred owners."""
         for partition, owner in handbacks(self.node_id, self.partition_map, self.replicas):
-            token = self._next_token  # nobody waits on the answer: the next look shows whether it worked
-            self._next_token += 1
-            self._take_effects(
-                partition,
-                self.replicas[partition].step(self._expiry_clock_ms, ClientCall(token, TransferLeader(owner))),
-            )
+            # Nobody waits on the answer: the next look shows whether it worked.
+            self._run_replica(partition, ClientCall(self._new_token(), TransferLeader(owner)))
         self._effects.append(SetTimer(LEADER_BALANCE_TIMER, self._now_ms + self._rebalance_interval_ms))
 
     def _on_answer(self, answer: Answer) -> None:

@@ -37,7 +37,7 @@ from report_format import filesystem_of, rounded
 
 from kvstore.client import AsyncClient
 from kvstore.cluster import pick_free_ports
-from kvstore.config import ClusterConfig, NodeAddress, StorageConfig, Timeouts
+from kvstore.config import ClusterConfig, NodeAddress, StorageConfig
 from kvstore.messages import Found
 from kvstore.server.routes_admin import ADMIN_MOVES_PATH
 
@@ -80,10 +80,6 @@ def disk_write_rate(directory: Path) -> float:
     return DISK_PROBE_BYTES / elapsed / 1e6
 
 
-# Longer than any run: the layout the bench makes (everything on n2) is not the rebalancer's to undo.
-REBALANCE_OFF_MS = 3_600_000
-
-
 def start_nodes(stack: contextlib.ExitStack, work_dir: Path) -> ClusterConfig:
     ports = pick_free_ports(2)
     config = ClusterConfig(
@@ -93,7 +89,7 @@ def start_nodes(stack: contextlib.ExitStack, work_dir: Path) -> ClusterConfig:
         partitions=PARTITIONS,
         storage=StorageConfig(engine="sqlite", fsync="batch", data_dir=str(work_dir / "data")),
         # The rebalancer off: it would start moving n1's partitions back while the bench reads them on n2.
-        timeouts=Timeouts(rebalance_interval_ms=REBALANCE_OFF_MS),
+        rebalance=False,
     )
     config_path = work_dir / "cluster.toml"
     config.save(config_path)

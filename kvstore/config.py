@@ -267,6 +267,9 @@ class ClusterConfig:
     # added later is in ``nodes`` (so it can run) but not here: it joins at run time.
     initial_nodes: tuple[str, ...] = ()
     partitioner: Partitioner = "hash"
+    # Whether members move partitions (leader mode: change groups' members) toward the balanced layout by
+    # themselves. Off, only ``POST /admin/moves`` moves one, and a leaving node is not drained until it is on.
+    rebalance: bool = True
     ranges: RangesConfig = field(default_factory=RangesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
@@ -414,6 +417,7 @@ class ClusterConfig:
                 "partitions": self.partitions,
                 "partitioner": self.partitioner,
                 **({"initial_nodes": list(self.initial_nodes)} if self.initial_nodes else {}),
+                **({} if self.rebalance else {"rebalance": False}),
             },
             "nodes": {n.node_id: f"{n.host}:{n.port}" for n in self.nodes},
             "ranges": dataclasses.asdict(self.ranges),

@@ -19,7 +19,8 @@ Because only an owner moves its own partitions, two members' views never order c
 partition; where views differ for a while (a member has not heard of another's finished move), the greedy
 takes replicas from the most loaded nodes first, so a member rarely moves one of its own when another was
 meant to. ``balance`` stops once every active node holds its fair share within ``SLACK_PARTITIONS`` (at most
-half of it): a manual move that leaves the layout within that slack stays; one beyond it is undone.
+half of it): a manual move that leaves the layout within that slack stays; one beyond it is undone. With
+``[cluster] rebalance = false`` no member moves anything by itself (only the roster changes above happen).
 
 Leader mode: nothing moves. The target is computed with the configured replica count (a group's map entry lists
 a learner on top while it changes), and each partition's leader steps its Raft group toward it

@@ -602,6 +602,8 @@ class Node:
         changed = self._rebalancer.changes(self.partition_map)
         if changed is not None:
             self._install_and_announce(changed)
+        if not self.config.rebalance:
+            return
         if self._leader_mode:
             self._change_groups()
             return
@@ -627,7 +629,9 @@ class Node:
         if self._rebalance_due_ms is not None and self._rebalance_due_ms <= at_ms:
             return
         partition_map = self.partition_map
-        if self._leader_mode:
+        if not self.config.rebalance:
+            work = False
+        elif self._leader_mode:
             target = self._rebalancer.target(partition_map)
             work = self._group_changer.due(partition_map, target, self.replicas)
         else:

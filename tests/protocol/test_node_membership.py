@@ -152,6 +152,20 @@ def test_a_join_spreads_the_map_moves_partitions_to_the_joiner_and_keeps_every_k
     assert net.request("n5", PutOp(key, b"after")) == Written(key, applied + 1)
 
 
+def test_with_the_rebalancer_off_a_join_admits_the_node_and_moves_nothing_until_a_move_is_ordered() -> None:
+    net = Net(cfg=cluster_config().replace(rebalance=False))
+    written = write(net, 30, via=FOUNDERS)
+    before = net.nodes["n1"].partition_map
+    order(net, "n2", "n4", ACTIVE, address(net, "n4"))
+    net.run()
+    joined = before.with_member("n4", ACTIVE, "127.0.0.1:7004")
+    for node_id in ("n1", "n2", "n3", "n4"):
+        assert net.nodes[node_id].partition_map == joined, node_id
+        assert not net.nodes[node_id].balanced, node_id
+    assert joined.partitions_of("n4") == () and not net.nodes["n4"].replicas
+    assert_readable(net, written, ALL)
+
+
 def test_a_second_join_moves_partitions_only_to_the_newest_member() -> None:
     net = cluster()
     written = write(net, 40, via=FOUNDERS)

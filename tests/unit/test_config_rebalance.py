@@ -23,5 +23,5 @@ def test_rebalance_off_round_trips_through_toml() -> None:
 def test_a_rebalance_that_is_not_a_bool_is_refused_naming_the_setting() -> None:
     data = local_cluster(2).to_dict()
     data["cluster"]["rebalance"] = "no"
-    with pytest.raises(ConfigError, match="cluster.rebalance: expected bool"):
+    with pytest.raises(ConfigError, match=r"cluster\.rebalance: expected bool"):
         ClusterConfig.from_dict(data)

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from replication.dvv import Versions
+
 # ---------------------------------------------------------------- storage a replica is given
 
 
@@ -105,6 +107,21 @@ class PartitionLog(Protocol):
 
     def applied_index(self) -> int:
         """The index of the last command applied; persisted atomically with what that command wrote."""
+        ...
+
+
+class VersionStore(Protocol):
+    """One partition's key states in leaderless mode (``replication.dvv.Versions``), on the node's storage: a
+    change is written at once and synced by the driver's next group commit, like the log's."""
+
+    def get(self, key: str) -> Versions | None: ...
+
+    def put(self, key: str, state: Versions) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def keys_from(self, start: str, limit: int) -> list[str]:
+        """Up to ``limit`` keys ``>= start`` that hold a state (tombstones included), in key order."""
         ...
 
 

@@ -92,7 +92,8 @@ class RecordRemoved(NamedTuple):
 class MetaWritten(NamedTuple):
     lsn: int
     name: str
-    value: bytes
+    # None: the name was removed.
+    value: bytes | None
 
 
 class LogAppended(NamedTuple):
@@ -220,6 +221,14 @@ class Storage(Protocol):
         ...
 
     def put_meta(self, name: str, value: bytes) -> None: ...
+
+    def remove_meta(self, name: str) -> None:
+        """Forget ``name`` (durable with the next sync); removing an absent name writes nothing."""
+        ...
+
+    def meta_names(self, prefix: str) -> list[str]:
+        """The names that start with ``prefix``, sorted (a node's hints are kept as ``hint/...`` names)."""
+        ...
 
     # ------------------------------------------------------------ durability
 

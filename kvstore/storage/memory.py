@@ -507,6 +507,17 @@ class MemoryStorage:
         if self._unsynced is not None:
             self._unsynced.append(MetaWritten(self._lsn, name, value))
 
+    def remove_meta(self, name: str) -> None:
+        if self._meta.pop(name, None) is None:
+            return
+        self._lsn += 1
+        self._log_lsn = self._lsn
+        if self._unsynced is not None:
+            self._unsynced.append(MetaWritten(self._lsn, name, None))
+
+    def meta_names(self, prefix: str) -> list[str]:
+        return sorted(name for name in self._meta if name.startswith(prefix))
+
     def meta_items(self) -> list[tuple[str, bytes]]:
         return sorted(self._meta.items())
 
@@ -556,7 +567,10 @@ class MemoryStorage:
         elif isinstance(event, RecordRemoved):
             self._remove(event.partition, event.key)
         elif isinstance(event, MetaWritten):
-            self._meta[event.name] = event.value
+            if event.value is None:
+                self._meta.pop(event.name, None)
+            else:
+                self._meta[event.name] = event.value
         else:
             self.log(event.partition)._restore(event)
 

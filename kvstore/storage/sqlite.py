@@ -817,7 +817,10 @@ class SqliteJournal:
                     if partitions:
                         _insert(conn, _UPSERT_PARTITIONS, [_partition_row(p, s) for p, s in partitions.items()], True)
                     if meta:
-                        conn.executemany(_UPSERT_META, [(n, v, _meta_crc(n, v)) for n, v in meta.items()])
+                        written = [(n, v, _meta_crc(n, v)) for n, v in meta.items() if v is not None]
+                        conn.executemany(_UPSERT_META, written)
+                        removed = [(n,) for n, v in meta.items() if v is None]
+                        conn.executemany("DELETE FROM meta WHERE name = ?", removed)
                     folded_pages = self._fold_journal(next_seq - 1, removals) if fold else 0
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.path}: sync failed: {exc}") from exc
@@ -854,12 +857,15 @@ class SqliteJournal:
     def _fold(
         self, events: list[Event]
     ) -> tuple[
-        dict[tuple[int, str], Record | None], dict[str, bytes], dict[int, PartitionState], dict[int, _LogChanges]
+        dict[tuple[int, str], Record | None],
+        dict[str, bytes | None],
+        dict[int, PartitionState],
+        dict[int, _LogChanges],
     ]:
-        """The net effect of ``events``, in one pass: the last change per record (None: removed) and per meta
-        name, the partition state rows to write, and each partition log's changes."""
+        """The net effect of ``events``, in one pass: the last change per record and per meta name (None:
+        removed), the partition state rows to write, and each partition log's changes."""
         records: dict[tuple[int, str], Record | None] = {}
-        meta: dict[str, bytes] = {}
+        meta: dict[str, bytes | None] = {}
         applied: dict[int, int] = {}
         hard: dict[int, bytes] = {}
         logs: dict[int, _LogChanges] = {}

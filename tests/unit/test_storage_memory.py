@@ -218,6 +218,18 @@ def test_meta_values() -> None:
     assert s.meta_items() == [("a", b"x"), ("epoch", b"2")]
 
 
+def test_meta_names_are_listed_by_prefix_and_removed_ones_are_gone() -> None:
+    s = MemoryStorage()
+    for name in ("hint/2", "hint/10", "epoch", "hints"):
+        s.put_meta(name, b"v")
+    lsn = s.written_lsn
+    s.remove_meta("hint/2")
+    s.remove_meta("hint/absent")  # writes nothing
+    assert s.written_lsn == lsn + 1
+    assert s.meta_names("hint/") == ["hint/10"]
+    assert s.get_meta("hint/2") is None
+
+
 @pytest.mark.parametrize(
     "call",
     [

@@ -112,6 +112,20 @@ def test_close_syncs_pending_changes(db: Path) -> None:
     assert again.log(1).hard_state() == b"h"
 
 
+def test_a_removed_meta_name_stays_removed_after_a_reopen_and_a_crash_keeps_an_unsynced_one(db: Path) -> None:
+    s = SqliteStorage(db, fsync="never")
+    s.put_meta("hint/1", b"a")
+    s.put_meta("hint/2", b"b")
+    s.sync()
+    s.remove_meta("hint/1")
+    s.sync()
+    s.remove_meta("hint/2")  # not synced: a crash keeps it
+    crash(s)
+    again = SqliteStorage(db, fsync="never")
+    assert again.meta_names("hint/") == ["hint/2"] and again.get_meta("hint/2") == b"b"
+    again.close()
+
+
 def test_a_crash_loses_exactly_the_unsynced_changes(db: Path) -> None:
     s = SqliteStorage(db, fsync="never")
     s.write(0, "synced", Record(b"1", 1))

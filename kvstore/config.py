@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "batch", "never"]
 StorageEngine = Literal["sqlite", "memory"]
-Mode = Literal["single", "leader"]
+Mode = Literal["single", "leader", "leaderless"]
 Partitioner = Literal["hash", "range"]
 PARTITIONERS: tuple[str, ...] = ("hash", "range")
 
@@ -89,9 +89,13 @@ RETIRED_SETTINGS: dict[str, dict[str, str]] = {
     },
 }
 STORAGE_ENGINES: tuple[str, ...] = ("sqlite", "memory")
-MODES: tuple[str, ...] = ("single", "leader")
-# Copies per partition in leader mode when the config does not say.
+MODES: tuple[str, ...] = ("single", "leader", "leaderless")
+# Copies per partition in leader and leaderless mode when the config does not say.
 DEFAULT_LEADER_REPLICAS = 3
+# What ``r`` and ``w`` may name besides a number of replicas (leaderless mode).
+QUORUM_NAMES: tuple[str, ...] = ("one", "quorum", "all")
+# Leaderless conflict policies a key prefix may name (replication/conflict.py, replication/crdt.py).
+CONFLICT_POLICIES: tuple[str, ...] = ("siblings", "lww", "counter", "set", "map")
 
 
 class ConfigError(ValueError):
@@ -254,6 +258,101 @@ def check_replication(settings: ReplicationConfig, mode: str, election_timeout_m
         )
 
 
+def resolve_quorum(text: str, replicas: int) -> int:
+    """How many of ``replicas`` a read or write quorum named ``text`` waits for: ``one``, ``quorum`` (a
+    majority), ``all``, or a number from 1 to ``replicas``. ValueError names what is allowed."""
+    if text == "one":
+        return 1
+    if text == "quorum":
+        return replicas // 2 + 1
+    if text == "all":
+        return replicas
+    if text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= replicas:
+        return int(text)
+    raise ValueError(f"{text!r:.40} is not a quorum: give a number from 1 to {replicas}, or one, quorum, all")
+
+
+@dataclass(frozen=True)
+class LeaderlessConfig:
+    """Leaderless mode's defaults (replication/leaderless.py): the quorums, sloppy quorums, the bound on a key's
+    siblings, how long tombstones are kept, how often anti-entropy and hinted handoff run, and the conflict
+    policy of each key prefix (the longest matching prefix wins; ``siblings`` for the rest)."""
+
+    # Replies a read waits for and acknowledgements a write waits for: a number, or one / quorum / all.
+    r: str = "quorum"
+    w: str = "quorum"
+    # True: an unreachable replica's write goes to the next node with a hint; False: strict quorums.
+    sloppy: bool = True
+    max_siblings: int = 100
+    tombstone_grace_ms: int = 60_000
+    anti_entropy_interval_ms: int = 10_000
+    handoff_interval_ms: int = 1_000
+    max_hints: int = 100_000
+    policies: tuple[tuple[str, str], ...] = ()
+
+    def policy_name(self, key: str) -> str:
+        best, name = -1, "siblings"
+        for prefix, policy in self.policies:
+            if len(prefix) > best and key.startswith(prefix):
+                best, name = len(prefix), policy
+        return name
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("r", "w", "policies")
+        }
+        for name in ("r", "w"):
+            value = getattr(self, name)
+            out[name] = int(value) if value.isdigit() else value
+        out["policies"] = dict(self.policies)
+        return out
+
+    @staticmethod
+    def from_table(table: dict[str, Any]) -> LeaderlessConfig:
+        table = dict(table)
+        quorums: dict[str, Any] = {}
+        for name in ("r", "w"):
+            if name in table:
+                value = table.pop(name)
+                if type(value) is int:
+                    value = str(value)
+                if not isinstance(value, str):
+                    raise ConfigError(
+                        f"leaderless.{name}: expected a number or one of {QUORUM_NAMES}, got {value!r:.40}"
+                    )
+                quorums[name] = value
+        policies_table = table.pop("policies", {})
+        if not isinstance(policies_table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in policies_table.items()
+        ):
+            raise ConfigError('leaderless.policies: expected a table of key prefix = policy name, e.g. "cart/" = "lww"')
+        return LeaderlessConfig(
+            **quorums,
+            policies=tuple(sorted(policies_table.items())),
+            **_fields_of(LeaderlessConfig, table, "leaderless", skip={"r", "w", "policies"}),
+        )
+
+
+def check_leaderless(settings: LeaderlessConfig, mode: str, replicas: int) -> None:
+    """ConfigError unless ``settings`` are valid for a cluster in ``mode`` with ``replicas`` copies per partition."""
+    if mode != "leaderless":
+        if settings != LeaderlessConfig():
+            raise ConfigError('[leaderless] settings need mode = "leaderless" (or leave [leaderless] out)')
+        return
+    for name in ("r", "w"):
+        try:
+            resolve_quorum(getattr(settings, name), replicas)
+        except ValueError as exc:
+            raise ConfigError(f"leaderless.{name}: {exc}") from None
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if type(value) is int and value <= 0:
+            raise ConfigError(f"leaderless.{f.name} must be positive, got {value}")
+    for prefix, policy in settings.policies:
+        if policy not in CONFLICT_POLICIES:
+            raise ConfigError(f"leaderless.policies.{prefix!r:.40}: {policy!r:.40} is not one of {CONFLICT_POLICIES}")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     nodes: tuple[NodeAddress, ...]
@@ -275,6 +374,7 @@ class ClusterConfig:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    leaderless: LeaderlessConfig = field(default_factory=LeaderlessConfig)
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -301,7 +401,9 @@ class ClusterConfig:
         if self.partitions < 1:
             raise ConfigError("cluster.partitions must be at least 1")
         self._check_replicas()
-        check_replication(self.replication, self.mode, self.timeouts.election_timeout_ms)
+        replication_mode = "leader" if self.mode == "leader" else "single"
+        check_replication(self.replication, replication_mode, self.timeouts.election_timeout_ms)
+        check_leaderless(self.leaderless, self.mode, self.replication_factor)
         if self.storage.fsync not in FSYNC_POLICIES:
             raise ConfigError(f"storage.fsync: {self.storage.fsync!r} is not one of {FSYNC_POLICIES}")
         if self.storage.engine not in STORAGE_ENGINES:
@@ -331,9 +433,11 @@ class ClusterConfig:
             )
         if self.partitioner != "hash":
             raise ConfigError(
-                'cluster.partitioner = "range" is not supported in leader mode yet (splits and merges would change '
-                "Raft groups' members); use the hash partitioner"
+                f'cluster.partitioner = "range" is not supported in {self.mode} mode yet (splits and merges would '
+                "change the partitions' replicas); use the hash partitioner"
             )
+        if self.mode == "leaderless":
+            return
         if not self.timeouts.heartbeat_interval_ms < self.timeouts.election_timeout_ms:
             raise ConfigError(
                 f"timeouts.heartbeat_interval_ms ({self.timeouts.heartbeat_interval_ms}) must be below "
@@ -342,7 +446,8 @@ class ClusterConfig:
 
     @property
     def replication_factor(self) -> int:
-        """Copies of each partition in the founders' layout: ``replicas`` in leader mode (default 3), 1 in single."""
+        """Copies of each partition in the founders' layout: ``replicas`` in leader and leaderless mode (default 3),
+        1 in single."""
         if self.mode == "single":
             return 1
         return DEFAULT_LEADER_REPLICAS if self.replicas is None else self.replicas
@@ -373,7 +478,9 @@ class ClusterConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ClusterConfig:
-        unknown = set(data) - {"cluster", "nodes", "ranges", "storage", "limits", "timeouts", "replication"}
+        unknown = set(data) - {
+            "cluster", "nodes", "ranges", "storage", "limits", "timeouts", "replication", "leaderless"
+        }
         if unknown:
             raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
         cluster = _table(data, "cluster")
@@ -384,7 +491,10 @@ class ClusterConfig:
                 raise ConfigError(f"nodes.{node_id}: expected a 'host:port' string")
             nodes.append(NodeAddress.parse(node_id, address))
         kwargs = _fields_of(
-            ClusterConfig, cluster, "cluster", skip={"nodes", "ranges", "storage", "limits", "timeouts", "replication"}
+            ClusterConfig,
+            cluster,
+            "cluster",
+            skip={"nodes", "ranges", "storage", "limits", "timeouts", "replication", "leaderless"},
         )
         if "initial_nodes" in kwargs:
             initial = kwargs["initial_nodes"]
@@ -400,6 +510,7 @@ class ClusterConfig:
             replication=ReplicationConfig(
                 **_fields_of(ReplicationConfig, _table(data, "replication"), "replication")
             ),
+            leaderless=LeaderlessConfig.from_table(_table(data, "leaderless")),
             **kwargs,
         )
 
@@ -425,6 +536,7 @@ class ClusterConfig:
             "limits": dataclasses.asdict(self.limits),
             "timeouts": dataclasses.asdict(self.timeouts),
             "replication": dataclasses.asdict(self.replication),
+            **({"leaderless": self.leaderless.to_dict()} if self.mode == "leaderless" else {}),
         }
 
     def to_toml(self) -> str:

@@ -21,6 +21,7 @@ from kvstore.messages import (
     Deleted,
     Failure,
     Found,
+    FoundSiblings,
     GetOp,
     KeyOp,
     Result,
@@ -28,6 +29,7 @@ from kvstore.messages import (
     ScanOp,
     ScanPage,
     ScanPartitionsOp,
+    Stored,
     Written,
 )
 
@@ -39,7 +41,7 @@ class Gather(Generic[T]):
     target: T
     remaining: int
     # A batch gathers one result per entry; a scan gathers pages and merges them.
-    slots: list[Found | Written | Deleted | Failure | None]
+    slots: list[Found | Written | Deleted | FoundSiblings | Stored | Failure | None]
     pages: list[ScanPage]
     scan_limit: int | None
     failure: Failure | None = None
@@ -65,7 +67,7 @@ class GatherPart(Generic[T]):
         elif isinstance(result, BatchResults):
             for index, entry in zip(self.indices, result.results, strict=True):
                 gather.slots[index] = entry
-        elif isinstance(result, (Found, Written, Deleted, Failure)):
+        elif isinstance(result, (Found, Written, Deleted, FoundSiblings, Stored, Failure)):
             for index in self.indices:
                 gather.slots[index] = result
         gather.remaining -= 1

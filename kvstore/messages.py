@@ -94,6 +94,10 @@ class GetOp:
     consistency: str = ""
     max_staleness_ms: int | None = None
     min_index: int = 0
+    # Leaderless mode: replies to wait for (a number, or one / quorum / all; "": the cluster's ``leaderless.r``),
+    # and how stale replicas are repaired ("async", "sync"; "": async).
+    r: str = ""
+    repair: str = ""
 
 
 @register
@@ -107,6 +111,12 @@ class PutOp:
     value: bytes
     ttl_ms: int | None = None
     replication: str = ""
+    # Leaderless mode: acknowledgements to wait for ("": the cluster's ``leaderless.w``), the causal context of
+    # the read this write follows (``replication.dvv.encode_context`` bytes; b"": a blind write), and
+    # ``consistency="linearizable"`` for an ABD write.
+    w: str = ""
+    context: bytes = b""
+    consistency: str = ""
 
 
 @register
@@ -115,6 +125,9 @@ class PutOp:
 class DeleteOp:
     key: str
     replication: str = ""
+    w: str = ""
+    context: bytes = b""
+    consistency: str = ""
 
 
 @register
@@ -194,6 +207,31 @@ class Deleted:
 @register
 @_fast_init
 @dataclass(frozen=True)
+class FoundSiblings:
+    """Leaderless mode: a key's values as a read's quorum merged them (several: concurrent writes no write has
+    superseded yet; none: deleted or absent) and the causal context to send back with the write that resolves
+    them (``replication.dvv.encode_context`` bytes)."""
+
+    key: str
+    values: tuple[bytes, ...]
+    context: bytes
+
+
+@register
+@_fast_init
+@dataclass(frozen=True)
+class Stored:
+    """Leaderless mode: a write (or a delete) acknowledged by ``acks`` replicas; ``context`` covers it, so a
+    write sent with it supersedes this one."""
+
+    key: str
+    context: bytes
+    acks: int
+
+
+@register
+@_fast_init
+@dataclass(frozen=True)
 class ScanItem:
     key: str
     value: bytes
@@ -229,10 +267,10 @@ class Failure:
 @_fast_init
 @dataclass(frozen=True)
 class BatchResults:
-    results: tuple[Found | Written | Deleted | Failure, ...]
+    results: tuple[Found | Written | Deleted | FoundSiblings | Stored | Failure, ...]
 
 
-Result = Found | Written | Deleted | ScanPage | BatchResults | Failure
+Result = Found | Written | Deleted | FoundSiblings | Stored | ScanPage | BatchResults | Failure
 
 
 # ---------------------------------------------------------------- node-level messages

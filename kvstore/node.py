@@ -682,7 +682,7 @@ class Node:
 
     def _start(self, op: ClientOp | ScanPartitionsOp, target: _Target) -> None:
         try:
-            check_op(op, self._limits, self._leader_mode, self.config.replication.reads)
+            check_op(op, self._limits, self.config.mode, self.config.replication.reads, self.config.replication_factor)
         except KvError as exc:
             self._deliver(target, Failure.of(exc.code, exc.message))
             return

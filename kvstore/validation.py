@@ -12,7 +12,7 @@ import math
 import re
 from decimal import Context, Decimal
 
-from kvstore.config import CONSISTENCY_LEVELS, Limits
+from kvstore.config import CONSISTENCY_LEVELS, Limits, resolve_quorum
 from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.messages import (
     BatchGetOp,
@@ -26,6 +26,8 @@ from kvstore.messages import (
     ScanPartitionsOp,
 )
 from kvstore.session import MAX_POSITION
+from replication.dvv import decode_context
+from replication.leaderless import REPAIR_MODES
 from replication.replica import REPLICATION_SETTINGS
 
 # Numbers longer than this are not echoed back in error messages, only their size.
@@ -137,30 +139,104 @@ def check_replication(replication: object, leader_mode: bool) -> None:
         raise KvError(ErrorCode.BAD_REQUEST, message)
 
 
+# What leaderless mode serves: a quorum read, or an ABD one; "" is the default (a quorum read).
+LEADERLESS_READS = ("", "linearizable")
+
+
+def check_leaderless_read(op: GetOp, leaderless: bool, replicas: int) -> None:
+    """A GET's quorum and repair settings (``GetOp.r``, ``repair``): valid, and only in leaderless mode, which
+    takes no other read setting than ``consistency=linearizable``."""
+    if not leaderless:
+        if op.r or op.repair:
+            raise KvError(ErrorCode.BAD_REQUEST, "r and repair need leaderless mode")
+        return
+    if op.consistency not in LEADERLESS_READS or op.max_staleness_ms is not None or op.min_index:
+        raise KvError(
+            ErrorCode.BAD_REQUEST,
+            "leaderless mode reads from a quorum (r=) or, with consistency=linearizable, by ABD; "
+            "other consistency settings, staleness bounds and sessions need leader mode",
+        )
+    if op.r:
+        check_quorum(op.r, "r", replicas)
+    if op.repair and op.repair not in REPAIR_MODES:
+        raise KvError(ErrorCode.BAD_REQUEST, f"repair must be one of {', '.join(REPAIR_MODES)}")
+
+
+def check_leaderless_write(op: PutOp | DeleteOp, leaderless: bool, replicas: int) -> None:
+    """A write's quorum and causal context (``w``, ``context``): valid, and only in leaderless mode, which
+    takes no replication setting and no TTL."""
+    if not leaderless:
+        if op.w or op.context or op.consistency:
+            raise KvError(
+                ErrorCode.BAD_REQUEST,
+                "w, consistency and a causal context (X-Kv-Context) on a write need leaderless mode",
+            )
+        return
+    if op.consistency not in LEADERLESS_READS:
+        raise KvError(ErrorCode.BAD_REQUEST, "a leaderless write's consistency is linearizable (ABD) or left out")
+    if op.replication:
+        raise KvError(ErrorCode.BAD_REQUEST, "replication settings need leader mode; leaderless writes take w=")
+    if isinstance(op, PutOp) and op.ttl_ms is not None:
+        raise KvError(ErrorCode.BAD_REQUEST, "TTLs are not supported in leaderless mode")
+    if op.w:
+        check_quorum(op.w, "w", replicas)
+    if op.context:
+        try:
+            decode_context(op.context)
+        except ValueError as exc:
+            raise KvError(
+                ErrorCode.BAD_REQUEST, f"the causal context is not one this cluster gave out ({exc})"
+            ) from None
+
+
+def check_quorum(text: str, name: str, replicas: int) -> int:
+    try:
+        return resolve_quorum(text, replicas)
+    except ValueError as exc:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{name}: {exc}") from None
+
+
 def check_op(
-    op: ClientOp | ScanPartitionsOp, limits: Limits, leader_mode: bool = False, default_reads: str = "read-index"
+    op: ClientOp | ScanPartitionsOp,
+    limits: Limits,
+    mode: str = "single",
+    default_reads: str = "read-index",
+    replicas: int = 1,
 ) -> None:
-    """Raise ``KvError`` if ``op`` breaks a limit or asks for a setting the cluster's mode does not have
-    (``leader_mode``); the node refuses such an op before doing anything.
+    """Raise ``KvError`` if ``op`` breaks a limit or asks for a setting the cluster's ``mode`` does not have;
+    the node refuses such an op before doing anything. ``replicas``: copies per partition (quorums count them).
 
     Types are not checked here beyond what a limit needs: client ops are built by the HTTP layer and
     peer ops are type-checked by the codec.
     """
+    leader_mode, leaderless = mode == "leader", mode == "leaderless"
     if isinstance(op, GetOp):
         check_key(op.key, limits)
-        if op.consistency or op.max_staleness_ms is not None or op.min_index:
+        if op.r or op.repair or leaderless:
+            check_leaderless_read(op, leaderless, replicas)
+        elif op.consistency or op.max_staleness_ms is not None or op.min_index:
             check_read_settings(op.consistency, op.max_staleness_ms, op.min_index, leader_mode, default_reads)
     elif isinstance(op, DeleteOp):
         check_key(op.key, limits)
-        if op.replication:
+        if op.w or op.context or op.consistency or leaderless:
+            check_leaderless_write(op, leaderless, replicas)
+        elif op.replication:
             check_replication(op.replication, leader_mode)
     elif isinstance(op, PutOp):
         check_key(op.key, limits)
         check_value(op.value, limits)
         check_ttl_ms(op.ttl_ms)
-        if op.replication:
+        if op.w or op.context or op.consistency or leaderless:
+            check_leaderless_write(op, leaderless, replicas)
+        elif op.replication:
             check_replication(op.replication, leader_mode)
     elif isinstance(op, CasOp):
+        if leaderless:
+            raise KvError(
+                ErrorCode.BAD_REQUEST,
+                "compare-and-set needs single or leader mode; in leaderless mode, write with the causal context "
+                "of your read (X-Kv-Context) to replace exactly what it returned",
+            )
         check_key(op.key, limits)
         if op.replication:
             check_replication(op.replication, leader_mode)
@@ -190,7 +266,7 @@ def check_op(
         for index, entry in enumerate(entries):
             try:
                 if isinstance(entry, PutOp):
-                    check_op(entry, limits, leader_mode, default_reads)
+                    check_op(entry, limits, mode, default_reads, replicas)
                 else:
                     check_key(entry, limits)
             except KvError as exc:

@@ -170,7 +170,8 @@ def test_lengths_beyond_the_frame_are_refused(data: bytes) -> None:
         (ext("BatchGetOp", {"k": 1}), "BatchGetOp.keys must be tuple[str, ...], got dict"),
         (
             ext("ForwardReply", 1, 2, 3, ext("GetOp", "k")),
-            "ForwardReply.result must be Found | Written | Deleted | ScanPage | BatchResults | Failure, got GetOp",
+            "ForwardReply.result must be Found | Written | Deleted | FoundSiblings | Stored | ScanPage | BatchResults "
+            "| Failure, got GetOp",
         ),
         (ext("Deleted", "k", 1), "Deleted.existed must be bool, got int 1"),
         (ext("Failure", 1, "x"), "Failure.code must be str, got int 1"),
@@ -179,9 +180,9 @@ def test_lengths_beyond_the_frame_are_refused(data: bytes) -> None:
             ext("Message", "n1", "n2", 5, ext("Forward", 1, 2, 0, ext("PutOp", "k", 1))),
             "PutOp.value must be bytes, got int 1",
         ),
-        (ext("PutOp", "k", b"v", 1, "", 2), "PutOp has 4 fields (2 required), got 5"),
+        (ext("PutOp", "k", b"v", 1, "", "", b"", "", 2), "PutOp has 7 fields (2 required), got 8"),
         (ext("PutOp", "k", b"v", 1, 2), "PutOp.replication must be str, got int 2"),
-        (ext("PutOp", "k"), "PutOp has 4 fields (2 required), got 1"),
+        (ext("PutOp", "k"), "PutOp has 7 fields (2 required), got 1"),
         (ext("Nope", 1), "unknown message type 'Nope'"),
         (msgpack.ExtType(2, b"\x91\xa5GetOp"), "unknown msgpack ext type 2"),
         (msgpack.ExtType(1, frame({"GetOp": "k"})), "malformed message payload"),

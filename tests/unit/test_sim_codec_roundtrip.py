@@ -23,6 +23,7 @@ from kvstore.messages import (
     ForwardRefused,
     ForwardReply,
     Found,
+    FoundSiblings,
     GetOp,
     MapUpdate,
     Message,
@@ -38,6 +39,7 @@ from kvstore.messages import (
     ScanPage,
     ScanPartitionsOp,
     SnapshotPoint,
+    Stored,
     Written,
 )
 from partitioning.stream import StreamChunk, StreamDone
@@ -58,6 +60,9 @@ EXAMPLES: list[object] = [
     BatchPutOp((PutOp("a", b"1"), PutOp("b", b"2", 9))),
     Found("k", b"v", 3),
     Found("k", b"v", 3, expires_at_ms=1000),
+    FoundSiblings("k", (b"a", b"b"), b"\x91\x92\xa2n1\x02"),
+    FoundSiblings("k", (), b""),
+    Stored("k", b"\x91\x92\xa2n1\x02", 2),
     Written("k", 2**62),
     Deleted("k", True),
     ScanItem("k", b"v", 1),

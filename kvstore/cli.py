@@ -13,6 +13,8 @@ not serve the request (unavailable, timeout, overloaded, internal error).
 from __future__ import annotations
 
 import argparse
+import base64
+import shlex
 import signal
 import sys
 import textwrap
@@ -22,10 +24,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, NoReturn
 
-from kvstore.client import Client
+from kvstore.client import Client, SiblingsFound
 from kvstore.cluster import DEFAULT_DIR, MEMBERSHIP_TIMEOUT_S, ClusterError, ClusterUsageError, LocalCluster
 from kvstore.config import CONSISTENCY_LEVELS, FSYNC_POLICIES, MODES, STORAGE_ENGINES, ConfigError
 from kvstore.errors import ErrorCode, KvError
+from kvstore.messages import FoundSiblings
 from replication.replica import REPLICATION_SETTINGS
 
 EXIT_OK = 0
@@ -204,6 +207,7 @@ def _add_cluster(subparsers: Any) -> None:
                   "the foreground until Ctrl-C (which stops the nodes), or return at once with --detach.",
                   ["kvstore cluster up --nodes 3 --fsync always", "kvstore cluster up --detach --base-port 7001",
                    "kvstore cluster up --mode leader --replicas 3",
+                   "kvstore cluster up --mode leaderless --replicas 3",
                    "kvstore cluster up --detach --dir /tmp/kv"],
                   _cluster_up)
     _add_dir(up)
@@ -211,9 +215,10 @@ def _add_cluster(subparsers: Any) -> None:
     up.add_argument("--fsync", choices=FSYNC_POLICIES, help="when writes reach the disk (default: always)")
     up.add_argument("--engine", choices=STORAGE_ENGINES, help="storage engine (default: sqlite)")
     up.add_argument("--mode", choices=MODES,
-                    help="replication: single (one copy per partition, the default) or leader (Raft groups)")
+                    help="replication: single (one copy per partition, the default), leader (Raft groups) or "
+                    "leaderless (Dynamo-style quorums)")
     up.add_argument("--replicas", type=_positive_int,
-                    help="leader mode: copies of each partition (default: 3; at most --nodes)")
+                    help="leader and leaderless mode: copies of each partition (default: 3; at most --nodes)")
     up.add_argument("--base-port", type=_positive_int,
                     help="listen on this port and the next ones (default: free ports the OS picks)")
     up.add_argument("--detach", action="store_true", help="leave the nodes running and return")
@@ -385,16 +390,50 @@ def _add_get(subparsers: Any) -> None:
                      help="how the read is served (leader mode; default: the cluster's replication.reads)")
     sub.add_argument("--max-staleness-ms", type=_positive_int,
                      help="with --consistency stale: the most the serving replica may lag behind")
+    sub.add_argument("--r", help="leaderless mode: replies to wait for (a number, one, quorum, all)")
+    sub.add_argument("--context", action="store_true",
+                     help="leaderless mode: print the key's causal context (base64) to stderr, for put --context")
     _add_target(sub)
 
 
 def _get(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        found = client.get(args.key, consistency=args.consistency, max_staleness_ms=args.max_staleness_ms)
+        if args.r is not None or args.context:
+            siblings = client.get_siblings(args.key, r=args.r, consistency=args.consistency)
+            return _print_siblings(siblings, args.context)
+        try:
+            found = client.get(args.key, consistency=args.consistency, max_staleness_ms=args.max_staleness_ms)
+        except SiblingsFound as exc:
+            return _print_siblings(exc.siblings, True)
     if found is None:
         raise KvError(ErrorCode.NOT_FOUND, f"key {args.key!r} does not exist")
     _write_value(found.value, sys.stdout.buffer)
     return EXIT_OK
+
+
+def _print_siblings(found: FoundSiblings, show_context: bool) -> int:
+    """A leaderless read: one value as its exact bytes; several as a numbered list, with the context that a put
+    must send to replace them all (``kvstore put KEY VALUE --context ...``)."""
+    context = base64.b64encode(found.context).decode("ascii")
+    if show_context and found.context:
+        print(f"context: {context}", file=sys.stderr)
+    if not found.values:
+        raise KvError(ErrorCode.NOT_FOUND, f"key {found.key!r} does not exist")
+    if len(found.values) == 1:
+        _write_value(found.values[0], sys.stdout.buffer)
+        return EXIT_OK
+    print(f"{found.key}: {len(found.values)} concurrent values (siblings)")
+    for number, value in enumerate(found.values, 1):
+        print(f"  [{number}] {_shown_value(value)}")
+    print(f"resolve them with: kvstore put {shlex.quote(found.key)} VALUE --context {context}")
+    return EXIT_OK
+
+
+def _shown_value(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"(base64) {base64.b64encode(value).decode('ascii')}"
 
 
 def _add_put(subparsers: Any) -> None:
@@ -407,7 +446,23 @@ def _add_put(subparsers: Any) -> None:
     source.add_argument("--file", type=Path, help="read the value from this file (- for stdin)")
     sub.add_argument("--ttl-ms", type=_positive_int, help="expire the key after this many milliseconds")
     _add_replication(sub)
+    _add_leaderless_write(sub)
     _add_target(sub)
+
+
+def _add_leaderless_write(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", help="leaderless mode: the causal context a read printed (base64): the write "
+                        "replaces exactly the values that read returned (without it a put adds a sibling)")
+    parser.add_argument("--w", help="leaderless mode: acknowledgements to wait for (a number, one, quorum, all)")
+
+
+def _context_arg(text: str | None) -> bytes:
+    if text is None:
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise KvError(ErrorCode.BAD_REQUEST, "--context is not base64 (copy it from kvstore get --context)") from None
 
 
 def _add_replication(parser: argparse.ArgumentParser) -> None:
@@ -418,6 +473,11 @@ def _add_replication(parser: argparse.ArgumentParser) -> None:
 def _put(args: argparse.Namespace) -> int:
     value = _read_value(args.value, args.file)
     with _client(args) as client:
+        if args.context is not None or args.w is not None:
+            stored = client.put_causal(args.key, value, context=_context_arg(args.context), w=args.w)
+            print(f"ok: {args.key} = {len(value)} bytes ({stored.acks} replicas acknowledged)")
+            print(f"context: {base64.b64encode(stored.context).decode('ascii')}", file=sys.stderr)
+            return EXIT_OK
         written = client.put(args.key, value, ttl_ms=args.ttl_ms, replication=args.replication)
     print(f"ok: {args.key} = {len(value)} bytes (version {written.version})")
     return EXIT_OK
@@ -440,11 +500,16 @@ def _add_delete(subparsers: Any) -> None:
                    ["kvstore delete user/42"], _delete)
     sub.add_argument("key")
     _add_replication(sub)
+    _add_leaderless_write(sub)
     _add_target(sub)
 
 
 def _delete(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if args.context is not None or args.w is not None:
+            stored = client.delete_causal(args.key, context=_context_arg(args.context), w=args.w)
+            print(f"ok: {args.key} deleted ({stored.acks} replicas acknowledged)")
+            return EXIT_OK
         deleted = client.delete(args.key, replication=args.replication)
     print(f"ok: {args.key} deleted" if deleted.existed else f"ok: {args.key} did not exist")
     return EXIT_OK

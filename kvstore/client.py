@@ -43,6 +43,7 @@ new client may start from (``session_token=``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
@@ -58,7 +59,8 @@ from yarl import URL
 from kvstore import session as session_tokens
 from kvstore.errors import ErrorCode, KvError
 from kvstore.http_session import send_once_session
-from kvstore.messages import Deleted, Failure, Found, ScanItem, ScanPage, Written
+from kvstore.leaderless_mode import CONTEXT_HEADER
+from kvstore.messages import Deleted, Failure, Found, FoundSiblings, ScanItem, ScanPage, Stored, Written
 from kvstore.storage.base import Record, Sibling
 from kvstore.validation import prefix_range
 from partitioning.partition_map import PartitionMap
@@ -161,6 +163,20 @@ class _Response:
         return doc
 
 
+class SiblingsFound(KvError):
+    """``get`` of a leaderless key that holds several concurrent values: they are in ``siblings`` (with the
+    context a write must send to resolve them). ``get_siblings`` returns them instead of raising."""
+
+    def __init__(self, siblings: FoundSiblings) -> None:
+        count = len(siblings.values)
+        super().__init__(
+            ErrorCode.PRECONDITION_FAILED,
+            f"key {siblings.key!r} holds {count} concurrent values (siblings): read them all and write the one to "
+            f"keep with their context",
+        )
+        self.siblings = siblings
+
+
 class AsyncClient:
     def __init__(
         self,
@@ -217,8 +233,11 @@ class AsyncClient:
         response = await self._send_key(key, "GET", key_path("kv", key), query=query, idempotent=True)
         if response.status == 200:
             expires = response.headers.get("X-Kv-Expires-At-Ms")
-            version = int(response.headers["X-Kv-Version"])
+            # Leaderless mode has no versions (its values are named by the causal context).
+            version = int(response.headers.get("X-Kv-Version", "0"))
             return Found(key, response.body, version, None if expires is None else int(expires))
+        if response.status == 300:
+            raise SiblingsFound(await self.get_siblings(key))
         error = response.error()
         if error.code is ErrorCode.NOT_FOUND:
             return None
@@ -234,7 +253,8 @@ class AsyncClient:
             key, "PUT", key_path("kv", key), query=query, body=_as_bytes(value), headers={"Accept": MSGPACK_TYPE}
         )
         doc = response.document()
-        return Written(doc["key"], doc["version"])
+        # A leaderless cluster answers a context instead of a version: ``put_causal`` returns it.
+        return Written(doc["key"], doc.get("version", 0))
 
     async def delete(self, key: str, *, replication: str | None = None) -> Deleted:
         query = _replication_query(replication)
@@ -243,6 +263,58 @@ class AsyncClient:
         )
         doc = response.document()
         return Deleted(doc["key"], doc["deleted"])
+
+    # ------------------------------------------------------------ leaderless mode: siblings and contexts
+
+    async def get_siblings(
+        self, key: str, *, r: str | int | None = None, consistency: str | None = None, repair: str | None = None
+    ) -> FoundSiblings:
+        """Leaderless mode: every value of ``key`` (several when concurrent writes left siblings; none when it is
+        absent or deleted) and the causal context to send with the write that follows."""
+        query = {name: str(v) for name, v in (("r", r), ("consistency", consistency), ("repair", repair)) if v}
+        response = await self._send_key(
+            key, "GET", key_path("kv", key), query=query, idempotent=True, headers={"Accept": MSGPACK_TYPE}
+        )
+        context = base64.b64decode(response.headers.get(CONTEXT_HEADER, ""))
+        if response.status == 200:
+            return FoundSiblings(key, (response.body,), context)
+        if response.status == 300:
+            doc = msgpack.unpackb(response.body, raw=False)
+            return FoundSiblings(key, tuple(s["value"] for s in doc["siblings"]), context)
+        error = response.error()
+        if error.code is ErrorCode.NOT_FOUND:
+            return FoundSiblings(key, (), context)
+        raise error
+
+    async def put_causal(
+        self,
+        key: str,
+        value: Value,
+        *,
+        context: bytes = b"",
+        w: str | int | None = None,
+        consistency: str | None = None,
+    ) -> Stored:
+        """Leaderless mode: write ``key``, superseding exactly the values the read that gave ``context`` returned
+        (b"": a blind write, which adds a sibling)."""
+        return await self._write_causal(key, "PUT", _as_bytes(value), context, w, consistency)
+
+    async def delete_causal(
+        self, key: str, *, context: bytes = b"", w: str | int | None = None, consistency: str | None = None
+    ) -> Stored:
+        """Leaderless mode: delete the values the read that gave ``context`` returned (a tombstone)."""
+        return await self._write_causal(key, "DELETE", b"", context, w, consistency)
+
+    async def _write_causal(
+        self, key: str, method: str, body: bytes, context: bytes, w: str | int | None, consistency: str | None
+    ) -> Stored:
+        query = {name: str(v) for name, v in (("w", w), ("consistency", consistency)) if v}
+        headers = {"Accept": MSGPACK_TYPE}
+        if context:
+            headers[CONTEXT_HEADER] = base64.b64encode(context).decode("ascii")
+        response = await self._send_key(key, method, key_path("kv", key), query=query, body=body, headers=headers)
+        doc = response.document()
+        return Stored(doc["key"], base64.b64decode(doc["context"]), doc["acks"])
 
     async def cas(
         self,
@@ -575,6 +647,27 @@ class Client:
 
     def delete(self, key: str, *, replication: str | None = None) -> Deleted:
         return self._run(self._async.delete(key, replication=replication))
+
+    def get_siblings(
+        self, key: str, *, r: str | int | None = None, consistency: str | None = None, repair: str | None = None
+    ) -> FoundSiblings:
+        return self._run(self._async.get_siblings(key, r=r, consistency=consistency, repair=repair))
+
+    def put_causal(
+        self,
+        key: str,
+        value: Value,
+        *,
+        context: bytes = b"",
+        w: str | int | None = None,
+        consistency: str | None = None,
+    ) -> Stored:
+        return self._run(self._async.put_causal(key, value, context=context, w=w, consistency=consistency))
+
+    def delete_causal(
+        self, key: str, *, context: bytes = b"", w: str | int | None = None, consistency: str | None = None
+    ) -> Stored:
+        return self._run(self._async.delete_causal(key, context=context, w=w, consistency=consistency))
 
     def cas(
         self,

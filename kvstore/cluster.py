@@ -282,7 +282,9 @@ class LocalCluster:
             )
             chosen_mode = _choice("--mode", mode or "single", MODES)
             if replicas is not None and chosen_mode == "single":
-                raise ClusterError('--replicas needs --mode leader (single mode keeps one copy of each partition)')
+                raise ClusterError(
+                    "--replicas needs --mode leader or leaderless (single mode keeps one copy of each partition)"
+                )
             try:
                 # Peer traffic is authenticated with the secret: each cluster gets its own.
                 config = local_cluster(

@@ -75,6 +75,7 @@ from kvstore.group_changes import GroupChanger
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
 from kvstore.leader_balance import LEADER_BALANCE_TIMER, handbacks
 from kvstore.leader_wait import LEADER_WAIT_TIMER, LeaderWait
+from kvstore.leaderless_mode import LeaderlessMode
 from kvstore.map_gossip import GOSSIP_TIMER, MapGossip
 from kvstore.membership import REBALANCE_TIMER, Rebalancer, apply_order
 from kvstore.messages import (
@@ -116,6 +117,7 @@ from kvstore.storage.base import Storage
 from kvstore.validation import check_op
 from partitioning.partition_map import PartitionMap
 from partitioning.stream import StreamAck, StreamChunk, StreamDone, StreamRestart
+from replication.leaderless import LeaderlessReplica, LocalScan
 from replication.raft import HEARTBEAT_TIMER, LEADER, RaftReplica
 from replication.raft_messages import RaftOutcomeUnknown, RaftRefused, ScanRead, TransferLeader
 from replication.raft_stats import RaftStats
@@ -180,7 +182,8 @@ class Node:
         # Under "always" a client is told only what survives a crash, so every Send and Reply waits for a sync.
         # Leader mode: Raft marks what must be durable itself (votes, append acknowledgements, early answers) and
         # answers a write only once a majority holds it durably, so no blanket rule delays its other messages.
-        self._always_durable = config.storage.fsync == "always" and config.mode != "leader"
+        # Leaderless mode: a replica marks its acknowledgements and answers durable, as Raft does.
+        self._always_durable = config.storage.fsync == "always" and config.mode == "single"
         self.partition_map = _starting_map(config, storage)
         # Leader mode: a node holds a voter of a partition's group from the start only where the founders' layout
         # puts it; anywhere else it was added later, as a learner (its stored configuration, once it has one,
@@ -190,6 +193,8 @@ class Node:
         # and every node of its config (one added to the config talks before it is admitted).
         self._peers = self._known_peers()
         self._leader_mode = config.mode == "leader"
+        # Leaderless mode's side of the node (kvstore/leaderless_mode.py); None in the other modes.
+        self._leaderless = LeaderlessMode(node_id, config, storage, rng) if config.mode == "leaderless" else None
         # Leader mode: per partition, the node this one believes leads it (its own replicas' view after every
         # step, and the hints of redirects). Ops for partitions held elsewhere go there, else to the owner.
         self.leader_hints: dict[int, str] = {}
@@ -248,9 +253,9 @@ class Node:
             moves_refused=None if config.storage.fsync != "never" else 'moves need fsync "always" or "batch"',
             # Leader mode: a node out of a partition's group keeps its records with the log and applied index
             # they go with (added back, it resumes from them); clearing the records alone would lose data.
-            clear_unheld=config.mode != "leader",
+            clear_unheld=config.mode == "single",
         )
-        self._rebalancer = Rebalancer(node_id, config.replication_factor if self._leader_mode else None)
+        self._rebalancer = Rebalancer(node_id, config.replication_factor if config.mode != "single" else None)
         # Leader mode: the membership changes of the groups this node leads (kvstore/group_changes.py).
         self._group_changer = GroupChanger(node_id)
         # Range mode: this node's splits and merges of the ranges it owns (kvstore/ranges.py).
@@ -306,6 +311,8 @@ class Node:
                 stats=self.raft_stats,
                 compact_threshold=self._limits.raft_compact_entries,
             )
+        if self._leaderless is not None:
+            return self._leaderless.build_replica(partition, self.partition_map)
         raise ValueError(f"no replica for mode {self.config.mode!r}")
 
     # ------------------------------------------------------------ public
@@ -369,6 +376,9 @@ class Node:
         held = set(merged.partitions_of(self.node_id))
         for partition in sorted(self.replicas.keys() - held):
             self._drop_replica(partition)
+        if self._leaderless is not None:
+            for partition, replica in self.replicas.items():
+                self._leaderless.place(cast(LeaderlessReplica, replica), partition, merged)
         for partition in sorted(held - self.replicas.keys()):
             self.replicas[partition] = self._build_replica(partition)
             if self.started:
@@ -428,12 +438,14 @@ class Node:
             if self.started and self.config.mode == "single":
                 self._effects.extend(self._mover.start(now_ms, inp.partition, inp.target))
                 self.order_refusal = self._mover.refusal
-            elif self.started:
+            elif self.started and self._leader_mode:
                 # Leader mode: a partition's replicas change through its Raft group, driven by the rebalancer.
                 self.order_refusal = (
                     "moves are not supported in leader mode: add or remove nodes (POST /admin/members) and the "
                     "partitions' leaders re-replicate them"
                 )
+            elif self.started:
+                self.order_refusal = "moves are not supported in leaderless mode: a partition's replicas are fixed"
         elif isinstance(inp, SetMember):
             self._on_set_member(inp)
         else:
@@ -520,7 +532,7 @@ class Node:
         if isinstance(msg.body, (*_STREAM_TRAFFIC, RaftSnapshotPart)):
             return  # a move's stream retries on its own timer, a snapshot transfer on its tick
         if isinstance(msg.body, _NODE_TRAFFIC):
-            if self._leader_mode and isinstance(msg.body, Forward):
+            if self.config.mode != "single" and isinstance(msg.body, Forward):
                 self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif isinstance(msg.body, RaftBatch):
@@ -590,6 +602,12 @@ class Node:
         if not self.started:
             self.order_refusal = "the node has not started"
             return
+        if self._leaderless is not None:
+            self.order_refusal = (
+                "membership changes are not supported in leaderless mode yet: its partitions' replicas are the "
+                "founders' layout"
+            )
+            return
         outcome = apply_order(self.partition_map, order)
         self.order_refusal = outcome.refusal
         if outcome.new_map is not None:
@@ -607,6 +625,8 @@ class Node:
         if self._leader_mode:
             self._change_groups()
             return
+        if self._leaderless is not None:
+            return  # a partition's replicas are fixed (membership changes are refused)
         mover = self._mover
         pending = [(p, target) for p, target in self._rebalancer.moves(self.partition_map) if p not in mover.moving]
         for partition, target in pending:
@@ -629,7 +649,7 @@ class Node:
         if self._rebalance_due_ms is not None and self._rebalance_due_ms <= at_ms:
             return
         partition_map = self.partition_map
-        if not self.config.rebalance:
+        if not self.config.rebalance or self._leaderless is not None:
             work = False
         elif self._leader_mode:
             target = self._rebalancer.target(partition_map)
@@ -745,6 +765,8 @@ class Node:
         """What the replica is asked: the op, and in leader mode the settings it names, resolved against the
         cluster's (``ReplicationConfig.read_mode``/``write_mode``). Single mode has one way to do each."""
         if not self._leader_mode:
+            if self._leaderless is not None:
+                return self._leaderless.call(token, op)
             return ClientCall(token, op)
         settings = self.config.replication
         if isinstance(op, GetOp):
@@ -837,7 +859,7 @@ class Node:
 
     def _route(self, partition: int) -> str:
         """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner."""
-        hint = self.leader_hints.get(partition) if self._leader_mode else None
+        hint = self.leader_hints.get(partition) if self.config.mode != "single" else None
         return hint if hint is not None else self.partition_map.owner(partition)
 
     def _route_around(self, unreachable: str) -> None:
@@ -939,6 +961,8 @@ class Node:
             self._redirected(token, call, result, deadline_ms)
         elif self._leader_mode and isinstance(result, (RaftOutcomeUnknown, RaftRefused)):
             self._complete(token, _raft_failure(self.node_id, call[0], result))
+        elif self._leaderless is not None and not isinstance(call[1], ScanRead):
+            self._complete(token, self._leaderless.result(call[1], result), answer.durable)
         else:
             # Not typing.cast: a call per op. The replica's results are the state machine's, i.e. Results.
             self._complete(token, result, answer.durable, answer.position)  # type: ignore[arg-type]
@@ -1063,6 +1087,8 @@ class Node:
             page = replica.scan(self._expiry_clock_ms, start, end, limit)
             if isinstance(page, Redirect):
                 return _redirect_failure(self.node_id, p, page)
+            if isinstance(page, LocalScan):
+                page = LeaderlessMode.scan_page(page)
             pages.append(cast(ScanPage, page))
         return merge_pages(pages, limit)
 

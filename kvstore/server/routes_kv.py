@@ -15,6 +15,14 @@ Replication settings (leader mode; single mode takes only the values it serves a
 ``"put"``; ``GET /kv/{key}?consistency=linearizable|read-index|lease|unsafe|stale`` and, with ``stale``,
 ``&max_staleness_ms=N``. The node checks the values (``kvstore.validation.check_op``).
 
+Leaderless mode: ``GET /kv/{key}?r=N|one|quorum|all&repair=sync|async`` (and ``consistency=linearizable``:
+ABD) answers ``200`` with the value when the key has one, ``300 Multiple Choices`` with every sibling (JSON, or
+msgpack when asked: ``{"key", "siblings": [{"value"|"value_b64"}...], "context"}``) when concurrent writes left
+several, ``404`` when none; every answer carries the key's causal context in ``X-Kv-Context`` (base64) and the
+number of values in ``X-Kv-Siblings``. ``PUT``/``DELETE /kv/{key}?w=...&consistency=linearizable`` take the
+context of the read they follow in ``X-Kv-Context`` (without one a PUT adds a sibling) and answer the new
+context, in the header and the body, with the number of replicas that acknowledged (``acks``).
+
 Sessions (``kvstore/session.py``): a key op may carry ``X-Kv-Session``; a GET is then served from a state at
 least as new as the token's position in the key's partition, and every answer to a key op carries the token
 advanced by the answer's position.
@@ -23,6 +31,7 @@ advanced by the answer's position.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +39,7 @@ from kvstore import session
 from kvstore.config import Limits
 from kvstore.effects import Reply
 from kvstore.errors import ErrorCode, KvError
+from kvstore.leaderless_mode import CONTEXT_HEADER
 from kvstore.messages import (
     BatchGetOp,
     BatchPutOp,
@@ -40,11 +50,13 @@ from kvstore.messages import (
     DeleteOp,
     Failure,
     Found,
+    FoundSiblings,
     GetOp,
     PutOp,
     Result,
     ScanOp,
     ScanPage,
+    Stored,
     Written,
 )
 from kvstore.server.http_codec import (
@@ -67,10 +79,17 @@ from kvstore.server.http_codec import (
 from kvstore.server.http_message import Request, Response
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.validation import check_ttl_ms, parse_whole_number, prefix_range, ttl_ms_from_seconds
+from kvstore.validation import (
+    check_ttl_ms,
+    decode_base64,
+    parse_whole_number,
+    prefix_range,
+    ttl_ms_from_seconds,
+)
 
 DEFAULT_SCAN_LIMIT = 1000
 _ENCODINGS = ("utf-8", "base64")
+SIBLINGS_HEADER = "X-Kv-Siblings"
 
 
 class KvRoutes:
@@ -102,40 +121,55 @@ class KvRoutes:
     # ------------------------------------------------------------ /kv/{key}
 
     async def get(self, request: Request, key: str) -> Response:
-        params = query_params(request, ("consistency", "max_staleness_ms")) if request.query_string else {}
+        allowed = ("consistency", "max_staleness_ms", "r", "repair")
+        params = query_params(request, allowed) if request.query_string else {}
         staleness = params.get("max_staleness_ms")
         max_staleness_ms = None if staleness is None else parse_whole_number(staleness, "max_staleness_ms")
         positions = _session(request)
         min_index = positions.get(self._partition_of(key), 0) if positions else 0
-        reply = await self._reply(GetOp(key, params.get("consistency", ""), max_staleness_ms, min_index))
+        consistency, r, repair = (params.get(name, "") for name in ("consistency", "r", "repair"))
+        op = GetOp(key, consistency, max_staleness_ms, min_index, r, repair)
+        reply = await self._reply(op)
         result = reply.result
         if isinstance(result, Found):
             headers = {"Content-Type": OCTET_TYPE, "X-Kv-Version": str(result.version)}
             if result.expires_at_ms is not None:
                 headers["X-Kv-Expires-At-Ms"] = str(result.expires_at_ms)
             return self._with_session(Response(body=result.value, headers=headers), positions, key, reply)
+        if isinstance(result, FoundSiblings):
+            return _siblings_response(result, wants_msgpack(request))
         return self._failed(result, positions, key, reply)
 
     async def put(self, request: Request, key: str) -> Response:
-        params = query_params(request, ("ttl", "ttl_ms", "replication")) if request.query_string else {}
+        allowed = ("ttl", "ttl_ms", "replication", "w", "consistency")
+        params = query_params(request, allowed) if request.query_string else {}
         ttl_ms = _ttl_ms(params)
         value = read_body(request, self._limits.max_value_bytes)
         positions = _session(request)
-        reply = await self._reply(PutOp(key, value, ttl_ms, params.get("replication", "")))
+        context = _context(request)
+        replication, w, consistency = (params.get(name, "") for name in ("replication", "w", "consistency"))
+        op = PutOp(key, value, ttl_ms, replication, w, context, consistency)
+        reply = await self._reply(op)
         result = reply.result
         if isinstance(result, Written):
             response = encoded_response({"key": result.key, "version": result.version}, wants_msgpack(request))
             return self._with_session(response, positions, key, reply)
+        if isinstance(result, Stored):
+            return _stored_response(result, {}, wants_msgpack(request))
         raise _unexpected(result)
 
     async def delete(self, request: Request, key: str) -> Response:
-        replication = _replication(request)
+        params = query_params(request, ("replication", "w", "consistency")) if request.query_string else {}
         positions = _session(request)
-        reply = await self._reply(DeleteOp(key, replication))
+        context = _context(request)
+        op = DeleteOp(key, params.get("replication", ""), params.get("w", ""), context, params.get("consistency", ""))
+        reply = await self._reply(op)
         result = reply.result
         if isinstance(result, Deleted):
             response = encoded_response({"key": result.key, "deleted": result.existed}, wants_msgpack(request))
             return self._with_session(response, positions, key, reply)
+        if isinstance(result, Stored):
+            return _stored_response(result, {"deleted": True}, wants_msgpack(request))
         raise _unexpected(result)
 
     def _failed(self, result: Result, positions: session.Positions, key: str, reply: Reply) -> Response:
@@ -254,17 +288,48 @@ def _ttl_ms(params: dict[str, str]) -> int | None:
     return None
 
 
-def _replication(request: Request) -> str:
-    """A write route's ``?replication=`` ("" when not given: the cluster's setting)."""
-    return query_params(request, ("replication",)).get("replication", "") if request.query_string else ""
-
-
 def _replication_field(doc: dict[str, Any]) -> str:
     """A structured write's ``"replication"`` field ("" when absent: the cluster's setting)."""
     replication = doc.get("replication", "")
     if not isinstance(replication, str):
         raise KvError(ErrorCode.BAD_REQUEST, "replication must be a string")
     return replication
+
+
+def _context(request: Request) -> bytes:
+    """A leaderless write's ``X-Kv-Context`` (b"" when it has none: a blind write); the node checks it decodes."""
+    values = request.headers.getall(CONTEXT_HEADER, [])
+    if len(values) > 1:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{CONTEXT_HEADER} is given twice")
+    return decode_base64(values[0], CONTEXT_HEADER) if values else b""
+
+
+def _context_text(context: bytes) -> str:
+    return base64.b64encode(context).decode("ascii")
+
+
+def _siblings_response(result: FoundSiblings, as_msgpack: bool) -> Response:
+    """A leaderless read: the value (200), every sibling (300), or not found (404), with the key's context."""
+    values = result.values
+    if len(values) == 1:
+        response = Response(body=values[0], headers={"Content-Type": OCTET_TYPE})
+    elif values:
+        siblings = [value_fields(v, as_msgpack) for v in values]
+        doc = {"key": result.key, "siblings": siblings, "context": _context_text(result.context)}
+        response = encoded_response(doc, as_msgpack, status=300)
+    else:
+        response = error_response(KvError(ErrorCode.NOT_FOUND, f"key {result.key!r} not found"))
+    if result.context:
+        response.headers[CONTEXT_HEADER] = _context_text(result.context)
+    response.headers[SIBLINGS_HEADER] = str(len(values))
+    return response
+
+
+def _stored_response(result: Stored, extra: dict[str, object], as_msgpack: bool) -> Response:
+    context = _context_text(result.context)
+    response = encoded_response({"key": result.key, **extra, "context": context, "acks": result.acks}, as_msgpack)
+    response.headers[CONTEXT_HEADER] = context
+    return response
 
 
 def _session(request: Request) -> session.Positions:
@@ -300,5 +365,13 @@ def _batch_entry(key: str, result: Result, as_msgpack: bool) -> dict[str, object
         return entry
     if isinstance(result, Written):
         return {"ok": True, "key": key, "version": result.version}
+    if isinstance(result, FoundSiblings):
+        if not result.values:
+            error = KvError(ErrorCode.NOT_FOUND, f"key {key!r} not found")
+            return {"ok": False, "key": key, **error.to_json(), "context": _context_text(result.context)}
+        siblings = [value_fields(v, as_msgpack) for v in result.values]
+        return {"ok": True, "key": key, "siblings": siblings, "context": _context_text(result.context)}
+    if isinstance(result, Stored):
+        return {"ok": True, "key": key, "context": _context_text(result.context), "acks": result.acks}
     error = _unexpected(result)
     return {"ok": False, "key": key, **error.to_json()}

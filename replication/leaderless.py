@@ -540,6 +540,8 @@ class LeaderlessReplica:
             abd.result = KeyValues(abd.key, Versions((newest,), merged.context), len(abd.replies))
             # A replica that replied with exactly this state holds it already: no write-back needed there.
             abd.acked = {n for n, s in abd.replies.items() if n != self.node_id and s == merged}
+        if 1 + len(abd.acked) >= abd.quorum:
+            return  # a majority holds it already: nothing to write back
         encoded = dvv.encode(abd.stored)
         for node in sorted(abd.asked - abd.acked):
             out.append(SendTo(node, KeyWriteRequest(req, abd.key, encoded), durable=True))

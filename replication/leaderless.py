@@ -627,11 +627,11 @@ class LeaderlessReplica:
 
     def _on_unreachable(self, now_ms: int, dst: str, body: object, out: list[ReplicaEffect]) -> None:
         self._suspect(dst, now_ms)
+        if not isinstance(body, PurgeCheck | KeyWriteRequest | KeyReadRequest) or type(body.req) is not int:
+            return
         if isinstance(body, PurgeCheck):
             if self._purges.pop(body.req, None) is not None:
                 out.append(StopTimer(f"{_PURGE_TIMER}{body.req}"))
-            return
-        if not isinstance(body, KeyWriteRequest | KeyReadRequest):
             return
         request = self._requests.get(body.req)
         if isinstance(request, _Write) and dst in request.targets and dst not in request.acked:

@@ -22,7 +22,8 @@ from replication.vclock import VectorClock
 
 
 class ConflictPolicy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def write(
         self, state: Versions | None, seen: VectorClock, dot: Dot, value: bytes | None, timestamp_ms: int

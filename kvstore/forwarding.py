@@ -42,6 +42,7 @@ from kvstore.messages import (
     ForwardRefused,
     ForwardReply,
     Found,
+    FoundSiblings,
     GetOp,
     Message,
     PutOp,
@@ -49,6 +50,7 @@ from kvstore.messages import (
     ScanOp,
     ScanPage,
     ScanPartitionsOp,
+    Stored,
     Written,
 )
 
@@ -235,16 +237,19 @@ class Forwarder:
 
 # What each op may be answered with besides a Failure; a batch is answered entry by entry.
 _ANSWERS: dict[type, tuple[type, ...]] = {
-    GetOp: (Found,),
-    PutOp: (Written,),
-    DeleteOp: (Deleted,),
+    GetOp: (Found, FoundSiblings),
+    PutOp: (Written, Stored),
+    DeleteOp: (Deleted, Stored),
     CasOp: (Written, Deleted),
     ScanOp: (ScanPage,),
     ScanPartitionsOp: (ScanPage,),
     BatchGetOp: (BatchResults,),
     BatchPutOp: (BatchResults,),
 }
-_BATCH_ENTRIES: dict[type, tuple[type, ...]] = {BatchGetOp: (Found, Failure), BatchPutOp: (Written, Failure)}
+_BATCH_ENTRIES: dict[type, tuple[type, ...]] = {
+    BatchGetOp: (Found, FoundSiblings, Failure),
+    BatchPutOp: (Written, Stored, Failure),
+}
 # With Failure: the tuple isinstance takes, built once rather than per answer.
 _FITTING: dict[type, tuple[type, ...]] = {op_type: (Failure, *answers) for op_type, answers in _ANSWERS.items()}
 

@@ -18,6 +18,7 @@ from kvstore.errors import ErrorCode
 from kvstore.storage.base import Record, Sibling
 from partitioning.partition_map import Member, PartitionMap
 from partitioning.stream import STREAM_MESSAGES
+from replication.leaderless_messages import LEADERLESS_MESSAGES
 from replication.raft_messages import RAFT_MESSAGES
 from replication.replica import LogEntry
 from replication.vclock import VectorClock
@@ -30,6 +31,8 @@ register_all((LogEntry, VectorClock))
 register_all(STREAM_MESSAGES)
 # Raft's peer messages (and its TransferLeader op) travel as message bodies of a partition's group.
 register_all(RAFT_MESSAGES)
+# Leaderless mode's: quorum reads and writes, read repair, hinted handoff, tombstone purges.
+register_all(LEADERLESS_MESSAGES)
 
 # Partition id used by messages that belong to the node as a whole rather than one partition.
 NODE_PARTITION = -1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from leaderless_env import Cluster
 
 from replication import dvv
+from replication.conflict import LastWriterWins
 from replication.dvv import Versions
 from replication.leaderless import (
     KeyRead,
@@ -15,7 +16,7 @@ from replication.leaderless import (
     QuorumFailed,
 )
 from replication.leaderless_messages import KeyReadRequest, KeyWriteAck, KeyWriteRequest
-from replication.replica import Answer, ClientCall, PeerMessage, Redirect
+from replication.replica import Answer, ClientCall, PeerMessage, PeerUnreachable, Redirect
 from replication.vclock import VectorClock
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
@@ -288,3 +289,37 @@ def test_replies_from_nodes_not_asked_or_for_other_keys_are_ignored() -> None:
     assert c.result("n1", token) is None
     c.deliver_all()
     assert values(c, "n1", token) == KeyValues("k", None, 2)
+
+
+def test_a_read_that_can_no_longer_reach_r_fails_at_once() -> None:
+    c = cluster()
+    c.down.add("n2")
+    token = c.read("n1", "k", r=3)
+    assert c.result("n1", token) == QuorumFailed("unavailable", True, "2 replicas reachable, r=3")
+    assert c.replicas["n1"].pending_requests() == 0
+
+
+def test_a_write_stays_open_after_its_answer_to_hint_a_replica_found_down() -> None:
+    c = cluster()
+    token = c.write("n1", "k", b"v", w=2)
+    c.deliver(1)  # n3 stores it
+    c.deliver(1)  # n3's ack: answered
+    assert stored(c, "n1", token).acks == 2
+    c.step("n1", PeerUnreachable("n2", c.drop(0).body))
+    assert [(e.dst, e.body.hint_for) for e in c.messages(KeyWriteRequest)] == [("n4", "n2")]  # type: ignore[attr-defined]
+    c.deliver_all()
+    assert c.replicas["n1"].pending_requests() == 0
+    assert [h.hint_for for h in c.hints["n4"].values()] == ["n2"]
+
+
+def test_last_writer_wins_keeps_one_value() -> None:
+    c = Cluster(NODES, LeaderlessSettings(replicas=3), policy=LastWriterWins())
+    c.write("n1", "k", b"old", w=1)
+    c.now_ms += 5
+    c.write("n2", "k", b"new", w=1)
+    c.deliver_all()
+    read = c.read("n3", "k", r=3)
+    c.deliver_all()
+    state = values(c, "n3", read).state
+    assert state is not None and state.values == (b"new",)
+    assert {c.stores[n].states["k"] for n in c.preference} == {state}

@@ -7,7 +7,8 @@ and idempotent, which is what lets read repair, hinted handoff and anti-entropy 
 - ``siblings`` (the default): dotted version vectors (``replication.dvv``): concurrent writes are all kept
   and a read returns each, until a write that saw them supersedes them. Nothing acknowledged is lost.
 - ``lww``: last writer wins by the coordinator's clock (``timestamp_ms``, then the dot): one value per key,
-  and a concurrent or clock-skewed write is dropped silently; the chaos checkers count what that loses.
+  and a concurrent or clock-skewed write is dropped silently, even one whose client read the value it loses to;
+  the chaos checkers count what that loses.
 - CRDT types (``replication/crdt.py``): the value is a replicated data type's state, and concurrent updates
   merge into one value instead of becoming siblings.
 """
@@ -17,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from replication.dvv import Dot, Versions, last_writer_wins, merge, update
+from replication.dvv import Dot, Sibling, Versions, merge, update
 from replication.vclock import VectorClock
 
 
 class ConflictPolicy(Protocol):
+    # Read-only, so that frozen dataclasses (every policy here) satisfy the protocol.
     @property
     def name(self) -> str: ...
 
@@ -51,14 +53,22 @@ class Siblings:
 
 @dataclass(frozen=True)
 class LastWriterWins:
+    """Only the clock orders values, ``(timestamp_ms, dot)``: a client's context supersedes nothing. Letting it
+    (``dvv.merge``, then the newest) made merge order matter: a write that saw x but had an older clock dropped x
+    in some orders and lost to a value x had beaten in others, so replicas did not converge."""
+
     name: str = "lww"
 
     def write(
         self, state: Versions | None, seen: VectorClock, dot: Dot, value: bytes | None, timestamp_ms: int
     ) -> Versions:
-        # Whatever the client saw, the state holds at most one value: the bound on siblings never applies.
-        written = update(state, seen, dot, value, timestamp_ms, max_siblings=2)
-        return last_writer_wins(written)
+        node, counter = dot
+        if counter <= max(state.context.get(node) if state is not None else 0, seen.get(node)):
+            raise ValueError(f"dot {dot} is not above the counters of {node} the state and the context hold")
+        # ``seen`` supersedes nothing but joins the context, which ``next_dot`` reads.
+        written = Versions((Sibling(dot, value, timestamp_ms),), seen.merge(VectorClock.of({node: counter})))
+        return written if state is None else self.merge(state, written)
 
     def merge(self, a: Versions, b: Versions) -> Versions:
-        return last_writer_wins(merge(a, b))
+        newest = max((*a.siblings, *b.siblings), key=lambda s: (s.timestamp_ms, s.dot), default=None)
+        return Versions(() if newest is None else (newest,), a.context.merge(b.context))

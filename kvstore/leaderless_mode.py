@@ -8,6 +8,9 @@ of). This module is the node's side of it:
   member, in ring order after the partition's first replica, so that the fallbacks of one partition differ
   from node to node as Dynamo's walk along the ring makes them;
 - the conflict policy of each key (``[leaderless.policies]``, longest prefix first), one object per policy;
+- hinted handoff (``replication/hinted_handoff.py``): a write this node takes as a fallback for an unreachable
+  replica of a partition it does not hold is kept as a hint (``kvstore/hint_store.py``) and handed to that
+  replica once it answers again, every ``handoff_interval_ms``;
 - a client op as the call a replica takes (``KeyRead``/``KeyWrite``, quorums resolved against the cluster's
   ``[leaderless]`` defaults), and the replica's answer as the client's result: ``FoundSiblings`` (every live
   value and the context), ``Stored`` (the new context), or a ``Failure`` whose definiteness is the replica's.
@@ -18,13 +21,16 @@ from __future__ import annotations
 import random
 
 from kvstore.config import ClusterConfig, resolve_quorum
+from kvstore.effects import Effect, Send, SetTimer
 from kvstore.errors import ErrorCode
+from kvstore.hint_store import MetaHintStore
 from kvstore.messages import (
     DeleteOp,
     Failure,
     FoundSiblings,
     GetOp,
     KeyOp,
+    Message,
     PutOp,
     Result,
     ScanItem,
@@ -35,7 +41,8 @@ from kvstore.storage.base import Storage
 from kvstore.version_store import KvVersionStore
 from partitioning.partition_map import PartitionMap
 from replication.conflict import ConflictPolicy, LastWriterWins, Siblings
-from replication.dvv import Versions, decode_context, encode_context
+from replication.dvv import Versions, decode, decode_context, encode, encode_context
+from replication.hinted_handoff import HandoffSend, HintedHandoff
 from replication.leaderless import (
     KeyRead,
     KeyStored,
@@ -46,13 +53,20 @@ from replication.leaderless import (
     LocalScan,
     QuorumFailed,
 )
+from replication.leaderless_messages import HandoffAck, HandoffRequest, KeyWriteRequest
 from replication.replica import ClientCall
+
+HANDOFF_TIMER = "handoff"
 
 # The HTTP header that carries a key's causal context (base64) to a client and back with its next write.
 CONTEXT_HEADER = "X-Kv-Context"
 # What a replica's failed quorum becomes for the client: a refusal by the key's policy (too many siblings) is a
 # conflict to resolve by reading first; the rest ask for a retry.
-_FAILURE_CODES = {"timeout": ErrorCode.TIMEOUT, "unavailable": ErrorCode.UNAVAILABLE}
+_FAILURE_CODES = {
+    "timeout": ErrorCode.TIMEOUT,
+    "unavailable": ErrorCode.UNAVAILABLE,
+    "overloaded": ErrorCode.OVERLOADED,
+}
 
 
 class LeaderlessMode:
@@ -72,9 +86,60 @@ class LeaderlessMode:
             "siblings": Siblings(self._config.max_siblings),
             "lww": LastWriterWins(),
         }
+        self.handoff = HintedHandoff(
+            MetaHintStore(storage),
+            self._merge_states,
+            max_hints=self._config.max_hints,
+            handoff_interval_ms=self._config.handoff_interval_ms,
+            incarnation=rng.randrange(1, 1 << 63),
+        )
+        # When the handoff timer fires next (None: not armed).
+        self._timer_at_ms: int | None = None
 
     def policy_for(self, key: str) -> ConflictPolicy:
         return self._policies[self._config.policy_name(key)]
+
+    def _merge_states(self, _partition: int, key: str, old: bytes, new: bytes) -> bytes:
+        return encode(self.policy_for(key).merge(decode(old), decode(new)))
+
+    # ------------------------------------------------------------ hinted handoff (node-level: no replica here)
+
+    def start(self, now_ms: int) -> list[Effect]:
+        """At every boot: the hints kept on disk, and the handoff timer while any are held."""
+        return self._sends(self.handoff.start(now_ms), now_ms)
+
+    def tick(self, now_ms: int) -> list[Effect]:
+        self._timer_at_ms = None
+        return self._sends(self.handoff.tick(now_ms), now_ms)
+
+    def on_message(self, now_ms: int, msg: Message) -> list[Effect] | None:
+        """Handoff traffic a node answers itself (a hinted write for another replica, a handoff's ack); None for
+        anything else. Any message from a node means it answers: its hints may go to it again at once."""
+        self.handoff.reachable(msg.src)
+        body = msg.body
+        if isinstance(body, KeyWriteRequest) and body.hint_for and body.hint_for != self._node_id:
+            return self._sends(self.handoff.on_hinted_write(now_ms, msg.src, msg.partition, body), now_ms)
+        if isinstance(body, HandoffAck):
+            self.handoff.on_ack(now_ms, msg.src, msg.partition, body)
+            return []
+        return None
+
+    def on_send_failed(self, now_ms: int, msg: Message) -> bool:
+        """Whether ``msg`` was a handoff (whose target then backs off)."""
+        if isinstance(msg.body, HandoffRequest):
+            self.handoff.on_unreachable(now_ms, msg.dst, msg.partition, msg.body)
+            return True
+        return False
+
+    def _sends(self, sends: list[HandoffSend], now_ms: int) -> list[Effect]:
+        """``sends`` as the node's effects, and the handoff timer armed for the next delivery due (a node that
+        holds no hint has none)."""
+        effects: list[Effect] = [Send(Message(self._node_id, s.dst, s.partition, s.body), s.durable) for s in sends]
+        at_ms = self.handoff.next_tick_ms(now_ms)
+        if at_ms is not None and (self._timer_at_ms is None or at_ms < self._timer_at_ms):
+            self._timer_at_ms = at_ms
+            effects.append(SetTimer(HANDOFF_TIMER, at_ms))
+        return effects
 
     # ------------------------------------------------------------ replicas
 

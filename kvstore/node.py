@@ -75,7 +75,7 @@ from kvstore.group_changes import GroupChanger
 from kvstore.handoff import MOVE_TIMER_PREFIX, Mover, MoveStats
 from kvstore.leader_balance import LEADER_BALANCE_TIMER, handbacks
 from kvstore.leader_wait import LEADER_WAIT_TIMER, LeaderWait
-from kvstore.leaderless_mode import LeaderlessMode
+from kvstore.leaderless_mode import HANDOFF_TIMER, LeaderlessMode
 from kvstore.map_gossip import GOSSIP_TIMER, MapGossip
 from kvstore.membership import REBALANCE_TIMER, Rebalancer, apply_order
 from kvstore.messages import (
@@ -477,6 +477,8 @@ class Node:
             log = self.storage.log(partition)
             recovered = Recovered(log.applied_index(), log.hard_state(), log.bounds())
             self._run_replica(partition, ReplicaStarted(recovered))
+        if self._leaderless is not None:
+            self._effects.extend(self._leaderless.start(self._now_ms))
         if self._leader_mode:
             self._effects.append(SetTimer(SNAPSHOT_TIMER, self._now_ms + TICK_MS))
             # The preferred owner is expected to lead: it campaigns at once rather than after an election
@@ -525,6 +527,8 @@ class Node:
         elif isinstance(body, RaftSnapshotPart):
             if self._leader_mode:
                 self._effects.extend(self.snapshots.on_message(self._now_ms, msg.src, msg.partition, body))
+        elif self._leaderless is not None and (handled := self._leaderless.on_message(self._now_ms, msg)) is not None:
+            self._effects.extend(handled)
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
 
@@ -538,6 +542,8 @@ class Node:
         elif isinstance(msg.body, RaftBatch):
             for partition, item in batch_items(msg, msg.body, self.replicas):
                 self._run_replica(partition, PeerUnreachable(msg.dst, item))
+        elif self._leaderless is not None and self._leaderless.on_send_failed(self._now_ms, msg):
+            return
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerUnreachable(msg.dst, msg.body))
 
@@ -588,6 +594,8 @@ class Node:
         elif key == REBALANCE_TIMER:
             self._rebalance_due_ms = None
             self._rebalance()
+        elif key == HANDOFF_TIMER and self._leaderless is not None:
+            self._effects.extend(self._leaderless.tick(self._now_ms))
         elif key == LEADER_WAIT_TIMER:
             self._end_leader_waits()
         elif key == LEADER_BALANCE_TIMER:

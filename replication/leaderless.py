@@ -117,7 +117,7 @@ class QuorumFailed:
     """A read or write that did not reach its quorum. ``definite``: it did not happen anywhere (refused before
     any replica stored it); else it may have reached some replicas (a write that timed out short of ``w``)."""
 
-    reason: str  # "timeout" | "unavailable" | "refused"
+    reason: str  # "timeout" | "unavailable" | "refused" | "overloaded"
     definite: bool
     message: str
 

@@ -390,7 +390,8 @@ class AntiEntropy:
         if len(msg.root) != HASH_BYTES:
             return AeStep()
         key = (src, msg.session)
-        if key not in self._answering and len(self._answering) >= MAX_ANSWERED_ROUNDS:
+        # A known session's start is a duplicate (a peer that restarted starts a session of a new id).
+        if key in self._answering or len(self._answering) >= MAX_ANSWERED_ROUNDS:
             return AeStep()
         r = _Round(src, msg.session, initiator=False, last_ms=now_ms, step=0)
         r.bytes_received += _payload_bytes(msg)

@@ -29,7 +29,7 @@ the peer's bytes, untrusted: the owner decodes them (``dvv.decode`` raises Value
 the key's policy, then calls ``record`` like for any store change. The owner calls ``record`` for every key
 at load too, since the tree lives in memory.
 
-Robustness: a round gets no answer for ``round_timeout_ms`` is abandoned (``on_timer``, which tells the
+Robustness: a round that gets no answer for ``round_timeout_ms`` is abandoned (``on_timer``, which tells the
 peer). A message of an unknown or finished round, or at a step not expected, is ignored; one whose fields
 are malformed (a wrong level, indices out of range or not children of what was sent, lengths that do not
 match, too many items, keys outside the chunk, states nobody asked for) is ignored as a whole, never raises.
@@ -45,6 +45,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from replication.anti_entropy_messages import (
     ANTI_ENTROPY_MESSAGES,
@@ -284,8 +285,11 @@ def _is_pairs(value: object, digests: bool) -> bool:
     return True
 
 
-def _ascending(values: Sequence[int] | Sequence[tuple[int, str]]) -> bool:
-    return all(a < b for a, b in itertools.pairwise(values))  # type: ignore[operator]
+_Ordered = TypeVar("_Ordered", int, tuple[int, str])
+
+
+def _ascending(values: Sequence[_Ordered]) -> bool:
+    return all(a < b for a, b in itertools.pairwise(values))
 
 
 class AntiEntropy:

@@ -463,3 +463,71 @@ class Replicas(RuleBasedStateMachine):
 
 Replicas.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
 TestReplicas = Replicas.TestCase
+
+
+def test_an_abort_ends_the_peers_side_of_the_round_at_once() -> None:
+    a, b, _ = pair(round_timeout_ms=1000, **SMALL)
+    fill(a, b)
+    [(_, start)] = a.ae.start(0, "b", 31)
+    b.ae.on_message(500, "a", start, b.states)  # b heard a later than a heard b
+    [(_, abort)] = a.ae.on_timer(1000)
+    assert abort == AeAbort(31, True)
+    assert b.ae.on_message(1000, "c", abort, b.states) == AeStep() and b.ae.next_deadline_ms() == 1500
+    assert b.ae.on_message(1000, "a", AeAbort(31, False), b.states) == AeStep()  # not a's own round
+    assert b.ae.next_deadline_ms() == 1500
+    b.ae.on_message(1000, "a", abort, b.states)
+    assert b.ae.next_deadline_ms() is None
+    # And the other way: the peer gives up the round it answers.
+    [(_, start)] = a.ae.start(2000, "b", 32)
+    b.ae.on_message(2000, "a", start, b.states)
+    [(_, abort)] = b.ae.on_timer(3000)
+    assert abort == AeAbort(32, False)
+    a.ae.on_message(3000, "b", abort, a.states)
+    assert not a.ae.running
+
+
+def test_hashes_of_nodes_that_were_not_asked_for_are_ignored() -> None:
+    a, b, _ = pair(**SMALL)
+    a.put("x", state("x"))
+    [(_, start)] = a.ae.start(0, "b", 41)
+    [(_, level1)] = b.ae.on_message(0, "a", start, b.states).sends
+    [(_, level2)] = a.ae.on_message(0, "b", level1, a.states).sends
+    [(_, level3)] = b.ae.on_message(0, "a", level2, b.states).sends
+    assert isinstance(level2, AeHashes) and isinstance(level3, AeHashes)
+    # a sent the 4 children of the one differing level-1 node; b answers with the children of the differing one.
+    assert len(level2.indices) == 4 and len(level3.indices) == 4
+    asked = set(level2.indices)
+    other = next(i for i in range(16) if i not in asked)  # a level-2 node that a never sent
+    stranger = replace(level3, indices=tuple(range(other * 4, other * 4 + 4)))
+    assert a.ae.on_message(0, "b", stranger, a.states) == AeStep()
+    assert a.ae.on_message(0, "b", replace(level3, level=2), a.states) == AeStep()
+    [(_, keys)] = a.ae.on_message(0, "b", level3, a.states).sends
+    assert isinstance(keys, AeKeys) and keys.leaves == (a.ae.tree.leaf_of("x"),) and keys.items[0][0] == "x"
+
+
+def test_a_key_removed_while_owed_is_skipped() -> None:
+    a, b, net = pair(max_keys_per_message=3, max_bytes_per_message=30, leaves=1, fanout=2)
+    for i in range(3):
+        a.put(f"a{i}", state(f"a{i}"))
+    # With one leaf, b finds it differing at once and walks its keys; a compares and owes b its three.
+    net.post("a", a.ae.start(0, "b", 51))
+    removed = False
+    while net.queue:
+        src, dst, msg = net.queue.popleft()
+        net.log.append((src, dst, msg))
+        net.deliver(0, src, dst, msg)
+        if isinstance(msg, AeDiff) and not removed:
+            assert msg.more and len(msg.states) == 1  # one 22-byte state fits a message, two owed still
+            a.delete("a2")
+            removed = True
+    assert removed and a.store == b.store == {k: state(k) for k in ("a0", "a1")}
+    assert a.finished[0].keys_sent == 2
+
+
+def test_bad_options_are_refused() -> None:
+    for options in ({"max_keys_per_message": 0}, {"max_bytes_per_message": 0}, {"round_timeout_ms": 0}):
+        try:
+            AntiEntropy(**options)
+        except ValueError:
+            continue
+        raise AssertionError(f"{options} accepted")

@@ -17,8 +17,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvstore import codec
+from replication import dvv
 from replication.anti_entropy import ANTI_ENTROPY_MESSAGES, AeStep, AntiEntropy, RoundStats
 from replication.anti_entropy_messages import AeAbort, AeDiff, AeDone, AeHashes, AeKeys, AeStart, AeStates
+from replication.conflict import Siblings
+from replication.vclock import VectorClock
 
 for message_class in ANTI_ENTROPY_MESSAGES:
     if codec.registered(message_class.__name__) is None:
@@ -31,9 +34,14 @@ def larger(a: bytes | None, b: bytes) -> bytes:
     return b if a is None else max(a, b, key=lambda s: (len(s), s))
 
 
+Merge = Callable[[bytes | None, bytes], bytes]
+
+
 class Replica:
     def __init__(self, name: str, **options: int) -> None:
         self.name = name
+        # How a state from the peer joins ours (the key's policy, for a real replica).
+        self.merge: Merge = larger
         self.store: dict[str, bytes] = {}
         self.ae = AntiEntropy(**options)
         self.finished: list[RoundStats] = []
@@ -51,7 +59,7 @@ class Replica:
 
     def take(self, step: AeStep) -> None:
         for key, state in step.merge:
-            merged = larger(self.store.get(key), state)
+            merged = self.merge(self.store.get(key), state)
             if merged != self.store.get(key):
                 self.put(key, merged)
         if step.finished is not None:
@@ -531,3 +539,31 @@ def test_bad_options_are_refused() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{options} accepted")
+
+
+def test_dvv_states_merged_with_the_siblings_policy_converge_to_equal_bytes() -> None:
+    # What the leaderless replica will do: states are dvv.encode bytes, merged with the key's policy.
+    policy = Siblings(max_siblings=8)
+
+    def merge(held: bytes | None, data: bytes) -> bytes:
+        theirs = dvv.decode(data)
+        return dvv.encode(theirs if held is None else policy.merge(dvv.decode(held), theirs))
+
+    a, b, net = pair(**SMALL)
+    a.merge = b.merge = merge
+    for i in range(50):
+        written = dvv.encode(policy.write(None, VectorClock(), ("a", i + 1), b"v%d" % i, 1000))
+        a.put(f"k{i}", written)
+        b.put(f"k{i}", written)
+    # Concurrent writes of k3 at both replicas, a write only a took, and a delete only b took.
+    a.put("k3", dvv.encode(policy.write(None, VectorClock(), ("a", 100), b"from-a", 2000)))
+    b.put("k3", dvv.encode(policy.write(None, VectorClock(), ("b", 1), b"from-b", 2000)))
+    a.put("new", dvv.encode(policy.write(None, VectorClock(), ("a", 101), b"fresh", 2000)))
+    seen = dvv.decode(b.store["k7"]).context
+    b.put("k7", dvv.encode(policy.write(dvv.decode(b.store["k7"]), seen, ("b", 2), None, 2000)))
+    net.round(a, b)
+    assert a.store == b.store
+    assert dvv.decode(a.store["k3"]).values == (b"from-a", b"from-b")  # both siblings kept
+    assert dvv.decode(a.store["k7"]).values == ()  # the tombstone won: it saw the value
+    assert dvv.decode(a.store["new"]).values == (b"fresh",)
+    assert a.ae.tree.root() == b.ae.tree.root()

@@ -33,8 +33,9 @@ Robustness: a round that gets no answer for ``round_timeout_ms`` is abandoned (`
 peer). A message of an unknown or finished round, or at a step not expected, is ignored; one whose fields
 are malformed (a wrong level, indices out of range or not children of what was sent, lengths that do not
 match, too many items, keys outside the chunk, states nobody asked for) is ignored as a whole, never raises.
-A peer that claims ``more`` without sending anything is taken at its word that it has nothing, so every
-message makes progress. A replica runs one round of its own at a time and answers at most
+A duplicate of a round's start is ignored, also once the round ended (the last ``REMEMBERED_ROUNDS`` are
+remembered). A peer that claims ``more`` without sending anything is taken at its word that it has nothing,
+so every message makes progress. A replica runs one round of its own at a time and answers at most
 ``MAX_ANSWERED_ROUNDS`` at once.
 """
 
@@ -64,6 +65,8 @@ HASH_BYTES = 16
 MAX_LEAVES = 1 << 20
 # Rounds this replica answers at once (peers starting theirs); one more is refused until one ends.
 MAX_ANSWERED_ROUNDS = 4
+# Rounds this replica answered and ended, remembered so that a late duplicate of their start opens nothing.
+REMEMBERED_ROUNDS = 64
 # What a message's integers (levels, indices, leaves) are counted as in ``RoundStats``' bytes.
 _INT_BYTES = 4
 
@@ -313,6 +316,7 @@ class AntiEntropy:
         self.round_timeout_ms = round_timeout_ms
         self._own: _Round | None = None
         self._answering: dict[tuple[str, int], _Round] = {}
+        self._answered: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_ROUNDS)
 
     # --- the owner's calls -------------------------------------------------------------------------------
 
@@ -395,7 +399,7 @@ class AntiEntropy:
             return AeStep()
         key = (src, msg.session)
         # A known session's start is a duplicate (a peer that restarted starts a session of a new id).
-        if key in self._answering or len(self._answering) >= MAX_ANSWERED_ROUNDS:
+        if key in self._answering or key in self._answered or len(self._answering) >= MAX_ANSWERED_ROUNDS:
             return AeStep()
         r = _Round(src, msg.session, initiator=False, last_ms=now_ms, step=0)
         r.bytes_received += _payload_bytes(msg)
@@ -646,8 +650,8 @@ class AntiEntropy:
     def _forget(self, r: _Round) -> None:
         if r.initiator:
             self._own = None
-        else:
-            self._answering.pop((r.peer, r.session), None)
+        elif self._answering.pop((r.peer, r.session), None) is not None:
+            self._answered.append((r.peer, r.session))
 
     def _on_abort(self, src: str, msg: AeAbort) -> None:
         if type(msg.by_initiator) is not bool or not _is_int(msg.session):

@@ -281,6 +281,9 @@ def test_duplicated_messages_are_ignored() -> None:
         assert net.ignored == before + 1
     assert a.store == b.store
     assert len(a.finished) == len(b.finished) == 1
+    # A late duplicate of the start opens no round on b.
+    late_start = net.log[0][2]
+    assert b.ae.on_message(0, "a", late_start, b.states) == AeStep() and b.ae.next_deadline_ms() is None
 
 
 def test_messages_of_unknown_rounds_and_from_other_peers_are_ignored() -> None:

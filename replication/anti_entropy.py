@@ -13,7 +13,8 @@ strict ping-pong, so one message per round is in flight and neither side ever qu
 
 1. ``AeStart``: the initiator's root. An equal root ends the round at once (``AeDone``): two messages.
 2. ``AeHashes``: each side in turn sends its hashes of the children of the nodes it found differing one level
-   up, so the walk descends only into differing subtrees.
+   up, so the walk descends only into differing subtrees. The tree's shape bounds these messages, not the
+   per-message limits: at most one level (1024 hashes, about 20 KB, at the default shape).
 3. The side that receives the leaf hashes knows the differing leaves and walks their keys in ``(leaf, key)``
    order, one chunk at a time: ``AeKeys`` with its ``(key, digest)`` pairs (at most ``max_keys_per_message``
    and about ``max_bytes_per_message``). The other side compares them with its own keys of that chunk (at

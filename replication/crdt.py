@@ -165,7 +165,7 @@ class CrdtPolicy(ABC, Generic[S]):
 
     @abstractmethod
     def _from_raw(self, raw: object, context: VectorClock) -> S:
-        """The state ``_to_raw`` made; ValueError for anything else (wrong shape, unsorted, out of range)."""
+        """The state ``_to_raw`` made; ValueError for a wrong shape or a value out of range."""
 
     @abstractmethod
     def _to_json(self, state: S) -> object: ...

@@ -59,8 +59,8 @@ class Outcome:
 
 def anomalies(checkers: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     """Lost acknowledged writes and stale reads counted by the lost-writes checker, lost writes by the siblings
-    checker (0 if they did not run). Both checkers would name the same writes of one history, so the lost
-    count is the larger of theirs, not the sum."""
+    checker (0 if they did not run). A scenario runs the one that fits its workload; should it run both, they
+    judge the same writes, so the lost count is the larger of theirs, not the sum."""
     lost = checkers.get("lost-writes", {})
     lost_siblings = int(checkers.get(SIBLINGS, {}).get("lost_count", 0))
     return {LOST_WRITES: max(int(lost.get("lost_count", 0)), lost_siblings),

@@ -31,15 +31,18 @@ is neither present nor superseded shows nothing about the final state: the store
 Crediting the dropped successor instead would let a store that acknowledges read-modify-writes and then
 discards them be charged one loss per chain however many acknowledged writes vanished with it; the report
 lists the claim, so a reader sees that ``w`` went down with its successor. For an honest sibling-keeping
-store the two views agree: a value leaves a replica only for a write whose context covered it, and that
-write stays present or is in turn read and superseded, so every chain ends in a present value (the property
-tests check this against a simulated store of ``replication.dvv`` states).
+store, chains of values and coverage by dots agree: a value leaves a replica only for a stored write whose
+context covered it, and that write stays present or is in turn read (so observed) and superseded, so every
+chain ends in a present value (the property tests check the two against a simulated ``replication.dvv`` store).
 
 ``converged`` asks the convergence checker whether every replica listed for a key holds the same siblings
 (compared as sorted lists: the order a replica keeps them in means nothing). ``max_siblings_seen`` is the
 largest sibling list of any ``ok`` read or final replica; ``bounded`` holds when it does not exceed
-``max_siblings`` (always, when no bound is given). ``unexpected`` lists observed values that no write made or
-whose write failed: reported, not judged here (the brief's verdict is loss, convergence and the bound).
+``max_siblings`` (always, when no bound is given). ``valid`` is: nothing lost, converged and bounded.
+
+``unexpected`` lists observed values that no write made or whose write failed. They are reported but left out
+of the verdict, which is about losing acknowledged writes: a failed write that shows up means an error was
+called definite that should have been indefinite, a finding for the report rather than a loss.
 
 A history that does not have this shape (a write value without ``value``/``saw``, a value written twice on
 one key, a read value that is not a list) is refused with ``HistoryError`` naming its line.

@@ -3,6 +3,7 @@ place among the checkers and expectations, and property tests against a simulate
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from chaos.checkers import CHECKER_NAMES, expected, run_checkers, siblings
 from chaos.checkers.siblings import FAILED, ITSELF_LOST, NEVER_OBSERVED, NEVER_WRITTEN, WRITE_FAILED, check
-from chaos.history import Event, History, HistoryError, from_dicts
+from chaos.history import Event, History, HistoryError, Op, from_dicts
 from replication.conflict import LastWriterWins, Siblings
 from replication.dvv import Dot, TooManySiblings, Versions, next_dot
 from replication.vclock import VectorClock
@@ -89,8 +90,8 @@ def test_a_chain_that_ends_in_a_lost_write_loses_every_write_on_it() -> None:
     rows = Rows().write(1).read([1]).write(2, saw=(1,)).read([2]).write(3, saw=(2,)).write(9)
     result = check(rows.history(), same([9]))
     assert lost_values(result) == [1, 2, 3]
-    assert [[(c.write.invoke.value.items, c.why_not) for c in w.claims] for w in result.lost] == [
-        [((("saw", (1,)), ("value", 2)), ITSELF_LOST)], [((("saw", (2,)), ("value", 3)), ITSELF_LOST)], []]
+    claims = [[(c.write.invoke.to_json()["value"], c.why_not) for c in w.claims] for w in result.lost]
+    assert claims == [[({"value": 2, "saw": [1]}, ITSELF_LOST)], [({"value": 3, "saw": [2]}, ITSELF_LOST)], []]
 
 
 def test_a_supersession_claimed_by_a_failed_write_does_not_count() -> None:
@@ -287,8 +288,8 @@ class SimulatedStore(RuleBasedStateMachine):
         if theirs is not None:
             self.states[(dst, key)] = theirs if mine is None else self.policy.merge(mine, theirs)
 
-    def final(self, dropped: int | None = None) -> dict[str, dict[str, list[int]]]:
-        return {key: {node: [v for v in _values(self.states.get((node, key))) if v != dropped] for node in NODES}
+    def final(self, dropped: Container[int] = ()) -> dict[str, dict[str, list[int]]]:
+        return {key: {node: [v for v in _values(self.states.get((node, key))) if v not in dropped] for node in NODES}
                 for key in KEYS}
 
     def uncovered(self, final: dict[str, dict[str, list[int]]]) -> set[int]:
@@ -320,12 +321,22 @@ class SiblingsStore(SimulatedStore):
     def dropping_a_present_acknowledged_value_loses_it_and_what_only_it_superseded(self) -> None:
         for key, by_node in self.final().items():
             for value in sorted({v for vs in by_node.values() for v in vs} & self.acknowledged):
-                final = self.final(dropped=value)
+                final = self.final(dropped={value})
                 result = self.verdict(final)
                 assert set(lost_values(result)) == self.uncovered(final), (key, value)
                 # Replicas of the key that agree hold no value another one of theirs supersedes: the dropped one
                 # is lost. (Before they merge, a replica may still hold a value another's newer write superseded.)
                 assert value in lost_values(result) or len({tuple(sorted(vs)) for vs in by_node.values()}) > 1
+
+    @invariant()
+    def dropping_every_value_of_a_key_loses_every_acknowledged_write_of_it(self) -> None:
+        for key, by_node in self.final().items():
+            result = self.verdict(self.final(dropped={v for vs in by_node.values() for v in vs}))
+            assert {w.value for w in result.lost if w.key == key} == {
+                v for v in self.acknowledged if self.dots[v][0] == key}
+            read = {v for values, _ in self.reads[key] for v in values}
+            for lost in (w for w in result.lost if w.key == key):
+                assert all(c.why_not == _why_not(c.write, read) for c in lost.claims)
 
 
 class LastWriterWinsStore(SimulatedStore):
@@ -345,6 +356,15 @@ def _descends(later: tuple[str, Dot, VectorClock], earlier: tuple[str, Dot, Vect
     """Whether the write ``later`` is ``earlier`` or its client's context covered ``earlier``'s dot."""
     (key, dot, seen), (earlier_key, (node, counter), _) = later, earlier
     return key == earlier_key and (dot == (node, counter) or seen.get(node) >= counter)
+
+
+def _why_not(claimant: Op, read: Container[int]) -> str:
+    """Why a write's claim on a lost value does not count when nothing of the key is left: an effective
+    claimant (acknowledged, or read by someone) is lost itself."""
+    if claimant.type == "fail":
+        return FAILED
+    effective = claimant.type == "ok" or claimant.invoke.to_json()["value"]["value"] in read
+    return ITSELF_LOST if effective else NEVER_OBSERVED
 
 
 def _values(state: Versions | None) -> tuple[int, ...]:

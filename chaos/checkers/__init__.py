@@ -7,7 +7,7 @@ from typing import Any
 
 from chaos.history import History
 
-CHECKER_NAMES: tuple[str, ...] = ("linearizable", "lost-writes", "set", "counter", "convergence")
+CHECKER_NAMES: tuple[str, ...] = ("linearizable", "lost-writes", "set", "counter", "convergence", "siblings")
 
 
 def combine(verdicts: Sequence[object]) -> bool | str:
@@ -25,10 +25,14 @@ def run_checkers(
     *,
     time_limit_s: float = 30.0,
     final_values: Mapping[Any, Any] | None = None,
+    final_siblings: Mapping[Any, Mapping[str, Sequence[Any]]] | None = None,
+    max_siblings: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each named checker's JSON result from a history. Convergence needs every replica's copy, which only a
-    chaos run reads (``convergence.check_copies`` in the runners): from a history alone it is unknown."""
-    from chaos.checkers import counter, linearizable, lost_writes, sets
+    chaos run reads (``convergence.check_copies`` in the runners): from a history alone it is unknown. So does
+    the siblings checker (``final_siblings``, each replica's sibling values of each key, and the bound
+    ``max_siblings``): without them its verdict is unknown."""
+    from chaos.checkers import counter, linearizable, lost_writes, sets, siblings
 
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -42,6 +46,11 @@ def run_checkers(
             results[name] = counter.check(history).to_json()
         elif name == "convergence":
             results[name] = {"valid": "unknown", "reason": "a history alone holds no replica's copy to compare"}
+        elif name == "siblings":
+            if final_siblings is None:
+                results[name] = {"valid": "unknown", "reason": "no replica's final siblings were given to check"}
+            else:
+                results[name] = siblings.check(history, final_siblings, max_siblings).to_json()
         else:
             raise ValueError(f"unknown checker {name!r} (known: {', '.join(CHECKER_NAMES)})")
     return results

@@ -285,7 +285,11 @@ class LeaderlessConfig:
     sloppy: bool = True
     max_siblings: int = 100
     tombstone_grace_ms: int = 60_000
+    # False turns Merkle anti-entropy (or the delivery of hints) off, to show what it does: replicas then
+    # converge only through read repair (and hints stay on the fallbacks that took them).
+    anti_entropy: bool = True
     anti_entropy_interval_ms: int = 10_000
+    hinted_handoff: bool = True
     handoff_interval_ms: int = 1_000
     max_hints: int = 100_000
     policies: tuple[tuple[str, str], ...] = ()

@@ -22,7 +22,7 @@ import random
 
 from kvstore.config import ClusterConfig, resolve_quorum
 from kvstore.effects import Effect, Send, SetTimer
-from kvstore.errors import ErrorCode
+from kvstore.errors import ErrorCode, KvError
 from kvstore.hint_store import MetaHintStore
 from kvstore.messages import (
     DeleteOp,
@@ -41,6 +41,7 @@ from kvstore.storage.base import Storage
 from kvstore.version_store import KvVersionStore
 from partitioning.partition_map import PartitionMap
 from replication.conflict import ConflictPolicy, LastWriterWins, Siblings
+from replication.crdt import CRDT_TYPES, policy_named, render
 from replication.dvv import Versions, decode, decode_context, encode, encode_context
 from replication.hinted_handoff import HandoffSend, HintedHandoff
 from replication.leaderless import (
@@ -50,11 +51,13 @@ from replication.leaderless import (
     KeyWrite,
     LeaderlessReplica,
     LeaderlessSettings,
+    LeaderlessStats,
     LocalScan,
     QuorumFailed,
 )
 from replication.leaderless_messages import HandoffAck, HandoffRequest, KeyWriteRequest
 from replication.replica import ClientCall
+from replication.vclock import VectorClock
 
 HANDOFF_TIMER = "handoff"
 
@@ -81,10 +84,13 @@ class LeaderlessMode:
             sloppy=self._config.sloppy,
             request_timeout_ms=config.timeouts.request_timeout_ms,
             tombstone_grace_ms=self._config.tombstone_grace_ms,
+            anti_entropy_interval_ms=self._config.anti_entropy_interval_ms if self._config.anti_entropy else None,
         )
+        self.stats = LeaderlessStats()
         self._policies: dict[str, ConflictPolicy] = {
             "siblings": Siblings(self._config.max_siblings),
             "lww": LastWriterWins(),
+            **{name: policy_named(name) for name in CRDT_TYPES},
         }
         self.handoff = HintedHandoff(
             MetaHintStore(storage),
@@ -106,7 +112,8 @@ class LeaderlessMode:
 
     def start(self, now_ms: int) -> list[Effect]:
         """At every boot: the hints kept on disk, and the handoff timer while any are held."""
-        return self._sends(self.handoff.start(now_ms), now_ms)
+        sends = self.handoff.start(now_ms)
+        return self._sends(sends, now_ms) if self._config.hinted_handoff else []
 
     def tick(self, now_ms: int) -> list[Effect]:
         self._timer_at_ms = None
@@ -135,7 +142,7 @@ class LeaderlessMode:
         """``sends`` as the node's effects, and the handoff timer armed for the next delivery due (a node that
         holds no hint has none)."""
         effects: list[Effect] = [Send(Message(self._node_id, s.dst, s.partition, s.body), s.durable) for s in sends]
-        at_ms = self.handoff.next_tick_ms(now_ms)
+        at_ms = self.handoff.next_tick_ms(now_ms) if self._config.hinted_handoff else None
         if at_ms is not None and (self._timer_at_ms is None or at_ms < self._timer_at_ms):
             self._timer_at_ms = at_ms
             effects.append(SetTimer(HANDOFF_TIMER, at_ms))
@@ -153,6 +160,7 @@ class LeaderlessMode:
             self.policy_for,
             # A child draw per replica, in partition order: the simulator stays deterministic.
             incarnation=self._rng.getrandbits(63),
+            stats=self.stats,
         )
         self.place(replica, partition, partition_map)
         return replica
@@ -197,7 +205,22 @@ class LeaderlessMode:
     def _found(self, key: str, state: Versions | None) -> FoundSiblings:
         if state is None:
             return FoundSiblings(key, (), b"")
-        return FoundSiblings(key, state.values, encode_context(state.context))
+        context = encode_context(state.context)
+        if self._config.policy_name(key) in CRDT_TYPES:
+            # A CRDT key's value is its data type's state: a read returns it rendered as JSON.
+            return FoundSiblings(key, (render(state),) if state.values else (), context)
+        return FoundSiblings(key, state.values, context)
+
+    def check(self, op: KeyOp) -> None:
+        """KvError (a 400) for a write a CRDT key's policy refuses as an operation (malformed JSON, an unknown
+        field, a value past its bounds), before any replica sees it; checked on an empty state."""
+        if not isinstance(op, PutOp) or self._config.policy_name(op.key) not in CRDT_TYPES:
+            return
+        try:
+            self.policy_for(op.key).write(None, VectorClock(), (self._node_id, 1), op.value, 0)
+        except ValueError as exc:
+            kind = self._config.policy_name(op.key)
+            raise KvError(ErrorCode.BAD_REQUEST, f"key {op.key!r} is a {kind}: {exc}") from None
 
 
 def placement(partition_map: PartitionMap, partition: int) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -18,6 +18,7 @@ from kvstore.errors import ErrorCode
 from kvstore.storage.base import Record, Sibling
 from partitioning.partition_map import Member, PartitionMap
 from partitioning.stream import STREAM_MESSAGES
+from replication.anti_entropy import ANTI_ENTROPY_MESSAGES
 from replication.leaderless_messages import LEADERLESS_MESSAGES
 from replication.raft_messages import RAFT_MESSAGES
 from replication.replica import LogEntry
@@ -33,6 +34,7 @@ register_all(STREAM_MESSAGES)
 register_all(RAFT_MESSAGES)
 # Leaderless mode's: quorum reads and writes, read repair, hinted handoff, tombstone purges.
 register_all(LEADERLESS_MESSAGES)
+register_all(ANTI_ENTROPY_MESSAGES)
 
 # Partition id used by messages that belong to the node as a whole rather than one partition.
 NODE_PARTITION = -1

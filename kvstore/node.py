@@ -711,6 +711,8 @@ class Node:
     def _start(self, op: ClientOp | ScanPartitionsOp, target: _Target) -> None:
         try:
             check_op(op, self._limits, self.config.mode, self.config.replication.reads, self.config.replication_factor)
+            if self._leaderless is not None and isinstance(op, PutOp):
+                self._leaderless.check(op)
         except KvError as exc:
             self._deliver(target, Failure.of(exc.code, exc.message))
             return

@@ -21,17 +21,24 @@ A coordinator keeps each open call as one pending request, named by an id that s
 - **Suspicion**: a peer that was unreachable or did not answer in time is avoided for ``suspect_ms``; any
   message from it clears that.
 
-Every change of the store goes through ``_put`` / ``_remove`` (anti-entropy hooks there).
+- **Anti-entropy** (``replication/anti_entropy.py``): the replica keeps a Merkle tree of its states (built from
+  the store at boot, updated by every change, which goes through ``_put`` / ``_remove``) and, every
+  ``anti_entropy_interval_ms``, compares it with the next preference replica in turn; the states exchanged are
+  merged like any peer's.
+
+Peer states are untrusted: one that does not decode, or that the key's policy refuses to merge, counts as no
+reply and is never stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
 
 from replication import dvv
+from replication.anti_entropy import ANTI_ENTROPY_MESSAGES, AntiEntropy
 from replication.conflict import ConflictPolicy
 from replication.dvv import Versions
 from replication.leaderless_messages import (
@@ -141,6 +148,18 @@ class LeaderlessSettings:
     tombstone_grace_ms: int = 60_000
     max_pending_requests: int = 1024  # open coordinated requests; past it a call is refused ("overloaded")
     max_purges_in_flight: int = 16
+    anti_entropy_interval_ms: int | None = 10_000  # None: no anti-entropy rounds (this replica still answers)
+
+
+@dataclass
+class LeaderlessStats:
+    """What every leaderless replica of a node did since it started (the node's ``/metrics``)."""
+
+    read_repairs: int = 0  # merged states sent to (or stored at) replicas a read found stale
+    ae_rounds: int = 0  # anti-entropy rounds finished here, started by this node or a peer
+    ae_keys_repaired: int = 0  # keys an anti-entropy round changed here
+    ae_bytes_sent: int = 0
+    ae_bytes_received: int = 0
 
 
 # The hard state's layout version: msgpack [HARD_STATE_VERSION, partition dot counter].
@@ -148,6 +167,8 @@ HARD_STATE_VERSION = 1
 # Keys read per store call while scanning.
 _SCAN_CHUNK = 256
 _SWEEP_TIMER = "sweep"
+_AE_TIMER = "ae"
+_AE_DEADLINE_TIMER = "ae-deadline"
 _REQUEST_TIMER = "req:"
 _PURGE_TIMER = "purge:"
 
@@ -217,6 +238,7 @@ class LeaderlessReplica:
         settings: LeaderlessSettings,
         policy_for: Callable[[str], ConflictPolicy],
         incarnation: int,
+        stats: LeaderlessStats | None = None,
     ) -> None:
         self.partition = partition
         self.node_id = node_id
@@ -232,6 +254,9 @@ class LeaderlessReplica:
         self._requests: dict[int, _Request] = {}
         self._purges: dict[int, _Purge] = {}
         self._sweep_cursor = ""
+        self.stats = stats if stats is not None else LeaderlessStats()
+        self._ae = AntiEntropy() if settings.anti_entropy_interval_ms is not None else None
+        self._ae_turn = 0
 
     # ------------------------------------------------------------ the node's side
 
@@ -260,6 +285,9 @@ class LeaderlessReplica:
         elif isinstance(inp, ReplicaStarted):
             self._counter = _decode_hard_state(inp.recovered.hard_state)
             out.append(StartTimer(_SWEEP_TIMER, now_ms + self._settings.sweep_interval_ms))
+            if self._ae is not None and self._settings.anti_entropy_interval_ms is not None:
+                self._load_tree(self._ae)
+                out.append(StartTimer(_AE_TIMER, now_ms + self._settings.anti_entropy_interval_ms))
         # Synced and SnapshotInstalled mean nothing here: durability rides on the effects' marks.
         return out
 
@@ -284,18 +312,44 @@ class LeaderlessReplica:
     # ------------------------------------------------------------ storage: every change passes here
 
     def _put(self, key: str, state: Versions) -> None:
+        if self._ae is not None:
+            old = self._store.get(key)
+            self._ae.record(key, None if old is None else dvv.encode(old), dvv.encode(state))
         self._store.put(key, state)
 
     def _remove(self, key: str) -> None:
+        if self._ae is not None:
+            old = self._store.get(key)
+            self._ae.record(key, None if old is None else dvv.encode(old), None)
         self._store.remove(key)
 
+    def _load_tree(self, ae: AntiEntropy) -> None:
+        cursor = ""
+        while True:
+            keys = self._store.keys_from(cursor, _SCAN_CHUNK)
+            for key in keys:
+                state = self._store.get(key)
+                if state is not None:
+                    ae.record(key, None, dvv.encode(state))
+            if len(keys) < _SCAN_CHUNK:
+                return
+            cursor = keys[-1] + "\0"
+
     def _merge_local(self, key: str, incoming: Versions) -> Versions:
-        """Merge ``incoming`` into the local state by the key's policy; store only if that changes it."""
+        """Merge ``incoming`` into the local state by the key's policy; store only if that changes it. ValueError
+        if the policy refuses ``incoming`` (a peer's state of another type, or not canonical)."""
         local = self._store.get(key)
-        merged = incoming if local is None else self._policy_for(key).merge(local, incoming)
+        policy = self._policy_for(key)
+        merged = policy.merge(incoming, incoming) if local is None else policy.merge(local, incoming)
         if merged != local:
             self._put(key, merged)
         return merged
+
+    def _checked(self, key: str, data: bytes) -> Versions:
+        """A peer's state of ``key``: decoded and accepted by the key's policy, else ValueError."""
+        state = dvv.decode(data)
+        self._policy_for(key).merge(state, state)
+        return state
 
     def _take_dot(self, counter: int) -> None:
         # Written in the same step as the write it dots: one sync makes both durable.
@@ -479,8 +533,10 @@ class LeaderlessReplica:
         for node, state in read.replies.items():
             if node != self.node_id and state != merged:
                 read.repairing.add(node)
+                self.stats.read_repairs += 1
                 out.append(SendTo(node, KeyWriteRequest(req, read.key, encoded)))
         if read.replies[self.node_id] != merged:
+            self.stats.read_repairs += 1
             self._merge_local(read.key, merged)
 
     # ---- linearizable (ABD)
@@ -577,13 +633,54 @@ class LeaderlessReplica:
         elif (isinstance(body, PurgeKey) and _fields_ok(0, body.key, body.context)
               and self._holds_tombstone(body.key, body.context)):
             self._remove(body.key)
+        elif isinstance(body, ANTI_ENTROPY_MESSAGES) and self._ae is not None and {src, self.node_id} <= set(
+            self._preference
+        ):
+            self._on_anti_entropy(now_ms, src, body, self._ae, out)
+
+    # ---- anti-entropy
+
+    def _start_anti_entropy(self, now_ms: int, ae: AntiEntropy, out: list[ReplicaEffect]) -> None:
+        """A round with the next preference replica in turn that is not suspected (none if all are)."""
+        peers = [n for n in self._preference if n != self.node_id and not self._suspected(n, now_ms)]
+        if not peers or ae.running or self.node_id not in self._preference:
+            return
+        self._ae_turn += 1
+        peer = peers[self._ae_turn % len(peers)]
+        self._next_req += 1
+        out.extend(SendTo(dst, msg) for dst, msg in ae.start(now_ms, peer, self._next_req))
+        self._arm_ae_deadline(ae, out)
+
+    def _on_anti_entropy(self, now_ms: int, src: str, body: object, ae: AntiEntropy, out: list[ReplicaEffect]) -> None:
+        step = ae.on_message(now_ms, src, body, self._states_of)
+        out.extend(SendTo(dst, msg) for dst, msg in step.sends)
+        for key, data in step.merge:
+            local = self._store.get(key)
+            if self._accept_state(key, data)[0] and self._store.get(key) != local:
+                self.stats.ae_keys_repaired += 1
+        if step.finished is not None:
+            self.stats.ae_rounds += 1
+            self.stats.ae_bytes_sent += step.finished.bytes_sent
+            self.stats.ae_bytes_received += step.finished.bytes_received
+        self._arm_ae_deadline(ae, out)
+
+    def _states_of(self, keys: Sequence[str]) -> dict[str, bytes]:
+        states = {}
+        for key in keys:
+            state = self._store.get(key)
+            if state is not None:
+                states[key] = dvv.encode(state)
+        return states
+
+    def _arm_ae_deadline(self, ae: AntiEntropy, out: list[ReplicaEffect]) -> None:
+        deadline = ae.next_deadline_ms()
+        out.append(StopTimer(_AE_DEADLINE_TIMER) if deadline is None else StartTimer(_AE_DEADLINE_TIMER, deadline))
 
     def _accept_state(self, key: str, data: bytes) -> tuple[bool, str]:
         try:
-            incoming = dvv.decode(data)
+            self._merge_local(key, dvv.decode(data))
         except ValueError as exc:
             return False, str(exc)
-        self._merge_local(key, incoming)
         return True, ""
 
     def _on_read_reply(self, now_ms: int, src: str, body: KeyReadReply, out: list[ReplicaEffect]) -> None:
@@ -595,9 +692,9 @@ class LeaderlessReplica:
         if isinstance(request, _Abd) and request.result is not None:
             return
         try:
-            state = dvv.decode(body.state) if body.state else None
+            state = self._checked(body.key, body.state) if body.state else None
         except ValueError:
-            return  # a state that does not decode counts as no reply
+            return  # a state that does not decode, or that the policy refuses, counts as no reply
         request.replies[src] = state
         if isinstance(request, _Read):
             if request.repairing is None:
@@ -650,6 +747,12 @@ class LeaderlessReplica:
         if key == _SWEEP_TIMER:
             self._sweep(now_ms, out)
             out.append(StartTimer(_SWEEP_TIMER, now_ms + self._settings.sweep_interval_ms))
+        elif key == _AE_TIMER and self._ae is not None and self._settings.anti_entropy_interval_ms is not None:
+            self._start_anti_entropy(now_ms, self._ae, out)
+            out.append(StartTimer(_AE_TIMER, now_ms + self._settings.anti_entropy_interval_ms))
+        elif key == _AE_DEADLINE_TIMER and self._ae is not None:
+            out.extend(SendTo(dst, msg) for dst, msg in self._ae.on_timer(now_ms))
+            self._arm_ae_deadline(self._ae, out)
         elif key.startswith(_PURGE_TIMER):
             self._purges.pop(_timer_id(key, _PURGE_TIMER), None)
         elif key.startswith(_REQUEST_TIMER):

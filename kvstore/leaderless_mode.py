@@ -97,6 +97,8 @@ class LeaderlessMode:
             self._merge_states,
             max_hints=self._config.max_hints,
             handoff_interval_ms=self._config.handoff_interval_ms,
+            # A hint older than a tombstone's grace could bring a purged key back: it expires then.
+            max_hint_age_ms=self._config.tombstone_grace_ms,
             incarnation=rng.randrange(1, 1 << 63),
         )
         # When the handoff timer fires next (None: not armed).

@@ -18,6 +18,10 @@ that node-level logic, sans-IO: the node hands it the messages and a clock, and 
   ``handoff_interval_ms`` up to ``backoff_max_ms``); any message from it (``reachable``) ends the back-off.
   Every send is bounded per tick by the in-flight limit, so a target that never answers costs at most that
   many messages per ``resend_after_ms``.
+- Hints expire ``max_hint_age_ms`` after the oldest write they hold (a merge keeps the first hint's time), as
+  Cassandra's ``max_hint_window`` does: the node sets it to the tombstone grace period, so a hint older than a
+  delete can never hand its value to a replica after the tombstone was purged. Nothing acknowledged is lost by
+  it: the coordinator of every write is a preference replica that stored it, and anti-entropy spreads it.
 - Hint ids start at the node's incarnation (random per boot) and count up, skipping the ids still held, so an
   ack for a hint delivered before a restart cannot drop a hint made after it.
 """
@@ -91,6 +95,7 @@ class HandoffStats:
     sent: int = 0  # handoffs sent for the first time
     resent: int = 0  # handoffs sent again, not acked in time or after a back-off
     delivered: int = 0
+    expired: int = 0  # dropped undelivered after max_hint_age_ms
     stale_acks: int = 0  # acks for a hint no longer held (merged into a newer one, or delivered already)
     backoffs: int = 0
 
@@ -117,6 +122,7 @@ class HintedHandoff:
         max_in_flight_per_target: int = 64,
         backoff_max_ms: int = 30_000,
         resend_after_ms: int = 5_000,
+        max_hint_age_ms: int | None = None,
         incarnation: int,
     ) -> None:
         """``merge(partition, key, old_state, new_state)`` joins two states of a key by its conflict policy
@@ -133,6 +139,7 @@ class HintedHandoff:
         self._max_in_flight = max_in_flight_per_target
         self._backoff_max_ms = max(backoff_max_ms, handoff_interval_ms)
         self._resend_after_ms = resend_after_ms
+        self._max_age_ms = max_hint_age_ms
         self._next_id = incarnation
         self._hints: dict[int, Hint] = {}
         self._by_slot: dict[Slot, int] = {}
@@ -219,6 +226,11 @@ class HintedHandoff:
     def tick(self, now_ms: int) -> list[HandoffSend]:
         """The handoffs due: per target not backing off, those not acked in time again, then new ones in hint id
         order, at most ``max_in_flight_per_target`` unacknowledged."""
+        if self._max_age_ms is not None:
+            for hint in [h for h in self._hints.values() if h.created_ms + self._max_age_ms <= now_ms]:
+                self._store.remove(hint.hint_id)
+                self._drop(hint)
+                self.stats.expired += 1
         sends: list[HandoffSend] = []
         for name in sorted(self._targets):
             target = self._targets[name]

@@ -252,6 +252,20 @@ def test_start_joins_two_hints_of_one_key_left_by_a_crash_mid_merge() -> None:
     assert hh.stats.held_bytes == 1 + len(hint.state)
 
 
+def test_a_hint_expires_max_hint_age_ms_after_its_first_write_even_when_merged_since() -> None:
+    store = MemoryHintStore()
+    hh = handoff(store, max_hint_age_ms=1000)
+    hh.on_hinted_write(100, "c", 7, hinted(1, "k", state("c", 1, b"a")))
+    hh.on_hinted_write(900, "c", 7, hinted(2, "k", state("c", 2, b"b")))  # merged: the first write's time stays
+    hh.on_hinted_write(900, "c", 7, hinted(3, "j", state("c", 3, b"c")))
+    assert requests(hh.tick(1099)) == [("t", 7, "k", 1001), ("t", 7, "j", 1002)]
+    assert hh.tick(1100) == []  # k expired undelivered (its in-flight handoff goes with it); j is in flight
+    assert [(h.key, h.created_ms) for h in store.hints.values()] == [("j", 900)]
+    assert (hh.stats.expired, hh.stats.held) == (1, 1)
+    hh.on_ack(1200, "t", 7, HandoffAck(1001))  # the expired hint's handoff, acked late: nothing to drop
+    assert hh.stats.held == 1
+
+
 def test_hint_ids_wrap_within_signed_64_bits() -> None:
     hh = handoff(incarnation=(1 << 63) - 1)
     hh.on_hinted_write(0, "c", 7, hinted(1, "a", state("c", 1, b"v")))

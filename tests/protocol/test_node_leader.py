@@ -164,7 +164,7 @@ def test_the_config_checks_mode_and_replicas() -> None:
     with pytest.raises(ConfigError, match="positive int"):
         local_cluster(3, mode="leader", replicas=0)
     with pytest.raises(ConfigError, match="not one of"):
-        local_cluster(3, mode="leaderless")
+        local_cluster(3, mode="quorum")
     cfg = ClusterConfig.from_dict({**leader_config().to_dict()})
     assert cfg.mode == "leader" and cfg.replicas == 3
 

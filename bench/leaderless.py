@@ -19,8 +19,10 @@ coordinates; the others are one forward away). A GET answered 200 or 300 (siblin
 carry the causal context the previous PUT of that key returned, as a client writing what it read would, so
 the bench's own writes supersede each other instead of piling up siblings. Messages per op: the cluster's
 peer messages (``kvstore_peer_messages_sent_total``, every kind; in leader mode the multi-Raft envelopes, as
-sent) in the measured seconds divided by the ops answered. Ratios: leaderless / leader of the same run, size
-and op (ops/s and p50), the median of the per-run ratios.
+sent) in the measured seconds divided by the ops answered. Background traffic counts too: leader mode's
+heartbeats, and leaderless anti-entropy rounds (one per partition and node every ``anti_entropy_interval_ms``,
+two messages when the trees agree): up to about 0.2 messages per op at these rates. Ratios: leaderless /
+leader of the same run, size and op (ops/s and p50), the median of the per-run ratios.
 
 Convergence after a heal (3 nodes, N = 3, so every node holds every partition and no fallback exists: nothing is
 hinted, and only anti-entropy, or a read's repair, can bring a replica what it missed). A fresh cluster is
@@ -612,7 +614,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per op and setting")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of discarded load before each")
-    parser.add_argument("--keys", type=int, default=2000)
+    parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--partition-writes", type=int, default=500, help="w=1 writes while a node is down")
     parser.add_argument("--heal-timeout", type=float, default=30.0, help="seconds to wait for convergence")

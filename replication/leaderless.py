@@ -184,6 +184,8 @@ class _Write:
     targets: dict[str, str]
     acked: set[str] = field(default_factory=set)
     answered: bool = False
+    # Set once its timer fired and the replicas that never answered were handed to fallbacks (with hints).
+    rerouted: bool = False
 
 
 @dataclass
@@ -763,11 +765,23 @@ class LeaderlessReplica:
 
     def _expire(self, now_ms: int, req: int, request: _Request, out: list[ReplicaEffect]) -> None:
         if isinstance(request, _Write):
-            for node in request.targets.keys() - request.acked:
+            silent = sorted(request.targets.keys() - request.acked)
+            for node in silent:
                 self._suspect(node, now_ms)
             if not request.answered:
+                request.answered = True
                 message = f"{1 + len(request.acked)} of w={request.w} acks in time; it may be stored on some replicas"
                 out.append(Answer(request.token, QuorumFailed("timeout", False, message)))
+            if self._settings.sloppy and silent and not request.rerouted:
+                # A replica whose messages are lost never refuses: only its silence tells, and the write must
+                # still reach a fallback (as a hint), or the replica misses it until anti-entropy. The request
+                # stays open one more timeout for the fallbacks' acks.
+                request.rerouted = True
+                for node in silent:
+                    self._reroute_write(now_ms, req, request, node, out)
+                if req in self._requests:
+                    out.append(StartTimer(f"{_REQUEST_TIMER}{req}", now_ms + self._settings.request_timeout_ms))
+                return
         elif isinstance(request, _Read):
             for node in request.asked - request.replies.keys():
                 self._suspect(node, now_ms)

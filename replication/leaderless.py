@@ -628,7 +628,10 @@ class LeaderlessReplica:
                 self._on_write_ack(now_ms, src, body, out)
         elif isinstance(body, PurgeCheck):
             if _fields_ok(body.req, body.key, body.context):
-                out.append(SendTo(src, PurgeVote(body.req, body.key, self._holds_tombstone(body.key, body.context))))
+                holds = self._holds_tombstone(body.key, body.context)
+                # A yes lets the others drop the key: the tombstone (perhaps brought by anti-entropy, which syncs
+                # nothing) must be on disk first, or a power loss here could bring back the value it deleted.
+                out.append(SendTo(src, PurgeVote(body.req, body.key, holds), durable=holds))
         elif isinstance(body, PurgeVote):
             if _fields_ok(body.req, body.key):
                 self._on_purge_vote(src, body, out)
@@ -831,7 +834,8 @@ class LeaderlessReplica:
         self._next_req += 1
         self._purges[req] = _Purge(key, context, others)
         encoded = dvv.encode_context(context)
-        out.extend(SendTo(node, PurgeCheck(req, key, encoded)) for node in sorted(others))
+        # Durable for the same reason as a yes vote: this replica's own tombstone is on disk before it asks.
+        out.extend(SendTo(node, PurgeCheck(req, key, encoded), durable=True) for node in sorted(others))
         out.append(StartTimer(f"{_PURGE_TIMER}{req}", now_ms + self._settings.request_timeout_ms))
 
     def _on_purge_vote(self, src: str, vote: PurgeVote, out: list[ReplicaEffect]) -> None:

@@ -182,3 +182,21 @@ def test_a_hint_of_the_old_value_handed_off_after_the_purge_does_not_bring_the_k
     assert net.hints(fallback) == []
     assert found(net.request(pref[0], GetOp(key, r="all"))).values == ()
     assert all(net.values_on(n, key) == set() for n in pref)
+
+
+@pytest.mark.parametrize("lags", [0, 2])  # the purge's coordinator (the first replica), or a voter
+def test_a_tombstone_brought_by_anti_entropy_is_on_disk_before_the_purge_counts_on_it(lags: int) -> None:
+    net = net_of(sloppy=False)
+    key, pref, outsider = first_key(net)
+    stored(net.request(outsider, PutOp(key, b"v", w="all")))
+    lagging = pref[lags]
+    net.isolate(lagging)
+    got = found(net.request(pref[1], GetOp(key, r="2")))
+    stored(net.request(pref[1], DeleteOp(key, context=got.context, w="2")))
+    net.heal()
+    # Anti-entropy alone brings the tombstone (its messages are not durable), then the purge runs everywhere.
+    net.run_until(lambda: all(net.state(n, key) is None for n in pref))
+    net.power_loss(lagging)
+    net.run_for(GRACE_MS + 4 * SWEEP_MS)
+    assert all(net.values_on(n, key) == set() for n in pref)
+    assert found(net.request(outsider, GetOp(key, r="all"))).values == ()

@@ -55,7 +55,7 @@ from replication.leaderless import (
     LocalScan,
     QuorumFailed,
 )
-from replication.leaderless_messages import HandoffAck, HandoffRequest, KeyWriteRequest
+from replication.leaderless_messages import HandoffAck, HandoffRequest, KeyWriteAck, KeyWriteRequest
 from replication.replica import ClientCall
 from replication.vclock import VectorClock
 
@@ -119,17 +119,37 @@ class LeaderlessMode:
         self._timer_at_ms = None
         return self._sends(self.handoff.tick(now_ms), now_ms)
 
-    def on_message(self, now_ms: int, msg: Message) -> list[Effect] | None:
+    def on_message(self, now_ms: int, msg: Message, partition_map: PartitionMap) -> list[Effect] | None:
         """Handoff traffic a node answers itself (a hinted write for another replica, a handoff's ack); None for
         anything else. Any message from a node means it answers: its hints may go to it again at once."""
         self.handoff.reachable(msg.src)
         body = msg.body
         if isinstance(body, KeyWriteRequest) and body.hint_for and body.hint_for != self._node_id:
+            if type(body.req) is not int or not isinstance(body.key, str) or not isinstance(body.hint_for, str):
+                return []  # a hostile peer's: nothing to answer (the codec lets no such message in)
+            refusal = self._hint_refusal(msg.partition, body.hint_for, partition_map)
+            if refusal:
+                ack = KeyWriteAck(body.req, body.key, ok=False, reason=refusal)
+                return [Send(Message(self._node_id, msg.src, msg.partition, ack), False)]
             return self._sends(self.handoff.on_hinted_write(now_ms, msg.src, msg.partition, body), now_ms)
         if isinstance(body, HandoffAck):
-            self.handoff.on_ack(now_ms, msg.src, msg.partition, body)
+            if type(body.hint) is int:
+                self.handoff.on_ack(now_ms, msg.src, msg.partition, body)
             return []
         return None
+
+    def _hint_refusal(self, partition: int, hint_for: str, partition_map: PartitionMap) -> str:
+        """Why this node must not keep a hint of ``partition`` for ``hint_for`` ("" if it may): a hint for a
+        partition that does not exist, or for a node that is no replica of it, would never be delivered and
+        would hold a place in the bounded store for ever; a replica of the partition takes writes, not hints."""
+        if not 0 <= partition < partition_map.partition_count:
+            return f"no partition {partition}"
+        replicas = partition_map.replicas[partition]
+        if hint_for not in replicas:
+            return f"{hint_for!r} holds no replica of partition {partition}"
+        if self._node_id in replicas:
+            return f"{self._node_id} is a replica of partition {partition}, not a fallback"
+        return ""
 
     def on_send_failed(self, now_ms: int, msg: Message) -> bool:
         """Whether ``msg`` was a handoff (whose target then backs off)."""

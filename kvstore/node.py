@@ -527,7 +527,9 @@ class Node:
         elif isinstance(body, RaftSnapshotPart):
             if self._leader_mode:
                 self._effects.extend(self.snapshots.on_message(self._now_ms, msg.src, msg.partition, body))
-        elif self._leaderless is not None and (handled := self._leaderless.on_message(self._now_ms, msg)) is not None:
+        elif self._leaderless is not None and (
+            handled := self._leaderless.on_message(self._now_ms, msg, self.partition_map)
+        ) is not None:
             self._effects.extend(handled)
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))

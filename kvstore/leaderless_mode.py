@@ -101,6 +101,10 @@ class LeaderlessMode:
         )
         # When the handoff timer fires next (None: not armed).
         self._timer_at_ms: int | None = None
+        self._request_timeout_ms = config.timeouts.request_timeout_ms
+        # Peers this node forwarded an op to and has heard nothing from since: when the first such forward left.
+        # One entry per peer at most (bounded by the roster).
+        self._awaiting_since_ms: dict[str, int] = {}
 
     def policy_for(self, key: str) -> ConflictPolicy:
         return self._policies[self._config.policy_name(key)]
@@ -167,6 +171,28 @@ class LeaderlessMode:
             self._timer_at_ms = at_ms
             effects.append(SetTimer(HANDOFF_TIMER, at_ms))
         return effects
+
+    # ------------------------------------------------------------ routing the ops of partitions held elsewhere
+
+    def route(self, replicas: tuple[str, ...], now_ms: int) -> str:
+        """Which of a partition's ``replicas`` coordinates an op this node forwards: the first, in preference
+        order, that is not silent. Any replica may coordinate, so one whose messages are lost (it never refuses,
+        its forwards only time out) must not take every op of its partitions down with it."""
+        for node in replicas:
+            since = self._awaiting_since_ms.get(node)
+            if since is None or now_ms - since < self._request_timeout_ms:
+                return node
+        return replicas[0]  # all silent: the first, whose answer would clear it
+
+    def forwarded_to(self, node: str, now_ms: int) -> None:
+        self._awaiting_since_ms.setdefault(node, now_ms)
+
+    def heard_from(self, node: str) -> None:
+        self._awaiting_since_ms.pop(node, None)
+
+    def unreachable(self, node: str, now_ms: int) -> None:
+        """A forward to ``node`` could not be sent at all: silent at once."""
+        self._awaiting_since_ms[node] = now_ms - self._request_timeout_ms
 
     # ------------------------------------------------------------ replicas
 

@@ -498,6 +498,8 @@ class Node:
     def _on_message(self, msg: Message) -> None:
         if msg.dst != self.node_id or msg.src not in self._peers:
             return  # misrouted, or from outside the cluster: there is nobody to answer
+        if self._leaderless is not None:
+            self._leaderless.heard_from(msg.src)
         body = msg.body
         if isinstance(body, Forward):
             self._on_forward(msg.src, msg.partition, body)
@@ -540,6 +542,8 @@ class Node:
         if isinstance(msg.body, _NODE_TRAFFIC):
             if self.config.mode != "single" and isinstance(msg.body, Forward):
                 self._route_around(msg.dst)
+                if self._leaderless is not None:
+                    self._leaderless.unreachable(msg.dst, self._now_ms)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif isinstance(msg.body, RaftBatch):
             for partition, item in batch_items(msg, msg.body, self.replicas):
@@ -787,8 +791,11 @@ class Node:
         return ClientCall(token, op, replication=settings.write_mode(op.replication))
 
     def _route_key_op(self, partition: int, op: KeyOp) -> str:
-        """Where a key op for a partition held elsewhere goes: a stale read to a replica of the partition (any of
-        them may serve it, so they take turns), everything else to the leader (``_route``)."""
+        """Where a key op for a partition held elsewhere goes: in leaderless mode to a replica that is not silent
+        (any of them coordinates); a stale read to a replica of the partition (any of them may serve it, so they
+        take turns), everything else to the leader (``_route``)."""
+        if self._leaderless is not None:
+            return self._leaderless.route(self.partition_map.replicas[partition], self._now_ms)
         if self._leader_mode and isinstance(op, GetOp) and self.config.replication.read_mode(op.consistency) == "stale":
             group = self.partition_map.replicas[partition]
             self._stale_turn += 1
@@ -1067,6 +1074,8 @@ class Node:
 
     def _forward(self, token: int, dst: str, partition: int, op: ClientOp | ScanPartitionsOp) -> None:
         assert token in self._waiting, "a forward is tracked with nobody waiting on it"
+        if self._leaderless is not None:
+            self._leaderless.forwarded_to(dst, self._now_ms)
         self._effects.extend(self._forwarder.forward(self._now_ms, token, dst, partition, op))
 
     def _owner_of_key(self, key: str) -> str:

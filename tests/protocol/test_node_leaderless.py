@@ -5,7 +5,8 @@ the fallback's metadata, and anti-entropy on its own (no reads, so no read repai
 from __future__ import annotations
 
 from kvstore.errors import ErrorCode
-from kvstore.messages import DeleteOp, Failure, FoundSiblings, GetOp, PutOp, Stored
+from kvstore.messages import DeleteOp, Failure, FoundSiblings, GetOp, Message, PutOp, Stored
+from replication.leaderless_messages import HandoffAck
 from tests.protocol.leaderless_node_net import LeaderlessNet, keys_with, leaderless_config
 
 HANDOFF_MS = 500
@@ -52,6 +53,25 @@ def test_quorum_writes_and_reads_through_any_node_reach_every_replica() -> None:
         assert net.values_on(node, key) == {b"v1"}
     assert net.state(outsider, key) is None
     assert net.hints(outsider) == []
+
+
+def test_a_node_that_holds_no_replica_stops_forwarding_to_a_silent_one_and_uses_the_others() -> None:
+    net = net_of(anti_entropy=False)
+    net.refuse_down = False  # its messages are lost: no refusal tells that it is gone
+    key, pref, outsider = outsider_key(net)
+    net.stop(pref[0])
+    first = net.request(outsider, PutOp(key, b"v1"))
+    assert isinstance(first, Failure) and first.code == ErrorCode.TIMEOUT, first
+    # Every later op goes to another replica, which coordinates it with the third.
+    got = found(net.request(outsider, GetOp(key)))
+    assert stored(net.request(outsider, PutOp(key, b"v2", context=got.context))).acks == 2
+    assert found(net.request(outsider, GetOp(key))).values == (b"v2",)
+    # Once it answers again it is asked again.
+    net.restart(pref[0])
+    net.refuse_down = True
+    net.step(outsider, Message(pref[0], outsider, 0, HandoffAck(1)))  # any message from it
+    assert net.nodes[outsider]._leaderless is not None
+    assert net.nodes[outsider]._leaderless.route(pref, net.now) == pref[0]
 
 
 def test_blind_writes_through_two_nodes_become_siblings_and_a_write_with_the_context_supersedes_them() -> None:

@@ -1,8 +1,9 @@
 """A Hypothesis state machine of a five-node leaderless cluster (N=3) of real ``Node``s on simulated disks:
 writes (blind, or with the context of the client's last read; puts and deletes) and reads through any node,
-crashes (process and power loss) and restarts, isolated nodes and heals. After everything heals and a quiet
-time (anti-entropy and hinted handoff, no reads), every replica of a key holds the same state, and every
-acknowledged value is in it or was seen by the read whose context a later write (not refused) carried."""
+crashes (process and power loss) and restarts, isolated nodes and heals, lost, duplicated and reordered
+messages. After everything heals and a quiet time (anti-entropy and hinted handoff, no reads), every replica
+of a key holds the same state, and every acknowledged value is in it or was seen by the read whose context a
+later write (not refused) carried."""
 
 from __future__ import annotations
 
@@ -98,12 +99,17 @@ class LeaderlessNodeMachine(RuleBasedStateMachine):
     def heal(self) -> None:
         self.net.heal()
 
+    @rule(drop=st.sampled_from([0.0, 0.1, 0.3]), duplicate=st.sampled_from([0.0, 0.1]), reorder=st.booleans())
+    def faults(self, drop: float, duplicate: float, reorder: bool) -> None:
+        self.net.drop, self.net.duplicate, self.net.reorder = drop, duplicate, reorder
+
     @rule(ms=st.integers(1, 1500))
     def wait(self, ms: int) -> None:
         self.net.run_for(ms)
 
     def teardown(self) -> None:
         net = self.net
+        net.drop = net.duplicate = 0.0
         net.heal()
         for node in sorted(net.down):
             net.restart(node)
@@ -119,4 +125,4 @@ class LeaderlessNodeMachine(RuleBasedStateMachine):
 
 
 TestLeaderlessNodeMachine = LeaderlessNodeMachine.TestCase
-TestLeaderlessNodeMachine.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+TestLeaderlessNodeMachine.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)

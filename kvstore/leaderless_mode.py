@@ -10,7 +10,10 @@ of). This module is the node's side of it:
 - the conflict policy of each key (``[leaderless.policies]``, longest prefix first), one object per policy;
 - hinted handoff (``replication/hinted_handoff.py``): a write this node takes as a fallback for an unreachable
   replica of a partition it does not hold is kept as a hint (``kvstore/hint_store.py``) and handed to that
-  replica once it answers again, every ``handoff_interval_ms``;
+  replica once it answers again, every ``handoff_interval_ms``; a hinted write it could never hand off (a
+  partition that does not exist, a target that is no replica of it, or this node a replica itself) is refused;
+- where an op of a partition it holds no replica of goes: the first replica, in preference order, that is not
+  silent (a forward to it unanswered past the request timeout), since any replica coordinates;
 - a client op as the call a replica takes (``KeyRead``/``KeyWrite``, quorums resolved against the cluster's
   ``[leaderless]`` defaults), and the replica's answer as the client's result: ``FoundSiblings`` (every live
   value and the context), ``Stored`` (the new context), or a ``Failure`` whose definiteness is the replica's.

@@ -635,8 +635,10 @@ class LeaderlessReplica:
         elif isinstance(body, PurgeVote):
             if _fields_ok(body.req, body.key):
                 self._on_purge_vote(src, body, out)
-        elif (isinstance(body, PurgeKey) and _fields_ok(0, body.key, body.context)
+        elif (isinstance(body, PurgeKey) and src in self._preference and _fields_ok(0, body.key, body.context)
               and self._holds_tombstone(body.key, body.context)):
+            # Only a purge's coordinator, a preference replica, counted every vote: from anyone else it is not
+            # a purge but a way to drop a tombstone a lagging replica still needs.
             self._remove(body.key)
         elif isinstance(body, ANTI_ENTROPY_MESSAGES) and self._ae is not None and {src, self.node_id} <= set(
             self._preference

@@ -16,12 +16,18 @@ from kvstore import codec
 from kvstore.codec import CodecError
 from kvstore.effects import Send
 from kvstore.hint_store import MetaHintStore
-from kvstore.messages import GetOp, Message, PutOp, Stored
+from kvstore.messages import DeleteOp, FoundSiblings, GetOp, Message, PutOp, Stored
 from kvstore.version_store import KvVersionStore
 from replication import dvv
 from replication.anti_entropy import ANTI_ENTROPY_MESSAGES
 from replication.dvv import Sibling, Versions
-from replication.leaderless_messages import LEADERLESS_MESSAGES, HandoffRequest, KeyWriteAck, KeyWriteRequest
+from replication.leaderless_messages import (
+    LEADERLESS_MESSAGES,
+    HandoffRequest,
+    KeyWriteAck,
+    KeyWriteRequest,
+    PurgeKey,
+)
 from replication.vclock import VectorClock
 from tests.protocol.leaderless_node_net import LeaderlessNet, keys_with, leaderless_config
 
@@ -156,3 +162,21 @@ def test_anti_entropy_messages_for_a_partition_not_held_or_from_a_non_replica_ar
         else:
             assert net.step(msg.dst, Message("n1", msg.dst, partition, body)) == [] or msg.dst in replicas
     node_sound(net, "n1")
+
+
+def test_a_purge_from_a_node_that_is_no_replica_of_the_key_drops_nothing() -> None:
+    net = LeaderlessNet(cfg=leaderless_config())
+    key = keys_with(net, lambda _p, pref: "n1" in pref and "n4" not in pref)[0]
+    partition, pref = net.placement(key)
+    assert isinstance(net.request("n1", PutOp(key, b"v")), Stored)
+    got = net.request("n1", GetOp(key))
+    assert isinstance(got, FoundSiblings)
+    assert isinstance(net.request("n1", DeleteOp(key, context=got.context, w="all")), Stored)
+    tombstone = net.state("n1", key)
+    assert tombstone is not None and tombstone.deleted
+    purge = PurgeKey(key, dvv.encode_context(tombstone.context))
+    net.step("n1", Message("n4", "n1", partition, purge))
+    assert net.state("n1", key) == tombstone
+    other = next(n for n in pref if n != "n1")
+    net.step("n1", Message(other, "n1", partition, purge))  # from a replica (the purge's coordinator): dropped
+    assert net.state("n1", key) is None

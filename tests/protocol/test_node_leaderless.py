@@ -229,3 +229,31 @@ def test_without_anti_entropy_a_replica_that_missed_writes_stays_behind() -> Non
     net, keys, lagging, _ = missed_writes(anti_entropy=False)
     net.run_for(5 * AE_MS)
     assert all(net.state(lagging, k) is None for k in keys)
+
+
+def test_a_read_with_sync_repair_answers_once_the_stale_replica_holds_the_merged_state() -> None:
+    net = net_of(sloppy=False, anti_entropy=False)
+    key, pref, _ = outsider_key(net)
+    net.isolate(pref[2])
+    stored(net.request(pref[0], PutOp(key, b"v", w="2")))
+    net.heal()
+    net.run_for(1500)  # suspicions end
+    assert net.state(pref[2], key) is None
+    request_id = net.submit(pref[0], GetOp(key, r="all", repair="sync"))
+    net.run_until(lambda: request_id in net.replies)
+    assert found(net.replies.pop(request_id)).values == (b"v",)
+    assert net.values_on(pref[2], key) == {b"v"}  # before anything else ran
+    assert net.durable_state(pref[2], key) is not None  # the repair's ack was durable
+
+
+def test_blind_writes_past_max_siblings_are_refused_until_a_write_resolves_them() -> None:
+    net = net_of(max_siblings=3)
+    key, pref, outsider = outsider_key(net)
+    for i in range(3):
+        stored(net.request(pref[i % 3], PutOp(key, b"v%d" % i, w="all")))
+    refused = net.request(outsider, PutOp(key, b"more", w="all"))
+    assert isinstance(refused, Failure) and refused.code == ErrorCode.PRECONDITION_FAILED, refused
+    got = found(net.request(outsider, GetOp(key, r="all")))
+    assert sorted(got.values) == [b"v0", b"v1", b"v2"]
+    stored(net.request(outsider, PutOp(key, b"resolved", context=got.context, w="all")))
+    assert found(net.request(pref[2], GetOp(key, r="all"))).values == (b"resolved",)

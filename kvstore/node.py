@@ -541,9 +541,9 @@ class Node:
             return  # a move's stream retries on its own timer, a snapshot transfer on its tick
         if isinstance(msg.body, _NODE_TRAFFIC):
             if self.config.mode != "single" and isinstance(msg.body, Forward):
-                self._route_around(msg.dst)
                 if self._leaderless is not None:
                     self._leaderless.unreachable(msg.dst, self._now_ms)
+                self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif isinstance(msg.body, RaftBatch):
             for partition, item in batch_items(msg, msg.body, self.replicas):
@@ -791,11 +791,8 @@ class Node:
         return ClientCall(token, op, replication=settings.write_mode(op.replication))
 
     def _route_key_op(self, partition: int, op: KeyOp) -> str:
-        """Where a key op for a partition held elsewhere goes: in leaderless mode to a replica that is not silent
-        (any of them coordinates); a stale read to a replica of the partition (any of them may serve it, so they
-        take turns), everything else to the leader (``_route``)."""
-        if self._leaderless is not None:
-            return self._leaderless.route(self.partition_map.replicas[partition], self._now_ms)
+        """Where a key op for a partition held elsewhere goes: a stale read to a replica of the partition (any of
+        them may serve it, so they take turns), everything else to the leader (``_route``)."""
         if self._leader_mode and isinstance(op, GetOp) and self.config.replication.read_mode(op.consistency) == "stale":
             group = self.partition_map.replicas[partition]
             self._stale_turn += 1
@@ -877,7 +874,11 @@ class Node:
         self._take_effects(partition, self.replicas[partition].step(self._expiry_clock_ms, inp))
 
     def _route(self, partition: int) -> str:
-        """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner."""
+        """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner; in
+        leaderless mode, where there is no leader, this node if it holds a replica, else one that is not silent."""
+        if self._leaderless is not None:
+            replicas = self.partition_map.replicas[partition]
+            return self.node_id if self.node_id in replicas else self._leaderless.route(replicas, self._now_ms)
         hint = self.leader_hints.get(partition) if self.config.mode != "single" else None
         return hint if hint is not None else self.partition_map.owner(partition)
 

@@ -5,7 +5,7 @@ the fallback's metadata, and anti-entropy on its own (no reads, so no read repai
 from __future__ import annotations
 
 from kvstore.errors import ErrorCode
-from kvstore.messages import DeleteOp, Failure, FoundSiblings, GetOp, Message, PutOp, Stored
+from kvstore.messages import DeleteOp, Failure, FoundSiblings, GetOp, Message, PutOp, ScanOp, ScanPage, Stored
 from replication.leaderless_messages import HandoffAck
 from tests.protocol.leaderless_node_net import LeaderlessNet, keys_with, leaderless_config
 
@@ -66,6 +66,9 @@ def test_a_node_that_holds_no_replica_stops_forwarding_to_a_silent_one_and_uses_
     got = found(net.request(outsider, GetOp(key)))
     assert stored(net.request(outsider, PutOp(key, b"v2", context=got.context))).acks == 2
     assert found(net.request(outsider, GetOp(key))).values == (b"v2",)
+    # A scan's part for that partition goes to another replica too (each replica serves its own copy).
+    scan = net.request(outsider, ScanOp("", None, 100))
+    assert isinstance(scan, ScanPage) and (key, b"v2") in [(i.key, i.value) for i in scan.items], scan
     # Once it answers again it is asked again.
     net.restart(pref[0])
     net.refuse_down = True

@@ -10,7 +10,10 @@ of). This module is the node's side of it:
 - the conflict policy of each key (``[leaderless.policies]``, longest prefix first), one object per policy;
 - hinted handoff (``replication/hinted_handoff.py``): a write this node takes as a fallback for an unreachable
   replica of a partition it does not hold is kept as a hint (``kvstore/hint_store.py``) and handed to that
-  replica once it answers again, every ``handoff_interval_ms``;
+  replica once it answers again, every ``handoff_interval_ms``; a hinted write it could never hand off (a
+  partition that does not exist, a target that is no replica of it, or this node a replica itself) is refused;
+- where an op of a partition it holds no replica of goes: the first replica, in preference order, that is not
+  silent (a forward to it unanswered past the request timeout), since any replica coordinates;
 - a client op as the call a replica takes (``KeyRead``/``KeyWrite``, quorums resolved against the cluster's
   ``[leaderless]`` defaults), and the replica's answer as the client's result: ``FoundSiblings`` (every live
   value and the context), ``Stored`` (the new context), or a ``Failure`` whose definiteness is the replica's.
@@ -55,7 +58,7 @@ from replication.leaderless import (
     LocalScan,
     QuorumFailed,
 )
-from replication.leaderless_messages import HandoffAck, HandoffRequest, KeyWriteRequest
+from replication.leaderless_messages import HandoffAck, HandoffRequest, KeyWriteAck, KeyWriteRequest
 from replication.replica import ClientCall
 from replication.vclock import VectorClock
 
@@ -103,6 +106,10 @@ class LeaderlessMode:
         )
         # When the handoff timer fires next (None: not armed).
         self._timer_at_ms: int | None = None
+        self._request_timeout_ms = config.timeouts.request_timeout_ms
+        # Peers this node forwarded an op to and has heard nothing from since: when the first such forward left.
+        # One entry per peer at most (bounded by the roster).
+        self._awaiting_since_ms: dict[str, int] = {}
 
     def policy_for(self, key: str) -> ConflictPolicy:
         return self._policies[self._config.policy_name(key)]
@@ -121,17 +128,37 @@ class LeaderlessMode:
         self._timer_at_ms = None
         return self._sends(self.handoff.tick(now_ms), now_ms)
 
-    def on_message(self, now_ms: int, msg: Message) -> list[Effect] | None:
+    def on_message(self, now_ms: int, msg: Message, partition_map: PartitionMap) -> list[Effect] | None:
         """Handoff traffic a node answers itself (a hinted write for another replica, a handoff's ack); None for
         anything else. Any message from a node means it answers: its hints may go to it again at once."""
         self.handoff.reachable(msg.src)
         body = msg.body
         if isinstance(body, KeyWriteRequest) and body.hint_for and body.hint_for != self._node_id:
+            if type(body.req) is not int or not isinstance(body.key, str) or not isinstance(body.hint_for, str):
+                return []  # a hostile peer's: nothing to answer (the codec lets no such message in)
+            refusal = self._hint_refusal(msg.partition, body.hint_for, partition_map)
+            if refusal:
+                ack = KeyWriteAck(body.req, body.key, ok=False, reason=refusal)
+                return [Send(Message(self._node_id, msg.src, msg.partition, ack), False)]
             return self._sends(self.handoff.on_hinted_write(now_ms, msg.src, msg.partition, body), now_ms)
         if isinstance(body, HandoffAck):
-            self.handoff.on_ack(now_ms, msg.src, msg.partition, body)
+            if type(body.hint) is int:
+                self.handoff.on_ack(now_ms, msg.src, msg.partition, body)
             return []
         return None
+
+    def _hint_refusal(self, partition: int, hint_for: str, partition_map: PartitionMap) -> str:
+        """Why this node must not keep a hint of ``partition`` for ``hint_for`` ("" if it may): a hint for a
+        partition that does not exist, or for a node that is no replica of it, would never be delivered and
+        would hold a place in the bounded store for ever; a replica of the partition takes writes, not hints."""
+        if not 0 <= partition < partition_map.partition_count:
+            return f"no partition {partition}"
+        replicas = partition_map.replicas[partition]
+        if hint_for not in replicas:
+            return f"{hint_for!r} holds no replica of partition {partition}"
+        if self._node_id in replicas:
+            return f"{self._node_id} is a replica of partition {partition}, not a fallback"
+        return ""
 
     def on_send_failed(self, now_ms: int, msg: Message) -> bool:
         """Whether ``msg`` was a handoff (whose target then backs off)."""
@@ -149,6 +176,28 @@ class LeaderlessMode:
             self._timer_at_ms = at_ms
             effects.append(SetTimer(HANDOFF_TIMER, at_ms))
         return effects
+
+    # ------------------------------------------------------------ routing the ops of partitions held elsewhere
+
+    def route(self, replicas: tuple[str, ...], now_ms: int) -> str:
+        """Which of a partition's ``replicas`` coordinates an op this node forwards: the first, in preference
+        order, that is not silent. Any replica may coordinate, so one whose messages are lost (it never refuses,
+        its forwards only time out) must not take every op of its partitions down with it."""
+        for node in replicas:
+            since = self._awaiting_since_ms.get(node)
+            if since is None or now_ms - since < self._request_timeout_ms:
+                return node
+        return replicas[0]  # all silent: the first, whose answer would clear it
+
+    def forwarded_to(self, node: str, now_ms: int) -> None:
+        self._awaiting_since_ms.setdefault(node, now_ms)
+
+    def heard_from(self, node: str) -> None:
+        self._awaiting_since_ms.pop(node, None)
+
+    def unreachable(self, node: str, now_ms: int) -> None:
+        """A forward to ``node`` could not be sent at all: silent at once."""
+        self._awaiting_since_ms[node] = now_ms - self._request_timeout_ms
 
     # ------------------------------------------------------------ replicas
 

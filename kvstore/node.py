@@ -498,6 +498,8 @@ class Node:
     def _on_message(self, msg: Message) -> None:
         if msg.dst != self.node_id or msg.src not in self._peers:
             return  # misrouted, or from outside the cluster: there is nobody to answer
+        if self._leaderless is not None:
+            self._leaderless.heard_from(msg.src)
         body = msg.body
         if isinstance(body, Forward):
             self._on_forward(msg.src, msg.partition, body)
@@ -527,7 +529,9 @@ class Node:
         elif isinstance(body, RaftSnapshotPart):
             if self._leader_mode:
                 self._effects.extend(self.snapshots.on_message(self._now_ms, msg.src, msg.partition, body))
-        elif self._leaderless is not None and (handled := self._leaderless.on_message(self._now_ms, msg)) is not None:
+        elif self._leaderless is not None and (
+            handled := self._leaderless.on_message(self._now_ms, msg, self.partition_map)
+        ) is not None:
             self._effects.extend(handled)
         elif msg.partition in self.replicas:
             self._run_replica(msg.partition, PeerMessage(msg.src, body))
@@ -537,6 +541,8 @@ class Node:
             return  # a move's stream retries on its own timer, a snapshot transfer on its tick
         if isinstance(msg.body, _NODE_TRAFFIC):
             if self.config.mode != "single" and isinstance(msg.body, Forward):
+                if self._leaderless is not None:
+                    self._leaderless.unreachable(msg.dst, self._now_ms)
                 self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif isinstance(msg.body, RaftBatch):
@@ -868,7 +874,11 @@ class Node:
         self._take_effects(partition, self.replicas[partition].step(self._expiry_clock_ms, inp))
 
     def _route(self, partition: int) -> str:
-        """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner."""
+        """Where an op for ``partition`` goes: the leader this node knows of, else the preferred owner; in
+        leaderless mode, where there is no leader, this node if it holds a replica, else one that is not silent."""
+        if self._leaderless is not None:
+            replicas = self.partition_map.replicas[partition]
+            return self.node_id if self.node_id in replicas else self._leaderless.route(replicas, self._now_ms)
         hint = self.leader_hints.get(partition) if self.config.mode != "single" else None
         return hint if hint is not None else self.partition_map.owner(partition)
 
@@ -1065,6 +1075,8 @@ class Node:
 
     def _forward(self, token: int, dst: str, partition: int, op: ClientOp | ScanPartitionsOp) -> None:
         assert token in self._waiting, "a forward is tracked with nobody waiting on it"
+        if self._leaderless is not None:
+            self._leaderless.forwarded_to(dst, self._now_ms)
         self._effects.extend(self._forwarder.forward(self._now_ms, token, dst, partition, op))
 
     def _owner_of_key(self, key: str) -> str:

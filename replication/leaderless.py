@@ -184,6 +184,8 @@ class _Write:
     targets: dict[str, str]
     acked: set[str] = field(default_factory=set)
     answered: bool = False
+    # Set once its timer fired and the replicas that never answered were handed to fallbacks (with hints).
+    rerouted: bool = False
 
 
 @dataclass
@@ -626,12 +628,17 @@ class LeaderlessReplica:
                 self._on_write_ack(now_ms, src, body, out)
         elif isinstance(body, PurgeCheck):
             if _fields_ok(body.req, body.key, body.context):
-                out.append(SendTo(src, PurgeVote(body.req, body.key, self._holds_tombstone(body.key, body.context))))
+                holds = self._holds_tombstone(body.key, body.context)
+                # A yes lets the others drop the key: the tombstone (perhaps brought by anti-entropy, which syncs
+                # nothing) must be on disk first, or a power loss here could bring back the value it deleted.
+                out.append(SendTo(src, PurgeVote(body.req, body.key, holds), durable=holds))
         elif isinstance(body, PurgeVote):
             if _fields_ok(body.req, body.key):
                 self._on_purge_vote(src, body, out)
-        elif (isinstance(body, PurgeKey) and _fields_ok(0, body.key, body.context)
+        elif (isinstance(body, PurgeKey) and src in self._preference and _fields_ok(0, body.key, body.context)
               and self._holds_tombstone(body.key, body.context)):
+            # Only a purge's coordinator, a preference replica, counted every vote: from anyone else it is not
+            # a purge but a way to drop a tombstone a lagging replica still needs.
             self._remove(body.key)
         elif isinstance(body, ANTI_ENTROPY_MESSAGES) and self._ae is not None and {src, self.node_id} <= set(
             self._preference
@@ -763,11 +770,23 @@ class LeaderlessReplica:
 
     def _expire(self, now_ms: int, req: int, request: _Request, out: list[ReplicaEffect]) -> None:
         if isinstance(request, _Write):
-            for node in request.targets.keys() - request.acked:
+            silent = sorted(request.targets.keys() - request.acked)
+            for node in silent:
                 self._suspect(node, now_ms)
             if not request.answered:
+                request.answered = True
                 message = f"{1 + len(request.acked)} of w={request.w} acks in time; it may be stored on some replicas"
                 out.append(Answer(request.token, QuorumFailed("timeout", False, message)))
+            if self._settings.sloppy and silent and not request.rerouted:
+                # A replica whose messages are lost never refuses: only its silence tells, and the write must
+                # still reach a fallback (as a hint), or the replica misses it until anti-entropy. The request
+                # stays open one more timeout for the fallbacks' acks.
+                request.rerouted = True
+                for node in silent:
+                    self._reroute_write(now_ms, req, request, node, out)
+                if req in self._requests:
+                    out.append(StartTimer(f"{_REQUEST_TIMER}{req}", now_ms + self._settings.request_timeout_ms))
+                return
         elif isinstance(request, _Read):
             for node in request.asked - request.replies.keys():
                 self._suspect(node, now_ms)
@@ -817,7 +836,8 @@ class LeaderlessReplica:
         self._next_req += 1
         self._purges[req] = _Purge(key, context, others)
         encoded = dvv.encode_context(context)
-        out.extend(SendTo(node, PurgeCheck(req, key, encoded)) for node in sorted(others))
+        # Durable for the same reason as a yes vote: this replica's own tombstone is on disk before it asks.
+        out.extend(SendTo(node, PurgeCheck(req, key, encoded), durable=True) for node in sorted(others))
         out.append(StartTimer(f"{_PURGE_TIMER}{req}", now_ms + self._settings.request_timeout_ms))
 
     def _on_purge_vote(self, src: str, vote: PurgeVote, out: list[ReplicaEffect]) -> None:

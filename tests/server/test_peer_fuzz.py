@@ -428,7 +428,7 @@ MISSHAPEN = st.sampled_from(
         frame_of(msgpack.ExtType(1, msgpack.packb([7, "x"]))),
         frame_of(msgpack.ExtType(1, b"\xc1")),
         frame_of(message(forward(ext("GetOp")))),
-        frame_of(message(forward(ext("GetOp", "k", "", None, 0, "extra")))),
+        frame_of(message(forward(ext("GetOp", "k", "", None, 0, "", "", "extra")))),
         frame_of(message(forward(ext("GetOp", "k")), src="n3")),
         frame_of("not a message"),
         msgpack.packb({"not": "a batch"}),

@@ -86,7 +86,7 @@ def test_bounds_come_from_the_limits_given() -> None:
 
 def test_the_replication_settings_are_the_modes() -> None:
     single = build_openapi(CLIENT_ROUTES)["paths"]
-    leader = build_openapi(CLIENT_ROUTES, leader_mode=True)["paths"]
+    leader = build_openapi(CLIENT_ROUTES, mode="leader")["paths"]
     read = single["/kv/{key}"]["get"]["parameters"][1]["schema"]
     assert read["properties"] == {"consistency": {"enum": ["linearizable", "read-index"], "description": ANY}}
     fresh, stale = leader["/kv/{key}"]["get"]["parameters"][1]["schema"]["oneOf"]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jsonschema_rs
 import msgpack
 import pytest
 
@@ -322,3 +323,38 @@ async def _until_delivered(cluster: InProcessCluster, node_id: str) -> None:
             return
         await asyncio.sleep(0.01)
     pytest.fail("the hint was never delivered")
+
+
+async def test_the_answers_match_the_description_the_node_serves(
+    cluster: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{cluster.url('n1')}/openapi.json") as response:
+        paths = (await response.json())["paths"]
+
+    def check(path: str, method: str, status: int, doc: object) -> None:
+        schema = paths[path][method]["responses"][str(status)]["content"]["application/json"]["schema"]
+        assert jsonschema_rs.validator_for(schema).is_valid(doc), (path, method, status, doc)
+
+    await blind_writes(cluster, http, "k")
+    async with http.put(f"{cluster.url('n1')}/kv/j", data=b"v") as response:
+        check("/kv/{key}", "put", 200, await response.json())
+        context = response.headers[CONTEXT]
+    async with http.get(f"{cluster.url('n1')}/kv/k") as response:
+        check("/kv/{key}", "get", 300, await response.json())
+    async with http.delete(f"{cluster.url('n1')}/kv/j", headers={CONTEXT: context}) as response:
+        check("/kv/{key}", "delete", 200, await response.json())
+    async with http.get(f"{cluster.url('n1')}/kv/j") as response:
+        check("/kv/{key}", "get", 404, await response.json())
+    for body in ({"put": [{"key": "b", "value": "x"}]}, {"get": ["b", "k", "j", "none"]}):
+        async with http.post(f"{cluster.url('n1')}/batch", json=body) as response:
+            check("/batch", "post", 200, await response.json())
+    async with http.get(f"{cluster.url('n1')}/scan") as response:
+        check("/scan", "get", 200, await response.json())
+    async with http.get(f"{cluster.url('n1')}/cluster") as response:
+        check("/cluster", "get", 200, await response.json())
+    # CAS is documented as refused: no success answer at all.
+    assert set(paths["/cas/{key}"]["post"]["responses"]) == {"400", "408", "413", "414", "415", "431", "500", "503"}
+    # No TTL parameter, and quorums bounded by the 3 replicas.
+    put_query = paths["/kv/{key}"]["put"]["parameters"][1]["schema"]
+    assert set(put_query["properties"]) == {"w", "consistency"}
+    assert put_query["properties"]["w"]["pattern"] == "^(?:one|quorum|all|0{0,2}1|0{0,2}2|0{0,2}3)$"

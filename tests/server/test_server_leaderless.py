@@ -358,3 +358,35 @@ async def test_the_answers_match_the_description_the_node_serves(
     put_query = paths["/kv/{key}"]["put"]["parameters"][1]["schema"]
     assert set(put_query["properties"]) == {"w", "consistency"}
     assert put_query["properties"]["w"]["pattern"] == "^(?:one|quorum|all|0{0,2}1|0{0,2}2|0{0,2}3)$"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kvstore/leaderless_mode.py scan_page returns a CRDT key's encoded state (state.values[0]), not the JSON "
+    "a GET of the key renders",
+)
+async def test_a_scan_shows_a_counter_as_a_get_does(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:
+    async with http.put(f"{cluster.url('n1')}/kv/c/x", data=b'{"increment": 5}') as response:
+        assert response.status == 200
+    async with http.get(f"{cluster.url('n1')}/kv/c/x") as response:
+        assert await response.read() == b"5"
+    async with http.get(f"{cluster.url('n1')}/scan", params={"prefix": "c/"}) as response:
+        assert (await response.json())["items"] == [{"key": "c/x", "value": "5", "version": 0}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a DELETE without X-Kv-Context stores a tombstone concurrent with the value (a sibling reads hide), so the "
+    "key stays readable although the answer says deleted: true (replication/leaderless.py, kvstore/validation.py "
+    "could refuse a blind delete instead)",
+)
+async def test_a_delete_answered_deleted_removes_the_key(
+    cluster: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    async with http.put(f"{cluster.url('n1')}/kv/k", data=b"v") as response:
+        assert response.status == 200
+    async with http.delete(f"{cluster.url('n1')}/kv/k", params={"w": "all"}) as response:
+        assert response.status == 200
+        assert (await response.json())["deleted"] is True
+    async with http.get(f"{cluster.url('n1')}/kv/k", params={"r": "all"}) as response:
+        assert response.status == 404, await response.read()

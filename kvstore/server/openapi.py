@@ -154,7 +154,7 @@ def _quorum(replicas: int, what: str) -> dict[str, Any]:
         "type": "string",
         "pattern": f"^(?:one|quorum|all|{numbers})$",
         "description": f"How many of the {replicas} replicas {what} (default: the cluster's [leaderless] setting)",
-        "examples": ["quorum", "2"],
+        "examples": ["quorum", str(replicas)],
     }
 
 
@@ -309,10 +309,10 @@ def _batch_body(limits: Limits, mode: str) -> dict[str, Any]:
 
 
 def _batch_results(as_msgpack: bool, mode: str) -> dict[str, Any]:
-    ok, failed = {"const": True}, {"const": False}
-    # Entries are checked before the batch runs, so an entry fails only as a whole single-key op can.
     if mode == "leaderless":
         return _leaderless_batch_results(as_msgpack)
+    ok, failed = {"const": True}, {"const": False}
+    # Entries are checked before the batch runs, so an entry fails only as a whole single-key op can.
     error = _error_body([ErrorCode.NOT_FOUND, ErrorCode.INTERNAL, *_NODE])
     found = _valued({"ok": ok, "key": _STRING, "version": _VERSION}, as_msgpack, {"expires_at_ms": _EXPIRES_AT_MS})
     # A found entry has a value, a written one must not, a failed one has ok false: each matches one branch.

@@ -15,7 +15,9 @@ import jsonschema_rs
 import msgpack
 import pytest
 
+from kvstore.client import AsyncClient
 from kvstore.config import ClusterConfig, LeaderlessConfig
+from kvstore.messages import Failure, FoundSiblings, Written
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 from tests.server.server_support import HANG_GUARD_S, error_of, local_samples
 
@@ -390,3 +392,19 @@ async def test_a_delete_answered_deleted_removes_the_key(
         assert (await response.json())["deleted"] is True
     async with http.get(f"{cluster.url('n1')}/kv/k", params={"r": "all"}) as response:
         assert response.status == 404, await response.read()
+
+
+async def test_the_client_reads_and_writes_leaderless_batches(cluster: InProcessCluster) -> None:
+    client = AsyncClient([cluster.url("n1")])
+    try:
+        written = await client.batch_put([("b1", b"x"), ("b2", b"y")])
+        assert written == [Written("b1", 0), Written("b2", 0)]
+        await client.put_causal("two", b"a")
+        await client.put_causal("two", b"b")
+        got = await client.batch_get(["b1", "two", "none"])
+    finally:
+        await client.close()
+    b1, two, none = got
+    assert isinstance(b1, FoundSiblings) and b1.values == (b"x",) and b1.context
+    assert isinstance(two, FoundSiblings) and sorted(two.values) == [b"a", b"b"]
+    assert none == Failure("not_found", "key 'none' not found")

@@ -7,7 +7,8 @@ Results are the message dataclasses the node produces:
 - ``cas`` returns ``Written`` or ``Deleted`` (when ``new`` is None) and raises ``KvError`` with code
   ``precondition_failed`` when the current value is not ``expected``;
 - ``scan`` returns ``ScanPage``; ``batch_get`` / ``batch_put`` return one ``Found`` / ``Written`` or
-  ``Failure`` per entry, in order (a missing key is a ``Failure`` with code ``not_found``);
+  ``Failure`` per entry, in order (a missing key is a ``Failure`` with code ``not_found``); from a leaderless
+  cluster a read entry is ``FoundSiblings`` (every value and the context) and a written one has version 0;
 - ``replica_copy(partition, secret=...)`` returns the ``ReplicaCopy`` of one node, read page by page through
   the admin route ``/admin/copies/{partition}`` (the cluster secret is its bearer token). Build the client
   on one node's URL to choose whose copy it reads.
@@ -377,12 +378,15 @@ class AsyncClient:
             yield _scan_page(doc)
             resume = doc.get("next")
 
-    async def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
+    async def batch_get(self, keys: Sequence[str]) -> list[Found | FoundSiblings | Failure]:
         body = msgpack.packb({"get": list(keys)}, use_bin_type=True)
         response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS, idempotent=True)
-        results: list[Found | Failure] = []
+        results: list[Found | FoundSiblings | Failure] = []
         for entry in response.document()["results"]:
-            if entry["ok"]:
+            if entry["ok"] and "siblings" in entry:
+                values = tuple(sibling["value"] for sibling in entry["siblings"])
+                results.append(FoundSiblings(entry["key"], values, base64.b64decode(entry["context"])))
+            elif entry["ok"]:
                 results.append(Found(entry["key"], entry["value"], entry["version"], entry.get("expires_at_ms")))
             else:
                 results.append(_failure(entry))
@@ -400,7 +404,9 @@ class AsyncClient:
             doc["replication"] = replication
         body = msgpack.packb(doc, use_bin_type=True)
         response = await self._send("POST", "/batch", body=body, headers=_MSGPACK_HEADERS)
-        return [Written(e["key"], e["version"]) if e["ok"] else _failure(e) for e in response.document()["results"]]
+        # A leaderless cluster answers a context instead of a version, as to ``put``.
+        results = response.document()["results"]
+        return [Written(e["key"], e.get("version", 0)) if e["ok"] else _failure(e) for e in results]
 
     # ------------------------------------------------------------ cluster
 
@@ -685,7 +691,7 @@ class Client:
     ) -> ScanPage:
         return self._run(self._async.scan(prefix, start=start, end=end, limit=limit))
 
-    def batch_get(self, keys: Sequence[str]) -> list[Found | Failure]:
+    def batch_get(self, keys: Sequence[str]) -> list[Found | FoundSiblings | Failure]:
         return self._run(self._async.batch_get(keys))
 
     def batch_put(self, items: Sequence[PutItem], *, replication: str | None = None) -> list[Written | Failure]:

@@ -333,6 +333,11 @@ class Node:
         return (0, 0) if keeper is None else (keeper.splits, keeper.merges)
 
     @property
+    def leaderless(self) -> LeaderlessMode | None:
+        """Leaderless mode's node side (its stats, hints and placement); None in other modes."""
+        return self._leaderless
+
+    @property
     def known_nodes(self) -> tuple[str, ...]:
         """Every node this one may talk to (its roster and its config) and itself, by id."""
         return tuple(sorted(self._peers | {self.node_id}))

@@ -73,6 +73,7 @@ class NodeServer:
             on_fatal=on_fatal,
             records_from_log=config.mode == "leader",
         )
+        leaderless = self.node.leaderless
         self.metrics = NodeMetrics(
             node_id,
             NodeGauges(
@@ -94,12 +95,14 @@ class NodeServer:
                 raft_stats=lambda: self.node.raft_stats if config.mode == "leader" else None,
                 leaders_held=self.node.leads,
                 follower_lag=self._follower_lag,
+                leaderless_stats=lambda: None if leaderless is None else leaderless.stats,
+                handoff_stats=lambda: None if leaderless is None else leaderless.handoff.stats,
             ),
         )
         self.router = Router(self.metrics)
         # Looked up per request: the node replaces its map as it learns.
         partition_of = lambda key: self.node.partition_map.partition_for_key(key)  # noqa: E731
-        KvRoutes(self.pump, config.limits, partition_of).register(self.router)
+        KvRoutes(self.pump, config.limits, partition_of, self.metrics.read_siblings).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.node, self.faults).register(self.router)
         CopyRoutes(config, self.node, storage, clock).register(self.router)

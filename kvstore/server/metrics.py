@@ -8,7 +8,11 @@ owners at scrape time, so they cost nothing between scrapes. The HTTP edge (``ht
 what never reaches the router: malformed requests, refused connections and request heads that timed out.
 The peer transport counts the messages it sends, by kind, and the batches they go in. In leader mode the
 node's ``RaftStats`` (``replication/raft_stats.py``) gives elections, leadership changes and commit latency,
-and the replicas give, at scrape time, the partitions led here and each follower's lag.
+and the replicas give, at scrape time, the partitions led here and each follower's lag. In leaderless mode the
+node's ``LeaderlessStats`` and ``HandoffStats`` give hints held (count and bytes), delivered and refused because
+the store was full, read repairs, and anti-entropy rounds, keys repaired and bytes exchanged; and siblings per key
+is a histogram of how many values each ``GET /kv/{key}`` answered (0: absent), observed by the route: a histogram
+rather than a gauge of the max, so that a rare explosion and the usual case both show.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from kvstore.handoff import MoveStats
+from replication.hinted_handoff import HandoffStats
+from replication.leaderless import LeaderlessStats
 from replication.raft_stats import COMMIT_LATENCY_BUCKETS_MS, RaftStats
 
 # Upper bounds of the latency buckets, in seconds.
@@ -46,6 +52,9 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     2.5,
     5.0,
 )
+
+# Upper bounds of the siblings-per-read buckets (a key's policy caps siblings at max_siblings, 100 by default).
+SIBLING_BUCKETS: tuple[int, ...] = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 
 class _Latency:
@@ -87,6 +96,9 @@ class NodeGauges:
     raft_stats: Callable[[], RaftStats | None] = lambda: None
     leaders_held: Callable[[], int] = lambda: 0
     follower_lag: Callable[[], Mapping[str, int]] = dict
+    # Leaderless mode only (None otherwise): the replicas' counters and the node's hinted handoff counters.
+    leaderless_stats: Callable[[], LeaderlessStats | None] = lambda: None
+    handoff_stats: Callable[[], HandoffStats | None] = lambda: None
 
 
 class NodeMetrics(Collector):
@@ -99,6 +111,9 @@ class NodeMetrics(Collector):
         self._malformed: dict[str, int] = {}
         self._refused: dict[str, int] = {}
         self._header_timeouts = 0
+        # One slot per sibling bucket plus the overflow; cumulated at scrape time.
+        self._siblings = [0] * (len(SIBLING_BUCKETS) + 1)
+        self._siblings_sum = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -122,6 +137,11 @@ class NodeMetrics(Collector):
 
     def header_timeout(self) -> None:
         self._header_timeouts += 1
+
+    def read_siblings(self, count: int) -> None:
+        """A leaderless read answered ``count`` values."""
+        self._siblings[bisect_left(SIBLING_BUCKETS, count)] += 1
+        self._siblings_sum += count
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -258,6 +278,49 @@ class NodeMetrics(Collector):
         raft = g.raft_stats()
         if raft is not None:
             yield from _raft_families(raft, g.leaders_held(), g.follower_lag())
+        leaderless, handoff = g.leaderless_stats(), g.handoff_stats()
+        if leaderless is not None and handoff is not None:
+            yield from _leaderless_families(leaderless, handoff, self._siblings, self._siblings_sum)
+
+
+def _leaderless_families(
+    stats: LeaderlessStats, handoff: HandoffStats, siblings: list[int], siblings_sum: int
+) -> Iterator[Metric]:
+    yield GaugeMetricFamily("kvstore_hints_held", "Hinted writes this node holds for other replicas", handoff.held)
+    yield GaugeMetricFamily(
+        "kvstore_hint_bytes", "Bytes of keys and states this node holds as hints", handoff.held_bytes
+    )
+    yield CounterMetricFamily(
+        "kvstore_hints_delivered", "Hints handed to their target replica and acknowledged", handoff.delivered
+    )
+    yield CounterMetricFamily(
+        "kvstore_hinted_writes_refused_full", "Hinted writes refused because the hint store was full",
+        handoff.refused_full,
+    )
+    yield CounterMetricFamily(
+        "kvstore_read_repairs", "Merged states sent to (or stored at) replicas a read found stale", stats.read_repairs
+    )
+    yield CounterMetricFamily(
+        "kvstore_anti_entropy_rounds", "Merkle anti-entropy rounds finished here", stats.ae_rounds
+    )
+    yield CounterMetricFamily(
+        "kvstore_anti_entropy_keys_repaired", "Keys an anti-entropy round changed here", stats.ae_keys_repaired
+    )
+    exchanged = CounterMetricFamily(
+        "kvstore_anti_entropy_bytes", "Bytes anti-entropy rounds exchanged, by direction", labels=["direction"]
+    )
+    exchanged.add_metric(["sent"], stats.ae_bytes_sent)
+    exchanged.add_metric(["received"], stats.ae_bytes_received)
+    yield exchanged
+    histogram = HistogramMetricFamily(
+        "kvstore_read_siblings", "Values a leaderless GET /kv/{key} answered (0: absent; 2 or more: siblings)"
+    )
+    cumulative, buckets = 0, []
+    for bound, count in zip((*SIBLING_BUCKETS, None), siblings, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound is None else str(bound), cumulative))
+    histogram.add_metric([], buckets, siblings_sum)
+    yield histogram
 
 
 def _raft_families(raft: RaftStats, leaders_held: int, follower_lag: Mapping[str, int]) -> Iterator[Metric]:

@@ -8,8 +8,11 @@ documented parameter): the parameters and body fields listed are the ones a rout
 else is (request objects are ``additionalProperties: false``); every status a route can answer is
 listed, each with the error codes it can carry; and where a response has alternative shapes
 (``oneOf``), each shape has required fields the others forbid, so a response matches exactly one.
-The replication settings a request may name are the ones the node's mode serves: every value in leader
-mode, only the defaults in single mode (``build_openapi(..., leader_mode=)``).
+The replication settings a request may name are the ones the node's mode serves (``build_openapi(...,
+mode=, replicas=)``): every value in leader mode, only the defaults in single mode. In leaderless mode a GET
+takes ``r``, ``repair`` and ``consistency=linearizable`` and may answer ``300`` with the siblings; a PUT or
+DELETE takes ``w``, ``consistency`` and the ``X-Kv-Context`` header and answers the new context (``Stored``);
+TTLs, replication settings and sessions are not parameters there, and CAS is documented as refused (400).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from kvstore.config import CONSISTENCY_LEVELS, FSYNC_POLICIES, MODES, STORAGE_ENGINES, Limits
 from kvstore.errors import ErrorCode
+from kvstore.leaderless_mode import CONTEXT_HEADER
 from kvstore.server.http_codec import JSON_TYPE, MSGPACK_TYPE, OCTET_TYPE
 from kvstore.server.router import Route
 from kvstore.server.routes_admin import (
@@ -27,10 +31,11 @@ from kvstore.server.routes_admin import (
     MAX_COPY_LIMIT,
     MAX_COPY_PAGE_BYTES,
 )
-from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT
+from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT, SIBLINGS_HEADER
 from kvstore.session import MAX_SESSION_BYTES, SESSION_HEADER
 from kvstore.validation import MAX_STALENESS_MS, MAX_TTL_MS, SINGLE_MODE_READS, SINGLE_MODE_WRITES
 from partitioning.partition_map import MEMBER_STATES
+from replication.leaderless import REPAIR_MODES
 from replication.replica import REPLICATION_SETTINGS
 
 # The server reads msgpack bodies under either name; it answers with MSGPACK_TYPE.
@@ -133,18 +138,54 @@ _SESSION_ANSWER = {
 }
 
 
-def _replication(leader_mode: bool) -> dict[str, Any]:
-    values = REPLICATION_SETTINGS if leader_mode else SINGLE_MODE_WRITES
+def _replication(mode: str) -> dict[str, Any]:
+    values = REPLICATION_SETTINGS if mode == "leader" else SINGLE_MODE_WRITES
     return {
         "enum": list(values),
         "description": "When the write is acknowledged (leader mode; default: the cluster's replication.writes)",
     }
 
 
-def _read_query(leader_mode: bool) -> dict[str, Any]:
+def _quorum(replicas: int, what: str) -> dict[str, Any]:
+    """A leaderless quorum (``kvstore.config.resolve_quorum``): one, quorum, all, or 1..replicas in at most three
+    ASCII digits (leading zeros allowed)."""
+    numbers = "|".join(f"0{{0,{3 - len(str(n))}}}{n}" for n in range(1, replicas + 1))
+    return {
+        "type": "string",
+        "pattern": f"^(?:one|quorum|all|{numbers})$",
+        "description": f"How many of the {replicas} replicas {what} (default: the cluster's [leaderless] setting)",
+        "examples": ["quorum", str(replicas)],
+    }
+
+
+def _leaderless_read_query(replicas: int) -> dict[str, Any]:
+    return _object(
+        {},
+        {
+            "r": _quorum(replicas, "the read waits for"),
+            "repair": {
+                "enum": list(REPAIR_MODES),
+                "description": "Whether the answer waits for stale replicas to be repaired (sync) or not (async)",
+            },
+            "consistency": {"const": "linearizable", "description": "An ABD read: a read phase, then a write-back"},
+        },
+    )
+
+
+def _leaderless_write_query(replicas: int) -> dict[str, Any]:
+    return _object(
+        {},
+        {
+            "w": _quorum(replicas, "acknowledge the write"),
+            "consistency": {"const": "linearizable", "description": "An ABD write over strict quorums"},
+        },
+    )
+
+
+def _read_query(mode: str) -> dict[str, Any]:
     """``consistency``, and in leader mode ``max_staleness_ms`` with ``consistency=stale`` only."""
     description = "How the read is served (default: the cluster's replication.reads)"
-    if not leader_mode:
+    if mode != "leader":
         return _object({}, {"consistency": {"enum": list(SINGLE_MODE_READS), "description": description}})
     staleness = {
         "type": "integer",
@@ -212,6 +253,15 @@ def _ok(
     return ok
 
 
+def _value_body(limits: Limits) -> dict[str, Any]:
+    return {
+        "required": False,
+        "description": f"Any bytes, at most {limits.max_value_bytes}; no body writes the empty value. {_CODINGS}",
+        # No schema: any bytes under any media type are a value.
+        "content": {"*/*": {}},
+    }
+
+
 def _structured_body(schema: dict[str, Any]) -> dict[str, Any]:
     content = {"schema": schema}
     return {
@@ -221,11 +271,11 @@ def _structured_body(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _cas_body(leader_mode: bool) -> dict[str, Any]:
+def _cas_body(mode: str) -> dict[str, Any]:
     def branch(encoding: dict[str, Any], value: dict[str, Any], required: bool) -> dict[str, Any]:
         # expected null: the key must be absent; new null: delete it.
         fields = {"expected": {"oneOf": [{"type": "null"}, value]}, "new": {"oneOf": [value, {"type": "null"}]}}
-        optional: dict[str, Any] = {**_BODY_TTL_MS, "replication": _replication(leader_mode)}
+        optional: dict[str, Any] = {**_BODY_TTL_MS, "replication": _replication(mode)}
         if required:
             return _object({**fields, "encoding": encoding}, optional)
         return _object(fields, {**optional, "encoding": encoding})
@@ -243,20 +293,24 @@ def _cas_body(leader_mode: bool) -> dict[str, Any]:
     }
 
 
-def _batch_body(limits: Limits, leader_mode: bool) -> dict[str, Any]:
+def _batch_body(limits: Limits, mode: str) -> dict[str, Any]:
     def entries(item: dict[str, Any]) -> dict[str, Any]:
         return {"type": "array", "items": item, "minItems": 1, "maxItems": limits.max_batch_keys}
 
-    key, ttl = _key(limits), _BODY_TTL_MS
+    # Leaderless mode takes no TTL and no replication setting (its puts are blind writes at the default w).
+    leaderless = mode == "leaderless"
+    key, ttl = _key(limits), ({} if leaderless else _BODY_TTL_MS)
     put_entry = _one_of(
         _object({"key": key, "value": {"type": "string", "description": "UTF-8 text (or bin in msgpack)"}}, ttl),
         _object({"key": key, "value_b64": _BASE64}, ttl),
     )
-    puts = _object({"put": entries(put_entry)}, {"replication": _replication(leader_mode)})
+    puts = _object({"put": entries(put_entry)}, {} if leaderless else {"replication": _replication(mode)})
     return _one_of(_object({"get": entries(key)}), puts)
 
 
-def _batch_results(as_msgpack: bool) -> dict[str, Any]:
+def _batch_results(as_msgpack: bool, mode: str) -> dict[str, Any]:
+    if mode == "leaderless":
+        return _leaderless_batch_results(as_msgpack)
     ok, failed = {"const": True}, {"const": False}
     # Entries are checked before the batch runs, so an entry fails only as a whole single-key op can.
     error = _error_body([ErrorCode.NOT_FOUND, ErrorCode.INTERNAL, *_NODE])
@@ -270,8 +324,73 @@ def _batch_results(as_msgpack: bool) -> dict[str, Any]:
     return _object({"results": {"type": "array", "items": entry, "description": "One per entry, in order"}})
 
 
-def _scan_page(as_msgpack: bool) -> dict[str, Any]:
-    item = _one_of(*_valued({"key": _STRING, "version": _VERSION}, as_msgpack))
+def _leaderless_batch_results(as_msgpack: bool) -> dict[str, Any]:
+    ok, failed, context = {"const": True}, {"const": False}, {**_BASE64, "description": "The key's causal context"}
+    # A key's policy may refuse a write (too many siblings, a malformed CRDT op): precondition_failed.
+    error = _error_body([ErrorCode.NOT_FOUND, ErrorCode.INTERNAL, ErrorCode.PRECONDITION_FAILED, *_NODE])
+    # A read has siblings (one or more), a write has acks, a missing key has an error and a context, a failure an
+    # error alone: each entry matches one branch.
+    entry = _one_of(
+        _object({"ok": ok, "key": _STRING, "siblings": _siblings(as_msgpack, 1), "context": context}),
+        _object({"ok": ok, "key": _STRING, "context": context, "acks": _ACKS}),
+        _object({"ok": failed, "key": _STRING, "error": error, "context": context}),
+        _object({"ok": failed, "key": _STRING, "error": error}),
+    )
+    return _object({"results": {"type": "array", "items": entry, "description": "One per entry, in order"}})
+
+
+_ACKS = {"type": "integer", "minimum": 1, "description": "Replicas that acknowledged the write"}
+
+
+def _siblings(as_msgpack: bool, min_items: int) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "items": _one_of(*_valued({}, as_msgpack)),
+        "minItems": min_items,
+        "description": "The concurrent values, in no particular order",
+    }
+
+
+def _siblings_body(as_msgpack: bool) -> dict[str, Any]:
+    return _object(
+        {
+            "key": _STRING,
+            "siblings": _siblings(as_msgpack, 2),
+            "context": {**_BASE64, "description": "Send it back in X-Kv-Context to supersede every sibling"},
+        }
+    )
+
+
+def _stored(extra: dict[str, Any]) -> dict[str, Any]:
+    context = {**_BASE64, "description": "The key's causal context after the write (also in X-Kv-Context)"}
+    return _object({"key": _STRING, **extra, "context": context, "acks": _ACKS})
+
+
+_CONTEXT_SCHEMA = {**_BASE64, "minLength": 1, "description": "An opaque causal context, base64"}
+_CONTEXT_ANSWER = {CONTEXT_HEADER: {"schema": _CONTEXT_SCHEMA, "description": "The key's causal context"}}
+_SIBLINGS_ANSWER = {
+    SIBLINGS_HEADER: {
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        "description": "How many values the key has (0: absent or deleted)",
+    }
+}
+_CONTEXT_PARAMETER = {
+    "name": CONTEXT_HEADER,
+    "in": "header",
+    "required": False,
+    "description": (
+        "The context of the read this write follows: the write supersedes exactly the values that read saw. "
+        "Without it a PUT adds a sibling. Given at most once; it must be one this cluster gave out."
+    ),
+    "schema": _CONTEXT_SCHEMA,
+}
+
+
+def _scan_page(as_msgpack: bool, mode: str) -> dict[str, Any]:
+    # A leaderless replica keeps no single version per key: scan items carry 0 there.
+    version = {"const": 0, "description": "Leaderless mode: no version"} if mode == "leaderless" else _VERSION
+    item = _one_of(*_valued({"key": _STRING, "version": version}, as_msgpack))
     return _object(
         {
             "items": {"type": "array", "items": item},
@@ -298,6 +417,43 @@ def _scan_query(limits: Limits) -> dict[str, Any]:
     # A prefix excludes start and end: the prefix branch requires it, the range branch forbids it.
     by_prefix = _object({"prefix": prefix}, {"limit": limit})
     return _one_of(by_prefix, _object({}, {"start": start, "end": end, "limit": limit}))
+
+
+def _leaderless_view() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    partition = _object(
+        {
+            "partition": {"type": "integer", "minimum": 0},
+            "preference": {"type": "array", "items": _STRING, "description": "The replicas a key's quorum asks"},
+            "hints": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 1},
+                "description": "Per target node, the hints this node holds for it in this partition",
+            },
+        }
+    )
+    return _object(
+        {
+            "partitions": {"type": "array", "items": partition, "description": "Every partition, in order"},
+            "hints": _object(
+                {
+                    "held": {**count, "description": "Hints held now"},
+                    "bytes": {**count, "description": "Bytes of keys and states held as hints now"},
+                    "delivered": {**count, "description": "Hints handed to their target since start"},
+                    "refused_full": {**count, "description": "Hinted writes refused because the store was full"},
+                }
+            ),
+            "read_repairs": {**count, "description": "States sent to (or stored at) replicas reads found stale"},
+            "anti_entropy": _object(
+                {
+                    "rounds": {**count, "description": "Merkle rounds finished here"},
+                    "keys_repaired": {**count, "description": "Keys a round changed here"},
+                    "bytes_sent": count,
+                    "bytes_received": count,
+                }
+            ),
+        }
+    )
 
 
 def _cluster_view() -> dict[str, Any]:
@@ -399,6 +555,13 @@ def _cluster_view() -> dict[str, Any]:
             ),
         },
         {
+            "leaderless": {
+                **_leaderless_view(),
+                "description": (
+                    "Leaderless mode only: per partition its preference list and the hints this node holds per "
+                    "target, and this node's hinted handoff, read repair and anti-entropy counters since it started"
+                ),
+            },
             "leadership": {
                 "type": "array",
                 "description": (
@@ -508,7 +671,67 @@ def _copy_query(limits: Limits) -> dict[str, Any]:
     return _object({}, {"after": after, "limit": limit})
 
 
-def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict[str, Any]]:
+def _leaderless_key_operations(
+    limits: Limits, replicas: int, key_param: dict[str, Any], key_errors: tuple[ErrorCode, ...]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The key routes of a leaderless node: quorum reads that may answer siblings, writes with a causal context."""
+    # A key's policy may refuse a write (too many siblings, a malformed CRDT op) or an ABD read's write-back.
+    errors = (*key_errors, ErrorCode.PRECONDITION_FAILED)
+    get_errors = _errors((*errors, ErrorCode.NOT_FOUND))
+    get_errors["404"]["headers"] = {**_SIBLINGS_ANSWER, **_CONTEXT_ANSWER}
+    with_context = {CONTEXT_HEADER: {**_CONTEXT_ANSWER[CONTEXT_HEADER], "required": True}}
+    write_parameters = [
+        key_param,
+        _query("quorum", _leaderless_write_query(replicas), "How many replicas acknowledge, and how"),
+        _CONTEXT_PARAMETER,
+    ]
+    return {
+        ("GET", "/kv/{key}"): {
+            "summary": "Read a key from a quorum of its replicas",
+            "parameters": [key_param, _query("read", _leaderless_read_query(replicas), "How the read is served")],
+            "responses": {
+                "200": {
+                    "description": "The key's one value, raw (a CRDT key's: its state as JSON)",
+                    "headers": {**with_context, **_SIBLINGS_ANSWER},
+                    "content": {OCTET_TYPE: {"schema": {"type": "string", "contentMediaType": OCTET_TYPE}}},
+                },
+                "300": {
+                    **_ok("Concurrent writes left several values (siblings)", _siblings_body(False),
+                          _siblings_body(True)),
+                    "headers": {**with_context, **_SIBLINGS_ANSWER},
+                },
+                **get_errors,
+            },
+        },
+        ("PUT", "/kv/{key}"): {
+            "summary": "Write a key; the body is the raw value, under any Content-Type",
+            "description": "TTLs are not supported in leaderless mode (ttl, ttl_ms: 400).",
+            "parameters": write_parameters,
+            "requestBody": _value_body(limits),
+            "responses": {
+                "200": {**_ok("Stored", _stored({})), "headers": with_context},
+                **_errors((*errors, *_BODY)),
+            },
+        },
+        ("DELETE", "/kv/{key}"): {
+            "summary": "Delete a key: a tombstone that supersedes what the context saw",
+            "parameters": write_parameters,
+            "responses": {
+                "200": {**_ok("Stored (a tombstone)", _stored({"deleted": {"const": True}})), "headers": with_context},
+                **_errors(errors),
+            },
+        },
+        ("POST", "/cas/{key}"): {
+            "summary": "Compare and set: refused in leaderless mode (400)",
+            "description": "Write with the causal context of a read (X-Kv-Context) to replace exactly what it read.",
+            "parameters": [key_param],
+            "requestBody": _structured_body(_cas_body("single")),
+            "responses": _errors((*_ALWAYS, *_BODY)),
+        },
+    }
+
+
+def _operations(limits: Limits, mode: str, replicas: int) -> dict[tuple[str, str], dict[str, Any]]:
     key_param = {
         "name": "key",
         "in": "path",
@@ -518,12 +741,13 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
     }
     key_errors = (*_ALWAYS, ErrorCode.BAD_KEY, *_NODE)
     no_query = "Takes no query parameters"
-    return {
+    key_operations = _leaderless_key_operations(limits, replicas, key_param, key_errors) if mode == "leaderless" else {}
+    operations: dict[tuple[str, str], dict[str, Any]] = {
         ("GET", "/kv/{key}"): {
             "summary": "Read a key",
             "parameters": [
                 key_param,
-                _query("read", _read_query(leader_mode), "How the read is served"),
+                _query("read", _read_query(mode), "How the read is served"),
                 _SESSION_PARAMETER,
             ],
             "responses": {
@@ -557,7 +781,7 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
                                 "description": "Time to live in seconds, rounded up to a whole millisecond",
                                 "examples": [1.5],
                             },
-                            "replication": _replication(leader_mode),
+                            "replication": _replication(mode),
                         },
                         "additionalProperties": False,
                         "not": {"required": ["ttl", "ttl_ms"]},
@@ -567,14 +791,7 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
                 ),
                 _SESSION_PARAMETER,
             ],
-            "requestBody": {
-                "required": False,
-                "description": (
-                    f"Any bytes, at most {limits.max_value_bytes}; no body writes the empty value. {_CODINGS}"
-                ),
-                # No schema: any bytes under any media type are a value.
-                "content": {"*/*": {}},
-            },
+            "requestBody": _value_body(limits),
             "responses": {"200": _ok("Written", _WRITTEN, session=True), **_errors((*key_errors, *_BODY))},
         },
         ("DELETE", "/kv/{key}"): {
@@ -583,7 +800,7 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
                 key_param,
                 _query(
                     "replication",
-                    _object({}, {"replication": _replication(leader_mode)}),
+                    _object({}, {"replication": _replication(mode)}),
                     "When the delete is acknowledged",
                 ),
                 _SESSION_PARAMETER,
@@ -597,7 +814,7 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
             "summary": "Compare and set: write `new` only if the current value is `expected` (null: absent)",
             "description": no_query,
             "parameters": [key_param, _SESSION_PARAMETER],
-            "requestBody": _structured_body(_cas_body(leader_mode)),
+            "requestBody": _structured_body(_cas_body(mode)),
             "responses": {
                 "200": _ok(
                     "Written (`new` was a value) or deleted (`new` was null)", _one_of(_WRITTEN, _DELETED), session=True
@@ -612,16 +829,18 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
                 _query("range", _scan_query(limits), "A prefix, or a range from `start` to `end`; and a limit"),
             ],
             "responses": {
-                "200": _ok("A page of items", _scan_page(False), _scan_page(True)),
+                "200": _ok("A page of items", _scan_page(False, mode), _scan_page(True, mode)),
                 **_errors((*_ALWAYS, *_NODE)),
             },
         },
         ("POST", "/batch"): {
             "summary": 'Many gets ({"get": [keys]}) or puts ({"put": [{"key", "value" | "value_b64", "ttl_ms"?}]})',
             "description": f"{no_query}. Each entry succeeds or fails on its own.",
-            "requestBody": _structured_body(_batch_body(limits, leader_mode)),
+            "requestBody": _structured_body(_batch_body(limits, mode)),
             "responses": {
-                "200": _ok("One result per entry, in order", _batch_results(False), _batch_results(True)),
+                "200": _ok(
+                    "One result per entry, in order", _batch_results(False, mode), _batch_results(True, mode)
+                ),
                 **_errors((*_ALWAYS, ErrorCode.BAD_KEY, *_BODY, *_NODE)),
             },
         },
@@ -704,6 +923,8 @@ def _operations(limits: Limits, leader_mode: bool) -> dict[tuple[str, str], dict
             },
         },
     }
+    # A leaderless node serves its key routes differently (siblings, contexts, quorums).
+    return {**operations, **key_operations}
 
 
 _INFO_DESCRIPTION = (
@@ -714,10 +935,14 @@ _INFO_DESCRIPTION = (
 )
 
 
-def build_openapi(routes: list[Route], limits: Limits | None = None, leader_mode: bool = False) -> dict[str, Any]:
-    """The description of ``routes`` (internal ones left out), with the bounds of ``limits`` and the replication
-    settings of the mode."""
-    operations = _operations(limits or Limits(), leader_mode)
+def build_openapi(
+    routes: list[Route], limits: Limits | None = None, mode: str = "single", replicas: int = 1
+) -> dict[str, Any]:
+    """The description of ``routes`` (internal ones left out), with the bounds of ``limits`` and the settings of
+    the ``mode`` (``replicas``: copies per partition, which bound a leaderless quorum)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    operations = _operations(limits or Limits(), mode, replicas)
     paths: dict[str, dict[str, Any]] = {}
     for route in sorted(routes, key=lambda r: (r.template, r.method)):
         if route.internal:

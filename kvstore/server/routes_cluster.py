@@ -1,4 +1,8 @@
-"""Operational routes: ``/cluster``, ``/health``, ``/metrics`` and ``/openapi.json``."""
+"""Operational routes: ``/cluster``, ``/health``, ``/metrics`` and ``/openapi.json``.
+
+In leaderless mode ``/cluster`` also shows, under ``leaderless``, each partition's preference list with the hints
+this node holds per target, and this node's hinted handoff, read repair and anti-entropy counters.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvstore.config import ClusterConfig
+from kvstore.leaderless_mode import LeaderlessMode
 from kvstore.node import Node
 from kvstore.server.http_codec import JSON_TYPE, encoded_response, json_response, refuse_query, wants_msgpack
 from kvstore.server.http_message import Request, Response
@@ -16,6 +21,7 @@ from kvstore.server.peer import PeerTransport
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
 from kvstore.storage.base import Storage
+from partitioning.partition_map import PartitionMap
 
 
 class ClusterRoutes:
@@ -94,6 +100,8 @@ class ClusterRoutes:
         }
         if config.mode == "leader":
             doc["leadership"] = node.leadership()
+        if node.leaderless is not None:
+            doc["leaderless"] = leaderless_view(node.leaderless, partition_map)
         ranges = partition_map.ranges
         if ranges is not None:
             doc["ranges"] = [
@@ -122,6 +130,35 @@ class ClusterRoutes:
         refuse_query(request)
         if self._openapi_body is None:
             assert self._router is not None, "routes used before register()"
-            doc = build_openapi(self._router.routes, self._config.limits, self._config.mode == "leader")
+            config = self._config
+            doc = build_openapi(self._router.routes, config.limits, config.mode, config.replication_factor)
             self._openapi_body = json.dumps(doc, indent=1).encode()
         return Response(body=self._openapi_body, headers={"Content-Type": JSON_TYPE})
+
+
+def leaderless_view(mode: LeaderlessMode, partition_map: PartitionMap) -> dict[str, object]:
+    """Per partition its preference list and the hints this node holds per target; this node's counters."""
+    hints: dict[int, dict[str, int]] = {}
+    for hint in mode.handoff.hints():
+        per_target = hints.setdefault(hint.partition, {})
+        per_target[hint.target] = per_target.get(hint.target, 0) + 1
+    handoff, stats = mode.handoff.stats, mode.stats
+    return {
+        "partitions": [
+            {"partition": p, "preference": list(replicas), "hints": dict(sorted(hints.get(p, {}).items()))}
+            for p, replicas in enumerate(partition_map.replicas)
+        ],
+        "hints": {
+            "held": handoff.held,
+            "bytes": handoff.held_bytes,
+            "delivered": handoff.delivered,
+            "refused_full": handoff.refused_full,
+        },
+        "read_repairs": stats.read_repairs,
+        "anti_entropy": {
+            "rounds": stats.ae_rounds,
+            "keys_repaired": stats.ae_keys_repaired,
+            "bytes_sent": stats.ae_bytes_sent,
+            "bytes_received": stats.ae_bytes_received,
+        },
+    }

@@ -93,12 +93,20 @@ SIBLINGS_HEADER = "X-Kv-Siblings"
 
 
 class KvRoutes:
-    def __init__(self, pump: Pump, limits: Limits, partition_of: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        pump: Pump,
+        limits: Limits,
+        partition_of: Callable[[str], int],
+        read_siblings: Callable[[int], None] = lambda _count: None,
+    ) -> None:
         self._pump = pump
         self._limits = limits
         # The partition a key maps to (the node's map): where a session token keeps the key's position.
         self._partition_of = partition_of
         self._structured_limit_bytes = structured_body_limit_bytes(limits.max_value_bytes)
+        # Leaderless mode: told how many values each read answered (the siblings-per-key metric).
+        self._read_siblings = read_siblings
 
     def register(self, router: Router) -> None:
         router.add("GET", "/kv/{key}", self.get)
@@ -137,6 +145,7 @@ class KvRoutes:
                 headers["X-Kv-Expires-At-Ms"] = str(result.expires_at_ms)
             return self._with_session(Response(body=result.value, headers=headers), positions, key, reply)
         if isinstance(result, FoundSiblings):
+            self._read_siblings(len(result.values))
             return _siblings_response(result, wants_msgpack(request))
         return self._failed(result, positions, key, reply)
 

@@ -1,5 +1,6 @@
 """The OpenAPI description itself: valid OpenAPI 3.1, alternatives that exclude each other, and exactly
-the input each route accepts, probed on a live node from what the description says.
+the input each route accepts, probed on a live node from what the description says: a single-mode node and a
+leaderless one, each against the description it serves.
 """
 
 from __future__ import annotations
@@ -32,10 +33,17 @@ Json = dict[str, Any]
 SECRET = "openapi-test-secret"
 
 
+@pytest.fixture(params=["single", "leaderless"])
+def mode(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
 @pytest.fixture
-async def running() -> AsyncIterator[InProcessCluster]:
+async def running(mode: str) -> AsyncIterator[InProcessCluster]:
     """A one-node cluster: it owns every key and partition, so no answer depends on forwarding."""
-    async with InProcessCluster(loopback_config(1, partitions=4, secret=SECRET)) as cluster:
+    replicas = {"replicas": 1} if mode == "leaderless" else {}
+    async with InProcessCluster(loopback_config(1, partitions=4, secret=SECRET, mode=mode, **replicas)) as cluster:
         yield cluster
 
 
@@ -86,7 +94,7 @@ def test_bounds_come_from_the_limits_given() -> None:
 
 def test_the_replication_settings_are_the_modes() -> None:
     single = build_openapi(CLIENT_ROUTES)["paths"]
-    leader = build_openapi(CLIENT_ROUTES, leader_mode=True)["paths"]
+    leader = build_openapi(CLIENT_ROUTES, mode="leader")["paths"]
     read = single["/kv/{key}"]["get"]["parameters"][1]["schema"]
     assert read["properties"] == {"consistency": {"enum": ["linearizable", "read-index"], "description": ANY}}
     fresh, stale = leader["/kv/{key}"]["get"]["parameters"][1]["schema"]["oneOf"]
@@ -199,7 +207,7 @@ def test_a_route_without_a_description_is_refused() -> None:
 async def test_every_status_a_route_answers_carries_exactly_its_error_codes(described: Json) -> None:
     for method, path, operation in operations(described):
         for status, response in operation["responses"].items():
-            if status.startswith("2"):
+            if status.startswith(("2", "3")):  # successes, and a leaderless read's siblings (300)
                 continue
             body = response["content"]["application/json"]["schema"]
             error = body["properties"]["error"]
@@ -220,11 +228,22 @@ async def test_every_route_lists_the_refusals_of_the_http_edge(described: Json) 
         assert "default" not in operation["responses"], (method, path)
 
 
-async def test_the_value_of_a_read_comes_with_its_version_header(described: Json) -> None:
-    ok = described["paths"]["/kv/{key}"]["get"]["responses"]["200"]
+async def test_the_value_of_a_read_comes_with_its_version_header(described: Json, mode: str) -> None:
+    responses = described["paths"]["/kv/{key}"]["get"]["responses"]
+    ok = responses["200"]
+    assert list(ok["content"]) == ["application/octet-stream"]
+    if mode == "leaderless":
+        # No version and no TTL: the causal context and the number of values instead, on every answer of a read.
+        assert set(ok["headers"]) == {"X-Kv-Context", "X-Kv-Siblings"}
+        assert ok["headers"]["X-Kv-Context"]["required"] is True and ok["headers"]["X-Kv-Siblings"]["required"]
+        assert responses["300"]["headers"] == ok["headers"]
+        assert set(responses["300"]["content"]) == {"application/json", "application/msgpack"}
+        assert set(responses["404"]["headers"]) == {"X-Kv-Context", "X-Kv-Siblings"}
+        assert "required" not in responses["404"]["headers"]["X-Kv-Context"]
+        return
+    assert "300" not in responses
     assert ok["headers"]["X-Kv-Version"]["required"] is True
     assert "required" not in ok["headers"]["X-Kv-Expires-At-Ms"]
-    assert list(ok["content"]) == ["application/octet-stream"]
 
 
 # ---------------------------------------------------------------- alternatives exclude each other
@@ -292,7 +311,11 @@ async def test_the_branches_of_every_one_of_exclude_each_other(described: Json) 
             assert exclusive(a, b), f"{where}: {a} and {b} can both match"
 
 
-async def test_a_cas_answer_is_written_or_deleted_never_both(described: Json) -> None:
+async def test_a_cas_answer_is_written_or_deleted_never_both(described: Json, mode: str) -> None:
+    if mode == "leaderless":
+        # Refused whatever it is asked: no success answer is documented.
+        assert not any(s.startswith("2") for s in described["paths"]["/cas/{key}"]["post"]["responses"])
+        return
     schema = described["paths"]["/cas/{key}"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     written, deleted = schema["oneOf"]
     assert (written["required"], deleted["required"]) == (["key", "version"], ["key", "deleted"])
@@ -408,12 +431,20 @@ def _wire(value: Any) -> str:
     return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
+def refused_always(operation: Json) -> bool:
+    """An operation the node's mode refuses whatever it is sent (CAS in leaderless mode): it documents no 2xx."""
+    return not any(status.startswith("2") for status in operation["responses"])
+
+
 async def test_each_route_accepts_exactly_the_query_parameters_it_documents(
     node: str, http: aiohttp.ClientSession, described: Json
 ) -> None:
     mismatches: list[str] = []
     for method, path, operation in operations(described):
         probe = Probe(node, http, method, path, operation, mismatches)
+        if refused_always(operation):
+            await probe.refuses()
+            continue
         if method == "GET" and path == "/kv/{key}":
             # A read is accepted when the key exists: this one always does.
             async with http.put(f"{node}/kv/present", data=b"v") as response:
@@ -431,7 +462,10 @@ async def test_each_route_accepts_exactly_the_query_parameters_it_documents(
 
 def out_of_range(schema: Json) -> list[str]:
     """Values a numeric query parameter's schema rules out: its bounds overstepped, and what is not a
-    finite decimal number (or, for an integer, not a whole one)."""
+    finite decimal number (or, for an integer, not a whole one); for a leaderless quorum (a string with a pattern),
+    names and numbers it does not take."""
+    if schema.get("type") == "string" and "pattern" in schema:
+        return ["0", "999", "some", "QUORUM", " 1", "-1", "1.0"]
     if schema.get("type") not in ("integer", "number"):
         return []
     # Python's int() and float() take some of these (underscores, spaces, other scripts' digits).
@@ -444,15 +478,24 @@ def out_of_range(schema: Json) -> list[str]:
 
 
 async def test_query_combinations_the_description_excludes_are_refused(
-    node: str, http: aiohttp.ClientSession, described: Json
+    node: str, http: aiohttp.ClientSession, described: Json, mode: str
 ) -> None:
     mismatches: list[str] = []
     put = described["paths"]["/kv/{key}"]["put"]
-    ttl = put["parameters"][1]["schema"]
-    assert ttl["not"] == {"required": ["ttl", "ttl_ms"]} and set(ttl["properties"]) == {"ttl", "ttl_ms", "replication"}
+    query = put["parameters"][1]["schema"]
     probe = Probe(node, http, "PUT", "/kv/{key}", put, mismatches)
-    await probe.accepts({"ttl": "1.5", "replication": "sync"})
-    await probe.refuses({"ttl": "1.5", "ttl_ms": "1500"})
+    if mode == "leaderless":
+        # No TTL and no replication setting: a quorum (1..N, here N=1) and ABD, with the context as a header.
+        assert set(query["properties"]) == {"w", "consistency"}
+        assert [p["name"] for p in put["parameters"]] == ["key", "quorum", "X-Kv-Context"]
+        await probe.accepts({"w": "001", "consistency": "linearizable"})
+        for refused in ({"ttl": "1.5"}, {"ttl_ms": "1500"}, {"replication": "sync"}, {"w": "2"}, {"w": "0001"}):
+            await probe.refuses(refused)
+    else:
+        assert query["not"] == {"required": ["ttl", "ttl_ms"]}
+        assert set(query["properties"]) == {"ttl", "ttl_ms", "replication"}
+        await probe.accepts({"ttl": "1.5", "replication": "sync"})
+        await probe.refuses({"ttl": "1.5", "ttl_ms": "1500"})
 
     scan = described["paths"]["/scan"]["get"]
     by_prefix, by_range = scan["parameters"][0]["schema"]["oneOf"]
@@ -466,7 +509,7 @@ async def test_query_combinations_the_description_excludes_are_refused(
 
 
 async def test_each_body_accepts_exactly_the_fields_it_documents(
-    node: str, http: aiohttp.ClientSession, described: Json
+    node: str, http: aiohttp.ClientSession, described: Json, mode: str
 ) -> None:
     probed: list[str] = []
     mismatches: list[str] = []
@@ -477,6 +520,10 @@ async def test_each_body_accepts_exactly_the_fields_it_documents(
 
         probe = Probe(node, http, method, path, operation, mismatches)
         shapes = list(_object_shapes(schema))
+        if refused_always(operation):
+            for shape in shapes:
+                await probe.refuses(body=example(shape))
+            continue
         for shape in shapes:
             body = example(shape)
             for media_type in operation["requestBody"]["content"]:
@@ -484,8 +531,9 @@ async def test_each_body_accepts_exactly_the_fields_it_documents(
             await _probe_fields(probe, shape, shapes, lambda fields: fields, probed, f"{method} {path}")
         await probe.refuses(body=example(schema), media_type="text/plain", status=415)
     assert not mismatches, "\n".join(mismatches)
-    # Both CAS encodings, batch gets and puts, and both shapes of a batch put entry.
-    assert len(probed) == 6, probed
+    # Both CAS encodings (but in leaderless mode, which refuses CAS), batch gets and puts, and both shapes of a
+    # batch put entry.
+    assert len(probed) == (4 if mode == "leaderless" else 6), probed
 
 
 async def _probe_fields(

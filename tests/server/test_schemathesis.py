@@ -7,7 +7,9 @@ tests/server/test_openapi.py's probe.)
 
 The cases are generated when the module is imported, from the description built off a node's route
 table; ``test_the_live_node_serves_the_description_tested`` checks the live node serves exactly that
-document. Examples are bounded and derandomized: the same requests every run.
+document. Examples are bounded and derandomized: the same requests every run. A single-mode node and a
+leaderless one are each tested against their own description (leaderless: quorums, contexts, siblings, a counter
+key prefix for CRDT ops).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from kvstore.config import ClusterConfig
+from kvstore.config import ClusterConfig, LeaderlessConfig
 from kvstore.server.app import NodeServer
 from kvstore.server.inprocess import loopback_config
 from kvstore.server.openapi import build_openapi
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
 
 # One node owning every partition, so no answer depends on a peer that is not running.
 CONFIG = loopback_config(1, partitions=4)
+# The same in leaderless mode: one replica per key, blind writes through it still make siblings; keys under c/
+# are counters, so generated values there are CRDT ops (mostly malformed: 400).
+LEADERLESS_CONFIG = loopback_config(
+    1, partitions=4, mode="leaderless", replicas=1, leaderless=LeaderlessConfig(policies=(("c/", "counter"),))
+)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -51,6 +58,8 @@ CHECKS = [
 ]
 # Per operation, phase and generation mode: enough to reach the branches, few enough for a quick run.
 MAX_EXAMPLES = 100
+# Leaderless mode differs in its key routes only: fewer examples keep the second run cheap.
+LEADERLESS_MAX_EXAMPLES = 30
 # A bound on one request to a local node, never a measure of speed.
 REQUEST_TIMEOUT_S = 30
 
@@ -60,21 +69,27 @@ def described_api(config: ClusterConfig) -> dict[str, Any]:
 
     async def build() -> dict[str, Any]:
         server = NodeServer(config, config.nodes[0].node_id, open_storage(config, config.nodes[0].node_id))
-        return build_openapi(server.router.routes)
+        return build_openapi(server.router.routes, config.limits, config.mode, config.replication_factor)
 
     return asyncio.run(build())
 
 
+def load(description: dict[str, Any]) -> Any:
+    return schemathesis.openapi.from_dict(
+        description,
+        config=schemathesis.Config.from_dict(
+            {
+                "generation": {"mode": "all"},
+                "phases": {"stateful": {"enabled": False}},
+            }
+        ),
+    )
+
+
 DESCRIPTION = described_api(CONFIG)
-schema = schemathesis.openapi.from_dict(
-    DESCRIPTION,
-    config=schemathesis.Config.from_dict(
-        {
-            "generation": {"mode": "all"},
-            "phases": {"stateful": {"enabled": False}},
-        }
-    ),
-)
+LEADERLESS_DESCRIPTION = described_api(LEADERLESS_CONFIG)
+schema = load(DESCRIPTION)
+leaderless_schema = load(LEADERLESS_DESCRIPTION)
 
 
 @schemathesis.serializer("application/msgpack", "application/x-msgpack")
@@ -92,12 +107,27 @@ def node(node_process: Callable[[ClusterConfig, str], NodeProcess]) -> NodeProce
     return node_process(CONFIG, "n1")
 
 
-def test_the_live_node_serves_the_description_tested(node: NodeProcess) -> None:
-    with urllib.request.urlopen(f"{node.url}/openapi.json", timeout=REQUEST_TIMEOUT_S) as response:
-        assert json.load(response) == DESCRIPTION
+@pytest.fixture(scope="module")
+def leaderless_node(node_process: Callable[[ClusterConfig, str], NodeProcess]) -> NodeProcess:
+    return node_process(LEADERLESS_CONFIG, "n1")
+
+
+def test_the_live_node_serves_the_description_tested(node: NodeProcess, leaderless_node: NodeProcess) -> None:
+    for running, description in ((node, DESCRIPTION), (leaderless_node, LEADERLESS_DESCRIPTION)):
+        with urllib.request.urlopen(f"{running.url}/openapi.json", timeout=REQUEST_TIMEOUT_S) as response:
+            assert json.load(response) == description
+    assert description["paths"]["/kv/{key}"]["get"]["responses"].keys() >= {"200", "300", "404"}
 
 
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_answer_is_documented(case: schemathesis.Case[Any], node: NodeProcess) -> None:
     case.call_and_validate(base_url=node.url, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
+
+
+@leaderless_schema.parametrize()
+@settings(
+    max_examples=LEADERLESS_MAX_EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
+)
+def test_every_leaderless_answer_is_documented(case: schemathesis.Case[Any], leaderless_node: NodeProcess) -> None:
+    case.call_and_validate(base_url=leaderless_node.url, checks=CHECKS, timeout=REQUEST_TIMEOUT_S)

@@ -35,7 +35,9 @@ async def refusal(response: aiohttp.ClientResponse) -> str:
         ("PUT", "/kv/k?replication=async", "replication=async needs leader mode"),
         ("PUT", "/kv/k?replication=fast", "replication must be one of sync, semi-sync, async"),
         ("DELETE", "/kv/k?replication=semi-sync", "replication=semi-sync needs leader mode"),
-        ("DELETE", "/kv/k?consistency=stale", "unknown query parameter 'consistency'"),
+        # A write's consistency is leaderless mode's (ABD): a single-mode node names the mode it needs.
+        ("DELETE", "/kv/k?consistency=stale", "w, consistency and a causal context (X-Kv-Context) on a write need "
+         "leaderless mode"),
     ],
 )
 async def test_bad_or_single_mode_settings_are_400_with_the_json_error(

@@ -246,11 +246,13 @@ class LeaderlessMode:
             return Failure.of(code, answer.message)
         return Failure.of(ErrorCode.INTERNAL, f"unexpected answer {type(answer).__name__}")
 
-    @staticmethod
-    def scan_page(scan: LocalScan) -> ScanPage:
-        """A replica's own live keys as a scan page: one item per key, its first live value (a scan reads one
-        replica per partition; a read of the key returns every sibling, from a quorum)."""
-        items = tuple(ScanItem(key, state.values[0], 0) for key, state in scan.items if state.values)
+    def scan_page(self, scan: LocalScan) -> ScanPage:
+        """A replica's own live keys as a scan page: one item per key, its first live value as a read shows it (a
+        CRDT's rendered JSON). A scan reads one replica per partition; a read of the key returns every sibling,
+        from a quorum."""
+        items = tuple(
+            ScanItem(key, values[0], 0) for key, state in scan.items if (values := self._found(key, state).values)
+        )
         return ScanPage(items, scan.truncated)
 
     def _found(self, key: str, state: Versions | None) -> FoundSiblings:

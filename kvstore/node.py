@@ -724,6 +724,13 @@ class Node:
             check_op(op, self._limits, self.config.mode, self.config.replication.reads, self.config.replication_factor)
             if self._leaderless is not None and isinstance(op, PutOp):
                 self._leaderless.check(op)
+            elif self._leaderless is not None and isinstance(op, BatchPutOp):
+                for index, item in enumerate(op.items):
+                    try:
+                        self._leaderless.check(item)
+                    except KvError as exc:
+                        # As check_op does: one bad entry refuses the whole batch, named.
+                        raise KvError(exc.code, f"put[{index}]: {exc.message}") from None
         except KvError as exc:
             self._deliver(target, Failure.of(exc.code, exc.message))
             return
@@ -1114,8 +1121,8 @@ class Node:
             page = replica.scan(self._expiry_clock_ms, start, end, limit)
             if isinstance(page, Redirect):
                 return _redirect_failure(self.node_id, p, page)
-            if isinstance(page, LocalScan):
-                page = LeaderlessMode.scan_page(page)
+            if isinstance(page, LocalScan) and self._leaderless is not None:
+                page = self._leaderless.scan_page(page)
             pages.append(cast(ScanPage, page))
         return merge_pages(pages, limit)
 

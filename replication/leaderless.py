@@ -90,7 +90,8 @@ class KeyRead:
 @dataclass(frozen=True, slots=True)
 class KeyWrite:
     """Write ``value`` (None: delete) of ``key`` by a client that read ``context`` (empty: a blind write, which
-    adds a sibling); answered once ``w`` replicas hold it durably. ``linearizable``: ABD over strict majorities,
+    adds a sibling; a blind delete deletes what the coordinator holds); answered once ``w`` replicas hold it
+    durably. ``linearizable``: ABD over strict majorities,
     the newest value as the register's value."""
 
     key: str
@@ -445,9 +446,14 @@ class LeaderlessReplica:
             return
         policy = self._policy_for(op.key)
         local = self._store.get(op.key)
-        dot = dvv.next_dot(local, op.context, self.node_id, self._counter)
+        seen = op.context
+        if op.value is None and not seen.entries and local is not None:
+            # A DELETE sent without a context deletes what its coordinator holds (a blind tombstone beside the
+            # values would delete nothing a read shows); values it has not seen yet survive it as siblings.
+            seen = local.context
+        dot = dvv.next_dot(local, seen, self.node_id, self._counter)
         try:
-            state = policy.write(local, op.context, dot, op.value, now_ms)
+            state = policy.write(local, seen, dot, op.value, now_ms)
         except ValueError as exc:
             out.append(Answer(token, QuorumFailed("refused", True, str(exc))))
             return
@@ -473,7 +479,9 @@ class LeaderlessReplica:
         if write.answered and write.acked >= write.targets.keys():
             self._finish(req, out)
 
-    def _reroute_write(self, now_ms: int, req: int, write: _Write, dst: str, out: list[ReplicaEffect]) -> None:
+    def _reroute_write(
+        self, now_ms: int, req: int, write: _Write, dst: str, out: list[ReplicaEffect], refusal: str = ""
+    ) -> None:
         stands_for = write.targets.pop(dst) or dst
         if self._settings.sloppy:
             fallback = self._next_fallback(now_ms, set(write.targets) | {dst})
@@ -482,6 +490,13 @@ class LeaderlessReplica:
                 body = KeyWriteRequest(req, write.key, dvv.encode(write.state), stands_for)
                 out.append(SendTo(fallback, body, durable=True))
         self._advance_write(req, write, out)
+        if not write.answered and 1 + len(write.targets) < write.w:
+            # No target is left that could still make w: say so now, with why, rather than at the timeout. The
+            # coordinator stored the write, so it may stand: not definite.
+            write.answered = True
+            why = f"{dst} refused it ({refusal})" if refusal else f"{dst} is unreachable"
+            message = f"{1 + len(write.acked)} of w={write.w} replicas hold the write and no other can take it: {why}"
+            out.append(Answer(write.token, QuorumFailed("timeout", False, message)))
 
     # ---- reads
 
@@ -720,7 +735,9 @@ class LeaderlessReplica:
                 request.acked.add(src)
                 self._advance_write(body.req, request, out)
             else:
-                self._reroute_write(now_ms, body.req, request, src, out)  # e.g. a fallback's full hint store
+                # E.g. a fallback's full hint store.
+                reason = body.reason[:200] if isinstance(body.reason, str) and body.reason else "no reason given"
+                self._reroute_write(now_ms, body.req, request, src, out, reason)
         elif isinstance(request, _Read):
             if body.ok and request.repairing and src in request.repairing:
                 request.repairing.discard(src)

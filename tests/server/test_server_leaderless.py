@@ -370,11 +370,6 @@ async def test_the_answers_match_the_description_the_node_serves(
     assert put_query["properties"]["w"]["pattern"] == "^(?:one|quorum|all|0{0,2}1|0{0,2}2|0{0,2}3)$"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kvstore/leaderless_mode.py scan_page returns a CRDT key's encoded state (state.values[0]), not the JSON "
-    "a GET of the key renders",
-)
 async def test_a_scan_shows_a_counter_as_a_get_does(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:
     async with http.put(f"{cluster.url('n1')}/kv/c/x", data=b'{"increment": 5}') as response:
         assert response.status == 200
@@ -384,12 +379,6 @@ async def test_a_scan_shows_a_counter_as_a_get_does(cluster: InProcessCluster, h
         assert (await response.json())["items"] == [{"key": "c/x", "value": "5", "version": 0}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a DELETE without X-Kv-Context stores a tombstone concurrent with the value (a sibling reads hide), so the "
-    "key stays readable although the answer says deleted: true (replication/leaderless.py, kvstore/validation.py "
-    "could refuse a blind delete instead)",
-)
 async def test_a_delete_answered_deleted_removes_the_key(
     cluster: InProcessCluster, http: aiohttp.ClientSession
 ) -> None:
@@ -418,12 +407,6 @@ async def test_the_client_reads_and_writes_leaderless_batches(cluster: InProcess
     assert none == Failure("not_found", "key 'none' not found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replication/leaderless.py _on_write_ack reroutes a fallback's refusal (hint store full) and, with no "
-    "fallback left, waits for the request timeout: the client gets an indefinite 504 '2 of w=3 acks in time', not "
-    "the refusal's reason",
-)
 async def test_a_full_hint_store_is_a_clear_error(http: aiohttp.ClientSession) -> None:
     async with InProcessCluster(leaderless_config(4, max_hints=1)) as cluster:
         replicas = preference(cluster, "first")
@@ -437,3 +420,16 @@ async def test_a_full_hint_store_is_a_clear_error(http: aiohttp.ClientSession) -
         status, body = statuses[1]
         # Stored on two replicas: not definite, but the answer says why the third is missing.
         assert status != 200 and b"hint store full" in body, statuses[1]
+
+
+async def test_a_batch_put_holding_a_malformed_crdt_op_is_refused_whole_naming_the_entry(
+    cluster: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    body = {"put": [{"key": "plain", "value": "v"}, {"key": "c/x", "value": '{"incr": 1}'}]}
+    async with http.post(f"{cluster.url('n1')}/batch", json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["code"] == "bad_request" and error["definite"] is True
+    assert error["message"].startswith("put[1]: key 'c/x' is a counter: ")
+    async with http.get(f"{cluster.url('n1')}/kv/plain") as response:
+        assert response.status == 404  # nothing of the batch was written

@@ -59,10 +59,15 @@ class Outcome:
     met: bool | str
     # The anomalies found, by kind: "lost-writes" and "stale-reads" counts (0 when none).
     anomalies: dict[str, int]
+    # Keys whose replicas were found to differ (the convergence or the siblings checker's count, the larger).
+    diverged: int = 0
 
     def describe(self) -> str:
-        """The anomalies found, e.g. "12 lost-writes, 3 stale-reads", or "no anomaly"."""
-        return ", ".join(f"{n} {kind}" for kind, n in self.anomalies.items() if n) or "no anomaly"
+        """The anomalies found, e.g. "12 lost-writes, 3 stale-reads", "4 diverged keys", or "no anomaly"."""
+        found = [f"{n} {kind}" for kind, n in self.anomalies.items() if n]
+        if self.diverged:
+            found.append(f"{self.diverged} diverged keys")
+        return ", ".join(found) or "no anomaly"
 
 
 def anomalies(checkers: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
@@ -91,12 +96,13 @@ def judge(expect: str, checkers: Mapping[str, Mapping[str, Any]]) -> Outcome:
     if expect not in EXPECTATIONS:
         raise ValueError(f"unknown expectation {expect!r} (known: {', '.join(EXPECTATIONS)})")
     found = anomalies(checkers)
+    diverged = max(int(checkers.get(name, {}).get("diverged_count", 0)) for name in (CONVERGENCE, SIBLINGS))
     # A check that had nothing to compare neither passes nor fails a run.
     verdicts = {name: _verdict(expect, name, r) for name, r in checkers.items()
                 if r.get("valid") != convergence.SKIPPED}
     others = combine([v for name, v in verdicts.items() if name not in _MAY_FAIL[expect]])
     if expect == VALID:
-        return Outcome(expect, others, found)
+        return Outcome(expect, others, found, diverged)
     shown: bool | str
     if expect == LOST_WRITES:
         # Nothing found is only a verdict when every checker that counts lost writes could decide.
@@ -107,7 +113,7 @@ def judge(expect: str, checkers: Mapping[str, Mapping[str, Any]]) -> Outcome:
         shown = "unknown" if linearizable == "unknown" else linearizable is False
     else:
         shown = _diverged(checkers)
-    return Outcome(expect, combine([others, shown]), found)
+    return Outcome(expect, combine([others, shown]), found, diverged)
 
 
 def _diverged(checkers: Mapping[str, Mapping[str, Any]]) -> bool | str:

@@ -271,7 +271,7 @@ def _leaderless_problems(s: Scenario) -> list[str]:
     try:
         check_leaderless(s.leaderless, mode, DEFAULT_LEADER_REPLICAS if replicas is None else replicas)
     except ConfigError as exc:
-        return [f"[leaderless] {exc}"]
+        return [str(exc)]
     options = s.workload.options
     if mode != "leaderless":
         problems = [f'[workload] option {name} needs mode = "leaderless"' for name in LEADERLESS_OPTIONS

@@ -108,3 +108,18 @@ def test_a_leaderless_scenario_runs_on_a_real_cluster() -> None:
     assert siblings["lost_count"] == 0 and siblings["acknowledged_writes"] > 20, siblings
     assert result.checkers["convergence"]["valid"] is True
     assert any(p.kind == "crash" for p in result.periods)
+
+
+def test_abd_on_a_real_three_node_cluster_under_kill_9_is_linearizable() -> None:
+    """The issue's real-cluster check: kill -9 and restart under reads and writes with consistency=linearizable,
+    r=2 and w=2 on 3 nodes."""
+    scenario = load_shipped("leaderless-abd.toml")
+    scenario = replace(scenario, duration_ms=3000, quiet_ms=2000, cluster=replace(scenario.cluster, nodes=3),
+                       workload=replace(scenario.workload, options={**scenario.workload.options, "r": 2, "w": 2}),
+                       nemesis=replace(scenario.nemesis, faults=("crash",), interval_ms=600))
+    result = run_on_real_cluster(scenario, seed=1)
+    verdicts = {k: v.get("valid") for k, v in result.checkers.items()}
+    assert result.valid is True, verdicts
+    assert result.checkers["lost-writes"]["lost_count"] == 0
+    assert sum(1 for e in result.history.events if e.type == "ok") > 50
+    assert any(p.kind == "crash" and "already down" not in p.detail for p in result.periods)

@@ -73,7 +73,7 @@ from chaos.checkers import CHECKER_NAMES
 from chaos.checkers.expected import EXPECTATIONS, VALID
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
-from chaos.workloads import WORKLOAD_KINDS, RegisterWorkload
+from chaos.workloads import ALL_WORKLOAD_KINDS, LEADERLESS_WORKLOAD_KINDS, RegisterWorkload
 from kvstore.config import (
     DEFAULT_LEADER_REPLICAS,
     FSYNC_POLICIES,
@@ -166,6 +166,10 @@ class Scenario:
 def _leaderless(table: Any, where: str) -> LeaderlessConfig:
     if not isinstance(table, dict):
         raise ScenarioError(f"{where} must be a table")
+    policies = table.get("policies")
+    if isinstance(policies, list | tuple) and all(isinstance(p, list | tuple) and len(p) == 2 for p in policies):
+        # A scenario printed from its dataclass (``dataclasses.asdict``) lists the policies as [prefix, policy] pairs.
+        table = {**table, "policies": dict(policies)}
     try:
         return LeaderlessConfig.from_table(table)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -245,8 +249,8 @@ def _validate(s: Scenario, source: str) -> None:
     problems.extend(_leaderless_problems(s))
     if s.cluster.fsync not in FSYNC_POLICIES:
         problems.append(f"[cluster] fsync must be one of {', '.join(FSYNC_POLICIES)}")
-    if s.workload.kind not in WORKLOAD_KINDS:
-        problems.append(f"[workload] kind must be one of {', '.join(WORKLOAD_KINDS)}")
+    if s.workload.kind not in ALL_WORKLOAD_KINDS:
+        problems.append(f"[workload] kind must be one of {', '.join(ALL_WORKLOAD_KINDS)}")
     if s.workload.concurrency < 1 or s.workload.think_ms < 0 or s.workload.client_timeout_ms < 1:
         problems.append("[workload] concurrency and client_timeout_ms must be positive, think_ms not negative")
     if s.workload.ops < 0:
@@ -276,8 +280,8 @@ def _leaderless_problems(s: Scenario) -> list[str]:
     if mode != "leaderless":
         problems = [f'[workload] option {name} needs mode = "leaderless"' for name in LEADERLESS_OPTIONS
                     if name in options]
-        if s.workload.kind == "siblings":
-            problems.append('[workload] kind siblings needs mode = "leaderless"')
+        if s.workload.kind in LEADERLESS_WORKLOAD_KINDS:
+            problems.append(f'[workload] kind {s.workload.kind} needs mode = "leaderless"')
         return problems
     problems = []
     if s.workload.kind in ("append", "counter"):

@@ -55,7 +55,10 @@ from kvstore.validation import prefix_range
 Outcome = tuple[str, Any, str | None]  # (type, value, error)
 Execution = Generator[ClientOp, Result, Outcome]
 
-WORKLOAD_KINDS: tuple[str, ...] = ("register", "append", "set", "counter", "siblings")
+WORKLOAD_KINDS: tuple[str, ...] = ("register", "append", "set", "counter")
+# Workloads only leaderless mode serves (they read siblings and write with causal contexts).
+LEADERLESS_WORKLOAD_KINDS: tuple[str, ...] = ("siblings",)
+ALL_WORKLOAD_KINDS: tuple[str, ...] = (*WORKLOAD_KINDS, *LEADERLESS_WORKLOAD_KINDS)
 # A composite op gives up (a definite fail) after this many refused cas attempts.
 MAX_CAS_ATTEMPTS = 16
 SCAN_PAGE = 1000
@@ -374,7 +377,7 @@ def make_workload(kind: str, options: dict[str, Any]) -> Workload:
     }
     factory = factories.get(kind)
     if factory is None:
-        raise ValueError(f"workload kind must be one of {', '.join(WORKLOAD_KINDS)}, got {kind!r}")
+        raise ValueError(f"workload kind must be one of {', '.join(ALL_WORKLOAD_KINDS)}, got {kind!r}")
     try:
         workload: Workload = factory(**options)
     except TypeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,10 @@ def test_bad_leaderless_scenarios_are_refused(data: dict[str, object], message: 
     with pytest.raises(ScenarioError, match=r"bad\.toml") as info:
         from_dict(data, "bad.toml")
     assert message in str(info.value)
+
+
+def test_a_printed_leaderless_scenario_loads_back() -> None:
+    scenario = load_shipped("leaderless-lww.toml")
+    printed = dataclasses.asdict(scenario)
+    assert printed["leaderless"]["policies"] == (("siblings/", "lww"),)
+    assert from_dict(printed, "printed.toml") == scenario

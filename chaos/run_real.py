@@ -27,7 +27,7 @@ from chaos.checkers import convergence
 from chaos.faults import ChaosPolicy
 from chaos.leaders import pick_leader
 from chaos.nemesis import Nemesis, describe_schedule, plan
-from chaos.run_sim import Recorder, RunResult, all_checkers
+from chaos.run_sim import Copies, Recorder, RunResult, all_checkers, final_state
 from chaos.scenario import Scenario, check_real_cluster
 from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
 from kvstore.client import AsyncClient, ReplicaCopy
@@ -67,15 +67,27 @@ def real_cluster_config(scenario: Scenario, directory: Path, secret: str) -> Clu
                               data_dir=str(directory / "data")),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
         replication=scenario.replication,
+        leaderless=scenario.leaderless,
         limits=Limits(raft_compact_entries=spec.raft_compact_entries),
     )
     nodes = tuple(NodeAddress(n.node_id, "127.0.0.1", port) for n, port in zip(base.nodes, ports, strict=True))
     return base.replace(nodes=nodes, initial_nodes=spec.initial_nodes(base.node_ids))
 
 
-async def execute(client: AsyncClient, op: ClientOp) -> Result:
-    """One client operation over HTTP, with errors as ``Failure`` results, as the simulator gives them."""
+async def execute(client: AsyncClient, op: ClientOp, leaderless: bool = False) -> Result:
+    """One client operation over HTTP, with errors as ``Failure`` results, as the simulator gives them. In
+    ``leaderless`` mode reads, writes and deletes go through the causal calls, which answer ``FoundSiblings``
+    and ``Stored`` as the node does."""
     try:
+        if leaderless and isinstance(op, GetOp):
+            return await client.get_siblings(op.key, r=op.r or None, consistency=op.consistency or None,
+                                             repair=op.repair or None)
+        if leaderless and isinstance(op, PutOp):
+            return await client.put_causal(op.key, op.value, context=op.context, w=op.w or None,
+                                           consistency=op.consistency or None)
+        if leaderless and isinstance(op, DeleteOp):
+            return await client.delete_causal(op.key, context=op.context, w=op.w or None,
+                                              consistency=op.consistency or None)
         if isinstance(op, GetOp):
             found = await client.get(op.key)
             return found if found is not None else Failure.of(ErrorCode.NOT_FOUND, f"key {op.key!r} not found")
@@ -92,18 +104,19 @@ async def execute(client: AsyncClient, op: ClientOp) -> Result:
     raise TypeError(f"the workloads do not use {type(op).__name__}")
 
 
-async def replica_convergence(urls: Mapping[str, str], secret: str, timeout_s: float) -> dict[str, Any]:
-    """The convergence verdict (``convergence.check_copies``) of a running cluster, its nodes at ``urls``.
+async def replica_copies(urls: Mapping[str, str], secret: str, timeout_s: float) -> (
+    tuple[Copies, tuple[tuple[str, ...], ...], int] | str
+):
+    """Every replica's copy of each partition with more than one in a running cluster (its nodes at ``urls``),
+    the partitions' replicas and the latest node clock seen; or why they could not all be read.
 
-    The partition map is the newest any node serves on ``/cluster``; every replica of each partition with
-    more than one is read whole from its own node's admin route (``secret`` is the cluster's). The copies
-    are judged at the latest node clock seen. A node that cannot be read leaves the verdict "unknown".
-    """
+    The partition map is the newest any node serves on ``/cluster``; every replica is read whole from its own
+    node's admin route (``secret`` is the cluster's)."""
     clients = {node: AsyncClient([url], route_by_map=False, timeout_s=timeout_s) for node, url in urls.items()}
     try:
         views = [await client.cluster() for client in clients.values()]
         partition_map = max((view["partition_map"] for view in views), key=lambda m: m["epoch"])
-        replicas = [tuple(nodes) for nodes in partition_map["replicas"]]
+        replicas = tuple(tuple(nodes) for nodes in partition_map["replicas"])
         reads = [
             (partition, node)
             for partition in convergence.multi_copy_partitions(replicas)
@@ -117,13 +130,22 @@ async def replica_convergence(urls: Mapping[str, str], secret: str, timeout_s: f
             if isinstance(answer, BaseException):
                 raise answer
     except KvError as exc:
-        return {"valid": "unknown", "reason": f"could not read every replica's copy: {exc}"}
+        return f"could not read every replica's copy: {exc}"
     finally:
         for client in clients.values():
             await client.close()
     read = [answer for answer in answers if isinstance(answer, ReplicaCopy)]
     copies = {(c.partition, c.node_id): c.records for c in read}
-    return convergence.check_copies(copies, replicas, max((c.clock_ms for c in read), default=0))
+    return copies, replicas, max((c.clock_ms for c in read), default=0)
+
+
+async def replica_convergence(urls: Mapping[str, str], secret: str, timeout_s: float) -> dict[str, Any]:
+    """The convergence verdict (``convergence.check_copies``) of a running cluster (``replica_copies``); "unknown"
+    when a node cannot be read."""
+    read = await replica_copies(urls, secret, timeout_s)
+    if isinstance(read, str):
+        return {"valid": "unknown", "reason": read}
+    return convergence.check_copies(*read)
 
 
 class _RealTarget:
@@ -310,9 +332,15 @@ class _RealRunner:
             await asyncio.sleep(s.quiet_ms / 1000)
             # Before the final reads: a protocol that repairs replicas on reads must not hide a divergence.
             self.progress("reading every replica's copy")
-            converged = await replica_convergence(
+            read = await replica_copies(
                 {n: self.cluster.url(n) for n in nodes}, self.cluster.config.secret, ADMIN_TIMEOUT_S
             )
+            final = None
+            if isinstance(read, str):
+                converged: dict[str, Any] = {"valid": "unknown", "reason": read}
+            else:
+                converged = convergence.check_copies(*read)
+                final = final_state(self.workload, s, read[0], read[1])
             view = await asyncio.to_thread(self.target.view)
             self.progress("final reads")
             for i, op in enumerate(self.workload.final_ops()):
@@ -325,7 +353,7 @@ class _RealRunner:
         history = self.recorder.history(f"{s.name} real seed={self.seed}")
         self.progress(f"checking {len(history)} events")
         checkers = all_checkers(s.checkers.names or self.workload.default_checkers, history,
-                                s.checkers.time_limit_s, converged)
+                                s.checkers.time_limit_s, converged, final)
         outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")
         stats: dict[str, Any] = {
             "ops": sum(1 for e in history.events if e.type == "invoke"),
@@ -365,15 +393,16 @@ class _RealRunner:
         self.recorder.invoke(process, op, self.now_ms())
         gen: Execution = self.workload.execute(op)
         timeout_s = self.scenario.workload.client_timeout_ms / 1000
+        leaderless = self.scenario.cluster.mode == "leaderless"
         try:
-            outcome = await asyncio.wait_for(self._drive(gen, client), timeout_s)
+            outcome = await asyncio.wait_for(self._drive(gen, client, leaderless), timeout_s)
         except TimeoutError:
             outcome = ("info", None, "client_timeout")
         self.recorder.complete(process, op, outcome, self.now_ms())
         return outcome
 
     @staticmethod
-    async def _drive(gen: Execution, client: AsyncClient) -> Outcome:
+    async def _drive(gen: Execution, client: AsyncClient, leaderless: bool) -> Outcome:
         result: Result | None = None
         while True:
             try:
@@ -381,7 +410,7 @@ class _RealRunner:
             except StopIteration as stop:
                 outcome: Outcome = stop.value
                 return outcome
-            result = await execute(client, request)
+            result = await execute(client, request, leaderless)
 
 
 def run_on_real_cluster(scenario: Scenario, seed: int | None = None, progress: Progress = lambda _: None) -> RunResult:

@@ -12,26 +12,39 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
 from chaos.checkers import convergence, expected, run_checkers
 from chaos.faults import ChaosPolicy
+from chaos.final_siblings import replica_siblings
 from chaos.history import Event, History
 from chaos.leaders import pick_leader
 from chaos.nemesis import FaultAction, Nemesis, describe_schedule, plan
 from chaos.report import FaultPeriod
 from chaos.scenario import Scenario
-from chaos.workloads import Execution, Outcome, PlannedOp, Workload, make_workload
-from kvstore.config import ClusterConfig, FsyncPolicy, Limits, StorageConfig, Timeouts, local_cluster
+from chaos.workloads import Execution, Outcome, PlannedOp, SiblingsWorkload, Workload, make_workload
+from kvstore.config import (
+    DEFAULT_LEADER_REPLICAS,
+    ClusterConfig,
+    FsyncPolicy,
+    Limits,
+    StorageConfig,
+    Timeouts,
+    local_cluster,
+)
 from kvstore.messages import ClientOp, Result
 from kvstore.node import Node
 from kvstore.sim.cluster import SimCluster
 from kvstore.sim.draws import between
+from kvstore.storage.base import Record
 from kvstore.storage.simulated import CrashKind
 from partitioning.partition_map import LEAVING, PartitionMap
+
+# Every replica's copy of each partition: (partition, node) -> its (key, record) pairs.
+Copies = Mapping[tuple[int, str], Iterable[tuple[str, Record]]]
 
 
 @dataclass
@@ -91,31 +104,69 @@ class Recorder:
 
 
 def all_checkers(
-    names: Sequence[str], history: History, time_limit_s: float, converged: dict[str, Any]
+    names: Sequence[str],
+    history: History,
+    time_limit_s: float,
+    converged: dict[str, Any],
+    final: FinalState | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The named checkers' verdicts on ``history``, and ``converged`` (``convergence.check_copies``'s verdict
     on the replicas' copies): always when it compared copies, and when ``names`` asks for it even if it
-    had none to compare (it then says it was skipped)."""
-    results = run_checkers([name for name in names if name != "convergence"], history, time_limit_s=time_limit_s)
+    had none to compare (it then says it was skipped). ``final``: the siblings checker's final state and bound."""
+    results = run_checkers(
+        [name for name in names if name != "convergence"], history, time_limit_s=time_limit_s,
+        final_siblings=None if final is None else final.siblings, max_siblings=None if final is None else final.bound,
+    )
     if "convergence" in names or converged["valid"] != convergence.SKIPPED:
         results["convergence"] = converged
     return results
 
 
-def sim_convergence(cluster: SimCluster) -> dict[str, Any]:
-    """The convergence verdict (``convergence.check_copies``) of a simulated cluster: every replica's copy of
-    each partition with more than one, read straight from its node's storage, judged at the latest node clock."""
+@dataclass(frozen=True)
+class FinalState:
+    """The siblings checker's inputs: each replica's siblings per key, and the bound they must stay within."""
+
+    siblings: dict[Any, dict[str, list[Any]]]
+    bound: int
+
+
+def sibling_bound(scenario: Scenario) -> int:
+    """The most siblings a key may show: ``max_siblings`` per coordinator, and a merge joins at most one
+    coordinator's worth from each of the ``replicas`` (``replication.dvv``: a coordinator refuses a blind write
+    past ``max_siblings``, but replicas that took writes while cut off from each other merge them all)."""
+    replicas = scenario.cluster.replicas or DEFAULT_LEADER_REPLICAS
+    return scenario.leaderless.max_siblings * replicas
+
+
+def final_state(workload: Workload, scenario: Scenario, copies: Copies, replicas: Sequence[Sequence[str]]) -> (
+    FinalState | None
+):
+    """The siblings workload's final state from the replicas' copies (None for the other workloads)."""
+    if not isinstance(workload, SiblingsWorkload):
+        return None
+    stored = replica_siblings(copies, replicas)
+    return FinalState(cast(dict[Any, dict[str, list[Any]]], workload.final_siblings(stored)), sibling_bound(scenario))
+
+
+def sim_copies(cluster: SimCluster) -> tuple[Copies, tuple[tuple[str, ...], ...], int]:
+    """Every replica's copy of each partition with more than one, read straight from its node's storage, the
+    partitions' replicas, and the latest node clock (the copies are judged at it)."""
     nodes = cluster.node_ids()
     # What every node knows together (the first node may have left the cluster and kept an old map).
     view = cluster.view()
     assert view is not None, "every node is up after the heal"
-    replicas = view.replicas
+    replicas = tuple(tuple(r) for r in view.replicas)
     copies = {
         (partition, node): cluster.storage(node).copy_of(partition)
         for partition in convergence.multi_copy_partitions(replicas)
         for node in replicas[partition]
     }
-    return convergence.check_copies(copies, replicas, max(cluster.node_clock_ms(node) for node in nodes))
+    return copies, replicas, max(cluster.node_clock_ms(node) for node in nodes)
+
+
+def sim_convergence(cluster: SimCluster) -> dict[str, Any]:
+    """The convergence verdict (``convergence.check_copies``) of a simulated cluster (``sim_copies``)."""
+    return convergence.check_copies(*sim_copies(cluster))
 
 
 def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
@@ -131,6 +182,7 @@ def sim_cluster_config(scenario: Scenario) -> ClusterConfig:
                               batch_interval_ms=spec.batch_interval_ms),
         timeouts=Timeouts(request_timeout_ms=spec.request_timeout_ms),
         replication=scenario.replication,
+        leaderless=scenario.leaderless,
         limits=Limits(raft_compact_entries=spec.raft_compact_entries),
     )
     return config.replace(initial_nodes=spec.initial_nodes(config.node_ids))
@@ -209,6 +261,7 @@ class Simulation:
     seed: int
     history: History
     converged: dict[str, Any]
+    final: FinalState | None
     periods: list[FaultPeriod]
     schedule: list[dict[str, Any]]
     stats: dict[str, Any]
@@ -263,10 +316,13 @@ class _SimRunner:
         self.nemesis.heal_all()
         self.cluster.run_for(s.quiet_ms)
         # Before the final reads: a protocol that repairs replicas on reads must not hide a divergence.
-        converged = sim_convergence(self.cluster)
+        copies, replicas, at_ms = sim_copies(self.cluster)
+        converged = convergence.check_copies(copies, replicas, at_ms)
+        final = final_state(self.workload, s, copies, replicas)
         self._final_reads()
         history = self.recorder.history(f"{s.name} seed={self.seed}")
-        return Simulation(s, self.seed, history, converged, self.nemesis.periods, describe_schedule(self.schedule),
+        return Simulation(s, self.seed, history, converged, final, self.nemesis.periods,
+                          describe_schedule(self.schedule),
                           self._stats(history), s.checkers.names or self.workload.default_checkers)
 
     def _apply(self, action: FaultAction) -> None:
@@ -403,7 +459,8 @@ def simulate(scenario: Scenario, seed: int | None = None) -> Simulation:
 
 def judge(run: Simulation) -> RunResult:
     """The checkers' verdicts on a simulated run."""
-    checkers = all_checkers(run.checker_names, run.history, run.scenario.checkers.time_limit_s, run.converged)
+    checkers = all_checkers(run.checker_names, run.history, run.scenario.checkers.time_limit_s, run.converged,
+                            run.final)
     return RunResult(run.scenario, run.seed, "sim", run.history, run.periods, checkers, run.stats, run.schedule)
 
 

@@ -10,8 +10,9 @@ quiet_ms = 1000             # after healing every fault, before the final reads
 nodes = 3
 founders = 3                # the first k nodes hold the first layout (default: every node); the others
                             # boot as spares, which the nemesis "join" fault admits at run time
-mode = "single"            # or "leader": each partition a Raft group of `replicas` nodes
-replicas = 3                # leader mode only (default 3)
+mode = "single"            # or "leader": each partition a Raft group of `replicas` nodes; or "leaderless":
+                            # Dynamo-style quorums over each partition's `replicas` nodes ([leaderless] below)
+replicas = 3                # leader and leaderless mode only (default 3)
 fsync = "always"
 partitions = 16
 request_timeout_ms = 1000
@@ -19,7 +20,7 @@ partitioner = "hash"        # or "range": ranges split and merge at the [ranges]
 ranges = { split_keys = 4, split_bytes = 65536, merge_keys = 2, merge_bytes = 32768, check_interval_ms = 200 }
 
 [workload]
-kind = "register"           # register | append | set | counter
+kind = "register"           # register | append | set | counter | siblings (leaderless mode: see chaos.workloads)
 concurrency = 5             # client processes
 think_ms = 20               # a process waits 0..think_ms between ops
 client_timeout_ms = 3000    # an op without an answer by then is recorded as info
@@ -37,14 +38,29 @@ writes = "sync"              # "sync" | "semi-sync" | "async"
 reads = "read-index"         # "read-index" | "lease" | "unsafe" | "stale"
 lease_drift_ms = 100
 
+[leaderless]                 # leaderless mode: the cluster's [leaderless] table (kvstore.config.LeaderlessConfig)
+r = "quorum"                 # replies a read waits for: a number, "one", "quorum" or "all"
+w = "quorum"
+sloppy = true                # false: strict quorums (no fallbacks, no hints)
+max_siblings = 100
+anti_entropy = true          # false (or hinted_handoff = false) shows what the mechanism is needed for
+anti_entropy_interval_ms = 10000
+hinted_handoff = true
+handoff_interval_ms = 1000
+policies = { "register/" = "lww" }   # key prefix -> "siblings" | "lww" | "counter" | "set" | "map"
+
 [checkers]
 names = ["linearizable", "lost-writes"]   # default: the workload's own
 time_limit_s = 30
-expect = "valid"            # or an anomaly the run must show: "lost-writes", "stale-reads" (chaos.checkers.expected)
+expect = "valid"            # or an anomaly the run must show: "lost-writes", "stale-reads", "diverged"
+                            # (chaos.checkers.expected)
 ```
 
-The ``[replication]`` table goes to the cluster config of both the simulated and the real run, so one
-scenario swept over its settings compares them under the same faults.
+The ``[replication]`` table (leader mode) and the ``[leaderless]`` table (leaderless mode) go to the cluster
+config of both the simulated and the real run, so one scenario swept over its settings compares them under the
+same faults. Leaderless mode refuses CAS, moves and membership changes, so a leaderless scenario may not use the
+workloads built on CAS (append, counter), a register workload with cas ops, or the move/join/leave faults; the
+register workload's quorum options (``r``, ``w``, ``consistency``) and the siblings workload need it.
 """
 
 from __future__ import annotations
@@ -57,16 +73,19 @@ from chaos.checkers import CHECKER_NAMES
 from chaos.checkers.expected import EXPECTATIONS, VALID
 from chaos.faults import Delay
 from chaos.nemesis import NemesisConfig
-from chaos.workloads import WORKLOAD_KINDS
+from chaos.workloads import ALL_WORKLOAD_KINDS, LEADERLESS_WORKLOAD_KINDS, RegisterWorkload
 from kvstore.config import (
+    DEFAULT_LEADER_REPLICAS,
     FSYNC_POLICIES,
     MODES,
     PARTITIONERS,
     ConfigError,
+    LeaderlessConfig,
     Limits,
     RangesConfig,
     ReplicationConfig,
     Timeouts,
+    check_leaderless,
     check_replication,
 )
 from kvstore.toml_file import read_toml
@@ -141,6 +160,20 @@ class Scenario:
     nemesis: NemesisConfig = field(default_factory=NemesisConfig)
     checkers: CheckerSpec = field(default_factory=CheckerSpec)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    leaderless: LeaderlessConfig = field(default_factory=LeaderlessConfig)
+
+
+def _leaderless(table: Any, where: str) -> LeaderlessConfig:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where} must be a table")
+    policies = table.get("policies")
+    if isinstance(policies, list | tuple) and all(isinstance(p, list | tuple) and len(p) == 2 for p in policies):
+        # A scenario printed from its dataclass (``dataclasses.asdict``) lists the policies as [prefix, policy] pairs.
+        table = {**table, "policies": dict(policies)}
+    try:
+        return LeaderlessConfig.from_table(table)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from exc
 
 
 def _build(cls: type, table: Any, where: str, convert: dict[str, Any] | None = None) -> Any:
@@ -161,7 +194,7 @@ def _build(cls: type, table: Any, where: str, convert: dict[str, Any] | None = N
 
 
 def from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
-    tables = {"cluster", "workload", "nemesis", "checkers", "replication"}
+    tables = {"cluster", "workload", "nemesis", "checkers", "replication", "leaderless"}
     top = {k: v for k, v in data.items() if k not in tables}
     if "name" not in top:
         top["name"] = Path(source).stem
@@ -172,8 +205,10 @@ def from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
                          {"faults": tuple, "delay": Delay.from_json})
         checkers = _build(CheckerSpec, data.get("checkers", {}), f"{source} [checkers]", {"names": tuple})
         replication = _build(ReplicationConfig, data.get("replication", {}), f"{source} [replication]")
+        leaderless = _leaderless(data.get("leaderless", {}), f"{source} [leaderless]")
         parts = {"cluster": cluster, "workload": workload, "nemesis": nemesis, "checkers": checkers}
-        scenario: Scenario = _build(Scenario, {**top, **parts, "replication": replication}, source)
+        scenario: Scenario = _build(Scenario, {**top, **parts, "replication": replication, "leaderless": leaderless},
+                                    source)
     except ScenarioError:
         raise
     _validate(scenario, source)
@@ -211,10 +246,11 @@ def _validate(s: Scenario, source: str) -> None:
         check_replication(s.replication, s.cluster.mode, Timeouts().election_timeout_ms)
     except ConfigError as exc:
         problems.append(str(exc))
+    problems.extend(_leaderless_problems(s))
     if s.cluster.fsync not in FSYNC_POLICIES:
         problems.append(f"[cluster] fsync must be one of {', '.join(FSYNC_POLICIES)}")
-    if s.workload.kind not in WORKLOAD_KINDS:
-        problems.append(f"[workload] kind must be one of {', '.join(WORKLOAD_KINDS)}")
+    if s.workload.kind not in ALL_WORKLOAD_KINDS:
+        problems.append(f"[workload] kind must be one of {', '.join(ALL_WORKLOAD_KINDS)}")
     if s.workload.concurrency < 1 or s.workload.think_ms < 0 or s.workload.client_timeout_ms < 1:
         problems.append("[workload] concurrency and client_timeout_ms must be positive, think_ms not negative")
     if s.workload.ops < 0:
@@ -226,6 +262,38 @@ def _validate(s: Scenario, source: str) -> None:
         problems.append(f"[checkers] unknown checker(s) {', '.join(bad)} (known: {', '.join(CHECKER_NAMES)})")
     if problems:
         raise ScenarioError(f"{source}: " + "; ".join(problems))
+
+
+# Workload options that only leaderless mode serves (the register workload's quorums and ABD).
+LEADERLESS_OPTIONS = ("r", "w", "consistency")
+
+
+def _leaderless_problems(s: Scenario) -> list[str]:
+    """What a scenario asks of leaderless mode that it does not serve, or leaderless settings outside it."""
+    mode = s.cluster.mode
+    replicas = s.cluster.replicas
+    try:
+        check_leaderless(s.leaderless, mode, DEFAULT_LEADER_REPLICAS if replicas is None else replicas)
+    except ConfigError as exc:
+        return [str(exc)]
+    options = s.workload.options
+    if mode != "leaderless":
+        problems = [f'[workload] option {name} needs mode = "leaderless"' for name in LEADERLESS_OPTIONS
+                    if name in options]
+        if s.workload.kind in LEADERLESS_WORKLOAD_KINDS:
+            problems.append(f'[workload] kind {s.workload.kind} needs mode = "leaderless"')
+        return problems
+    problems = []
+    if s.workload.kind in ("append", "counter"):
+        problems.append(f"[workload] kind {s.workload.kind} is built on CAS, which leaderless mode refuses "
+                        "(use a counter policy under [leaderless.policies] instead)")
+    if s.workload.kind == "register" and options.get("cas_fraction", RegisterWorkload.CAS_FRACTION) != 0:
+        problems.append("[workload] the register workload needs options.cas_fraction = 0 in leaderless mode "
+                        "(leaderless mode refuses CAS)")
+    refused = [f for f in s.nemesis.faults if f in ("move", "join", "leave", "kill-leader")]
+    if refused:
+        problems.append(f"[nemesis] {', '.join(refused)}: leaderless mode has no leaders and fixed replicas")
+    return problems
 
 
 def check_real_cluster(scenario: Scenario, source: str = "<scenario>") -> None:

@@ -10,6 +10,13 @@ replica's copy of each partition (``Storage.copy_of`` in the simulator, the admi
 checker's input with ``replica_state``, and compares the replicas of every partition that has more than one.
 When no partition has, there is nothing to compare, and the result says the check was skipped rather than
 claiming a pass.
+
+Leaderless mode keeps a key's whole state (``replication.dvv.Versions``: every sibling with its dot and timestamp,
+and the causal context) canonically encoded in the record's ``context`` (``kvstore/version_store.py``). Replicas
+are compared by that whole state, not only by their live values: two replicas that serve the same values but
+differ in a tombstone or in what their contexts have seen have not converged (the next merge or write would treat
+them differently), and the canonical encoding makes equal states equal bytes. A report shows such a state decoded
+(``state``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore.storage.base import Record
+from replication import dvv
 
 _ABSENT = "<absent>"
 # The verdict of a check that had nothing to compare: neither a pass nor a failure.
@@ -96,6 +104,7 @@ class Held:
             "expires_at_ms": self.expires_at_ms,
             "context": _shown(self.context),
             "siblings": [{"value": _shown(v), "version": ver, "context": _shown(c)} for v, ver, c in self.siblings],
+            **_leaderless_state(self.context),
         }
 
 
@@ -171,6 +180,19 @@ def _shown(data: bytes | None) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return "base64:" + base64.b64encode(data).decode("ascii")
+
+
+def _leaderless_state(context: bytes) -> dict[str, Any]:
+    """``{"state": ...}``, a leaderless key state decoded for a report; empty for any other record's context."""
+    if not context:
+        return {}
+    try:
+        state = dvv.decode(context)
+    except ValueError:
+        return {}
+    siblings = [{"dot": f"{node}:{counter}", "value": _shown(s.value), "timestamp_ms": s.timestamp_ms}
+                for s in state.siblings for node, counter in (s.dot,)]
+    return {"state": {"siblings": siblings, "seen": dict(state.context.entries)}}
 
 
 def _json(value: Any) -> Any:

@@ -16,6 +16,11 @@ them passes when the checkers find that anomaly (a sweep counts such a seed as e
   write that was overwritten before anyone read it again, so that checker may fail too; every other
   checker must be valid.
 
+- ``diverged``: after heal and quiet time the replicas' copies still differ (the convergence checker, or the
+  siblings checker's ``converged``, finds a key whose replicas disagree): what a leaderless scenario shows with
+  hinted handoff or anti-entropy switched off, in the quiet time that suffices with it on. Nothing else may go
+  wrong: the siblings checker must find nothing lost and the siblings bounded, every other checker valid.
+
 A run whose checkers leave the answer open (a verdict "unknown") is neither: the verdict is "unknown". An
 expected anomaly needs its checkers in the scenario's list (``lost-writes``, and ``linearizable`` for stale
 reads); without them it is never found.
@@ -32,13 +37,16 @@ from chaos.checkers import combine, convergence
 VALID = "valid"
 LOST_WRITES = "lost-writes"
 STALE_READS = "stale-reads"
-EXPECTATIONS: tuple[str, ...] = (VALID, LOST_WRITES, STALE_READS)
+DIVERGED = "diverged"
+EXPECTATIONS: tuple[str, ...] = (VALID, LOST_WRITES, STALE_READS, DIVERGED)
+CONVERGENCE = "convergence"
 SIBLINGS = "siblings"  # the siblings checker's name
 # The checkers an expected anomaly is allowed to fail.
 _MAY_FAIL: dict[str, frozenset[str]] = {
     VALID: frozenset(),
     LOST_WRITES: frozenset({"lost-writes", "linearizable"}),
     STALE_READS: frozenset({"lost-writes", "linearizable"}),
+    DIVERGED: frozenset({CONVERGENCE}),
 }
 
 
@@ -51,10 +59,15 @@ class Outcome:
     met: bool | str
     # The anomalies found, by kind: "lost-writes" and "stale-reads" counts (0 when none).
     anomalies: dict[str, int]
+    # Keys whose replicas were found to differ (the convergence or the siblings checker's count, the larger).
+    diverged: int = 0
 
     def describe(self) -> str:
-        """The anomalies found, e.g. "12 lost-writes, 3 stale-reads", or "no anomaly"."""
-        return ", ".join(f"{n} {kind}" for kind, n in self.anomalies.items() if n) or "no anomaly"
+        """The anomalies found, e.g. "12 lost-writes, 3 stale-reads", "4 diverged keys", or "no anomaly"."""
+        found = [f"{n} {kind}" for kind, n in self.anomalies.items() if n]
+        if self.diverged:
+            found.append(f"{self.diverged} diverged keys")
+        return ", ".join(found) or "no anomaly"
 
 
 def anomalies(checkers: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
@@ -73,6 +86,8 @@ def _verdict(expect: str, name: str, result: Mapping[str, Any]) -> Any:
     valid = result.get("valid")
     if name == SIBLINGS and expect == LOST_WRITES and isinstance(valid, bool):
         return result.get("converged") is True and result.get("bounded") is True
+    if name == SIBLINGS and expect == DIVERGED and isinstance(valid, bool):
+        return result.get("lost_count") == 0 and result.get("bounded") is True
     return valid
 
 
@@ -81,18 +96,31 @@ def judge(expect: str, checkers: Mapping[str, Mapping[str, Any]]) -> Outcome:
     if expect not in EXPECTATIONS:
         raise ValueError(f"unknown expectation {expect!r} (known: {', '.join(EXPECTATIONS)})")
     found = anomalies(checkers)
+    diverged = max(int(checkers.get(name, {}).get("diverged_count", 0)) for name in (CONVERGENCE, SIBLINGS))
     # A check that had nothing to compare neither passes nor fails a run.
     verdicts = {name: _verdict(expect, name, r) for name, r in checkers.items()
                 if r.get("valid") != convergence.SKIPPED}
     others = combine([v for name, v in verdicts.items() if name not in _MAY_FAIL[expect]])
     if expect == VALID:
-        return Outcome(expect, others, found)
+        return Outcome(expect, others, found, diverged)
     shown: bool | str
     if expect == LOST_WRITES:
         # Nothing found is only a verdict when every checker that counts lost writes could decide.
         undecided = any(checkers.get(name, {}).get("valid") == "unknown" for name in ("lost-writes", SIBLINGS))
         shown = found[LOST_WRITES] > 0 or ("unknown" if undecided else False)
-    else:
+    elif expect == STALE_READS:
         linearizable = verdicts.get("linearizable")
         shown = "unknown" if linearizable == "unknown" else linearizable is False
-    return Outcome(expect, combine([others, shown]), found)
+    else:
+        shown = _diverged(checkers)
+    return Outcome(expect, combine([others, shown]), found, diverged)
+
+
+def _diverged(checkers: Mapping[str, Mapping[str, Any]]) -> bool | str:
+    """Whether the replicas were found to differ: by the convergence checker (its copies) or the siblings checker
+    (each replica's siblings); "unknown" when neither found it and one of them could not decide."""
+    copies = checkers.get(CONVERGENCE, {}).get("valid")
+    siblings = checkers.get(SIBLINGS, {})
+    if copies is False or siblings.get("converged") is False:
+        return True
+    return "unknown" if "unknown" in (copies, siblings.get("valid")) else False

@@ -75,11 +75,28 @@ def test_stale_reads_expected_needs_a_non_linearizable_history() -> None:
                                           "lost-writes": {"valid": True, "stale_read_count": 2}}).met == "unknown"
 
 
+def test_diverged_expected_needs_replicas_that_differ_and_nothing_else_wrong() -> None:
+    apart = {"convergence": {"valid": False, "diverged_count": 3},
+             "siblings": {"valid": False, "lost_count": 0, "converged": False, "diverged_count": 2, "bounded": True}}
+    outcome = expected.judge("diverged", apart)
+    assert (outcome.met, outcome.diverged, outcome.describe()) == (True, 3, "3 diverged keys")
+    assert expected.judge("valid", apart).met is False
+    together = {"convergence": {"valid": True}, "siblings": {"valid": True, "lost_count": 0, "converged": True,
+                                                              "bounded": True}}
+    assert expected.judge("diverged", together).met is False
+    # Diverging is the finding; losing an acknowledged write or passing the bound is not.
+    lost = {**apart, "siblings": {**apart["siblings"], "lost_count": 1}}
+    assert expected.judge("diverged", lost).met is False
+    unbounded = {**apart, "siblings": {**apart["siblings"], "bounded": False}}
+    assert expected.judge("diverged", unbounded).met is False
+    assert expected.judge("diverged", {"convergence": {"valid": "unknown"}}).met == "unknown"
+
+
 def test_a_scenario_names_its_expectation_under_checkers() -> None:
     assert from_dict({}, "x.toml").checkers.expect == "valid"
     assert from_dict({"checkers": {"expect": "stale-reads"}}, "x.toml").checkers.expect == "stale-reads"
     with pytest.raises(ScenarioError, match=r"bad\.toml \[checkers\]: expect must be one of valid, lost-writes, "
-                                            r"stale-reads, not 'chaos'"):
+                                            r"stale-reads, diverged, not 'chaos'"):
         from_dict({"checkers": {"expect": "chaos"}}, "bad.toml")
     with pytest.raises(ValueError, match="unknown expectation"):
         expected.judge("chaos", {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from scenario_files import REPLICATION_SETTINGS_SCENARIOS, SCENARIOS, load_shipp
 from chaos.run_real import real_cluster_config
 from chaos.run_sim import sim_cluster_config
 from chaos.scenario import ScenarioError, check_real_cluster, from_dict, load
-from kvstore.config import ReplicationConfig
+from kvstore.config import LeaderlessConfig, ReplicationConfig
 
 # Power losses: only the simulator can play them.
 SIMULATOR_ONLY = ("register-crash-fsync-never.toml", "register-leader-faults.toml")
@@ -112,3 +113,49 @@ def test_bad_replication_tables_are_refused(data: dict[str, object], message: st
     with pytest.raises(ScenarioError, match=r"bad\.toml") as info:
         from_dict(data, "bad.toml")
     assert message in str(info.value)
+
+
+def test_the_leaderless_table_goes_to_both_runs_cluster_configs(tmp_path: Path) -> None:
+    data = {"cluster": {"mode": "leaderless", "nodes": 4}, "workload": {"kind": "siblings"},
+            "leaderless": {"r": 1, "w": "all", "sloppy": False, "policies": {"siblings/": "lww"}}}
+    scenario = from_dict(data, "ll.toml")
+    expected = LeaderlessConfig(r="1", w="all", sloppy=False, policies=(("siblings/", "lww"),))
+    assert scenario.leaderless == expected
+    assert sim_cluster_config(scenario).leaderless == expected
+    assert real_cluster_config(scenario, tmp_path, "s").leaderless == expected
+    assert from_dict({}, "plain.toml").leaderless == LeaderlessConfig()
+
+
+LEADERLESS = {"mode": "leaderless"}
+NO_CAS = {"cas_fraction": 0}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"leaderless": {"r": 2}}, 'bad.toml: [leaderless] settings need mode = "leaderless"'),
+        ({"cluster": LEADERLESS, "leaderless": {"r": 5}}, "leaderless.r:"),
+        ({"cluster": LEADERLESS, "leaderless": {"w": [2]}}, "leaderless.w: expected a number or one of"),
+        ({"cluster": LEADERLESS, "leaderless": {"policies": {"a/": "fifo"}}}, "'fifo' is not one of"),
+        ({"cluster": LEADERLESS, "leaderless": {"max_siblings": 0}}, "leaderless.max_siblings must be positive"),
+        ({"cluster": LEADERLESS, "leaderless": {"quick": True}}, "unknown"),
+        ({"cluster": LEADERLESS, "leaderless": 3}, "[leaderless] must be a table"),
+        ({"cluster": LEADERLESS}, "needs options.cas_fraction = 0 in leaderless mode"),
+        ({"cluster": LEADERLESS, "workload": {"kind": "counter"}}, "kind counter is built on CAS"),
+        ({"cluster": LEADERLESS, "workload": {"options": NO_CAS}, "nemesis": {"faults": ["move", "join"]}},
+         "move, join: leaderless mode has no leaders and fixed replicas"),
+        ({"workload": {"options": {"w": 2}}}, 'option w needs mode = "leaderless"'),
+        ({"workload": {"kind": "siblings"}}, 'kind siblings needs mode = "leaderless"'),
+    ],
+)
+def test_bad_leaderless_scenarios_are_refused(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ScenarioError, match=r"bad\.toml") as info:
+        from_dict(data, "bad.toml")
+    assert message in str(info.value)
+
+
+def test_a_printed_leaderless_scenario_loads_back() -> None:
+    scenario = load_shipped("leaderless-lww.toml")
+    printed = dataclasses.asdict(scenario)
+    assert printed["leaderless"]["policies"] == (("siblings/", "lww"),)
+    assert from_dict(printed, "printed.toml") == scenario

@@ -15,6 +15,7 @@ from chaos.workloads import (
     PlannedOp,
     RegisterWorkload,
     SetWorkload,
+    SiblingsWorkload,
     make_workload,
 )
 from kvstore.errors import ErrorCode
@@ -25,12 +26,14 @@ from kvstore.messages import (
     DeleteOp,
     Failure,
     Found,
+    FoundSiblings,
     GetOp,
     PutOp,
     Result,
     ScanItem,
     ScanOp,
     ScanPage,
+    Stored,
     Written,
 )
 
@@ -143,3 +146,51 @@ def test_make_workload_checks_kind_and_options() -> None:
         make_workload("queue", {})
     with pytest.raises(ValueError, match="workload register"):
         make_workload("register", {"colour": "red"})
+
+
+def test_a_leaderless_register_reads_one_value_or_records_the_siblings_it_got() -> None:
+    w = RegisterWorkload(keys=1, cas_fraction=0, r=1, w="all", consistency="linearizable")
+    read = PlannedOp("read", "r0", None)
+    requests, outcome = drive(w.execute(read), [FoundSiblings("register/r0", (b"7",), b"c")])
+    assert requests == [GetOp("register/r0", "linearizable", r="1")] and outcome == ("ok", 7, None)
+    assert drive(w.execute(read), [FoundSiblings("register/r0", (), b"")])[1] == ("ok", None, None)
+    # Several siblings: a value no single write wrote, which the register checkers reject.
+    assert drive(w.execute(read), [FoundSiblings("register/r0", (b"9", b"3"), b"c")])[1] == ("ok", (3, 9), None)
+    requests, outcome = drive(w.execute(PlannedOp("write", "r0", 5)), [Stored("register/r0", b"c", 3)])
+    assert requests == [PutOp("register/r0", b"5", w="all", consistency="linearizable")]
+    assert outcome == ("ok", 5, None)
+    deleted = drive(w.execute(PlannedOp("delete", "r0", None)), [Stored("register/r0", b"c", 3)])
+    assert deleted == ([DeleteOp("register/r0", w="all", consistency="linearizable")], ("ok", None, None))
+
+
+def test_siblings_writes_send_the_latest_read_context_and_record_what_it_saw() -> None:
+    w = SiblingsWorkload(keys=1, read_fraction=0.5, blind_fraction=0.0, w=2)
+    rng = random.Random(3)
+    ops = [w.next_op(rng) for _ in range(40)]
+    first_write = next(op for op in ops if op.f == "write")
+    # Nobody read the key yet: a blind write.
+    assert first_write.value["saw"] == []
+    requests, outcome = drive(w.execute(first_write), [Stored("siblings/k0", b"ctx1", 2)])
+    assert requests == [PutOp("siblings/k0", str(first_write.value["value"]).encode(), w="2")]
+    assert outcome == ("ok", first_write.value, None)
+    read = PlannedOp("read", "k0", None)
+    requests, outcome = drive(w.execute(read), [FoundSiblings("siblings/k0", (b"12", b"4"), b"ctx2")])
+    assert requests == [GetOp("siblings/k0", r="")] and outcome == ("ok", [4, 12], None)
+    write = next(op for op in (w.next_op(rng) for _ in range(40)) if op.f == "write")
+    assert write.value["saw"] == [4, 12]
+    requests, outcome = drive(w.execute(write), [TIMEOUT])
+    assert requests == [PutOp("siblings/k0", str(write.value["value"]).encode(), w="2", context=b"ctx2")]
+    assert outcome == ("info", None, "timeout")
+    assert drive(w.execute(read), [UNAVAILABLE])[1] == ("fail", None, "unavailable")
+
+
+def test_blind_siblings_writes_send_no_context_and_the_final_state_lists_every_key() -> None:
+    w = SiblingsWorkload(keys=2, read_fraction=0.0, blind_fraction=1.0)
+    drive(w.execute(PlannedOp("read", "k0", None)), [FoundSiblings("siblings/k0", (b"1",), b"ctx")])
+    write = w.next_op(random.Random(1))
+    assert write.value["saw"] == []
+    assert drive(w.execute(write), [REFUSED])[0][0].context == b""
+    stored = {"siblings/k0": {"n1": [b"1", b"2"], "n2": []}, "other/x": {"n1": [b"x"]}}
+    assert w.final_siblings(stored) == {"k0": {"n1": [1, 2], "n2": []}, "k1": {}}
+    with pytest.raises(ValueError, match="siblings workload"):
+        make_workload("siblings", {"blind_fraction": 2})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from kvstore.config import ClusterConfig, LeaderlessConfig, StorageConfig, local_cluster
 from kvstore.hint_store import PREFIX as HINT_PREFIX
-from kvstore.messages import ClientOp, ClientRequest, Result, SendFailed, TimerFired
+from kvstore.messages import ClientOp, ClientRequest, FoundSiblings, Result, SendFailed, Stored, TimerFired
 from kvstore.version_store import KvVersionStore
 from replication.dvv import Versions
 from tests.protocol.test_node_moves import Net
@@ -161,3 +161,21 @@ def keys_with(net: LeaderlessNet, accept: Callable[[int, tuple[str, ...]], bool]
     assert len(found) >= count, "no such keys"
     return found[:count]
 
+
+
+def outsider_key(net: LeaderlessNet) -> tuple[str, tuple[str, ...], str]:
+    """A key, its preference list, and the one node of four that holds no replica of it (its fallback)."""
+    key = keys_with(net, lambda _p, pref: "n1" in pref)[0]
+    _, pref = net.placement(key)
+    (outsider,) = set(net.cfg.node_ids) - set(pref)
+    return key, pref, outsider
+
+
+def stored(result: object) -> Stored:
+    assert isinstance(result, Stored), result
+    return result
+
+
+def found(result: object) -> FoundSiblings:
+    assert isinstance(result, FoundSiblings), result
+    return result

@@ -5,9 +5,16 @@ the fallback's metadata, and anti-entropy on its own (no reads, so no read repai
 from __future__ import annotations
 
 from kvstore.errors import ErrorCode
-from kvstore.messages import DeleteOp, Failure, FoundSiblings, GetOp, Message, PutOp, ScanOp, ScanPage, Stored
+from kvstore.messages import DeleteOp, Failure, GetOp, Message, PutOp, ScanOp, ScanPage
 from replication.leaderless_messages import HandoffAck
-from tests.protocol.leaderless_node_net import LeaderlessNet, keys_with, leaderless_config
+from tests.protocol.leaderless_node_net import (
+    LeaderlessNet,
+    found,
+    keys_with,
+    leaderless_config,
+    outsider_key,
+    stored,
+)
 
 HANDOFF_MS = 500
 AE_MS = 1000
@@ -19,22 +26,7 @@ def net_of(**leaderless: object) -> LeaderlessNet:
     return LeaderlessNet(cfg=leaderless_config(**options))
 
 
-def outsider_key(net: LeaderlessNet) -> tuple[str, tuple[str, ...], str]:
-    """A key, its preference list, and the one node of four that holds no replica of it (its fallback)."""
-    key = keys_with(net, lambda _p, pref: "n1" in pref)[0]
-    _, pref = net.placement(key)
-    (outsider,) = set(net.cfg.node_ids) - set(pref)
-    return key, pref, outsider
 
-
-def stored(result: object) -> Stored:
-    assert isinstance(result, Stored), result
-    return result
-
-
-def found(result: object) -> FoundSiblings:
-    assert isinstance(result, FoundSiblings), result
-    return result
 
 
 # ---------------------------------------------------------------- quorums, siblings, deletes

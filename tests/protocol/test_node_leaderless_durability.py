@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.messages import DeleteOp, FoundSiblings, GetOp, PutOp, Stored
-from tests.protocol.leaderless_node_net import LeaderlessNet, keys_with, leaderless_config
+from kvstore.messages import DeleteOp, GetOp, PutOp
+from tests.protocol.leaderless_node_net import (
+    LeaderlessNet,
+    found,
+    leaderless_config,
+    outsider_key,
+    stored,
+)
 
 GRACE_MS = 500
 SWEEP_MS = 1000  # LeaderlessSettings.sweep_interval_ms
@@ -21,21 +27,7 @@ def net_of(fsync: str = "batch", **leaderless: object) -> LeaderlessNet:
     return LeaderlessNet(cfg=leaderless_config(fsync=fsync, **options))
 
 
-def first_key(net: LeaderlessNet) -> tuple[str, tuple[str, ...], str]:
-    key = keys_with(net, lambda _p, pref: "n1" in pref)[0]
-    _, pref = net.placement(key)
-    (outsider,) = set(net.cfg.node_ids) - set(pref)
-    return key, pref, outsider
 
-
-def stored(result: object) -> Stored:
-    assert isinstance(result, Stored), result
-    return result
-
-
-def found(result: object) -> FoundSiblings:
-    assert isinstance(result, FoundSiblings), result
-    return result
 
 
 # ---------------------------------------------------------------- durability
@@ -45,7 +37,7 @@ def found(result: object) -> FoundSiblings:
 @pytest.mark.parametrize("victim", [0, 1, 2])
 def test_an_acknowledged_write_survives_power_loss_of_any_one_of_its_replicas(fsync: str, victim: int) -> None:
     net = net_of(fsync)
-    key, pref, outsider = first_key(net)
+    key, pref, outsider = outsider_key(net)
     assert stored(net.request(outsider, PutOp(key, b"v", w="quorum"))).acks >= 2
     # No quiet time: the crash comes right after the answer, with whatever was in flight lost with it.
     net.queue.clear()
@@ -56,7 +48,7 @@ def test_an_acknowledged_write_survives_power_loss_of_any_one_of_its_replicas(fs
 @pytest.mark.parametrize("fsync", ["batch", "always"])
 def test_the_acks_a_write_counted_are_on_disk_when_it_is_answered(fsync: str) -> None:
     net = net_of(fsync)
-    key, pref, _ = first_key(net)
+    key, pref, _ = outsider_key(net)
     result = stored(net.request(pref[0], PutOp(key, b"v", w="all")))
     assert result.acks == 3
     for node in pref:
@@ -67,7 +59,7 @@ def test_the_acks_a_write_counted_are_on_disk_when_it_is_answered(fsync: str) ->
 @pytest.mark.parametrize("fsync", ["batch", "always"])
 def test_dots_never_repeat_after_a_power_loss(fsync: str) -> None:
     net = net_of(fsync)
-    key, pref, _ = first_key(net)
+    key, pref, _ = outsider_key(net)
     coordinator = pref[0]
     # w=1: answered by the coordinator alone; its peers' copies are still in flight when the power goes.
     stored(net.request(coordinator, PutOp(key, b"before", w="1")))
@@ -94,7 +86,7 @@ def deleted_everywhere(net: LeaderlessNet, key: str, nodes: tuple[str, ...]) -> 
 
 def test_a_tombstone_held_by_every_replica_is_purged_after_the_grace_period() -> None:
     net = net_of()
-    key, pref, outsider = first_key(net)
+    key, pref, outsider = outsider_key(net)
     stored(net.request(outsider, PutOp(key, b"v")))
     got = found(net.request(outsider, GetOp(key)))
     stored(net.request(outsider, DeleteOp(key, context=got.context, w="all")))
@@ -114,7 +106,7 @@ def test_a_tombstone_held_by_every_replica_is_purged_after_the_grace_period() ->
 @pytest.mark.parametrize("anti_entropy", [True, False])
 def test_a_replica_that_missed_the_delete_blocks_the_purge_until_it_holds_the_tombstone(anti_entropy: bool) -> None:
     net = net_of(sloppy=False, anti_entropy=anti_entropy)
-    key, pref, outsider = first_key(net)
+    key, pref, outsider = outsider_key(net)
     stored(net.request(outsider, PutOp(key, b"v", w="all")))
     lagging = pref[2]
     net.isolate(lagging)
@@ -141,7 +133,7 @@ def test_a_replica_that_missed_the_delete_blocks_the_purge_until_it_holds_the_to
 def test_a_delete_handed_off_to_a_returning_replica_is_purged_and_its_old_value_never_comes_back() -> None:
     grace_ms = 3000  # long enough for the hint to outlive the lagging replica's downtime
     net = net_of(anti_entropy=False, tombstone_grace_ms=grace_ms)
-    key, pref, fallback = first_key(net)
+    key, pref, fallback = outsider_key(net)
     stored(net.request(pref[0], PutOp(key, b"v", w="all")))
     lagging = pref[2]
     net.stop(lagging)  # it holds the value durably
@@ -161,7 +153,7 @@ def test_a_delete_handed_off_to_a_returning_replica_is_purged_and_its_old_value_
 
 def test_a_hint_of_the_old_value_handed_off_after_the_purge_does_not_bring_the_key_back() -> None:
     net = net_of(anti_entropy=False)
-    key, pref, fallback = first_key(net)
+    key, pref, fallback = outsider_key(net)
     lagging = pref[2]
     net.stop(lagging)
     stored(net.request(pref[0], PutOp(key, b"v", w="all")))
@@ -183,7 +175,7 @@ def test_a_hint_of_the_old_value_handed_off_after_the_purge_does_not_bring_the_k
 @pytest.mark.parametrize("lags", [0, 2])  # the purge's coordinator (the first replica), or a voter
 def test_a_tombstone_brought_by_anti_entropy_is_on_disk_before_the_purge_counts_on_it(lags: int) -> None:
     net = net_of(sloppy=False)
-    key, pref, outsider = first_key(net)
+    key, pref, outsider = outsider_key(net)
     stored(net.request(outsider, PutOp(key, b"v", w="all")))
     lagging = pref[lags]
     net.isolate(lagging)

@@ -3,7 +3,8 @@ writes (blind, or with the context of the client's last read; puts and deletes) 
 crashes (process and power loss) and restarts, isolated nodes and heals, lost, duplicated and reordered
 messages. After everything heals and a quiet time (anti-entropy and hinted handoff, no reads), every replica
 of a key holds the same state, and every acknowledged value is in it or was seen by the read whose context a
-later write (not refused) carried."""
+later write (not refused) carried, or was written before a delete sent without a context (which supersedes what
+its coordinator holds)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ class LeaderlessNodeMachine(RuleBasedStateMachine):
         refused = isinstance(result, Failure) and ErrorCode(result.code).definite
         if not refused and read is not None:
             self.superseded[key] |= set(read.values)
+        elif not refused and delete:
+            # A delete without a context supersedes whatever its coordinator held: any value written before it.
+            self.superseded[key] |= self.written[key]
         if not delete:
             self.written[key].add(value)
             if isinstance(result, Stored):

@@ -599,6 +599,8 @@ def test_any_state_bytes_merge_or_raise_value_error(name: str, data: st.DataObje
     except ValueError:
         with pytest.raises(ValueError):
             render(other)
+        with pytest.raises(ValueError):
+            chosen.write(other, NO_CONTEXT, ("a", 9), an_op(name), 0)
         return
     # A state that decodes is canonical: it re-encodes to the same bytes, and merges as a join.
     assert chosen.merge(other, other) == other

@@ -67,7 +67,7 @@ class LeaderlessNodeMachine(RuleBasedStateMachine):
         refused = isinstance(result, Failure) and ErrorCode(result.code).definite
         if not refused and read is not None:
             self.superseded[key] |= set(read.values)
-        elif not refused and delete:
+        if not refused and delete and not context:
             # A delete without a context supersedes whatever its coordinator held: any value written before it.
             self.superseded[key] |= self.written[key]
         if not delete:

@@ -1,7 +1,7 @@
 """A Hypothesis state machine over the harness: sloppy-quorum writes (blind, or with the coordinator's context),
 message drops, duplicates and reordering, partitions and heals. After a heal, hinted handoff and a full read
 repair, every replica of the preference list holds the same state, and every acknowledged write is in it or was
-superseded by a write whose context had seen it."""
+superseded by a write whose context had seen it (a delete without one supersedes what its coordinator held)."""
 
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ class LeaderlessMachine(RuleBasedStateMachine):
     def write(self, coordinator: str, key: str, with_context: bool, delete: bool, w: int) -> None:
         local = self.c.stores[coordinator].states.get(key)
         seen = local.context if with_context and local is not None else VectorClock()
+        # A delete without a context supersedes what its coordinator holds, as one with that context would.
+        superseding = local.context if delete and local is not None else seen
         self.serial += 1
         before = self.c.replicas[coordinator].partition_counter
         token = self.c.write(coordinator, key, None if delete else str(self.serial).encode(), w=w, context=seen)
         counter = self.c.replicas[coordinator].partition_counter
         if counter != before:
-            self.writes.append(Write(key, (coordinator, counter), seen, coordinator, token))
+            self.writes.append(Write(key, (coordinator, counter), superseding, coordinator, token))
         else:
             assert isinstance(self.c.result(coordinator, token), QuorumFailed)
 

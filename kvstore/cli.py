@@ -404,7 +404,7 @@ def _get(args: argparse.Namespace) -> int:
         try:
             found = client.get(args.key, consistency=args.consistency, max_staleness_ms=args.max_staleness_ms)
         except SiblingsFound as exc:
-            return _print_siblings(exc.siblings, True)
+            return _print_siblings(exc.siblings, False)  # the resolve hint names the context
     if found is None:
         raise KvError(ErrorCode.NOT_FOUND, f"key {args.key!r} does not exist")
     _write_value(found.value, sys.stdout.buffer)
@@ -479,7 +479,9 @@ def _put(args: argparse.Namespace) -> int:
             print(f"context: {base64.b64encode(stored.context).decode('ascii')}", file=sys.stderr)
             return EXIT_OK
         written = client.put(args.key, value, ttl_ms=args.ttl_ms, replication=args.replication)
-    print(f"ok: {args.key} = {len(value)} bytes (version {written.version})")
+    # Version 0: a leaderless cluster, whose values have contexts instead (put --context, get --context).
+    version = f" (version {written.version})" if written.version else ""
+    print(f"ok: {args.key} = {len(value)} bytes{version}")
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ rather than a gauge of the max, so that a rare explosion and the usual case both
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -158,11 +158,7 @@ class NodeMetrics(Collector):
             "kvstore_http_request_duration_seconds", "Time to serve an HTTP request, by route", labels=["route"]
         )
         for route, stats in sorted(self._latency.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), stats.counts, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([route], buckets, stats.sum_s)
+            latency.add_metric([route], _buckets([repr(b) for b in LATENCY_BUCKETS_S], stats.counts), stats.sum_s)
         yield latency
 
         errors = CounterMetricFamily("kvstore_errors", "Error responses, by error code", labels=["code"])
@@ -283,6 +279,16 @@ class NodeMetrics(Collector):
             yield from _leaderless_families(leaderless, handoff, self._siblings, self._siblings_sum)
 
 
+def _buckets(bounds: Sequence[str], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A histogram's cumulative buckets: ``counts`` holds one count per bound and a last one for +Inf."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*bounds, "+Inf"), counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return buckets
+
+
 def _leaderless_families(
     stats: LeaderlessStats, handoff: HandoffStats, siblings: list[int], siblings_sum: int
 ) -> Iterator[Metric]:
@@ -315,11 +321,7 @@ def _leaderless_families(
     histogram = HistogramMetricFamily(
         "kvstore_read_siblings", "Values a leaderless GET /kv/{key} answered (0: absent; 2 or more: siblings)"
     )
-    cumulative, buckets = 0, []
-    for bound, count in zip((*SIBLING_BUCKETS, None), siblings, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound is None else str(bound), cumulative))
-    histogram.add_metric([], buckets, siblings_sum)
+    histogram.add_metric([], _buckets([str(b) for b in SIBLING_BUCKETS], siblings), siblings_sum)
     yield histogram
 
 
@@ -345,11 +347,8 @@ def _raft_families(raft: RaftStats, leaders_held: int, follower_lag: Mapping[str
         "kvstore_raft_commit_latency_seconds",
         "Leader: time from appending a client write to its log until the write is committed",
     )
-    cumulative, buckets = 0, []
-    for bound_ms, count in zip((*COMMIT_LATENCY_BUCKETS_MS, None), raft.commit_latency_counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound_ms is None else repr(bound_ms / 1000), cumulative))
-    latency.add_metric([], buckets, raft.commit_latency_sum_ms / 1000)
+    bounds_s = [repr(b / 1000) for b in COMMIT_LATENCY_BUCKETS_MS]
+    latency.add_metric([], _buckets(bounds_s, raft.commit_latency_counts), raft.commit_latency_sum_ms / 1000)
     yield latency
     yield GaugeMetricFamily("kvstore_raft_leaders", "Partitions whose Raft group this node leads now", leaders_held)
     lag = GaugeMetricFamily(

@@ -106,7 +106,6 @@ class LeaderlessMode:
         )
         # When the handoff timer fires next (None: not armed).
         self._timer_at_ms: int | None = None
-        self._request_timeout_ms = config.timeouts.request_timeout_ms
         # Peers this node forwarded an op to and has heard nothing from since: when the first such forward left.
         # One entry per peer at most (bounded by the roster).
         self._awaiting_since_ms: dict[str, int] = {}
@@ -185,7 +184,7 @@ class LeaderlessMode:
         its forwards only time out) must not take every op of its partitions down with it."""
         for node in replicas:
             since = self._awaiting_since_ms.get(node)
-            if since is None or now_ms - since < self._request_timeout_ms:
+            if since is None or now_ms - since < self.settings.request_timeout_ms:
                 return node
         return replicas[0]  # all silent: the first, whose answer would clear it
 
@@ -197,7 +196,7 @@ class LeaderlessMode:
 
     def unreachable(self, node: str, now_ms: int) -> None:
         """A forward to ``node`` could not be sent at all: silent at once."""
-        self._awaiting_since_ms[node] = now_ms - self._request_timeout_ms
+        self._awaiting_since_ms[node] = now_ms - self.settings.request_timeout_ms
 
     # ------------------------------------------------------------ replicas
 

@@ -545,10 +545,11 @@ class Node:
         if isinstance(msg.body, (*_STREAM_TRAFFIC, RaftSnapshotPart)):
             return  # a move's stream retries on its own timer, a snapshot transfer on its tick
         if isinstance(msg.body, _NODE_TRAFFIC):
-            if self.config.mode != "single" and isinstance(msg.body, Forward):
-                if self._leaderless is not None:
+            if isinstance(msg.body, Forward):
+                if self._leader_mode:
+                    self._route_around(msg.dst)
+                elif self._leaderless is not None:
                     self._leaderless.unreachable(msg.dst, self._now_ms)
-                self._route_around(msg.dst)
             self._absorb(self._forwarder.on_send_failed(msg))
         elif isinstance(msg.body, RaftBatch):
             for partition, item in batch_items(msg, msg.body, self.replicas):
@@ -891,7 +892,7 @@ class Node:
         if self._leaderless is not None:
             replicas = self.partition_map.replicas[partition]
             return self.node_id if self.node_id in replicas else self._leaderless.route(replicas, self._now_ms)
-        hint = self.leader_hints.get(partition) if self.config.mode != "single" else None
+        hint = self.leader_hints.get(partition) if self._leader_mode else None
         return hint if hint is not None else self.partition_map.owner(partition)
 
     def _route_around(self, unreachable: str) -> None:

@@ -314,9 +314,9 @@ class LeaderlessReplica:
 
     # ------------------------------------------------------------ storage: every change passes here
 
-    def _put(self, key: str, state: Versions) -> None:
+    def _put(self, key: str, state: Versions, old: Versions | None) -> None:
+        """Store ``state`` over ``old``, the state the caller read (the Merkle tree trades one for the other)."""
         if self._ae is not None:
-            old = self._store.get(key)
             self._ae.record(key, None if old is None else dvv.encode(old), dvv.encode(state))
         self._store.put(key, state)
 
@@ -345,7 +345,7 @@ class LeaderlessReplica:
         policy = self._policy_for(key)
         merged = policy.merge(incoming, incoming) if local is None else policy.merge(local, incoming)
         if merged != local:
-            self._put(key, merged)
+            self._put(key, merged, local)
         return merged
 
     def _checked(self, key: str, data: bytes) -> Versions:
@@ -458,7 +458,7 @@ class LeaderlessReplica:
             out.append(Answer(token, QuorumFailed("refused", True, str(exc))))
             return
         self._take_dot(dot[1])
-        self._put(op.key, state)
+        self._put(op.key, state, local)
         if not targets:
             out.append(Answer(token, KeyStored(op.key, state, 1), durable=True))
             return

@@ -29,6 +29,16 @@ class PutCommand:
 
 @register
 @dataclass(slots=True)
+class MergeCommand:
+    """Merge event-time row ``value`` into ``key``'s (``replication.event_time``): a ``PutOp`` with ``merge``."""
+
+    at_ms: int
+    key: str
+    value: bytes
+
+
+@register
+@dataclass(slots=True)
 class DeleteCommand:
     at_ms: int
     key: str
@@ -65,5 +75,5 @@ class RefusedCommand:
     message: str
 
 
-Command = PutCommand | DeleteCommand | CasCommand | PurgeCommand | RefusedCommand
-COMMAND_TYPES = (PutCommand, DeleteCommand, CasCommand, PurgeCommand, RefusedCommand)
+Command = PutCommand | MergeCommand | DeleteCommand | CasCommand | PurgeCommand | RefusedCommand
+COMMAND_TYPES = (PutCommand, MergeCommand, DeleteCommand, CasCommand, PurgeCommand, RefusedCommand)

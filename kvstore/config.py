@@ -96,6 +96,12 @@ DEFAULT_LEADER_REPLICAS = 3
 QUORUM_NAMES: tuple[str, ...] = ("one", "quorum", "all")
 # Leaderless conflict policies a key prefix may name (replication/conflict.py, replication/crdt.py).
 CONFLICT_POLICIES: tuple[str, ...] = ("siblings", "lww", "counter", "set", "map")
+# The feature store's keys (kvstore/features/keys.py). Keys under EVENT_TIME_PREFIXES hold event-time rows
+# (replication/event_time.py): only merges write them (``PutOp.merge``; in leaderless mode their conflict policy
+# is ``event-time``, whatever ``[leaderless.policies]`` says). Clients do not write under RESERVED_PREFIX through
+# the plain key routes.
+RESERVED_PREFIX = "__fs/"
+EVENT_TIME_PREFIXES: tuple[str, ...] = ("__fs/on/", "__fs/ev/")
 
 
 class ConfigError(ValueError):
@@ -295,6 +301,8 @@ class LeaderlessConfig:
     policies: tuple[tuple[str, str], ...] = ()
 
     def policy_name(self, key: str) -> str:
+        if key.startswith(EVENT_TIME_PREFIXES):
+            return "event-time"
         best, name = -1, "siblings"
         for prefix, policy in self.policies:
             if len(prefix) > best and key.startswith(prefix):

@@ -34,6 +34,8 @@ from kvstore.messages import (
     BatchPutOp,
     BatchResults,
     CasOp,
+    ChangesOp,
+    ChangesPage,
     ClientOp,
     Deleted,
     DeleteOp,
@@ -245,6 +247,7 @@ _ANSWERS: dict[type, tuple[type, ...]] = {
     ScanPartitionsOp: (ScanPage,),
     BatchGetOp: (BatchResults,),
     BatchPutOp: (BatchResults,),
+    ChangesOp: (ChangesPage,),
 }
 _BATCH_ENTRIES: dict[type, tuple[type, ...]] = {
     BatchGetOp: (Found, FoundSiblings, Failure),
@@ -269,4 +272,4 @@ def _checked_answer(src: str, op: ClientOp | ScanPartitionsOp, result: Result) -
 
 
 def _read_only(op: ClientOp | ScanPartitionsOp) -> bool:
-    return isinstance(op, (GetOp, ScanOp, ScanPartitionsOp, BatchGetOp))
+    return isinstance(op, (GetOp, ScanOp, ScanPartitionsOp, BatchGetOp, ChangesOp))

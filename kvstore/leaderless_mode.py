@@ -40,12 +40,13 @@ from kvstore.messages import (
     ScanPage,
     Stored,
 )
-from kvstore.storage.base import Storage
+from kvstore.storage.base import Record, Storage
 from kvstore.version_store import KvVersionStore
 from partitioning.partition_map import PartitionMap
 from replication.conflict import ConflictPolicy, LastWriterWins, Siblings
 from replication.crdt import CRDT_TYPES, policy_named, render
 from replication.dvv import Versions, decode, decode_context, encode, encode_context
+from replication.event_time import EventTimePolicy
 from replication.hinted_handoff import HandoffSend, HintedHandoff
 from replication.leaderless import (
     KeyRead,
@@ -94,6 +95,7 @@ class LeaderlessMode:
             "siblings": Siblings(self._config.max_siblings),
             "lww": LastWriterWins(),
             **{name: policy_named(name) for name in CRDT_TYPES},
+            "event-time": EventTimePolicy(),
         }
         self.handoff = HintedHandoff(
             MetaHintStore(storage),
@@ -253,6 +255,14 @@ class LeaderlessMode:
             ScanItem(key, values[0], 0) for key, state in scan.items if (values := self._found(key, state).values)
         )
         return ScanPage(items, scan.truncated)
+
+    def change_value(self, key: str, record: Record) -> bytes | None:
+        """What the change feed shows of a stored key: its first live value as a read shows it (a CRDT's rendered
+        JSON), None for a tombstone."""
+        if record.value is None or self._config.policy_name(key) not in CRDT_TYPES:
+            return record.value
+        values = self._found(key, decode(record.context)).values
+        return values[0] if values else None
 
     def _found(self, key: str, state: Versions | None) -> FoundSiblings:
         if state is None:

@@ -122,6 +122,9 @@ class PutOp:
     w: str = ""
     context: bytes = b""
     consistency: str = ""
+    # Merge ``value`` into the stored value instead of replacing it: only for keys under
+    # ``kvstore.config.EVENT_TIME_PREFIXES``, whose values are event-time rows (``replication.event_time``).
+    merge: bool = False
 
 
 @register
@@ -176,8 +179,21 @@ class BatchPutOp:
     items: tuple[PutOp, ...]
 
 
+@register
+@_fast_init
+@dataclass(frozen=True)
+class ChangesOp:
+    """A page of partition ``partition``'s change feed: its records written after position ``after``, in position
+    order, at most ``limit`` of them, only keys starting with ``prefix`` (``kvstore/changes.py``)."""
+
+    partition: int
+    after: int
+    limit: int
+    prefix: str = ""
+
+
 KeyOp = GetOp | PutOp | DeleteOp | CasOp
-ClientOp = GetOp | PutOp | DeleteOp | CasOp | ScanOp | BatchGetOp | BatchPutOp
+ClientOp = GetOp | PutOp | DeleteOp | CasOp | ScanOp | BatchGetOp | BatchPutOp | ChangesOp
 
 
 # ---------------------------------------------------------------- results
@@ -275,7 +291,34 @@ class BatchResults:
     results: tuple[Found | Written | Deleted | FoundSiblings | Stored | Failure, ...]
 
 
-Result = Found | Written | Deleted | FoundSiblings | Stored | ScanPage | BatchResults | Failure
+@register
+@_fast_init
+@dataclass(frozen=True)
+class ChangeItem:
+    key: str
+    # None: a tombstone (leaderless mode keeps them until purged).
+    value: bytes | None
+    # The change's position in its partition's feed.
+    version: int
+    expires_at_ms: int | None = None
+
+
+@register
+@_fast_init
+@dataclass(frozen=True)
+class ChangesPage:
+    partition: int
+    changes: tuple[ChangeItem, ...]
+    # Where the next page starts (``ChangesOp.after``): past every change examined, matching the prefix or not.
+    position: int
+    # Whether changes after ``position`` existed when the page was read (False: the reader is caught up).
+    more: bool
+    # Who numbered the positions: "" when they are the partition's log positions, the same on every replica
+    # (single and leader mode); a node id in leaderless mode, where each replica numbers its own changes.
+    source: str
+
+
+Result = Found | Written | Deleted | FoundSiblings | Stored | ScanPage | BatchResults | ChangesPage | Failure
 
 
 # ---------------------------------------------------------------- node-level messages

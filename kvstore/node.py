@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from kvstore import codec
+from kvstore.changes import changes_page
 from kvstore.config import ClusterConfig
 from kvstore.effects import CancelTimer, Effect, Reply, Send, SetTimer
 from kvstore.errors import ErrorCode, KvError
@@ -83,6 +84,7 @@ from kvstore.messages import (
     BatchGetOp,
     BatchPutOp,
     CasOp,
+    ChangesOp,
     ClientOp,
     ClientRequest,
     DeleteOp,
@@ -746,8 +748,31 @@ class Node:
                 self._deliver(target, self._local_scan(op.partitions, op.start, op.end, op.limit, op.epochs))
         elif isinstance(op, (BatchGetOp, BatchPutOp)):
             self._start_batch(op, target)
+        elif isinstance(op, ChangesOp):
+            self._start_changes(op, target)
         else:
             self._deliver(target, Failure.of(ErrorCode.BAD_REQUEST, f"unknown operation {type(op).__name__}"))
+
+    def _start_changes(self, op: ChangesOp, target: _Target) -> None:
+        """A page of a partition's change feed (``kvstore/changes.py``), read from this node's replica when it holds
+        one (every replica's applied records are committed), else forwarded to the partition's owner."""
+        partition = op.partition
+        if partition >= self.partition_map.partition_count:
+            message = f"partition {partition} does not exist (the map has {self.partition_map.partition_count})"
+            self._deliver(target, Failure.of(ErrorCode.BAD_REQUEST, message))
+            return
+        if partition in self.replicas:
+            leaderless = self._leaderless
+            if leaderless is None:
+                page = changes_page(self.storage, op, "")
+            else:
+                page = changes_page(self.storage, op, self.node_id, leaderless.change_value)
+            self._deliver(target, page)
+        elif isinstance(target, PeerWaiter):
+            # Forwarded here by a map that has moved on: passing it on again could go round in circles.
+            self._deliver(target, self._not_here(partition))
+        else:
+            self._forward(self._wait(target), self._route(partition), partition, op)
 
     def _start_key_op(self, op: KeyOp, waiter: _Waiter) -> None:
         # The hot path of every GET and PUT: _wait inlined, one lookup finds the replica.

@@ -12,12 +12,13 @@ import math
 import re
 from decimal import Context, Decimal
 
-from kvstore.config import CONSISTENCY_LEVELS, Limits, resolve_quorum
+from kvstore.config import CONSISTENCY_LEVELS, EVENT_TIME_PREFIXES, Limits, resolve_quorum
 from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.messages import (
     BatchGetOp,
     BatchPutOp,
     CasOp,
+    ChangesOp,
     ClientOp,
     DeleteOp,
     GetOp,
@@ -27,6 +28,7 @@ from kvstore.messages import (
 )
 from kvstore.session import MAX_POSITION
 from replication.dvv import decode_context
+from replication.event_time import decode_row
 from replication.leaderless import REPAIR_MODES
 from replication.replica import REPLICATION_SETTINGS
 
@@ -218,6 +220,7 @@ def check_op(
             check_read_settings(op.consistency, op.max_staleness_ms, op.min_index, leader_mode, default_reads)
     elif isinstance(op, DeleteOp):
         check_key(op.key, limits)
+        check_not_merged(op.key)
         if op.w or op.context or op.consistency or leaderless:
             check_leaderless_write(op, leaderless, replicas)
         elif op.replication:
@@ -226,6 +229,8 @@ def check_op(
         check_key(op.key, limits)
         check_value(op.value, limits)
         check_ttl_ms(op.ttl_ms)
+        if op.merge or op.key.startswith(EVENT_TIME_PREFIXES):
+            check_merge(op)
         if op.w or op.context or op.consistency or leaderless:
             check_leaderless_write(op, leaderless, replicas)
         elif op.replication:
@@ -238,6 +243,7 @@ def check_op(
                 "of your read (X-Kv-Context) to replace exactly what it returned",
             )
         check_key(op.key, limits)
+        check_not_merged(op.key)
         if op.replication:
             check_replication(op.replication, leader_mode)
         if op.expected is not None:
@@ -256,6 +262,8 @@ def check_op(
             raise KvError(ErrorCode.BAD_REQUEST, "a partition scan needs distinct partitions")
         if op.epochs and len(op.epochs) != len(op.partitions):
             raise KvError(ErrorCode.BAD_REQUEST, "a partition scan names one epoch per partition, or none")
+    elif isinstance(op, ChangesOp):
+        check_changes(op, limits)
     elif isinstance(op, (BatchGetOp, BatchPutOp)):
         entries = op.keys if isinstance(op, BatchGetOp) else op.items
         if not entries:
@@ -274,6 +282,40 @@ def check_op(
                 raise KvError(exc.code, f"{where}[{index}]: {exc.message}") from None
     else:
         raise KvError(ErrorCode.BAD_REQUEST, f"unknown operation {type(op).__name__}")
+
+
+def check_merge(op: PutOp) -> None:
+    """A merge writes an event-time row to a key that holds them, and nothing else writes such a key."""
+    if not op.key.startswith(EVENT_TIME_PREFIXES):
+        raise KvError(ErrorCode.BAD_REQUEST, f"only keys under {', '.join(EVENT_TIME_PREFIXES)} take merges")
+    if not op.merge:
+        raise KvError(ErrorCode.BAD_REQUEST, f"keys under {', '.join(EVENT_TIME_PREFIXES)} are written by merges only")
+    if op.ttl_ms is not None or op.context or op.consistency:
+        raise KvError(ErrorCode.BAD_REQUEST, "a merge takes no TTL, context or consistency: event times order it")
+    try:
+        decode_row(op.value)
+    except ValueError as exc:
+        raise KvError(ErrorCode.BAD_REQUEST, f"a merge's value must be an event-time row: {exc}") from None
+
+
+def check_not_merged(key: str) -> None:
+    if key.startswith(EVENT_TIME_PREFIXES):
+        raise KvError(ErrorCode.BAD_REQUEST, f"keys under {', '.join(EVENT_TIME_PREFIXES)} are written by merges only")
+
+
+# The most changes a page of the change feed holds.
+MAX_CHANGES_PAGE = 10_000
+
+
+def check_changes(op: ChangesOp, limits: Limits) -> None:
+    if op.partition < 0:
+        raise KvError(ErrorCode.BAD_REQUEST, f"partition must be >= 0, got {op.partition}")
+    if op.after < 0:
+        raise KvError(ErrorCode.BAD_REQUEST, f"after must be a position >= 0, got {op.after}")
+    if not 1 <= op.limit <= MAX_CHANGES_PAGE:
+        raise KvError(ErrorCode.BAD_REQUEST, f"limit must be 1 to {MAX_CHANGES_PAGE}, got {op.limit}")
+    if len(op.prefix.encode()) > limits.max_key_bytes:
+        raise KvError(ErrorCode.BAD_REQUEST, f"prefix is longer than a key may be ({limits.max_key_bytes})")
 
 
 def prefix_range(prefix: str) -> tuple[str, str | None]:

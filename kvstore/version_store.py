@@ -3,7 +3,9 @@
 A key's whole state (``replication.dvv.Versions``: its siblings with their dots and timestamps, and its causal
 context) is kept canonically encoded in the record's ``context``; the record's ``value`` is the first live
 sibling (None once every sibling is a tombstone), so what storage reports of a partition (sizes, counts) stays
-meaningful. The version is unused (0): leaderless mode orders nothing, and dots name the writes instead.
+meaningful. Leaderless mode orders nothing across replicas (dots name the writes), so the version is this
+replica's own change counter for the partition: every store takes the next (kept as the partition's applied index,
+durable with the record), which makes it the key's position in this replica's change feed (``kvstore/changes.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ class KvVersionStore:
 
     def put(self, key: str, state: Versions) -> None:
         values = state.values
-        self._storage.write(self._partition, key, Record(values[0] if values else None, 0, None, encode(state)))
+        storage, partition = self._storage, self._partition
+        position = storage.log(partition).applied_index() + 1
+        storage.write(partition, key, Record(values[0] if values else None, position, None, encode(state)))
+        storage.set_applied_index(partition, position)
 
     def remove(self, key: str) -> None:
         self._storage.remove(self._partition, key)

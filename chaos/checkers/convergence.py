@@ -16,7 +16,8 @@ and the causal context) canonically encoded in the record's ``context`` (``kvsto
 are compared by that whole state, not only by their live values: two replicas that serve the same values but
 differ in a tombstone or in what their contexts have seen have not converged (the next merge or write would treat
 them differently), and the canonical encoding makes equal states equal bytes. A report shows such a state decoded
-(``state``).
+(``state``). Such a record's version is the replica's own change-feed position (``kvstore/changes.py``), which
+differs between replicas that hold the same state, so it is left out (shown as 0).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def replica_state(copy: Iterable[tuple[str, Record]], at_ms: int) -> dict[str, H
     return {
         key: Held(
             record.value,
-            record.version,
+            0 if record.context else record.version,
             record.expires_at_ms,
             record.context,
             tuple(sorted(((s.value, s.version, s.context) for s in record.siblings), key=_sibling_order)),

@@ -114,7 +114,9 @@ class FeatureView:
             if name == self.entity.join_key or name in RESERVED_COLUMNS:
                 raise DefinitionError(f"view {self.name!r}: feature {name!r} would clash with a column of that name")
             if kind not in FEATURE_TYPES:
-                raise DefinitionError(f"view {self.name!r}: feature {name!r} has type {kind!r}, not one of {FEATURE_TYPES}")
+                raise DefinitionError(
+                    f"view {self.name!r}: feature {name!r} has type {kind!r}, not one of {FEATURE_TYPES}"
+                )
         if type(self.ttl_ms) is not int or self.ttl_ms < 0:
             raise DefinitionError(f"view {self.name!r}: ttl_ms must be a whole number of milliseconds >= 0")
         # A plain dict, sorted, so equal views compare (and encode) equal.

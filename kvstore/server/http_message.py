@@ -8,6 +8,7 @@ limit and the body timeout, before a handler sees it, so handlers never wait on 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -51,6 +52,34 @@ class Response:
 
     def force_close(self) -> None:
         self.close = True
+
+
+class StreamResponse(Response):
+    """A response whose body is produced as it is sent: ``chunks`` yields the parts, written with chunked transfer
+    encoding, each once the client has read enough of the ones before (the transport's flow control: a client that
+    stops reading stops the producer). The connection closes after the last chunk."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: AsyncIterator[bytes], status: int = 200, headers: dict[str, str] | None = None) -> None:
+        super().__init__(b"", status, headers)
+        self.chunks = chunks
+        self.close = True
+
+
+def serialize_stream_head(response: StreamResponse, date_line: bytes) -> bytes:
+    status = response.status
+    status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode("ascii")
+    head = [status_line, date_line]
+    for name, value in response.headers.items():
+        head.append(f"{name}: {value}\r\n".encode("latin-1"))
+    head.append(b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    return b"".join(head)
+
+
+def chunk(data: bytes) -> bytes:
+    """One part of a chunked body (an empty ``data`` is the last chunk)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus}

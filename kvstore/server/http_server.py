@@ -59,7 +59,15 @@ from multidict import CIMultiDict
 from kvstore.config import ClusterConfig, Limits
 from kvstore.errors import ErrorCode, KvError
 from kvstore.server.http_codec import error_response
-from kvstore.server.http_message import DateHeader, Request, Response, serialize
+from kvstore.server.http_message import (
+    DateHeader,
+    Request,
+    Response,
+    StreamResponse,
+    chunk,
+    serialize,
+    serialize_stream_head,
+)
 from kvstore.server.metrics import NodeMetrics
 from kvstore.server.peer import PEER_PATH
 from kvstore.server.router import target_path
@@ -377,6 +385,8 @@ class EdgeConnection(asyncio.Protocol):
         self._lingering = False
         self._read_paused = False
         self._write_paused = False
+        # A streamed answer waiting for resume_writing (``_stream``).
+        self._writable: asyncio.Future[None] | None = None
         # The request being parsed.
         self._head_started = False
         self._method = ""
@@ -451,6 +461,13 @@ class EdgeConnection(asyncio.Protocol):
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
+        self._wake_stream()
+
+    def _wake_stream(self) -> None:
+        """A streamed answer waiting for the client to read on goes on (or, the connection gone, ends)."""
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def _release_slot(self) -> None:
         admission, self._admission = self._admission, None
@@ -469,6 +486,7 @@ class EdgeConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_stream()
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
@@ -747,12 +765,47 @@ class EdgeConnection(asyncio.Protocol):
         self._busy = False
         if self._transport is None:
             return
+        if isinstance(response, StreamResponse):
+            await self._stream(response, request.method)
+            return
         # The last answer of a connection that will parse nothing more closes it.
         close = close or response.close or (self._parser_done and not self._queue)
         self._write(response, request.method, close, keep_alive=request.keep_alive_10 and not close)
         if not close:
             self._serve()
             self._update_reading()
+
+    async def _stream(self, response: StreamResponse, method: str) -> None:
+        """Write ``response`` chunk by chunk, waiting while the client reads nothing (``pause_writing``; the stall
+        timer ends a client that stops for good), then close. A client gone stops the producer."""
+        chunks = response.chunks
+        self._busy = True
+        try:
+            transport = self._transport
+            if transport is None:
+                return
+            transport.write(serialize_stream_head(response, self._edge.date.line()))
+            if method == "HEAD":
+                return
+            async for data in chunks:
+                while self._write_paused and self._transport is not None:
+                    self._writable = self._loop.create_future()
+                    await self._writable
+                transport = self._transport
+                if transport is None:
+                    return
+                if data:
+                    transport.write(chunk(data))
+            if self._transport is not None:
+                self._transport.write(chunk(b""))
+        except Exception:
+            log.exception("a streamed answer to %s failed", _peer_text(self._peername))
+            self.abort()
+            return
+        finally:
+            self._busy = False
+            await chunks.aclose()  # type: ignore[attr-defined]
+        self._end()
 
     def _write(self, response: Response, method: str, close: bool, *, keep_alive: bool = False) -> None:
         transport = self._transport

@@ -192,6 +192,16 @@ class Storage(Protocol):
         come after ``after`` (None: from the first), in key order: a partition read page by page."""
         ...
 
+    def changes_after(
+        self, partition: int, after: int, limit: int, prefix: str = "", max_examined: int = 100_000
+    ) -> tuple[list[tuple[str, Record]], int, bool]:
+        """The change feed's read (``kvstore/changes.py``): stored records of ``partition`` (tombstones too) whose
+        version is above ``after``, by version, keys starting with ``prefix`` only, up to ``limit`` of them and
+        ``max_examined`` examined; with the position to read on from (past every record examined) and whether
+        records above it remained. A key written again since shows once, at its newest version; a removed key
+        not at all."""
+        ...
+
     def partition_stats(self) -> dict[int, tuple[int, int]]:
         """Per partition holding records: (records, size of their keys and values by ``record_size``)."""
         ...

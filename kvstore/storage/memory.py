@@ -13,6 +13,7 @@ state with ``restore`` (one recovered event, which is neither recorded again nor
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush
@@ -41,6 +42,7 @@ from replication.replica import LogBounds, LogEntry
 # Stale heap entries (keys rewritten or removed since) may pile up; past this slack over the number of
 # records with a deadline, the partition's heap is rebuilt from its records, so its size stays O(those records).
 _HEAP_SLACK_ENTRIES = 1024
+_CHANGE_SLACK_ENTRIES = 1024
 
 
 class Journal(Protocol):
@@ -52,9 +54,9 @@ class Journal(Protocol):
 
 
 class _Records:
-    """One partition's records, their sorted keys and their deadline heap."""
+    """One partition's records, their sorted keys, their deadline heap and their change index."""
 
-    __slots__ = ("bytes", "deadlines", "heap", "keys", "records")
+    __slots__ = ("bytes", "change_keys", "change_versions", "changes_sorted", "deadlines", "heap", "keys", "records")
 
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
@@ -65,6 +67,13 @@ class _Records:
         self.heap: list[tuple[int, str]] = []
         # Records with a deadline: what the heap would hold without stale entries.
         self.deadlines = 0
+        # The change index (``changes_after``): (version, key) of every store, in store order. Versions grow as a
+        # protocol applies writes, so appending keeps it sorted and costs O(1); an entry whose key now holds
+        # another version (or nothing) is stale and skipped. A store of an older version (a recovery, a move, a
+        # snapshot install) leaves it unsorted until the next read sorts it.
+        self.change_versions: list[int] = []
+        self.change_keys: list[str] = []
+        self.changes_sorted = True
 
     def copy(self) -> _Records:
         other = _Records()
@@ -73,7 +82,51 @@ class _Records:
         other.heap = list(self.heap)
         other.deadlines = self.deadlines
         other.bytes = self.bytes
+        other.change_versions = list(self.change_versions)
+        other.change_keys = list(self.change_keys)
+        other.changes_sorted = self.changes_sorted
         return other
+
+    def note_change(self, version: int, key: str) -> None:
+        versions = self.change_versions
+        if versions and version < versions[-1]:
+            self.changes_sorted = False
+        versions.append(version)
+        self.change_keys.append(key)
+        if len(versions) > 2 * len(self.records) + _CHANGE_SLACK_ENTRIES:
+            self.rebuild_changes()
+
+    def rebuild_changes(self) -> None:
+        """The index of the current records only, by version (then key, so ties come out in one order)."""
+        entries = sorted((r.version, key) for key, r in self.records.items())
+        self.change_versions = [version for version, _ in entries]
+        self.change_keys = [key for _, key in entries]
+        self.changes_sorted = True
+
+    def changes_after(
+        self, after: int, limit: int, prefix: str, max_examined: int
+    ) -> tuple[list[tuple[str, Record]], int, bool]:
+        if not self.changes_sorted:
+            self.rebuild_changes()
+        versions, keys, records = self.change_versions, self.change_keys, self.records
+        i = bisect_right(versions, after)
+        end = len(versions)
+        out: list[tuple[str, Record]] = []
+        position = after
+        examined = 0
+        while i < end:
+            version = versions[i]
+            # A page ends between two versions only, so the next one (after = position) misses no tie.
+            if (len(out) >= limit or examined >= max_examined) and version != position:
+                break
+            key = keys[i]
+            record = records.get(key)
+            if record is not None and record.version == version and key.startswith(prefix):
+                out.append((key, record))
+            position = version
+            examined += 1
+            i += 1
+        return out, position, i < end
 
     def rebuild_heap(self) -> None:
         self.heap = [(r.expires_at_ms, key) for key, r in self.records.items() if r.expires_at_ms is not None]
@@ -426,6 +479,14 @@ class MemoryStorage:
         records = part.records
         return [(key, records[key]) for key in islice(keys, limit)]
 
+    def changes_after(
+        self, partition: int, after: int, limit: int, prefix: str = "", max_examined: int = 100_000
+    ) -> tuple[list[tuple[str, Record]], int, bool]:
+        part = self._parts.get(partition)
+        if part is None or limit < 1:
+            return [], after, False
+        return part.changes_after(after, limit, prefix, max_examined)
+
     def partition_stats(self) -> dict[int, tuple[int, int]]:
         return {p: (len(part.records), part.bytes) for p, part in sorted(self._parts.items())}
 
@@ -598,6 +659,7 @@ class MemoryStorage:
         records = part.records
         old = records.get(key)
         records[key] = record
+        part.note_change(record.version, key)
         old_deadline = None
         part.bytes += record_size(key, record) - (0 if old is None else record_size(key, old))
         if old is None:

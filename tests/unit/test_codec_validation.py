@@ -140,12 +140,12 @@ def test_lengths_beyond_the_frame_are_refused(data: bytes) -> None:
         (
             ext("Forward", 1, 2, 0, 5),
             "Forward.op must be GetOp | PutOp | DeleteOp | CasOp | ScanOp | BatchGetOp | "
-            "BatchPutOp | ScanPartitionsOp, got int 5",
+            "BatchPutOp | ChangesOp | ScanPartitionsOp, got int 5",
         ),
         (
             ext("Forward", 1, 2, 0, ext("Written", "k", 1)),
             "Forward.op must be GetOp | PutOp | DeleteOp | CasOp | "
-            "ScanOp | BatchGetOp | BatchPutOp | ScanPartitionsOp, got Written",
+            "ScanOp | BatchGetOp | BatchPutOp | ChangesOp | ScanPartitionsOp, got Written",
         ),
         (ext("Message", "n1", "n2", "5", ext("GetOp", "k")), "Message.partition must be int64, got str"),
         (ext("Message", "n1", 2, 5, ext("GetOp", "k")), "Message.dst must be str, got int 2"),
@@ -171,7 +171,7 @@ def test_lengths_beyond_the_frame_are_refused(data: bytes) -> None:
         (
             ext("ForwardReply", 1, 2, 3, ext("GetOp", "k")),
             "ForwardReply.result must be Found | Written | Deleted | FoundSiblings | Stored | ScanPage | BatchResults "
-            "| Failure, got GetOp",
+            "| ChangesPage | Failure, got GetOp",
         ),
         (ext("Deleted", "k", 1), "Deleted.existed must be bool, got int 1"),
         (ext("Failure", 1, "x"), "Failure.code must be str, got int 1"),
@@ -180,9 +180,10 @@ def test_lengths_beyond_the_frame_are_refused(data: bytes) -> None:
             ext("Message", "n1", "n2", 5, ext("Forward", 1, 2, 0, ext("PutOp", "k", 1))),
             "PutOp.value must be bytes, got int 1",
         ),
-        (ext("PutOp", "k", b"v", 1, "", "", b"", "", 2), "PutOp has 7 fields (2 required), got 8"),
+        (ext("PutOp", "k", b"v", 1, "", "", b"", "", 2), "PutOp.merge must be bool, got int 2"),
+        (ext("PutOp", "k", b"v", 1, "", "", b"", "", False, 2), "PutOp has 8 fields (2 required), got 9"),
         (ext("PutOp", "k", b"v", 1, 2), "PutOp.replication must be str, got int 2"),
-        (ext("PutOp", "k"), "PutOp has 7 fields (2 required), got 1"),
+        (ext("PutOp", "k"), "PutOp has 8 fields (2 required), got 1"),
         (ext("Nope", 1), "unknown message type 'Nope'"),
         (msgpack.ExtType(2, b"\x91\xa5GetOp"), "unknown msgpack ext type 2"),
         (msgpack.ExtType(1, frame({"GetOp": "k"})), "malformed message payload"),

@@ -19,7 +19,7 @@ from partitioning.partition_map import PartitionMap
 NOW_MS = 1_000_000
 TWO_COPIES = (("n1", "n2"),)
 
-VALUE = Record(b"v", 3, expires_at_ms=NOW_MS + 10, context=b"\x01")
+VALUE = Record(b"v", 3, expires_at_ms=NOW_MS + 10)
 SIBLINGS = Record(b"a", 4, siblings=(Sibling(b"b", 2, b"\x02"), Sibling(None, 1)))
 
 
@@ -45,12 +45,12 @@ def test_the_order_of_siblings_does_not_matter() -> None:
 @pytest.mark.parametrize(
     ("other", "what"),
     [
-        (Record(b"w", 3, expires_at_ms=NOW_MS + 10, context=b"\x01"), "value"),
-        (Record(b"v", 4, expires_at_ms=NOW_MS + 10, context=b"\x01"), "version"),
-        (Record(None, 3, expires_at_ms=NOW_MS + 10, context=b"\x01"), "tombstone"),
-        (Record(b"v", 3, expires_at_ms=NOW_MS + 20, context=b"\x01"), "expiry"),
+        (Record(b"w", 3, expires_at_ms=NOW_MS + 10), "value"),
+        (Record(b"v", 4, expires_at_ms=NOW_MS + 10), "version"),
+        (Record(None, 3, expires_at_ms=NOW_MS + 10), "tombstone"),
+        (Record(b"v", 3, expires_at_ms=NOW_MS + 20), "expiry"),
         (Record(b"v", 3, expires_at_ms=NOW_MS + 10, context=b"\x09"), "context"),
-        (Record(b"v", 3, expires_at_ms=NOW_MS + 10, context=b"\x01", siblings=(Sibling(b"x", 1),)), "siblings"),
+        (Record(b"v", 3, expires_at_ms=NOW_MS + 10, siblings=(Sibling(b"x", 1),)), "siblings"),
     ],
 )
 def test_copies_that_differ_in_anything_stored_diverge(other: Record, what: str) -> None:
@@ -60,7 +60,14 @@ def test_copies_that_differ_in_anything_stored_diverge(other: Record, what: str)
     [diverged] = result["diverged"]
     assert diverged["key"] == "k"
     assert diverged["values"]["n1"] == {"value": "v", "tombstone": False, "version": 3,
-                                        "expires_at_ms": NOW_MS + 10, "context": "\x01", "siblings": []}
+                                        "expires_at_ms": NOW_MS + 10, "context": "", "siblings": []}
+
+
+def test_a_leaderless_records_version_is_its_replicas_own_position_and_not_compared() -> None:
+    # A record with a causal context is leaderless mode's; its version numbers this replica's changes only.
+    state = b"\x01"
+    assert verdict([("k", Record(b"v", 3, context=state))], [("k", Record(b"v", 9, context=state))])["valid"] is True
+    assert verdict([("k", Record(b"v", 3, context=state))], [("k", Record(b"w", 3, context=state))])["valid"] is False
 
 
 def test_a_key_missing_from_one_replica_diverges() -> None:

@@ -1,0 +1,110 @@
+"""The change feed's page: a partition's records written after a position, read from this node's replica.
+
+Positions are record versions. In single and leader mode a record's version is the log index of the command
+that wrote it, the same on every replica, and only committed commands are applied: any replica serves the feed,
+and a reader may resume at another replica from the same position. In leaderless mode each replica numbers its
+own stores (``kvstore/version_store.py``): positions hold at one replica only, which the page names
+(``ChangesPage.source``); a reader that changes replica starts again from 0.
+
+The feed is *compacted*, as a Kafka compacted topic is: a key written several times since a position shows once,
+at its newest version, and a key removed since (a single- or leader-mode delete, a purge) not at all. Every write
+is delivered at least once to a reader that keeps up (its newest version is above every position read before
+it), and a reader that resumes from the last position it processed misses nothing: at-least-once. That is what
+a consumer of event-time rows needs (the newest row holds every older one), and it keeps the feed free: it
+reads the records the store keeps anyway, through an index of versions (``Storage.changes_after``).
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import msgpack
+
+from kvstore.messages import ChangeItem, ChangesOp, ChangesPage
+from kvstore.storage.base import Record, Storage
+
+# Records a page examines at most (matching its prefix or not), so one read stays short.
+MAX_EXAMINED_PER_PAGE = 50_000
+
+
+def changes_page(
+    storage: Storage, op: ChangesOp, source: str, value_of: Callable[[str, Record], bytes | None] | None = None
+) -> ChangesPage:
+    """Partition ``op.partition``'s page after ``op.after``. ``value_of`` turns a stored record into the value a
+    reader sees (leaderless mode: a CRDT's rendering, the first live sibling); by default the record's value."""
+    rows, position, more = storage.changes_after(
+        op.partition, op.after, op.limit, op.prefix, max(op.limit, MAX_EXAMINED_PER_PAGE)
+    )
+    if value_of is None:
+        items = tuple(ChangeItem(key, r.value, r.version, r.expires_at_ms) for key, r in rows)
+    else:
+        items = tuple(ChangeItem(key, value_of(key, r), r.version, r.expires_at_ms) for key, r in rows)
+    return ChangesPage(op.partition, items, position, more, source)
+
+
+# ---------------------------------------------------------------- cursors: where a reader of every partition is
+
+# A cursor is at most this long as text; decoding never inflates past MAX_CURSOR_RAW_BYTES.
+MAX_CURSOR_CHARS = 16 * 1024
+MAX_CURSOR_RAW_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Per partition, the position a reader has processed and who numbered it (``ChangesPage.source``)."""
+
+    positions: Mapping[int, tuple[int, str]] = field(default_factory=dict)
+
+    def at(self, partition: int, source: str) -> int:
+        """Where to read ``partition`` from at ``source``: a position another source numbered means nothing
+        there, so the reader starts again from 0 (at-least-once: it sees changes twice, never misses one)."""
+        held = self.positions.get(partition)
+        if held is None or held[1] != source:
+            return 0
+        return held[0]
+
+    def after_page(self, page: ChangesPage) -> Cursor:
+        positions = dict(self.positions)
+        positions[page.partition] = (page.position, page.source)
+        return Cursor(positions)
+
+    def encode(self) -> str:
+        raw = msgpack.packb(sorted([p, pos, src] for p, (pos, src) in self.positions.items()), use_bin_type=True)
+        return base64.urlsafe_b64encode(zlib.compress(raw)).decode("ascii").rstrip("=")
+
+    @staticmethod
+    def decode(text: str) -> Cursor:
+        """The cursor ``text`` encodes; ValueError (with a message for the client) if it is not one."""
+        if not text:
+            return Cursor()
+        if len(text) > MAX_CURSOR_CHARS:
+            raise ValueError(f"a cursor is at most {MAX_CURSOR_CHARS} characters")
+        try:
+            packed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(packed, MAX_CURSOR_RAW_BYTES)
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise ValueError("too long or cut short")
+            entries = msgpack.unpackb(raw, raw=False, use_list=True)
+        except (ValueError, zlib.error, msgpack.UnpackException) as exc:
+            raise ValueError(f"not a change-feed cursor: {exc}") from None
+        if not isinstance(entries, list):
+            raise ValueError("not a change-feed cursor")
+        positions: dict[int, tuple[int, str]] = {}
+        for entry in entries:
+            if (
+                not isinstance(entry, list)
+                or len(entry) != 3
+                or type(entry[0]) is not int
+                or type(entry[1]) is not int
+                or not isinstance(entry[2], str)
+                or entry[0] < 0
+                or entry[1] < 0
+                or len(entry[2]) > 64
+            ):
+                raise ValueError("not a change-feed cursor: an entry is not [partition, position, source]")
+            positions[entry[0]] = (entry[1], entry[2])
+        return Cursor(positions)

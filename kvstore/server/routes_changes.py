@@ -1,0 +1,191 @@
+"""``GET /changes``: the change feed (``kvstore/changes.py``), streamed.
+
+``GET /changes?partition=P&after=N`` streams partition P's changes after position N; ``GET /changes?cursor=C``
+streams every partition's, from a cursor a previous stream handed out (none: from the start). ``prefix=`` keeps
+only keys that start with it, ``limit=`` bounds a page (default 1000, at most 10,000), and ``wait_ms=`` is how long
+the stream stays open waiting for new changes once caught up (default 30 s, at most 10 min; 0: end once caught
+up). A reader resumes after a disconnect from the last cursor it processed: at-least-once.
+
+The body is a sequence of frames: newline-delimited JSON (values as UTF-8 text or ``value_b64``), or with
+``Accept: application/msgpack`` concatenated msgpack maps (values as bytes). Each frame is one of:
+
+- ``{"partition", "changes": [{"key", "value"|"value_b64"|null, "version", "expires_at_ms"}], "position",
+  "source", "more", "cursor"}``: a page of changes (``value`` null: a tombstone);
+- ``{"caught_up": true, "round_ms", "cursor"}``: every partition streamed had nothing more when read, in a round
+  that took ``round_ms`` (a reader is as fresh as the moment the round began);
+- ``{"partition", "error": {"code", "message"}}``: a partition could not be read this round (retried next round);
+- ``{"end": true, "cursor"}``: the stream ends (``wait_ms`` passed).
+
+Backpressure: a page is read only once the previous frames were handed to the transport and the client has read
+enough of them (``StreamResponse``), so a slow reader holds at most one round of pages (``limit`` per partition)
+in this node's memory, and one that stops reading is cut off by the idle timeout. An idle stream polls its
+partitions every 2 ms at first, backing off to every 50 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgpack
+
+from kvstore.changes import Cursor
+from kvstore.errors import ErrorCode, KvError
+from kvstore.messages import ChangesOp, ChangesPage, Failure
+from kvstore.server.http_codec import MSGPACK_TYPE, query_params, value_fields, wants_msgpack
+from kvstore.server.http_message import Request, Response, StreamResponse
+from kvstore.server.pump import Pump
+from kvstore.server.router import Router
+from kvstore.validation import MAX_CHANGES_PAGE, parse_whole_number
+
+NDJSON_TYPE = "application/x-ndjson"
+DEFAULT_PAGE_LIMIT = 1000
+DEFAULT_WAIT_MS = 30_000
+MAX_WAIT_MS = 600_000
+MIN_POLL_S = 0.002
+MAX_POLL_S = 0.05
+# The source of a position a reader gave itself (``after=``): taken to be the first answering replica's.
+ANY_SOURCE = "*"
+
+
+class ChangesRoutes:
+    def __init__(self, pump: Pump, partition_count: Callable[[], int]) -> None:
+        self._pump = pump
+        # Looked up per round: the node's map may change while a stream is open.
+        self._partition_count = partition_count
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/changes", self.changes)
+
+    async def changes(self, request: Request, _: str) -> Response:
+        allowed = ("partition", "after", "cursor", "prefix", "limit", "wait_ms")
+        params = query_params(request, allowed) if request.query_string else {}
+        limit = _number(params, "limit", DEFAULT_PAGE_LIMIT, 1, MAX_CHANGES_PAGE)
+        wait_ms = _number(params, "wait_ms", DEFAULT_WAIT_MS, 0, MAX_WAIT_MS)
+        prefix = params.get("prefix", "")
+        count = self._partition_count()
+        if "partition" in params:
+            if "cursor" in params:
+                raise KvError(ErrorCode.BAD_REQUEST, "give partition (with after) or cursor, not both")
+            partition = _number(params, "partition", 0, 0, count - 1)
+            after = _number(params, "after", 0, 0, 1 << 63)
+            partitions: tuple[int, ...] | None = (partition,)
+            # Positions from ``after`` hold at whichever replica answers first: the reader chose them.
+            cursor = Cursor({partition: (after, ANY_SOURCE)}) if after else Cursor()
+        else:
+            if "after" in params:
+                message = "after goes with partition; a stream of every partition takes cursor"
+                raise KvError(ErrorCode.BAD_REQUEST, message)
+            try:
+                cursor = Cursor.decode(params.get("cursor", ""))
+            except ValueError as exc:
+                raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from None
+            partitions = None
+        as_msgpack = wants_msgpack(request)
+        frames = self._frames(partitions, cursor, prefix, limit, wait_ms, as_msgpack)
+        return StreamResponse(frames, headers={"Content-Type": MSGPACK_TYPE if as_msgpack else NDJSON_TYPE})
+
+    async def _frames(
+        self,
+        only: tuple[int, ...] | None,
+        cursor: Cursor,
+        prefix: str,
+        limit: int,
+        wait_ms: int,
+        as_msgpack: bool,
+    ) -> AsyncIterator[bytes]:
+        encode = _msgpack_frame if as_msgpack else _json_frame
+        deadline_s = time.monotonic() + wait_ms / 1000
+        poll_s = MIN_POLL_S
+        while True:
+            started_s = time.monotonic()
+            partitions = only if only is not None else tuple(range(self._partition_count()))
+            answers = await asyncio.gather(*(self._page(p, cursor, prefix, limit) for p in partitions))
+            caught_up = True
+            out: list[bytes] = []
+            for partition, result in zip(partitions, answers, strict=True):
+                if isinstance(result, Failure):
+                    caught_up = False
+                    error = {"code": result.code, "message": result.message}
+                    out.append(encode({"partition": partition, "error": error}))
+                    continue
+                cursor = cursor.after_page(result)
+                caught_up = caught_up and not result.more
+                if result.changes:
+                    out.append(encode(_page_frame(result, cursor, as_msgpack)))
+            if caught_up:
+                round_ms = round((time.monotonic() - started_s) * 1000, 3)
+                out.append(encode({"caught_up": True, "round_ms": round_ms, "cursor": cursor.encode()}))
+            if out:
+                yield b"".join(out)
+            if time.monotonic() >= deadline_s and caught_up:
+                yield encode({"end": True, "cursor": cursor.encode()})
+                return
+            if caught_up:
+                await asyncio.sleep(poll_s)
+                poll_s = min(poll_s * 2, MAX_POLL_S)
+            else:
+                poll_s = MIN_POLL_S
+                if time.monotonic() >= deadline_s + MAX_WAIT_MS / 1000:
+                    # Never caught up (a partition failing throughout): end anyway, the reader resumes later.
+                    yield encode({"end": True, "cursor": cursor.encode()})
+                    return
+
+    async def _page(self, partition: int, cursor: Cursor, prefix: str, limit: int) -> ChangesPage | Failure:
+        held = cursor.positions.get(partition)
+        after = 0 if held is None else held[0]
+        result = await self._run(ChangesOp(partition, after, limit, prefix))
+        if (
+            isinstance(result, ChangesPage)
+            and held is not None
+            and after
+            and held[1] not in (result.source, ANY_SOURCE)
+        ):
+            # Positions another replica numbered mean nothing here: read this one from the start.
+            result = await self._run(ChangesOp(partition, 0, limit, prefix))
+        if isinstance(result, ChangesPage | Failure):
+            return result
+        return Failure.of(ErrorCode.INTERNAL, f"a change-feed read answered {type(result).__name__}")
+
+    async def _run(self, op: ChangesOp) -> object:
+        reply = self._pump.submit(op)
+        if isinstance(reply, asyncio.Future):
+            reply = await reply
+        return reply.result
+
+
+def _page_frame(page: ChangesPage, cursor: Cursor, as_msgpack: bool) -> dict[str, Any]:
+    changes = []
+    for item in page.changes:
+        change: dict[str, Any] = {"key": item.key, "version": item.version, "expires_at_ms": item.expires_at_ms}
+        change.update({"value": None} if item.value is None else value_fields(item.value, as_msgpack))
+        changes.append(change)
+    return {
+        "partition": page.partition,
+        "changes": changes,
+        "position": page.position,
+        "source": page.source,
+        "more": page.more,
+        "cursor": cursor.encode(),
+    }
+
+
+def _json_frame(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _msgpack_frame(doc: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(doc, use_bin_type=True)
+    return data
+
+
+def _number(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    if name not in params:
+        return default
+    value = parse_whole_number(params[name], name)
+    if not low <= value <= high:
+        raise KvError(ErrorCode.BAD_REQUEST, f"{name} must be {low} to {high}, got {value}")
+    return value

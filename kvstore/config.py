@@ -101,7 +101,7 @@ CONFLICT_POLICIES: tuple[str, ...] = ("siblings", "lww", "counter", "set", "map"
 # is ``event-time``, whatever ``[leaderless.policies]`` says). Clients do not write under RESERVED_PREFIX through
 # the plain key routes.
 RESERVED_PREFIX = "__fs/"
-EVENT_TIME_PREFIXES: tuple[str, ...] = ("__fs/on/", "__fs/ev/")
+EVENT_TIME_PREFIXES: tuple[str, ...] = ("__fs/on/", "__fs/ev/", "__fs/wm/")
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,8 @@
 - ``__fs/ev/<view>/<entity>/<event_ts_ms as 16 hex digits>/<digest>``: one event of the retained event log, an
   event-time row whose cells all carry the event's time. The digest is of the row, so a duplicated event is the
   same key and the same row (a merge of it changes nothing), and two different events at one time are two keys;
-- ``__fs/wm/<view>``: the view's materialization watermark (``batch.py``).
+- ``__fs/wm/<view>``: the view's materialization watermark, an event-time row of one cell (``watermark``) whose
+  time is the watermark, so that it only moves forward (``batch.py``).
 
 Clients cannot write under the prefix through the plain key routes (``/kv``, ``/cas``, ``/batch``): only the
 feature routes do, with values they checked, so a stray PUT cannot make a row undecodable.
@@ -16,15 +17,16 @@ from __future__ import annotations
 
 import hashlib
 
+from kvstore.config import EVENT_TIME_PREFIXES, RESERVED_PREFIX
 from replication.event_time import Row, encode_row
 
-PREFIX = "__fs/"
+PREFIX = RESERVED_PREFIX
 REGISTRY_KEY = PREFIX + "registry"
 ONLINE_PREFIX = PREFIX + "on/"
 EVENTS_PREFIX = PREFIX + "ev/"
 WATERMARK_PREFIX = PREFIX + "wm/"
-# Every key whose writes merge event-time rows (a MergeOp, or leaderless mode's event-time policy).
-MERGED_PREFIXES = (ONLINE_PREFIX, EVENTS_PREFIX)
+# Every key whose writes merge event-time rows (``PutOp.merge``; leaderless mode's event-time policy).
+assert EVENT_TIME_PREFIXES == (ONLINE_PREFIX, EVENTS_PREFIX, WATERMARK_PREFIX)
 
 
 def online_key(view: str, entity_key: str) -> str:

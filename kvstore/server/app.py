@@ -25,6 +25,7 @@ from kvstore.server.router import Router
 from kvstore.server.routes_admin import AdminRoutes, CopyRoutes, OrderRoutes
 from kvstore.server.routes_changes import ChangesRoutes
 from kvstore.server.routes_cluster import ClusterRoutes
+from kvstore.server.routes_features import FeatureRoutes
 from kvstore.server.routes_kv import KvRoutes
 from kvstore.storage.base import Storage
 
@@ -105,6 +106,7 @@ class NodeServer:
         partition_of = lambda key: self.node.partition_map.partition_for_key(key)  # noqa: E731
         KvRoutes(self.pump, config.limits, partition_of, self.metrics.read_siblings).register(self.router)
         ChangesRoutes(self.pump, lambda: self.node.partition_map.partition_count).register(self.router)
+        FeatureRoutes(self.pump, config).register(self.router)
         ClusterRoutes(self.node, config, self.pump, storage, self.transport, self.metrics).register(self.router)
         AdminRoutes(config, self.node, self.faults).register(self.router)
         CopyRoutes(config, self.node, storage, clock).register(self.router)

@@ -47,7 +47,7 @@ import asyncio
 import base64
 import json
 import threading
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -414,6 +414,25 @@ class AsyncClient:
         response = await self._send("GET", "/cluster", headers={"Accept": MSGPACK_TYPE}, idempotent=True)
         return response.document()
 
+    async def call(
+        self,
+        method: str,
+        path: str,
+        doc: Mapping[str, Any] | None = None,
+        *,
+        query: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> dict[str, Any]:
+        """A route that takes and answers documents (the feature store's): ``doc`` sent as msgpack, the answer
+        decoded; KvError for an error answer."""
+        headers = {"Accept": MSGPACK_TYPE}
+        body = None
+        if doc is not None:
+            headers["Content-Type"] = MSGPACK_TYPE
+            body = msgpack.packb(doc, use_bin_type=True)
+        response = await self._send(method, path, query=query, body=body, headers=headers, idempotent=idempotent)
+        return response.document()
+
     async def health(self) -> dict[str, Any]:
         response = await self._send("GET", "/health", idempotent=True)
         if response.status >= 400:
@@ -699,6 +718,27 @@ class Client:
 
     def cluster(self) -> dict[str, Any]:
         return self._run(self._async.cluster())
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        doc: Mapping[str, Any] | None = None,
+        *,
+        query: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> dict[str, Any]:
+        return self._run(self._async.call(method, path, doc, query=query, idempotent=idempotent))
+
+    def scan_pages(self, prefix: str, *, page_size: int = 1000) -> Iterator[ScanPage]:
+        """Every key with ``prefix`` in key order, a page at a time (``AsyncClient.scan_pages``)."""
+        pages = self._async.scan_pages(prefix, page_size=page_size)
+
+        async def next_page() -> ScanPage | None:
+            return await anext(pages, None)
+
+        while (page := self._run(next_page())) is not None:
+            yield page
 
     def health(self) -> dict[str, Any]:
         return self._run(self._async.health())

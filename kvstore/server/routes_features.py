@@ -50,6 +50,7 @@ from kvstore.server.http_codec import (
     check_fields,
     encoded_response,
     failure_error,
+    json_response,
     query_params,
     read_document,
     refuse_query,
@@ -162,7 +163,8 @@ class FeatureRoutes:
             )
             error = KvError(first.code, message)
             body = {**error.to_json(), "unacknowledged": len(failures), "writes": len(ops)}
-            return encoded_response(body, wants_msgpack(request), error.code.http_status)
+            # Errors are JSON, as on every route.
+            return json_response(body, error.code.http_status)
         return encoded_response({"events": len(events), "writes": len(ops)}, wants_msgpack(request))
 
     # ------------------------------------------------------------ online reads

@@ -4,7 +4,9 @@ Positions are record versions. In single and leader mode a record's version is t
 that wrote it, the same on every replica, and only committed commands are applied: any replica serves the feed,
 and a reader may resume at another replica from the same position. In leaderless mode each replica numbers its
 own stores (``kvstore/version_store.py``): positions hold at one replica only, which the page names
-(``ChangesPage.source``); a reader that changes replica starts again from 0.
+(``ChangesPage.source``); a reader that changes replica starts again from 0. In range mode the source is the
+range's epoch, since a merge brings records in at their old versions. Pages of single and leaderless mode leave
+only once what they show is durable, so no position they hand out can be taken back by a power loss.
 
 The feed is *compacted*, as a Kafka compacted topic is: a key written several times since a position shows once,
 at its newest version, and a key removed since (a single- or leader-mode delete, a purge) not at all. Every write

@@ -763,11 +763,17 @@ class Node:
             return
         if partition in self.replicas:
             leaderless = self._leaderless
-            if leaderless is None:
-                page = changes_page(self.storage, op, "")
-            else:
+            if leaderless is not None:
                 page = changes_page(self.storage, op, self.node_id, leaderless.change_value)
-            self._deliver(target, page)
+            elif self.partition_map.ranges is not None:
+                # A merge moves records into a range at the versions they had, possibly below where a reader of
+                # that range is: the range's epoch names the positions, so such a reader starts it again.
+                page = changes_page(self.storage, op, f"epoch-{self.partition_map.epoch_of(partition)}")
+            else:
+                page = changes_page(self.storage, op, "")
+            # Single and leaderless mode number changes as they store them: a page must not show a position that a
+            # power loss could take back (and hand to another change). Leader mode's are log indexes, committed.
+            self._deliver(target, page, durable=not self._leader_mode)
         elif isinstance(target, PeerWaiter):
             # Forwarded here by a map that has moved on: passing it on again could go round in circles.
             self._deliver(target, self._not_here(partition))

@@ -909,8 +909,25 @@ class Node:
                 self._complete(self._wait(waiter), Failure.of(ErrorCode.WRONG_EPOCH, message + "; not applied"))
                 continue
             self._forward(self._wait(waiter), owner, NODE_PARTITION, part)
+        if isinstance(op, BatchGetOp) and not self._leader_mode and self._leaderless is None:
+            # Single mode reads its own copy at once: each key read without a call, an answer and a token.
+            self._read_batch_here(local)
+            return
         for key_op, waiter in local:
             self._start_key_op(key_op, waiter)
+
+    def _read_batch_here(self, local: list[tuple[KeyOp, GatherPart[_Target]]]) -> None:
+        partition_for_key, replicas, now_ms = self.partition_map.partition_for_key, self.replicas, self._expiry_clock_ms
+        moving = self._mover.moving
+        for key_op, waiter in local:
+            partition = partition_for_key(key_op.key)
+            replica = replicas.get(partition)
+            if replica is None or not isinstance(replica, SingleCopy) or (moving and self._mover.fenced(partition)):
+                self._start_key_op(key_op, waiter)
+                continue
+            final = waiter.add(cast(Result, replica.read(now_ms, key_op)), False)
+            if final is not None:
+                self._deliver(waiter.gather.target, final, waiter.gather.durable)
 
     # ------------------------------------------------------------ replicas
 

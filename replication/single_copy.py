@@ -64,3 +64,7 @@ class SingleCopy:
 
     def scan(self, now_ms: int, start: str, end: str | None, limit: int) -> object:
         return self._machine.scan(now_ms, start, end, limit)
+
+    def read(self, now_ms: int, op: object) -> object:
+        """A read answered at once, as ``step`` answers it, without the call and answer around it (batch reads)."""
+        return self._machine.read(op, now_ms)

@@ -33,6 +33,7 @@ CORE_MODULES = (
     "kvstore/leaderless_mode.py",
     "kvstore/version_store.py",
     "kvstore/hint_store.py",
+    "kvstore/changes.py",
     "kvstore/faults.py",
     "kvstore/storage/base.py",
     "kvstore/storage/memory.py",

@@ -29,28 +29,37 @@ READY_MARK = VENV_DIR / "kvstore-bench-ready"
 FEAST_REQUIREMENT = "feast[duckdb]>=0.67.0,<0.68"
 INSTALL_TIMEOUT_S = 15 * 60.0
 RUN_TIMEOUT_S = 20 * 60.0
+STOP_GRACE_S = 30.0
 OUTPUT_TAIL_CHARS = 2_000
 
 
 def _run_bounded(command: list[str], timeout_s: float) -> tuple[int | None, str, str]:
-    """``command``'s exit status (None: it ran out of time and was killed, its whole process group), stdout and
-    stderr."""
+    """``command``'s exit status (None: it ran out of time), stdout and stderr. It runs in a process group of its
+    own; past ``timeout_s`` the group gets SIGTERM (feast_side.py then stops its server), and SIGKILL after
+    ``STOP_GRACE_S``, which reaches anything it started and left in its group."""
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
+        return process.returncode, stdout, stderr
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
+        _signal_group(process, signal.SIGTERM)
+        try:
+            stdout, stderr = process.communicate(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            stdout, stderr = process.communicate()
         return None, stdout, stderr
     finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:  # interrupted (e.g. Ctrl-C) while it ran
+            _signal_group(process, signal.SIGKILL)
             process.wait()
-    return process.returncode, stdout, stderr
+
+
+def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
 
 
 def _tail(text: str) -> str:

@@ -14,7 +14,7 @@ included), materializes the whole time range, and measures:
 - ``get_online_features`` in this process, 1 entity x 5 features and 100 x 5, over drivers drawn from the
   dataset (seeded): p50/p99 of ``ONLINE_CALLS`` calls each after a few untimed ones;
 - the same over ``feast serve`` (HTTP, ``POST /get-online-features`` with JSON, one keep-alive connection),
-  the server started on a free 127.0.0.1 port and always stopped (its whole process group), errors included;
+  the server started on a free 127.0.0.1 port and always stopped, errors and SIGTERM included;
 - ``get_historical_features`` of the 10,000 entity rows against the view's 100,000 rows, to a DataFrame:
   median of ``HISTORICAL_RUNS`` runs; and the same join with pandas ``merge_asof``
   (``feature_data.point_in_time_reference``) in this process, median of as many runs, as the reference. Feast's
@@ -32,7 +32,6 @@ import contextlib
 import http.client
 import importlib
 import json
-import os
 import random
 import signal
 import socket
@@ -163,19 +162,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def feast_server(repo: Path, log_path: Path) -> Iterator[int]:
-    """``feast serve`` on a free loopback port, in its own process group, stopped (the whole group) on exit."""
+    """``feast serve`` on a free loopback port, stopped on exit, errors and SIGTERM included. It stays in this
+    process's group, so ``feast_env.run_feast`` killing that group on a time-out takes the server with it."""
     port = free_port()
     feast_cli = Path(sys.executable).with_name("feast")
     command = [str(feast_cli), "-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"]
     # --max-requests would restart the worker mid-measurement (its default is 1000 requests).
     command += ["--max-requests", "1000000"]
     with log_path.open("wb") as server_log:
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT)
     try:
         wait_ready(process, port, log_path)
         yield port
     finally:
-        stop_group(process)
+        stop(process)
 
 
 def wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
@@ -196,16 +196,15 @@ def wait_ready(process: subprocess.Popen[bytes], port: int, log_path: Path) -> N
     raise RuntimeError(f"feast serve did not answer /health on port {port} within {SERVE_START_TIMEOUT_S:g} s")
 
 
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (gunicorn's workers too), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(SERVE_STOP_TIMEOUT_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server (gunicorn's master, which stops its worker), SIGKILL if it lingers (an orphaned
+    gunicorn worker exits when it sees its master gone)."""
+    process.terminate()
+    try:
+        process.wait(SERVE_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def measure_online_http(port: int, drivers: list[int], calls: dict[int, int]) -> dict[str, Any]:
@@ -326,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Feast's deprecation and experimental-feature warnings are noise in a benchmark's output.
     warnings.simplefilter("ignore")
+    # SIGTERM unwinds like an error, so the server and the temporary repository are cleaned up.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = run(args.data_dir.resolve(), args.quick)
     report["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(json.dumps(report))

@@ -158,6 +158,12 @@ def render(report: dict[str, Any]) -> str:
             f"its training rows agree with merge_asof on {check['rows_agreeing']:,} of {check['entity_rows']:,} "
             f"({check['rows_missing']} missing)"
         )
+        ttl = feast["online_ttl_check"]
+        feast_line += (
+            f"\nFeast online TTL: served {ttl['values_served']:,} of {ttl['values']:,} values (100 drivers) although "
+            f"the newest event is {ttl['newest_event_age_s'] / 86_400:.0f} days old and the TTL "
+            f"{ttl['ttl_s'] / 86_400:g} days"
+        )
     s = report["dataset"]
     lines = [
         f"Feature store vs Feast: {s['feature_rows']:,} events of {s['drivers']:,} drivers, 5 features, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -107,7 +108,7 @@ def test_the_reference_takes_the_latest_event_at_or_before_each_row_within_the_t
     assert joined["conv_rate"].isna().tolist() == [False, True, False, False, True, True]
 
 
-FEAST_DOC = {
+FEAST_DOC: dict[str, Any] = {
     "online_in_process": {"1x5": {"p50_ms": 0.12, "p99_ms": 0.2}, "100x5": {"p50_ms": 4.0, "p99_ms": 5.0}},
     "online_http": {"1x5": {"p50_ms": 1.0, "p99_ms": 2.0}, "100x5": {"p50_ms": 8.0, "p99_ms": 9.0}},
     "historical": {"feast_s": 0.1, "merge_asof_s": 0.04},
@@ -146,6 +147,40 @@ def test_a_quick_run_without_feast_reports_the_skip_and_the_reference(
     assert set(report["kvstore"]) == {"merge_asof_s"} and report["kvstore"]["merge_asof_s"] > 0
     assert [row["key"] for row in report["comparison"]] == ["merge_asof_s"]
     assert "Feast: skipped (--no-feast)" in out and "skipped: --no-feast" in err
+
+
+def test_a_run_with_feast_s_figures_renders_both_sides(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = {
+        **FEAST_DOC,
+        "feast_version": "0.67.0",
+        "pandas_version": "2.3.3",
+        "online_store": "sqlite",
+        "offline_store": "duckdb",
+        "apply_s": 0.02,
+        "materialize_s": 1.2,
+        "online_ttl_check": {
+            "values": 500,
+            "values_served": 500,
+            "newest_event_age_s": 30 * 86_400.0,
+            "ttl_s": 604_800,
+        },
+    }
+    doc["historical"] = {
+        **FEAST_DOC["historical"],
+        "check": {"entity_rows": 10_000, "rows_agreeing": 9_999, "rows_missing": 1},
+    }
+    monkeypatch.setattr(bench, "run_feast", lambda data_dir, quick: (doc, "reusing the venv"))
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "Feast 0.67.0 (pandas 2.3.3): local provider, sqlite online store, duckdb offline store" in out
+    assert "agree with merge_asof on 9,999 of 10,000 (1 missing)" in out
+    assert "served 500 of 500 values (100 drivers) although the newest event is 30 days old and the TTL 7 days" in out
+    http_line = next(line for line in out.splitlines() if line.startswith("online HTTP 100x5 p50"))
+    assert http_line.split()[-4:] == ["8", "ms", "-", "-"]  # Feast's figure, none from kvstore yet
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["feast_skipped"] is None and len(report["comparison"]) == len(bench.FIGURES)
 
 
 def test_a_ready_feast_venv_is_reused_without_installing(tmp_path: Path) -> None:

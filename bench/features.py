@@ -168,7 +168,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"Feature store vs Feast: {s['feature_rows']:,} events of {s['drivers']:,} drivers, 5 features, "
         f"{s['entity_rows']:,} entity rows (seed {s['seed']}){' --quick' if report['quick'] else ''} "
-        f"({report['cpu_count']} CPUs, Python {report['python']}, data on {report['data_filesystem']})",
+        f"({report['cpu_count']} CPUs, load {report['load_average_1m']:.1f}, Python {report['python']}, "
+        f"data on {report['data_filesystem']})",
         feast_line,
         "",
         f"{'figure':<30} {'Feast':>10} {'kvstore':>10} {'Feast/kvstore':>14}",
@@ -203,6 +204,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "quick": args.quick,
             "dataset": vars(shape),
             "cpu_count": os.cpu_count(),
+            # The machine is shared: the load around the run says how much the figures can be trusted.
+            "load_average_1m": os.getloadavg()[0],
             "python": platform.python_version(),
             "data_filesystem": data_filesystem,
             "feast": feast_doc,

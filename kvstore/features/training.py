@@ -81,11 +81,15 @@ def historical_features(
         joined = _duckdb_point_in_time(keyed, requests, log_dir)
     if joined.num_rows != table.num_rows:
         raise RuntimeError(f"the {engine} join gave {joined.num_rows} rows for {table.num_rows} entity rows")
+    kinds = {
+        name: ARROW_TYPES[request.view.features[feature]]
+        for request in requests
+        for feature, name in zip(request.features, request.output_names, strict=True)
+    }
     result = table
-    for request in requests:
-        for feature, name in zip(request.features, request.output_names, strict=True):
-            kind = ARROW_TYPES[request.view.features[feature]]
-            result = result.append_column(pa.field(name, kind), joined.column(name).cast(kind))
+    for reference in features:  # in the order asked for
+        name = _output_name(reference, full_feature_names)
+        result = result.append_column(pa.field(name, kinds[name]), joined.column(name).cast(kinds[name]))
     return result
 
 
@@ -117,7 +121,7 @@ def plan(
             raise DefinitionError(f"the entity rows may not have a column named {reserved!r}")
     requests = []
     for view_name, chosen in by_view.items():
-        names = tuple(f"{view_name}__{f}" if full_feature_names else f for f in chosen)
+        names = tuple(_output_name(f"{view_name}:{f}", full_feature_names) for f in chosen)
         for feature, name in zip(chosen, names, strict=True):
             if name in taken:
                 hint = "" if full_feature_names else " (full_feature_names=True names columns view__feature)"
@@ -126,6 +130,11 @@ def plan(
             taken[name] = f"{view_name}:{feature}"
         requests.append(ViewRequest(definitions.views[view_name], tuple(chosen), names))
     return requests
+
+
+def _output_name(reference: str, full_feature_names: bool) -> str:
+    view, _, feature = reference.partition(":")
+    return f"{view}__{feature}" if full_feature_names else feature
 
 
 def _entity_keys(table: pa.Table, requests: Sequence[ViewRequest], timestamp_column: str) -> pa.Table:

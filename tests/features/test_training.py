@@ -280,17 +280,22 @@ def spark_unavailable() -> str | None:
 
 def seeded_dataset(rng: random.Random) -> tuple[dict[str, list[Event]], pd.DataFrame]:
     """Events of every view (duplicates and ties included) and entity rows, for comparing the engines."""
-    values = {
-        "stats": lambda: {"trips": rng.choice([None, rng.randint(0, 9)]), "rate": rng.random(), "tags": ["a"]},
-        "recent": lambda: {"label": rng.choice([None, "x", "y"]), "ok": rng.choice([None, True]), "trips": 1},
-        "profile": lambda: {"name": rng.choice([None, "Ann", "Bob"]), "vip": rng.choice([None, False, True])},
-    }
     users = ["ann", "bob", "cy"]
+
+    def event(view: str) -> Event:
+        ts = rng.randint(0, 40)
+        if view == "stats":
+            trips = rng.choice([None, rng.randint(0, 9)])
+            return rng.randint(0, 4), ts, {"trips": trips, "rate": rng.random(), "tags": ["a"]}
+        if view == "recent":
+            label = rng.choice([None, "x", "y"])
+            return rng.randint(0, 4), ts, {"label": label, "ok": rng.choice([None, True]), "trips": 1}
+        return rng.choice(users), ts, {"name": rng.choice([None, "Ann", "Bob"]), "vip": rng.choice([None, False, True])}
+
     events: dict[str, list[Event]] = {}
-    for view, make in values.items():
-        entity = (lambda: rng.choice(users)) if view == "profile" else (lambda: rng.randint(0, 4))
-        base = [(entity(), rng.randint(0, 40), make()) for _ in range(40)]
-        ties = [(e, ts, make()) for e, ts, _ in rng.sample(base, 5)]
+    for view in ("stats", "recent", "profile"):
+        base = [event(view) for _ in range(40)]
+        ties = [(e, ts, event(view)[2]) for e, ts, _ in rng.sample(base, 5)]
         events[view] = base + rng.sample(base, 5) + ties
     count = 60
     times = [rng.randint(0, 60) for _ in range(count)]

@@ -75,7 +75,7 @@ def write_event_log(
         try:
             view_name, entity_key, event_ts_ms = parse_event_key(key)
         except ValueError as exc:
-            raise ValueError(f"{exc} (in the event log export)") from None
+            raise ValueError(f"not an event-log key: {key!r:.200} ({exc})") from None
         if view_name not in writers:
             skipped += 1
             continue

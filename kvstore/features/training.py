@@ -221,4 +221,3 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     """Write training data as one Parquet file (the directory is created)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
-

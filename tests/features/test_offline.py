@@ -103,16 +103,14 @@ def test_csv_with_iso_times_lists_bytes_and_string_entities(tmp_path: Path) -> N
 def test_a_bad_row_is_named_by_file_and_row(tmp_path: Path) -> None:
     path = tmp_path / "profile.csv"
     path.write_text(
-        "user_id,event_timestamp,name,vip,scores,raw\n"
-        f"ann,{T0},Ann,true,[1],x\n"
-        f"bob,{T0},Bob,true,[1.5],x\n"
+        f"user_id,event_timestamp,name,vip,scores,raw\nann,{T0},Ann,true,[1],x\nbob,{T0},Bob,true,[1.5],x\n"
     )
     with pytest.raises(DefinitionError, match=r"profile\.csv row 2: feature 'scores' must be int64"):
         list(read_events(PROFILE, Source(str(path))))
     path.write_text("user_id,event_timestamp,name,vip,scores,raw\nann,yesterday,Ann,true,[1],x\n")
     with pytest.raises(DefinitionError, match=r"row 1: event time 'yesterday' is not ISO-8601"):
         list(read_events(PROFILE, Source(str(path))))
-    path.write_text(f"user_id,event_timestamp,name,vip,scores,raw\nann,{T0},Ann,true,\"[1,x]\",x\n")
+    path.write_text(f'user_id,event_timestamp,name,vip,scores,raw\nann,{T0},Ann,true,"[1,x]",x\n')
     with pytest.raises(DefinitionError, match=r"row 1: feature 'scores'.* not a JSON list"):
         list(read_events(PROFILE, Source(str(path))))
     path.write_text(f"user_id,event_timestamp,name,vip,scores,raw\na/b,{T0},Ann,true,[1],x\n")

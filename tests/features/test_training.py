@@ -67,7 +67,8 @@ def reference(
     right = pd.DataFrame(
         [
             {key: e, "__ts": ts, **{n: v[f] for f, n in zip(features, names, strict=True)}}
-            for (e, ts), v in merged.items()],
+            for (e, ts), v in merged.items()
+        ],
         columns=[key, "__ts", *names],
     )
     right = right.astype({key: "int64", "__ts": "int64"}).astype({n: object for n in names}).sort_values("__ts")
@@ -145,9 +146,7 @@ def test_duckdb_join_equals_a_pandas_merge_asof_reference(scenario: tuple[Any, .
     with tempfile.TemporaryDirectory(dir=scratch) as out:
         export(defs, events, Path(out), random.Random(seed))
         refs = [f"{view}:{f}" for view, names in VIEW_FEATURES.items() for f in names]
-        result = historical_features(
-            entity_rows.drop(columns="__T"), refs, defs, Path(out), full_feature_names=True
-        )
+        result = historical_features(entity_rows.drop(columns="__T"), refs, defs, Path(out), full_feature_names=True)
     assert result.num_rows == len(entity_rows)
     assert result.column_names[:2] == ["driver_id", "event_timestamp"]
     assert result.column("driver_id").to_pylist() == entity_rows["driver_id"].tolist()

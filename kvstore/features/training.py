@@ -196,9 +196,15 @@ def _duckdb_point_in_time(keyed: pa.Table, requests: Sequence[ViewRequest], log_
     query = f"SELECT {', '.join(selects)} FROM keyed AS e {' '.join(joins)} ORDER BY e.{_quote(ROW_COLUMN)}"
     # A cursor is a connection of its own (registrations stay private to the call, calls may run in threads)
     # onto one in-memory database, opened once: opening a database costs more than the join.
+    import duckdb
+
     with _database().cursor() as connection:
         connection.register("keyed", keyed)
-        joined: pa.Table = connection.sql(query).to_arrow_table()
+        try:
+            joined: pa.Table = connection.sql(query).to_arrow_table()
+        except duckdb.Error as exc:
+            # Typically files exported under older definitions (a feature since added): export the log again.
+            raise DefinitionError(f"the event log under {log_dir} does not fit the definitions: {exc}") from None
     return joined
 
 

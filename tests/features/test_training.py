@@ -217,6 +217,23 @@ def test_an_entity_row_at_sub_millisecond_precision_sees_the_event_of_its_millis
     assert historical_features(rows, ["stats:trips"], defs, tmp_path).column("trips").to_pylist() == [1, None]
 
 
+def test_rows_without_a_key_or_a_time_get_nulls(tmp_path: Path) -> None:
+    defs = definitions(0)
+    write_log(defs, tmp_path, {"stats": [(1, 10, {"trips": 3, "rate": None, "tags": None})]})
+    rows = pa.table({"driver_id": pa.array([1, None, 1], pa.int64()), "event_timestamp": pa.array([12, 12, None])})
+    assert historical_features(rows, ["stats:trips"], defs, tmp_path).column("trips").to_pylist() == [3, None, None]
+
+
+def test_an_export_older_than_the_definitions_is_refused_clearly(tmp_path: Path) -> None:
+    old = definitions(0)
+    write_log(old, tmp_path, {"stats": [(1, 10, {"trips": 3, "rate": None, "tags": None})]})
+    newer = FeatureView("stats", DRIVER, {**STATS.features, "added": "string"})
+    defs = Definitions({"driver": DRIVER}, {"stats": newer})
+    rows = pa.table({"driver_id": [1], "event_timestamp": [12]})
+    with pytest.raises(DefinitionError, match="does not fit the definitions"):
+        historical_features(rows, ["stats:added"], defs, tmp_path)
+
+
 def test_output_can_be_written_as_parquet(tmp_path: Path) -> None:
     defs = definitions(0)
     write_log(defs, tmp_path / "log", {"stats": [(3, 5, {"trips": 2, "rate": 2.5, "tags": ["b"]})]})
@@ -320,7 +337,15 @@ def test_spark_engine_gives_the_duckdb_result(tmp_path: Path) -> None:
     export(defs, events, tmp_path, random.Random(1))
     refs = [f"{view}:{f}" for view, names in VIEW_FEATURES.items() for f in names] + ["profile:name", "profile:vip"]
     expected = historical_features(rows, refs, defs, tmp_path, full_feature_names=True)
-    spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )
     try:
         got = historical_features(rows, refs, defs, tmp_path, full_feature_names=True, engine="spark")
     finally:

@@ -344,6 +344,8 @@ def test_spark_engine_gives_the_duckdb_result(tmp_path: Path) -> None:
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
+        # A short job: the JVM's quick compiler only (its optimizing one costs more than it saves here).
+        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
         .getOrCreate()
     )
     try:

@@ -157,16 +157,20 @@ def _events(
 
 
 def _timestamps_ms(column: pa.Array[Any], path: str, first_row: int) -> pa.Array[Any]:
+    """The event times of a batch as int64 ms (checked arithmetic: an out-of-range time is an error, not a wrap)."""
     kind = column.type
-    if pa.types.is_timestamp(kind):
-        # Integer division truncates, which is the floor for the event times kvstore keeps (never before 1970).
-        multiply, divide = _UNIT_MS[kind.unit]
-        return pc.divide(pc.multiply(column.cast(pa.int64()), multiply), divide)
-    if pa.types.is_integer(kind):
-        return column.cast(pa.int64())
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        texts = column.to_pylist()
-        return pa.array([_parse_time(text, path, first_row + i) for i, text in enumerate(texts)], pa.int64())
+    try:
+        if pa.types.is_timestamp(kind):
+            # Integer division truncates, which is the floor for the event times kvstore keeps (never before 1970).
+            multiply, divide = _UNIT_MS[kind.unit]
+            return pc.divide(pc.multiply_checked(column.cast(pa.int64()), multiply), divide)
+        if pa.types.is_integer(kind):
+            return column.cast(pa.int64())
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            texts = column.to_pylist()
+            return pa.array([_parse_time(text, path, first_row + i) for i, text in enumerate(texts)], pa.int64())
+    except (pa.ArrowException, OverflowError) as exc:
+        raise DefinitionError(f"{path}: an event time beyond int64 milliseconds near row {first_row}: {exc}") from None
     raise DefinitionError(f"{path}: the timestamp column is {kind}: expected a timestamp, integer ms or ISO-8601 text")
 
 

@@ -132,6 +132,12 @@ def test_bad_parquet_rows_and_files_are_refused_clearly(tmp_path: Path) -> None:
     pq.write_table(stats_table(2, pa.array([1.5, 2.5])), tmp_path / "s.parquet")
     with pytest.raises(DefinitionError, match="the timestamp column is double"):
         list(read_events(STATS, Source(str(tmp_path / "s.parquet"))))
+    pq.write_table(stats_table(2, pa.array([2**63, 1], pa.uint64())), tmp_path / "s.parquet")
+    with pytest.raises(DefinitionError, match="beyond int64 milliseconds"):
+        list(read_events(STATS, Source(str(tmp_path / "s.parquet"))))
+    (tmp_path / "s.csv").write_text(f"driver_id,event_timestamp,trips,rate\n1,{2**64},3,1.0\n")
+    with pytest.raises(DefinitionError, match="beyond int64 milliseconds"):
+        list(read_events(STATS, Source(str(tmp_path / "s.csv"))))
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DefinitionError, match="not readable as Parquet"):
         list(read_events(STATS, Source(str(tmp_path / "junk.parquet"))))

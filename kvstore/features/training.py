@@ -66,7 +66,10 @@ def historical_features(
     if isinstance(entity_rows, pa.Table):
         table = entity_rows
     else:
-        table = pa.Table.from_pandas(entity_rows, preserve_index=False)
+        try:
+            table = pa.Table.from_pandas(entity_rows, preserve_index=False)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise DefinitionError(f"the entity rows do not convert to Arrow columns: {exc}") from None
     requests = plan(features, definitions, table.column_names, full_feature_names)
     log_dir = Path(event_log_dir)
     for request in requests:
@@ -168,8 +171,12 @@ def _as_ms(table: pa.Table, name: str) -> pa.ChunkedArray[Any]:
     if pa.types.is_integer(kind):
         return column.cast(pa.int64())
     if pa.types.is_timestamp(kind):
-        # Truncation to the millisecond: event times are whole milliseconds, so a row at 1.5 ms sees one at 1 ms.
-        as_ms = column.cast(pa.timestamp("ms", tz=kind.tz), safe=False)
+        # Finer units truncate to the millisecond (event times are whole milliseconds, so a row at 1.5 ms sees one
+        # at 1 ms; no overflow is possible); seconds are multiplied, checked.
+        try:
+            as_ms = column.cast(pa.timestamp("ms", tz=kind.tz), safe=kind.unit == "s")
+        except pa.ArrowException as exc:
+            raise DefinitionError(f"timestamp column {name!r}: a time beyond int64 milliseconds: {exc}") from None
         return as_ms.cast(pa.int64())
     raise DefinitionError(f"timestamp column {name!r} is {kind}: expected a timestamp or integer milliseconds")
 

@@ -276,6 +276,12 @@ def test_a_feature_named_like_an_entity_column_or_a_wrong_key_type_is_refused(tm
         historical_features(pa.table({"driver_id": ["1"], "event_timestamp": [1]}), ["stats:trips"], defs, tmp_path)
     with pytest.raises(DefinitionError, match="expected a timestamp or integer"):
         historical_features(pa.table({"driver_id": [1], "event_timestamp": ["x"]}), ["stats:trips"], defs, tmp_path)
+    with pytest.raises(DefinitionError, match="do not convert to Arrow"):
+        frame = pd.DataFrame({"driver_id": [1, "x"], "event_timestamp": [1, 2]})
+        historical_features(frame, ["stats:trips"], defs, tmp_path)
+    with pytest.raises(DefinitionError, match="beyond int64 milliseconds"):
+        seconds = pa.array([2**62], pa.timestamp("s"))
+        historical_features(pa.table({"driver_id": [1], "event_timestamp": seconds}), ["stats:trips"], defs, tmp_path)
     with pytest.raises(DefinitionError, match="no exported events of view 'stats'"):
         historical_features(pa.table({"driver_id": [1], "event_timestamp": [1]}), ["stats:trips"], defs, tmp_path / "x")
 

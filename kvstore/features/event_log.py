@@ -5,11 +5,11 @@ comes in one run of adjacent keys (two different events at the same time are two
 Each run is merged with ``merge_rows`` into one row, the same merge the online store applies, so the files hold
 exactly one row per ``(entity, event_ts)`` and a point-in-time join needs no deduplication of its own.
 
-Layout: ``<out_dir>/<view>/part-00000.parquet``, ``part-00001.parquet``, ... one file per ``chunk_rows`` rows
-(each written as soon as it fills, so memory stays bounded whatever the log's size), with typed columns: the
-entity's join key, ``event_timestamp`` (``timestamp[ms, UTC]``), then the view's features. Every view of the
-definitions gets at least one (possibly empty) file, so a reader always finds its schema. Earlier
-``part-*.parquet`` files of a view are removed first: an export replaces the previous one.
+Layout: ``<out_dir>/<view>/part-00000.parquet``, ``part-00001.parquet``, ... one file per ``chunk_rows`` rows,
+each written as soon as it fills (memory stays bounded by ``chunk_rows`` rows per view whatever the log's size),
+with typed columns: the entity's join key, ``event_timestamp`` (``timestamp[ms, UTC]``), then the view's features.
+Every view of the definitions gets at least one (possibly empty) file, so a reader always finds its schema.
+Earlier ``part-*.parquet`` files of a view are removed first: an export replaces the previous one.
 """
 
 from __future__ import annotations

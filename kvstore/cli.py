@@ -140,12 +140,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _urls(args: argparse.Namespace) -> list[str]:
     urls = [u.rstrip("/") for u in args.url] if args.url else LocalCluster.open(args.dir).urls()
     for url in urls:
         if not url.startswith(("http://", "https://")):
             raise KvError(ErrorCode.BAD_REQUEST, f"--url {url!r}: expected http://host:port")
-    return Client(urls, timeout_s=args.timeout_ms / 1000)
+    return urls
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(_urls(args), timeout_s=args.timeout_ms / 1000)
 
 
 def _dir_option(directory: Path) -> str:
@@ -630,6 +634,12 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(args)
 
 
+def _add_features(subparsers: Any) -> None:
+    from kvstore.features.commands import add_features
+
+    add_features(subparsers, _command, _add_target, _urls)
+
+
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_demo,
     _add_cluster,
@@ -638,6 +648,7 @@ SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_put,
     _add_delete,
     _add_scan,
+    _add_features,
     _add_sim,
     _add_chaos,
     _add_check,

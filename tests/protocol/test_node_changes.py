@@ -290,7 +290,7 @@ KEYS = tuple(f"{ONLINE}{i}" for i in range(4))
 
 
 class LeaderFeedMachine(RuleBasedStateMachine):
-    """Merges through any node of a 3-node leader cluster, with process crashes and isolated nodes; a reader
+    """Merges through any node of a 3-node leader cluster, with crashes (process or power) and isolated nodes; a reader
     pages the feed from whichever node it likes. At the end (healed, everyone up) the reader pages to the end:
     for every key, the newest row it was shown holds every acknowledged merge."""
 
@@ -350,9 +350,14 @@ class LeaderFeedMachine(RuleBasedStateMachine):
         self.position = got.position
 
     @precondition(lambda self: len(self.net.down) == 0)
-    @rule(node=st.sampled_from(["n1", "n2", "n3"]))
-    def crash(self, node: str) -> None:
-        self.net.crash(node)
+    @rule(node=st.sampled_from(["n1", "n2", "n3"]), power=st.booleans())
+    def crash(self, node: str, power: bool) -> None:
+        if power:  # only what was synced survives (fsync = "always": everything acknowledged)
+            self.net.disks[node].crash("power")
+            self.net.down.add(node)
+            self.net.timers[node] = {}
+        else:
+            self.net.crash(node)
         self.net.run_for(300)
 
     @rule()
@@ -396,7 +401,7 @@ class LeaderFeedMachine(RuleBasedStateMachine):
 
 TestLeaderFeedMachine = LeaderFeedMachine.TestCase
 TestLeaderFeedMachine.settings = settings(
-    max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
 )
 
 

@@ -29,6 +29,7 @@ from kvstore.messages import (
     Failure,
     Forward,
     ForwardReply,
+    FoundSiblings,
     GetOp,
     Message,
     PutOp,
@@ -421,3 +422,22 @@ def test_single_mode_a_position_a_reader_was_shown_is_never_given_to_another_cha
     net.nodes["n1"].storage.sync()
     after = page(net.request("n1", ChangesOp(p, shown.position, 10)))
     assert b in [c.key for c in after.changes]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="two replicas may each hold a valid row whose join is past MAX_ROW_BYTES (or MAX_CELLS); a read that "
+    "merges their replies calls EventTimePolicy.merge, whose ValueError nothing catches: the node's step raises",
+)
+def test_leaderless_a_read_of_rows_whose_join_is_too_large_is_answered_not_raised() -> None:
+    net = LeaderlessNet(cfg=leaderless_config(anti_entropy_interval_ms=100_000, handoff_interval_ms=100_000))
+    key = keys_with(net, lambda _p, pref: True)[0]
+    _, pref = net.placement(key)
+    big = b"x" * 600_000
+    for node, name in [(pref[0], "a"), (pref[1], "b")]:
+        # Each taken by one replica only (its copies lost): both merges are valid and acknowledged.
+        assert stored(net.request(node, PutOp(key, encode_row({name: (1, big)}), merge=True, w="1"))).acks == 1
+        net.queue.clear()
+    result = net.request(pref[2], GetOp(key, r="all"))
+    assert isinstance(result, Failure | FoundSiblings)

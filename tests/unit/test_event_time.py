@@ -335,3 +335,16 @@ def test_merging_with_an_empty_state_keeps_the_row_and_joins_contexts() -> None:
     assert row_of(merged) == {"x": (1, 1)}
     assert merged.context == VectorClock.of({"n1": 1, "n2": 4})
     assert POLICY.merge(empty, empty) == empty
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="merge is not total: two rows within the bounds may join past MAX_ROW_BYTES or MAX_CELLS, and "
+    "EventTimePolicy.merge (read merges, anti-entropy, handoff) then raises instead of converging",
+)
+def test_the_policy_merges_any_two_states_replicas_may_hold() -> None:
+    half = {f"a{i}": (1, i) for i in range(MAX_CELLS // 2 + 1)}
+    other = {f"b{i}": (1, i) for i in range(MAX_CELLS // 2 + 1)}
+    merged = POLICY.merge(written(None, "n1", 1, half), written(None, "n2", 1, other))
+    assert len(row_of(merged)) == len(half) + len(other)

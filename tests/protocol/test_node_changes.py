@@ -254,6 +254,22 @@ def test_leaderless_refuses_a_delete_or_plain_write_of_an_event_time_key() -> No
     assert failure(net.request("n1", merge(key, 1, 1, consistency="linearizable"))).code == ErrorCode.BAD_REQUEST.value
 
 
+def test_leaderless_pages_show_values_as_a_read_does_crdts_rendered_tombstones_as_none() -> None:
+    net = LeaderlessNet(cfg=leaderless_config(policies=(("c/", "counter"),), anti_entropy_interval_ms=100_000))
+    counter, plain = "c/hits", "plain"
+    assert stored(net.request("n1", PutOp(counter, b'{"increment": 2}', w="all"))).acks == 3
+    assert stored(net.request("n1", PutOp(counter, b'{"increment": 3}', w="all"))).acks == 3
+    p, pref = net.placement(counter)
+    got = page(net.request(pref[0], ChangesOp(p, 0, 10)))
+    assert [(c.key, c.value) for c in got.changes] == [(counter, b"5")]
+    assert found(net.request(pref[0], GetOp(counter, r="all"))).values == (b"5",)
+    q, owners = net.placement(plain)
+    assert stored(net.request(owners[0], PutOp(plain, b"v", w="all"))).acks == 3
+    stored(net.request(owners[0], DeleteOp(plain, w="all")))
+    shown = page(net.request(owners[0], ChangesOp(q, 0, 10, plain)))
+    assert [(c.key, c.value) for c in shown.changes] == [(plain, None)]
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="a leaderless page is answered before the stores it shows are synced (anti-entropy syncs nothing): "

@@ -22,6 +22,8 @@ from kvstore.config import StorageConfig, local_cluster
 from kvstore.effects import Send
 from kvstore.errors import ErrorCode
 from kvstore.messages import (
+    BatchPutOp,
+    BatchResults,
     ChangeItem,
     ChangesOp,
     ChangesPage,
@@ -111,6 +113,18 @@ def test_a_merge_that_changes_nothing_takes_no_position() -> None:
     assert written(net.request("n1", merge(a, 5, 9))).version == version  # older than the cell held
     assert page(net.request("n1", ChangesOp(p, 0, 10))).position == version
     assert page(net.request("n1", ChangesOp(p, version, 10))) == ChangesPage(p, (), version, False, "")
+
+
+def test_a_batch_of_merges_applies_each_in_order_and_the_feed_shows_the_join() -> None:
+    net = single_net()
+    p, (a, b) = owned_keys(net, "n1", 2)
+    result = net.request("n2", BatchPutOp((merge(a, 1, 1), merge(a, 2, 2, name="g"), merge(b, 1, 1))))
+    assert isinstance(result, BatchResults)
+    versions = [written(r).version for r in result.results]
+    assert versions == sorted(versions) and len(set(versions)) == 3
+    got = page(net.request("n1", ChangesOp(p, 0, 10)))
+    assert [(c.key, c.version) for c in got.changes] == [(a, versions[1]), (b, versions[2])]
+    assert decode_row(got.changes[0].value or b"") == {"f": (1, 1), "g": (2, 2)}
 
 
 def test_a_changes_op_for_a_partition_that_does_not_exist_or_out_of_bounds_is_refused() -> None:

@@ -21,12 +21,10 @@ from hypothesis import strategies as st
 from kvstore.changes import MAX_CURSOR_CHARS, MAX_CURSOR_RAW_BYTES, Cursor, changes_page
 from kvstore.config import Limits
 from kvstore.messages import ChangeItem, ChangesOp, ChangesPage
-from kvstore.ranges import RangeKeeper
 from kvstore.storage.base import Record, Storage
 from kvstore.storage.memory import MemoryStorage
 from kvstore.storage.simulated import SimDisk, SimStorage
 from kvstore.storage.sqlite import SqliteStorage
-from partitioning.range_map import SplitPolicy
 
 P = 2
 RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -430,27 +428,6 @@ def test_arbitrary_cursor_text_decodes_or_raises_value_error(text: str) -> None:
     except ValueError:
         return
     assert Cursor.decode(cursor.encode()) == cursor
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a range merge (kvstore/ranges.py) moves the right range's records into the left one with the right "
-    "range's versions: below a reader's position in the left feed, and gone from the right one, so never delivered",
-)
-def test_a_range_merge_delivers_the_right_ranges_unread_changes() -> None:
-    s = MemoryStorage()
-    left, right = P, P + 1
-    for v in range(1, 11):
-        s.write(left, f"a{v:02}", rec(b"x", v))
-    s.set_applied_index(left, 10)
-    s.write(right, "m", rec(b"x", 3))  # written in the right range, not read yet
-    s.set_applied_index(right, 3)
-    positions = {left: s.changes_after(left, 0, 100)[1], right: 0}  # the reader is up to date on the left range
-    assert positions[left] == 10
-    keeper = RangeKeeper("n1", s, SplitPolicy(split_keys=8, split_bytes=1 << 20, merge_keys=4, merge_bytes=1 << 19))
-    keeper._merge(left, right)
-    delivered = [key for p, after in positions.items() for key, _ in s.changes_after(p, after, 100)[0]]
-    assert "m" in delivered
 
 
 @pytest.mark.xfail(

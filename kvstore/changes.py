@@ -27,6 +27,7 @@ import msgpack
 
 from kvstore.messages import ChangeItem, ChangesOp, ChangesPage
 from kvstore.storage.base import Record, Storage
+from partitioning.partition_map import MAX_PARTITIONS
 
 # Records a page examines at most (matching its prefix or not), so one read stays short.
 MAX_EXAMINED_PER_PAGE = 50_000
@@ -49,9 +50,14 @@ def changes_page(
 
 # ---------------------------------------------------------------- cursors: where a reader of every partition is
 
-# A cursor is at most this long as text; decoding never inflates past MAX_CURSOR_RAW_BYTES.
-MAX_CURSOR_CHARS = 16 * 1024
-MAX_CURSOR_RAW_BYTES = 256 * 1024
+# A cursor is at most this long as text; decoding never inflates past MAX_CURSOR_RAW_BYTES. A GET's request line
+# holds one of about 1,500 partitions (a cluster of more streams each partition on its own: ``partition=``).
+MAX_CURSOR_CHARS = 64 * 1024
+MAX_CURSOR_RAW_BYTES = 1024 * 1024
+MAX_CURSOR_PARTITIONS = MAX_PARTITIONS
+# A source is a node id (leaderless mode) or a range's epoch.
+MAX_SOURCE_CHARS = 256
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,16 @@ class Cursor:
         return Cursor(positions)
 
     def encode(self) -> str:
-        raw = msgpack.packb(sorted([p, pos, src] for p, (pos, src) in self.positions.items()), use_bin_type=True)
-        return base64.urlsafe_b64encode(zlib.compress(raw)).decode("ascii").rstrip("=")
+        """Compact: partitions as gaps (mostly 1), positions, and each source named once, then deflated, so a
+        cursor of 1,024 partitions fits a request line."""
+        partitions = sorted(self.positions)
+        sources = sorted({self.positions[p][1] for p in partitions})
+        index = {source: i for i, source in enumerate(sources)}
+        gaps = [p - q for p, q in zip(partitions, [-1, *partitions], strict=False)]
+        positions = [self.positions[p][0] for p in partitions]
+        doc = [sources, gaps, positions, [index[self.positions[p][1]] for p in partitions]]
+        raw = msgpack.packb(doc, use_bin_type=True)
+        return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode("ascii").rstrip("=")
 
     @staticmethod
     def decode(text: str) -> Cursor:
@@ -90,23 +104,30 @@ class Cursor:
             raw = inflater.decompress(packed, MAX_CURSOR_RAW_BYTES)
             if inflater.unconsumed_tail or not inflater.eof:
                 raise ValueError("too long or cut short")
-            entries = msgpack.unpackb(raw, raw=False, use_list=True)
+            doc = msgpack.unpackb(raw, raw=False, use_list=True, max_array_len=MAX_CURSOR_PARTITIONS)
         except (ValueError, zlib.error, msgpack.UnpackException) as exc:
             raise ValueError(f"not a change-feed cursor: {exc}") from None
-        if not isinstance(entries, list):
-            raise ValueError("not a change-feed cursor")
+        if not isinstance(doc, list) or len(doc) != 4 or not all(isinstance(part, list) for part in doc):
+            raise ValueError("not a change-feed cursor: expected [sources, gaps, positions, source indexes]")
+        sources, gaps, positions_list, indexes = doc
+        if not len(gaps) == len(positions_list) == len(indexes) or not all(
+            isinstance(s, str) and len(s) <= MAX_SOURCE_CHARS for s in sources
+        ):
+            raise ValueError("not a change-feed cursor: its lists do not match")
         positions: dict[int, tuple[int, str]] = {}
-        for entry in entries:
+        partition = -1
+        for gap, position, source in zip(gaps, positions_list, indexes, strict=True):
             if (
-                not isinstance(entry, list)
-                or len(entry) != 3
-                or type(entry[0]) is not int
-                or type(entry[1]) is not int
-                or not isinstance(entry[2], str)
-                or entry[0] < 0
-                or entry[1] < 0
-                or len(entry[2]) > 64
+                type(gap) is not int
+                or type(position) is not int
+                or type(source) is not int
+                or gap < 1
+                or not 0 <= position <= _INT64_MAX
+                or not 0 <= source < len(sources)
             ):
-                raise ValueError("not a change-feed cursor: an entry is not [partition, position, source]")
-            positions[entry[0]] = (entry[1], entry[2])
+                raise ValueError("not a change-feed cursor: an entry is not a partition, a position and a source")
+            partition += gap
+            if partition >= MAX_CURSOR_PARTITIONS:
+                raise ValueError("not a change-feed cursor: a partition past the most a cluster may have")
+            positions[partition] = (position, sources[source])
         return Cursor(positions)

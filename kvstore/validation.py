@@ -12,6 +12,7 @@ import math
 import re
 from decimal import Context, Decimal
 
+from kvstore.codec import INT64_MAX
 from kvstore.config import CONSISTENCY_LEVELS, EVENT_TIME_PREFIXES, Limits, resolve_quorum
 from kvstore.errors import ErrorCode, KvError, shown
 from kvstore.messages import (
@@ -310,8 +311,8 @@ MAX_CHANGES_PAGE = 10_000
 def check_changes(op: ChangesOp, limits: Limits) -> None:
     if op.partition < 0:
         raise KvError(ErrorCode.BAD_REQUEST, f"partition must be >= 0, got {op.partition}")
-    if op.after < 0:
-        raise KvError(ErrorCode.BAD_REQUEST, f"after must be a position >= 0, got {op.after}")
+    if not 0 <= op.after <= INT64_MAX:
+        raise KvError(ErrorCode.BAD_REQUEST, f"after must be a position from 0 to {INT64_MAX}, got {op.after}")
     if not 1 <= op.limit <= MAX_CHANGES_PAGE:
         raise KvError(ErrorCode.BAD_REQUEST, f"limit must be 1 to {MAX_CHANGES_PAGE}, got {op.limit}")
     if len(op.prefix.encode()) > limits.max_key_bytes:

@@ -25,8 +25,13 @@ import msgpack
 from replication.dvv import Dot, Sibling, Versions
 from replication.vclock import VectorClock
 
+# A row a client writes. Joins of rows written at several replicas concurrently may hold more (their cells'
+# union), up to MERGED_FACTOR times as much: that bound is what a stored or merged row is held to.
 MAX_ROW_BYTES = 1024 * 1024
 MAX_CELLS = 1024
+MERGED_FACTOR = 8
+MAX_MERGED_ROW_BYTES = MERGED_FACTOR * MAX_ROW_BYTES
+MAX_MERGED_CELLS = MERGED_FACTOR * MAX_CELLS
 MAX_NAME_CHARS = 256
 MAX_LIST_ITEMS = 65_536
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -53,17 +58,19 @@ def encode_row(row: Row) -> bytes:
     return data
 
 
-def decode_row(data: bytes) -> Row:
-    """The row ``data`` encodes; ValueError if it is not a canonical, bounded row. Every merge decodes two rows
-    and serving decodes one per entity, so the checks are written out inline (a third of the cost of calls)."""
-    if len(data) > MAX_ROW_BYTES:
-        raise ValueError(f"a row is at most {MAX_ROW_BYTES} bytes encoded, this one {len(data)}")
+def decode_row(data: bytes, *, merged: bool = False) -> Row:
+    """The row ``data`` encodes; ValueError if it is not a canonical, bounded row (a written row's bounds, or with
+    ``merged`` a stored or merged row's). Every merge decodes two rows and serving one per entity, so the checks
+    are written out inline (a third of the cost of calls)."""
+    max_bytes, max_cells = (MAX_MERGED_ROW_BYTES, MAX_MERGED_CELLS) if merged else (MAX_ROW_BYTES, MAX_CELLS)
+    if len(data) > max_bytes:
+        raise ValueError(f"a row is at most {max_bytes} bytes encoded, this one {len(data)}")
     try:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, max_array_len=MAX_LIST_ITEMS)
     except Exception as exc:
         raise ValueError(f"not an event-time row: {exc}") from None
-    if type(raw) is not list or len(raw) > MAX_CELLS:
-        raise ValueError(f"an event-time row is a list of at most {MAX_CELLS} [name, event_ts_ms, value] cells")
+    if type(raw) is not list or len(raw) > max_cells:
+        raise ValueError(f"an event-time row is a list of at most {max_cells} [name, event_ts_ms, value] cells")
     row: Row = {}
     previous = ""
     for cell in raw:
@@ -95,19 +102,20 @@ def merge_rows(a: Row, b: Row) -> Row:
     return merged
 
 
-def merge_encoded(stored: bytes | None, incoming: bytes) -> bytes:
-    """``incoming`` merged into ``stored`` (None: nothing stored), encoded; ValueError for a malformed row."""
-    row = decode_row(incoming)
+def merge_encoded(stored: bytes | None, incoming: bytes, *, incoming_merged: bool = False) -> bytes:
+    """``incoming`` (a written row, or with ``incoming_merged`` another replica's stored row) merged into ``stored``
+    (None: nothing stored), encoded; ValueError for a malformed row or a join past the merged bounds."""
+    row = decode_row(incoming, merged=incoming_merged)
     if stored is not None:
-        row = merge_rows(decode_row(stored), row)
+        row = merge_rows(decode_row(stored, merged=True), row)
     # Both decoded rows were checked cell by cell: encoded without checking them again.
     return _encode_checked(row)
 
 
 def _encode_checked(row: Row) -> bytes:
     data: bytes = msgpack.packb([[name, *row[name]] for name in sorted(row)], use_bin_type=True)
-    if len(data) > MAX_ROW_BYTES or len(row) > MAX_CELLS:
-        raise ValueError(f"a row is at most {MAX_ROW_BYTES} bytes encoded and {MAX_CELLS} cells")
+    if len(data) > MAX_MERGED_ROW_BYTES or len(row) > MAX_MERGED_CELLS:
+        raise ValueError(f"a stored row is at most {MAX_MERGED_ROW_BYTES} bytes encoded and {MAX_MERGED_CELLS} cells")
     return data
 
 
@@ -172,9 +180,9 @@ class EventTimePolicy:
         if newest is None:
             return Versions((), context)
         if row_a is None or row_b is None:
-            row = merge_encoded(None, row_a if row_b is None else row_b)  # type: ignore[arg-type]
+            row = merge_encoded(None, row_a if row_b is None else row_b, incoming_merged=True)  # type: ignore[arg-type]
         else:
-            row = merge_encoded(row_a, row_b)
+            row = merge_encoded(row_a, row_b, incoming_merged=True)
         return Versions((Sibling(newest.dot, row, newest.timestamp_ms),), context)
 
 

@@ -526,7 +526,11 @@ class LeaderlessReplica:
 
     def _answer_read(self, read: _Read, out: list[ReplicaEffect]) -> None:
         read.answered = True
-        result = KeyValues(read.key, self._merged(read.key, read.replies), len(read.replies))
+        try:
+            result: object = KeyValues(read.key, self._merged(read.key, read.replies), len(read.replies))
+        except ValueError as exc:
+            # The replies do not merge (a join past the policy's bounds): a refusal, never a crash of the node.
+            result = QuorumFailed("refused", True, f"the replicas' states of {read.key!r} do not merge: {exc}")
         out.append(Answer(read.token, result))
 
     def _advance_read(self, req: int, read: _Read, out: list[ReplicaEffect]) -> None:
@@ -543,7 +547,10 @@ class LeaderlessReplica:
 
     def _repair(self, req: int, read: _Read, out: list[ReplicaEffect]) -> None:
         read.repairing = set()
-        merged = self._merged(read.key, read.replies)
+        try:
+            merged = self._merged(read.key, read.replies)
+        except ValueError:
+            return  # nothing to repair with: the read was refused (``_answer_read``)
         if merged is None:
             return
         encoded = dvv.encode(merged)

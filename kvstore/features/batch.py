@@ -101,7 +101,7 @@ def recompute(fs: FeatureClient, view_name: str, *, progress: bool = True, batch
     def events() -> Iterator[Event]:
         for key, value in event_log_items(fs, events_prefix(view_name)):
             _, entity, event_ts_ms = parse_event_key(key)
-            row = decode_row(value)
+            row = decode_row(value, merged=True)
             yield Event(view.entity.value_of(entity), event_ts_ms, {name: cell[1] for name, cell in row.items()})
 
     with tqdm(desc=f"recompute {view_name}", unit="event", disable=not progress) as bar:

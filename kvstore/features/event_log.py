@@ -80,7 +80,7 @@ def write_event_log(
             skipped += 1
             continue
         try:
-            row = decode_row(value)
+            row = decode_row(value, merged=True)
         except ValueError as exc:
             raise ValueError(f"event-log key {key!r:.200}: {exc}") from None
         event = (view_name, entity_key, event_ts_ms)

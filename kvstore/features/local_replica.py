@@ -72,7 +72,7 @@ class LocalReplica:
                 continue  # rows are never deleted; a leaderless tombstone here is not a row
             try:
                 view, entity = parse_online_key(change.key)
-                row = decode_row(change.value)
+                row = decode_row(change.value, merged=True)
             except ValueError:
                 self.undecodable += 1
                 continue

@@ -71,7 +71,7 @@ class ChangesRoutes:
             if "cursor" in params:
                 raise KvError(ErrorCode.BAD_REQUEST, "give partition (with after) or cursor, not both")
             partition = _number(params, "partition", 0, 0, count - 1)
-            after = _number(params, "after", 0, 0, 1 << 63)
+            after = _number(params, "after", 0, 0, (1 << 63) - 1)
             partitions: tuple[int, ...] | None = (partition,)
             # Positions from ``after`` hold at whichever replica answers first: the reader chose them.
             cursor = Cursor({partition: (after, ANY_SOURCE)}) if after else Cursor()

@@ -275,7 +275,7 @@ def _values_of(key: str, result: object) -> tuple[bytes, ...]:
 
 def _decoded(key: str, value: bytes) -> Row:
     try:
-        return decode_row(value)
+        return decode_row(value, merged=True)
     except ValueError as exc:
         raise KvError(ErrorCode.INTERNAL, f"{key!r} does not hold an event-time row: {exc}") from None
 

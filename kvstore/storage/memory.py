@@ -659,7 +659,9 @@ class MemoryStorage:
         records = part.records
         old = records.get(key)
         records[key] = record
-        part.note_change(record.version, key)
+        if old is None or old.version != record.version:
+            # The same version again (a restarted move's copy) is the index entry already there.
+            part.note_change(record.version, key)
         old_deadline = None
         part.bytes += record_size(key, record) - (0 if old is None else record_size(key, old))
         if old is None:

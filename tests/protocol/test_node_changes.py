@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -451,12 +450,6 @@ def test_single_mode_a_position_a_reader_was_shown_is_never_given_to_another_cha
     assert b in [c.key for c in after.changes]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="two replicas may each hold a valid row whose join is past MAX_ROW_BYTES (or MAX_CELLS); a read that "
-    "merges their replies calls EventTimePolicy.merge, whose ValueError nothing catches: the node's step raises",
-)
 def test_leaderless_a_read_of_rows_whose_join_is_too_large_is_answered_not_raised() -> None:
     net = LeaderlessNet(cfg=leaderless_config(anti_entropy_interval_ms=100_000, handoff_interval_ms=100_000))
     key = keys_with(net, lambda _p, pref: True)[0]

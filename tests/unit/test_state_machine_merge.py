@@ -221,10 +221,5 @@ def test_a_changes_op_within_bounds_is_accepted_in_every_mode() -> None:
         check_op(ChangesOp(5, 2**62, 1), LIMITS, mode, replicas=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_changes bounds after below only (and GET /changes lets after reach 1 << 63): a ChangesOp past "
-    "int64 passes, and its forward cannot be encoded, so the peer layer drops it and the client waits for a timeout",
-)
 def test_a_changes_op_past_int64_is_refused() -> None:
     refused(ChangesOp(0, 1 << 63, 10), "single", "after")

@@ -5,8 +5,12 @@ background thread and hands them over as ``Changes`` (a page of one partition) a
 had nothing more when read). Iterate it (``for frame in feed``; frames wait in a bounded queue, and a full queue
 stops the reader, which stops the server: backpressure end to end), or give ``on_frame`` to handle frames on the
 reader thread itself. When a stream ends or breaks, the reader connects again (to the next node after a failure,
-with capped back-off) from the cursor of the last frame it handed over: at-least-once. ``cursor`` is that position,
-to keep and pass to a later feed.
+with capped back-off) from the cursor of the last frame it queued: at-least-once. ``cursor`` is the cursor of the
+last frame the consumer took (returned by ``next``, or passed to ``on_frame``), to keep and pass to a later feed:
+frames still queued when the feed closes are read again by that feed rather than lost.
+
+A refusal (HTTP 400: a bad cursor, prefix or partition) is not retried, since no node would answer otherwise: the
+feed stops and ``next`` raises it (``failure`` holds it for an ``on_frame`` feed). Other failures are retried.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import msgpack
+
+from kvstore.errors import ErrorCode, KvError
 
 MSGPACK_TYPE = "application/msgpack"
 # How long a stream stays open on the server before the reader reconnects (the server's ``wait_ms``).
@@ -77,16 +83,20 @@ class ChangeFeed:
         self._prefix = prefix
         self._partition = partition
         self.cursor = cursor
+        # Where the reader resumes: past every frame it queued (``cursor`` trails it by the frames still queued).
+        self._read_cursor = cursor
         # For one partition, the position (the cursor is per stream of every partition).
         self.position = 0
         self._page_limit = page_limit
         self._on_frame = on_frame
-        self._queue: queue.Queue[Frame | BaseException] = queue.Queue(maxsize=max_queued_frames)
+        self._queue: queue.Queue[Frame] = queue.Queue(maxsize=max_queued_frames)
         self._stop = threading.Event()
         self._connection: http.client.HTTPConnection | None = None
         # Errors met while reading, newest last (bounded): what a caller shows when the feed falls behind.
         self.errors: list[str] = []
         self.reconnects = 0
+        # The refusal that stopped the feed, if one did.
+        self.failure: KvError | None = None
         self._thread = threading.Thread(target=self._run, name="kvstore-change-feed", daemon=True)
         self._thread.start()
 
@@ -99,15 +109,25 @@ class ChangeFeed:
         return self.next(timeout_s=None)
 
     def next(self, timeout_s: float | None) -> Frame:
-        """The next frame; ``queue.Empty`` after ``timeout_s`` without one, StopIteration once closed."""
+        """The next frame, waiting for it (None: as long as it takes); ``queue.Empty`` after ``timeout_s`` without
+        one, StopIteration once closed, the KvError that stopped the feed."""
         if self._on_frame is not None:
             raise TypeError("this feed hands its frames to on_frame")
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self._stop.is_set() and self._queue.empty():
+                if self.failure is not None:
+                    raise self.failure
                 raise StopIteration
-            item = self._queue.get(timeout=timeout_s if timeout_s is not None else 0.5)
-            if isinstance(item, BaseException):
-                raise item
+            # Short waits, so that a close (which queues nothing) is noticed.
+            wait_s = 0.5 if deadline_s is None else min(0.5, max(0.0, deadline_s - time.monotonic()))
+            try:
+                item = self._queue.get(timeout=wait_s)
+            except queue.Empty:
+                if deadline_s is not None and time.monotonic() >= deadline_s:
+                    raise
+                continue
+            self.cursor = item.cursor
             return item
 
     def close(self) -> None:
@@ -133,6 +153,11 @@ class ChangeFeed:
             try:
                 self._follow(base)
                 backoff_s = 0.05
+            except _Refused as exc:
+                self.failure = exc.error
+                self._note(f"{base}: {exc.error.message}")
+                self._stop.set()
+                return
             except Exception as exc:
                 if self._stop.is_set():
                     return
@@ -152,6 +177,9 @@ class ChangeFeed:
             response = connection.getresponse()
             if response.status != 200:
                 body = response.read(4096)
+                if response.status == 400:
+                    message = f"the change feed refused {self._target()}: {body[:300]!r}"
+                    raise _Refused(KvError(ErrorCode.BAD_REQUEST, message))
                 raise RuntimeError(f"HTTP {response.status}: {body[:300]!r}")
             unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_FRAME_BYTES)
             while not self._stop.is_set():
@@ -173,8 +201,8 @@ class ChangeFeed:
         if self._partition is not None:
             query["partition"] = self._partition
             query["after"] = self.position
-        elif self.cursor:
-            query["cursor"] = self.cursor
+        elif self._read_cursor:
+            query["cursor"] = self._read_cursor
         return "/changes?" + urlencode(query)
 
     def _take(self, doc: Any) -> bool:
@@ -182,7 +210,7 @@ class ChangeFeed:
         if not isinstance(doc, dict):
             raise RuntimeError("the stream sent something other than a frame")
         if doc.get("end"):
-            self.cursor = doc["cursor"]
+            self._read_cursor = doc["cursor"]
             return True
         if "error" in doc:
             self._note(f"partition {doc.get('partition')}: {doc['error']}")
@@ -197,7 +225,7 @@ class ChangeFeed:
             frame = Changes(partition, changes, doc["cursor"])
         self._hand_over(frame)
         # Past the frame only once it is handed over: a frame lost in a crash is read again.
-        self.cursor = frame.cursor
+        self._read_cursor = frame.cursor
         if isinstance(frame, Changes) and frame.changes:
             self.position = max(self.position, doc["position"])
         return False
@@ -205,6 +233,7 @@ class ChangeFeed:
     def _hand_over(self, frame: Frame) -> None:
         if self._on_frame is not None:
             self._on_frame(frame)
+            self.cursor = frame.cursor
             return
         while not self._stop.is_set():
             try:
@@ -216,3 +245,11 @@ class ChangeFeed:
     def _note(self, error: str) -> None:
         self.errors.append(error)
         del self.errors[:-20]
+
+
+class _Refused(Exception):
+    """A node refused the stream's request (HTTP 400): raised apart from ``on_frame``'s errors, which are retried."""
+
+    def __init__(self, error: KvError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -24,11 +24,9 @@ from kvstore.errors import ErrorCode, KvError
 from kvstore.features import registry as registry_codec
 from kvstore.features.definitions import Definitions, FeatureView
 from kvstore.features.ingest import MAX_PUSH_EVENTS, Event
-from kvstore.features.keys import REGISTRY_KEY
 from kvstore.features.local_replica import LocalReplica
 from kvstore.features.registry import Registry
 from kvstore.features.serving import OnlineFeatures, requested_features, resolve
-from partitioning.partition_map import PartitionMap
 
 EventLike = Event | Mapping[str, Any]
 # Sends of a batch that failed on the server's side (5xx), with a doubling pause from PUSH_RETRY_S between.
@@ -118,17 +116,23 @@ class FeatureClient:
 
     def serve_locally(self, views: Sequence[str], *, wait_s: float = 30.0) -> LocalReplica:
         """Keep an in-process replica of ``views``' online rows (replacing any kept before), and wait up to
-        ``wait_s`` for it to catch up once (KvError ``unavailable`` if it does not)."""
+        ``wait_s`` for it to catch up once (KvError ``unavailable`` if it does not, ``not_found`` for a view the
+        registry lacks; either way no replica is kept)."""
         if self._local is not None:
             self._local.close()
-        partition_map = PartitionMap.from_json(self.client.cluster()["partition_map"])
-        local = LocalReplica(self.urls, views, partition_map.partition_for_key(REGISTRY_KEY), self.registry)
-        self._local = local
+            # Unset first: a replica that fails to start must not leave the closed one serving frozen rows.
+            self._local = None
+        definitions = self.registry().definitions
+        for name in views:
+            definitions.view(name)  # KvError not_found naming the views there are
+        local = LocalReplica(self.urls, views, self.registry)
         if not local.wait_caught_up(wait_s):
+            local.close()
             raise KvError(
                 ErrorCode.UNAVAILABLE,
                 f"the in-process replica did not catch up within {wait_s} s: {'; '.join(local.errors()[-3:])}",
             )
+        self._local = local
         return local
 
     @property

@@ -3,9 +3,11 @@
 It follows the cluster's change feed (``kvstore/change_feed.py``) of the online rows of the views it serves
 (prefix ``__fs/on/<view>/``, one feed per view) and keeps each entity's row decoded in a dict, merging every change
 in with ``merge_rows``: the feed is at-least-once and may deliver an older row again after a reconnect, and the
-merge (newest event time per feature) makes that harmless. A second feed follows the registry's partition, so a
-change of the definitions reaches the replica like any other change, and the registry is then read again from the
-cluster (in leaderless mode the feed shows one sibling; the route resolves them).
+merge (newest event time per feature) makes that harmless. A second feed follows the registry key, so a change of
+the definitions reaches the replica like any other change, and the registry is then read again from the cluster
+(in leaderless mode the feed shows one sibling; the route resolves them). It follows it with a cursor rather than
+a position in the registry's partition: in leaderless mode a position is one replica's numbering, meaningless at
+the node a reconnect reaches, while a cursor names its replica (the server starts again from 0 at another).
 
 Staleness: every feed reports ``CaughtUp`` when a round found nothing more in any partition, with the moment that
 round began. The replica holds everything committed before the oldest such moment of its feeds; ``staleness_ms``
@@ -29,7 +31,6 @@ class LocalReplica:
         self,
         urls: Sequence[str],
         views: Sequence[str],
-        registry_partition: int,
         read_registry: Callable[[], Registry],
     ) -> None:
         self.views = frozenset(views)
@@ -48,7 +49,7 @@ class LocalReplica:
             self._feeds.append(ChangeFeed(urls, prefix=online_prefix(view), on_frame=self._taker(view)))
         self._as_of[REGISTRY_KEY] = None
         self._feeds.append(
-            ChangeFeed(urls, prefix=REGISTRY_KEY, partition=registry_partition, on_frame=self._taker(REGISTRY_KEY))
+            ChangeFeed(urls, prefix=REGISTRY_KEY, on_frame=self._taker(REGISTRY_KEY))
         )
 
     def _taker(self, name: str) -> Callable[[Frame], None]:

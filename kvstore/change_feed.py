@@ -130,6 +130,11 @@ class ChangeFeed:
             self.cursor = item.cursor
             return item
 
+    @property
+    def queued_frames(self) -> int:
+        """Frames read and waiting for the consumer: at ``max_queued_frames`` the reader (and the stream) waits."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         self._stop.set()
         connection = self._connection

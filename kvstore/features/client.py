@@ -29,9 +29,12 @@ from kvstore.features.registry import Registry
 from kvstore.features.serving import OnlineFeatures, requested_features, resolve
 
 EventLike = Event | Mapping[str, Any]
-# Sends of a batch that failed on the server's side (5xx), with a doubling pause from PUSH_RETRY_S between.
-PUSH_ATTEMPTS = 5
+# Sends of a batch that failed on the server's side (5xx), with a pause doubling from PUSH_RETRY_S up to
+# MAX_PUSH_RETRY_S between: 4.5 s of pauses in all, enough to outlast a leader failover (a follower campaigns after
+# 1 to 2 election timeouts, 1 to 2 s by default), during which the partition's writes answer unavailable.
+PUSH_ATTEMPTS = 8
 PUSH_RETRY_S = 0.1
+MAX_PUSH_RETRY_S = 1.0
 
 
 class FeatureClient:
@@ -109,7 +112,7 @@ class FeatureClient:
                 # a leader that changed, a node that restarted, a timeout.
                 if exc.code.http_status < 500 or attempt == PUSH_ATTEMPTS - 1:
                     raise
-                time.sleep(PUSH_RETRY_S * 2**attempt)
+                time.sleep(min(PUSH_RETRY_S * 2**attempt, MAX_PUSH_RETRY_S))
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ online serving

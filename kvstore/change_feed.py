@@ -9,6 +9,10 @@ with capped back-off) from the cursor of the last frame it queued: at-least-once
 last frame the consumer took (returned by ``next``, or passed to ``on_frame``), to keep and pass to a later feed:
 frames still queued when the feed closes are read again by that feed rather than lost.
 
+With ``partition=`` the reader resumes from its position in that partition (``position``); in leaderless mode a
+position is one replica's numbering, so after a failure it reads the partition again from the start at the next
+node (only a cursor names its replica; the server restarts it from 0 itself).
+
 A refusal (HTTP 400: a bad cursor, prefix or partition) is not retried, since no node would answer otherwise: the
 feed stops and ``next`` raises it (``failure`` holds it for an ``on_frame`` feed). Other failures are retried.
 """
@@ -80,13 +84,18 @@ class ChangeFeed:
         self._urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self._urls:
             raise ValueError("at least one node URL is needed")
+        if max_queued_frames < 1:
+            # queue.Queue takes 0 for "unbounded", which is what it must never be.
+            raise ValueError(f"max_queued_frames must be at least 1, got {max_queued_frames}")
         self._prefix = prefix
         self._partition = partition
         self.cursor = cursor
         # Where the reader resumes: past every frame it queued (``cursor`` trails it by the frames still queued).
         self._read_cursor = cursor
-        # For one partition, the position (the cursor is per stream of every partition).
+        # For one partition, the position (the cursor is per stream of every partition), and the replica that
+        # numbered it ("" in single and leader mode, where every replica numbers alike).
         self.position = 0
+        self._position_source = ""
         self._page_limit = page_limit
         self._on_frame = on_frame
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=max_queued_frames)
@@ -168,6 +177,11 @@ class ChangeFeed:
                     return
                 self._note(f"{base}: {exc!r}")
                 node += 1
+                if self._position_source:
+                    # Leaderless: the next node numbers its own stores, so this position means nothing there;
+                    # reading its partition again from the start is what at-least-once asks.
+                    self.position = 0
+                    self._position_source = ""
                 self.reconnects += 1
                 self._stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
@@ -233,6 +247,7 @@ class ChangeFeed:
         self._read_cursor = frame.cursor
         if isinstance(frame, Changes) and frame.changes:
             self.position = max(self.position, doc["position"])
+            self._position_source = doc.get("source", "")
         return False
 
     def _hand_over(self, frame: Frame) -> None:

@@ -180,6 +180,10 @@ class FeatureClient:
         key_of = view.entity.key_of
         rows = [rows_of.get(key_of(entity)) for entity in entities]
         answer = resolve(view, list(entities), names, rows, time.time_ns() // 1_000_000)
+        for name in names:
+            if view.features[name].endswith("_list"):
+                # The replica's own lists: a caller that pads or appends to an answer must not change the replica.
+                answer.values[name] = [None if value is None else list(value) for value in answer.values[name]]
         answer.registry_version = local.registry.version
         answer.source = "local"
         answer.staleness_ms = staleness_ms

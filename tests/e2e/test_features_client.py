@@ -178,6 +178,8 @@ def test_local_reads_equal_cluster_reads_and_follow_pushes(fs: FeatureClient) ->
         same_answer(fs.get_online_features(view, entities), fs.online_from_cluster(view, entities))
     tags = fs.get_online_features("tags", ["u-1"])
     assert tags.values == {"blob": [b"\x00\xff"], "tags": [["a", "b"]], "vip": [True]}
+    tags.values["tags"][0].append("padding")  # the caller's to change: the replica keeps its own
+    assert fs.get_online_features("tags", ["u-1"]).values["tags"] == [["a", "b"]]
     assert fs.get_online_features("stats", [200], max_staleness_ms=10_000).source == "local"
     # A read that names a consistency is the cluster's to answer.
     assert fs.get_online_features("stats", [200], consistency="linearizable").source == "cluster"
@@ -397,3 +399,8 @@ def _put_succeeds(client: Client) -> bool:
     except KvError:
         return False
     return True
+
+
+def test_change_feed_queue_is_always_bounded() -> None:
+    with pytest.raises(ValueError, match="max_queued_frames must be at least 1, got 0"):
+        ChangeFeed(["http://127.0.0.1:1"], max_queued_frames=0)

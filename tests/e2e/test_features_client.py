@@ -372,6 +372,18 @@ def test_local_replica_fails_over_then_gives_way_when_every_node_is_gone(tmp_pat
         assert (held.source, held.values["trips"]) == ("local", [2])
         assert local.errors(), "the feeds say why they fall behind"
 
+        # Iterating a feed of a cluster that is gone waits for frames (it does not raise), until it is closed.
+        feed = ChangeFeed(cluster.urls())
+        outcome: list[object] = []
+        consumer = threading.Thread(target=lambda: outcome.extend(feed))
+        consumer.start()
+        consumer.join(timeout=1.5)
+        assert consumer.is_alive() and outcome == []
+        feed.close()
+        consumer.join(timeout=WAIT_S)
+        assert not consumer.is_alive() and outcome == []
+        assert feed.reconnects >= 1
+
 
 @pytest.mark.xfail(
     strict=True,

@@ -9,7 +9,8 @@
 ``get_online_features`` serves from the in-process replica (``local_replica.py``) when one follows the view and
 is fresh enough for ``max_staleness_ms`` (None: any staleness), else from the cluster (``POST /features/online``),
 with the read consistency asked for (``consistency`` in leader mode, ``r`` in leaderless mode). The answer says
-where it came from and how stale it was at most. The batch layer and training data are in ``batch.py``.
+where it came from and how stale it was at most (as stale as the node its feed reads from, which may lag the
+cluster: ``local_replica.py``). The batch layer and training data are in ``batch.py``.
 """
 
 from __future__ import annotations

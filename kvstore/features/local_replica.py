@@ -10,8 +10,12 @@ a position in the registry's partition: in leaderless mode a position is one rep
 the node a reconnect reaches, while a cursor names its replica (the server starts again from 0 at another).
 
 Staleness: every feed reports ``CaughtUp`` when a round found nothing more in any partition, with the moment that
-round began. The replica holds everything committed before the oldest such moment of its feeds; ``staleness_ms``
-is how long ago that was (infinite before every feed caught up once).
+round began. The replica holds everything *the node its feed reads from* had applied before the oldest such moment
+of its feeds; ``staleness_ms`` is how long ago that was (infinite before every feed caught up once). That node
+serves the feed from its own replica, which may lag the writes the cluster acknowledged: a leader-mode follower
+that has not yet applied a committed entry, a leaderless replica outside a write's quorum. Under a push load a
+write acknowledged before the round can be missing (a few in a few hundred, measured); the bound is the feed
+node's, not the cluster's.
 """
 
 from __future__ import annotations
@@ -107,7 +111,8 @@ class LocalReplica:
 
     def wait_fresher_than(self, moment_s: float, timeout_s: float) -> bool:
         """Whether every feed caught up in a round that began after ``moment_s`` (monotonic) within ``timeout_s``:
-        then the replica holds every write acknowledged before ``moment_s``."""
+        then the replica holds every write the feed's node had applied before ``moment_s`` (see the module's
+        docstring: not always every write the cluster acknowledged by then)."""
         deadline = time.monotonic() + timeout_s
         with self._caught_up:
             while any(as_of is None or as_of < moment_s for as_of in self._as_of.values()):

@@ -36,6 +36,10 @@ EventLike = Event | Mapping[str, Any]
 PUSH_ATTEMPTS = 8
 PUSH_RETRY_S = 0.1
 MAX_PUSH_RETRY_S = 1.0
+# The failures that sending again can cure; others (a refusal, an internal error) would answer the same again.
+RETRIED_PUSH_ERRORS = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.OVERLOADED, ErrorCode.NOT_LEADER, ErrorCode.WRONG_EPOCH}
+)
 
 
 class FeatureClient:
@@ -109,9 +113,9 @@ class FeatureClient:
                 events: int = doc["events"]
                 return events
             except KvError as exc:
-                # A push is idempotent (its writes are merges), so any failure but a refusal may be sent again:
-                # a leader that changed, a node that restarted, a timeout.
-                if exc.code.http_status < 500 or attempt == PUSH_ATTEMPTS - 1:
+                # A push is idempotent (its writes are merges), so a transient failure may be sent again: a leader
+                # that changed, a node that restarted, a timeout.
+                if exc.code not in RETRIED_PUSH_ERRORS or attempt == PUSH_ATTEMPTS - 1:
                     raise
                 time.sleep(min(PUSH_RETRY_S * 2**attempt, MAX_PUSH_RETRY_S))
         raise AssertionError("unreachable")

@@ -2,7 +2,8 @@
 
 One cluster per mode (single, leader, leaderless) serves the tests that leave it running; they apply the same
 definitions first and use entity ids of their own. Tests that kill nodes start clusters of their own. Every
-cluster is stopped however a test ends."""
+cluster is stopped however a test ends. The last two tests need no cluster: the feed's queue bound and which push
+failures the client sends again."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from kvstore.change_feed import ChangeFeed, Changes
 from kvstore.client import Client
 from kvstore.cluster import LocalCluster
 from kvstore.errors import ErrorCode, KvError
+from kvstore.features import client as features_client
 from kvstore.features.client import FeatureClient
 from kvstore.features.definitions import Definitions, Entity, FeatureView
 from kvstore.features.ingest import parse_events, push_ops
@@ -422,3 +424,37 @@ def _put_succeeds(client: Client) -> bool:
 def test_change_feed_queue_is_always_bounded() -> None:
     with pytest.raises(ValueError, match="max_queued_frames must be at least 1, got 0"):
         ChangeFeed(["http://127.0.0.1:1"], max_queued_frames=0)
+
+
+def test_push_retries_transient_failures_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    answers: list[KvError | dict[str, Any]] = []
+
+    def call(method: str, path: str, doc: Any = None, **_: Any) -> dict[str, Any]:
+        calls.append(path)
+        answer = answers.pop(0)
+        if isinstance(answer, KvError):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(time, "sleep", lambda _s: None)  # the pauses between sends, not the test's own
+    with FeatureClient("http://127.0.0.1:1") as fs:
+        monkeypatch.setattr(fs.client, "call", call)
+        event = stats_event(1, 1, 1, 1.0)
+        answers[:] = [
+            KvError(ErrorCode.UNAVAILABLE, "leader changing"),
+            KvError(ErrorCode.TIMEOUT, "slow"),
+            {"events": 1, "writes": 2},
+        ]
+        assert fs.push("stats", [event]) == 1
+        assert len(calls) == 3
+        calls.clear()
+        answers[:] = [KvError(ErrorCode.INTERNAL, "a bug")]
+        with pytest.raises(KvError, match="a bug"):
+            fs.push("stats", [event])
+        assert len(calls) == 1, "an internal error would answer the same again"
+        calls.clear()
+        answers[:] = [KvError(ErrorCode.UNAVAILABLE, "down")] * features_client.PUSH_ATTEMPTS
+        with pytest.raises(KvError, match="down"):
+            fs.push("stats", [event])
+        assert len(calls) == features_client.PUSH_ATTEMPTS

@@ -183,6 +183,13 @@ def test_local_reads_equal_cluster_reads_and_follow_pushes(fs: FeatureClient) ->
     tags.values["tags"][0].append("padding")  # the caller's to change: the replica keeps its own
     assert fs.get_online_features("tags", ["u-1"]).values["tags"] == [["a", "b"]]
     assert fs.get_online_features("stats", [200], max_staleness_ms=10_000).source == "local"
+    # A bad id gets the cluster's refusal from the replica too.
+    refusals = []
+    for read in (fs.get_online_features, fs.online_from_cluster):
+        with pytest.raises(KvError) as bad:
+            read("stats", [200, "200"])
+        refusals.append((bad.value.code, bad.value.message))
+    assert refusals[0] == refusals[1] == (ErrorCode.BAD_REQUEST, "driver_id must be an int64, got '200'")
     # A read that names a consistency is the cluster's to answer.
     assert fs.get_online_features("stats", [200], consistency="linearizable").source == "cluster"
 
@@ -216,6 +223,13 @@ def test_a_registry_change_reaches_the_local_replica(fs: FeatureClient) -> None:
         assert after.registry_version == version
         assert after.status == {"rate": [EXPIRED], "trips": [EXPIRED]}
         same_answer(after, fs.online_from_cluster("stats", [300]))
+
+        # A view the registry drops is no longer served locally: the cluster says it is gone.
+        dropped = fs.apply(Definitions({"user": USER}, {"tags": TAGS}))["version"]
+        eventually(lambda: local.registry.version == dropped, "the replica reads the registry without stats")
+        with pytest.raises(KvError) as gone:
+            fs.get_online_features("stats", [300])
+        assert gone.value.code is ErrorCode.NOT_FOUND and "'stats'" in gone.value.message
     finally:
         fs.apply(DEFS)
 

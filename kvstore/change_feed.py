@@ -20,6 +20,7 @@ feed stops and ``next`` raises it (``failure`` holds it for an ``on_frame`` feed
 from __future__ import annotations
 
 import http.client
+import json
 import queue
 import threading
 import time
@@ -197,7 +198,7 @@ class ChangeFeed:
             if response.status != 200:
                 body = response.read(4096)
                 if response.status == 400:
-                    message = f"the change feed refused {self._target()}: {body[:300]!r}"
+                    message = f"the change feed refused {self._target()}: {_error_message(body)}"
                     raise _Refused(KvError(ErrorCode.BAD_REQUEST, message))
                 raise RuntimeError(f"HTTP {response.status}: {body[:300]!r}")
             unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_FRAME_BYTES)
@@ -273,3 +274,11 @@ class _Refused(Exception):
     def __init__(self, error: KvError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def _error_message(body: bytes) -> str:
+    """The message of a JSON error answer (``{"error": {"message"}}``), else the body's first bytes."""
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return repr(body[:300])

@@ -290,7 +290,7 @@ def test_change_feed_refusal_is_raised_not_retried(cluster: LocalCluster) -> Non
         with pytest.raises(KvError) as refused:
             feed.next(timeout_s=WAIT_S)
         assert refused.value.code is ErrorCode.BAD_REQUEST
-        assert "cursor" in refused.value.message
+        assert "not a change-feed cursor" in refused.value.message
         assert feed.failure is refused.value
         assert feed.reconnects == 0
 

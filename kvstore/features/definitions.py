@@ -285,8 +285,8 @@ def _load_module(path: Path) -> Definitions:
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
-    except KvError:
-        raise
+    except DefinitionError as exc:
+        raise DefinitionError(f"{path}: {exc.message}") from None
     except Exception as exc:
         # The module's own error (a typo, a failed import), said as a definitions error with its file.
         raise DefinitionError(f"{path}: {type(exc).__name__}: {exc}") from exc

@@ -23,7 +23,7 @@ from typing import Any, Self
 from kvstore.client import Client
 from kvstore.errors import ErrorCode, KvError
 from kvstore.features import registry as registry_codec
-from kvstore.features.definitions import Definitions, FeatureView
+from kvstore.features.definitions import DefinitionError, Definitions, FeatureView
 from kvstore.features.ingest import MAX_PUSH_EVENTS, Event
 from kvstore.features.local_replica import LocalReplica
 from kvstore.features.registry import Registry
@@ -183,7 +183,12 @@ class FeatureClient:
             raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from None
         rows_of = local.rows[view.name]
         key_of = view.entity.key_of
-        rows = [rows_of.get(key_of(entity)) for entity in entities]
+        try:
+            rows = [rows_of.get(key_of(entity)) for entity in entities]
+        except DefinitionError:
+            # Perhaps NumPy ids (a DataFrame's column): converted only now, to keep the hot path lean.
+            entities = [_plain(entity) for entity in entities]
+            rows = [rows_of.get(key_of(entity)) for entity in entities]
         answer = resolve(view, list(entities), names, rows, time.time_ns() // 1_000_000)
         for name in names:
             if view.features[name].endswith("_list"):
@@ -203,7 +208,7 @@ class FeatureClient:
         consistency: str | None = None,
         r: str | None = None,
     ) -> OnlineFeatures:
-        doc: dict[str, Any] = {"view": view, "entities": list(entities)}
+        doc: dict[str, Any] = {"view": view, "entities": [_plain(entity) for entity in entities]}
         if features is not None:
             doc["features"] = list(features)
         if consistency is not None:
@@ -227,4 +232,17 @@ class FeatureClient:
 def _event_doc(event: EventLike) -> dict[str, Any]:
     if isinstance(event, Event):
         return {"entity": event.entity, "event_ts_ms": event.event_ts_ms, "values": event.values}
-    return dict(event)
+    doc = {name: _plain(value) for name, value in event.items()}
+    values = doc.get("values")
+    if isinstance(values, Mapping):
+        doc["values"] = {name: _plain(value) for name, value in values.items()}
+    return doc
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar or array (what a DataFrame's rows hold) as the Python value it stands for, which the checks
+    and msgpack take (``numpy.int64`` is no int, ``numpy.float64`` no exact float); anything else as it is."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is None or type(value) in (str, bytes, list):
+        return value
+    return tolist()

@@ -234,6 +234,36 @@ def test_a_registry_change_reaches_the_local_replica(fs: FeatureClient) -> None:
         fs.apply(DEFS)
 
 
+def test_numpy_values_and_ids_are_taken_as_the_python_values_they_stand_for(fs: FeatureClient) -> None:
+    numpy = pytest.importorskip("numpy")
+    now = now_ms()
+    trips = numpy.array([1, 2], dtype=numpy.int64)
+    rates = numpy.array([0.5, 1.5])
+    ids = numpy.array([500, 501], dtype=numpy.int64)
+    # Field by field as a DataFrame's rows hand them over: numpy.int64 is no int, numpy.float64 no exact float.
+    events = [
+        {"entity": ids[i], "event_ts_ms": numpy.int64(now), "values": {"trips": trips[i], "rate": rates[i]}}
+        for i in range(2)
+    ]
+    fs.push(
+        "tags",
+        [
+            {
+                "entity": numpy.str_("u-9"),
+                "event_ts_ms": now,
+                "values": {"tags": numpy.array(["x"]), "blob": None, "vip": numpy.bool_(True)},
+            }
+        ],
+    )
+    assert fs.push("stats", events) == 2
+    from_cluster = fs.get_online_features("stats", ids)
+    assert from_cluster.entities == [500, 501]
+    assert from_cluster.values == {"rate": [0.5, 1.5], "trips": [1, 2]}
+    assert fs.get_online_features("tags", [numpy.str_("u-9")]).values["tags"] == [["x"]]
+    fs.serve_locally(["stats"])
+    same_answer(fs.get_online_features("stats", ids), from_cluster)
+
+
 def test_a_stale_replica_gives_way_to_the_cluster(fs: FeatureClient) -> None:
     now = now_ms()
     fs.push("stats", [stats_event(400, now - 10, 1, 0.1)])

@@ -5,13 +5,22 @@ background thread and hands them over as ``Changes`` (a page of one partition) a
 had nothing more when read). Iterate it (``for frame in feed``; frames wait in a bounded queue, and a full queue
 stops the reader, which stops the server: backpressure end to end), or give ``on_frame`` to handle frames on the
 reader thread itself. When a stream ends or breaks, the reader connects again (to the next node after a failure,
-with capped back-off) from the cursor of the last frame it handed over: at-least-once. ``cursor`` is that position,
-to keep and pass to a later feed.
+with capped back-off) from the cursor of the last frame it queued: at-least-once. ``cursor`` is the cursor of the
+last frame the consumer took (returned by ``next``, or passed to ``on_frame``), to keep and pass to a later feed:
+frames still queued when the feed closes are read again by that feed rather than lost.
+
+With ``partition=`` the reader resumes from its position in that partition (``position``); in leaderless mode a
+position is one replica's numbering, so after a failure it reads the partition again from the start at the next
+node (only a cursor names its replica; the server restarts it from 0 itself).
+
+A refusal (HTTP 400: a bad cursor, prefix or partition) is not retried, since no node would answer otherwise: the
+feed stops and ``next`` raises it (``failure`` holds it for an ``on_frame`` feed). Other failures are retried.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import queue
 import threading
 import time
@@ -21,6 +30,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import msgpack
+
+from kvstore.errors import ErrorCode, KvError
 
 MSGPACK_TYPE = "application/msgpack"
 # How long a stream stays open on the server before the reader reconnects (the server's ``wait_ms``).
@@ -74,19 +85,28 @@ class ChangeFeed:
         self._urls = [u.rstrip("/") for u in ([urls] if isinstance(urls, str) else urls)]
         if not self._urls:
             raise ValueError("at least one node URL is needed")
+        if max_queued_frames < 1:
+            # queue.Queue takes 0 for "unbounded", which is what it must never be.
+            raise ValueError(f"max_queued_frames must be at least 1, got {max_queued_frames}")
         self._prefix = prefix
         self._partition = partition
         self.cursor = cursor
-        # For one partition, the position (the cursor is per stream of every partition).
+        # Where the reader resumes: past every frame it queued (``cursor`` trails it by the frames still queued).
+        self._read_cursor = cursor
+        # For one partition, the position (the cursor is per stream of every partition), and the replica that
+        # numbered it ("" in single and leader mode, where every replica numbers alike).
         self.position = 0
+        self._position_source = ""
         self._page_limit = page_limit
         self._on_frame = on_frame
-        self._queue: queue.Queue[Frame | BaseException] = queue.Queue(maxsize=max_queued_frames)
+        self._queue: queue.Queue[Frame] = queue.Queue(maxsize=max_queued_frames)
         self._stop = threading.Event()
         self._connection: http.client.HTTPConnection | None = None
         # Errors met while reading, newest last (bounded): what a caller shows when the feed falls behind.
         self.errors: list[str] = []
         self.reconnects = 0
+        # The refusal that stopped the feed, if one did.
+        self.failure: KvError | None = None
         self._thread = threading.Thread(target=self._run, name="kvstore-change-feed", daemon=True)
         self._thread.start()
 
@@ -99,16 +119,31 @@ class ChangeFeed:
         return self.next(timeout_s=None)
 
     def next(self, timeout_s: float | None) -> Frame:
-        """The next frame; ``queue.Empty`` after ``timeout_s`` without one, StopIteration once closed."""
+        """The next frame, waiting for it (None: as long as it takes); ``queue.Empty`` after ``timeout_s`` without
+        one, StopIteration once closed, the KvError that stopped the feed."""
         if self._on_frame is not None:
             raise TypeError("this feed hands its frames to on_frame")
+        deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self._stop.is_set() and self._queue.empty():
+                if self.failure is not None:
+                    raise self.failure
                 raise StopIteration
-            item = self._queue.get(timeout=timeout_s if timeout_s is not None else 0.5)
-            if isinstance(item, BaseException):
-                raise item
+            # Short waits, so that a close (which queues nothing) is noticed.
+            wait_s = 0.5 if deadline_s is None else min(0.5, max(0.0, deadline_s - time.monotonic()))
+            try:
+                item = self._queue.get(timeout=wait_s)
+            except queue.Empty:
+                if deadline_s is not None and time.monotonic() >= deadline_s:
+                    raise
+                continue
+            self.cursor = item.cursor
             return item
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames read and waiting for the consumer: at ``max_queued_frames`` the reader (and the stream) waits."""
+        return self._queue.qsize()
 
     def close(self) -> None:
         self._stop.set()
@@ -133,11 +168,21 @@ class ChangeFeed:
             try:
                 self._follow(base)
                 backoff_s = 0.05
+            except _Refused as exc:
+                self.failure = exc.error
+                self._note(f"{base}: {exc.error.message}")
+                self._stop.set()
+                return
             except Exception as exc:
                 if self._stop.is_set():
                     return
                 self._note(f"{base}: {exc!r}")
                 node += 1
+                if self._position_source:
+                    # Leaderless: the next node numbers its own stores, so this position means nothing there;
+                    # reading its partition again from the start is what at-least-once asks.
+                    self.position = 0
+                    self._position_source = ""
                 self.reconnects += 1
                 self._stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
@@ -152,6 +197,9 @@ class ChangeFeed:
             response = connection.getresponse()
             if response.status != 200:
                 body = response.read(4096)
+                if response.status == 400:
+                    message = f"the change feed refused {self._target()}: {_error_message(body)}"
+                    raise _Refused(KvError(ErrorCode.BAD_REQUEST, message))
                 raise RuntimeError(f"HTTP {response.status}: {body[:300]!r}")
             unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_FRAME_BYTES)
             while not self._stop.is_set():
@@ -173,8 +221,8 @@ class ChangeFeed:
         if self._partition is not None:
             query["partition"] = self._partition
             query["after"] = self.position
-        elif self.cursor:
-            query["cursor"] = self.cursor
+        elif self._read_cursor:
+            query["cursor"] = self._read_cursor
         return "/changes?" + urlencode(query)
 
     def _take(self, doc: Any) -> bool:
@@ -182,7 +230,7 @@ class ChangeFeed:
         if not isinstance(doc, dict):
             raise RuntimeError("the stream sent something other than a frame")
         if doc.get("end"):
-            self.cursor = doc["cursor"]
+            self._read_cursor = doc["cursor"]
             return True
         if "error" in doc:
             self._note(f"partition {doc.get('partition')}: {doc['error']}")
@@ -197,14 +245,16 @@ class ChangeFeed:
             frame = Changes(partition, changes, doc["cursor"])
         self._hand_over(frame)
         # Past the frame only once it is handed over: a frame lost in a crash is read again.
-        self.cursor = frame.cursor
+        self._read_cursor = frame.cursor
         if isinstance(frame, Changes) and frame.changes:
             self.position = max(self.position, doc["position"])
+            self._position_source = doc.get("source", "")
         return False
 
     def _hand_over(self, frame: Frame) -> None:
         if self._on_frame is not None:
             self._on_frame(frame)
+            self.cursor = frame.cursor
             return
         while not self._stop.is_set():
             try:
@@ -216,3 +266,19 @@ class ChangeFeed:
     def _note(self, error: str) -> None:
         self.errors.append(error)
         del self.errors[:-20]
+
+
+class _Refused(Exception):
+    """A node refused the stream's request (HTTP 400): raised apart from ``on_frame``'s errors, which are retried."""
+
+    def __init__(self, error: KvError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _error_message(body: bytes) -> str:
+    """The message of a JSON error answer (``{"error": {"message"}}``), else the body's first bytes."""
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return repr(body[:300])

@@ -9,7 +9,8 @@
 ``get_online_features`` serves from the in-process replica (``local_replica.py``) when one follows the view and
 is fresh enough for ``max_staleness_ms`` (None: any staleness), else from the cluster (``POST /features/online``),
 with the read consistency asked for (``consistency`` in leader mode, ``r`` in leaderless mode). The answer says
-where it came from and how stale it was at most. The batch layer and training data are in ``batch.py``.
+where it came from and how stale it was at most (as stale as the node its feed reads from, which may lag the
+cluster: ``local_replica.py``). The batch layer and training data are in ``batch.py``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ from typing import Any, Self
 from kvstore.client import Client
 from kvstore.errors import ErrorCode, KvError
 from kvstore.features import registry as registry_codec
-from kvstore.features.definitions import Definitions, FeatureView
+from kvstore.features.definitions import DefinitionError, Definitions, FeatureView
 from kvstore.features.ingest import MAX_PUSH_EVENTS, Event
-from kvstore.features.keys import REGISTRY_KEY
 from kvstore.features.local_replica import LocalReplica
 from kvstore.features.registry import Registry
 from kvstore.features.serving import OnlineFeatures, requested_features, resolve
-from partitioning.partition_map import PartitionMap
 
 EventLike = Event | Mapping[str, Any]
-# Sends of a batch that failed on the server's side (5xx), with a doubling pause from PUSH_RETRY_S between.
-PUSH_ATTEMPTS = 5
+# Sends of a batch that failed on the server's side (5xx), with a pause doubling from PUSH_RETRY_S up to
+# MAX_PUSH_RETRY_S between: 4.5 s of pauses in all, enough to outlast a leader failover (a follower campaigns after
+# 1 to 2 election timeouts, 1 to 2 s by default), during which the partition's writes answer unavailable.
+PUSH_ATTEMPTS = 8
 PUSH_RETRY_S = 0.1
+MAX_PUSH_RETRY_S = 1.0
+# The failures that sending again can cure; others (a refusal, an internal error) would answer the same again.
+RETRIED_PUSH_ERRORS = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.OVERLOADED, ErrorCode.NOT_LEADER, ErrorCode.WRONG_EPOCH}
+)
 
 
 class FeatureClient:
@@ -107,28 +113,34 @@ class FeatureClient:
                 events: int = doc["events"]
                 return events
             except KvError as exc:
-                # A push is idempotent (its writes are merges), so any failure but a refusal may be sent again:
-                # a leader that changed, a node that restarted, a timeout.
-                if exc.code.http_status < 500 or attempt == PUSH_ATTEMPTS - 1:
+                # A push is idempotent (its writes are merges), so a transient failure may be sent again: a leader
+                # that changed, a node that restarted, a timeout.
+                if exc.code not in RETRIED_PUSH_ERRORS or attempt == PUSH_ATTEMPTS - 1:
                     raise
-                time.sleep(PUSH_RETRY_S * 2**attempt)
+                time.sleep(min(PUSH_RETRY_S * 2**attempt, MAX_PUSH_RETRY_S))
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ online serving
 
     def serve_locally(self, views: Sequence[str], *, wait_s: float = 30.0) -> LocalReplica:
         """Keep an in-process replica of ``views``' online rows (replacing any kept before), and wait up to
-        ``wait_s`` for it to catch up once (KvError ``unavailable`` if it does not)."""
+        ``wait_s`` for it to catch up once (KvError ``unavailable`` if it does not, ``not_found`` for a view the
+        registry lacks; either way no replica is kept)."""
         if self._local is not None:
             self._local.close()
-        partition_map = PartitionMap.from_json(self.client.cluster()["partition_map"])
-        local = LocalReplica(self.urls, views, partition_map.partition_for_key(REGISTRY_KEY), self.registry)
-        self._local = local
+            # Unset first: a replica that fails to start must not leave the closed one serving frozen rows.
+            self._local = None
+        definitions = self.registry().definitions
+        for name in views:
+            definitions.view(name)  # KvError not_found naming the views there are
+        local = LocalReplica(self.urls, views, self.registry)
         if not local.wait_caught_up(wait_s):
+            local.close()
             raise KvError(
                 ErrorCode.UNAVAILABLE,
                 f"the in-process replica did not catch up within {wait_s} s: {'; '.join(local.errors()[-3:])}",
             )
+        self._local = local
         return local
 
     @property
@@ -171,8 +183,17 @@ class FeatureClient:
             raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from None
         rows_of = local.rows[view.name]
         key_of = view.entity.key_of
-        rows = [rows_of.get(key_of(entity)) for entity in entities]
+        try:
+            rows = [rows_of.get(key_of(entity)) for entity in entities]
+        except DefinitionError:
+            # Perhaps NumPy ids (a DataFrame's column): converted only now, to keep the hot path lean.
+            entities = [_plain(entity) for entity in entities]
+            rows = [rows_of.get(key_of(entity)) for entity in entities]
         answer = resolve(view, list(entities), names, rows, time.time_ns() // 1_000_000)
+        for name in names:
+            if view.features[name].endswith("_list"):
+                # The replica's own lists: a caller that pads or appends to an answer must not change the replica.
+                answer.values[name] = [None if value is None else list(value) for value in answer.values[name]]
         answer.registry_version = local.registry.version
         answer.source = "local"
         answer.staleness_ms = staleness_ms
@@ -187,7 +208,7 @@ class FeatureClient:
         consistency: str | None = None,
         r: str | None = None,
     ) -> OnlineFeatures:
-        doc: dict[str, Any] = {"view": view, "entities": list(entities)}
+        doc: dict[str, Any] = {"view": view, "entities": [_plain(entity) for entity in entities]}
         if features is not None:
             doc["features"] = list(features)
         if consistency is not None:
@@ -211,4 +232,17 @@ class FeatureClient:
 def _event_doc(event: EventLike) -> dict[str, Any]:
     if isinstance(event, Event):
         return {"entity": event.entity, "event_ts_ms": event.event_ts_ms, "values": event.values}
-    return dict(event)
+    doc = {name: _plain(value) for name, value in event.items()}
+    values = doc.get("values")
+    if isinstance(values, Mapping):
+        doc["values"] = {name: _plain(value) for name, value in values.items()}
+    return doc
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar or array (what a DataFrame's rows hold) as the Python value it stands for, which the checks
+    and msgpack take (``numpy.int64`` is no int, ``numpy.float64`` no exact float); anything else as it is."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is None or type(value) in (str, bytes, list):
+        return value
+    return tolist()

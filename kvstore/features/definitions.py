@@ -117,8 +117,9 @@ class FeatureView:
                 raise DefinitionError(
                     f"view {self.name!r}: feature {name!r} has type {kind!r}, not one of {FEATURE_TYPES}"
                 )
-        if type(self.ttl_ms) is not int or self.ttl_ms < 0:
-            raise DefinitionError(f"view {self.name!r}: ttl_ms must be a whole number of milliseconds >= 0")
+        if type(self.ttl_ms) is not int or not 0 <= self.ttl_ms <= _INT64_MAX:
+            message = f"ttl_ms must be a whole number of milliseconds, 0 to {_INT64_MAX}"
+            raise DefinitionError(f"view {self.name!r}: {message}")
         # A plain dict, sorted, so equal views compare (and encode) equal.
         object.__setattr__(self, "features", dict(sorted(self.features.items())))
 
@@ -127,7 +128,8 @@ class FeatureView:
         explicit missing value), nothing else. DefinitionError names the first problem."""
         if not isinstance(values, dict):
             raise DefinitionError(f"view {self.name!r}: an event's values are an object of feature: value")
-        unknown = sorted(set(values) - set(self.features))
+        # Sorted by repr: a msgpack body's keys may mix str and bytes, which do not compare.
+        unknown = sorted(set(values) - set(self.features), key=repr)
         if unknown:
             raise DefinitionError(f"view {self.name!r} has no feature {unknown[0]!r:.80}")
         checked: dict[str, Any] = {}
@@ -156,10 +158,11 @@ def check_value(kind: str, value: object, name: str) -> Any:
 def _check_scalar(kind: str, value: object, name: str) -> Any:
     if kind == "int64" and type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
         return value
-    if kind == "float64" and type(value) in (int, float):
-        number = float(value)  # type: ignore[arg-type]
-        if math.isfinite(number) or type(value) is float:
-            return number
+    if kind == "float64" and type(value) is float:
+        return value
+    if kind == "float64" and type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        # Bounded like an int64: float() of a huge int raises OverflowError, which is no message for a client.
+        return float(value)
     if kind == "string" and type(value) is str and len(value) <= MAX_STRING_BYTES:
         return value
     if kind == "bool" and type(value) is bool:
@@ -175,6 +178,10 @@ class Definitions:
     views: Mapping[str, FeatureView] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for what, table in (("entity", self.entities), ("view", self.views)):
+            for name, item in table.items():
+                if name != item.name:
+                    raise DefinitionError(f"{what} {item.name!r} is listed under another name, {name!r:.80}")
         for view in self.views.values():
             known = self.entities.get(view.entity.name)
             if known is None:
@@ -224,6 +231,7 @@ class Definitions:
         entities: dict[str, Entity] = {}
         for name, spec in _table(doc.get("entities", {}), "entities").items():
             spec = _fields(spec, f"entities.{name}", {"join_key", "value_type", "description"}, {"join_key"})
+            spec["description"] = _text(spec.get("description", ""), f"entities.{name}")
             entities[name] = Entity(name, **spec)
         views: dict[str, FeatureView] = {}
         for name, spec in _table(doc.get("views", {}), "views").items():
@@ -277,14 +285,29 @@ def _load_module(path: Path) -> Definitions:
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{path}: {exc.message}") from None
+    except Exception as exc:
+        # The module's own error (a typo, a failed import), said as a definitions error with its file.
+        raise DefinitionError(f"{path}: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.modules.pop(spec.name, None)
-    objects = vars(module).values()
-    views = {v.name: v for v in objects if isinstance(v, FeatureView)}
-    entities = {e.name: e for e in objects if isinstance(e, Entity)}
+    objects = list(vars(module).values())
+    views = _by_name([v for v in objects if isinstance(v, FeatureView)], "feature view", path)
+    entities = _by_name([e for e in objects if isinstance(e, Entity)], "entity", path)
     for view in views.values():
         entities.setdefault(view.entity.name, view.entity)
     return _relative_sources(Definitions(entities, views), path.parent)
+
+
+def _by_name(items: list[Any], what: str, path: Path) -> dict[str, Any]:
+    """``items`` by name; two different definitions of one name are refused rather than one silently kept."""
+    named: dict[str, Any] = {}
+    for item in items:
+        held = named.setdefault(item.name, item)
+        if held != item:
+            raise DefinitionError(f"{path}: two different {what}s are named {item.name!r}")
+    return named
 
 
 def _relative_sources(definitions: Definitions, base: Path) -> Definitions:

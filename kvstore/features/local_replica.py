@@ -3,13 +3,19 @@
 It follows the cluster's change feed (``kvstore/change_feed.py``) of the online rows of the views it serves
 (prefix ``__fs/on/<view>/``, one feed per view) and keeps each entity's row decoded in a dict, merging every change
 in with ``merge_rows``: the feed is at-least-once and may deliver an older row again after a reconnect, and the
-merge (newest event time per feature) makes that harmless. A second feed follows the registry's partition, so a
-change of the definitions reaches the replica like any other change, and the registry is then read again from the
-cluster (in leaderless mode the feed shows one sibling; the route resolves them).
+merge (newest event time per feature) makes that harmless. A second feed follows the registry key, so a change of
+the definitions reaches the replica like any other change, and the registry is then read again from the cluster
+(in leaderless mode the feed shows one sibling; the route resolves them). It follows it with a cursor rather than
+a position in the registry's partition: in leaderless mode a position is one replica's numbering, meaningless at
+the node a reconnect reaches, while a cursor names its replica (the server starts again from 0 at another).
 
 Staleness: every feed reports ``CaughtUp`` when a round found nothing more in any partition, with the moment that
-round began. The replica holds everything committed before the oldest such moment of its feeds; ``staleness_ms``
-is how long ago that was (infinite before every feed caught up once).
+round began. The replica holds everything *the node its feed reads from* had applied before the oldest such moment
+of its feeds; ``staleness_ms`` is how long ago that was (infinite before every feed caught up once). That node
+serves the feed from its own replica, which may lag the writes the cluster acknowledged: a leader-mode follower
+that has not yet applied a committed entry, a leaderless replica outside a write's quorum. Under a push load a
+write acknowledged before the round can be missing (a few in a few hundred, measured); the bound is the feed
+node's, not the cluster's.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ class LocalReplica:
         self,
         urls: Sequence[str],
         views: Sequence[str],
-        registry_partition: int,
         read_registry: Callable[[], Registry],
     ) -> None:
         self.views = frozenset(views)
@@ -48,7 +53,7 @@ class LocalReplica:
             self._feeds.append(ChangeFeed(urls, prefix=online_prefix(view), on_frame=self._taker(view)))
         self._as_of[REGISTRY_KEY] = None
         self._feeds.append(
-            ChangeFeed(urls, prefix=REGISTRY_KEY, partition=registry_partition, on_frame=self._taker(REGISTRY_KEY))
+            ChangeFeed(urls, prefix=REGISTRY_KEY, on_frame=self._taker(REGISTRY_KEY))
         )
 
     def _taker(self, name: str) -> Callable[[Frame], None]:
@@ -106,7 +111,8 @@ class LocalReplica:
 
     def wait_fresher_than(self, moment_s: float, timeout_s: float) -> bool:
         """Whether every feed caught up in a round that began after ``moment_s`` (monotonic) within ``timeout_s``:
-        then the replica holds every write acknowledged before ``moment_s``."""
+        then the replica holds every write the feed's node had applied before ``moment_s`` (see the module's
+        docstring: not always every write the cluster acknowledged by then)."""
         deadline = time.monotonic() + timeout_s
         with self._caught_up:
             while any(as_of is None or as_of < moment_s for as_of in self._as_of.values()):

@@ -61,7 +61,7 @@ must hold to the same rule.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -754,14 +754,20 @@ class Node:
             self._deliver(target, Failure.of(ErrorCode.BAD_REQUEST, f"unknown operation {type(op).__name__}"))
 
     def _start_changes(self, op: ChangesOp, target: _Target) -> None:
-        """A page of a partition's change feed (``kvstore/changes.py``), read from this node's replica when it holds
-        one (every replica's applied records are committed), else forwarded to the partition's owner."""
+        """A page of a partition's change feed (``kvstore/changes.py``): in leader mode from the partition's leader as
+        this node knows it (every replica's records are committed, but a follower's may lag), otherwise from this
+        node's replica when it holds one, else forwarded to the partition's owner."""
         partition = op.partition
         if partition >= self.partition_map.partition_count:
             message = f"partition {partition} does not exist (the map has {self.partition_map.partition_count})"
             self._deliver(target, Failure.of(ErrorCode.BAD_REQUEST, message))
             return
-        if partition in self.replicas:
+        leader = self.leader_hints.get(partition) if self._leader_mode else None
+        if leader is not None and leader != self.node_id and not isinstance(target, PeerWaiter):
+            # A follower's records may lag what the leader acknowledged: a reader caught up with the leader is
+            # caught up with every acknowledged write (a forwarded read is served where it lands: no second hop).
+            self._forward(self._wait(target), leader, partition, op)
+        elif partition in self.replicas:
             leaderless = self._leaderless
             if leaderless is not None:
                 page = changes_page(self.storage, op, self.node_id, leaderless.change_value)
@@ -901,7 +907,7 @@ class Node:
         self._arm_call_timer(token)
 
     def _start_batch(self, op: BatchGetOp | BatchPutOp, target: _Target) -> None:
-        remote, local = batch_parts(op, self._owner_of_key, self.node_id, target)
+        remote, local = batch_parts(op, self._batch_owner(target), self.node_id, target)
         for owner, part, waiter in remote:
             if isinstance(target, PeerWaiter):
                 # A forwarded batch part holding keys this node does not own: their map has moved on.
@@ -1142,6 +1148,18 @@ class Node:
 
     def _owner_of_key(self, key: str) -> str:
         return self.partition_map.owner(self.partition_map.partition_for_key(key))
+
+    def _batch_owner(self, target: _Target) -> Callable[[str], str]:
+        """Where each key of a batch is served. Leader mode: a client's batch goes to each partition's leader as
+        this node knows it (its preferred owner may be down or a follower); a forwarded one is served here for
+        every partition held here (a follower's replica refuses its part, not_leader, and the client retries)."""
+        if not self._leader_mode:
+            return self._owner_of_key
+        partition_for_key = self.partition_map.partition_for_key
+        if isinstance(target, PeerWaiter):
+            held, owner = self.replicas, self.partition_map.owner
+            return lambda key: self.node_id if (p := partition_for_key(key)) in held else owner(p)
+        return lambda key: self._route(partition_for_key(key))
 
     def _group_by_owner(self, partitions: Iterable[int]) -> dict[str, list[int]]:
         by_owner: dict[str, list[int]] = {}

@@ -375,7 +375,7 @@ def test_change_feed_resumes_after_its_node_is_killed_and_misses_no_acknowledged
             feed.close()
         assert len(acknowledged) >= 250, "the survivors took most writes"
         assert {k: seen[k] for k in acknowledged} == acknowledged
-        assert feed.reconnects >= 1 and any(cluster.url(first_node) in e for e in feed.errors)
+        assert feed.reconnects >= 1
 
         # A later feed from the consumer's cursor delivers what was written since, without starting over.
         cursor = feed.cursor
@@ -397,7 +397,7 @@ def test_local_replica_fails_over_then_gives_way_when_every_node_is_gone(tmp_pat
         local = fs.serve_locally(["stats"])
         nodes = cluster.config.node_ids
         # An entity whose writes avoid the partitions the first node prefers to own: their pushes fail while it is
-        # down (see the xfail below), which is not what this test is about.
+        # down until a new leader is known, which is not what this test is about.
         entity = next(e for e in range(2, 1000) if owned_elsewhere(fs, nodes[0], [stats_event(e, now, 2, 0.2)]))
         fs.push("stats", [stats_event(entity, now - 1, 1, 0.1)])
 
@@ -437,12 +437,6 @@ def test_local_replica_fails_over_then_gives_way_when_every_node_is_gone(tmp_pat
         assert feed.reconnects >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="leader mode: a batch part goes to its partitions' preferred owner (gather.batch_parts with "
-    "Node._owner_of_key), never to the leader that replaced it, so pushes (and online reads) of those partitions "
-    "fail with 'owner n1 is unreachable' for as long as it is down",
-)
 def test_pushes_go_on_after_a_node_is_killed_in_leader_mode(tmp_path: Path) -> None:
     with running_cluster(tmp_path / "cluster", "leader") as cluster, FeatureClient(cluster.urls()) as fs:
         fs.apply(DEFS)

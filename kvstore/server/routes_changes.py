@@ -83,10 +83,29 @@ class ChangesRoutes:
                 cursor = Cursor.decode(params.get("cursor", ""))
             except ValueError as exc:
                 raise KvError(ErrorCode.BAD_REQUEST, str(exc)) from None
+            beyond = [p for p in cursor.positions if p >= count]
+            if beyond:
+                # Carried along unread, they would only make every frame's cursor longer.
+                raise KvError(ErrorCode.BAD_REQUEST, f"the cursor names partition {beyond[0]}; there are {count}")
             partitions = None
         as_msgpack = wants_msgpack(request)
-        frames = self._frames(partitions, cursor, prefix, limit, wait_ms, as_msgpack)
+        # The first round is read before the answer starts, so that a request its reads refuse (a prefix longer than
+        # a key) is a 400, not a stream of the same error frame until wait_ms ends.
+        first = await self._round(partitions, cursor, prefix, limit)
+        for result in first[1]:
+            if isinstance(result, Failure) and result.code == ErrorCode.BAD_REQUEST.value:
+                raise KvError(ErrorCode.BAD_REQUEST, result.message)
+        frames = self._frames(partitions, cursor, prefix, limit, wait_ms, as_msgpack, first)
         return StreamResponse(frames, headers={"Content-Type": MSGPACK_TYPE if as_msgpack else NDJSON_TYPE})
+
+    async def _round(
+        self, only: tuple[int, ...] | None, cursor: Cursor, prefix: str, limit: int
+    ) -> tuple[tuple[int, ...], list[ChangesPage | Failure], float]:
+        """A page of each partition streamed: the partitions, their answers, and when the round began."""
+        started_s = time.monotonic()
+        partitions = only if only is not None else tuple(range(self._partition_count()))
+        answers = await asyncio.gather(*(self._page(p, cursor, prefix, limit) for p in partitions))
+        return partitions, answers, started_s
 
     async def _frames(
         self,
@@ -96,43 +115,46 @@ class ChangesRoutes:
         limit: int,
         wait_ms: int,
         as_msgpack: bool,
+        first: tuple[tuple[int, ...], list[ChangesPage | Failure], float],
     ) -> AsyncIterator[bytes]:
         encode = _msgpack_frame if as_msgpack else _json_frame
         deadline_s = time.monotonic() + wait_ms / 1000
         poll_s = MIN_POLL_S
+        read: tuple[tuple[int, ...], list[ChangesPage | Failure], float] | None = first
         while True:
-            started_s = time.monotonic()
-            partitions = only if only is not None else tuple(range(self._partition_count()))
-            answers = await asyncio.gather(*(self._page(p, cursor, prefix, limit) for p in partitions))
-            caught_up = True
+            partitions, answers, started_s = read or await self._round(only, cursor, prefix, limit)
+            read = None
+            # Failed: a partition could not be read (an error frame); pending: one had more to read at once.
+            failed = pending = False
             out: list[bytes] = []
             for partition, result in zip(partitions, answers, strict=True):
                 if isinstance(result, Failure):
-                    caught_up = False
+                    failed = True
                     error = {"code": result.code, "message": result.message}
                     out.append(encode({"partition": partition, "error": error}))
                     continue
                 cursor = cursor.after_page(result)
-                caught_up = caught_up and not result.more
+                pending = pending or result.more
                 if result.changes:
                     out.append(encode(_page_frame(result, cursor, as_msgpack)))
-            if caught_up:
+            if not failed and not pending:
                 round_ms = round((time.monotonic() - started_s) * 1000, 3)
                 out.append(encode({"caught_up": True, "round_ms": round_ms, "cursor": cursor.encode()}))
             if out:
                 yield b"".join(out)
-            if time.monotonic() >= deadline_s and caught_up:
+            now_s = time.monotonic()
+            # A partition failing throughout does not hold the stream open past wait_ms: the reader resumes later
+            # from the cursor, which holds that partition's place. Nor does one that always has more, for long.
+            if (now_s >= deadline_s and not pending) or now_s >= deadline_s + MAX_WAIT_MS / 1000:
                 yield encode({"end": True, "cursor": cursor.encode()})
                 return
-            if caught_up:
+            if pending:
+                poll_s = MIN_POLL_S
+            else:
+                # Failed partitions are retried after the same pause as an idle poll: an error answered at once
+                # would otherwise make this a busy loop of error frames.
                 await asyncio.sleep(poll_s)
                 poll_s = min(poll_s * 2, MAX_POLL_S)
-            else:
-                poll_s = MIN_POLL_S
-                if time.monotonic() >= deadline_s + MAX_WAIT_MS / 1000:
-                    # Never caught up (a partition failing throughout): end anyway, the reader resumes later.
-                    yield encode({"end": True, "cursor": cursor.encode()})
-                    return
 
     async def _page(self, partition: int, cursor: Cursor, prefix: str, limit: int) -> ChangesPage | Failure:
         held = cursor.positions.get(partition)

@@ -52,7 +52,13 @@ def parse_events(view: FeatureView, raw: object) -> list[Event]:
             ts = item.get("event_ts_ms")
             if type(ts) is not int or not 0 <= ts <= _INT64_MAX:
                 raise DefinitionError("event_ts_ms must be whole milliseconds since the epoch, >= 0")
-            events.append(Event(entity, ts, view.check_values(item.get("values"))))  # type: ignore[arg-type]
+            values = view.check_values(item.get("values"))
+            # Strings must be UTF-8 to be stored (a JSON "\ud800" escape is a lone surrogate, which cannot be).
+            encoded_event(ts, {**values, join_key: entity})
+            events.append(Event(entity, ts, values))  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            message = f"events[{index}]: a string is not valid UTF-8 (it holds a lone surrogate)"
+            raise KvError(ErrorCode.BAD_REQUEST, message) from None
         except KvError as exc:
             raise KvError(exc.code, f"events[{index}]: {exc.message}") from None
     return events

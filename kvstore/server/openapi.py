@@ -38,7 +38,7 @@ from kvstore.server.routes_admin import (
 from kvstore.server.routes_changes import DEFAULT_PAGE_LIMIT, DEFAULT_WAIT_MS, MAX_WAIT_MS, NDJSON_TYPE
 from kvstore.server.routes_features import MAX_ONLINE_ENTITIES
 from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT, SIBLINGS_HEADER
-from kvstore.session import MAX_SESSION_BYTES, SESSION_HEADER
+from kvstore.session import MAX_POSITION, MAX_SESSION_BYTES, SESSION_HEADER
 from kvstore.validation import (
     MAX_CHANGES_PAGE,
     MAX_STALENESS_MS,
@@ -1027,7 +1027,7 @@ def _changes_query(limits: Limits) -> dict[str, Any]:
                 "description": "0 to the partition count minus 1",
             }
         },
-        {"after": {**_POSITION, "maximum": 1 << 63, "description": "Changes after this position (default 0)"},
+        {"after": {**_POSITION, "maximum": MAX_POSITION, "description": "Changes after this position (default 0)"},
          **common},
     )
     every = _object({}, {"cursor": {**_CURSOR, "description": "Resume every partition (none: from the start)"},

@@ -39,6 +39,7 @@ from kvstore.server.http_codec import MSGPACK_TYPE, query_params, value_fields, 
 from kvstore.server.http_message import Request, Response, StreamResponse
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
+from kvstore.session import MAX_POSITION
 from kvstore.validation import MAX_CHANGES_PAGE, parse_whole_number
 
 NDJSON_TYPE = "application/x-ndjson"
@@ -71,7 +72,9 @@ class ChangesRoutes:
             if "cursor" in params:
                 raise KvError(ErrorCode.BAD_REQUEST, "give partition (with after) or cursor, not both")
             partition = _number(params, "partition", 0, 0, count - 1)
-            after = _number(params, "after", 0, 0, 1 << 63)
+            # At most int64's maximum: a larger position cannot be sent to a peer (a forwarded read of it made the
+            # peer refuse the whole batch it came in, and this node took the peer for unreachable).
+            after = _number(params, "after", 0, 0, MAX_POSITION)
             partitions: tuple[int, ...] | None = (partition,)
             # Positions from ``after`` hold at whichever replica answers first: the reader chose them.
             cursor = Cursor({partition: (after, ANY_SOURCE)}) if after else Cursor()

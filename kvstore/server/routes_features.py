@@ -102,9 +102,12 @@ class FeatureRoutes:
             if not 1 <= version <= MAX_REGISTRY_VERSION:
                 raise KvError(ErrorCode.BAD_REQUEST, f"version must be 1 to {MAX_REGISTRY_VERSION}")
             values, _context = await self._read(version_key(version))
-            if not values:
-                raise KvError(ErrorCode.NOT_FOUND, f"no registry version {version}")
-            registry = registry_codec.newest(values)
+            if values:
+                registry = registry_codec.newest(values)
+            else:
+                registry = await self._registry()
+                if registry.version != version:
+                    raise KvError(ErrorCode.NOT_FOUND, f"no registry version {version}")
         else:
             registry = await self._registry()
         return encoded_response(registry.to_json(), wants_msgpack(request))
@@ -119,8 +122,6 @@ class FeatureRoutes:
             return encoded_response({"version": current.version, "changed": False}, wants_msgpack(request))
         applied = Registry(current.version + 1, definitions, now_ms())
         encoded = applied.encode()
-        # The version's copy first: once the current key names a version, it can be read back.
-        self._written(await self._run(PutOp(version_key(applied.version), encoded)))
         if self._leaderless:
             self._written(await self._run(PutOp(REGISTRY_KEY, encoded, context=context)))
         else:
@@ -129,6 +130,10 @@ class FeatureRoutes:
             if isinstance(result, Failure) and result.code == ErrorCode.PRECONDITION_FAILED.value:
                 raise KvError(ErrorCode.PRECONDITION_FAILED, "the registry changed while applying: apply again")
             self._written(result)
+        # The version's copy once the version is won: written first, a concurrent apply that lost the race for the
+        # current key had already overwritten the winner's copy of the same version. Until it is written (or if
+        # this node stops first), the current key serves that version (get_registry).
+        self._written(await self._run(PutOp(version_key(applied.version), encoded)))
         return encoded_response({"version": applied.version, "changed": True}, wants_msgpack(request))
 
     async def _registry(self) -> Registry:

@@ -433,3 +433,28 @@ async def test_a_plain_write_of_the_registry_key_is_refused(http: aiohttp.Client
             status = response.status
         registry_status, _ = await call(http, "GET", f"{n1}/features/registry")
         assert (status, registry_status) == (400, 200)
+
+
+async def test_concurrent_applies_each_version_holds_what_its_apply_answered(http: aiohttp.ClientSession) -> None:
+    async with InProcessCluster(loopback_config(3, partitions=3, mode="leader")) as cluster:
+        n1 = cluster.url("n1")
+        await ok(http, "GET", f"{n1}/features/registry")
+        variants = []
+        for i in range(8):
+            variant = json.loads(json.dumps(DEFINITIONS))
+            variant["views"]["stats"]["description"] = f"variant {i}"
+            variants.append(variant)
+        urls = [f"{cluster.url(cluster.config.node_ids[i % 3])}/features/registry" for i in range(len(variants))]
+        answers = await asyncio.gather(*(call(http, "PUT", url, v) for url, v in zip(urls, variants, strict=True)))
+        applied = {}
+        for variant, (status, doc) in zip(variants, answers, strict=True):
+            # A lost race is a 409 (apply again), never a version holding another apply's definitions.
+            assert status in (200, 409), doc
+            if status == 200:
+                applied[doc["version"]] = variant["views"]["stats"]["description"]
+        assert applied
+        current = await ok(http, "GET", f"{n1}/features/registry")
+        assert current["definitions"]["views"]["stats"]["description"] == applied[current["version"]]
+        for version, description in applied.items():
+            held = await ok(http, "GET", f"{n1}/features/registry", params={"version": str(version)})
+            assert held["definitions"]["views"]["stats"]["description"] == description

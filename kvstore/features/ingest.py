@@ -47,6 +47,9 @@ def parse_events(view: FeatureView, raw: object) -> list[Event]:
             unknown = sorted(set(item) - {join_key, "entity", "event_ts_ms", "values"})
             if unknown:
                 raise DefinitionError(f"unknown field {unknown[0]!r:.60} (expected entity, event_ts_ms, values)")
+            if "entity" in item and join_key in item:
+                # Two ids for one event: whichever were taken, the other would be silently dropped.
+                raise DefinitionError(f"give entity or {join_key}, not both")
             entity = item.get("entity", item.get(join_key))
             view.entity.key_of(entity)
             ts = item.get("event_ts_ms")

@@ -222,6 +222,9 @@ async def test_ttl_expiry_is_judged_at_the_node_clock(cluster: InProcessCluster,
         "score": ["expired", "present", "present", "missing"],
     }
     assert answer["event_ts_ms"]["score"] == [now - 2 * TTL_MS, now + TTL_MS, now, None]
+    nobody = await online(http, n1, {"view": "fresh", "entities": []})
+    empty = {"ok": [], "score": []}
+    assert (nobody["entities"], nobody["values"], nobody["status"]) == ([], empty, empty)
 
 
 async def test_read_settings_are_the_modes(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:
@@ -293,6 +296,8 @@ PUSH_REFUSALS: list[tuple[Any, str]] = [
     ({"view": "stats", "events": [{"entity": 1, "event_ts_ms": 1, "values": {"rate": 1.0}}]}, "is missing"),
     ({"view": "stats", "events": [{"entity": 1, "event_ts_ms": 1}]}, "values are an object"),
     ({"view": "stats", "events": [[1, 1]]}, "an event is an object"),
+    ({"view": "stats", "events": [{**event(1, 1), "driver_id": 2}]}, "not both"),
+    ({"view": "stats", "events": [{"event_ts_ms": 1, "values": event(1, 1)["values"]}]}, "driver_id must be an int64"),
     ({"view": "fresh", "events": [{"entity": "a/b", "event_ts_ms": 1, "values": {"score": 1, "ok": 1}}]}, "'/'"),
     ({"view": "fresh", "events": [{"entity": "", "event_ts_ms": 1, "values": {"score": 1, "ok": True}}]}, "1 to"),
     ({"view": "fresh", "events": [{"entity": "x" * 257, "event_ts_ms": 1, "values": {"score": 1, "ok": True}}]},

@@ -59,7 +59,7 @@ from kvstore.server.http_codec import (
 from kvstore.server.http_message import Request, Response
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
-from kvstore.validation import check_key, check_value, parse_whole_number
+from kvstore.validation import check_op, parse_whole_number
 from replication.event_time import Row, decode_row, encode_row
 
 # Bodies: a push of MAX_PUSH_EVENTS events of a few hundred bytes each, and room for definitions.
@@ -79,6 +79,7 @@ class FeatureRoutes:
     def __init__(self, pump: Pump, config: ClusterConfig) -> None:
         self._pump = pump
         self._leaderless = config.mode == "leaderless"
+        self._config = config
         self._limits = config.limits
         self._batch_keys = config.limits.max_batch_keys
         self._cache = RegistryCache()
@@ -152,16 +153,17 @@ class FeatureRoutes:
         params = query_params(request, ("replication", "w")) if request.query_string else {}
         doc, _ = read_document(request, MAX_PUSH_BODY_BYTES)
         check_fields(doc, ("view", "events"), (), "a push")
+        replication, w = params.get("replication", ""), params.get("w", "")
+        # The write settings first: a request the mode refuses is a 400, whatever view it names.
+        self._check_write(PutOp(online_key("view", "entity"), encode_row({}), None, replication, w, b"", "", True))
         _, view = await self._view(doc["view"])
         events = parse_events(view, doc["events"])
-        replication, w = params.get("replication", ""), params.get("w", "")
         ops = [PutOp(op.key, op.value, None, replication, w, b"", "", True) for op in push_ops(view, events)]
         # Checked before any is sent: a batch with one bad entry is refused whole while the others are written, so a
         # push refused for an entity id too long for a key would otherwise be half stored.
         for op in ops:
             try:
-                check_key(op.key, self._limits)
-                check_value(op.value, self._limits)
+                self._check_write(op)
             except KvError as exc:
                 raise KvError(exc.code, f"a push writes {op.key!r:.120}: {exc.message}") from None
         chunks = [ops[i : i + self._batch_keys] for i in range(0, len(ops), self._batch_keys)]
@@ -271,6 +273,10 @@ class FeatureRoutes:
             return result.values, result.context
         values = _values_of(key, result)
         return values, b""
+
+    def _check_write(self, op: PutOp) -> None:
+        config = self._config
+        check_op(op, self._limits, config.mode, config.replication.reads, config.replication_factor)
 
     @staticmethod
     def _written(result: Result) -> None:

@@ -485,6 +485,9 @@ async def test_write_settings_are_the_modes(cluster: InProcessCluster, http: aio
     for params in [*refused_params, {"consistency": "linearizable"}]:
         status, doc = await call(http, "POST", f"{n1}/features/push", body, params=params)
         assert status == 400, (params, doc)
+    # The settings are checked first: a 400 even for a view that does not exist.
+    nowhere = {**body, "view": "nope"}
+    assert (await call(http, "POST", f"{n1}/features/push", nowhere, params=refused_params[0]))[0] == 400
 
 
 async def test_an_unacknowledged_push_says_how_many_writes_and_is_sent_again(http: aiohttp.ClientSession) -> None:

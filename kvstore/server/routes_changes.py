@@ -14,12 +14,15 @@ The body is a sequence of frames: newline-delimited JSON (values as UTF-8 text o
 - ``{"caught_up": true, "round_ms", "cursor"}``: every partition streamed had nothing more when read, in a round
   that took ``round_ms`` (a reader is as fresh as the moment the round began);
 - ``{"partition", "error": {"code", "message"}}``: a partition could not be read this round (retried next round);
-- ``{"end": true, "cursor"}``: the stream ends (``wait_ms`` passed).
+- ``{"end": true, "cursor"}``: the stream ends (``wait_ms`` passed, and no partition had more to read at once).
+
+The first round of reads is made before the answer starts, so that a read the node refuses (a prefix longer than a
+key may be) is a 400 with the JSON error, as a bad parameter is.
 
 Backpressure: a page is read only once the previous frames were handed to the transport and the client has read
 enough of them (``StreamResponse``), so a slow reader holds at most one round of pages (``limit`` per partition)
 in this node's memory, and one that stops reading is cut off by the idle timeout. An idle stream polls its
-partitions every 2 ms at first, backing off to every 50 ms.
+partitions every 2 ms at first, backing off to every 50 ms; a partition that fails is retried at the same pace.
 """
 
 from __future__ import annotations

@@ -362,3 +362,21 @@ async def test_a_forwarded_change_read_past_int64_is_refused_as_a_bad_request() 
             reply = await asyncio.wait_for(reply, HANG_GUARD_S)
         result = reply.result
         assert getattr(result, "code", None) == "bad_request", result
+
+
+async def test_a_leaderless_cursor_taken_to_another_replica_starts_it_again(http: aiohttp.ClientSession) -> None:
+    config = loopback_config(3, partitions=PARTITIONS, mode="leaderless", leaderless=LeaderlessConfig())
+    async with InProcessCluster(config) as cluster:
+        written = {f"moved-{i}" for i in range(12)}
+        for key in sorted(written):
+            # w=all: every replica holds every key before the reads.
+            async with http.put(f"{cluster.url('n1')}/kv/{key}", data=b"v", params={"w": "all"}) as response:
+                assert response.status == 200
+        at_n1 = await frames_of(http, cluster.url("n1"), {})
+        assert {ch["key"] for ch in changes(at_n1)} == written
+        # n2 numbers its own positions: n1's cursor means nothing there, so n2 streams everything again.
+        at_n2 = await frames_of(http, cluster.url("n2"), {"cursor": last_cursor(at_n1)})
+        assert {ch["key"] for ch in changes(at_n2)} == written
+        assert {f["source"] for f in at_n2 if "changes" in f} == {"n2"}
+        # And n2's own cursor resumes at n2 with nothing again.
+        assert changes(await frames_of(http, cluster.url("n2"), {"cursor": last_cursor(at_n2)})) == []

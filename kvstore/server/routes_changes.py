@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgpack
@@ -49,6 +49,8 @@ NDJSON_TYPE = "application/x-ndjson"
 DEFAULT_PAGE_LIMIT = 1000
 DEFAULT_WAIT_MS = 30_000
 MAX_WAIT_MS = 600_000
+# Streams a node serves at once (every client's); past it: 503 overloaded.
+MAX_OPEN_STREAMS = 64
 MIN_POLL_S = 0.002
 MAX_POLL_S = 0.05
 # The source of a position a reader gave itself (``after=``): taken to be the first answering replica's.
@@ -58,6 +60,7 @@ ANY_SOURCE = "*"
 class ChangesRoutes:
     def __init__(self, pump: Pump, partition_count: Callable[[], int]) -> None:
         self._pump = pump
+        self._open_streams = 0
         # Looked up per round: the node's map may change while a stream is open.
         self._partition_count = partition_count
 
@@ -95,14 +98,26 @@ class ChangesRoutes:
                 raise KvError(ErrorCode.BAD_REQUEST, f"the cursor names partition {beyond[0]}; there are {count}")
             partitions = None
         as_msgpack = wants_msgpack(request)
-        # The first round is read before the answer starts, so that a request its reads refuse (a prefix longer than
-        # a key) is a 400, not a stream of the same error frame until wait_ms ends.
-        first = await self._round(partitions, cursor, prefix, limit)
-        for result in first[1]:
-            if isinstance(result, Failure) and result.code == ErrorCode.BAD_REQUEST.value:
-                raise KvError(ErrorCode.BAD_REQUEST, result.message)
-        frames = self._frames(partitions, cursor, prefix, limit, wait_ms, as_msgpack, first)
+        if self._open_streams >= MAX_OPEN_STREAMS:
+            # Each open stream reads every partition it follows every 50 ms at least, and holds a round of pages for
+            # a slow reader: their number is bounded, as the node's memory and its ops in flight are.
+            raise KvError(ErrorCode.OVERLOADED, f"{MAX_OPEN_STREAMS} change-feed streams are open here; retry later")
+        self._open_streams += 1
+        try:
+            # The first round is read before the answer starts, so that a request its reads refuse (a prefix longer
+            # than a key) is a 400, not a stream of the same error frame until wait_ms ends.
+            first = await self._round(partitions, cursor, prefix, limit)
+            for result in first[1]:
+                if isinstance(result, Failure) and result.code == ErrorCode.BAD_REQUEST.value:
+                    raise KvError(ErrorCode.BAD_REQUEST, result.message)
+        except BaseException:
+            self._open_streams -= 1
+            raise
+        frames = _Counted(self._frames(partitions, cursor, prefix, limit, wait_ms, as_msgpack, first), self._closed)
         return StreamResponse(frames, headers={"Content-Type": MSGPACK_TYPE if as_msgpack else NDJSON_TYPE})
+
+    def _closed(self) -> None:
+        self._open_streams -= 1
 
     async def _round(
         self, only: tuple[int, ...] | None, cursor: Cursor, prefix: str, limit: int
@@ -122,7 +137,7 @@ class ChangesRoutes:
         wait_ms: int,
         as_msgpack: bool,
         first: tuple[tuple[int, ...], list[ChangesPage | Failure], float],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         encode = _msgpack_frame if as_msgpack else _json_frame
         deadline_s = time.monotonic() + wait_ms / 1000
         poll_s = MIN_POLL_S
@@ -183,6 +198,33 @@ class ChangesRoutes:
         if isinstance(reply, asyncio.Future):
             reply = await reply
         return reply.result
+
+
+class _Counted:
+    """``frames``, calling ``on_close`` once when closed, or when dropped unclosed (a connection lost before its
+    answer was written never starts writing it). An async generator never started runs no ``finally``: hence this."""
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
+        self._frames = frames
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __aiter__(self) -> _Counted:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._frames.__anext__()
+
+    async def aclose(self) -> None:
+        self._close()
+        await self._frames.aclose()
+
+    def _close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    def __del__(self) -> None:
+        self._close()
 
 
 def _page_frame(page: ChangesPage, cursor: Cursor, as_msgpack: bool) -> dict[str, Any]:

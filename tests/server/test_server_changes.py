@@ -21,6 +21,7 @@ from kvstore.changes import MAX_PAGE_BYTES
 from kvstore.config import LeaderlessConfig, Timeouts
 from kvstore.messages import ChangesOp
 from kvstore.server.inprocess import InProcessCluster, loopback_config
+from kvstore.server.routes_changes import MAX_OPEN_STREAMS
 
 Frame = dict[str, Any]
 PARTITIONS = 4
@@ -380,3 +381,39 @@ async def test_a_leaderless_cursor_taken_to_another_replica_starts_it_again(http
         assert {f["source"] for f in at_n2 if "changes" in f} == {"n2"}
         # And n2's own cursor resumes at n2 with nothing again.
         assert changes(await frames_of(http, cluster.url("n2"), {"cursor": last_cursor(at_n2)})) == []
+
+
+async def test_open_streams_are_bounded_and_each_one_ended_frees_its_place(
+    single: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    base, port = single.url("n1"), port_of(single)
+    # Streams that end, normally or by a reader gone at once, free their places: many more than the bound, in turn.
+    for i in range(MAX_OPEN_STREAMS + 10):
+        if i % 2:
+            assert (await frames_of(http, base, {"partition": "0"}))[-1]["end"] is True
+        else:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /changes?wait_ms=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.close()
+    held = []
+    try:
+        for _ in range(MAX_OPEN_STREAMS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /changes?wait_ms=600000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            held.append(writer)
+            assert (await asyncio.wait_for(reader.readline(), HANG_GUARD_S)).startswith(b"HTTP/1.1 200 ")
+        async with http.get(f"{base}/changes", params={"wait_ms": "0"}) as response:
+            assert response.status == 503
+            assert (await error_of(response))["code"] == "overloaded"
+    finally:
+        for writer in held:
+            writer.close()
+    # Their readers gone, the places are free again.
+    for _ in range(int(HANG_GUARD_S / 0.05)):
+        async with http.get(f"{base}/changes", params={"wait_ms": "0"}) as response:
+            await response.read()
+            if response.status == 200:
+                break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the streams' places were never freed")

@@ -417,3 +417,37 @@ async def test_open_streams_are_bounded_and_each_one_ended_frees_its_place(
         await asyncio.sleep(0.05)
     else:
         pytest.fail("the streams' places were never freed")
+
+
+async def test_leader_mode_any_replica_serves_the_feed_and_a_cursor_holds_at_each(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with InProcessCluster(loopback_config(3, partitions=2, mode="leader")) as cluster:
+        base = cluster.url("n1")
+        written = [f"led-{i}" for i in range(6)]
+        for key in written:
+            for _ in range(int(HANG_GUARD_S / 0.05)):
+                # replication=sync: committed on a quorum; the feed serves committed (applied) writes only.
+                async with http.put(f"{base}/kv/{key}", data=key.encode(), params={"replication": "sync"}) as response:
+                    if response.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail(f"no leader took {key}")
+        # n1 may be a follower that has not applied every committed write yet: a bounded wait.
+        for _ in range(int(HANG_GUARD_S / 0.05)):
+            first = await frames_of(http, base, {"prefix": "led-"})
+            if len(changes(first)) == len(written):
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(ch["key"] for ch in changes(first)) == written
+        assert {f["source"] for f in first if "changes" in f} == {""}
+        # Positions are log indexes, the same at every replica: the cursor resumes at another node with nothing
+        # missed once that node has applied the writes (bounded wait), and nothing again.
+        await put(http, base, "led-late", b"late")
+        for _ in range(int(HANG_GUARD_S / 0.05)):
+            rest = changes(await frames_of(http, cluster.url("n3"), {"cursor": last_cursor(first)}))
+            if rest:
+                break
+            await asyncio.sleep(0.05)
+        assert [(ch["key"], ch["value"]) for ch in rest] == [("led-late", "late")]

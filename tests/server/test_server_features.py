@@ -223,7 +223,7 @@ async def test_ttl_expiry_is_judged_at_the_node_clock(cluster: InProcessCluster,
     }
     assert answer["event_ts_ms"]["score"] == [now - 2 * TTL_MS, now + TTL_MS, now, None]
     nobody = await online(http, n1, {"view": "fresh", "entities": []})
-    empty = {"ok": [], "score": []}
+    empty: dict[str, list[Any]] = {"ok": [], "score": []}
     assert (nobody["entities"], nobody["values"], nobody["status"]) == ([], empty, empty)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import re
 import socket
@@ -451,3 +452,24 @@ async def test_leader_mode_any_replica_serves_the_feed_and_a_cursor_holds_at_eac
                 break
             await asyncio.sleep(0.05)
         assert [(ch["key"], ch["value"]) for ch in rest] == [("led-late", "late")]
+
+
+async def test_pages_cut_by_bytes_end_between_versions_only(
+    single: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    base = single.url("n1")
+    keys = keys_in(single, 3, "tied", 5)
+    big = "x" * (MAX_PAGE_BYTES // 3)
+    # One batch: its keys may share one version, which a page must not split.
+    body = {"put": [{"key": key, "value": big} for key in keys]}
+    async with http.post(f"{base}/batch", json=body) as response:
+        assert response.status == 200, await response.text()
+    frames = await frames_of(http, base, {"partition": "3"})
+    pages = [f for f in frames if "changes" in f]
+    assert sorted(ch["key"] for page in pages for ch in page["changes"]) == sorted(keys)
+    for page, following in itertools.pairwise(pages):
+        assert page["changes"][-1]["version"] < following["changes"][0]["version"]
+        assert page["position"] == page["changes"][-1]["version"] and page["more"] is True
+    # Several pages, or one holding every key if the batch wrote them all at one version.
+    versions = {ch["version"] for page in pages for ch in page["changes"]}
+    assert len(pages) >= 2 or len(versions) == 1

@@ -18,11 +18,12 @@ import msgpack
 import pytest
 from server_support import HANG_GUARD_S, error_of, port_of, wait_for_connections
 
-from kvstore.changes import MAX_PAGE_BYTES
+from kvstore.changes import MAX_PAGE_BYTES, changes_page
 from kvstore.config import LeaderlessConfig, Timeouts
 from kvstore.messages import ChangesOp
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 from kvstore.server.routes_changes import MAX_OPEN_STREAMS
+from kvstore.storage.base import Record
 
 Frame = dict[str, Any]
 PARTITIONS = 4
@@ -473,3 +474,38 @@ async def test_pages_cut_by_bytes_end_between_versions_only(
     # Several pages, or one holding every key if the batch wrote them all at one version.
     versions = {ch["version"] for page in pages for ch in page["changes"]}
     assert len(pages) >= 2 or len(versions) == 1
+
+
+class TiedRows:
+    """A storage whose change index holds several keys at one version (as one command writing several keys)."""
+
+    def __init__(self, versions: list[int], value_bytes: int) -> None:
+        self.rows = [(f"k{i}", Record(b"v" * value_bytes, version)) for i, version in enumerate(versions)]
+
+    def changes_after(
+        self, partition: int, after: int, limit: int, prefix: str, max_examined: int
+    ) -> tuple[list[tuple[str, Record]], int, bool]:
+        rows = [(key, record) for key, record in self.rows if record.version > after][:limit]
+        return rows, rows[-1][1].version if rows else after, False
+
+
+@pytest.mark.parametrize(
+    ("versions", "pages"),
+    [
+        # Over the budget at the third change: cut before the second, which shares its version.
+        ([1, 2, 2, 3], [[1], [2, 2], [3]]),
+        # The first version alone is over the budget: the page holds all of it, and no more.
+        ([1, 1, 1, 2], [[1, 1, 1], [2]]),
+        ([1, 2, 3], [[1, 2], [3]]),
+    ],
+)
+def test_a_page_cut_by_bytes_never_splits_a_version(versions: list[int], pages: list[list[int]]) -> None:
+    storage = TiedRows(versions, MAX_PAGE_BYTES // 2 - 10)
+    after, got = 0, []
+    while True:
+        page = changes_page(storage, ChangesOp(0, after, 100), "")  # type: ignore[arg-type]
+        got.append([item.version for item in page.changes])
+        after = page.position
+        if not page.more:
+            break
+    assert got == pages

@@ -31,6 +31,9 @@ from partitioning.partition_map import MAX_PARTITIONS
 
 # Records a page examines at most (matching its prefix or not), so one read stays short.
 MAX_EXAMINED_PER_PAGE = 50_000
+# Bytes of keys and values a page holds at most (but at least one change): a page is held in memory whole, by the
+# node that reads it and the one it is forwarded to, and must fit one peer message.
+MAX_PAGE_BYTES = 1 << 20
 
 
 def changes_page(
@@ -42,10 +45,33 @@ def changes_page(
         op.partition, op.after, op.limit, op.prefix, max(op.limit, MAX_EXAMINED_PER_PAGE)
     )
     if value_of is None:
-        items = tuple(ChangeItem(key, r.value, r.version, r.expires_at_ms) for key, r in rows)
+        items = [ChangeItem(key, r.value, r.version, r.expires_at_ms) for key, r in rows]
     else:
-        items = tuple(ChangeItem(key, value_of(key, r), r.version, r.expires_at_ms) for key, r in rows)
-    return ChangesPage(op.partition, items, position, more, source)
+        items = [ChangeItem(key, value_of(key, r), r.version, r.expires_at_ms) for key, r in rows]
+    cut = _within_bytes(items)
+    if cut < len(items):
+        # The rest is read by the next page, which starts after the last change kept.
+        items, position, more = items[:cut], items[cut - 1].version, True
+    return ChangesPage(op.partition, tuple(items), position, more, source)
+
+
+def _within_bytes(items: list[ChangeItem]) -> int:
+    """How many of ``items`` a page keeps: as many as fit ``MAX_PAGE_BYTES`` (at least one), ending between two
+    versions only, as a page must (a batch writes several keys at one version)."""
+    total = 0
+    for index, item in enumerate(items):
+        total += len(item.key.encode()) + (0 if item.value is None else len(item.value))
+        if total > MAX_PAGE_BYTES and index > 0:
+            cut = index
+            while cut > 0 and items[cut - 1].version == items[cut].version:
+                cut -= 1
+            if cut == 0:
+                # The first version alone is over the budget: the page holds all of it, and no more.
+                cut = index
+                while cut < len(items) and items[cut - 1].version == items[cut].version:
+                    cut += 1
+            return cut
+    return len(items)
 
 
 # ---------------------------------------------------------------- cursors: where a reader of every partition is

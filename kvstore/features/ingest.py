@@ -47,12 +47,21 @@ def parse_events(view: FeatureView, raw: object) -> list[Event]:
             unknown = sorted(set(item) - {join_key, "entity", "event_ts_ms", "values"})
             if unknown:
                 raise DefinitionError(f"unknown field {unknown[0]!r:.60} (expected entity, event_ts_ms, values)")
+            if "entity" in item and join_key in item:
+                # Two ids for one event: whichever were taken, the other would be silently dropped.
+                raise DefinitionError(f"give entity or {join_key}, not both")
             entity = item.get("entity", item.get(join_key))
             view.entity.key_of(entity)
             ts = item.get("event_ts_ms")
             if type(ts) is not int or not 0 <= ts <= _INT64_MAX:
                 raise DefinitionError("event_ts_ms must be whole milliseconds since the epoch, >= 0")
-            events.append(Event(entity, ts, view.check_values(item.get("values"))))  # type: ignore[arg-type]
+            values = view.check_values(item.get("values"))
+            # Strings must be UTF-8 to be stored (a JSON "\ud800" escape is a lone surrogate, which cannot be).
+            encoded_event(ts, {**values, join_key: entity})
+            events.append(Event(entity, ts, values))  # type: ignore[arg-type]
+        except UnicodeEncodeError:
+            message = f"events[{index}]: a string is not valid UTF-8 (it holds a lone surrogate)"
+            raise KvError(ErrorCode.BAD_REQUEST, message) from None
         except KvError as exc:
             raise KvError(exc.code, f"events[{index}]: {exc.message}") from None
     return events

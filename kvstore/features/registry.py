@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvstore.errors import ErrorCode, KvError
-from kvstore.features.definitions import Definitions
+from kvstore.features.definitions import DefinitionError, Definitions
 from kvstore.features.keys import REGISTRY_KEY
 
 REGISTRY_VERSIONS_PREFIX = REGISTRY_KEY + "/v/"
@@ -42,6 +42,26 @@ class Registry:
 
 
 EMPTY = Registry(0, Definitions(), 0)
+_INT64_MAX = (1 << 63) - 1
+MAX_DESCRIPTION_CHARS = 4096
+
+
+def storable(definitions: Definitions) -> Definitions:
+    """``definitions``, once checked to be servable in every encoding: a TTL within int64 (msgpack), descriptions
+    that are text, and only UTF-8 strings (a JSON "\ud800" escape is a lone surrogate, which msgpack and the
+    registry's bytes cannot hold). DefinitionError otherwise."""
+    for entity in definitions.entities.values():
+        if not isinstance(entity.description, str) or len(entity.description) > MAX_DESCRIPTION_CHARS:
+            message = f"entities.{entity.name}: description is a string of at most {MAX_DESCRIPTION_CHARS} characters"
+            raise DefinitionError(message)
+    for view in definitions.views.values():
+        if view.ttl_ms > _INT64_MAX:
+            raise DefinitionError(f"views.{view.name}: ttl_ms must be at most {_INT64_MAX}")
+    try:
+        json.dumps(definitions.to_json(), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise DefinitionError("the definitions hold a string that is not valid UTF-8 (a lone surrogate)") from None
+    return definitions
 
 
 def decode(data: bytes) -> Registry:

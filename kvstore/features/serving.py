@@ -63,6 +63,9 @@ def requested_features(view: FeatureView, features: Sequence[str] | None) -> tup
     unknown = [name for name in features if name not in view.features]
     if unknown:
         raise ValueError(f"view {view.name!r} has no feature {unknown[0]!r:.80}")
+    if len(set(features)) != len(features):
+        # The answer has one column per feature: a name asked twice would list two columns and hold one.
+        raise ValueError("features names a feature twice")
     return tuple(features)
 
 

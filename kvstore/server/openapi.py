@@ -20,8 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from kvstore.changes import MAX_CURSOR_CHARS
 from kvstore.config import CONSISTENCY_LEVELS, FSYNC_POLICIES, MODES, STORAGE_ENGINES, Limits
 from kvstore.errors import ErrorCode
+from kvstore.features.definitions import ENTITY_TYPES, FEATURE_TYPES, MAX_ENTITY_CHARS
+from kvstore.features.ingest import MAX_PUSH_EVENTS
+from kvstore.features.serving import EXPIRED, MISSING, PRESENT
 from kvstore.leaderless_mode import CONTEXT_HEADER
 from kvstore.server.http_codec import JSON_TYPE, MSGPACK_TYPE, OCTET_TYPE
 from kvstore.server.router import Route
@@ -31,9 +35,17 @@ from kvstore.server.routes_admin import (
     MAX_COPY_LIMIT,
     MAX_COPY_PAGE_BYTES,
 )
+from kvstore.server.routes_changes import DEFAULT_PAGE_LIMIT, DEFAULT_WAIT_MS, MAX_WAIT_MS, NDJSON_TYPE
+from kvstore.server.routes_features import MAX_ONLINE_ENTITIES
 from kvstore.server.routes_kv import DEFAULT_SCAN_LIMIT, SIBLINGS_HEADER
-from kvstore.session import MAX_SESSION_BYTES, SESSION_HEADER
-from kvstore.validation import MAX_STALENESS_MS, MAX_TTL_MS, SINGLE_MODE_READS, SINGLE_MODE_WRITES
+from kvstore.session import MAX_POSITION, MAX_SESSION_BYTES, SESSION_HEADER
+from kvstore.validation import (
+    MAX_CHANGES_PAGE,
+    MAX_STALENESS_MS,
+    MAX_TTL_MS,
+    SINGLE_MODE_READS,
+    SINGLE_MODE_WRITES,
+)
 from partitioning.partition_map import MEMBER_STATES
 from replication.leaderless import REPAIR_MODES
 from replication.replica import REPLICATION_SETTINGS
@@ -924,7 +936,335 @@ def _operations(limits: Limits, mode: str, replicas: int) -> dict[tuple[str, str
         },
     }
     # A leaderless node serves its key routes differently (siblings, contexts, quorums).
-    return {**operations, **key_operations}
+    return {**operations, **key_operations, **_changes_operations(limits), **_feature_operations(mode, replicas)}
+
+
+# ---------------------------------------------------------------- the change feed (routes_changes.py)
+
+_MAX_PARTITION = (1 << 31) - 1
+_POSITION = {"type": "integer", "minimum": 0, "description": "A position in a partition's feed (a record version)"}
+_CURSOR = {
+    "type": "string",
+    "maxLength": MAX_CURSOR_CHARS,
+    "pattern": "^[A-Za-z0-9_-]*$",
+    "description": "Where a reader of every partition is: opaque, send back the last one processed",
+}
+
+
+def _change_frame(as_msgpack: bool) -> dict[str, Any]:
+    """One frame of a /changes stream: a page, caught up, a partition's error, or the end; each shape has a
+    required field the others forbid."""
+    fields = {
+        "key": _STRING,
+        "version": _POSITION,
+        "expires_at_ms": {"oneOf": [_EXPIRES_AT_MS, {"type": "null"}]},
+    }
+    if as_msgpack:
+        # A tombstone's value is nil: one shape, as raw bytes carry no JSON type to tell the two apart by.
+        change = _object({**fields, "value": {"description": "The value as raw bytes (bin); nil: a tombstone"}})
+    else:
+        change = _one_of(*_valued(fields, False), _object({**fields, "value": {"type": "null"}}))
+    page = _object(
+        {
+            "partition": {"type": "integer", "minimum": 0},
+            "changes": {"type": "array", "items": change, "minItems": 1, "description": "In position order"},
+            "position": {**_POSITION, "description": "Where the partition's next page starts"},
+            "source": {**_STRING, "description": "Who numbered the positions (leaderless: a node id; else empty)"},
+            "more": {"type": "boolean", "description": "More changes followed when the page was read"},
+            "cursor": _CURSOR,
+        }
+    )
+    caught_up = _object(
+        {
+            "caught_up": {"const": True},
+            "round_ms": {"type": "number", "minimum": 0, "description": "How long the round of reads took"},
+            "cursor": _CURSOR,
+        }
+    )
+    failed = _object(
+        {
+            "partition": {"type": "integer", "minimum": 0},
+            "error": _object({"code": _STRING, "message": _STRING}),
+        }
+    )
+    end = _object({"end": {"const": True}, "cursor": _CURSOR})
+    return {
+        "description": "One frame; the body is a sequence of them (each a line in NDJSON, a map in msgpack)",
+        **_one_of(page, caught_up, failed, end),
+    }
+
+
+def _changes_query(limits: Limits) -> dict[str, Any]:
+    common = {
+        "prefix": {
+            **_STRING,
+            "maxLength": limits.max_key_bytes,
+            "description": f"Only keys that start with this (at most {limits.max_key_bytes} UTF-8 bytes)",
+            "examples": ["user/"],
+        },
+        "limit": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_CHANGES_PAGE,
+            "default": DEFAULT_PAGE_LIMIT,
+            "description": "At most this many changes per page",
+        },
+        "wait_ms": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_WAIT_MS,
+            "default": DEFAULT_WAIT_MS,
+            "description": "How long the stream stays open once caught up, waiting for changes (0: end at once)",
+        },
+    }
+    one = _object(
+        {
+            "partition": {
+                "type": "integer",
+                "minimum": 0,
+                # The count is the cluster's (see /cluster); past it: 400, as past this bound.
+                "maximum": _MAX_PARTITION,
+                "description": "0 to the partition count minus 1",
+            }
+        },
+        {"after": {**_POSITION, "maximum": MAX_POSITION, "description": "Changes after this position (default 0)"},
+         **common},
+    )
+    every = _object({}, {"cursor": {**_CURSOR, "description": "Resume every partition (none: from the start)"},
+                         **common})
+    return _one_of(one, every)
+
+
+def _changes_operations(limits: Limits) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        ("GET", "/changes"): {
+            "summary": "The change feed: a partition's changes after a position, or every partition's after a cursor",
+            "description": (
+                "Streamed (chunked). Compacted: a key written several times since a position shows once, at its "
+                "newest version. Resume from the last cursor processed: at-least-once. A partition that cannot "
+                "be read is reported in an error frame and retried. `after` goes with `partition`; `cursor` "
+                "without it."
+            ),
+            "parameters": [_query("feed", _changes_query(limits), "Which changes, how many per page, how long")],
+            "responses": {
+                "200": {
+                    "description": "A stream of frames, NDJSON or (Accept: application/msgpack) msgpack maps",
+                    "content": {
+                        NDJSON_TYPE: {"schema": _change_frame(False)},
+                        MSGPACK_TYPE: {"schema": _change_frame(True)},
+                    },
+                },
+                **_errors(_ALWAYS),
+            },
+        }
+    }
+
+
+# ---------------------------------------------------------------- the feature store (routes_features.py)
+
+_FEATURE_NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"}
+_VIEW_NAME = {**_FEATURE_NAME, "description": "A feature view's name"}
+_EVENT_TS_MS = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1, "description": "Event time, ms since epoch"}
+_ENTITY_ID = {
+    "oneOf": [
+        {"type": "integer", "minimum": -(1 << 63), "maximum": (1 << 63) - 1},
+        {"type": "string", "minLength": 1, "maxLength": MAX_ENTITY_CHARS, "pattern": "^[^/]*$"},
+    ],
+    "description": "The entity's id: an int64, or a string without '/' (as the entity's value_type says)",
+}
+
+
+def _definitions_schema(request: bool) -> dict[str, Any]:
+    """The definitions (``Definitions.to_json``); as a request, ``ttl_s`` may stand for ``ttl_ms``."""
+    description = {"type": "string", "maxLength": 4096}
+    entity = _object({"join_key": _FEATURE_NAME}, {"value_type": {"enum": list(ENTITY_TYPES)},
+                                                   "description": description})
+    source = _object({"path": {**_STRING, "minLength": 1}}, {"timestamp_column": {**_STRING, "minLength": 1}})
+    features = {
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": _FEATURE_NAME,
+        "additionalProperties": {"enum": list(FEATURE_TYPES)},
+    }
+    ttl_ms = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1, "description": "0: values never expire"}
+    optional: dict[str, Any] = {"ttl_ms": ttl_ms, "source": source, "description": description}
+    if request:
+        optional["ttl_s"] = {"type": "number", "minimum": 0, "maximum": 1e15, "description": "The TTL in seconds"}
+        view = _object({"entity": _FEATURE_NAME, "features": features}, optional)
+        view["not"] = {"required": ["ttl_ms", "ttl_s"]}
+        entity_tables = {"entities": {"type": "object", "propertyNames": _FEATURE_NAME, "additionalProperties": entity}}
+        return _object({}, {**entity_tables, "views": {"type": "object", "propertyNames": _FEATURE_NAME,
+                                                        "additionalProperties": view}})
+    answer_entity = _object({"join_key": _FEATURE_NAME, "value_type": {"enum": list(ENTITY_TYPES)},
+                             "description": description})
+    view = _object({"entity": _FEATURE_NAME, "features": features, "ttl_ms": ttl_ms, "description": description},
+                   {"source": source})
+    return _object(
+        {
+            "entities": {"type": "object", "additionalProperties": answer_entity},
+            "views": {"type": "object", "additionalProperties": view},
+        }
+    )
+
+
+_REGISTRY = _object(
+    {
+        "version": {"type": "integer", "minimum": 0, "description": "0: nothing applied yet"},
+        "definitions": _definitions_schema(False),
+        "applied_at_ms": {"type": "integer", "minimum": 0},
+    }
+)
+_WATERMARK = _object(
+    {"view": _STRING, "watermark_ms": {"oneOf": [_EVENT_TS_MS, {"type": "null"}], "description": "null: none yet"}}
+)
+
+
+def _with_fields(errors: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``errors`` whose bodies may also carry the fields ``extra``."""
+    for response in errors.values():
+        schema = response["content"][JSON_TYPE]["schema"]
+        schema["properties"] = {**schema["properties"], **extra}
+    return errors
+
+
+def _online_answer() -> dict[str, Any]:
+    value = {"description": "The value (null unless present); bytes are {\"b64\": ...} in JSON, bin in msgpack"}
+    columns = {"type": "object", "additionalProperties": {"type": "array", "items": value}}
+    return _object(
+        {
+            "view": _STRING,
+            "entities": {"type": "array", "items": {"type": ["integer", "string"]}},
+            "features": {"type": "array", "items": _STRING},
+            "values": {**columns, "description": "Per feature, one value per entity, in order"},
+            "status": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"enum": [PRESENT, MISSING, EXPIRED]}},
+            },
+            "event_ts_ms": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"oneOf": [_EVENT_TS_MS, {"type": "null"}]}},
+            },
+            "registry_version": {"type": "integer", "minimum": 0},
+            "source": {"const": "cluster"},
+            "staleness_ms": {"type": "number", "minimum": 0},
+        }
+    )
+
+
+def _online_body(mode: str, replicas: int) -> dict[str, Any]:
+    settings: dict[str, Any]
+    if mode == "leaderless":
+        settings = {
+            "r": _quorum(replicas, "each read waits for"),
+            "consistency": {"const": "linearizable", "description": "ABD reads"},
+        }
+    else:
+        levels = list(SINGLE_MODE_READS) if mode == "single" else list(CONSISTENCY_LEVELS)
+        settings = {"consistency": {"enum": levels, "description": "How each row is read"}}
+    return _object(
+        {
+            "view": _VIEW_NAME,
+            "entities": {"type": "array", "items": _ENTITY_ID, "maxItems": MAX_ONLINE_ENTITIES},
+        },
+        {
+            "features": {"type": "array", "items": _FEATURE_NAME, "description": "A subset (default: all)"},
+            **settings,
+        },
+    )
+
+
+def _push_query(mode: str, replicas: int) -> dict[str, Any]:
+    if mode == "leaderless":
+        return _object({}, {"w": _quorum(replicas, "acknowledge each write")})
+    return _object({}, {"replication": _replication(mode)})
+
+
+def _feature_operations(mode: str, replicas: int) -> dict[tuple[str, str], dict[str, Any]]:
+    view_param = {"name": "view", "in": "path", "required": True, "description": "A view's name", "schema": _STRING}
+    node_errors = (*_ALWAYS, *_NODE, ErrorCode.BAD_KEY)
+    push_errors = _with_fields(
+        _errors((*node_errors, *_BODY, ErrorCode.NOT_FOUND, ErrorCode.PRECONDITION_FAILED)),
+        {
+            "unacknowledged": {"type": "integer", "minimum": 1, "description": "Writes not acknowledged"},
+            "writes": {"type": "integer", "minimum": 1, "description": "Writes the push made"},
+        },
+    )
+    event = _object(
+        {"entity": _ENTITY_ID, "event_ts_ms": _EVENT_TS_MS, "values": {"type": "object", "description": "Every "
+                                                                       "feature of the view: value or null"}}
+    )
+    push = _object(
+        {"view": _VIEW_NAME, "events": {"type": "array", "items": event, "minItems": 1, "maxItems": MAX_PUSH_EVENTS}}
+    )
+    return {
+        ("GET", "/features/registry"): {
+            "summary": "The feature definitions applied to the cluster (the current version, or an older one)",
+            "parameters": [
+                _query(
+                    "registry",
+                    _object({}, {"version": {"type": "integer", "minimum": 1, "maximum": 10**12 - 1}}),
+                    "A version to read back (default: the current one)",
+                )
+            ],
+            "responses": {
+                "200": _ok("The registry", _REGISTRY),
+                **_errors((*node_errors, ErrorCode.NOT_FOUND)),
+            },
+        },
+        ("PUT", "/features/registry"): {
+            "summary": "Apply definitions: the next version, unless they equal the current ones",
+            "description": "Takes no query parameters",
+            "requestBody": _structured_body(_definitions_schema(True)),
+            "responses": {
+                "200": _ok(
+                    "The version now current, and whether this apply made it",
+                    _object({"version": {"type": "integer", "minimum": 1}, "changed": {"type": "boolean"}}),
+                ),
+                **_errors((*node_errors, *_BODY, ErrorCode.PRECONDITION_FAILED)),
+            },
+        },
+        ("POST", "/features/push"): {
+            "summary": "Push events of a view: each merged into the event log and its entity's online row",
+            "description": (
+                "Idempotent: a push that was not acknowledged may be sent again. Per feature the newest event time "
+                "wins, whatever the order of arrival."
+            ),
+            "parameters": [_query("write", _push_query(mode, replicas), "When each write is acknowledged")],
+            "requestBody": _structured_body(push),
+            "responses": {
+                "200": _ok(
+                    "Every write acknowledged",
+                    _object({"events": {"type": "integer", "minimum": 1}, "writes": {"type": "integer", "minimum": 2}}),
+                ),
+                **push_errors,
+            },
+        },
+        ("POST", "/features/online"): {
+            "summary": "The latest feature values of entities, TTL enforced at the node's clock (columnar)",
+            "description": "Takes no query parameters",
+            "requestBody": _structured_body(_online_body(mode, replicas)),
+            "responses": {
+                "200": _ok("Per feature, one value and status per entity", _online_answer()),
+                **_errors((*node_errors, *_BODY, ErrorCode.NOT_FOUND, ErrorCode.PRECONDITION_FAILED)),
+            },
+        },
+        ("GET", "/features/watermarks/{view}"): {
+            "summary": "A view's materialization watermark",
+            "description": "Takes no query parameters",
+            "parameters": [view_param],
+            "responses": {"200": _ok("The watermark", _WATERMARK), **_errors((*node_errors, ErrorCode.NOT_FOUND))},
+        },
+        ("PUT", "/features/watermarks/{view}"): {
+            "summary": "Move a view's watermark forward (an older one changes nothing)",
+            "description": "Takes no query parameters",
+            "parameters": [view_param],
+            "requestBody": _structured_body(_object({"watermark_ms": _EVENT_TS_MS})),
+            "responses": {
+                "200": _ok("The watermark now (never older than before)", _WATERMARK),
+                **_errors((*node_errors, *_BODY, ErrorCode.NOT_FOUND)),
+            },
+        },
+    }
 
 
 _INFO_DESCRIPTION = (

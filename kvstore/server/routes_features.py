@@ -60,12 +60,15 @@ from kvstore.server.http_codec import (
 from kvstore.server.http_message import Request, Response
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
+from kvstore.validation import check_op, parse_whole_number
 from replication.event_time import Row, decode_row, encode_row
 
 # Bodies: a push of MAX_PUSH_EVENTS events of a few hundred bytes each, and room for definitions.
 MAX_PUSH_BODY_BYTES = 32 * 1024 * 1024
 MAX_REGISTRY_BODY_BYTES = 4 * 1024 * 1024
 MAX_ONLINE_ENTITIES = 10_000
+# Registry versions are 12 digits in their keys (``registry.version_key``).
+MAX_REGISTRY_VERSION = 10**12 - 1
 WATERMARK_CELL = "watermark"
 
 
@@ -77,6 +80,8 @@ class FeatureRoutes:
     def __init__(self, pump: Pump, config: ClusterConfig) -> None:
         self._pump = pump
         self._leaderless = config.mode == "leaderless"
+        self._config = config
+        self._limits = config.limits
         self._batch_keys = config.limits.max_batch_keys
         self._cache = RegistryCache()
 
@@ -94,13 +99,17 @@ class FeatureRoutes:
     async def get_registry(self, request: Request, _path: str) -> Response:
         params = query_params(request, ("version",)) if request.query_string else {}
         if "version" in params:
-            text = params["version"]
-            if not text.isdigit() or len(text) > 12:
-                raise KvError(ErrorCode.BAD_REQUEST, "version must be a whole number")
-            values, _context = await self._read(version_key(int(text)))
-            if not values:
-                raise KvError(ErrorCode.NOT_FOUND, f"no registry version {int(text)}")
-            registry = registry_codec.newest(values)
+            # ASCII digits only: str.isdigit and int() also take other scripts' digits ("\u0663" is 3).
+            version = parse_whole_number(params["version"], "version")
+            if not 1 <= version <= MAX_REGISTRY_VERSION:
+                raise KvError(ErrorCode.BAD_REQUEST, f"version must be 1 to {MAX_REGISTRY_VERSION}")
+            values, _context = await self._read(version_key(version))
+            if values:
+                registry = registry_codec.newest(values)
+            else:
+                registry = await self._registry()
+                if registry.version != version:
+                    raise KvError(ErrorCode.NOT_FOUND, f"no registry version {version}")
         else:
             registry = await self._registry()
         return encoded_response(registry.to_json(), wants_msgpack(request))
@@ -108,15 +117,13 @@ class FeatureRoutes:
     async def put_registry(self, request: Request, _path: str) -> Response:
         refuse_query(request)
         doc, _ = read_document(request, MAX_REGISTRY_BODY_BYTES)
-        definitions = Definitions.from_json(doc)
+        definitions = registry_codec.storable(Definitions.from_json(doc))
         values, context = await self._read(REGISTRY_KEY)
         current = self._cache.of(values)
         if current.version and current.definitions == definitions:
             return encoded_response({"version": current.version, "changed": False}, wants_msgpack(request))
         applied = Registry(current.version + 1, definitions, now_ms())
         encoded = applied.encode()
-        # The version's copy first: once the current key names a version, it can be read back.
-        self._written(await self._run(PutOp(version_key(applied.version), encoded)))
         if self._leaderless:
             self._written(await self._run(PutOp(REGISTRY_KEY, encoded, context=context)))
         else:
@@ -125,6 +132,10 @@ class FeatureRoutes:
             if isinstance(result, Failure) and result.code == ErrorCode.PRECONDITION_FAILED.value:
                 raise KvError(ErrorCode.PRECONDITION_FAILED, "the registry changed while applying: apply again")
             self._written(result)
+        # The version's copy once the version is won: written first, a concurrent apply that lost the race for the
+        # current key had already overwritten the winner's copy of the same version. Until it is written (or if
+        # this node stops first), the current key serves that version (get_registry).
+        self._written(await self._run(PutOp(version_key(applied.version), encoded)))
         return encoded_response({"version": applied.version, "changed": True}, wants_msgpack(request))
 
     async def _registry(self) -> Registry:
@@ -143,10 +154,19 @@ class FeatureRoutes:
         params = query_params(request, ("replication", "w")) if request.query_string else {}
         doc, _ = read_document(request, MAX_PUSH_BODY_BYTES)
         check_fields(doc, ("view", "events"), (), "a push")
+        replication, w = params.get("replication", ""), params.get("w", "")
+        # The write settings first: a request the mode refuses is a 400, whatever view it names.
+        self._check_write(PutOp(online_key("view", "entity"), encode_row({}), None, replication, w, b"", "", True))
         _, view = await self._view(doc["view"])
         events = parse_events(view, doc["events"])
-        replication, w = params.get("replication", ""), params.get("w", "")
         ops = [PutOp(op.key, op.value, None, replication, w, b"", "", True) for op in push_ops(view, events)]
+        # Checked before any is sent: a batch with one bad entry is refused whole while the others are written, so a
+        # push refused for an entity id too long for a key would otherwise be half stored.
+        for op in ops:
+            try:
+                self._check_write(op)
+            except KvError as exc:
+                raise KvError(exc.code, f"a push writes {op.key!r:.120}: {exc.message}") from None
         chunks = [ops[i : i + self._batch_keys] for i in range(0, len(ops), self._batch_keys)]
         answers = await asyncio.gather(*(self._run(BatchPutOp(tuple(chunk))) for chunk in chunks))
         failures: list[Failure] = []
@@ -170,6 +190,7 @@ class FeatureRoutes:
     # ------------------------------------------------------------ online reads
 
     async def online(self, request: Request, _path: str) -> Response:
+        refuse_query(request)
         doc, _ = read_document(request, MAX_REGISTRY_BODY_BYTES)
         check_fields(doc, ("view", "entities"), ("features", "consistency", "r"), "an online read")
         registry, view = await self._view(doc["view"])
@@ -219,12 +240,14 @@ class FeatureRoutes:
     # ------------------------------------------------------------ watermarks
 
     async def get_watermark(self, request: Request, view: str) -> Response:
+        refuse_query(request)
         await self._view(view)
         values, _ = await self._read(watermark_key(view))
         watermark = decode_row(values[0])[WATERMARK_CELL][0] if values else None
         return encoded_response({"view": view, "watermark_ms": watermark}, wants_msgpack(request))
 
     async def put_watermark(self, request: Request, view: str) -> Response:
+        refuse_query(request)
         doc, _ = read_document(request, 4096)
         check_fields(doc, ("watermark_ms",), (), "a watermark")
         watermark = doc["watermark_ms"]
@@ -252,6 +275,10 @@ class FeatureRoutes:
             return result.values, result.context
         values = _values_of(key, result)
         return values, b""
+
+    def _check_write(self, op: PutOp) -> None:
+        config = self._config
+        check_op(op, self._limits, config.mode, config.replication.reads, config.replication_factor)
 
     @staticmethod
     def _written(result: Result) -> None:

@@ -1150,9 +1150,14 @@ class Node:
         return self.partition_map.owner(self.partition_map.partition_for_key(key))
 
     def _batch_owner(self, target: _Target) -> Callable[[str], str]:
-        """Where each key of a batch is served. Leader mode: a client's batch goes to each partition's leader as
+        """Where each key of a batch is served. Leaderless mode: started here, each key routed as a single op.
+        Leader mode: a client's batch goes to each partition's leader as
         this node knows it (its preferred owner may be down or a follower); a forwarded one is served here for
         every partition held here (a follower's replica refuses its part, not_leader, and the client retries)."""
+        if self._leaderless is not None:
+            # Any replica coordinates: each key is started here and routed as a single op is (around silent ones).
+            here = self.node_id
+            return lambda _key: here
         if not self._leader_mode:
             return self._owner_of_key
         partition_for_key = self.partition_map.partition_for_key

@@ -44,7 +44,8 @@ def parse_events(view: FeatureView, raw: object) -> list[Event]:
         try:
             if not isinstance(item, dict):
                 raise DefinitionError("an event is an object")
-            unknown = sorted(set(item) - {join_key, "entity", "event_ts_ms", "values"})
+            # Sorted as text: msgpack may give bytes and str names side by side, which do not compare.
+            unknown = sorted((set(item) - {join_key, "entity", "event_ts_ms", "values"}), key=repr)
             if unknown:
                 raise DefinitionError(f"unknown field {unknown[0]!r:.60} (expected entity, event_ts_ms, values)")
             if "entity" in item and join_key in item:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvstore import session
-from kvstore.config import Limits
+from kvstore.config import RESERVED_PREFIX, Limits
 from kvstore.effects import Reply
 from kvstore.errors import ErrorCode, KvError
 from kvstore.leaderless_mode import CONTEXT_HEADER
@@ -157,6 +157,7 @@ class KvRoutes:
         positions = _session(request)
         context = _context(request)
         replication, w, consistency = (params.get(name, "") for name in ("replication", "w", "consistency"))
+        refuse_reserved(key)
         op = PutOp(key, value, ttl_ms, replication, w, context, consistency)
         reply = await self._reply(op)
         result = reply.result
@@ -171,6 +172,7 @@ class KvRoutes:
         params = query_params(request, ("replication", "w", "consistency")) if request.query_string else {}
         positions = _session(request)
         context = _context(request)
+        refuse_reserved(key)
         op = DeleteOp(key, params.get("replication", ""), params.get("w", ""), context, params.get("consistency", ""))
         reply = await self._reply(op)
         result = reply.result
@@ -211,6 +213,7 @@ class KvRoutes:
             raise KvError(ErrorCode.BAD_REQUEST, f"encoding must be one of {', '.join(_ENCODINGS)}")
         expected = None if doc["expected"] is None else value_from(doc["expected"], encoding, "expected")
         new = None if doc["new"] is None else value_from(doc["new"], encoding, "new")
+        refuse_reserved(key)
         reply = await self._reply(CasOp(key, expected, new, optional_int(doc, "ttl_ms"), replication))
         result = reply.result
         as_msgpack = wants_msgpack(request)
@@ -285,6 +288,15 @@ def _unexpected(result: Result) -> KvError:
 def _int_param(params: dict[str, str], name: str, default: int) -> int:
     text = params.get(name)
     return default if text is None else parse_whole_number(text, name)
+
+
+def refuse_reserved(key: str) -> None:
+    """Keys under ``RESERVED_PREFIX`` are the feature store's: its routes write them, with values they checked."""
+    if key.startswith(RESERVED_PREFIX):
+        raise KvError(
+            ErrorCode.BAD_REQUEST,
+            f"keys under {RESERVED_PREFIX} belong to the feature store: write them through /features routes",
+        )
 
 
 def _ttl_ms(params: dict[str, str]) -> int | None:
@@ -362,6 +374,10 @@ def _put_entry(entry: Any, index: int, replication: str) -> PutOp:
         value = value_from(entry["value_b64"], "base64", f"{where}.value_b64")
     else:
         value = value_from(entry["value"], "utf-8", f"{where}.value")
+    try:
+        refuse_reserved(entry["key"])
+    except KvError as exc:
+        raise KvError(exc.code, f"put[{index}]: {exc.message}") from None
     return PutOp(entry["key"], value, optional_int(entry, "ttl_ms"), replication)
 
 

@@ -28,8 +28,8 @@ from chaos.faults import ChaosPolicy
 from chaos.leaders import pick_leader
 from chaos.nemesis import Nemesis, describe_schedule, plan
 from chaos.run_sim import Copies, Recorder, RunResult, all_checkers, final_state
-from chaos.scenario import Scenario, check_real_cluster
-from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
+from chaos.scenario import Scenario, ScenarioError, check_real_cluster
+from chaos.workloads import FEATURE_WORKLOAD_KINDS, Execution, Outcome, PlannedOp, make_workload
 from kvstore.client import AsyncClient, ReplicaCopy
 from kvstore.cluster import CONFIG_NAME, LocalCluster, pick_free_ports
 from kvstore.config import ClusterConfig, Limits, NodeAddress, StorageConfig, Timeouts, local_cluster
@@ -415,6 +415,11 @@ class _RealRunner:
 
 def run_on_real_cluster(scenario: Scenario, seed: int | None = None, progress: Progress = lambda _: None) -> RunResult:
     check_real_cluster(scenario)
+    if scenario.workload.kind in FEATURE_WORKLOAD_KINDS:
+        # Its pushes are the feature store's merges, which a node takes from the /features routes only (the key
+        # routes refuse the reserved prefix), and its checks read every partition, single copies included.
+        raise ScenarioError(f"{scenario.name}: the {scenario.workload.kind} workload runs in the simulator only "
+                            "(a real cluster takes the feature store's merges only through /features/push)")
     chosen_seed = scenario.seed if seed is None else seed
     with tempfile.TemporaryDirectory(prefix=f"kvstore-chaos-{scenario.name}-") as tmp:
         directory = Path(tmp)

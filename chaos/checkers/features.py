@@ -26,7 +26,10 @@ The checks, each with its own verdict:
    they answer (``repair = "sync"``: every replica a read asked holds what it returned, and at least ``r`` did),
    ``r`` quorums that intersect (``2r > N``) and strict quorums (``sloppy = false``: a fallback that stood in
    would be a replica the next read need not meet). With async repair, or ``r = 1``, a session's next read may
-   ask replicas that never saw what the last one returned.
+   ask replicas that never saw what the last one returned. One gap remains with these settings: a sync read
+   that runs out of time answers with ``r`` replies merged and its repairs unacknowledged, so a cell only its
+   coordinator held may be missed by the session's next read if that one goes to another coordinator (a client
+   on a node that holds no replica of the key, whose first replica fell silent).
 3. ``recompute`` (**after quiet time the online store equals the batch recompute**): the final event log is the
    events every replica holds (they must agree, key by key, or the log is reported diverged); the recompute of
    an entity's online row is ``merge_rows`` of all its events; every replica of every entity's online row must

@@ -43,6 +43,15 @@ def test_the_feature_store_keeps_acknowledged_events_serves_monotonic_sessions_a
     assert len(result.periods) >= 5 and result.stats["outcomes"].get("push:info", 0) > 0, replay(name, seed)
 
 
+def test_a_seed_replays_the_same_run() -> None:
+    scenario = replace(load_shipped("features-single.toml"), duration_ms=2000)
+    first, second = run_in_sim(scenario, 5), run_in_sim(scenario, 5)
+    assert first.stats["trace_hash"] == second.stats["trace_hash"]
+    assert [e.to_json() for e in first.history.events] == [e.to_json() for e in second.history.events]
+    assert first.checkers == second.checkers
+    assert run_in_sim(scenario, 6).stats["trace_hash"] != first.stats["trace_hash"]
+
+
 def test_the_feature_store_scenario_runs_on_a_real_cluster_under_kill_9() -> None:
     """Pushes through the feature store's route, reads of the online keys, every partition's replicas read through
     the admin route: the same checks hold on a real leaderless cluster."""

@@ -7,6 +7,11 @@ a node after it restarts, since a fresh process starts fault-free). After the he
 every replica's copy of each partition that has more than one is read through the nodes' admin route and
 judged by the convergence checker (``replica_convergence``). The cluster lives in a temporary directory
 and is always torn down.
+
+The ``features`` workload's view is applied to the cluster's registry first. Its pushes go through the feature
+store's route (``POST /features/push``: the key routes refuse the store's reserved keys), which builds from the
+events the same merges ``push_ops`` gives the simulator; its reads are plain reads of the online keys. After its
+final pushes and ``quiet_ms`` more, every replica of every partition is read for its checks.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ from chaos.checkers import convergence
 from chaos.faults import ChaosPolicy
 from chaos.leaders import pick_leader
 from chaos.nemesis import Nemesis, describe_schedule, plan
-from chaos.run_sim import Copies, Recorder, RunResult, all_checkers, final_state
+from chaos.run_sim import Copies, Recorder, RunResult, all_checkers, features_final, final_state
 from chaos.scenario import Scenario, check_real_cluster
-from chaos.workloads import Execution, Outcome, PlannedOp, make_workload
+from chaos.workloads import Execution, FeaturesWorkload, Outcome, PlannedOp, make_workload
 from kvstore.client import AsyncClient, ReplicaCopy
 from kvstore.cluster import CONFIG_NAME, LocalCluster, pick_free_ports
 from kvstore.config import ClusterConfig, Limits, NodeAddress, StorageConfig, Timeouts, local_cluster
 from kvstore.errors import ErrorCode, KvError
+from kvstore.features.definitions import Definitions, FeatureView
+from kvstore.features.keys import EVENTS_PREFIX, parse_event_key
 from kvstore.messages import (
+    BatchPutOp,
+    BatchResults,
     CasOp,
     ClientOp,
     DeleteOp,
@@ -43,10 +52,12 @@ from kvstore.messages import (
     PutOp,
     Result,
     ScanOp,
+    Written,
 )
 from kvstore.server.routes_admin import ADMIN_FAULTS_PATH, ADMIN_MEMBERS_PATH, ADMIN_MOVES_PATH
 from kvstore.storage.simulated import CrashKind
 from partitioning.partition_map import ACTIVE, LEAVING, PartitionMap
+from replication.event_time import decode_row
 
 Progress = Callable[[str], None]
 ADMIN_TIMEOUT_S = 5.0
@@ -104,24 +115,45 @@ async def execute(client: AsyncClient, op: ClientOp, leaderless: bool = False) -
     raise TypeError(f"the workloads do not use {type(op).__name__}")
 
 
-async def replica_copies(urls: Mapping[str, str], secret: str, timeout_s: float) -> (
+async def push_events(client: AsyncClient, view: FeatureView, batch: BatchPutOp) -> Result:
+    """A features push (the merges ``push_ops`` built) sent as the feature store's push of its events, which the
+    route turns into the same merges; its answer as the batch's results. The events are read back from the
+    batch's event-log merges (each is one event: its key names the entity and time, its row the values).
+
+    An error answer says how many merges were not acknowledged, not which: unless the route refused the push
+    before any merge (a 4xx answer, definite), every merge's outcome is unknown."""
+    events = []
+    for item in batch.items:
+        if item.key.startswith(EVENTS_PREFIX):
+            _view, entity_key, ts = parse_event_key(item.key)
+            values = {name: value for name, (_ts, value) in decode_row(item.value).items()}
+            events.append({"entity": view.entity.value_of(entity_key), "event_ts_ms": ts, "values": values})
+    w = batch.items[0].w if batch.items else ""
+    try:
+        await client.call("POST", "/features/push", {"view": view.name, "events": events},
+                          query={"w": w} if w else None, idempotent=True)
+    except KvError as exc:
+        if exc.code.http_status < 500:
+            return Failure.of(exc.code, exc.message)
+        return Failure.of(ErrorCode.TIMEOUT, f"push not acknowledged, which merges landed is unknown: {exc.message}")
+    return BatchResults(tuple(Written(item.key, 0) for item in batch.items))
+
+
+async def replica_copies(urls: Mapping[str, str], secret: str, timeout_s: float, every_partition: bool = False) -> (
     tuple[Copies, tuple[tuple[str, ...], ...], int] | str
 ):
     """Every replica's copy of each partition with more than one in a running cluster (its nodes at ``urls``),
     the partitions' replicas and the latest node clock seen; or why they could not all be read.
 
     The partition map is the newest any node serves on ``/cluster``; every replica is read whole from its own
-    node's admin route (``secret`` is the cluster's)."""
+    node's admin route (``secret`` is the cluster's). ``every_partition``: those of one replica too."""
     clients = {node: AsyncClient([url], route_by_map=False, timeout_s=timeout_s) for node, url in urls.items()}
     try:
         views = [await client.cluster() for client in clients.values()]
         partition_map = max((view["partition_map"] for view in views), key=lambda m: m["epoch"])
         replicas = tuple(tuple(nodes) for nodes in partition_map["replicas"])
-        reads = [
-            (partition, node)
-            for partition in convergence.multi_copy_partitions(replicas)
-            for node in replicas[partition]
-        ]
+        partitions = range(len(replicas)) if every_partition else convergence.multi_copy_partitions(replicas)
+        reads = [(partition, node) for partition in partitions for node in replicas[partition]]
         # Every read runs to its end (return_exceptions) before the clients close under them.
         answers = await asyncio.gather(
             *(clients[node].replica_copy(p, secret=secret) for p, node in reads), return_exceptions=True
@@ -320,6 +352,10 @@ class _RealRunner:
         timeout_s = s.workload.client_timeout_ms / 1000
         clients = {n: AsyncClient([self.cluster.url(n)], route_by_map=False, timeout_s=timeout_s) for n in nodes}
         try:
+            if isinstance(self.workload, FeaturesWorkload):
+                fv = self.workload.view
+                definitions = Definitions({fv.entity.name: fv.entity}, {fv.name: fv})
+                await clients[nodes[0]].call("PUT", "/features/registry", definitions.to_json(), idempotent=True)
             self.progress(f"workload {s.workload.kind} x{s.workload.concurrency} for {s.duration_ms} ms; "
                           f"{len(self.schedule) // 2} fault(s) scheduled")
             deadline = s.duration_ms
@@ -347,13 +383,21 @@ class _RealRunner:
                 process = self.next_process
                 self.next_process += 1
                 await self._run_op(process, op, clients[nodes[i % len(nodes)]])
+            features = None
+            if isinstance(self.workload, FeaturesWorkload):
+                # Its final ops resend the pushes cut short: quiet time again for every replica to apply them.
+                await asyncio.sleep(s.quiet_ms / 1000)
+                self.progress("reading every replica of every partition")
+                every = await replica_copies({n: self.cluster.url(n) for n in nodes}, self.cluster.config.secret,
+                                             ADMIN_TIMEOUT_S, every_partition=True)
+                features = None if isinstance(every, str) else features_final(self.workload, every[0], every[1])
         finally:
             for client in clients.values():
                 await client.close()
         history = self.recorder.history(f"{s.name} real seed={self.seed}")
         self.progress(f"checking {len(history)} events")
         checkers = all_checkers(s.checkers.names or self.workload.default_checkers, history,
-                                s.checkers.time_limit_s, converged, final)
+                                s.checkers.time_limit_s, converged, final, features)
         outcomes = Counter(f"{e.f}:{e.type}" for e in history.events if e.type != "invoke")
         stats: dict[str, Any] = {
             "ops": sum(1 for e in history.events if e.type == "invoke"),
@@ -394,15 +438,17 @@ class _RealRunner:
         gen: Execution = self.workload.execute(op)
         timeout_s = self.scenario.workload.client_timeout_ms / 1000
         leaderless = self.scenario.cluster.mode == "leaderless"
+        view = self.workload.view if isinstance(self.workload, FeaturesWorkload) else None
         try:
-            outcome = await asyncio.wait_for(self._drive(gen, client, leaderless), timeout_s)
+            outcome = await asyncio.wait_for(self._drive(gen, client, leaderless, view), timeout_s)
         except TimeoutError:
             outcome = ("info", None, "client_timeout")
         self.recorder.complete(process, op, outcome, self.now_ms())
         return outcome
 
     @staticmethod
-    async def _drive(gen: Execution, client: AsyncClient, leaderless: bool) -> Outcome:
+    async def _drive(gen: Execution, client: AsyncClient, leaderless: bool, view: FeatureView | None) -> Outcome:
+        """``view``: the features workload's, whose batches of merges are pushes (``push_events``)."""
         result: Result | None = None
         while True:
             try:
@@ -410,7 +456,10 @@ class _RealRunner:
             except StopIteration as stop:
                 outcome: Outcome = stop.value
                 return outcome
-            result = await execute(client, request, leaderless)
+            if view is not None and isinstance(request, BatchPutOp):
+                result = await push_events(client, view, request)
+            else:
+                result = await execute(client, request, leaderless)
 
 
 def run_on_real_cluster(scenario: Scenario, seed: int | None = None, progress: Progress = lambda _: None) -> RunResult:

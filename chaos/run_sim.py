@@ -5,7 +5,9 @@ time and records it; an op without an answer after ``client_timeout_ms`` is reco
 process moves on under a new id, as Jepsen's do. After ``duration_ms`` no new ops start (or, when the
 workload sets ``ops``, once that many have finished: the run must get there within ``duration_ms``), every
 fault is healed, the cluster gets ``quiet_ms`` of calm, every replica's copy of every partition is read for
-the convergence checker, and the workload's final reads run one by one.
+the convergence checker, and the workload's final ops (reads; the features workload resends its unsettled
+pushes) run one by one. For the ``features`` workload the cluster gets ``quiet_ms`` again, then its checks read
+every replica of every partition.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import partial
 from typing import Any, cast
 
 from chaos.checkers import convergence, expected, run_checkers
+from chaos.checkers.features import FeaturesFinal, replica_rows
 from chaos.faults import ChaosPolicy
 from chaos.final_siblings import replica_siblings
 from chaos.history import Event, History
@@ -25,7 +28,15 @@ from chaos.leaders import pick_leader
 from chaos.nemesis import FaultAction, Nemesis, describe_schedule, plan
 from chaos.report import FaultPeriod
 from chaos.scenario import Scenario
-from chaos.workloads import Execution, Outcome, PlannedOp, SiblingsWorkload, Workload, make_workload
+from chaos.workloads import (
+    Execution,
+    FeaturesWorkload,
+    Outcome,
+    PlannedOp,
+    SiblingsWorkload,
+    Workload,
+    make_workload,
+)
 from kvstore.config import (
     DEFAULT_LEADER_REPLICAS,
     ClusterConfig,
@@ -109,13 +120,16 @@ def all_checkers(
     time_limit_s: float,
     converged: dict[str, Any],
     final: FinalState | None = None,
+    features: FeaturesFinal | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The named checkers' verdicts on ``history``, and ``converged`` (``convergence.check_copies``'s verdict
     on the replicas' copies): always when it compared copies, and when ``names`` asks for it even if it
-    had none to compare (it then says it was skipped). ``final``: the siblings checker's final state and bound."""
+    had none to compare (it then says it was skipped). ``final``: the siblings checker's final state and bound;
+    ``features``: the feature store checks' view and replicas' rows."""
     results = run_checkers(
         [name for name in names if name != "convergence"], history, time_limit_s=time_limit_s,
         final_siblings=None if final is None else final.siblings, max_siblings=None if final is None else final.bound,
+        features_final=features,
     )
     if "convergence" in names or converged["valid"] != convergence.SKIPPED:
         results["convergence"] = converged
@@ -146,6 +160,18 @@ def final_state(workload: Workload, scenario: Scenario, copies: Copies, replicas
         return None
     stored = replica_siblings(copies, replicas)
     return FinalState(cast(dict[Any, dict[str, list[Any]]], workload.final_siblings(stored)), sibling_bound(scenario))
+
+
+def features_final(workload: Workload, copies: Copies, replicas: Sequence[Sequence[str]]) -> FeaturesFinal | None:
+    """The features workload's final state from every replica's copy of every partition (None for the others)."""
+    if not isinstance(workload, FeaturesWorkload):
+        return None
+    return FeaturesFinal(workload.view, replica_rows(copies, replicas))
+
+
+def sim_all_copies(cluster: SimCluster, replicas: Sequence[Sequence[str]]) -> Copies:
+    """Every replica's copy of every partition, those of one replica too (single mode has no other)."""
+    return {(p, node): cluster.storage(node).copy_of(p) for p, nodes in enumerate(replicas) for node in nodes}
 
 
 def sim_copies(cluster: SimCluster) -> tuple[Copies, tuple[tuple[str, ...], ...], int]:
@@ -266,6 +292,7 @@ class Simulation:
     schedule: list[dict[str, Any]]
     stats: dict[str, Any]
     checker_names: Sequence[str]
+    features: FeaturesFinal | None = None
 
 
 class _SimRunner:
@@ -320,10 +347,16 @@ class _SimRunner:
         converged = convergence.check_copies(copies, replicas, at_ms)
         final = final_state(self.workload, s, copies, replicas)
         self._final_reads()
+        features = None
+        if isinstance(self.workload, FeaturesWorkload):
+            # Its final ops resend the pushes that were cut short: quiet time again, for every replica to apply
+            # them (a write is acknowledged once a quorum holds it), then every copy of every partition.
+            self.cluster.run_for(s.quiet_ms)
+            features = features_final(self.workload, sim_all_copies(self.cluster, replicas), replicas)
         history = self.recorder.history(f"{s.name} seed={self.seed}")
         return Simulation(s, self.seed, history, converged, final, self.nemesis.periods,
                           describe_schedule(self.schedule),
-                          self._stats(history), s.checkers.names or self.workload.default_checkers)
+                          self._stats(history), s.checkers.names or self.workload.default_checkers, features)
 
     def _apply(self, action: FaultAction) -> None:
         # A workload that ran its ops before the schedule ended leaves the rest of the schedule undone.
@@ -460,7 +493,7 @@ def simulate(scenario: Scenario, seed: int | None = None) -> Simulation:
 def judge(run: Simulation) -> RunResult:
     """The checkers' verdicts on a simulated run."""
     checkers = all_checkers(run.checker_names, run.history, run.scenario.checkers.time_limit_s, run.converged,
-                            run.final)
+                            run.final, run.features)
     return RunResult(run.scenario, run.seed, "sim", run.history, run.periods, checkers, run.stats, run.schedule)
 
 

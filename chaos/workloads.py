@@ -33,7 +33,12 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kvstore.features.definitions import Entity, FeatureView
+from kvstore.features.ingest import Event, push_ops
+from kvstore.features.keys import online_key
 from kvstore.messages import (
+    BatchPutOp,
+    BatchResults,
     CasOp,
     ClientOp,
     Deleted,
@@ -51,6 +56,7 @@ from kvstore.messages import (
 )
 from kvstore.sim.draws import below, between
 from kvstore.validation import prefix_range
+from replication.event_time import Row, decode_row, merge_rows
 
 Outcome = tuple[str, Any, str | None]  # (type, value, error)
 Execution = Generator[ClientOp, Result, Outcome]
@@ -58,7 +64,9 @@ Execution = Generator[ClientOp, Result, Outcome]
 WORKLOAD_KINDS: tuple[str, ...] = ("register", "append", "set", "counter")
 # Workloads only leaderless mode serves (they read siblings and write with causal contexts).
 LEADERLESS_WORKLOAD_KINDS: tuple[str, ...] = ("siblings",)
-ALL_WORKLOAD_KINDS: tuple[str, ...] = (*WORKLOAD_KINDS, *LEADERLESS_WORKLOAD_KINDS)
+# Workloads every mode serves that are not built on plain keys' reads and writes.
+FEATURE_WORKLOAD_KINDS: tuple[str, ...] = ("features",)
+ALL_WORKLOAD_KINDS: tuple[str, ...] = (*WORKLOAD_KINDS, *LEADERLESS_WORKLOAD_KINDS, *FEATURE_WORKLOAD_KINDS)
 # A composite op gives up (a definite fail) after this many refused cas attempts.
 MAX_CAS_ATTEMPTS = 16
 SCAN_PAGE = 1000
@@ -367,6 +375,142 @@ class SiblingsWorkload:
         return final
 
 
+class FeaturesWorkload:
+    kind = "features"
+    default_checkers: tuple[str, ...] = ("features-acked", "features-monotonic", "features-recompute")
+    VIEW_NAME = "rides"
+    FEATURES: dict[str, str] = {"trips": "int64", "rating": "float64", "city": "string", "active": "bool"}
+    CITIES = ("lisbon", "oslo", "quito", "pune", "perth")
+    # Event times start here (2023-11-14) and move on by 0..CLOCK_STEP_MS per event: ties across entities happen.
+    BASE_TS_MS = 1_700_000_000_000
+    CLOCK_STEP_MS = 20
+    # A late event is this far behind the entity's newest (a far-late one, FAR_LATE_MS behind).
+    LATE_MS = (1, 2_000)
+    FAR_LATE_MS = (100_000, 10_000_000)
+    # Events remembered for duplicates (the newest ones: a duplicate is a retry, of something recent).
+    RECENT_EVENTS = 64
+    # Events per push of the final ops (the unsettled pushes sent again).
+    FINAL_PUSH_EVENTS = 100
+
+    def __init__(
+        self, entities: int = 24, read_fraction: float = 0.4, batch: int = 3, late_fraction: float = 0.2,
+        far_late_fraction: float = 0.05, duplicate_fraction: float = 0.1, same_ts_fraction: float = 0.05,
+        ttl_ms: int = 0, r: str | int = "", w: str | int = "", repair: str = "",
+    ) -> None:
+        fractions = (read_fraction, late_fraction, far_late_fraction, duplicate_fraction, same_ts_fraction)
+        if entities < 1 or batch < 1 or not all(0 <= f <= 1 for f in fractions) or sum(fractions[1:]) > 1:
+            raise ValueError("features workload: entities and batch must be positive, fractions between 0 and 1, "
+                             "the late, far-late, duplicate and same-ts fractions adding up to at most 1")
+        self.view = FeatureView(self.VIEW_NAME, Entity("driver", "driver_id"), self.FEATURES, ttl_ms=ttl_ms)
+        self.entities = list(range(1, entities + 1))
+        self.read_fraction = read_fraction
+        self.batch = batch
+        self.late_fraction = late_fraction
+        self.far_late_fraction = far_late_fraction
+        self.duplicate_fraction = duplicate_fraction
+        self.same_ts_fraction = same_ts_fraction
+        self.r, self.w, self.repair = str(r), str(w), repair
+        self._clock_ms = self.BASE_TS_MS
+        self._newest_ms: dict[int, int] = {}
+        self._recent: list[dict[str, Any]] = []
+        # Pushes started and not yet settled (ok or fail): sent again by the final ops.
+        self._unsettled: dict[int, list[dict[str, Any]]] = {}
+        self._next_push = 0
+
+    def next_op(self, rng: random.Random) -> PlannedOp:
+        if rng.random() < self.read_fraction:
+            # The key is the entity as the store's keys name it (``Entity.key_of``).
+            return PlannedOp("read", str(self.entities[below(rng, len(self.entities))]), None)
+        return PlannedOp("push", None, [self._event(rng) for _ in range(between(rng, 1, self.batch))])
+
+    def _event(self, rng: random.Random) -> dict[str, Any]:
+        """One event as a push's history records it: ``{"entity", "event_ts_ms", "values"}``."""
+        roll = rng.random()
+        if roll < self.duplicate_fraction and self._recent:
+            return self._recent[below(rng, len(self._recent))]
+        roll -= self.duplicate_fraction
+        entity = self.entities[below(rng, len(self.entities))]
+        newest = self._newest_ms.get(entity)
+        self._clock_ms += between(rng, 0, self.CLOCK_STEP_MS)
+        if newest is None:
+            ts = self._clock_ms
+        elif roll < self.same_ts_fraction:
+            ts = newest  # another event at a time the entity has: the larger packed value wins each cell
+        elif roll < self.same_ts_fraction + self.late_fraction:
+            ts = max(0, newest - between(rng, *self.LATE_MS))
+        elif roll < self.same_ts_fraction + self.late_fraction + self.far_late_fraction:
+            ts = max(0, newest - between(rng, *self.FAR_LATE_MS))
+        else:
+            ts = self._clock_ms
+        self._newest_ms[entity] = max(ts, newest or 0)
+        values = {
+            "trips": None if rng.random() < 0.05 else between(rng, 0, 1000),
+            "rating": round(rng.random() * 5, 3),
+            "city": self.CITIES[below(rng, len(self.CITIES))],
+            "active": rng.random() < 0.5,
+        }
+        event = {"entity": entity, "event_ts_ms": ts, "values": values}
+        self._recent.append(event)
+        if len(self._recent) > self.RECENT_EVENTS:
+            del self._recent[0]
+        return event
+
+    def final_ops(self) -> list[PlannedOp]:
+        """After the heal, every push not known to be acknowledged or refused is sent again, as a client is told
+        to do (a push is idempotent): one that was cut short may have stored its events but not every online
+        merge, and the online store equals the batch recompute only once every stored event was applied."""
+        events = [event for push in self._unsettled.values() for event in push]
+        self._unsettled.clear()
+        return [PlannedOp("push", None, events[i : i + self.FINAL_PUSH_EVENTS])
+                for i in range(0, len(events), self.FINAL_PUSH_EVENTS)]
+
+    def execute(self, op: PlannedOp) -> Execution:
+        if op.f == "read":
+            assert op.key is not None
+            return (yield from self._read(op.key))
+        # Settled when it ends ok or fail; a push abandoned at its timeout (the runner stops driving it) stays.
+        push_id = self._next_push
+        self._next_push += 1
+        self._unsettled[push_id] = op.value
+        outcome = yield from self._push(op)
+        if outcome[0] != "info":
+            del self._unsettled[push_id]
+        return outcome
+
+    def _push(self, op: PlannedOp) -> Execution:
+        events = [Event(e["entity"], e["event_ts_ms"], e["values"]) for e in op.value]
+        ops = tuple(PutOp(put.key, put.value, w=self.w, merge=True) for put in push_ops(self.view, events))
+        result = yield BatchPutOp(ops)
+        if isinstance(result, Failure):
+            return _failed(result)
+        assert isinstance(result, BatchResults), f"unexpected reply to a batch put: {result!r}"
+        failures = [r for r in result.results if isinstance(r, Failure)]
+        if not failures:
+            return "ok", op.value, None
+        if len(failures) == len(ops) and all(f.error_code.definite for f in failures):
+            return "fail", None, failures[0].code
+        return "info", None, failures[0].code  # some merges may have landed
+
+    def _read(self, entity_key: str) -> Execution:
+        key = online_key(self.view.name, entity_key)
+        result = yield GetOp(key, r=self.r, repair=self.repair)
+        if isinstance(result, Found):
+            rows = [result.value]
+        elif isinstance(result, FoundSiblings):
+            rows = list(result.values)  # an event-time key holds one row; several would be joined by any reader
+        elif isinstance(result, Failure) and result.code == "not_found":
+            rows = []
+        else:
+            assert isinstance(result, Failure), f"unexpected reply to a get: {result!r}"
+            return "fail", None, result.code  # a read changes nothing: never indefinite
+        if not rows:
+            return "ok", None, None
+        row: Row = {}
+        for data in rows:
+            row = merge_rows(row, decode_row(data))
+        return "ok", {name: [ts, value] for name, (ts, value) in sorted(row.items())}, None
+
+
 def make_workload(kind: str, options: dict[str, Any]) -> Workload:
     factories: dict[str, type] = {
         "register": RegisterWorkload,
@@ -374,6 +518,7 @@ def make_workload(kind: str, options: dict[str, Any]) -> Workload:
         "set": SetWorkload,
         "counter": CounterWorkload,
         "siblings": SiblingsWorkload,
+        "features": FeaturesWorkload,
     }
     factory = factories.get(kind)
     if factory is None:

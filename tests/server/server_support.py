@@ -49,6 +49,13 @@ CLIENT_ROUTE_TEMPLATES = (
     ("GET", "/health"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/changes"),
+    ("GET", "/features/registry"),
+    ("PUT", "/features/registry"),
+    ("POST", "/features/push"),
+    ("POST", "/features/online"),
+    ("GET", "/features/watermarks/{view}"),
+    ("PUT", "/features/watermarks/{view}"),
 )
 # The admin routes the description documents beside them (the cluster secret as a bearer token).
 ADMIN_ROUTE_TEMPLATES = (("GET", "/admin/copies/{partition}"),)

@@ -70,6 +70,20 @@ class CaughtUp:
 Frame = Changes | CaughtUp
 
 
+def _as_of_s(doc: dict[str, Any]) -> float:
+    """When a caught-up round began, on this process's monotonic clock: the older of two readings. Arrival time
+    minus the round's length is too new when the frame waited in buffers; the node's wall-clock stamp is off by the
+    clocks' difference. The older one never makes a reader fresher than it is on the same machine, and bounds how
+    much a skewed clock can."""
+    now_s = time.monotonic()
+    by_arrival_s: float = now_s - doc["round_ms"] / 1000
+    stamp_ms = doc.get("as_of_ms")
+    if type(stamp_ms) is not int:
+        return by_arrival_s
+    by_stamp_s = now_s - max(0.0, time.time() - stamp_ms / 1000)
+    return min(by_arrival_s, by_stamp_s)
+
+
 class ChangeFeed:
     def __init__(
         self,
@@ -236,7 +250,7 @@ class ChangeFeed:
             self._note(f"partition {doc.get('partition')}: {doc['error']}")
             return False
         if doc.get("caught_up"):
-            frame: Frame = CaughtUp(time.monotonic() - doc["round_ms"] / 1000, doc["cursor"])
+            frame: Frame = CaughtUp(_as_of_s(doc), doc["cursor"])
         else:
             partition = doc["partition"]
             changes = tuple(

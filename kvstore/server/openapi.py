@@ -978,6 +978,7 @@ def _change_frame(as_msgpack: bool) -> dict[str, Any]:
         {
             "caught_up": {"const": True},
             "round_ms": {"type": "number", "minimum": 0, "description": "How long the round of reads took"},
+            "as_of_ms": {"type": "integer", "description": "When the round began, by the node's wall clock (ms)"},
             "cursor": _CURSOR,
         }
     )

@@ -11,8 +11,9 @@ The body is a sequence of frames: newline-delimited JSON (values as UTF-8 text o
 
 - ``{"partition", "changes": [{"key", "value"|"value_b64"|null, "version", "expires_at_ms"}], "position",
   "source", "more", "cursor"}``: a page of changes (``value`` null: a tombstone);
-- ``{"caught_up": true, "round_ms", "cursor"}``: every partition streamed had nothing more when read, in a round
-  that took ``round_ms`` (a reader is as fresh as the moment the round began);
+- ``{"caught_up": true, "round_ms", "as_of_ms", "cursor"}``: every partition streamed had nothing more when read,
+  in a round that took ``round_ms`` and began at ``as_of_ms`` (this node's wall clock): a reader is as fresh as the
+  moment the round began;
 - ``{"partition", "error": {"code", "message"}}``: a partition could not be read this round (retried next round);
 - ``{"end": true, "cursor"}``: the stream ends (``wait_ms`` passed, and no partition had more to read at once).
 
@@ -160,7 +161,11 @@ class ChangesRoutes:
                     out.append(encode(_page_frame(result, cursor, as_msgpack)))
             if not failed and not pending:
                 round_ms = round((time.monotonic() - started_s) * 1000, 3)
-                out.append(encode({"caught_up": True, "round_ms": round_ms, "cursor": cursor.encode()}))
+                # The round's start by the wall clock too: a reader that got the frame late (it waited in buffers)
+                # must not take it for fresher than it is.
+                as_of_ms = time.time_ns() // 1_000_000 - round(round_ms)
+                frame = {"caught_up": True, "round_ms": round_ms, "as_of_ms": as_of_ms, "cursor": cursor.encode()}
+                out.append(encode(frame))
             if out:
                 yield b"".join(out)
             now_s = time.monotonic()

@@ -118,7 +118,7 @@ async def test_a_partition_streams_its_changes_in_position_order_compacted(
     assert [ch["key"] for ch in changes(later)] == [a, c]
     # An empty partition: caught up at once, then the end.
     empty = await frames_of(http, base, {"partition": "3"})
-    assert [set(f) for f in empty] == [{"caught_up", "round_ms", "cursor"}, {"end", "cursor"}]
+    assert [set(f) for f in empty] == [{"caught_up", "round_ms", "as_of_ms", "cursor"}, {"end", "cursor"}]
 
 
 async def test_a_ttl_shows_as_its_expiry(single: InProcessCluster, http: aiohttp.ClientSession) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import time
 from typing import Any
 
@@ -214,7 +215,9 @@ class FeatureRoutes:
         as_msgpack = wants_msgpack(request)
         if as_msgpack:
             return encoded_response(answer.to_json(), True)
-        body = json.dumps(answer.to_json(), separators=(",", ":"), default=_json_bytes).encode()
+        doc = answer.to_json()
+        doc["values"] = {name: [_json_value(v) for v in column] for name, column in answer.values.items()}
+        body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         return Response(body=body, headers={"Content-Type": "application/json"})
 
     async def _rows(self, keys: list[str], consistency: str, r: str) -> list[Row | None]:
@@ -307,8 +310,13 @@ def _decoded(key: str, value: bytes) -> Row:
         raise KvError(ErrorCode.INTERNAL, f"{key!r} does not hold an event-time row: {exc}") from None
 
 
-def _json_bytes(value: object) -> Any:
+def _json_value(value: Any) -> Any:
+    """A feature value as strict JSON takes it: bytes as ``{"b64": ...}``, a float that is not finite as the string
+    ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (JSON has no such numbers; msgpack answers carry them as they are)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, bytes):
         return {"b64": base64.b64encode(value).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
+    if isinstance(value, list):
+        return [_json_value(item) for item in value]
+    return value

@@ -20,7 +20,7 @@ partitioner = "hash"        # or "range": ranges split and merge at the [ranges]
 ranges = { split_keys = 4, split_bytes = 65536, merge_keys = 2, merge_bytes = 32768, check_interval_ms = 200 }
 
 [workload]
-kind = "register"           # register | append | set | counter | siblings (leaderless mode: see chaos.workloads)
+kind = "register"           # register | append | set | counter | features | siblings (leaderless: chaos.workloads)
 concurrency = 5             # client processes
 think_ms = 20               # a process waits 0..think_ms between ops
 client_timeout_ms = 3000    # an op without an answer by then is recorded as info

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -203,6 +204,24 @@ async def test_a_push_of_many_events_in_batches_json_and_msgpack_answers(
     assert answer["values"]["tags"] == [[], [], None, ["7"]]
     assert answer["event_ts_ms"]["trips"] == [1024, 1000, None, 1007]
     assert answer["entities"] == entities
+
+
+async def test_a_json_answer_is_strict_json_and_msgpack_keeps_every_value(
+    cluster: InProcessCluster, http: aiohttp.ClientSession
+) -> None:
+    n1 = cluster.url("n1")
+    await apply(http, n1)
+    odd = [event(1, 10, rate=float("nan"), raw=b"\xff\x00"), event(2, 10, rate=float("inf")), event(3, 10, rate=-1e309)]
+    await ok(http, "POST", f"{n1}/features/push", {"view": "stats", "events": odd}, as_msgpack=True)
+    body = {"view": "stats", "entities": [1, 2, 3], "features": ["rate", "raw"]}
+    async with http.post(f"{n1}/features/online", json=body) as response:
+        text = await response.text()
+    # Strict JSON: no bare NaN or Infinity (json.loads would take them; a strict parser refuses them).
+    doc = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in a JSON answer"))
+    assert doc["values"] == {"rate": ["NaN", "Infinity", "-Infinity"], "raw": [{"b64": "/wA="}, None, None]}
+    packed = await online(http, n1, body, as_msgpack=True)
+    rates = packed["values"]["rate"]
+    assert math.isnan(rates[0]) and rates[1:] == [math.inf, -math.inf] and packed["values"]["raw"][0] == b"\xff\x00"
 
 
 async def test_ttl_expiry_is_judged_at_the_node_clock(cluster: InProcessCluster, http: aiohttp.ClientSession) -> None:

@@ -1082,9 +1082,10 @@ class Node:
             and (
                 isinstance(target, _ToClient)
                 or (
+                    # A key op, or one key of a batch part, forwarded here.
                     self._leader_mode
-                    and isinstance(waiter, PeerWaiter)
-                    and waiter.src not in self.partition_map.replicas[partition]
+                    and isinstance(target, PeerWaiter)
+                    and target.src not in self.partition_map.replicas[partition]
                 )
             )
         ):

@@ -35,11 +35,6 @@ async def single() -> AsyncIterator[InProcessCluster]:
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
 
 def partition_of(cluster: InProcessCluster, key: str) -> int:
     partition_map = next(iter(cluster.servers.values())).node.partition_map

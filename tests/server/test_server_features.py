@@ -55,11 +55,6 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[InProcessClus
         yield running
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
 
 async def call(
     http: aiohttp.ClientSession,

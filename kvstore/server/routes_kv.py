@@ -290,9 +290,10 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
     return default if text is None else parse_whole_number(text, name)
 
 
-def refuse_reserved(key: str) -> None:
+def refuse_reserved(key: object) -> None:
     """Keys under ``RESERVED_PREFIX`` are the feature store's: its routes write them, with values they checked."""
-    if key.startswith(RESERVED_PREFIX):
+    # Any other type is refused by the node's checks, with the field named.
+    if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
         raise KvError(
             ErrorCode.BAD_REQUEST,
             f"keys under {RESERVED_PREFIX} belong to the feature store: write them through /features routes",

@@ -500,6 +500,9 @@ class SqliteJournal:
             raise StorageError(f"{self.path}: cannot open the database: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path}: not a kvstore database, or a damaged one: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            # A damaged header can make a PRAGMA answer bytes that are not text (the journal mode, seen once).
+            raise StorageError(f"{self.path}: a damaged database (a setting read back is not text: {exc})") from exc
 
     def _create_schema(self) -> None:
         for statement in _SCHEMA:

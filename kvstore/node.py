@@ -83,6 +83,7 @@ from kvstore.messages import (
     NODE_PARTITION,
     BatchGetOp,
     BatchPutOp,
+    BatchResults,
     CasOp,
     ChangesOp,
     ClientOp,
@@ -907,6 +908,11 @@ class Node:
         self._arm_call_timer(token)
 
     def _start_batch(self, op: BatchGetOp | BatchPutOp, target: _Target) -> None:
+        if isinstance(op, BatchGetOp) and not self._leader_mode and self._leaderless is None:
+            answered = self._read_batch_at_once(op)
+            if answered is not None:
+                self._deliver(target, answered)
+                return
         remote, local = batch_parts(op, self._batch_owner(target), self.node_id, target)
         for owner, part, waiter in remote:
             if isinstance(target, PeerWaiter):
@@ -921,6 +927,20 @@ class Node:
             return
         for key_op, waiter in local:
             self._start_key_op(key_op, waiter)
+
+    def _read_batch_at_once(self, op: BatchGetOp) -> BatchResults | None:
+        """Single mode, every key's partition held here and not moving away: the batch read at once, without a
+        gather (the common case of a batch sent to the node that owns it all). None: some key is elsewhere."""
+        partition_for_key, replicas, now_ms = self.partition_map.partition_for_key, self.replicas, self._expiry_clock_ms
+        moving = self._mover.moving
+        results: list[Result] = []
+        for key in op.keys:
+            partition = partition_for_key(key)
+            replica = replicas.get(partition)
+            if replica is None or not isinstance(replica, SingleCopy) or (moving and self._mover.fenced(partition)):
+                return None
+            results.append(cast(Result, replica.read(now_ms, GetOp(key))))
+        return BatchResults(tuple(results))  # type: ignore[arg-type]
 
     def _read_batch_here(self, local: list[tuple[KeyOp, GatherPart[_Target]]]) -> None:
         partition_for_key, replicas, now_ms = self.partition_map.partition_for_key, self.replicas, self._expiry_clock_ms

@@ -149,6 +149,7 @@ class ChangesRoutes:
             # Failed: a partition could not be read (an error frame); pending: one had more to read at once.
             failed = pending = False
             out: list[bytes] = []
+            delivered = False
             for partition, result in zip(partitions, answers, strict=True):
                 if isinstance(result, Failure):
                     failed = True
@@ -158,6 +159,7 @@ class ChangesRoutes:
                 cursor = cursor.after_page(result)
                 pending = pending or result.more
                 if result.changes:
+                    delivered = True
                     out.append(encode(_page_frame(result, cursor, as_msgpack)))
             if not failed and not pending:
                 round_ms = round((time.monotonic() - started_s) * 1000, 3)
@@ -180,7 +182,9 @@ class ChangesRoutes:
                 # Failed partitions are retried after the same pause as an idle poll: an error answered at once
                 # would otherwise make this a busy loop of error frames.
                 await asyncio.sleep(poll_s)
-                poll_s = min(poll_s * 2, MAX_POLL_S)
+                # Back off only while nothing changes: a round that found changes keeps the next one close, so
+                # a steady trickle of writes is read within MIN_POLL_S rather than at the idle pace.
+                poll_s = MIN_POLL_S if delivered else min(poll_s * 2, MAX_POLL_S)
 
     async def _page(self, partition: int, cursor: Cursor, prefix: str, limit: int) -> ChangesPage | Failure:
         held = cursor.positions.get(partition)

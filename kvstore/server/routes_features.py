@@ -62,7 +62,7 @@ from kvstore.server.http_message import Request, Response
 from kvstore.server.pump import Pump
 from kvstore.server.router import Router
 from kvstore.validation import check_op, parse_whole_number
-from replication.event_time import Row, decode_row, encode_row
+from replication.event_time import Row, decode_row, decode_stored_row, encode_row
 
 # Bodies: a push of MAX_PUSH_EVENTS events of a few hundred bytes each, and room for definitions.
 MAX_PUSH_BODY_BYTES = 32 * 1024 * 1024
@@ -305,7 +305,7 @@ def _values_of(key: str, result: object) -> tuple[bytes, ...]:
 
 def _decoded(key: str, value: bytes) -> Row:
     try:
-        return decode_row(value, merged=True)
+        return decode_stored_row(value)
     except ValueError as exc:
         raise KvError(ErrorCode.INTERNAL, f"{key!r} does not hold an event-time row: {exc}") from None
 

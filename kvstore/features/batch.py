@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 
     from kvstore.features.client import FeatureClient
 
-SCAN_PAGE_KEYS = 1000
+# A scan page as large as a node serves (limits.max_scan_limit): an export is one round trip per this many events.
+SCAN_PAGE_KEYS = 10_000
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,19 @@ def materialize(
 
 
 def event_log_items(fs: FeatureClient, prefix: str = EVENTS_PREFIX) -> Iterator[tuple[str, bytes]]:
-    """Every event-log key under ``prefix`` and its row, in key order."""
-    for page in fs.client.scan_pages(prefix, page_size=SCAN_PAGE_KEYS):
+    """Every event-log key under ``prefix`` and its row, in key order: in pages of ``SCAN_PAGE_KEYS``, or of the
+    node's own maximum when it was configured lower (its refusal names it)."""
+    page_keys = SCAN_PAGE_KEYS
+    try:
+        pages = fs.client.scan_pages(prefix, page_size=page_keys)
+        first = next(pages, None)
+    except KvError as exc:
+        bound = re.search(r"scan limit must be 1\.\.(\d+)", exc.message)
+        if exc.code is not ErrorCode.BAD_REQUEST or bound is None:
+            raise
+        pages = fs.client.scan_pages(prefix, page_size=int(bound.group(1)))
+        first = next(pages, None)
+    for page in itertools.chain([] if first is None else [first], pages):
         for item in page.items:
             yield item.key, item.value
 

@@ -18,7 +18,10 @@ import pytest
 from server_support import HANG_GUARD_S, error_of
 
 from kvstore.config import LeaderlessConfig, Limits
+from kvstore.features import batch as feature_batch
+from kvstore.features.client import FeatureClient
 from kvstore.features.ingest import MAX_PUSH_EVENTS
+from kvstore.features.keys import events_prefix
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 
 Json = dict[str, Any]
@@ -520,3 +523,20 @@ async def test_a_quorum_push_with_one_replica_down_is_acknowledged(http: aiohttp
         body = {"view": "stats", "events": [event(i, 1, trips=i) for i in range(8)]}
         status, doc = await call(http, "POST", f"{n1}/features/push", body, params={"w": "quorum"})
         assert (status, doc) == (200, {"events": 8, "writes": 16})
+
+
+async def test_an_export_pages_within_a_node_whose_scan_limit_is_lower(http: aiohttp.ClientSession) -> None:
+    # The export asks for pages of 10,000 keys; this node serves at most 7 a page, and says so.
+    config = loopback_config(1, partitions=4, limits=Limits(max_scan_limit=7))
+    async with InProcessCluster(config) as cluster:
+        n1 = cluster.url("n1")
+        await apply(http, n1)
+        events = [event(i % 5, 1000 + i, trips=i) for i in range(23)]
+        await ok(http, "POST", f"{n1}/features/push", {"view": "stats", "events": events})
+
+        def export() -> list[tuple[str, bytes]]:
+            with FeatureClient([n1]) as fs:
+                return list(feature_batch.event_log_items(fs, events_prefix("stats")))
+
+        items = await asyncio.to_thread(export)
+        assert len(items) == 23 and [key for key, _ in items] == sorted(key for key, _ in items)

@@ -10,12 +10,11 @@ a position in the registry's partition: in leaderless mode a position is one rep
 the node a reconnect reaches, while a cursor names its replica (the server starts again from 0 at another).
 
 Staleness: every feed reports ``CaughtUp`` when a round found nothing more in any partition, with the moment that
-round began. The replica holds everything *the node its feed reads from* had applied before the oldest such moment
-of its feeds; ``staleness_ms`` is how long ago that was (infinite before every feed caught up once). That node
-serves the feed from its own replica, which may lag the writes the cluster acknowledged: a leader-mode follower
-that has not yet applied a committed entry, a leaderless replica outside a write's quorum. Under a push load a
-write acknowledged before the round can be missing (a few in a few hundred, measured); the bound is the feed
-node's, not the cluster's.
+round began. The replica holds everything the feed's pages had shown before the oldest such moment of its feeds;
+``staleness_ms`` is how long ago that was (infinite before every feed caught up once). In leader mode the pages come
+from each partition's leader (``Node._start_changes``), so that covers every write acknowledged before it (with
+``replication = sync``). In leaderless mode a page is one replica's, which a quorum write may not have reached yet:
+the bound is that replica's, and read repair, hinted handoff and anti-entropy bound how far it trails.
 """
 
 from __future__ import annotations

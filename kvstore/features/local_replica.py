@@ -12,8 +12,9 @@ the node a reconnect reaches, while a cursor names its replica (the server start
 Staleness: every feed reports ``CaughtUp`` when a round found nothing more in any partition, with the moment that
 round began. The replica holds everything the feed's pages had shown before the oldest such moment of its feeds;
 ``staleness_ms`` is how long ago that was (infinite before every feed caught up once). In leader mode the pages come
-from each partition's leader (``Node._start_changes``), so that covers every write acknowledged before it (with
-``replication = sync``). In leaderless mode a page is one replica's, which a quorum write may not have reached yet:
+from each partition's leader as the feed's node knows it (``Node._start_changes``), so that covers every write
+acknowledged before it (with ``replication = sync``), but for the moments after a leader change before that node
+hears of it. In leaderless mode a page is one replica's, which a quorum write may not have reached yet:
 the bound is that replica's, and read repair, hinted handoff and anti-entropy bound how far it trails.
 """
 

@@ -16,37 +16,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kvstore.features.definitions import DefinitionError, Definitions, FeatureView
+from kvstore.features.definitions import DefinitionError, Definitions
 from kvstore.features.event_log import ARROW_TYPES, TIMESTAMP_COLUMN
+from kvstore.features.join_request import ROW_COLUMN, TS_COLUMN, ViewRequest
 
 if TYPE_CHECKING:
     import duckdb
     import pandas
 
 ENGINES = ("duckdb", "spark")
-# Columns the engines add to the entity rows; the caller's columns may not use these names.
-ROW_COLUMN = "__kvstore_row"
-TS_COLUMN = "__kvstore_ts_ms"
-
-
-@dataclass(frozen=True)
-class ViewRequest:
-    """The features asked of one view and the output column each becomes."""
-
-    view: FeatureView
-    features: tuple[str, ...]
-    output_names: tuple[str, ...]
-
-    @property
-    def files(self) -> str:
-        return f"{self.view.name}/*.parquet"
 
 
 def historical_features(

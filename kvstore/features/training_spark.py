@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from kvstore.features.definitions import DefinitionError
 from kvstore.features.event_log import TIMESTAMP_COLUMN
-from kvstore.features.training import ROW_COLUMN, TS_COLUMN, ViewRequest
+from kvstore.features.join_request import ROW_COLUMN, TS_COLUMN, ViewRequest
 
 try:
     from pyspark.sql import DataFrame, SparkSession, Window

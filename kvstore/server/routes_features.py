@@ -68,6 +68,8 @@ from replication.event_time import Row, decode_row, decode_stored_row, encode_ro
 MAX_PUSH_BODY_BYTES = 32 * 1024 * 1024
 MAX_REGISTRY_BODY_BYTES = 4 * 1024 * 1024
 MAX_ONLINE_ENTITIES = 10_000
+# The stored rows one online read may gather (each row may hold up to a few MiB): an answer stays bounded.
+MAX_ONLINE_ANSWER_BYTES = 64 * 1024 * 1024
 # Registry versions are 12 digits in their keys (``registry.version_key``).
 MAX_REGISTRY_VERSION = 10**12 - 1
 WATERMARK_CELL = "watermark"
@@ -235,8 +237,14 @@ class FeatureRoutes:
                 assert isinstance(answer, BatchResults)
                 results.extend(answer.results)
         rows: list[Row | None] = []
+        total_bytes = 0
         for key, result in zip(keys, results, strict=True):
             values = _values_of(key, result)
+            if values:
+                total_bytes += len(values[0])
+                if total_bytes > MAX_ONLINE_ANSWER_BYTES:
+                    message = f"the rows asked for hold over {MAX_ONLINE_ANSWER_BYTES} bytes: ask for fewer entities"
+                    raise KvError(ErrorCode.TOO_LARGE, message)
             rows.append(_decoded(key, values[0]) if values else None)
         return rows
 

@@ -22,6 +22,7 @@ from kvstore.features import batch as feature_batch
 from kvstore.features.client import FeatureClient
 from kvstore.features.ingest import MAX_PUSH_EVENTS
 from kvstore.features.keys import events_prefix
+from kvstore.server import routes_features
 from kvstore.server.inprocess import InProcessCluster, loopback_config
 
 Json = dict[str, Any]
@@ -540,3 +541,16 @@ async def test_an_export_pages_within_a_node_whose_scan_limit_is_lower(http: aio
 
         items = await asyncio.to_thread(export)
         assert len(items) == 23 and [key for key, _ in items] == sorted(key for key, _ in items)
+
+
+async def test_an_online_read_of_more_stored_bytes_than_an_answer_holds_is_refused(
+    cluster: InProcessCluster, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n1 = cluster.url("n1")
+    await apply(http, n1)
+    events = [event(i, 5, name="x" * 400) for i in range(3)]
+    await ok(http, "POST", f"{n1}/features/push", {"view": "stats", "events": events})
+    monkeypatch.setattr(routes_features, "MAX_ONLINE_ANSWER_BYTES", 1000)  # two rows fit, three do not
+    assert (await online(http, n1, {"view": "stats", "entities": [0, 1]}))["values"]["name"] == ["x" * 400] * 2
+    body = {"view": "stats", "entities": [0, 1, 2]}
+    assert "ask for fewer entities" in await refused(http, "POST", f"{n1}/features/online", body, 413, "too_large")

@@ -189,7 +189,7 @@ class ChangesRoutes:
     async def _page(self, partition: int, cursor: Cursor, prefix: str, limit: int) -> ChangesPage | Failure:
         held = cursor.positions.get(partition)
         after = 0 if held is None else held[0]
-        result = await self._run(ChangesOp(partition, after, limit, prefix))
+        result = await self._pump.execute(ChangesOp(partition, after, limit, prefix))
         if (
             isinstance(result, ChangesPage)
             and held is not None
@@ -197,16 +197,10 @@ class ChangesRoutes:
             and held[1] not in (result.source, ANY_SOURCE)
         ):
             # Positions another replica numbered mean nothing here: read this one from the start.
-            result = await self._run(ChangesOp(partition, 0, limit, prefix))
+            result = await self._pump.execute(ChangesOp(partition, 0, limit, prefix))
         if isinstance(result, ChangesPage | Failure):
             return result
         return Failure.of(ErrorCode.INTERNAL, f"a change-feed read answered {type(result).__name__}")
-
-    async def _run(self, op: ChangesOp) -> object:
-        reply = self._pump.submit(op)
-        if isinstance(reply, asyncio.Future):
-            reply = await reply
-        return reply.result
 
 
 class _Counted:

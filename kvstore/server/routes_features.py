@@ -37,7 +37,6 @@ from kvstore.messages import (
     BatchPutOp,
     BatchResults,
     CasOp,
-    ClientOp,
     Failure,
     Found,
     FoundSiblings,
@@ -128,17 +127,17 @@ class FeatureRoutes:
         applied = Registry(current.version + 1, definitions, now_ms())
         encoded = applied.encode()
         if self._leaderless:
-            self._written(await self._run(PutOp(REGISTRY_KEY, encoded, context=context)))
+            self._written(await self._pump.execute(PutOp(REGISTRY_KEY, encoded, context=context)))
         else:
             expected = values[0] if values else None
-            result = await self._run(CasOp(REGISTRY_KEY, expected, encoded))
+            result = await self._pump.execute(CasOp(REGISTRY_KEY, expected, encoded))
             if isinstance(result, Failure) and result.code == ErrorCode.PRECONDITION_FAILED.value:
                 raise KvError(ErrorCode.PRECONDITION_FAILED, "the registry changed while applying: apply again")
             self._written(result)
         # The version's copy once the version is won: written first, a concurrent apply that lost the race for the
         # current key had already overwritten the winner's copy of the same version. Until it is written (or if
         # this node stops first), the current key serves that version (get_registry).
-        self._written(await self._run(PutOp(version_key(applied.version), encoded)))
+        self._written(await self._pump.execute(PutOp(version_key(applied.version), encoded)))
         return encoded_response({"version": applied.version, "changed": True}, wants_msgpack(request))
 
     async def _registry(self) -> Registry:
@@ -171,7 +170,7 @@ class FeatureRoutes:
             except KvError as exc:
                 raise KvError(exc.code, f"a push writes {op.key!r:.120}: {exc.message}") from None
         chunks = [ops[i : i + self._batch_keys] for i in range(0, len(ops), self._batch_keys)]
-        answers = await asyncio.gather(*(self._run(BatchPutOp(tuple(chunk))) for chunk in chunks))
+        answers = await asyncio.gather(*(self._pump.execute(BatchPutOp(tuple(chunk))) for chunk in chunks))
         failures: list[Failure] = []
         for chunk, answer in zip(chunks, answers, strict=True):
             if isinstance(answer, BatchResults):
@@ -226,10 +225,10 @@ class FeatureRoutes:
         if not keys:
             return []
         if consistency or r:
-            results = await asyncio.gather(*(self._run(GetOp(key, consistency, r=r)) for key in keys))
+            results = await asyncio.gather(*(self._pump.execute(GetOp(key, consistency, r=r)) for key in keys))
         else:
             chunks = [keys[i : i + self._batch_keys] for i in range(0, len(keys), self._batch_keys)]
-            answers = await asyncio.gather(*(self._run(BatchGetOp(tuple(chunk))) for chunk in chunks))
+            answers = await asyncio.gather(*(self._pump.execute(BatchGetOp(tuple(chunk))) for chunk in chunks))
             results = []
             for answer in answers:
                 if isinstance(answer, Failure):
@@ -266,22 +265,16 @@ class FeatureRoutes:
             raise KvError(ErrorCode.BAD_REQUEST, "watermark_ms must be whole milliseconds since the epoch")
         await self._view(view)
         row = encode_row({WATERMARK_CELL: (watermark, watermark)})
-        self._written(await self._run(PutOp(watermark_key(view), row, merge=True)))
+        self._written(await self._pump.execute(PutOp(watermark_key(view), row, merge=True)))
         values, _ = await self._read(watermark_key(view))
         current = decode_row(values[0])[WATERMARK_CELL][0] if values else watermark
         return encoded_response({"view": view, "watermark_ms": current}, wants_msgpack(request))
 
     # ------------------------------------------------------------ plumbing
 
-    async def _run(self, op: ClientOp) -> Result:
-        reply = self._pump.submit(op)
-        if isinstance(reply, asyncio.Future):
-            reply = await reply
-        return reply.result
-
     async def _read(self, key: str) -> tuple[tuple[bytes, ...], bytes]:
         """The key's values (several: leaderless siblings) and its causal context (leaderless mode)."""
-        result = await self._run(GetOp(key))
+        result = await self._pump.execute(GetOp(key))
         if isinstance(result, FoundSiblings):
             return result.values, result.context
         values = _values_of(key, result)

@@ -931,29 +931,33 @@ class Node:
     def _read_batch_at_once(self, op: BatchGetOp) -> BatchResults | None:
         """Single mode, every key's partition held here and not moving away: the batch read at once, without a
         gather (the common case of a batch sent to the node that owns it all). None: some key is elsewhere."""
-        partition_for_key, replicas, now_ms = self.partition_map.partition_for_key, self.replicas, self._expiry_clock_ms
-        moving = self._mover.moving
         results: list[Result] = []
         for key in op.keys:
-            partition = partition_for_key(key)
-            replica = replicas.get(partition)
-            if replica is None or not isinstance(replica, SingleCopy) or (moving and self._mover.fenced(partition)):
+            result = self._read_single_copy(GetOp(key))
+            if result is None:
                 return None
-            results.append(cast(Result, replica.read(now_ms, GetOp(key))))
+            results.append(result)
         return BatchResults(tuple(results))  # type: ignore[arg-type]
 
     def _read_batch_here(self, local: list[tuple[KeyOp, GatherPart[_Target]]]) -> None:
-        partition_for_key, replicas, now_ms = self.partition_map.partition_for_key, self.replicas, self._expiry_clock_ms
-        moving = self._mover.moving
         for key_op, waiter in local:
-            partition = partition_for_key(key_op.key)
-            replica = replicas.get(partition)
-            if replica is None or not isinstance(replica, SingleCopy) or (moving and self._mover.fenced(partition)):
+            result = self._read_single_copy(key_op)
+            if result is None:
                 self._start_key_op(key_op, waiter)
                 continue
-            final = waiter.add(cast(Result, replica.read(now_ms, key_op)), False)
+            final = waiter.add(result, False)
             if final is not None:
                 self._deliver(waiter.gather.target, final, waiter.gather.durable)
+
+    def _read_single_copy(self, op: KeyOp) -> Result | None:
+        """Single mode: ``op`` (a read) answered from this node's copy at once; None when no copy here may serve it
+        (its partition is elsewhere, or moving away behind a fence)."""
+        partition = self.partition_map.partition_for_key(op.key)
+        replica = self.replicas.get(partition)
+        moving = self._mover.moving
+        if replica is None or not isinstance(replica, SingleCopy) or (moving and self._mover.fenced(partition)):
+            return None
+        return cast(Result, replica.read(self._expiry_clock_ms, op))
 
     # ------------------------------------------------------------ replicas
 

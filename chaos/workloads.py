@@ -479,7 +479,7 @@ class FeaturesWorkload:
 
     def _push(self, op: PlannedOp) -> Execution:
         events = [Event(e["entity"], e["event_ts_ms"], e["values"]) for e in op.value]
-        ops = tuple(PutOp(put.key, put.value, w=self.w, merge=True) for put in push_ops(self.view, events))
+        ops = tuple(push_ops(self.view, events, w=self.w))
         result = yield BatchPutOp(ops)
         if isinstance(result, Failure):
             return _failed(result)

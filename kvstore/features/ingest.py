@@ -68,19 +68,20 @@ def parse_events(view: FeatureView, raw: object) -> list[Event]:
     return events
 
 
-def push_ops(view: FeatureView, events: Sequence[Event]) -> list[PutOp]:
-    """The merges that store ``events``: one per distinct event in the log, one per entity's online row."""
+def push_ops(view: FeatureView, events: Sequence[Event], *, replication: str = "", w: str = "") -> list[PutOp]:
+    """The merges that store ``events``: one per distinct event in the log, one per entity's online row, each with
+    the write settings given (``replication`` in leader mode, ``w`` in leaderless mode)."""
     ops: dict[str, PutOp] = {}
     online: dict[str, Row] = {}
     for event in events:
         entity_key = view.entity.key_of(event.entity)
-        row = encoded_event(event.event_ts_ms, event.values)
-        key = event_key(view.name, entity_key, event.event_ts_ms, row)
-        ops[key] = PutOp(key, row, merge=True)
-        held = online.get(entity_key)
         fresh = event_row(event.event_ts_ms, event.values)
+        row = encode_row(fresh)
+        key = event_key(view.name, entity_key, event.event_ts_ms, row)
+        ops[key] = PutOp(key, row, None, replication, w, merge=True)
+        held = online.get(entity_key)
         online[entity_key] = fresh if held is None else merge_rows(held, fresh)
     for entity_key, merged in online.items():
         key = online_key(view.name, entity_key)
-        ops[key] = PutOp(key, encode_row(merged), merge=True)
+        ops[key] = PutOp(key, encode_row(merged), None, replication, w, merge=True)
     return list(ops.values())

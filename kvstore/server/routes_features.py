@@ -161,7 +161,7 @@ class FeatureRoutes:
         self._check_write(PutOp(online_key("view", "entity"), encode_row({}), None, replication, w, b"", "", True))
         _, view = await self._view(doc["view"])
         events = parse_events(view, doc["events"])
-        ops = [PutOp(op.key, op.value, None, replication, w, b"", "", True) for op in push_ops(view, events)]
+        ops = push_ops(view, events, replication=replication, w=w)
         # Checked before any is sent: a batch with one bad entry is refused whole while the others are written, so a
         # push refused for an entity id too long for a key would otherwise be half stored.
         for op in ops:

@@ -41,7 +41,6 @@ class LocalReplica:
         self.rows: dict[str, dict[str, Row]] = {view: {} for view in self.views}
         self._read_registry = read_registry
         self.registry: Registry = read_registry()
-        self._lock = threading.Lock()
         self.changes_applied = 0
         self.undecodable = 0
         # Per feed, when it last caught up (monotonic seconds; None: not yet).
@@ -100,14 +99,7 @@ class LocalReplica:
 
     def wait_caught_up(self, timeout_s: float) -> bool:
         """Whether every feed caught up at least once within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        with self._caught_up:
-            while any(as_of is None for as_of in self._as_of.values()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._caught_up.wait(left)
-        return True
+        return self.wait_fresher_than(float("-inf"), timeout_s)
 
     def wait_fresher_than(self, moment_s: float, timeout_s: float) -> bool:
         """Whether every feed caught up in a round that began after ``moment_s`` (monotonic) within ``timeout_s``:

@@ -252,9 +252,7 @@ class FeatureRoutes:
     async def get_watermark(self, request: Request, view: str) -> Response:
         refuse_query(request)
         await self._view(view)
-        values, _ = await self._read(watermark_key(view))
-        watermark = decode_row(values[0])[WATERMARK_CELL][0] if values else None
-        return encoded_response({"view": view, "watermark_ms": watermark}, wants_msgpack(request))
+        return encoded_response({"view": view, "watermark_ms": await self._watermark(view)}, wants_msgpack(request))
 
     async def put_watermark(self, request: Request, view: str) -> Response:
         refuse_query(request)
@@ -266,9 +264,17 @@ class FeatureRoutes:
         await self._view(view)
         row = encode_row({WATERMARK_CELL: (watermark, watermark)})
         self._written(await self._pump.execute(PutOp(watermark_key(view), row, merge=True)))
+        current = await self._watermark(view)
+        return encoded_response({"view": view, "watermark_ms": watermark if current is None else current},
+                                wants_msgpack(request))
+
+    async def _watermark(self, view: str) -> int | None:
+        """The view's watermark: the time of its watermark row's one cell (None: none written yet)."""
         values, _ = await self._read(watermark_key(view))
-        current = decode_row(values[0])[WATERMARK_CELL][0] if values else watermark
-        return encoded_response({"view": view, "watermark_ms": current}, wants_msgpack(request))
+        if not values:
+            return None
+        ts: int = decode_row(values[0])[WATERMARK_CELL][0]
+        return ts
 
     # ------------------------------------------------------------ plumbing
 
